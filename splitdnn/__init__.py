@@ -1,0 +1,38 @@
+"""splitdnn: run one neural network across an edge device and a server.
+
+The top-level package is torch-free: it exports the records, errors and the solver entry points.
+Torch-bound entry points live in their modules (``splitdnn.graph``, ``splitdnn.profiler``,
+``splitdnn.models``).
+"""
+
+from splitdnn.errors import (
+    ConfigError,
+    InfeasibleError,
+    ModelLoadError,
+    PlanError,
+    ProfileError,
+    ProfileMismatchError,
+    SplitDNNError,
+    TraceError,
+)
+from splitdnn.schema import Link, Plan, PowerModel, Profile, load_profile, save_profile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "InfeasibleError",
+    "Link",
+    "ModelLoadError",
+    "Plan",
+    "PlanError",
+    "PowerModel",
+    "Profile",
+    "ProfileError",
+    "ProfileMismatchError",
+    "SplitDNNError",
+    "TraceError",
+    "__version__",
+    "load_profile",
+    "save_profile",
+]

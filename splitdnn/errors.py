@@ -1,0 +1,62 @@
+"""The splitdnn exception tree (stdlib only).
+
+Every error splitdnn raises on purpose derives from :class:`SplitDNNError`, so callers can catch one
+type. Messages say what was expected, what was found and what to do about it::
+
+    SplitDNNError
+    ├── ConfigError            bad arguments or options (wrong input shape, unknown objective, ...)
+    ├── ModelLoadError         a model name, `module:callable` or weights file that cannot be loaded
+    ├── TraceError             a model that neither torch.fx nor torch.export can trace
+    ├── PlanError              a plan that is not a valid partition of the graph (not downward closed, ...)
+    ├── InfeasibleError        constraints (memory cap, privacy floor, ...) that no plan satisfies
+    └── ProfileError           a corrupt or invalid profile file
+        └── ProfileMismatchError   a valid profile of another model, input shape or schema version
+
+Lower-layer exceptions are chained (``raise ... from exc``) so the cause stays visible in a debugger,
+while the command line prints only the one-line message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "InfeasibleError",
+    "ModelLoadError",
+    "PlanError",
+    "ProfileError",
+    "ProfileMismatchError",
+    "SplitDNNError",
+    "TraceError",
+]
+
+
+class SplitDNNError(Exception):
+    """Base of every error splitdnn raises on purpose."""
+
+
+class ConfigError(SplitDNNError, ValueError):
+    """An argument or option has a value splitdnn cannot use."""
+
+
+class ModelLoadError(SplitDNNError):
+    """A model could not be found, built or loaded with its weights."""
+
+
+class TraceError(SplitDNNError):
+    """Neither torch.fx symbolic tracing nor torch.export could capture the model's graph."""
+
+
+class PlanError(SplitDNNError, ValueError):
+    """A plan does not describe a valid partition of the model graph."""
+
+
+class InfeasibleError(SplitDNNError):
+    """No plan satisfies the given constraints."""
+
+
+class ProfileError(SplitDNNError, ValueError):
+    """A profile file is corrupt, incomplete or internally inconsistent."""
+
+
+class ProfileMismatchError(ProfileError):
+    """A well-formed profile that belongs to another model, input shape or schema version."""
