@@ -1,0 +1,263 @@
+"""The measuring primitives behind :mod:`splitdnn.profiler` (torch): a measurement session, one
+recorded run, timed calls, prepared head/tail pieces, value sizes. Private: import the profiler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import platform
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from splitdnn import graph
+from splitdnn.errors import ConfigError, PlanError
+from splitdnn.schema import TensorMeta
+
+#: A clock in seconds, like :func:`time.perf_counter`.
+Timer = Callable[[], float]
+
+#: bytes a non-tensor value (an int from ``x.size(0)``, a float, a bool) costs on the wire
+SCALAR_BYTES = 8
+
+
+@dataclass
+class Session:
+    device: torch.device
+    inputs: tuple[Any, ...]  # the example inputs, cloned and on the device
+    sync: Callable[[], None]
+
+
+@contextlib.contextmanager
+def session(traced: graph.TracedModel, *, device: str, threads: int | None) -> Iterator[Session]:
+    """Threads, eval mode, device and inference mode for one measurement; all restored on exit."""
+    module = traced.module
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())  # tensors report "cuda:N"
+    old_threads = torch.get_num_threads()
+    training = {name: m.training for name, m in module.named_modules()}
+    tensors = [*module.parameters(), *module.buffers()]
+    old_device = tensors[0].device if tensors else torch.device("cpu")
+    moving = dev.type != "cpu" or old_device.type != "cpu"
+    constants: list[tuple[nn.Module, str, torch.Tensor]] = []  # plain tensor attributes we moved
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        module.eval()
+        if moving:
+            module.to(dev)
+            # fx keeps tensor constants (``_tensor_constant0``) as plain attributes: .to() skips them
+            for node in module.graph.nodes:
+                if node.op != "get_attr":
+                    continue
+                owner_path, _, attr = str(node.target).rpartition(".")
+                owner = module.get_submodule(owner_path) if owner_path else module
+                value = getattr(owner, attr, None)
+                registered = attr in owner._parameters or attr in owner._buffers
+                if isinstance(value, torch.Tensor) and not registered and value.device != dev:
+                    constants.append((owner, attr, value))
+                    setattr(owner, attr, value.to(dev))
+        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+        with torch.inference_mode():
+            inputs = tuple(
+                x.detach().to(dev).clone() if isinstance(x, torch.Tensor) else x
+                for x in traced.example_inputs
+            )
+            yield Session(device=dev, inputs=inputs, sync=sync)
+    finally:
+        if moving:
+            module.to(old_device)
+            for owner, attr, value in reversed(constants):
+                setattr(owner, attr, value)
+        for name, m in module.named_modules():
+            m.training = training.get(name, m.training)
+        torch.set_num_threads(old_threads)
+
+
+# --------------------------------------------------------------------------------------------------
+# recording and timing
+
+
+class Recorder(fx.Interpreter):
+    """Runs the graph once and keeps each node's ``(args, kwargs, result)``."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.record: dict[str, tuple[tuple[Any, ...], dict[str, Any], Any]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        result = super().run_node(n)
+        self.record[n.name] = (args, kwargs, result)
+        return result
+
+
+def record_values(module: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[dict[str, Any], Any]:
+    rec = Recorder(module)
+    result = rec.run(*inputs)
+    return rec.record, result
+
+
+def node_callable(
+    module: fx.GraphModule, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[], Any]:
+    """The node's computation on fixed inputs, as the generated forward would call it."""
+    if node.op == "call_module":
+        sub = module.get_submodule(str(node.target))
+        return lambda: sub(*args, **kwargs)
+    if node.op == "call_function":
+        fn = node.target
+        return lambda: fn(*args, **kwargs)  # type: ignore[operator]
+    if node.op == "call_method":
+        obj, rest, method = args[0], args[1:], str(node.target)
+        return lambda: getattr(obj, method)(*rest, **kwargs)
+    raise ConfigError(f"node {node.name!r} ({node.op}) is not a compute node")
+
+
+def time_each(
+    fns: Sequence[Callable[[], Any]],
+    *,
+    warmup: int,
+    repeats: int,
+    timer: Timer,
+    sync: Callable[[], None],
+    tick: Callable[[], None] | None = None,
+) -> list[list[float]]:
+    """Seconds per call of each function: ``warmup`` untimed calls each, then ``repeats`` rounds
+    timing every function once per round (round-robin, so drift on a shared machine hits all alike).
+    ``tick`` is called after the warm-up and after every round."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    sync()
+    if tick:
+        tick()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = timer()
+            fn()
+            sync()
+            samples[i].append(timer() - t0)
+        if tick:
+            tick()
+    return samples
+
+
+@dataclass
+class Cut:
+    position: int
+    head: Callable[[], Any]
+    tail: Callable[[], Any] | None  # None when the head is the whole model
+
+
+def prepare_cut(
+    traced: graph.TracedModel, compute: Sequence[str], position: int, inputs: tuple[Any, ...]
+) -> Cut:
+    """Head and tail pieces of the topological prefix of ``position`` compute nodes, with their
+    inputs prepared once (the tail's are the head's real outputs)."""
+    module = traced.module
+    if position >= len(compute):
+        return Cut(position, lambda: module(*inputs), None)
+    head, tail = graph.head_tail(traced, compute[position - 1])
+    values: dict[str, Any] = dict(zip(head.inputs, inputs, strict=True))  # the head reads the model inputs
+    head_in = {name: values[name] for name in head.inputs}
+    values.update(head(head_in))
+    tail_in = {name: values[name] for name in tail.inputs}
+    return Cut(position, lambda: head(head_in), lambda: tail(tail_in))
+
+
+def output_name(traced: graph.TracedModel) -> str:
+    return next(n.name for n in traced.nodes if n.op == "output")
+
+
+def cuttable(traced: graph.TracedModel, compute: Sequence[str], position: int) -> bool:
+    """Whether the topological prefix of ``position`` compute nodes is a valid two-tier plan."""
+    try:
+        graph.check_tiers(traced, {name: int(i >= position) for i, name in enumerate(compute)})
+    except PlanError:
+        return False
+    return True
+
+
+def tensor_metas(value: Any) -> tuple[TensorMeta, ...]:
+    """Every tensor in ``value`` (tuples, lists and dicts flattened, in order); a non-tensor scalar
+    counts as a 0-d value of ``SCALAR_BYTES`` bytes; ``None`` counts nothing."""
+    out: list[TensorMeta] = []
+    _flatten_metas(value, out)
+    return tuple(out)
+
+
+def _flatten_metas(value: Any, out: list[TensorMeta]) -> None:
+    if isinstance(value, torch.Tensor):
+        shape = tuple(int(d) for d in value.shape)
+        out.append(
+            TensorMeta(
+                shape=shape,
+                dtype=str(value.dtype).removeprefix("torch."),
+                nbytes=value.numel() * value.element_size(),
+            )
+        )
+    elif value is None:
+        return
+    elif isinstance(value, (tuple, list)):  # torch.Size too: a tuple of ints
+        for v in value:
+            _flatten_metas(v, out)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            _flatten_metas(v, out)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _flatten_metas(getattr(value, f.name), out)
+    else:
+        dtype = {bool: "bool", int: "int64", float: "float64"}.get(type(value), "object")
+        out.append(TensorMeta(shape=(), dtype=dtype, nbytes=SCALAR_BYTES))
+
+
+def param_bytes(module: fx.GraphModule) -> dict[str, int]:
+    """Bytes of parameters and buffers owned by each node: a call_module node owns its module's
+    tensors, a get_attr node the tensor it reads; each tensor counts once, at its first use."""
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+
+    def own(tensors: Iterator[torch.Tensor] | list[torch.Tensor]) -> int:
+        total = 0
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+        return total
+
+    for node in module.graph.nodes:
+        if node.op == "call_module":
+            sub = module.get_submodule(str(node.target))
+            out[node.name] = own([*sub.parameters(), *sub.buffers()])
+        elif node.op == "get_attr":
+            attr: Any = module
+            for part in str(node.target).split("."):
+                attr = getattr(attr, part)
+            if isinstance(attr, torch.Tensor):
+                out[node.name] = own([attr])
+    return out
+
+
+def target_str(target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    return fx.node._get_qualified_name(target) if callable(target) else str(target)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,484 @@
+"""Measures a traced model on this machine and returns its :class:`~splitdnn.schema.Profile` (torch).
+
+What is measured, in order (a progress bar on stderr shows each stage):
+
+1. ``record``: one run through a :class:`torch.fx.Interpreter` keeps every node's real input and
+   output values; sizes and dtypes of every produced tensor come from it.
+2. ``nodes``: every compute node is timed alone on its recorded inputs (warm-up, then ``repeats``
+   timed calls) -> ``NodeProfile.latency``.
+3. ``anchors``: a few topological prefixes ("anchored heads", chain cuts preferred) and the whole
+   model are timed as fused pieces, round-robin so that load changes on a shared machine hit all of
+   them alike. The per-node times are fitted to them (:mod:`splitdnn.calibrate`) -> ``calibrated_ms``.
+4. ``check``: chain cuts *not* used in the fit are timed as head and tail pieces (the tail on the
+   head's real outputs) and compared with the calibrated prediction -> ``Profile.calibration``.
+
+Every stored time is multiplied by the device-emulation ``slowdown`` factor. Timing runs under
+``torch.inference_mode`` with the model in eval mode; the model's mode, device and the torch thread
+count are restored afterwards. ``timer`` is injectable (seconds, like :func:`time.perf_counter`) so
+tests can drive the whole procedure with a virtual clock.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import nn
+
+from splitdnn import graph
+from splitdnn._measure import (
+    SCALAR_BYTES,
+    Session,
+    Timer,
+    cpu_model,
+    cuttable,
+    node_callable,
+    output_name,
+    param_bytes,
+    prepare_cut,
+    record_values,
+    session,
+    target_str,
+    tensor_metas,
+    time_each,
+)
+from splitdnn.calibrate import (
+    CALIBRATION_METHODS,
+    DEFAULT_CHECK_CAP,
+    choose_positions,
+    distribute,
+    fit_prefix,
+    latency_stats,
+    noise_note,
+    prediction_errors,
+)
+from splitdnn.errors import ConfigError
+from splitdnn.progress import Progress, ProgressArg
+from splitdnn.schema import (
+    PROFILE_SCHEMA_VERSION,
+    Calibration,
+    LatencyStats,
+    MachineInfo,
+    NodeProfile,
+    Profile,
+)
+
+__all__ = [
+    "SCALAR_BYTES",
+    "CutTiming",
+    "ProfileRun",
+    "ProgressArg",
+    "Timer",
+    "machine_info",
+    "measure_cuts",
+    "profile",
+    "profile_model",
+    "profile_model_run",
+    "tensor_metas",
+]
+
+
+@dataclass(frozen=True)
+class CutTiming:
+    """Measured times of the two pieces of one cut (slowdown applied)."""
+
+    cut: str  # last compute node of the head; the head is the topological prefix through it
+    position: int  # compute nodes in the head
+    head: LatencyStats
+    tail: LatencyStats  # zero (repeats 0) when the tail was not measured or is empty
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """A profile and the raw measurements behind its calibration (for tests and reports)."""
+
+    profile: Profile
+    anchors: tuple[CutTiming, ...]  # fitted heads in position order; the last is the whole model
+    fitted_prefix_ms: tuple[float, ...]  # the fitted prefix time at each anchor (sum of calibrated_ms)
+    checks: tuple[CutTiming, ...]  # held-out chain cuts measured to compute the calibration error
+    wall_s: float  # wall-clock seconds the profiling took
+
+
+# --------------------------------------------------------------------------------------------------
+# public entry points
+
+
+def profile_model(
+    traced: graph.TracedModel,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    slowdown: float = 1.0,
+    segments: int = 16,
+    check_cuts: int | None = None,
+    calibration: str = "segment-prefix",
+    progress: ProgressArg = True,
+    notes: str = "",
+    timer: Timer = time.perf_counter,
+) -> Profile:
+    """Profile ``traced`` on this machine; see the module docstring for what is measured.
+
+    ``segments`` caps the fused pieces the calibration fits (the whole model included);
+    ``check_cuts`` is how many held-out chain cuts measure its error (default: up to
+    ``DEFAULT_CHECK_CAP``, at most half the chain cuts; 0 skips the check and fits on every chain cut).
+    """
+    return profile_model_run(
+        traced,
+        device=device,
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+        slowdown=slowdown,
+        segments=segments,
+        check_cuts=check_cuts,
+        calibration=calibration,
+        progress=progress,
+        notes=notes,
+        timer=timer,
+    ).profile
+
+
+def profile_model_run(
+    traced: graph.TracedModel,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    slowdown: float = 1.0,
+    segments: int = 16,
+    check_cuts: int | None = None,
+    calibration: str = "segment-prefix",
+    progress: ProgressArg = True,
+    notes: str = "",
+    timer: Timer = time.perf_counter,
+) -> ProfileRun:
+    """:func:`profile_model`, also returning the anchor and check measurements behind the fit."""
+    _check_options(device=device, threads=threads, warmup=warmup, repeats=repeats, slowdown=slowdown)
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+        raise ConfigError(f"segments must be an integer >= 1 (the whole model is one), found {segments!r}")
+    if check_cuts is not None and (
+        isinstance(check_cuts, bool) or not isinstance(check_cuts, int) or check_cuts < 0
+    ):
+        raise ConfigError(f"check_cuts must be None (default) or an integer >= 0, found {check_cuts!r}")
+    if calibration not in CALIBRATION_METHODS:
+        raise ConfigError(f"calibration must be one of {CALIBRATION_METHODS}, found {calibration!r}")
+
+    started = time.perf_counter()
+    compute = [n.name for n in traced.compute_nodes()]
+    n = len(compute)
+    if n == 0:
+        raise ConfigError(f"model {traced.name!r} has no compute nodes: there is nothing to profile")
+    pos_of = {name: i + 1 for i, name in enumerate(compute)}  # cut after node -> compute nodes in head
+    chain = [c for c in graph.chain_cuts(traced) if c in pos_of]
+    anchor_pos, check_pos = choose_positions(
+        n,
+        [pos_of[c] for c in chain],
+        segments=segments,
+        check_cap=DEFAULT_CHECK_CAP if check_cuts is None else check_cuts,
+        valid=lambda p: cuttable(traced, compute, p),
+    )
+    with_tails = calibration == "segment-head-tail"
+    bar = Progress(
+        progress,
+        label=f"profile {traced.name}",
+        stages={
+            "record": 1,
+            "nodes": n,
+            "anchors": repeats + 1,
+            **({"check": repeats + 1} if check_pos else {}),
+        },
+    )
+    factor = float(slowdown)
+    with session(traced, device=device, threads=threads) as s:
+        bar.stage("record")
+        record, result = record_values(traced.module, s.inputs)
+        # sizes now: a later in-place node may overwrite a recorded value (never its shape)
+        metas = {name: tensor_metas(value[2]) for name, value in record.items()}
+        metas[output_name(traced)] = tensor_metas(result)
+        bar.advance()
+
+        bar.stage("nodes")
+        fx_nodes = {node.name: node for node in traced.module.graph.nodes}
+        isolated: dict[str, LatencyStats] = {}
+        for name in compute:
+            fn = node_callable(traced.module, fx_nodes[name], *record[name][:2])
+            (node_samples,) = time_each([fn], warmup=warmup, repeats=repeats, timer=timer, sync=s.sync)
+            isolated[name] = latency_stats(node_samples, factor=factor)
+            bar.advance()
+        del record, result  # every activation of the model; pieces below prepare their own
+
+        bar.stage("anchors")
+        cuts = [prepare_cut(traced, compute, p, s.inputs) for p in anchor_pos]
+        fns = [c.head for c in cuts] + ([c.tail for c in cuts[:-1] if c.tail] if with_tails else [])
+        samples = time_each(fns, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync, tick=bar.advance)
+        heads = [latency_stats(x, factor=factor) for x in samples[: len(cuts)]]
+        tails = [latency_stats(x, factor=factor) for x in samples[len(cuts) :]]
+        del cuts, fns  # their prepared activations
+        total = heads[-1]
+        fitted = fit_prefix(
+            [h.median_ms for h in heads[:-1]],
+            total.median_ms,
+            tail_ms=[t.median_ms for t in tails] if with_tails else None,
+            method=calibration,
+        )
+        prefix_ms = [*fitted, total.median_ms]
+        calibrated = distribute([isolated[c].median_ms for c in compute], anchor_pos, prefix_ms)
+
+        checks: list[CutTiming] = []
+        if check_pos:
+            bar.stage("check")
+            checks = _measure_positions(
+                traced, compute, check_pos, s, warmup=warmup, repeats=repeats,
+                factor=factor, timer=timer, tick=bar.advance,
+            )  # fmt: skip
+        machine = machine_info(device=str(s.device), threads=torch.get_num_threads())
+        params = param_bytes(traced.module)
+    bar.close()
+
+    anchors = tuple(
+        CutTiming(
+            cut=compute[p - 1],
+            position=p,
+            head=h,
+            tail=tails[i] if with_tails and i < len(tails) else LatencyStats.zero(),
+        )
+        for i, (p, h) in enumerate(zip(anchor_pos, heads, strict=True))
+    )
+    cal_of = dict(zip(compute, calibrated, strict=True))
+    predicted, measured = [], []
+    for c in checks:
+        head_pred = sum(calibrated[: c.position])
+        predicted += [head_pred, total.median_ms - head_pred]
+        measured += [c.head.median_ms, c.tail.median_ms]
+    mape, max_err, med_err = prediction_errors(predicted, measured)
+
+    nodes = tuple(
+        NodeProfile(
+            name=gnode.name,
+            op=gnode.op,
+            target=target_str(gnode.target),
+            inputs=tuple(gnode.inputs),
+            outputs=metas[gnode.name],
+            output_bytes=sum(m.nbytes for m in metas[gnode.name]),
+            param_bytes=params.get(gnode.name, 0),
+            latency=isolated.get(gnode.name, LatencyStats.zero()),
+            calibrated_ms=cal_of.get(gnode.name, 0.0),
+        )
+        for gnode in traced.nodes
+    )
+    calib = Calibration(
+        method=calibration,
+        segments=len(anchor_pos),
+        cuts_checked=len(checks),
+        mape_pct=mape,
+        max_abs_error_ms=max_err,
+        median_abs_error_ms=med_err,
+    )
+    note = noise_note(total, calib)
+    if note:
+        warnings.warn(f"profile of {traced.name!r}: {note}", RuntimeWarning, stacklevel=2)
+    input_shapes = tuple(tuple(int(d) for d in shape) for shape in traced.input_shapes)
+    prof = Profile(
+        schema_version=PROFILE_SCHEMA_VERSION,
+        model=traced.name,
+        fingerprint=traced.fingerprint,
+        input_shapes=input_shapes,
+        batch_size=input_shapes[0][0] if input_shapes and input_shapes[0] else 1,
+        machine=machine,
+        slowdown=factor,
+        warmup=warmup,
+        repeats=repeats,
+        total=total,
+        calibration=calib,
+        nodes=nodes,
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        notes=notes,
+    )
+    return ProfileRun(
+        profile=prof,
+        anchors=anchors,
+        fitted_prefix_ms=tuple(prefix_ms),
+        checks=tuple(checks),
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def measure_cuts(
+    traced: graph.TracedModel,
+    cuts: Sequence[str],
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    slowdown: float = 1.0,
+    progress: ProgressArg = True,
+    timer: Timer = time.perf_counter,
+) -> list[CutTiming]:
+    """Measure head and tail of each cut (a compute node name; the head is the topological prefix
+    through it), with the same method the profiler checks its calibration with.
+
+    Heads and tails are timed round-robin; each tail runs on its head's real outputs. A cut after
+    the last compute node has the whole model as head and an empty tail (0 ms).
+    """
+    _check_options(device=device, threads=threads, warmup=warmup, repeats=repeats, slowdown=slowdown)
+    compute = [n.name for n in traced.compute_nodes()]
+    pos_of = {name: i + 1 for i, name in enumerate(compute)}
+    unknown = [c for c in cuts if c not in pos_of]
+    if unknown:
+        raise ConfigError(
+            f"cannot measure cuts {unknown}: they are not compute nodes of model {traced.name!r} "
+            f"(compute nodes: {', '.join(compute[:8])}{', ...' if len(compute) > 8 else ''})"
+        )
+    bar = Progress(progress, label=f"measure {traced.name}", stages={"cuts": repeats + 1})
+    with session(traced, device=device, threads=threads) as s:
+        bar.stage("cuts")
+        out = _measure_positions(
+            traced, compute, [pos_of[c] for c in cuts], s, warmup=warmup, repeats=repeats,
+            factor=float(slowdown), timer=timer, tick=bar.advance,
+        )  # fmt: skip
+    bar.close()
+    return out
+
+
+def profile(
+    model: str | nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    name: str | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> Profile:
+    """Trace and profile a model on a random input of ``input_shape`` (batch first).
+
+    ``model`` is a module or a spec :func:`splitdnn.models.load_model` understands (a zoo name,
+    ``package.module:callable``, ``torchvision:name``). For a zoo name ``input_shape`` defaults to
+    the literature's input at batch 1. ``options`` are those of :func:`profile_model`.
+    """
+    if isinstance(model, str):
+        from splitdnn.models import ZOO, default_input_shape, load_model
+
+        module, display = load_model(model)
+        if input_shape is None:
+            if model.strip() not in ZOO:
+                raise ConfigError(
+                    f"profile({model!r}): input_shape (batch first) is required for a model outside the zoo"
+                )
+            input_shape = default_input_shape(model.strip())
+        name = name or display
+    elif isinstance(model, nn.Module):
+        if input_shape is None:
+            raise ConfigError(
+                "profile(module, input_shape): input_shape (batch first) is required for a module"
+            )
+        module = model
+        name = name or type(model).__name__
+    else:
+        raise ConfigError(
+            f"model must be a torch.nn.Module or a model spec such as 'resnet18', "
+            f"found {type(model).__name__}"
+        )
+    shape = tuple(input_shape)
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise ConfigError(f"input_shape must be positive integers, batch first, found {shape}")
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(shape, generator=gen)
+    traced = graph.trace(module, (example,), name=name)
+    return profile_model(traced, **options)
+
+
+def machine_info(*, device: str = "cpu", threads: int | None = None) -> MachineInfo:
+    """Describe this machine and runtime (CPU model, threads, accelerator, versions)."""
+    dev = torch.device(device)
+    accelerator = ""
+    if dev.type == "cuda" and torch.cuda.is_available():
+        accelerator = torch.cuda.get_device_name(dev)
+    return MachineInfo(
+        hostname=platform.node(),
+        platform=platform.platform(),
+        processor=cpu_model(),
+        cpu_count=os.cpu_count() or 1,
+        threads=threads if threads is not None else torch.get_num_threads(),
+        device=dev.type,
+        accelerator=accelerator,
+        python=platform.python_version(),
+        torch=torch.__version__,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# options and the measuring session
+
+
+def _check_options(*, device: str, threads: int | None, warmup: int, repeats: int, slowdown: float) -> None:
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', found {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} was requested but torch.cuda.is_available() is False (torch "
+            f"{torch.__version__}); profile on device='cpu' or install a CUDA build of torch"
+        )
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(
+            f"threads must be None (keep torch's setting) or an integer >= 1, found {threads!r}"
+        )
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats must be an integer >= 1 (timed runs per measurement), found {repeats!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup must be an integer >= 0 (untimed runs first), found {warmup!r}")
+    if (
+        isinstance(slowdown, bool)
+        or not isinstance(slowdown, (int, float))
+        or not math.isfinite(slowdown)
+        or slowdown < 1
+    ):
+        raise ConfigError(
+            f"slowdown must be a finite factor >= 1 (1 = no device emulation; 4 = a device 4x slower "
+            f"than this machine), found {slowdown!r}"
+        )
+
+
+def _measure_positions(
+    traced: graph.TracedModel,
+    compute: Sequence[str],
+    positions: Sequence[int],
+    s: Session,
+    *,
+    warmup: int,
+    repeats: int,
+    factor: float,
+    timer: Timer,
+    tick: Callable[[], None] | None,
+) -> list[CutTiming]:
+    cuts = [prepare_cut(traced, compute, p, s.inputs) for p in positions]
+    fns: list[Callable[[], Any]] = []
+    for c in cuts:
+        fns.append(c.head)
+        if c.tail is not None:
+            fns.append(c.tail)
+    samples = iter(time_each(fns, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync, tick=tick))
+    out = []
+    for c in cuts:
+        head = latency_stats(next(samples), factor=factor)
+        tail = latency_stats(next(samples), factor=factor) if c.tail is not None else LatencyStats.zero()
+        out.append(CutTiming(cut=compute[c.position - 1], position=c.position, head=head, tail=tail))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# sizes and machine description
+
+
+# --------------------------------------------------------------------------------------------------
+# progress

@@ -1,0 +1,427 @@
+"""The profiler: complete and valid profiles, exact calibration, honest scaling, restored state.
+
+Timing-dependent checks run on a virtual clock: forward hooks on the model's leaf modules advance it
+by a fixed cost per call, and the profiler reads it through its injectable ``timer``. Real-clock runs
+only check structure and the calibration identities, never how long anything took.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from collections.abc import Callable
+from itertools import pairwise
+from typing import Any
+
+import pytest
+import torch
+from torch import fx, nn
+
+from splitdnn import graph
+from splitdnn.calibrate import split_prediction
+from splitdnn.errors import ConfigError
+from splitdnn.models.registry import ZOO, build_zoo_model
+from splitdnn.profiler import machine_info, measure_cuts, profile, profile_model, profile_model_run
+from splitdnn.progress import Progress
+from splitdnn.schema import Profile, profile_from_json, profile_to_json
+
+# two timed runs of a toy model on a shared machine are noisy by nature; the warning is tested in
+# test_calibrate.py
+pytestmark = pytest.mark.filterwarnings("ignore:profile of .* timings look unreliable:RuntimeWarning")
+
+# one thread keeps toy models steady on a busy machine
+FAST: dict[str, Any] = {"warmup": 1, "repeats": 2, "progress": False, "threads": 1}
+
+
+class TinyChain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.act0 = nn.ReLU(inplace=True)  # modifies the model input: profiling must not touch the caller's
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act0(x)  # (B, 3, 8, 8)
+        x = self.relu(self.bn(self.conv(x)))  # (B, 4, 8, 8)
+        return self.fc(torch.flatten(x, 1))  # (B, 5)
+
+
+class TinyDAG(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.left = nn.Conv2d(8, 8, 1)
+        self.right = nn.Conv2d(8, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(1, 8, 1, 1))  # read by a get_attr node
+        self.register_buffer("shift", torch.zeros(8, 1, 1))  # a buffer read by a get_attr node
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.relu(self.stem(x))  # (B, 8, H, W)
+        a, b = torch.chunk(y, 2, dim=1)  # a node whose value is a tuple
+        s = self.left(y) + self.right(y) * self.scale + self.shift
+        z = torch.cat([b, a], 1) + s
+        n = z.size(0)  # a node whose value is an int
+        pooled = z.mean(dim=(2, 3)).view(n, -1)  # (B, 8)
+        return self.head(pooled), pooled  # the model's value is a tuple too
+
+
+def _trace(model: nn.Module, shape: tuple[int, ...], name: str) -> graph.TracedModel:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return graph.trace(model.eval(), (x,), name=name)
+
+
+@pytest.fixture
+def chain() -> graph.TracedModel:
+    return _trace(TinyChain(), (2, 3, 8, 8), "tiny_chain")
+
+
+@pytest.fixture
+def dag() -> graph.TracedModel:
+    return _trace(TinyDAG(), (1, 3, 6, 6), "tiny_dag")
+
+
+class VirtualClock:
+    """Seconds that pass only when a charged module runs (and ``tick_s`` per reading)."""
+
+    def __init__(self, tick_s: float = 0.0) -> None:
+        self.now = 0.0
+        self.tick_s = tick_s
+
+    def __call__(self) -> float:
+        t = self.now
+        self.now += self.tick_s
+        return t
+
+
+def charge(traced: graph.TracedModel, clock: VirtualClock) -> dict[str, float]:
+    """Make each call_module node cost 1, 2, 3, ... ms on ``clock``; returns ms per compute node."""
+    costs: dict[str, float] = {}
+    for node in traced.module.graph.nodes:
+        if node.op == "call_module" and node.target not in costs:
+            ms = float(len(costs) + 1)
+            costs[node.target] = ms
+            traced.module.get_submodule(node.target).register_forward_hook(
+                lambda *_, s=ms / 1e3: setattr(clock, "now", clock.now + s)
+            )
+    return {
+        n.name: costs[str(n.target)] if n.op == "call_module" else 0.0
+        for n in traced.module.graph.nodes
+        if n.op in ("call_module", "call_function", "call_method")
+    }
+
+
+def _independent_values(traced: graph.TracedModel) -> dict[str, Any]:
+    """Every node's value from a plain fx.Interpreter run on a copy of the input."""
+    values: dict[str, Any] = {}
+
+    class Keep(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            values[n.name] = super().run_node(n)
+            return values[n.name]
+
+    with torch.no_grad():
+        Keep(traced.module).run(*(x.clone() for x in traced.example_inputs))
+    return values
+
+
+def _expected_bytes(value: Any) -> tuple[list[tuple[tuple[int, ...], str]], int]:
+    if isinstance(value, torch.Tensor):
+        return [
+            (tuple(value.shape), str(value.dtype).removeprefix("torch."))
+        ], value.nelement() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        metas, total = [], 0
+        for v in value:
+            m, b = _expected_bytes(v)
+            metas += m
+            total += b
+        return metas, total
+    if isinstance(value, int):
+        return [((), "int64")], 8
+    raise AssertionError(f"unexpected value {value!r}")
+
+
+def _model_bytes(module: nn.Module) -> int:
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.nelement() * t.element_size() for t in tensors.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# structure
+
+
+@pytest.mark.parametrize("which", ["chain", "dag"])
+def test_profile_is_complete_and_round_trips(which: str, request: pytest.FixtureRequest) -> None:
+    traced: graph.TracedModel = request.getfixturevalue(which)
+    prof = profile_model(traced, **FAST)
+    assert isinstance(prof, Profile)
+    assert profile_from_json(profile_to_json(prof)) == prof
+    assert [n.name for n in prof.nodes] == [n.name for n in traced.nodes]
+    assert [(n.op, n.target, n.inputs) for n in prof.nodes] == [
+        (n.op, n.target, n.inputs) for n in traced.nodes
+    ]
+    assert prof.model == traced.name and prof.fingerprint == traced.fingerprint
+    assert prof.input_shapes == traced.input_shapes
+    assert prof.batch_size == traced.input_shapes[0][0]
+    assert (prof.warmup, prof.repeats, prof.slowdown) == (1, 2, 1.0)
+
+    values = _independent_values(traced)
+    for node in prof.nodes:
+        metas, nbytes = _expected_bytes(values[node.name])
+        assert [(m.shape, m.dtype) for m in node.outputs] == metas, node.name
+        assert node.output_bytes == nbytes == sum(m.nbytes for m in node.outputs), node.name
+        if node.is_compute:
+            assert node.latency.repeats == 2
+        else:
+            assert node.latency.median_ms == node.calibrated_ms == 0.0, node.name
+    assert sum(n.param_bytes for n in prof.nodes) == _model_bytes(traced.module)
+    assert all(n.param_bytes == 0 for n in prof.nodes if n.op not in ("call_module", "get_attr"))
+
+
+def test_dag_profile_flattens_tuples_and_counts_scalars(dag: graph.TracedModel) -> None:
+    prof = profile_model(dag, **FAST)
+    chunk = next(n for n in prof.nodes if n.target == "torch.chunk")
+    assert len(chunk.outputs) == 2 and chunk.output_bytes == 2 * 4 * 36 * 4  # two (1, 4, 6, 6) float32
+    size = next(n for n in prof.nodes if n.target == "size")
+    assert [(m.shape, m.dtype, m.nbytes) for m in size.outputs] == [((), "int64", 8)]
+    out = next(n for n in prof.nodes if n.op == "output")
+    assert out.output_bytes == (3 + 8) * 4 and len(out.outputs) == 2
+    attrs = {n.target: n.param_bytes for n in prof.nodes if n.op == "get_attr"}
+    assert attrs == {"scale": 8 * 4, "shift": 8 * 4}
+
+
+def test_calibration_identities_on_the_real_clock(dag: graph.TracedModel) -> None:
+    run = profile_model_run(dag, **FAST)
+    prof = run.profile
+    cal = [n.calibrated_ms for n in prof.compute_nodes]
+    assert run.anchors[-1].position == len(cal)
+    assert len(run.anchors) == len(run.fitted_prefix_ms) == prof.calibration.segments
+    for anchor, fitted in zip(run.anchors, run.fitted_prefix_ms, strict=True):
+        assert sum(cal[: anchor.position]) == pytest.approx(fitted, rel=1e-9, abs=1e-12)
+    assert run.fitted_prefix_ms[-1] == prof.total.median_ms
+    assert sum(cal) == pytest.approx(prof.total.median_ms, rel=1e-9)
+    assert all(b >= a for a, b in pairwise(run.fitted_prefix_ms))
+    assert prof.calibration.cuts_checked == len(run.checks)
+    assert not {c.cut for c in run.checks} & {a.cut for a in run.anchors}  # held out from the fit
+
+
+def test_check_cuts_zero_fits_on_every_chain_cut(chain: graph.TracedModel) -> None:
+    run = profile_model_run(chain, check_cuts=0, **FAST)
+    assert run.checks == () and run.profile.calibration.cuts_checked == 0
+    assert run.profile.calibration.mape_pct == 0.0
+    assert {a.cut for a in run.anchors} >= set(graph.chain_cuts(chain))
+    run = profile_model_run(chain, segments=1, **FAST)  # the whole model is the only segment
+    assert [a.position for a in run.anchors] == [len(run.profile.compute_nodes)]
+
+
+# --------------------------------------------------------------------------------------------------
+# the virtual clock: exact numbers
+
+
+@pytest.mark.parametrize("which", ["chain", "dag"])
+@pytest.mark.parametrize("method", ["segment-prefix", "segment-head-tail"])
+def test_calibration_is_exact_at_anchors(which: str, method: str, request: pytest.FixtureRequest) -> None:
+    traced: graph.TracedModel = request.getfixturevalue(which)
+    clock = VirtualClock()
+    cost = charge(traced, clock)
+    run = profile_model_run(traced, timer=clock, calibration=method, **FAST)
+    prof = run.profile
+    names = [n.name for n in prof.compute_nodes]
+    costs = [cost[n] for n in names]
+    for node in prof.compute_nodes:
+        assert node.latency.median_ms == pytest.approx(cost[node.name])
+    for anchor in run.anchors:  # measured heads == the fitted prefix == the calibrated sum
+        assert anchor.head.median_ms == pytest.approx(sum(costs[: anchor.position]))
+        assert sum(n.calibrated_ms for n in prof.compute_nodes[: anchor.position]) == pytest.approx(
+            anchor.head.median_ms, rel=1e-12
+        )
+    assert prof.total.median_ms == pytest.approx(sum(costs))
+    assert sum(n.calibrated_ms for n in prof.compute_nodes) == pytest.approx(prof.total.median_ms, rel=1e-12)
+    assert prof.calibration.method == method
+    assert prof.calibration.cuts_checked >= 1
+    assert prof.calibration.max_abs_error_ms == pytest.approx(0.0, abs=1e-9)
+    for check in run.checks:
+        head, tail = split_prediction(prof, check.cut)
+        assert (head, tail) == pytest.approx((check.head.median_ms, check.tail.median_ms), abs=1e-9)
+
+
+def test_slowdown_scales_times_errors_and_describe(chain: graph.TracedModel) -> None:
+    profiles = {}
+    for factor in (1.0, 2.5):
+        clock = VirtualClock(tick_s=0.25e-3)  # every reading adds 0.25 ms: head + tail != total
+        charge(chain, clock)
+        profiles[factor] = profile_model(chain, timer=clock, slowdown=factor, **FAST)
+    base, slow = profiles[1.0], profiles[2.5]
+    assert slow.slowdown == 2.5 and base.slowdown == 1.0
+    assert base.calibration.max_abs_error_ms > 0  # the check is not trivially exact
+    for a, b in zip(base.nodes, slow.nodes, strict=True):
+        for field in ("median_ms", "p10_ms", "p90_ms"):
+            assert getattr(b.latency, field) == pytest.approx(2.5 * getattr(a.latency, field))
+        assert b.calibrated_ms == pytest.approx(2.5 * a.calibrated_ms)
+        assert (b.outputs, b.output_bytes, b.param_bytes) == (a.outputs, a.output_bytes, a.param_bytes)
+    assert slow.total.median_ms == pytest.approx(2.5 * base.total.median_ms)
+    assert slow.calibration.max_abs_error_ms == pytest.approx(2.5 * base.calibration.max_abs_error_ms)
+    assert slow.calibration.median_abs_error_ms == pytest.approx(2.5 * base.calibration.median_abs_error_ms)
+    assert slow.calibration.mape_pct == pytest.approx(base.calibration.mape_pct)
+    assert "x2.5" in slow.describe() and "slowdown" in slow.describe()
+    assert "slowdown" not in base.describe()
+
+
+def test_measure_cuts(chain: graph.TracedModel) -> None:
+    clock = VirtualClock()
+    cost = charge(chain, clock)
+    names = [n.name for n in chain.compute_nodes()]
+    cuts = [*graph.chain_cuts(chain)[:2], names[-1]]
+    timings = measure_cuts(chain, cuts, timer=clock, **FAST)
+    assert [t.cut for t in timings] == cuts
+    for t in timings:
+        assert t.position == names.index(t.cut) + 1
+        assert t.head.median_ms == pytest.approx(sum(cost[n] for n in names[: t.position]))
+        assert t.tail.median_ms == pytest.approx(sum(cost[n] for n in names[t.position :]))
+    assert timings[-1].tail.repeats == 0  # the last node's cut is the whole model, empty tail
+    with pytest.raises(ConfigError, match="not compute nodes"):
+        measure_cuts(chain, ["nope"], **FAST)
+
+
+# --------------------------------------------------------------------------------------------------
+# state restored, options refused
+
+
+def test_threads_mode_and_tensors_restored(chain: graph.TracedModel) -> None:
+    chain.module.train()
+    before_threads = torch.get_num_threads()
+    state = {k: v.clone() for k, v in chain.module.state_dict().items()}
+    x = chain.example_inputs[0].clone()
+    assert (x < 0).any()  # the model's in-place ReLU would change it
+    prof = profile_model(chain, **FAST)  # threads=1
+    assert prof.machine.threads == 1
+    assert torch.get_num_threads() == before_threads
+    assert all(m.training for m in chain.module.modules())  # profiled in eval mode, train mode back
+    for k, v in chain.module.state_dict().items():  # BatchNorm statistics untouched
+        assert torch.equal(v, state[k]), k
+    assert torch.equal(chain.example_inputs[0], x)
+
+
+def test_state_restored_after_a_failure(chain: graph.TracedModel) -> None:
+    before = torch.get_num_threads()
+    chain.module.train()
+
+    def broken_timer() -> float:
+        raise RuntimeError("clock broke")
+
+    with pytest.raises(RuntimeError, match="clock broke"):
+        profile_model(chain, timer=broken_timer, **FAST)  # threads=1
+    assert torch.get_num_threads() == before
+    assert all(m.training for m in chain.module.modules())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"slowdown": 0.5}, "slowdown"),
+        ({"slowdown": float("nan")}, "slowdown"),
+        ({"slowdown": float("inf")}, "slowdown"),
+        ({"repeats": 0}, "repeats"),
+        ({"warmup": -1}, "warmup"),
+        ({"threads": 0}, "threads"),
+        ({"device": "tpu"}, "device"),
+        ({"segments": 0}, "segments"),
+        ({"check_cuts": -1}, "check_cuts"),
+        ({"calibration": "magic"}, "calibration"),
+        ({"progress": "yes"}, "progress"),
+    ],
+)
+def test_bad_options_are_refused(chain: graph.TracedModel, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        profile_model(chain, **{**FAST, **options})
+
+
+def test_cuda_when_unavailable(chain: graph.TracedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"torch.cuda.is_available\(\) is False"):
+        profile_model(chain, device="cuda", **FAST)
+    with pytest.raises(ConfigError, match="cuda"):
+        measure_cuts(chain, [], device="cuda:0", **FAST)
+    with pytest.raises(ConfigError, match="repeats"):
+        measure_cuts(chain, [], repeats=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_profile_on_cuda(dag: graph.TracedModel) -> None:
+    prof = profile_model(dag, device="cuda", **FAST)
+    assert prof.machine.device == "cuda" and prof.machine.accelerator
+    assert all(p.device.type == "cpu" for p in dag.module.parameters())  # moved back
+    assert profile_from_json(profile_to_json(prof)) == prof
+
+
+# --------------------------------------------------------------------------------------------------
+# progress, machine, convenience
+
+
+def test_progress_bar_goes_to_stderr(chain: graph.TracedModel, capsys: pytest.CaptureFixture[str]) -> None:
+    profile_model(chain, warmup=1, repeats=2, threads=1, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "profile tiny_chain" in err and "anchors" in err
+    profile_model(chain, warmup=1, repeats=2, threads=1, progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    bar = Progress(True, label="profile m", stages={"nodes": 2})
+    bar.stage("nodes")
+    bar.advance()
+    bar.advance()
+    bar.close()
+    text = term.getvalue()
+    assert text.startswith("\rprofile m  nodes") and re.search(r"\] 100%  \d+\.\ds\n$", text)
+    assert text.count("\n") == 1  # one line, redrawn with carriage returns
+
+
+def test_progress_callback(chain: graph.TracedModel) -> None:
+    calls: list[tuple[int, int, str]] = []
+    report: Callable[[int, int, str], None] = lambda d, t, s: calls.append((d, t, s))  # noqa: E731
+    profile_model(chain, warmup=1, repeats=2, threads=1, progress=report)
+    done = [c[0] for c in calls]
+    assert done == sorted(done)
+    assert {c[1] for c in calls} == {calls[-1][1]}
+    assert calls[-1] == (calls[-1][1], calls[-1][1], "done")
+    assert {"record", "nodes", "anchors"} <= {c[2] for c in calls}
+
+
+def test_machine_info() -> None:
+    m = machine_info()
+    assert m.device == "cpu" and m.accelerator == ""
+    assert m.cpu_count >= 1 and m.threads == torch.get_num_threads()
+    assert m.torch == torch.__version__ and m.python and m.processor
+
+
+def test_profile_convenience_on_a_module() -> None:
+    prof = profile(TinyChain(), (2, 3, 8, 8), name="conv", segments=3, check_cuts=1, **FAST)
+    assert prof.model == "conv" and prof.input_shapes == ((2, 3, 8, 8),) and prof.batch_size == 2
+    assert prof.calibration.segments <= 3
+    with pytest.raises(ConfigError, match="input_shape"):
+        profile(TinyChain())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+def test_zoo_models_profile(name: str) -> None:
+    entry = ZOO[name]
+    model = build_zoo_model(name, **entry.test_kwargs)
+    traced = _trace(model, (1, *entry.test_input_shape), name)
+    prof = profile_model(traced, warmup=0, repeats=1, segments=6, check_cuts=2, threads=1, progress=False)
+    assert profile_from_json(profile_to_json(prof)) == prof
+    assert sum(n.param_bytes for n in prof.nodes) == _model_bytes(traced.module)
+    assert prof.calibration.segments == 6 and prof.calibration.cuts_checked == 2
+    assert sum(n.calibrated_ms for n in prof.compute_nodes) == pytest.approx(prof.total.median_ms)
