@@ -16,11 +16,13 @@ from splitdnn.errors import (
     TraceError,
 )
 from splitdnn.schema import Link, Plan, PowerModel, Profile, load_profile, save_profile
+from splitdnn.solver import Constraints, cloud_only, edge_only, evaluate, solve, sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Constraints",
     "InfeasibleError",
     "Link",
     "ModelLoadError",
@@ -33,6 +35,11 @@ __all__ = [
     "SplitDNNError",
     "TraceError",
     "__version__",
+    "cloud_only",
+    "edge_only",
+    "evaluate",
     "load_profile",
     "save_profile",
+    "solve",
+    "sweep",
 ]

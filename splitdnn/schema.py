@@ -80,9 +80,7 @@ class LatencyStats:
             raise ProfileError(f"repeats must be >= 0, found {self.repeats}")
 
     def scaled(self, factor: float) -> LatencyStats:
-        return LatencyStats(
-            self.median_ms * factor, self.p10_ms * factor, self.p90_ms * factor, self.repeats
-        )
+        return LatencyStats(self.median_ms * factor, self.p10_ms * factor, self.p90_ms * factor, self.repeats)
 
     @classmethod
     def zero(cls) -> LatencyStats:
@@ -374,7 +372,7 @@ def _decode(tp: Any, value: Any, path: str, error: type[Exception]) -> Any:
                 raise error(f"{path}: missing field {name!r}")
             kwargs[name] = _decode(hints[name], value[name], f"{path}.{name}", error)
         try:
-            return tp(**kwargs)
+            return tp(**kwargs)  # type: ignore[operator]  # tp is a dataclass type here
         except (ProfileError, ConfigError) as exc:
             raise error(f"{path}: {exc}") from exc
     if origin is tuple:
@@ -385,7 +383,9 @@ def _decode(tp: Any, value: Any, path: str, error: type[Exception]) -> Any:
             return tuple(_decode(args[0], v, f"{path}[{i}]", error) for i, v in enumerate(value))
         if len(args) != len(value):
             raise error(f"{path}: expected {len(args)} items, found {len(value)}")
-        return tuple(_decode(a, v, f"{path}[{i}]", error) for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(
+            _decode(a, v, f"{path}[{i}]", error) for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin in (Mapping, dict, typing.Mapping) or tp is dict:
         key_t, val_t = get_args(tp) or (str, Any)
         if not isinstance(value, dict):
@@ -458,7 +458,9 @@ def profile_from_json(text: str, *, source: str = "profile") -> Profile:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ProfileError(f"{source} is not valid JSON ({exc}); expected a file written by `splitdnn profile`") from exc
+        raise ProfileError(
+            f"{source} is not valid JSON ({exc}); expected a file written by `splitdnn profile`"
+        ) from exc
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: expected a JSON object, found {_kind(data)}")
     version = data.get("schema_version")
@@ -517,4 +519,3 @@ def check_same_model(profiles: typing.Sequence[Profile]) -> None:
                 f"profiles of {first.model!r} were measured for different input shapes: "
                 f"{list(first.input_shapes)} and {list(other.input_shapes)}"
             )
-

@@ -149,3 +149,12 @@ def test_core_modules_import_no_torch_numpy_or_grpc():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, f"core modules pulled in {proc.stdout.strip()} {proc.stderr}"
+
+
+def test_public_api_is_sorted_and_complete():
+    import splitdnn
+
+    assert splitdnn.__all__ == sorted(splitdnn.__all__)
+    public = {n for n in vars(splitdnn) if not n.startswith("_") or n == "__version__"}
+    modules = {n for n in public if type(getattr(splitdnn, n)).__name__ == "module"}
+    assert set(splitdnn.__all__) == public - modules

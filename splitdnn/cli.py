@@ -1,0 +1,421 @@
+"""The `splitdnn` command line: a thin layer of argument parsing over the library.
+
+Every subcommand is ``main(argv) -> exit code``; errors splitdnn raises on purpose print one line on
+stderr (``splitdnn: error: ...``) and exit 1, argument errors exit 2, and no traceback is shown.
+Torch is imported only by the subcommands that need it (``profile``, ``demo``), so ``solve`` and
+``sweep`` start fast and work on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from splitdnn.errors import ConfigError, SplitDNNError
+from splitdnn.schema import Link, PowerModel, load_profile
+
+__all__ = ["main"]
+
+PROG = "splitdnn"
+
+
+# --------------------------------------------------------------------------------------------------
+# argument helpers
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a shape such as 1,3,224,224 (batch first), found {text!r}"
+        ) from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive dimensions such as 1,3,224,224, found {text!r}")
+    return dims
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}")
+    return value
+
+
+def _nonneg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {text!r}")
+    return value
+
+
+def _range(text: str) -> tuple[float, float]:
+    lo_text, sep, hi_text = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(
+            f"expected a range LOW:HIGH in Mbit/s such as 0.1:1000, found {text!r}"
+        )
+    lo, hi = _positive(lo_text), _positive(hi_text)
+    if hi < lo:
+        raise argparse.ArgumentTypeError(f"range {text!r} ends below its start; write LOW:HIGH")
+    return lo, hi
+
+
+def _power(text: str) -> PowerModel:
+    try:
+        compute, radio, idle = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected COMPUTE_W,RADIO_W,IDLE_W such as 2.0,1.0,0.3, found {text!r}"
+        ) from None
+    try:
+        return PowerModel(compute, radio, idle)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device-profile", required=True, metavar="FILE", help="profile measured on the device")
+    p.add_argument("--server-profile", required=True, metavar="FILE", help="profile measured on the server")
+    p.add_argument(
+        "--edge-profile",
+        metavar="FILE",
+        help="profile of an edge server between device and cloud: makes a three-tier plan",
+    )
+    p.add_argument("--rtt-ms", type=_nonneg, default=0.0, help="round-trip time of the uplink (ms)")
+    p.add_argument("--downlink-mbps", type=_nonneg, default=0.0, help="downlink (0 = same as uplink)")
+    p.add_argument(
+        "--backhaul-mbps",
+        type=_positive,
+        default=1000.0,
+        help="edge server -> cloud bandwidth for three-tier plans (default 1000)",
+    )
+    p.add_argument("--backhaul-rtt-ms", type=_nonneg, default=0.0)
+    p.add_argument("--objective", choices=("latency", "energy", "throughput"), default="latency")
+    p.add_argument(
+        "--power",
+        type=_power,
+        default=PowerModel(),
+        metavar="C,R,I",
+        help="device power in watts while computing, sending and idle (default 2.0,1.0,0.3)",
+    )
+    p.add_argument(
+        "--max-device-memory-mb", type=_positive, metavar="MB", help="cap on the head's memory on the device"
+    )
+    p.add_argument(
+        "--keep-input-on-device",
+        action="store_true",
+        help="privacy floor: the raw input never leaves the device",
+    )
+    p.add_argument(
+        "--device-min-nodes",
+        type=int,
+        default=0,
+        metavar="K",
+        help="privacy floor: the first K compute nodes run on the device",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+# --------------------------------------------------------------------------------------------------
+# subcommands
+
+
+def _load_profiles(args: argparse.Namespace) -> list:
+    from splitdnn.schema import check_same_model
+
+    paths = [args.device_profile] + ([args.edge_profile] if args.edge_profile else []) + [args.server_profile]
+    profiles = [load_profile(p) for p in paths]
+    check_same_model(profiles)
+    return profiles
+
+
+def _links(args: argparse.Namespace, uplink_mbps: float) -> list[Link]:
+    links = [Link(uplink_mbps, args.downlink_mbps, args.rtt_ms)]
+    if args.edge_profile:
+        links.append(Link(args.backhaul_mbps, 0.0, args.backhaul_rtt_ms))
+    return links
+
+
+def _constraints(args: argparse.Namespace):  # -> solver.Constraints
+    from splitdnn.solver import Constraints
+
+    if args.device_min_nodes < 0:
+        raise ConfigError(f"--device-min-nodes must be >= 0, found {args.device_min_nodes}")
+    cap = None if args.max_device_memory_mb is None else int(args.max_device_memory_mb * 2**20)
+    return Constraints(
+        device_memory_bytes=cap,
+        keep_input_on_device=args.keep_input_on_device,
+        device_min_nodes=args.device_min_nodes,
+    )
+
+
+def cmd_solve(args: argparse.Namespace) -> int:
+    from splitdnn import report, solver
+
+    profiles = _load_profiles(args)
+    links = _links(args, args.uplink_mbps)
+    kw = dict(objective=args.objective, power=args.power, constraints=_constraints(args))
+    plan = solver.solve(profiles, links, **kw)
+    edge = solver.edge_only(profiles, links, objective=args.objective, power=args.power)
+    cloud = solver.cloud_only(profiles, links, objective=args.objective, power=args.power)
+    if args.json:
+        out = report.plan_json(plan, edge, cloud)
+        out["profiles"] = [p.describe() for p in profiles]
+        print(json.dumps(out, indent=1, sort_keys=True))
+    else:
+        print(report.format_plan(plan, edge, cloud, profiles))
+    return 0
+
+
+def _sweep_values(lo: float, hi: float, points: int, log: bool) -> list[float]:
+    if points < 1:
+        raise ConfigError(f"--points must be >= 1, found {points}")
+    if points == 1 or lo == hi:
+        return [lo]
+    if log:
+        a, b = math.log10(lo), math.log10(hi)
+        return [10 ** (a + (b - a) * i / (points - 1)) for i in range(points)]
+    return [lo + (hi - lo) * i / (points - 1) for i in range(points)]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from splitdnn import report, solver
+
+    profiles = _load_profiles(args)
+    lo, hi = args.uplink_mbps
+    values = _sweep_values(lo, hi, args.points, not args.linear)
+    points = solver.sweep(
+        profiles,
+        values,
+        rtt_ms=args.rtt_ms,
+        downlink_mbps=args.downlink_mbps,
+        objective=args.objective,
+        power=args.power,
+        constraints=_constraints(args),
+        upper_links=_links(args, values[0])[1:],
+    )
+    if args.plot:
+        from splitdnn.plots import plot_sweep
+
+        plot_sweep(points, args.plot, title=profiles[0].describe())
+    if args.json:
+        out = report.sweep_json(points)
+        out["profiles"] = [p.describe() for p in profiles]
+        print(json.dumps(out, indent=1, sort_keys=True))
+    else:
+        for p in profiles:
+            print(f"profile: {p.describe()}")
+        print(report.sweep_table(points))
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+def _input_shape(model_spec: str, given: Sequence[tuple[int, ...]] | None, batch: int | None):
+    from splitdnn.models import ZOO, default_input_shape
+
+    if given:
+        shapes = list(given)
+        if batch is not None:
+            shapes = [(batch, *s[1:]) for s in shapes]
+        return shapes
+    if model_spec in ZOO:
+        return [default_input_shape(model_spec, batch or 1)]
+    raise ConfigError(
+        f"model {model_spec!r} is not in the zoo, so its input shape is unknown; "
+        f"pass --input-shape, e.g. --input-shape 1,3,224,224"
+    )
+
+
+def _trace(args: argparse.Namespace):
+    import torch
+
+    from splitdnn.graph import trace
+    from splitdnn.models import load_model, parse_kwargs
+
+    model, name = load_model(args.model, kwargs=parse_kwargs(args.kwarg or []), weights=args.weights)
+    shapes = _input_shape(args.model, args.input_shape, args.batch_size)
+    gen = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(s, generator=gen) for s in shapes)
+    return trace(model, inputs, name=name)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from splitdnn.profiler import profile_model
+    from splitdnn.schema import save_profile
+
+    traced = _trace(args)
+    prof = profile_model(
+        traced,
+        device=args.device,
+        threads=args.threads,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        slowdown=args.slowdown,
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        raise ConfigError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    save_profile(prof, out)
+    cal = prof.calibration
+    print(prof.describe())
+    print(
+        f"{len(prof.compute_nodes)} compute nodes; calibration ({cal.method}, {cal.segments} segments): "
+        f"head/tail MAPE {cal.mape_pct:.1f}% over {cal.cuts_checked} held-out cuts; written to {out}"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from splitdnn.models import ZOO
+    from splitdnn.report import format_table
+
+    rows = [
+        [name, e.kind, "x".join(map(str, e.input_shape)), e.description] for name, e in sorted(ZOO.items())
+    ]
+    print(format_table(["name", "graph", "input", "description"], rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Profile a zoo model as an emulated device and as a server, then plan across bandwidths."""
+    from splitdnn import report, solver
+    from splitdnn.profiler import profile_model
+
+    args.input_shape, args.kwarg, args.weights = None, None, None
+    traced = _trace(args)
+    server_threads = args.server_threads or (os.cpu_count() or 1)
+    print(
+        f"profiling {traced.name} {list(traced.input_shapes[0])}: device = {args.device_threads} thread(s) "
+        f"x slowdown {args.slowdown:g} (emulated), server = {server_threads} thread(s)",
+        flush=True,
+    )
+    device = profile_model(
+        traced,
+        threads=args.device_threads,
+        slowdown=args.slowdown,
+        repeats=args.repeats,
+        progress=not args.quiet,
+    )
+    server = profile_model(traced, threads=server_threads, repeats=args.repeats, progress=not args.quiet)
+    for p in (device, server):
+        print(f"profile: {p.describe()}")
+    points = solver.sweep([device, server], list(args.uplink_mbps), rtt_ms=args.rtt_ms)
+    print(report.sweep_table(points))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Split computing: profile a network layer by layer, solve the optimal device/server cut.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("models", help="list the built-in model zoo")
+    p.set_defaults(func=cmd_models)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--batch-size", type=int, metavar="B", help="batch size (overrides the shape's first dim)"
+        )
+        p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads while profiling")
+        p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
+        p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("profile", help="measure a model node by node on this machine")
+    p.add_argument("model", help="zoo name, package.module:callable, or torchvision:NAME")
+    p.add_argument(
+        "--input-shape",
+        type=_shape,
+        action="append",
+        metavar="SHAPE",
+        help="input shape, batch first (1,3,224,224); repeat for several inputs",
+    )
+    p.add_argument("--kwarg", action="append", metavar="KEY=VALUE", help="keyword argument for the model")
+    p.add_argument("--weights", metavar="FILE", help="weights: .safetensors or a torch state_dict file")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--slowdown",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="device emulation: multiply every time by F >= 1 (recorded in the profile)",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the profile (JSON)")
+    model_args(p)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("solve", help="the optimal plan for one link, beside edge-only and cloud-only")
+    _add_plan_options(p)
+    p.add_argument("--uplink-mbps", type=_positive, required=True, metavar="X")
+    p.set_defaults(func=cmd_solve)
+
+    p = sub.add_parser("sweep", help="the optimal plan and the baselines over a range of bandwidths")
+    _add_plan_options(p)
+    p.add_argument("--uplink-mbps", type=_range, required=True, metavar="LOW:HIGH")
+    p.add_argument("--points", type=int, default=13, help="bandwidths in the range (default 13)")
+    p.add_argument("--linear", action="store_true", help="space points linearly (default: logarithmically)")
+    p.add_argument("--plot", metavar="PNG", help="plot latency against bandwidth (needs matplotlib)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("demo", help="profile a zoo model as device and server, plan at standard bandwidths")
+    p.add_argument("--model", default="resnet18", help="zoo model (default resnet18)")
+    p.add_argument(
+        "--slowdown",
+        type=float,
+        default=8.0,
+        help="emulated device slowdown factor on top of one thread (default 8)",
+    )
+    p.add_argument("--device-threads", type=int, default=1)
+    p.add_argument("--server-threads", type=int, default=0, help="default: all cores")
+    p.add_argument("--uplink-mbps", type=_positive, nargs="+", default=list(report_uplinks()))
+    p.add_argument("--rtt-ms", type=_nonneg, default=20.0)
+    model_args(p)
+    p.set_defaults(func=cmd_demo, repeats=5)
+    return parser
+
+
+def report_uplinks() -> tuple[float, ...]:
+    from splitdnn.report import STANDARD_UPLINKS_MBPS
+
+    return STANDARD_UPLINKS_MBPS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SplitDNNError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The command line, in-process: outputs, JSON keys other tools rely on, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from splitdnn.cli import main
+from splitdnn.schema import save_profile
+from splitdnn.solver.synthetic import SynthNode, make_profiles
+
+MB = 1_000_000
+
+
+def _chain() -> list[SynthNode]:
+    # input 600 kB; conv shrinks to 100 kB, fc to 4 kB: a cut after conv wins at mid bandwidths
+    return [
+        SynthNode("x", "placeholder", nbytes=600_000),
+        SynthNode("conv", "call_module", ("x",), ms=10.0, nbytes=100_000, param_bytes=2 * MB),
+        SynthNode("relu", "call_function", ("conv",), ms=1.0, nbytes=100_000),
+        SynthNode("fc", "call_module", ("relu",), ms=200.0, nbytes=4_000, param_bytes=50 * MB),
+        SynthNode("output", "output", ("fc",), nbytes=4_000),
+    ]
+
+
+@pytest.fixture()
+def profiles(tmp_path):
+    device, server = make_profiles(_chain(), speedups=(1.0, 20.0), model="toy")
+    paths = tmp_path / "dev.json", tmp_path / "srv.json"
+    save_profile(device, paths[0])
+    save_profile(server, paths[1])
+    return [str(p) for p in paths]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_solve_json_has_the_keys_other_tools_rely_on(profiles, capsys):
+    dev, srv = profiles
+    code, out, err = run(
+        capsys,
+        "solve",
+        "--device-profile",
+        dev,
+        "--server-profile",
+        srv,
+        "--uplink-mbps",
+        "5.85",
+        "--rtt-ms",
+        "20",
+        "--json",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["boundary"] == ["relu"] or data["boundary"] == ["conv"]
+    for key in ("predicted_ms", "edge_only_ms", "cloud_only_ms"):
+        assert isinstance(data[key], float)
+    # 100 kB at 5.85 Mbit/s = 136.8 ms, + 20 ms RTT + 11 ms head + 10 ms tail + result
+    assert data["predicted_ms"] < min(data["edge_only_ms"], data["cloud_only_ms"])
+    assert data["edge_only_ms"] == pytest.approx(211.0)
+    assert data["codecs"] == {data["boundary"][0]: "raw"}
+
+
+def test_solve_text_shows_the_plan_and_baselines(profiles, capsys):
+    dev, srv = profiles
+    code, out, _ = run(
+        capsys, "solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5.85"
+    )
+    assert code == 0
+    assert "boundary tensors:" in out and "edge-only:" in out and "cloud-only:" in out
+
+
+def test_objectives_and_constraints_reach_the_solver(profiles, capsys):
+    dev, srv = profiles
+    base = ["solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "1000", "--json"]
+    code, out, _ = run(capsys, *base)
+    assert code == 0 and json.loads(out)["strategy"] == "cloud-only"
+    code, out, _ = run(capsys, *base, "--keep-input-on-device")
+    assert code == 0 and json.loads(out)["strategy"] == "split"
+    code, out, _ = run(capsys, *base, "--objective", "energy")
+    assert code == 0 and json.loads(out)["objective"] == "energy"
+
+
+def test_infeasible_constraint_is_one_line_and_exit_1(profiles, capsys):
+    dev, srv = profiles
+    # the first 3 compute nodes on the device need 52 MB of parameters; allow 10
+    code, out, err = run(
+        capsys,
+        "solve",
+        "--device-profile",
+        dev,
+        "--server-profile",
+        srv,
+        "--uplink-mbps",
+        "5",
+        "--device-min-nodes",
+        "3",
+        "--max-device-memory-mb",
+        "10",
+    )
+    assert code == 1 and out == ""
+    assert err.startswith("splitdnn: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sweep_table_json_and_plot(profiles, capsys, tmp_path):
+    dev, srv = profiles
+    args = [
+        "sweep",
+        "--device-profile",
+        dev,
+        "--server-profile",
+        srv,
+        "--uplink-mbps",
+        "0.1:1000",
+        "--points",
+        "9",
+    ]
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 0
+    points = json.loads(out)["points"]
+    assert [round(p["uplink_mbps"], 3) for p in points][0::4] == [0.1, 10.0, 1000.0]
+    strategies = [p["strategy"] for p in points]
+    assert strategies[0] == "edge-only" and strategies[-1] == "cloud-only" and "split" in strategies
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "sweep.png"
+    code, out, _ = run(capsys, *args, "--plot", str(png))
+    assert code == 0 and "uplink Mbit/s" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: p.write_text("{broken"), "not valid JSON"),
+        (
+            lambda p: p.write_text(p.read_text().replace('"schema_version": 1', '"schema_version": 7')),
+            "schema_version 7",
+        ),
+        (lambda p: p.unlink(), "does not exist"),
+    ],
+)
+def test_bad_profiles_are_one_line_errors(profiles, capsys, tmp_path, mutate, message):
+    dev, srv = profiles
+    from pathlib import Path
+
+    mutate(Path(dev))
+    code, out, err = run(
+        capsys, "solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5"
+    )
+    assert code == 1 and message in err and err.count("\n") == 1
+
+
+def test_profiles_of_different_models_are_refused(profiles, capsys, tmp_path):
+    dev, _ = profiles
+    other = make_profiles(_chain()[:3] + [SynthNode("output", "output", ("relu",))], model="other")[1]
+    save_profile(other, tmp_path / "other.json")
+    code, _, err = run(
+        capsys,
+        "solve",
+        "--device-profile",
+        dev,
+        "--server-profile",
+        str(tmp_path / "other.json"),
+        "--uplink-mbps",
+        "5",
+    )
+    assert code == 1 and "different models" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["solve", "--device-profile", "a", "--server-profile", "b", "--uplink-mbps", "-3"],
+        ["sweep", "--device-profile", "a", "--server-profile", "b", "--uplink-mbps", "100:1"],
+        ["profile", "resnet18", "--input-shape", "1,3,x", "--out", "p.json"],
+    ],
+)
+def test_bad_arguments_exit_2_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_profile_errors_are_one_line(capsys, tmp_path):
+    pytest.importorskip("torch")
+    code, _, err = run(capsys, "profile", "no_such_model", "--out", str(tmp_path / "p.json"))
+    assert code == 1 and "unknown model 'no_such_model'" in err and err.count("\n") == 1
+    code, _, err = run(
+        capsys, "profile", "alexnet", "--input-shape", "1,3,8,8", "--out", str(tmp_path / "p.json")
+    )
+    assert code == 1 and "1, 3, 8, 8" in err and "Traceback" not in err
+    code, _, err = run(capsys, "profile", "alexnet", "--slowdown", "0.5", "--out", str(tmp_path / "p.json"))
+    assert code == 1 and "slowdown" in err
+
+
+def test_profile_then_solve_end_to_end(capsys, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "p.json"
+    code, text, err = run(
+        capsys,
+        "profile",
+        "resnet18",
+        "--input-shape",
+        "1,3,32,32",
+        "--threads",
+        "1",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--slowdown",
+        "3",
+        "--quiet",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert "slowdown x3" in text
+    code, text, err = run(
+        capsys,
+        "solve",
+        "--device-profile",
+        str(out),
+        "--server-profile",
+        str(out),
+        "--uplink-mbps",
+        "18.88",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(text)["slowdown"] == 3.0
+
+
+def test_python_dash_m_and_models_listing():
+    proc = subprocess.run([sys.executable, "-m", "splitdnn", "models"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("alexnet", "vgg16", "resnet18", "resnet50", "mobilenet_v2", "tiny_yolov2", "vit_tiny"):
+        assert name in proc.stdout
