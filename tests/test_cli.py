@@ -243,3 +243,29 @@ def test_python_dash_m_and_models_listing():
     assert proc.returncode == 0, proc.stderr
     for name in ("alexnet", "vgg16", "resnet18", "resnet50", "mobilenet_v2", "tiny_yolov2", "vit_tiny"):
         assert name in proc.stdout
+
+
+def test_three_tier_solve_through_an_edge_server(tmp_path, capsys):
+    device, edge, cloud = make_profiles(_chain(), speedups=(1.0, 5.0, 50.0), model="toy")
+    paths = []
+    for name, prof in (("d", device), ("e", edge), ("c", cloud)):
+        save_profile(prof, tmp_path / f"{name}.json")
+        paths.append(str(tmp_path / f"{name}.json"))
+    code, out, err = run(
+        capsys, "solve", "--device-profile", paths[0], "--edge-profile", paths[1], "--server-profile",
+        paths[2], "--uplink-mbps", "100", "--backhaul-mbps", "1000", "--json",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["plan"]["num_tiers"] == 3
+    assert max(data["plan"]["tiers"].values()) == 2  # the fc layer belongs on the fast cloud
+
+
+@pytest.mark.integration
+def test_demo_prints_a_plan_per_standard_bandwidth(capsys):
+    pytest.importorskip("torch")
+    code, out, err = run(capsys, "demo", "--model", "alexnet", "--repeats", "2", "--warmup", "1", "--quiet")
+    assert code == 0, err
+    assert "slowdown x8" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "Mbit/s" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["0.13", "1.1", "5.85", "18.88"]
