@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--segments", type=int, default=16)
-    ap.add_argument("--calibration", choices=CALIBRATION_METHODS, default="segment-prefix")
+    ap.add_argument("--calibration", choices=CALIBRATION_METHODS, default=CALIBRATION_METHODS[0])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--small", action="store_true", help="use each model's small test input instead")
     ap.add_argument("--per-cut", action="store_true", help="also print every cut's times")

@@ -172,6 +172,21 @@ def prepare_cut(
     return Cut(position, lambda: head(head_in), lambda: tail(tail_in))
 
 
+def prepare_segment(
+    traced: graph.TracedModel, compute: Sequence[str], lo: int, hi: int, inputs: tuple[Any, ...]
+) -> Callable[[], Any]:
+    """The contiguous segment of compute nodes ``[lo, hi)`` (topological order) as one piece, with
+    its inputs prepared once: the real values the nodes before it produce."""
+    if not 0 <= lo < hi <= len(compute):
+        raise ValueError(f"segment [{lo}, {hi}) is not within the {len(compute)} compute nodes")
+    tiers = {name: 0 if i < lo else 1 if i < hi else 2 for i, name in enumerate(compute)}
+    before, segment = graph.split(traced, tiers)[:2]
+    values: dict[str, Any] = dict(zip(before.inputs, inputs, strict=True))  # the model's inputs
+    values.update(before({name: values[name] for name in before.inputs}))
+    seg_in = {name: values[name] for name in segment.inputs}
+    return lambda: segment(seg_in)
+
+
 def output_name(traced: graph.TracedModel) -> str:
     return next(n.name for n in traced.nodes if n.op == "output")
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from splitdnn.calibrate import CALIBRATION_METHODS
 from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.schema import Link, PowerModel, load_profile
 
@@ -265,6 +266,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         slowdown=args.slowdown,
+        calibration=args.calibration,
         progress=not args.quiet,
     )
     out = Path(args.out)
@@ -361,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="F",
         help="device emulation: multiply every time by F >= 1 (recorded in the profile)",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=CALIBRATION_METHODS,
+        default=CALIBRATION_METHODS[0],
+        help="how per-node times are fitted to measured segments (default %(default)s)",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the profile (JSON)")
     model_args(p)

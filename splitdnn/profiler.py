@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from splitdnn._measure import (
     output_name,
     param_bytes,
     prepare_cut,
+    prepare_segment,
     record_values,
     session,
     target_str,
@@ -59,6 +61,7 @@ from splitdnn.calibrate import (
     latency_stats,
     noise_note,
     prediction_errors,
+    segment_prefix,
 )
 from splitdnn.errors import ConfigError
 from splitdnn.progress import Progress, ProgressArg
@@ -101,7 +104,10 @@ class ProfileRun:
     """A profile and the raw measurements behind its calibration (for tests and reports)."""
 
     profile: Profile
-    anchors: tuple[CutTiming, ...]  # fitted heads in position order; the last is the whole model
+    # the fitted measurements in position order, one per anchor: the head through the anchor for the
+    # prefix methods (the last is the whole model); for segment-direct, ``head`` holds the time of
+    # the segment that ends at the anchor
+    anchors: tuple[CutTiming, ...]
     fitted_prefix_ms: tuple[float, ...]  # the fitted prefix time at each anchor (sum of calibrated_ms)
     checks: tuple[CutTiming, ...]  # held-out chain cuts measured to compute the calibration error
     wall_s: float  # wall-clock seconds the profiling took
@@ -121,7 +127,7 @@ def profile_model(
     slowdown: float = 1.0,
     segments: int = 16,
     check_cuts: int | None = None,
-    calibration: str = "segment-prefix",
+    calibration: str = "segment-direct",
     progress: ProgressArg = True,
     notes: str = "",
     timer: Timer = time.perf_counter,
@@ -158,7 +164,7 @@ def profile_model_run(
     slowdown: float = 1.0,
     segments: int = 16,
     check_cuts: int | None = None,
-    calibration: str = "segment-prefix",
+    calibration: str = "segment-direct",
     progress: ProgressArg = True,
     notes: str = "",
     timer: Timer = time.perf_counter,
@@ -219,20 +225,30 @@ def profile_model_run(
         del record, result  # every activation of the model; pieces below prepare their own
 
         bar.stage("anchors")
-        cuts = [prepare_cut(traced, compute, p, s.inputs) for p in anchor_pos]
-        fns = [c.head for c in cuts] + ([c.tail for c in cuts[:-1] if c.tail] if with_tails else [])
+        if calibration == "segment-direct":
+            # every segment between consecutive anchors as its own piece, plus the fused model
+            bounds = [0, *anchor_pos]
+            fns = [prepare_segment(traced, compute, a, b, s.inputs) for a, b in pairwise(bounds)]
+            fns.append(prepare_cut(traced, compute, n, s.inputs).head)
+        else:
+            cuts = [prepare_cut(traced, compute, p, s.inputs) for p in anchor_pos]
+            fns = [c.head for c in cuts] + ([c.tail for c in cuts[:-1] if c.tail] if with_tails else [])
         samples = time_each(fns, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync, tick=bar.advance)
-        heads = [latency_stats(x, factor=factor) for x in samples[: len(cuts)]]
-        tails = [latency_stats(x, factor=factor) for x in samples[len(cuts) :]]
-        del cuts, fns  # their prepared activations
-        total = heads[-1]
-        fitted = fit_prefix(
-            [h.median_ms for h in heads[:-1]],
-            total.median_ms,
-            tail_ms=[t.median_ms for t in tails] if with_tails else None,
-            method=calibration,
-        )
-        prefix_ms = [*fitted, total.median_ms]
+        del fns  # their prepared activations
+        stats = [latency_stats(x, factor=factor) for x in samples]
+        if calibration == "segment-direct":
+            heads, tails, total = stats[:-1], [], stats[-1]
+            prefix_ms = segment_prefix([h.median_ms for h in heads], total.median_ms)
+        else:
+            heads, tails = stats[: len(anchor_pos)], stats[len(anchor_pos) :]
+            total = heads[-1]
+            fitted = fit_prefix(
+                [h.median_ms for h in heads[:-1]],
+                total.median_ms,
+                tail_ms=[t.median_ms for t in tails] if with_tails else None,
+                method=calibration,
+            )
+            prefix_ms = [*fitted, total.median_ms]
         calibrated = distribute([isolated[c].median_ms for c in compute], anchor_pos, prefix_ms)
 
         checks: list[CutTiming] = []

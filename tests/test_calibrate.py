@@ -135,3 +135,14 @@ def test_calibrate_does_not_load_torch() -> None:
     code = "import sys, splitdnn.calibrate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_segment_prefix_scales_measured_segments_to_the_fused_total():
+    from splitdnn.calibrate import segment_prefix
+
+    # three segments measured 2 + 3 + 5 = 10 ms as pieces; the fused model took 8 ms
+    assert segment_prefix([2.0, 3.0, 5.0], 8.0) == pytest.approx([1.6, 4.0, 8.0])
+    assert segment_prefix([0.0, 0.0], 4.0) == [0.0, 4.0]  # nothing measured: all at the end
+    assert segment_prefix([-1.0, 2.0], 2.0) == pytest.approx([0.0, 2.0])  # negative noise clamps
+    with pytest.raises(ValueError):
+        segment_prefix([], 1.0)

@@ -249,6 +249,38 @@ def test_calibration_is_exact_at_anchors(which: str, method: str, request: pytes
         assert (head, tail) == pytest.approx((check.head.median_ms, check.tail.median_ms), abs=1e-9)
 
 
+@pytest.mark.parametrize("which", ["chain", "dag"])
+def test_segment_direct_times_each_segment_and_predicts_every_cut(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    traced: graph.TracedModel = request.getfixturevalue(which)
+    clock = VirtualClock()
+    cost = charge(traced, clock)
+    run = profile_model_run(traced, timer=clock, calibration="segment-direct", **FAST)
+    prof = run.profile
+    costs = [cost[n.name] for n in prof.compute_nodes]
+    start = 0
+    for anchor, fitted in zip(run.anchors, run.fitted_prefix_ms, strict=True):
+        # each anchor's measurement is the segment that ends there, timed as its own piece
+        assert anchor.head.median_ms == pytest.approx(sum(costs[start : anchor.position]))
+        assert fitted == pytest.approx(sum(costs[: anchor.position]))
+        start = anchor.position
+    assert start == len(costs)
+    assert prof.calibration.method == "segment-direct" and prof.calibration.cuts_checked >= 1
+    assert prof.calibration.max_abs_error_ms == pytest.approx(0.0, abs=1e-9)
+    assert sum(n.calibrated_ms for n in prof.compute_nodes) == pytest.approx(prof.total.median_ms, rel=1e-12)
+
+
+def test_segment_direct_is_the_default_and_survives_per_piece_overhead(chain: graph.TracedModel) -> None:
+    clock = VirtualClock(tick_s=0.25e-3)  # every reading adds 0.25 ms: pieces cost more than the whole
+    charge(chain, clock)
+    run = profile_model_run(chain, timer=clock, **FAST)
+    prof = run.profile
+    assert prof.calibration.method == "segment-direct"
+    assert sum(n.calibrated_ms for n in prof.compute_nodes) == pytest.approx(prof.total.median_ms, rel=1e-12)
+    assert all(b >= a for a, b in pairwise(run.fitted_prefix_ms))
+
+
 def test_slowdown_scales_times_errors_and_describe(chain: graph.TracedModel) -> None:
     profiles = {}
     for factor in (1.0, 2.5):
