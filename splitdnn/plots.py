@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,10 @@ def plot_sweep(points: Sequence[Any], path: str | Path, *, title: str = "") -> N
     ax.set_xlabel("uplink bandwidth (Mbit/s)")
     ax.set_ylabel("predicted latency (ms)")
     slowdown = points[0].plan.slowdown
-    suffix = f" — device emulated x{slowdown:g}" if slowdown != 1.0 else ""
-    ax.set_title((title or "latency against bandwidth") + suffix, fontsize=9)
+    title = title or "latency against bandwidth"
+    if slowdown != 1.0 and "slowdown" not in title:
+        title += f" (device emulated: slowdown x{slowdown:g})"
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
