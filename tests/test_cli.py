@@ -269,3 +269,24 @@ def test_demo_prints_a_plan_per_standard_bandwidth(capsys):
     assert "slowdown x8" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "Mbit/s" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["0.13", "1.1", "5.85", "18.88"]
+
+
+def test_untraceable_model_and_missing_cuda_are_one_line_errors(capsys, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    (tmp_path / "branchy.py").write_text(
+        "import torch\n"
+        "class Branchy(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        if x.sum() > 0:\n"
+        "            return x * 2\n"
+        "        return x - 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = str(tmp_path / "p.json")
+    code, _, err = run(capsys, "profile", "branchy:Branchy", "--input-shape", "2,3", "--out", out)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "trace" in err.lower() and "x.sum() > 0" in err
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "profile", "alexnet", "--input-shape", "1,3,64,64", "--device", "cuda",
+                           "--out", out)
+        assert code == 1 and "cuda" in err.lower() and err.count("\n") == 1
