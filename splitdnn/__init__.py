@@ -6,6 +6,7 @@ Torch-bound entry points live in their modules (``splitdnn.graph``, ``splitdnn.p
 """
 
 from splitdnn.errors import (
+    CodecError,
     ConfigError,
     InfeasibleError,
     ModelLoadError,
@@ -21,6 +22,7 @@ from splitdnn.solver import Constraints, cloud_only, edge_only, evaluate, solve,
 __version__ = "0.1.0"
 
 __all__ = [
+    "CodecError",
     "ConfigError",
     "Constraints",
     "InfeasibleError",

@@ -9,8 +9,10 @@ type. Messages say what was expected, what was found and what to do about it::
     ├── TraceError             a model that neither torch.fx nor torch.export can trace
     ├── PlanError              a plan that is not a valid partition of the graph (not downward closed, ...)
     ├── InfeasibleError        constraints (memory cap, privacy floor, ...) that no plan satisfies
-    └── ProfileError           a corrupt or invalid profile file
-        └── ProfileMismatchError   a valid profile of another model, input shape or schema version
+    ├── ProfileError           a corrupt or invalid profile file
+    │   └── ProfileMismatchError   a valid profile of another model, input shape or schema version
+    └── CodecError             a tensor frame that cannot be encoded or safely decoded (bad header,
+                               unknown codec, size over the cap, corrupt payload, ...)
 
 Lower-layer exceptions are chained (``raise ... from exc``) so the cause stays visible in a debugger,
 while the command line prints only the one-line message.
@@ -19,6 +21,7 @@ while the command line prints only the one-line message.
 from __future__ import annotations
 
 __all__ = [
+    "CodecError",
     "ConfigError",
     "InfeasibleError",
     "ModelLoadError",
@@ -60,3 +63,7 @@ class ProfileError(SplitDNNError, ValueError):
 
 class ProfileMismatchError(ProfileError):
     """A well-formed profile that belongs to another model, input shape or schema version."""
+
+
+class CodecError(SplitDNNError, ValueError):
+    """A tensor frame cannot be encoded, or a received frame is malformed, unsupported or over a cap."""

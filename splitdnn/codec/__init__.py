@@ -1,0 +1,105 @@
+"""Tensor frames for the wire: quantize, compress and safely decode arrays (numpy + zstandard, no torch).
+
+API::
+
+    frame = encode(array, "int8+zstd")          # bytes, one self-describing frame
+    array = decode(frame, max_decoded_bytes=...)  # numpy array; any failure is a CodecError
+    info  = describe(frame)                     # FrameInfo from the header alone
+    bound = error_bound("int4+zstd", array)     # max abs error the chain guarantees on this array
+
+A spec is a ``+``-separated chain ``value[:arg][+byte[:arg]...]``: one value codec first (``raw`` is
+implied if the chain starts with a byte codec, so ``"zstd"`` means ``"raw+zstd"``), then byte codecs;
+a byte codec that changes the length (zstd) must be last.
+
+Codecs (``known_codecs()``) and the max abs error each guarantees on finite values:
+
+- ``raw``: the array's little-endian bytes, any allowed dtype. Lossless, NaN and inf included.
+- ``fp16``: float32 -> IEEE half; refuses finite |x| > 65504; NaN/inf kept. Bound max|x| * 2**-11 + 2**-25.
+- ``bf16``: float32 -> bfloat16, round to nearest even; NaN/inf kept. Bound max|x| * 2**-8 + 2**-126.
+- ``int8[:p]``: affine per tensor, x ~ lo + q * scale with q in 0..255; the range is min..max (or the
+  [100-p, p] percentiles, clipping outliers) widened to contain 0, so ReLU zeros stay exactly 0.
+  Bound scale / 2 (+ slack) for values inside the range.
+- ``int8c``: affine 8-bit per channel (axis 1, rank >= 2), min..max per channel. Bound scale_c / 2 (+ slack).
+- ``int4[:p]``, ``int2[:p]``: as int8 with 4 / 2 bits, bit-packed two / four codes per byte;
+  p defaults to 99.9 / 99.0. Bound scale / 2 (+ slack) inside the clip range.
+- ``shuffle[:size]``: byte shuffle (element size defaults to the stored element size). Lossless.
+- ``zstd[:level]``: zstd, level -7..22 (default 3), one frame with its content size declared. Lossless.
+
+"slack" is 16 float32 epsilons of the range; values clipped by a percentile add their distance to
+the clip range. :func:`error_bound` computes the exact figure for a given array. The lossy codecs take
+float32 only; the integer codecs refuse NaN/inf. Integer codes q are unsigned (0..2**bits - 1).
+
+Frame layout, version 1 (all integers little-endian, no padding)::
+
+    offset  size  field
+    0       4     magic b"SDNT"
+    4       1     version = 1
+    5       1     dtype code: 1 float32, 2 float16, 3 bfloat16 (uint16 bit patterns), 4 int8, 5 uint8,
+                  6 int16, 7 int32, 8 int64, 9 bool (bytes 0/1)   -- the decoded array's dtype
+    6       1     rank r, 0..8
+    7       1     number of codec stages k, 1..4
+    8       8*r   dims, uint64 each, each <= 2**32 - 1, product <= 2**40 elements
+    then k stages, in encode order (the first is a value codec, the rest byte codecs):
+            1     name length m, 1..16
+            m     codec name, ASCII
+            4     params length p, uint32, <= 1 MiB
+            p     codec parameters:
+                    raw, fp16, bf16: none
+                    int8, int4, int2: <f4 lo, <f4 scale           (x = lo + q * scale)
+                    int8c: <u4 C (= dims[1]), C x <f4 lo, C x <f4 scale
+                    shuffle: <u1 element size;  zstd: <i1 level (informative)
+    then    8     payload length n, uint64; must equal the bytes left (trailing bytes are refused)
+            n     payload: the last stage's output. Bit-packed codes put the first element in the
+                  lowest bits of each byte. Without a size-changing stage n must equal the stored size
+                  (elements * itemsize for raw, *2 for fp16/bf16, ceil(elements * bits / 8) for intN).
+
+Decoding validates the whole header (magic, version, dtype allow-list, rank, dims, element count in
+Python integers, codec names, parameters, exact payload length) and checks the decoded and stored
+sizes against ``max_decoded_bytes`` (default 256 MiB) before touching the payload; a zstd payload
+must declare its content size, which must equal the expected size before anything is decompressed.
+Peak allocation while decoding is a small multiple (about 3x) of the decoded size, hence of the cap.
+
+Adding a codec: subclass :class:`ValueCodec` or :class:`ByteCodec` and call :func:`register_codec`;
+its name then works in specs and frames, with nothing else to change.
+"""
+
+from splitdnn.codec._builtin import register_builtins as _register_builtins
+from splitdnn.codec._frame import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DTYPES,
+    MAGIC,
+    MAX_DIM,
+    MAX_ELEMENTS,
+    MAX_RANK,
+    VERSION,
+    FrameInfo,
+    decode,
+    describe,
+    encode,
+    error_bound,
+)
+from splitdnn.codec._registry import ByteCodec, ValueCodec, known_codecs, register_codec, unregister_codec
+from splitdnn.errors import CodecError
+
+_register_builtins()
+
+__all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
+    "DTYPES",
+    "MAGIC",
+    "MAX_DIM",
+    "MAX_ELEMENTS",
+    "MAX_RANK",
+    "VERSION",
+    "ByteCodec",
+    "CodecError",
+    "FrameInfo",
+    "ValueCodec",
+    "decode",
+    "describe",
+    "encode",
+    "error_bound",
+    "known_codecs",
+    "register_codec",
+    "unregister_codec",
+]
