@@ -86,19 +86,28 @@ def session(traced: graph.TracedModel, *, device: str, threads: int | None) -> I
 class Recorder(fx.Interpreter):
     """Runs the graph once and keeps each node's ``(args, kwargs, result)``."""
 
-    def __init__(self, module: fx.GraphModule) -> None:
+    def __init__(self, module: fx.GraphModule, on_value: Callable[[str, Any], None] | None = None) -> None:
         super().__init__(module)
         self.record: dict[str, tuple[tuple[Any, ...], dict[str, Any], Any]] = {}
+        self.on_value = on_value
 
     def run_node(self, n: fx.Node) -> Any:
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         result = super().run_node(n)
         self.record[n.name] = (args, kwargs, result)
+        if self.on_value is not None:
+            self.on_value(n.name, result)  # before any later in-place node can overwrite it
         return result
 
 
-def record_values(module: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[dict[str, Any], Any]:
-    rec = Recorder(module)
+def record_values(
+    module: fx.GraphModule,
+    inputs: tuple[Any, ...],
+    on_value: Callable[[str, Any], None] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """One interpreted run keeping every node's ``(args, kwargs, result)``; ``on_value(name, result)``
+    is called as each node finishes, while its value is still exactly what the node produced."""
+    rec = Recorder(module, on_value)
     result = rec.run(*inputs)
     return rec.record, result
 

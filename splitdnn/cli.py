@@ -127,6 +127,26 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="privacy floor: the first K compute nodes run on the device",
     )
+    p.add_argument(
+        "--codecs",
+        metavar="LIST",
+        help="codecs the plan may use for boundary tensors, e.g. zstd,int8+zstd (default: every codec "
+        "measured in the profiles; 'raw' or 'none' sends raw tensors, the plans without codecs)",
+    )
+    p.add_argument(
+        "--max-error",
+        type=_nonneg,
+        default=0.0,
+        metavar="X",
+        help="accuracy budget: only codecs whose measured error (--error-metric) is <= X; the default 0 "
+        "allows lossless codecs only, e.g. 1e-3 (relative MSE) admits int8",
+    )
+    p.add_argument(
+        "--error-metric",
+        choices=("rel_mse", "max_abs", "cosine"),
+        default="rel_mse",
+        help="what --max-error bounds: relative MSE (default), max abs error, or 1 - cosine similarity",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -163,21 +183,89 @@ def _constraints(args: argparse.Namespace):  # -> solver.Constraints
     )
 
 
+def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
+    """``allowed``, ``max_error`` and ``metric`` for :func:`splitdnn.solver.codec_tensor_cost`, or
+    ``{}`` when no codec can be used (raw tensors: the fast path, exactly the plans without codecs)."""
+    from splitdnn.solver import measured_codecs
+
+    measured = measured_codecs(profiles)
+    if args.codecs is None:
+        allowed = tuple(c for c in measured if c != "raw")
+    else:
+        names = [c.strip() for c in args.codecs.split(",") if c.strip()]
+        if not names:
+            raise ConfigError("--codecs needs a list such as zstd,int8+zstd (or raw / none)")
+        allowed = tuple(c for c in names if c not in ("raw", "none"))
+        missing = [c for c in allowed if c not in measured]
+        if missing:
+            raise ConfigError(
+                f"--codecs {', '.join(missing)}: not measured in the profiles (measured: "
+                f"{', '.join(measured) or 'none'}); profile with `splitdnn profile --codecs ...`"
+            )
+    if not allowed:
+        return {}
+    return {"allowed": allowed, "max_error": args.max_error, "metric": args.error_metric}
+
+
+def _tensor_cost(args: argparse.Namespace, profiles: Sequence):  # -> TensorCostFn | None
+    from splitdnn.solver import codec_tensor_cost
+
+    opts = _codec_options(args, profiles)
+    return codec_tensor_cost(profiles, **opts) if opts else None
+
+
+def _codec_notes(plan, profiles: Sequence, links: Sequence[Link], opts: dict) -> dict[str, str]:
+    """Why each boundary tensor is sent with its codec, one phrase per tensor."""
+    from splitdnn.report import format_bytes
+    from splitdnn.solver import TensorHop, explain_codec
+
+    label = {"rel_mse": "rel MSE", "max_abs": "max abs error", "cosine": "1 - cosine"}
+    notes = {}
+    for b in plan.boundary:
+        if not opts:
+            notes[b.node] = "raw: no codec allowed or measured"
+            continue
+        i = b.src_tier
+        hop = TensorHop(b.node, b.nbytes, i, links[i], profiles[i], profiles[i + 1])
+        why = explain_codec(hop, **opts)
+        if why.codec == "raw":
+            measured = bool(profiles[i].node(b.node).codecs)
+            notes[b.node] = (
+                f"raw: no allowed codec within the budget is faster ({why.candidates - 1} compared)"
+                if measured
+                else "raw: no codec measured on this tensor"
+            )
+            continue
+        budget = "no error budget" if why.max_error is None else f"within budget {why.max_error:.3g}"
+        notes[b.node] = (
+            f"{why.codec}: {format_bytes(why.wire_bytes)}, {label[why.metric]} {why.error:.2g} {budget}; "
+            f"cheapest of {why.candidates} (encode + transfer + decode {why.cost_ms:.2f} ms)"
+        )
+    return notes
+
+
 def cmd_solve(args: argparse.Namespace) -> int:
     from splitdnn import report, solver
 
     profiles = _load_profiles(args)
     links = _links(args, args.uplink_mbps)
-    kw = dict(objective=args.objective, power=args.power, constraints=_constraints(args))
+    opts = _codec_options(args, profiles)
+    cost = solver.codec_tensor_cost(profiles, **opts) if opts else None
+    kw = dict(objective=args.objective, power=args.power, constraints=_constraints(args), tensor_cost=cost)
     plan = solver.solve(profiles, links, **kw)
-    edge = solver.edge_only(profiles, links, objective=args.objective, power=args.power)
-    cloud = solver.cloud_only(profiles, links, objective=args.objective, power=args.power)
+    base = dict(objective=args.objective, power=args.power, tensor_cost=cost)
+    edge = solver.edge_only(profiles, links, **base)
+    cloud = solver.cloud_only(profiles, links, **base)
+    notes = _codec_notes(plan, profiles, links, opts)
     if args.json:
         out = report.plan_json(plan, edge, cloud)
         out["profiles"] = [p.describe() for p in profiles]
+        out["codec_notes"] = notes
+        out["max_error"] = args.max_error
+        out["error_metric"] = args.error_metric
         print(json.dumps(out, indent=1, sort_keys=True))
     else:
-        print(report.format_plan(plan, edge, cloud, profiles))
+        print(report.format_plan(plan, edge, cloud, profiles, codec_notes=notes))
     return 0
 
 
@@ -207,6 +295,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         power=args.power,
         constraints=_constraints(args),
         upper_links=_links(args, values[0])[1:],
+        tensor_cost=_tensor_cost(args, profiles),
     )
     if args.plot:
         from splitdnn.plots import plot_sweep
@@ -255,6 +344,7 @@ def _trace(args: argparse.Namespace):
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from splitdnn.codec import parse_codec_list
     from splitdnn.profiler import profile_model
     from splitdnn.schema import save_profile
 
@@ -267,6 +357,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         slowdown=args.slowdown,
         calibration=args.calibration,
+        codecs=parse_codec_list(args.codecs) if args.codecs is not None else None,
+        codec_nodes=args.codec_nodes,
         progress=not args.quiet,
     )
     out = Path(args.out)
@@ -369,6 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CALIBRATION_METHODS,
         default=CALIBRATION_METHODS[0],
         help="how per-node times are fitted to measured segments (default %(default)s)",
+    )
+    p.add_argument(
+        "--codecs",
+        metavar="LIST",
+        help="codecs to measure on each candidate boundary tensor (default raw,zstd,fp16+zstd,"
+        "int8+zstd,int4+zstd; 'none' measures none)",
+    )
+    p.add_argument(
+        "--codec-nodes",
+        choices=("all", "chain"),
+        default="all",
+        help="which float32 values get codec measurements: the inputs and every compute node (all, "
+        "default) or the inputs and the chain cuts (chain)",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the profile (JSON)")
     model_args(p)

@@ -9,7 +9,16 @@ What is measured, in order (a progress bar on stderr shows each stage):
 3. ``anchors``: a few topological prefixes ("anchored heads", chain cuts preferred) and the whole
    model are timed as fused pieces, round-robin so that load changes on a shared machine hit all of
    them alike. The per-node times are fitted to them (:mod:`splitdnn.calibrate`) -> ``calibrated_ms``.
-4. ``check``: chain cuts *not* used in the fit are timed as head and tail pieces (the tail on the
+4. ``codecs``: every candidate boundary tensor's real value (copied as numpy float32 on the CPU
+   the moment its node produced it, before any in-place node can overwrite it) is encoded and decoded
+   with each codec of ``codecs`` -> ``NodeProfile.codecs`` (:mod:`splitdnn.codec`). ``codec_nodes``
+   says which nodes are candidates: ``"all"`` (default: the placeholders and every compute node),
+   ``"chain"`` (the placeholders and the chain cuts), or a list of node names; only values that
+   are a single float32 tensor are measured. Encode and decode times are medians of
+   ``codec_repeats`` runs (default 1: a boundary tensor is encoded once per request, cold; numpy
+   and single-threaded zstd), multiplied by ``slowdown`` like every time in the profile: the
+   device's profile prices the encode and the server's the decode. ``codecs=()`` measures nothing.
+5. ``check``: chain cuts *not* used in the fit are timed as head and tail pieces (the tail on the
    head's real outputs) and compared with the calibrated prediction -> ``Profile.calibration``.
 
 Every stored time is multiplied by the device-emulation ``slowdown`` factor. Timing runs under
@@ -34,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from splitdnn import codec as _codec
 from splitdnn import graph
 from splitdnn._measure import (
     SCALAR_BYTES,
@@ -63,11 +73,13 @@ from splitdnn.calibrate import (
     prediction_errors,
     segment_prefix,
 )
+from splitdnn.codec._measure import check_specs as check_codec_specs
 from splitdnn.errors import ConfigError
 from splitdnn.progress import Progress, ProgressArg
 from splitdnn.schema import (
     PROFILE_SCHEMA_VERSION,
     Calibration,
+    CodecResult,
     LatencyStats,
     MachineInfo,
     NodeProfile,
@@ -76,6 +88,8 @@ from splitdnn.schema import (
 
 __all__ = [
     "SCALAR_BYTES",
+    "CODEC_NODE_POLICIES",
+    "DEFAULT_CODECS",
     "CutTiming",
     "ProfileRun",
     "ProgressArg",
@@ -87,6 +101,10 @@ __all__ = [
     "profile_model_run",
     "tensor_metas",
 ]
+
+
+DEFAULT_CODECS = _codec.DEFAULT_CODECS
+CODEC_NODE_POLICIES = ("all", "chain")
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,9 @@ def profile_model(
     calibration: str = "segment-direct",
     progress: ProgressArg = True,
     notes: str = "",
+    codecs: Sequence[str] | None = None,
+    codec_nodes: str | Sequence[str] = "all",
+    codec_repeats: int = 1,
     timer: Timer = time.perf_counter,
 ) -> Profile:
     """Profile ``traced`` on this machine; see the module docstring for what is measured.
@@ -137,6 +158,8 @@ def profile_model(
     ``segments`` caps the fused pieces the calibration fits (the whole model included);
     ``check_cuts`` is how many held-out chain cuts measure its error (default: up to
     ``DEFAULT_CHECK_CAP``, at most half the chain cuts; 0 skips the check and fits on every chain cut).
+    ``codecs`` (default :data:`DEFAULT_CODECS`; ``()`` for none), ``codec_nodes`` and
+    ``codec_repeats`` choose what the ``codecs`` stage measures (module docstring).
     """
     return profile_model_run(
         traced,
@@ -150,6 +173,9 @@ def profile_model(
         calibration=calibration,
         progress=progress,
         notes=notes,
+        codecs=codecs,
+        codec_nodes=codec_nodes,
+        codec_repeats=codec_repeats,
         timer=timer,
     ).profile
 
@@ -167,6 +193,9 @@ def profile_model_run(
     calibration: str = "segment-direct",
     progress: ProgressArg = True,
     notes: str = "",
+    codecs: Sequence[str] | None = None,
+    codec_nodes: str | Sequence[str] = "all",
+    codec_repeats: int = 1,
     timer: Timer = time.perf_counter,
 ) -> ProfileRun:
     """:func:`profile_model`, also returning the anchor and check measurements behind the fit."""
@@ -179,6 +208,15 @@ def profile_model_run(
         raise ConfigError(f"check_cuts must be None (default) or an integer >= 0, found {check_cuts!r}")
     if calibration not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration must be one of {CALIBRATION_METHODS}, found {calibration!r}")
+
+    specs = tuple(DEFAULT_CODECS if codecs is None else codecs)
+    if isinstance(codecs, str) or not all(isinstance(c, str) for c in specs):
+        raise ConfigError(
+            f"codecs must be a sequence of codec specs such as ('raw', 'int8+zstd'), found {codecs!r}"
+        )
+    check_codec_specs(specs)
+    if isinstance(codec_repeats, bool) or not isinstance(codec_repeats, int) or codec_repeats < 1:
+        raise ConfigError(f"codec_repeats must be an integer >= 1, found {codec_repeats!r}")
 
     started = time.perf_counter()
     compute = [n.name for n in traced.compute_nodes()]
@@ -195,6 +233,7 @@ def profile_model_run(
         valid=lambda p: cuttable(traced, compute, p),
     )
     with_tails = calibration == "segment-head-tail"
+    candidates = _codec_candidates(traced, codec_nodes, chain) if specs else set()
     bar = Progress(
         progress,
         label=f"profile {traced.name}",
@@ -202,13 +241,20 @@ def profile_model_run(
             "record": 1,
             "nodes": n,
             "anchors": repeats + 1,
+            **({"codecs": len(candidates)} if candidates else {}),
             **({"check": repeats + 1} if check_pos else {}),
         },
     )
     factor = float(slowdown)
     with session(traced, device=device, threads=threads) as s:
         bar.stage("record")
-        record, result = record_values(traced.module, s.inputs)
+        snapshots: dict[str, Any] = {}
+
+        def keep(name: str, value: Any) -> None:
+            if name in candidates and _is_float32_tensor(value):
+                snapshots[name] = value.detach().to("cpu", copy=True).numpy()
+
+        record, result = record_values(traced.module, s.inputs, keep)
         # sizes now: a later in-place node may overwrite a recorded value (never its shape)
         metas = {name: tensor_metas(value[2]) for name, value in record.items()}
         metas[output_name(traced)] = tensor_metas(result)
@@ -251,6 +297,18 @@ def profile_model_run(
             prefix_ms = [*fitted, total.median_ms]
         calibrated = distribute([isolated[c].median_ms for c in compute], anchor_pos, prefix_ms)
 
+        codec_results: dict[str, tuple[CodecResult, ...]] = {}
+        if candidates:
+            bar.stage("codecs")
+            for name in [c for c in traced.nodes if c.name in candidates]:
+                arr = snapshots.pop(name.name, None)
+                if arr is not None:
+                    codec_results[name.name] = _codec.measure(
+                        arr, specs, repeats=codec_repeats, factor=factor, timer=timer
+                    )
+                bar.advance()
+        snapshots.clear()
+
         checks: list[CutTiming] = []
         if check_pos:
             bar.stage("check")
@@ -290,6 +348,7 @@ def profile_model_run(
             param_bytes=params.get(gnode.name, 0),
             latency=isolated.get(gnode.name, LatencyStats.zero()),
             calibrated_ms=cal_of.get(gnode.name, 0.0),
+            codecs=codec_results.get(gnode.name, ()),
         )
         for gnode in traced.nodes
     )
@@ -463,6 +522,30 @@ def _check_options(*, device: str, threads: int | None, warmup: int, repeats: in
             f"slowdown must be a finite factor >= 1 (1 = no device emulation; 4 = a device 4x slower "
             f"than this machine), found {slowdown!r}"
         )
+
+
+def _is_float32_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.float32 and not value.is_sparse
+
+
+def _codec_candidates(
+    traced: graph.TracedModel, policy: str | Sequence[str], chain: Sequence[str]
+) -> set[str]:
+    """Names of the nodes whose values the ``codecs`` stage measures (float32 is checked later)."""
+    placeholders = {n.name for n in traced.nodes if n.op == "placeholder"}
+    if policy == "all":
+        return placeholders | {n.name for n in traced.compute_nodes()}
+    if policy == "chain":
+        return placeholders | set(chain)
+    if isinstance(policy, str) or not all(isinstance(x, str) for x in policy):
+        raise ConfigError(
+            f"codec_nodes must be one of {CODEC_NODE_POLICIES} or a list of node names, found {policy!r}"
+        )
+    known = {n.name for n in traced.nodes}
+    unknown = sorted(set(policy) - known)
+    if unknown:
+        raise ConfigError(f"codec_nodes names nodes that model {traced.name!r} does not have: {unknown}")
+    return set(policy)
 
 
 def _measure_positions(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from splitdnn.schema import Plan, Profile, to_dict
@@ -65,8 +65,16 @@ def _speedup(plan: Plan, *baselines: Plan) -> float:
     return min(best) / mine if mine > 0 else math.inf
 
 
-def format_plan(plan: Plan, edge_only: Plan, cloud_only: Plan, profiles: Sequence[Profile] = ()) -> str:
-    """A human-readable account of one plan beside its two baselines."""
+def format_plan(
+    plan: Plan,
+    edge_only: Plan,
+    cloud_only: Plan,
+    profiles: Sequence[Profile] = (),
+    *,
+    codec_notes: Mapping[str, str] | None = None,
+) -> str:
+    """A human-readable account of one plan beside its two baselines; ``codec_notes`` says, per
+    boundary tensor, why its codec was chosen."""
     c = plan.cost
     lines = []
     for p in profiles:
@@ -84,6 +92,8 @@ def format_plan(plan: Plan, edge_only: Plan, cloud_only: Plan, profiles: Sequenc
                 f"  {b.node}: {format_bytes(b.nbytes)} raw, {format_bytes(b.wire_bytes)} on the wire "
                 f"({b.codec}), tier {b.src_tier} -> {b.dst_tier}"
             )
+            if codec_notes and b.node in codec_notes:
+                lines.append(f"    codec {codec_notes[b.node]}")
     else:
         lines.append("boundary tensors: none (everything runs on the device)")
     tiers = " + ".join(f"{ms:.2f}" for ms in c.compute_ms)

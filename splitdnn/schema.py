@@ -28,6 +28,7 @@ __all__ = [
     "PROFILE_SCHEMA_VERSION",
     "BoundaryTensor",
     "Calibration",
+    "CodecResult",
     "CostBreakdown",
     "LatencyStats",
     "Link",
@@ -97,6 +98,35 @@ class TensorMeta:
 
 
 @dataclass(frozen=True)
+class CodecResult:
+    """One codec measured on a node's real value (a single floating tensor) on one machine.
+
+    Times include the profile's ``slowdown`` like every other time in it. Errors compare the decoded
+    array with the original: ``max_abs_error``, ``rel_mse`` (mean squared error / mean square of the
+    original; 0 for an all-zero original decoded exactly) and ``cosine`` similarity (1 = same direction;
+    1.0 when both are all zero).
+    """
+
+    spec: str  # codec chain as splitdnn.codec.encode takes it: "raw", "zstd", "int8+zstd", ...
+    wire_bytes: int  # bytes of the whole frame (header included)
+    encode_ms: float  # median time to encode, on the profiled machine
+    decode_ms: float  # median time to decode, on the profiled machine
+    max_abs_error: float
+    rel_mse: float
+    cosine: float
+
+    def __post_init__(self) -> None:
+        if not self.spec:
+            raise ProfileError("codec result: spec must be a non-empty codec chain")
+        if self.wire_bytes < 0:
+            raise ProfileError(f"codec {self.spec!r}: wire_bytes must be >= 0, found {self.wire_bytes}")
+        for name in ("encode_ms", "decode_ms", "max_abs_error", "rel_mse"):
+            _check_finite_nonneg(f"codec {self.spec!r} {name}", getattr(self, name))
+        if not (math.isfinite(self.cosine) and -1.0 - 1e-6 <= self.cosine <= 1.0 + 1e-6):
+            raise ProfileError(f"codec {self.spec!r}: cosine must be in [-1, 1], found {self.cosine}")
+
+
+@dataclass(frozen=True)
 class NodeProfile:
     """One fx node of the traced model, as measured on one machine."""
 
@@ -109,6 +139,8 @@ class NodeProfile:
     param_bytes: int  # bytes of parameters and buffers the node owns (call_module nodes)
     latency: LatencyStats  # the node timed alone, on its recorded inputs
     calibrated_ms: float  # the node's share of measured segment times; what the solver adds up
+    # codecs measured on the node's real value (candidate boundary tensors only; () = not measured)
+    codecs: tuple[CodecResult, ...] = ()
 
     def __post_init__(self) -> None:
         if self.op not in NODE_OPS:
@@ -116,6 +148,16 @@ class NodeProfile:
         if self.output_bytes < 0 or self.param_bytes < 0:
             raise ProfileError(f"node {self.name!r}: byte counts must be >= 0")
         _check_finite_nonneg(f"node {self.name!r} calibrated_ms", self.calibrated_ms)
+        specs = [c.spec for c in self.codecs]
+        if len(set(specs)) != len(specs):
+            raise ProfileError(f"node {self.name!r}: a codec is listed twice in {specs}")
+
+    def codec(self, spec: str) -> CodecResult | None:
+        """The measurement of codec ``spec`` on this node's value, or None."""
+        for c in self.codecs:
+            if c.spec == spec:
+                return c
+        return None
 
     @property
     def is_compute(self) -> bool:

@@ -252,8 +252,19 @@ def test_three_tier_solve_through_an_edge_server(tmp_path, capsys):
         save_profile(prof, tmp_path / f"{name}.json")
         paths.append(str(tmp_path / f"{name}.json"))
     code, out, err = run(
-        capsys, "solve", "--device-profile", paths[0], "--edge-profile", paths[1], "--server-profile",
-        paths[2], "--uplink-mbps", "100", "--backhaul-mbps", "1000", "--json",
+        capsys,
+        "solve",
+        "--device-profile",
+        paths[0],
+        "--edge-profile",
+        paths[1],
+        "--server-profile",
+        paths[2],
+        "--uplink-mbps",
+        "100",
+        "--backhaul-mbps",
+        "1000",
+        "--json",
     )
     assert code == 0, err
     data = json.loads(out)
@@ -287,6 +298,88 @@ def test_untraceable_model_and_missing_cuda_are_one_line_errors(capsys, tmp_path
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "trace" in err.lower() and "x.sum() > 0" in err
     if not torch.cuda.is_available():
-        code, _, err = run(capsys, "profile", "alexnet", "--input-shape", "1,3,64,64", "--device", "cuda",
-                           "--out", out)
+        code, _, err = run(
+            capsys, "profile", "alexnet", "--input-shape", "1,3,64,64", "--device", "cuda", "--out", out
+        )
         assert code == 1 and "cuda" in err.lower() and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# codecs chosen together with the cut
+
+
+def _with_codecs(profile, decode_ms: float):
+    import dataclasses
+
+    from splitdnn.schema import CodecResult
+
+    measured = (
+        CodecResult("raw", 100_040, 0.05, 0.05, 0.0, 0.0, 1.0),
+        CodecResult("zstd", 60_000, 2.0, 1.0, 0.0, 0.0, 1.0),
+        CodecResult("int8+zstd", 20_000, 1.0, decode_ms, 0.01, 1.2e-4, 0.99995),
+        CodecResult("int4+zstd", 9_000, 1.0, decode_ms, 0.2, 5e-3, 0.997),
+    )
+    nodes = tuple(
+        dataclasses.replace(n, codecs=measured) if n.name in ("conv", "relu") else n for n in profile.nodes
+    )
+    return dataclasses.replace(profile, nodes=nodes)
+
+
+@pytest.fixture()
+def codec_profiles(tmp_path):
+    device, server = make_profiles(_chain(), speedups=(1.0, 20.0), model="toy")
+    paths = tmp_path / "dev.json", tmp_path / "srv.json"
+    save_profile(_with_codecs(device, 0.5), paths[0])
+    save_profile(_with_codecs(server, 0.5), paths[1])
+    return [str(p) for p in paths]
+
+
+def _solve_json(capsys, dev, srv, *extra):
+    code, out, err = run(
+        capsys, "solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5.85",
+        "--rtt-ms", "20", "--json", *extra,
+    )  # fmt: skip
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_solve_json_reports_the_codec_chosen_with_the_cut(codec_profiles, capsys):
+    dev, srv = codec_profiles
+    default = _solve_json(capsys, dev, srv)  # default: every measured codec, budget 0 = lossless only
+    assert list(default["codecs"].values()) == ["zstd"] and default["max_error"] == 0.0
+    data = _solve_json(capsys, dev, srv, "--max-error", "1")  # any measured codec
+    (node,) = data["boundary"]
+    assert data["codecs"] == {node: "int4+zstd"} and data["boundary_bytes"] == 9_000
+    assert data["plan"]["boundary"][0]["codec"] == "int4+zstd"
+    raw = _solve_json(capsys, dev, srv, "--codecs", "raw")  # the plans without codecs
+    assert raw["codecs"] == {raw["boundary"][0]: "raw"} and raw["boundary_bytes"] == 100_000
+    assert data["predicted_ms"] < raw["predicted_ms"]
+    lossless = _solve_json(capsys, dev, srv, "--codecs", "raw,zstd")
+    assert list(lossless["codecs"].values()) == ["zstd"]
+
+
+def test_max_error_keeps_lossy_codecs_within_the_budget(codec_profiles, capsys):
+    dev, srv = codec_profiles
+    data = _solve_json(capsys, dev, srv, "--max-error", "1e-3")
+    assert list(data["codecs"].values()) == ["int8+zstd"] and data["max_error"] == 1e-3
+    assert "within budget 0.001" in next(iter(data["codec_notes"].values()))
+    assert list(_solve_json(capsys, dev, srv, "--max-error", "0")["codecs"].values()) == ["zstd"]
+    metric = _solve_json(capsys, dev, srv, "--max-error", "0.05", "--error-metric", "max_abs")
+    assert list(metric["codecs"].values()) == ["int8+zstd"]
+    code, out, _ = run(
+        capsys, "solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5.85",
+        "--max-error", "1e-3",
+    )  # fmt: skip
+    assert code == 0
+    assert "codec int8+zstd: 19.5 KiB, rel MSE 0.00012 within budget 0.001" in out
+    code, _, err = run(
+        capsys, "solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5.85",
+        "--codecs", "bf16",
+    )  # fmt: skip
+    assert code == 1 and "not measured" in err
+    code, out, err = run(
+        capsys, "sweep", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "1:10",
+        "--points", "2", "--max-error", "1e-3", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert all(set(p["codecs"].values()) <= {"int8+zstd", "raw"} for p in json.loads(out)["points"])

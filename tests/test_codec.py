@@ -577,3 +577,14 @@ def test_import_loads_neither_torch_nor_grpc():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_parse_codec_list() -> None:
+    from splitdnn.codec import parse_codec_list
+    from splitdnn.errors import ConfigError
+
+    assert parse_codec_list("raw, zstd,int8+zstd") == ("raw", "zstd", "int8+zstd")
+    assert parse_codec_list("none") == () and parse_codec_list("") == ()
+    for bad in ("raw,,zstd", "zstd,zstd", "nope"):
+        with pytest.raises(ConfigError):
+            parse_codec_list(bad)

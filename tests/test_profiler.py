@@ -457,3 +457,69 @@ def test_zoo_models_profile(name: str) -> None:
     assert sum(n.param_bytes for n in prof.nodes) == _model_bytes(traced.module)
     assert prof.calibration.segments == 6 and prof.calibration.cuts_checked == 2
     assert sum(n.calibrated_ms for n in prof.compute_nodes) == pytest.approx(prof.total.median_ms)
+
+
+# --------------------------------------------------------------------------------------------------
+# codec measurements on real activations
+
+
+def test_codecs_are_measured_on_every_float_tensor_value(dag) -> None:
+    from splitdnn.profiler import DEFAULT_CODECS
+
+    prof = profile_model(dag, **FAST)  # default: every input and compute node with a float32 value
+    measured = {n.name for n in prof.nodes if n.codecs}
+    for n in prof.nodes:
+        single_float = len(n.outputs) == 1 and n.outputs[0].dtype == "float32"
+        candidate = n.op == "placeholder" or n.is_compute
+        assert (n.name in measured) == (single_float and candidate), n.name
+    for n in prof.nodes:
+        if not n.codecs:
+            continue
+        assert [c.spec for c in n.codecs] == list(DEFAULT_CODECS)
+        raw, zstd = n.codec("raw"), n.codec("zstd")
+        assert raw.wire_bytes > n.output_bytes  # the frame header
+        for c in (raw, zstd):
+            assert c.max_abs_error == 0 and c.rel_mse == 0 and c.cosine == pytest.approx(1.0)
+        int8 = n.codec("int8+zstd")
+        assert int8.rel_mse < 1e-3 and int8.cosine > 0.999
+        assert all(c.encode_ms >= 0 and c.decode_ms >= 0 for c in n.codecs)
+    assert profile_from_json(profile_to_json(prof)) == prof
+
+
+def test_codecs_see_the_value_before_an_in_place_node_overwrites_it(chain) -> None:
+    import numpy as np
+
+    from splitdnn import codec
+
+    prof = profile_model(chain, codecs=("zstd", "int8"), **FAST)
+    x = chain.example_inputs[0].numpy()
+    assert (x < 0).any()  # act0 (in-place ReLU) would zero these in the recorded value
+    (zstd,) = [c for c in prof.node("x").codecs if c.spec == "zstd"]
+    assert zstd.wire_bytes == len(codec.encode(np.ascontiguousarray(x), "zstd"))
+    (int8,) = [c for c in prof.node("x").codecs if c.spec == "int8"]
+    assert int8.max_abs_error <= codec.error_bound("int8", x) + 1e-6
+
+
+def test_codec_options(chain) -> None:
+    assert all(not n.codecs for n in profile_model(chain, codecs=(), **FAST).nodes)
+    only = profile_model(chain, codecs=("raw",), codec_nodes=["conv"], **FAST)
+    assert [n.name for n in only.nodes if n.codecs] == ["conv"]
+    chained = profile_model(chain, codecs=("raw",), codec_nodes="chain", **FAST)
+    assert {n.name for n in chained.nodes if n.codecs} == {"x", *graph.chain_cuts(chain)}
+    with pytest.raises(ConfigError, match="nope"):
+        profile_model(chain, codecs=("nope+zstd",), **FAST)
+    with pytest.raises(ConfigError, match="codec_nodes"):
+        profile_model(chain, codec_nodes=["no_such_node"], **FAST)
+
+
+def test_codec_times_are_medians_scaled_by_the_slowdown() -> None:
+    import numpy as np
+
+    from splitdnn.codec import measure
+
+    ticks = iter(range(1000))
+    results = measure(np.ones((2, 3), np.float32), ("raw", "int8"), repeats=3, factor=4.0,
+                      timer=lambda: next(ticks) * 1e-3)  # fmt: skip
+    assert [r.encode_ms for r in results] == pytest.approx([4.0, 4.0])  # 1 ms per reading, x4
+    assert [r.decode_ms for r in results] == pytest.approx([4.0, 4.0])
+    assert measure(np.array([1.0, np.nan], np.float32), ("raw",)) == ()

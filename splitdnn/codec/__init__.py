@@ -59,6 +59,9 @@ sizes against ``max_decoded_bytes`` (default 256 MiB) before touching the payloa
 must declare its content size, which must equal the expected size before anything is decompressed.
 Peak allocation while decoding is a small multiple (about 3x) of the decoded size, hence of the cap.
 
+``measure(array, specs)`` measures codecs on one array (frame bytes, encode/decode time, max abs error,
+relative MSE, cosine) as :class:`~splitdnn.schema.CodecResult` records; the profiler stores them.
+
 Adding a codec: subclass :class:`ValueCodec` or :class:`ByteCodec` and call :func:`register_codec`;
 its name then works in specs and frames, with nothing else to change.
 """
@@ -78,12 +81,14 @@ from splitdnn.codec._frame import (
     encode,
     error_bound,
 )
+from splitdnn.codec._measure import DEFAULT_CODECS, measure, parse_codec_list
 from splitdnn.codec._registry import ByteCodec, ValueCodec, known_codecs, register_codec, unregister_codec
 from splitdnn.errors import CodecError
 
 _register_builtins()
 
 __all__ = [
+    "DEFAULT_CODECS",
     "DEFAULT_MAX_DECODED_BYTES",
     "DTYPES",
     "MAGIC",
@@ -100,6 +105,8 @@ __all__ = [
     "encode",
     "error_bound",
     "known_codecs",
+    "measure",
+    "parse_codec_list",
     "register_codec",
     "unregister_codec",
 ]

@@ -16,7 +16,9 @@ How each case is solved exactly (details in the private modules' docstrings):
 * :func:`brute_force`: the oracle every fast path is tested against (``_oracle``).
 
 All of them price plans with one cost model (``_cost``); the per-tensor wire cost goes through one
-seam, :data:`TensorCostFn` (raw bytes by default), where codec choice plugs in.
+seam, :data:`TensorCostFn` (raw bytes by default), where codec choice plugs in:
+:func:`codec_tensor_cost` picks each boundary tensor's cheapest allowed codec within an error budget
+from the profiles' codec measurements (``_codec``).
 """
 
 from splitdnn.solver._api import (
@@ -30,6 +32,13 @@ from splitdnn.solver._api import (
     sweep,
 )
 from splitdnn.solver._chain import chain_cuts
+from splitdnn.solver._codec import (
+    ERROR_METRICS,
+    CodecChoice,
+    codec_tensor_cost,
+    explain_codec,
+    measured_codecs,
+)
 from splitdnn.solver._problem import (
     OBJECTIVES,
     Constraints,
@@ -40,8 +49,10 @@ from splitdnn.solver._problem import (
 )
 
 __all__ = [
+    "ERROR_METRICS",
     "METHODS",
     "OBJECTIVES",
+    "CodecChoice",
     "Constraints",
     "SweepPoint",
     "TensorCostFn",
@@ -50,8 +61,11 @@ __all__ = [
     "brute_force",
     "chain_cuts",
     "cloud_only",
+    "codec_tensor_cost",
     "edge_only",
     "evaluate",
+    "explain_codec",
+    "measured_codecs",
     "raw_tensor_cost",
     "solve",
     "sweep",

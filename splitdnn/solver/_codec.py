@@ -1,0 +1,144 @@
+"""Codec choice per boundary tensor, from the profiles' codec measurements (stdlib only).
+
+:func:`codec_tensor_cost` builds a :data:`~splitdnn.solver.TensorCostFn`: for each tensor hop (a value
+crossing link i from tier i to tier i + 1) it prices every allowed codec measured on that node as
+
+    encode_ms (tier i's profile) + uplink_ms(wire_bytes) + decode_ms (tier i + 1's profile)
+
+and keeps the cheapest whose measured error is within the budget. ``raw`` is always a candidate and
+costs what it always did (the raw value's bytes, no encode or decode time), so an unmeasured tensor,
+an empty allow-list or a zero budget gives exactly the old, uncompressed plans. Because the choice
+is a fixed function of the hop, every solver (and the brute-force oracle) optimises the cut *and* the
+codecs together: the cut's cost already is the best codec's cost.
+
+Where the receiver's profile lacks a codec's measurement, its decode time is the sender's
+measurement (the same machine kind is the common case; the sender's figure is the best estimate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from splitdnn.errors import ConfigError
+from splitdnn.schema import CodecResult, Profile
+from splitdnn.solver._problem import TensorCostFn, TensorHop, WireCost
+
+__all__ = ["ERROR_METRICS", "CodecChoice", "codec_tensor_cost", "explain_codec", "measured_codecs"]
+
+#: what ``max_error`` bounds: relative MSE, max abs error, or cosine distance (1 - cosine)
+ERROR_METRICS = ("rel_mse", "max_abs", "cosine")
+
+
+@dataclass(frozen=True)
+class CodecChoice:
+    """Why a codec was chosen for one hop (see :func:`explain_codec`)."""
+
+    codec: str
+    wire_bytes: int
+    cost_ms: float  # encode + uplink + decode
+    error: float  # the budgeted metric's measured value (0 for raw)
+    metric: str
+    max_error: float | None
+    candidates: int  # codecs that were within the budget and compared, raw included
+
+
+def error_of(result: CodecResult, metric: str) -> float:
+    if metric == "rel_mse":
+        return result.rel_mse
+    if metric == "max_abs":
+        return result.max_abs_error
+    return max(0.0, 1.0 - result.cosine)
+
+
+def measured_codecs(profiles: Sequence[Profile]) -> tuple[str, ...]:
+    """Every codec spec measured on any node of any of ``profiles``, in first-seen order."""
+    seen: dict[str, None] = {}
+    for p in profiles:
+        for n in p.nodes:
+            for c in n.codecs:
+                seen.setdefault(c.spec, None)
+    return tuple(seen)
+
+
+def codec_tensor_cost(
+    profiles: Sequence[Profile] = (),
+    *,
+    allowed: Sequence[str] | None = None,
+    max_error: float | None = None,
+    metric: str = "rel_mse",
+) -> TensorCostFn:
+    """A tensor cost that picks, per hop, the cheapest allowed codec within the error budget.
+
+    ``allowed``: codec specs that may be used (None = every codec measured in the profiles; ``raw`` is
+    always allowed). ``max_error``: budget on ``metric`` (``rel_mse``, ``max_abs`` or ``cosine`` =
+    1 - cosine similarity); None = no budget, any measured codec may be chosen. The hop's sender and
+    receiver profiles provide the measurements, so ``profiles`` is only used to check the options.
+    """
+    if metric not in ERROR_METRICS:
+        raise ConfigError(f"unknown error metric {metric!r}; expected one of {', '.join(ERROR_METRICS)}")
+    if max_error is not None and (
+        isinstance(max_error, bool)
+        or not isinstance(max_error, (int, float))
+        or not math.isfinite(max_error)
+        or max_error < 0
+    ):
+        raise ConfigError(f"max_error must be a finite number >= 0 or None, found {max_error!r}")
+    if isinstance(allowed, str):
+        raise ConfigError(f"allowed must be a sequence of codec specs, found the string {allowed!r}")
+    allow = None if allowed is None else frozenset(allowed)
+
+    def cost(hop: TensorHop) -> WireCost:
+        return _best(hop, allow, max_error, metric)[0]
+
+    return cost
+
+
+def _best(
+    hop: TensorHop, allow: frozenset[str] | None, max_error: float | None, metric: str
+) -> tuple[WireCost, CodecChoice]:
+    raw = WireCost(hop.nbytes, 0.0, 0.0, "raw")
+    best, best_key = raw, (hop.link.uplink_ms(hop.nbytes), hop.nbytes, 0.0, "raw")
+    best_err, n = 0.0, 1
+    sender = _node(hop.sender, hop.node)
+    receiver = _node(hop.receiver, hop.node)
+    for r in sender.codecs if sender is not None else ():
+        if r.spec == "raw" or (allow is not None and r.spec not in allow):
+            continue
+        err = error_of(r, metric)
+        if max_error is not None and err > max_error:
+            continue
+        n += 1
+        other = receiver.codec(r.spec) if receiver is not None else None
+        dec = other.decode_ms if other is not None else r.decode_ms
+        total = r.encode_ms + hop.link.uplink_ms(r.wire_bytes) + dec
+        key = (total, r.wire_bytes, err, r.spec)
+        if key < best_key:
+            best, best_key, best_err = WireCost(r.wire_bytes, r.encode_ms, dec, r.spec), key, err
+    return best, CodecChoice(best.codec, best.wire_bytes, best_key[0], best_err, metric, max_error, n)
+
+
+def _node(profile: Profile, name: str):  # -> NodeProfile | None
+    index = _INDEX.get(id(profile))
+    if index is None or index[0] is not profile:
+        index = (profile, {n.name: n for n in profile.nodes})
+        _INDEX[id(profile)] = index
+        if len(_INDEX) > 64:
+            _INDEX.pop(next(iter(_INDEX)))
+    return index[1].get(name)
+
+
+_INDEX: dict[int, tuple[Profile, dict]] = {}
+
+
+def explain_codec(
+    hop: TensorHop,
+    *,
+    allowed: Sequence[str] | None = None,
+    max_error: float | None = None,
+    metric: str = "rel_mse",
+) -> CodecChoice:
+    """The choice :func:`codec_tensor_cost` makes for ``hop``, with the figures behind it."""
+    allow = None if allowed is None else frozenset(allowed)
+    return _best(hop, allow, max_error, metric)[1]

@@ -1,0 +1,223 @@
+"""Codec choice together with the cut: the cheapest allowed codec within the error budget, per hop,
+and the solvers' optimum with codecs still equals the brute-force oracle with the same tensor cost."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from solver_helpers import dag_cases, same, value
+
+from splitdnn.errors import ConfigError
+from splitdnn.schema import CodecResult, Link, Profile, profile_from_json, profile_to_json
+from splitdnn.solver import (
+    TensorHop,
+    brute_force,
+    cloud_only,
+    codec_tensor_cost,
+    edge_only,
+    explain_codec,
+    measured_codecs,
+    solve,
+    sweep,
+)
+from splitdnn.solver._problem import Graph, Problem
+from splitdnn.solver.synthetic import SynthNode, make_profiles
+
+FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SPECS = ("raw", "zstd", "fp16+zstd", "int8+zstd", "int4+zstd")
+
+
+def _results(rng: random.Random, nbytes: int, slow: float = 1.0) -> tuple[CodecResult, ...]:
+    out = [CodecResult("raw", nbytes + 40, 0.01 * slow, 0.01 * slow, 0.0, 0.0, 1.0)]
+    for spec in SPECS[1:]:
+        lossless = spec == "zstd"
+        err = 0.0 if lossless else 10 ** rng.uniform(-8, -1)
+        out.append(
+            CodecResult(
+                spec,
+                int(nbytes * rng.uniform(0.05, 1.1)) + 40,
+                rng.uniform(0, 30) * slow,
+                rng.uniform(0, 10) * slow,
+                0.0 if lossless else err * 10,
+                err,
+                1.0 if lossless else 1.0 - err / 2,
+            )
+        )
+    rng.shuffle(out)
+    return tuple(out)
+
+
+def with_codecs(profiles: list[Profile], rng: random.Random, p_measured: float = 0.8) -> list[Profile]:
+    """Copies of ``profiles`` where most nodes carry random codec measurements (per tier)."""
+    chosen = {n.name for n in profiles[0].nodes if n.op != "output" and rng.random() < p_measured}
+    out = []
+    for t, p in enumerate(profiles):
+        nodes = tuple(
+            dataclasses.replace(n, codecs=_results(random.Random(f"{n.name}/{t}"), n.output_bytes, 1 + t))
+            if n.name in chosen
+            else n
+            for n in p.nodes
+        )
+        out.append(dataclasses.replace(p, nodes=nodes))
+    return out
+
+
+def _toy() -> list[Profile]:
+    nodes = [
+        SynthNode("x", "placeholder", nbytes=600_000),
+        SynthNode("conv", "call_module", ("x",), ms=10.0, nbytes=100_000),
+        SynthNode("fc", "call_module", ("conv",), ms=200.0, nbytes=4_000),
+        SynthNode("output", "output", ("fc",), nbytes=4_000),
+    ]
+    dev, srv = make_profiles(nodes, speedups=(1.0, 20.0), model="toy")
+    conv = (
+        CodecResult("raw", 100_040, 0.05, 0.05, 0.0, 0.0, 1.0),
+        CodecResult("zstd", 60_000, 2.0, 1.0, 0.0, 0.0, 1.0),
+        CodecResult("int8+zstd", 20_000, 1.0, 0.5, 0.01, 1e-4, 0.99995),
+        CodecResult("int4+zstd", 9_000, 1.0, 0.5, 0.2, 5e-3, 0.997),
+    )
+
+    def put(p: Profile, dec_ms: float) -> Profile:
+        nodes = tuple(
+            dataclasses.replace(n, codecs=tuple(dataclasses.replace(c, decode_ms=dec_ms) for c in conv))
+            if n.name == "conv"
+            else n
+            for n in p.nodes
+        )
+        return dataclasses.replace(p, nodes=nodes)
+
+    return [put(dev, 99.0), put(srv, 0.5)]
+
+
+def _hop(profiles: list[Profile], node: str, mbps: float) -> TensorHop:
+    n = profiles[0].node(node)
+    return TensorHop(node, n.output_bytes, 0, Link(mbps), profiles[0], profiles[1])
+
+
+def test_the_cheapest_allowed_codec_within_budget_is_chosen() -> None:
+    profiles = _toy()
+    hop = _hop(profiles, "conv", 5.85)
+    # int4: 1 + 9000 B at 5.85 Mbit/s (12.3 ms) + 0.5 (receiver's decode, not the sender's 99) ms
+    assert codec_tensor_cost(profiles)(hop).codec == "int4+zstd"
+    assert codec_tensor_cost(profiles)(hop).decode_ms == 0.5
+    assert codec_tensor_cost(profiles, max_error=1e-3)(hop).codec == "int8+zstd"
+    assert codec_tensor_cost(profiles, max_error=0.0)(hop).codec == "zstd"
+    assert codec_tensor_cost(profiles, max_error=0.05, metric="max_abs")(hop).codec == "int8+zstd"
+    assert codec_tensor_cost(profiles, max_error=1e-4, metric="cosine")(hop).codec == "int8+zstd"
+    assert codec_tensor_cost(profiles, allowed=["zstd"])(hop).codec == "zstd"
+    assert codec_tensor_cost(profiles, allowed=["raw"])(hop).codec == "raw"
+    # raw is priced as before: the value's own bytes, no encode or decode
+    raw = codec_tensor_cost(profiles, allowed=())(hop)
+    assert (raw.wire_bytes, raw.encode_ms, raw.decode_ms, raw.codec) == (100_000, 0.0, 0.0, "raw")
+    # an absurdly fast link: compressing costs more than it saves
+    assert codec_tensor_cost(profiles)(_hop(profiles, "conv", 1e7)).codec == "raw"
+    # unmeasured tensors are sent raw
+    assert codec_tensor_cost(profiles)(_hop(profiles, "fc", 0.1)).codec == "raw"
+    why = explain_codec(hop, max_error=1e-3)
+    assert (why.codec, why.wire_bytes, why.error, why.max_error) == ("int8+zstd", 20_000, 1e-4, 1e-3)
+    assert why.candidates == 3  # raw, zstd, int8 (int4 is over budget)
+
+
+@FAST
+@given(dag_cases(tiers=2, max_compute=8))
+def test_picked_codec_is_the_minimum_over_allowed_candidates(case) -> None:
+    profiles, links, rng = case
+    profiles = with_codecs(profiles, rng)
+    budget = rng.choice((None, 0.0, 1e-5, 1e-3, 1e-1))
+    allowed = rng.choice((None, ("zstd", "int8+zstd"), ("int4+zstd",), ()))
+    fn = codec_tensor_cost(profiles, allowed=allowed, max_error=budget)
+    for n in profiles[0].nodes:
+        hop = TensorHop(n.name, n.output_bytes, 0, links[0], profiles[0], profiles[1])
+        got = fn(hop)
+        link = links[0]
+        best = link.uplink_ms(n.output_bytes)
+        for r in n.codecs:
+            ok = r.spec != "raw" and (allowed is None or r.spec in allowed)
+            ok = ok and (budget is None or r.rel_mse <= budget)
+            if ok:
+                dec = profiles[1].node(n.name).codec(r.spec).decode_ms
+                best = min(best, r.encode_ms + link.uplink_ms(r.wire_bytes) + dec)
+        assert same(got.encode_ms + link.uplink_ms(got.wire_bytes) + got.decode_ms, best)
+        if got.codec != "raw":
+            chosen = n.codec(got.codec)
+            assert allowed is None or got.codec in allowed
+            assert budget is None or chosen.rel_mse <= budget
+
+
+def _check_oracle(profiles, links, rng) -> None:
+    profiles = with_codecs(profiles, rng)
+    fn = codec_tensor_cost(profiles, max_error=rng.choice((None, 1e-4, 1e-2)))
+    problem = Problem(Graph(profiles[0]), profiles, links, fn)
+    w = problem.weights("latency")
+    scale = sum(map(sum, w.a)) + sum(map(sum, w.b)) + sum(w.r) + sum(w.s)
+    for objective in ("latency", "energy"):
+        oracle = brute_force(profiles, links, objective=objective, tensor_cost=fn)
+        for method in ("auto", "reduced", "mincut"):
+            plan = solve(profiles, links, objective=objective, tensor_cost=fn, method=method)
+            assert plan.exact
+            assert same(value(plan), value(oracle), scale), (objective, method)
+        for b in plan.boundary:
+            hop = TensorHop(b.node, b.nbytes, b.src_tier, links[b.src_tier], profiles[0], profiles[1])
+            if len(profiles) == 2:
+                assert b.codec == fn(hop).codec
+                assert b.wire_bytes == fn(hop).wire_bytes
+
+
+@FAST
+@given(dag_cases(tiers=2, max_compute=10))
+def test_solver_with_codecs_matches_oracle_two_tiers(case) -> None:
+    _check_oracle(*case)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag_cases(tiers=3, max_compute=7))
+def test_solver_with_codecs_matches_oracle_three_tiers(case) -> None:
+    _check_oracle(*case)
+
+
+def test_plans_name_the_chosen_codec_and_baselines_use_it() -> None:
+    profiles = _toy()
+    links = [Link(5.85, rtt_ms=20)]
+    fn = codec_tensor_cost(profiles, max_error=1e-3)
+    plan = solve(profiles, links, tensor_cost=fn)
+    assert plan.boundary_nodes == ("conv",)
+    (b,) = plan.boundary
+    assert (b.codec, b.wire_bytes, b.nbytes) == ("int8+zstd", 20_000, 100_000)
+    assert plan.cost.total_ms < solve(profiles, links).cost.total_ms
+    assert plan.cost.encode_ms == 1.0 and plan.cost.decode_ms == 0.5
+    assert edge_only(profiles, links, tensor_cost=fn).cost.total_ms == pytest.approx(210.0)
+    assert cloud_only(profiles, links, tensor_cost=fn).boundary[0].codec == "raw"  # x is unmeasured
+    (pt,) = sweep(profiles, [5.85], rtt_ms=20, tensor_cost=fn)
+    assert pt.plan.boundary[0].codec == "int8+zstd"
+    assert measured_codecs(profiles) == ("raw", "zstd", "int8+zstd", "int4+zstd")
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ConfigError, match="metric"):
+        codec_tensor_cost(metric="psnr")
+    with pytest.raises(ConfigError, match="max_error"):
+        codec_tensor_cost(max_error=-1)
+    with pytest.raises(ConfigError, match="sequence"):
+        codec_tensor_cost(allowed="zstd")
+
+
+def test_codec_results_round_trip_and_old_profiles_load() -> None:
+    profiles = _toy()
+    text = profile_to_json(profiles[0])
+    assert profile_from_json(text) == profiles[0]
+    assert '"codecs"' in text and '"int8+zstd"' in text
+    # a profile written before codecs existed (no "codecs" key) still loads, with none measured
+    import json
+
+    data = json.loads(text)
+    for n in data["nodes"]:
+        del n["codecs"]
+    old = profile_from_json(json.dumps(data))
+    assert all(n.codecs == () for n in old.nodes)
+    bad = json.loads(text)
+    bad["nodes"][1]["codecs"][0]["cosine"] = 3.0
+    with pytest.raises(Exception, match="cosine"):
+        profile_from_json(json.dumps(bad))
