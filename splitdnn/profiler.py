@@ -300,10 +300,10 @@ def profile_model_run(
         codec_results: dict[str, tuple[CodecResult, ...]] = {}
         if candidates:
             bar.stage("codecs")
-            for name in [c for c in traced.nodes if c.name in candidates]:
-                arr = snapshots.pop(name.name, None)
+            for gnode in [c for c in traced.nodes if c.name in candidates]:
+                arr = snapshots.pop(gnode.name, None)
                 if arr is not None:
-                    codec_results[name.name] = _codec.measure(
+                    codec_results[gnode.name] = _codec.measure(
                         arr, specs, repeats=codec_repeats, factor=factor, timer=timer
                     )
                 bar.advance()
