@@ -408,7 +408,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     server = profile_model(traced, threads=server_threads, repeats=args.repeats, progress=not args.quiet)
     for p in (device, server):
         print(f"profile: {p.describe()}")
-    points = solver.sweep([device, server], list(args.uplink_mbps), rtt_ms=args.rtt_ms)
+    # boundary tensors (and the cloud-only input) may use any codec the profiles measured within
+    # the error budget; the default budget 0 keeps them lossless
+    cost = solver.codec_tensor_cost([device, server], max_error=args.max_error)
+    points = solver.sweep([device, server], list(args.uplink_mbps), rtt_ms=args.rtt_ms, tensor_cost=cost)
+    budget = (
+        "lossless codecs only" if args.max_error == 0 else f"codec error budget {args.max_error:g} (rel MSE)"
+    )
+    print(f"plans at RTT {args.rtt_ms:g} ms, {budget}:")
     print(report.sweep_table(points))
     return 0
 
@@ -504,6 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-threads", type=int, default=0, help="default: all cores")
     p.add_argument("--uplink-mbps", type=_positive, nargs="+", default=list(report_uplinks()))
     p.add_argument("--rtt-ms", type=_nonneg, default=20.0)
+    p.add_argument(
+        "--max-error",
+        type=_nonneg,
+        default=0.0,
+        metavar="X",
+        help="codec error budget (relative MSE); default 0 = lossless codecs only",
+    )
     model_args(p)
     p.set_defaults(func=cmd_demo, repeats=5)
     return parser
