@@ -42,24 +42,23 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _positive(text: str) -> float:
+def _number(text: str, *, allow_zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}")
+    if not ((value >= 0 if allow_zero else value > 0) and math.isfinite(value)):
+        wanted = "a number >= 0" if allow_zero else "a positive number"
+        raise argparse.ArgumentTypeError(f"expected {wanted}, found {text!r}")
     return value
+
+
+def _positive(text: str) -> float:
+    return _number(text, allow_zero=False)
 
 
 def _nonneg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {text!r}")
-    return value
+    return _number(text, allow_zero=True)
 
 
 def _range(text: str) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from splitdnn.errors import ConfigError
+from splitdnn.models.classic import init_weights
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2"]
 
@@ -105,17 +106,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)  # kaiming's default leaky_relu gain with a=0 equals relu's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, 1280, H/32, W/32)
