@@ -71,8 +71,7 @@ def edge_only(
     tensor_cost: TensorCostFn | None = None,
 ) -> Plan:
     """Everything on the device (tier 0). Raises InfeasibleError if ``constraints`` forbid it."""
-    check_inputs(profiles, links, objective, constraints, power)
-    problem = Problem(Graph(profiles[0]), profiles, links, tensor_cost)
+    problem = _checked_problem(profiles, links, objective, constraints, power, tensor_cost)
     tier = [0] * problem.graph.n
     _refuse_violations(problem, tier, constraints, "edge-only")
     return make_plan(problem, tier, objective, power, exact=False)
@@ -88,8 +87,7 @@ def cloud_only(
     tensor_cost: TensorCostFn | None = None,
 ) -> Plan:
     """Every compute node on the last tier; the raw input is sent up every link."""
-    check_inputs(profiles, links, objective, constraints, power)
-    problem = Problem(Graph(profiles[0]), profiles, links, tensor_cost)
+    problem = _checked_problem(profiles, links, objective, constraints, power, tensor_cost)
     g = problem.graph
     tier = [problem.K - 1 if g.kind[v] == COMPUTE else 0 for v in range(g.n)]
     _refuse_violations(problem, tier, constraints, "cloud-only")
@@ -111,8 +109,7 @@ def evaluate(
     Raises PlanError when the assignment is not a valid plan: a missing or unknown node, a tier out of
     range, a node on an earlier tier than one of its inputs, or (with ``constraints``) a violation.
     """
-    check_inputs(profiles, links, objective, constraints, power)
-    problem = Problem(Graph(profiles[0]), profiles, links, tensor_cost)
+    problem = _checked_problem(profiles, links, objective, constraints, power, tensor_cost)
     tier = _checked_assignment(problem, tiers)
     found = violations(problem, tier, constraints)
     if found:
@@ -134,8 +131,7 @@ def brute_force(
 
     Refuses (ConfigError) graphs with more than ``max_assignments`` assignments.
     """
-    check_inputs(profiles, links, objective, constraints, power)
-    problem = Problem(Graph(profiles[0]), profiles, links, tensor_cost)
+    problem = _checked_problem(profiles, links, objective, constraints, power, tensor_cost)
     best = math.inf
     best_tier: list[int] | None = None
     for tier in monotone_assignments(problem, max_assignments):
@@ -229,6 +225,19 @@ def sweep(
 
 # --------------------------------------------------------------------------------------------------
 # internals
+
+
+def _checked_problem(
+    profiles: Sequence[Profile],
+    links: Sequence[Link],
+    objective: str,
+    constraints: Constraints | None,
+    power: PowerModel | None,
+    tensor_cost: TensorCostFn | None,
+) -> Problem:
+    """Validate the public arguments, then build the problem every entry point prices."""
+    check_inputs(profiles, links, objective, constraints, power)
+    return Problem(Graph(profiles[0]), profiles, links, tensor_cost)
 
 
 def _solve(
