@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 venv=${SPLITDNN_VENV:-.venv}
-extras="torch,plot,weights"
+extras="torch,plot,weights,runtime"
 [[ "${1:-}" == "--test" ]] && extras="$extras,test"
 if [[ ! -x "$venv/bin/python" ]]; then
     "$python" -m venv "$venv"

@@ -11,8 +11,15 @@ type. Messages say what was expected, what was found and what to do about it::
     ├── InfeasibleError        constraints (memory cap, privacy floor, ...) that no plan satisfies
     ├── ProfileError           a corrupt or invalid profile file
     │   └── ProfileMismatchError   a valid profile of another model, input shape or schema version
-    └── CodecError             a tensor frame that cannot be encoded or safely decoded (bad header,
-                               unknown codec, size over the cap, corrupt payload, ...)
+    ├── CodecError             a tensor frame that cannot be encoded or safely decoded (bad header,
+    │                          unknown codec, size over the cap, corrupt payload, ...)
+    ├── WireError              a wire message that is malformed or does not fit the model (wrong input
+    │                          names, dtypes or shapes, bad parameters); the server answers INVALID_ARGUMENT
+    └── RemoteError            the server answered with an error status (``.code`` names the gRPC status)
+        ├── ServerUnavailableError   the server cannot be reached (UNAVAILABLE after retries)
+        ├── DeadlineError            the request ran past its deadline (DEADLINE_EXCEEDED)
+        ├── AuthenticationError      missing or wrong credentials (UNAUTHENTICATED, PERMISSION_DENIED)
+        └── ModelMismatchError       the server's model is not the one the client split (fingerprint)
 
 Lower-layer exceptions are chained (``raise ... from exc``) so the cause stays visible in a debugger,
 while the command line prints only the one-line message.
@@ -21,15 +28,21 @@ while the command line prints only the one-line message.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "CodecError",
     "ConfigError",
+    "DeadlineError",
     "InfeasibleError",
     "ModelLoadError",
+    "ModelMismatchError",
     "PlanError",
     "ProfileError",
     "ProfileMismatchError",
+    "RemoteError",
+    "ServerUnavailableError",
     "SplitDNNError",
     "TraceError",
+    "WireError",
 ]
 
 
@@ -67,3 +80,36 @@ class ProfileMismatchError(ProfileError):
 
 class CodecError(SplitDNNError, ValueError):
     """A tensor frame cannot be encoded, or a received frame is malformed, unsupported or over a cap."""
+
+
+class WireError(SplitDNNError, ValueError):
+    """A request or response on the wire is malformed or does not fit the model it names."""
+
+
+class RemoteError(SplitDNNError):
+    """The server answered with an error status.
+
+    ``code`` is the gRPC status name (``"INVALID_ARGUMENT"``, ``"NOT_FOUND"``, ...) and ``details``
+    the server's message; both are plain strings so this module stays free of grpc.
+    """
+
+    def __init__(self, message: str, *, code: str = "UNKNOWN", details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class ServerUnavailableError(RemoteError):
+    """The server could not be reached, even after retrying."""
+
+
+class DeadlineError(RemoteError):
+    """A request did not finish within its deadline."""
+
+
+class AuthenticationError(RemoteError):
+    """The server refused the client's credentials (token, TLS client certificate)."""
+
+
+class ModelMismatchError(RemoteError):
+    """The server serves a different model (fingerprint) from the one the client traced and split."""
