@@ -10,7 +10,14 @@ the tail and scores top-1 against the labels. Columns:
 - ``top-1`` and ``loss``: accuracy, and its drop against the uncompressed model, in percentage points
   (one test image = 0.22 points);
 - ``wire B``: mean frame bytes per sample; ``fp32 B``: the boundary values as raw fp32 (4 B each);
-- ``reduction``: fp32 B / wire B; ``bits/value``: 8 * wire B / boundary values.
+- ``reduction``: fp32 B / wire B; ``bits/value``: 8 * wire B / boundary values;
+- ``rel MSE``: the codec's relative mean squared error on the boundary values (sum of squared errors /
+  sum of squares over the test set), the figure ``splitdnn solve --max-error`` budgets.
+
+The JSON (``--json``) is also an accuracy table for ``splitdnn solve/sweep --accuracy-table FILE
+--max-accuracy-loss POINTS``: it names the model (``model_name``, ``fingerprint``: graph structure and
+parameter shapes, the same for every seed) and the input node that the cut ``<input>`` sends; the
+solver allows a codec at a node only if its loss there (worst over the seeds) is within the budget.
 
 Headline (issue 3): the best reduction against raw fp32 of the boundary tensor with a top-1 loss of at
 most ``--max-loss`` points (default 1.0); goal >= 8x, stretch >= 16x. With several ``--seeds`` each
@@ -41,7 +48,10 @@ from splitdnn.digits import (  # noqa: E402
     train_digits_model,
 )
 
-SPECS = ["raw", "zstd", "fp16+zstd", "bf16+zstd", "int8+zstd", "int8c+zstd", "int4+zstd", "int2+zstd"]
+SPECS = [
+    "raw", "zstd", "fp16+zstd", "bf16+zstd", "int8+zstd", "int8c+zstd", "int4+zstd", "int4:aciq+zstd",
+    "int2+zstd", "int2:aciq+zstd",
+]  # fmt: skip
 INPUT = "<input>"
 GOAL, STRETCH = 8.0, 16.0
 
@@ -73,11 +83,15 @@ def run_seed(seed: int, epochs: int, specs: list[str], with_input: bool) -> dict
                     "fp32_bytes": r.raw_bytes_per_sample,
                     "reduction": r.reduction,
                     "bits_per_value": r.bits_per_value,
+                    "rel_mse": r.rel_mse,
                     "identical_logits": bool(torch.equal(r.logits, base.logits)),
                 }
             )
     return {
         "seed": seed,
+        "model_name": traced.name,
+        "fingerprint": traced.fingerprint,
+        "input_node": next(n.name for n in traced.nodes if n.op == "placeholder"),
         "train_s": train_s,
         "test_samples": base.samples,
         "baseline_top1": base.accuracy,
@@ -116,14 +130,14 @@ def markdown(seed: dict) -> str:
         f"Seed {seed['seed']}: uncompressed top-1 {100 * seed['baseline_top1']:.2f}% on "
         f"{seed['test_samples']} test images (trained in {seed['train_s']:.1f} s).",
         "",
-        "| cut | values | spec | top-1 % | loss (pts) | wire B | fp32 B | reduction | bits/value |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cut | values | spec | top-1 % | loss (pts) | wire B | fp32 B | reduction | bits/value | rel MSE |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in seed["rows"]:
         lines.append(
             f"| {r['cut']} | {r['values']} | {r['spec']} | {100 * r['top1']:.2f} | {r['loss_pts']:+.2f} | "
             f"{r['wire_bytes']:.1f} | {r['fp32_bytes']} | {r['reduction']:.2f}x | "
-            f"{r['bits_per_value']:.2f} |"
+            f"{r['bits_per_value']:.2f} | {r['rel_mse']:.2g} |"
         )
     return "\n".join(lines)
 
@@ -171,6 +185,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     results = [run_seed(s, args.epochs, specs, not args.no_input) for s in seeds]
     out: dict = {
+        "format": "splitdnn.accuracy-table/1",
+        "model_name": results[0]["model_name"],  # what `splitdnn solve --accuracy-table` checks
+        "fingerprint": results[0]["fingerprint"],  # the same on every seed: structure, not weights
+        "input_node": results[0]["input_node"],  # the cut "<input>" sends this node's value
         "setup": {
             "model": "DigitsCNN (splitdnn.digits)",
             "epochs": args.epochs,

@@ -135,16 +135,30 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-error",
         type=_nonneg,
-        default=0.0,
+        default=None,
         metavar="X",
-        help="accuracy budget: only codecs whose measured error (--error-metric) is <= X; the default 0 "
-        "allows lossless codecs only, e.g. 1e-3 (relative MSE) admits int8",
+        help="error budget: only codecs whose measured error (--error-metric) is <= X; the default 0 "
+        "allows lossless codecs only (no error budget with --max-accuracy-loss), e.g. 1e-3 (relative "
+        "MSE) admits int8",
     )
     p.add_argument(
         "--error-metric",
         choices=("rel_mse", "max_abs", "cosine"),
         default="rel_mse",
         help="what --max-error bounds: relative MSE (default), max abs error, or 1 - cosine similarity",
+    )
+    p.add_argument(
+        "--accuracy-table",
+        metavar="FILE",
+        help="measured top-1 loss per cut node and codec (the JSON of scripts/bench_accuracy.py) for "
+        "--max-accuracy-loss; it must be measured on the profiles' model",
+    )
+    p.add_argument(
+        "--max-accuracy-loss",
+        type=_nonneg,
+        metavar="POINTS",
+        help="accuracy-loss budget: a lossy codec may carry a boundary tensor only if its measured top-1 "
+        "loss at that node (worst over the table's seeds) is <= POINTS percentage points",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
@@ -182,11 +196,24 @@ def _constraints(args: argparse.Namespace):  # -> solver.Constraints
     )
 
 
-def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
-    """``allowed``, ``max_error`` and ``metric`` for :func:`splitdnn.solver.codec_tensor_cost`, or
-    ``{}`` when no codec can be used (raw tensors: the fast path, exactly the plans without codecs)."""
-    from splitdnn.solver import measured_codecs
+def _max_error(args: argparse.Namespace) -> float | None:
+    """--max-error as given; unset: 0 (lossless only), or no error budget under an accuracy budget."""
+    if args.max_error is not None:
+        return float(args.max_error)
+    return None if args.max_accuracy_loss is not None else 0.0
 
+
+def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
+    """``allowed``, ``max_error``, ``metric`` (and the accuracy budget) for
+    :func:`splitdnn.solver.codec_tensor_cost`, or ``{}`` when no codec can be used (raw tensors: the
+    fast path, exactly the plans without codecs)."""
+    from splitdnn.solver import load_accuracy_table, measured_codecs
+
+    if (args.accuracy_table is None) != (args.max_accuracy_loss is None):
+        raise ConfigError(
+            "--accuracy-table and --max-accuracy-loss go together: the table of measured top-1 loss "
+            "(scripts/bench_accuracy.py --json) and the budget in points"
+        )
     measured = measured_codecs(profiles)
     if args.codecs is None:
         allowed = tuple(c for c in measured if c != "raw")
@@ -201,16 +228,14 @@ def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
                 f"--codecs {', '.join(missing)}: not measured in the profiles (measured: "
                 f"{', '.join(measured) or 'none'}); profile with `splitdnn profile --codecs ...`"
             )
+    accuracy = {}
+    if args.accuracy_table is not None:
+        table = load_accuracy_table(args.accuracy_table)
+        table.check_profiles(profiles)
+        accuracy = {"accuracy": table, "max_accuracy_loss": args.max_accuracy_loss}
     if not allowed:
         return {}
-    return {"allowed": allowed, "max_error": args.max_error, "metric": args.error_metric}
-
-
-def _tensor_cost(args: argparse.Namespace, profiles: Sequence):  # -> TensorCostFn | None
-    from splitdnn.solver import codec_tensor_cost
-
-    opts = _codec_options(args, profiles)
-    return codec_tensor_cost(profiles, **opts) if opts else None
+    return {"allowed": allowed, "max_error": _max_error(args), "metric": args.error_metric, **accuracy}
 
 
 def _codec_notes(plan, profiles: Sequence, links: Sequence[Link], opts: dict) -> dict[str, str]:
@@ -236,11 +261,40 @@ def _codec_notes(plan, profiles: Sequence, links: Sequence[Link], opts: dict) ->
             )
             continue
         budget = "no error budget" if why.max_error is None else f"within budget {why.max_error:.3g}"
+        if why.max_accuracy_loss_pts is not None:
+            loss = "lossless" if why.accuracy_loss_pts is None else f"{why.accuracy_loss_pts:+.2f} pts"
+            budget += (
+                f", chosen under the accuracy budget {why.max_accuracy_loss_pts:g} pts "
+                f"(measured top-1 loss here: {loss})"
+            )
         notes[b.node] = (
             f"{why.codec}: {format_bytes(why.wire_bytes)}, {label[why.metric]} {why.error:.2g} {budget}; "
             f"cheapest of {why.candidates} (encode + transfer + decode {why.cost_ms:.2f} ms)"
         )
     return notes
+
+
+def _accuracy_json(plan, opts: dict) -> dict | None:
+    """The accuracy budget and the measured loss of each boundary tensor's codec, for --json."""
+    table = opts.get("accuracy")
+    if table is None:
+        return None
+    return {
+        "table": table.source,
+        "model": table.model,
+        "fingerprint": table.fingerprint,
+        "seeds": table.seeds,
+        "max_accuracy_loss_pts": opts["max_accuracy_loss"],
+        "loss_pts": {b.node: _loss(table, b.node, b.codec) for b in plan.boundary},
+    }
+
+
+def _loss(table, node: str, spec: str) -> float | None:
+    """Measured top-1 loss of ``spec`` at ``node``; 0 for a lossless codec the table lacks."""
+    from splitdnn.solver import is_lossless
+
+    loss = table.loss(node, spec)
+    return 0.0 if loss is None and is_lossless(spec) else loss
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
@@ -260,8 +314,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
         out = report.plan_json(plan, edge, cloud)
         out["profiles"] = [p.describe() for p in profiles]
         out["codec_notes"] = notes
-        out["max_error"] = args.max_error
+        out["max_error"] = _max_error(args)
         out["error_metric"] = args.error_metric
+        out["accuracy_budget"] = _accuracy_json(plan, opts)
         print(json.dumps(out, indent=1, sort_keys=True))
     else:
         print(report.format_plan(plan, edge, cloud, profiles, codec_notes=notes))
@@ -285,6 +340,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     profiles = _load_profiles(args)
     lo, hi = args.uplink_mbps
     values = _sweep_values(lo, hi, args.points, not args.linear)
+    opts = _codec_options(args, profiles)
     points = solver.sweep(
         profiles,
         values,
@@ -294,7 +350,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         power=args.power,
         constraints=_constraints(args),
         upper_links=_links(args, values[0])[1:],
-        tensor_cost=_tensor_cost(args, profiles),
+        tensor_cost=solver.codec_tensor_cost(profiles, **opts) if opts else None,
     )
     if args.plot:
         from splitdnn.plots import plot_sweep
@@ -303,10 +359,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         out = report.sweep_json(points)
         out["profiles"] = [p.describe() for p in profiles]
+        out["max_error"] = _max_error(args)
+        out["error_metric"] = args.error_metric
+        if opts.get("accuracy") is not None:
+            out["accuracy_budget"] = [_accuracy_json(p.plan, opts) for p in points]
         print(json.dumps(out, indent=1, sort_keys=True))
     else:
         for p in profiles:
             print(f"profile: {p.describe()}")
+        if opts.get("accuracy") is not None:
+            print(
+                f"codecs chosen under the accuracy budget {opts['max_accuracy_loss']:g} top-1 points "
+                f"(measured in {opts['accuracy'].source})"
+            )
         print(report.sweep_table(points))
         if args.plot:
             print(f"plot written to {args.plot}")

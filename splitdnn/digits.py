@@ -161,6 +161,7 @@ class SplitResult:
     values_per_sample: int  # boundary values of one sample (all boundary tensors)
     raw_bytes_per_sample: int  # those values as raw fp32 (4 bytes each), no framing
     wire_bytes_per_sample: float  # mean frame bytes per sample, headers included
+    rel_mse: float  # sum of squared codec errors / sum of squares of the boundary values (0 without codec)
     logits: torch.Tensor = field(repr=False, compare=False)
 
     @property
@@ -210,6 +211,7 @@ def evaluate_split(
     with torch.inference_mode():
         values = sum(int(np.prod(v.shape[1:])) for v in sent.values())
         wire = 0
+        err_sq = power = 0.0
         if spec is None:
             received: Mapping[str, Any] = sent
         else:
@@ -224,6 +226,9 @@ def evaluate_split(
                         out[i : i + 1] = codec.decode(frame)
                     else:
                         out[i : i + 1] = codec.decode(frame, max_decoded_bytes=max_decoded_bytes)
+                diff = out.astype(np.float64) - arr
+                err_sq += float(np.dot(diff.ravel(), diff.ravel()))
+                power += float(np.dot(arr.ravel().astype(np.float64), arr.ravel().astype(np.float64)))
                 # same strides as the head's tensor, so lossless specs give bit-identical tails
                 received[name] = torch.empty_like(value).copy_(torch.from_numpy(out))
         logits = cast(torch.Tensor, run_tail(received))
@@ -238,5 +243,6 @@ def evaluate_split(
         values_per_sample=values,
         raw_bytes_per_sample=4 * values,
         wire_bytes_per_sample=(wire / n) if spec is not None else float(4 * values),
+        rel_mse=err_sq / power if power > 0 else 0.0,
         logits=logits,
     )

@@ -383,3 +383,89 @@ def test_max_error_keeps_lossy_codecs_within_the_budget(codec_profiles, capsys):
     )  # fmt: skip
     assert code == 0, err
     assert all(set(p["codecs"].values()) <= {"int8+zstd", "raw"} for p in json.loads(out)["points"])
+
+
+def _accuracy_table(path, profile_path, rows, **over):
+    from splitdnn.schema import load_profile
+
+    p = load_profile(profile_path)
+    data = {
+        "format": "splitdnn.accuracy-table/1",
+        "model_name": p.model,
+        "fingerprint": p.fingerprint,
+        "input_node": "x",
+        "seeds": [{"seed": 0, "rows": [{"cut": c, "spec": s, "loss_pts": loss} for c, s, loss in rows]}],
+    }
+    data.update(over)
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_accuracy_budget_chooses_codecs_by_measured_top1_loss(codec_profiles, tmp_path, capsys):
+    dev, srv = codec_profiles
+    rows = [(n, "int8+zstd", 0.22) for n in ("conv", "relu")] + [
+        (n, "int4+zstd", 1.33) for n in ("conv", "relu")
+    ]
+    table = _accuracy_table(tmp_path / "acc.json", dev, rows)
+    data = _solve_json(capsys, dev, srv, "--accuracy-table", table, "--max-accuracy-loss", "1")
+    (node,) = data["boundary"]
+    assert data["codecs"] == {node: "int8+zstd"} and data["max_error"] is None  # no rel-MSE budget
+    budget = data["accuracy_budget"]
+    assert budget["max_accuracy_loss_pts"] == 1.0 and budget["loss_pts"] == {node: 0.22}
+    assert budget["table"] == table and budget["fingerprint"] == budget["fingerprint"]
+    assert (
+        "chosen under the accuracy budget 1 pts (measured top-1 loss here: +0.22 pts)"
+        in data["codec_notes"][node]
+    )
+    loose = _solve_json(capsys, dev, srv, "--accuracy-table", table, "--max-accuracy-loss", "2")
+    assert list(loose["codecs"].values()) == ["int4+zstd"]
+    tight = _solve_json(capsys, dev, srv, "--accuracy-table", table, "--max-accuracy-loss", "0")
+    assert list(tight["codecs"].values()) == ["zstd"] and list(
+        tight["accuracy_budget"]["loss_pts"].values()
+    ) == [0.0]
+    both = _solve_json(
+        capsys, dev, srv, "--accuracy-table", table, "--max-accuracy-loss", "2", "--max-error", "1e-3"
+    )
+    assert list(both["codecs"].values()) == ["int8+zstd"]
+    code, out, err = run(
+        capsys, "solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5.85",
+        "--accuracy-table", table, "--max-accuracy-loss", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "chosen under the accuracy budget 1 pts" in out
+    code, out, err = run(
+        capsys, "sweep", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "1:10",
+        "--points", "2", "--accuracy-table", table, "--max-accuracy-loss", "1", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    sweep = json.loads(out)
+    assert all(set(p["codecs"].values()) <= {"int8+zstd", "zstd", "raw"} for p in sweep["points"])
+    assert len(sweep["accuracy_budget"]) == 2
+
+
+def test_accuracy_tables_that_do_not_fit_are_refused(codec_profiles, tmp_path, capsys):
+    dev, srv = codec_profiles
+    base = ["solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5.85"]
+    other = _accuracy_table(
+        tmp_path / "other.json",
+        dev,
+        [("conv", "int8+zstd", 0.0)],
+        model_name="digits_cnn",
+        fingerprint="e" * 64,
+    )
+    code, _, err = run(capsys, *base, "--accuracy-table", other, "--max-accuracy-loss", "1")
+    assert code == 1 and err.count("\n") == 1
+    assert f"accuracy table {other} was measured on model 'digits_cnn' (fingerprint eeeeeeeeeeee)" in err
+    assert "but the profiles are for 'toy'" in err
+    old = _accuracy_table(tmp_path / "old.json", dev, [("conv", "int8+zstd", 0.0)], format=None)
+    code, _, err = run(capsys, *base, "--accuracy-table", old, "--max-accuracy-loss", "1")
+    assert code == 1 and 'expected "format"' in err and "scripts/bench_accuracy.py --json" in err
+    good = _accuracy_table(tmp_path / "good.json", dev, [("conv", "int8+zstd", 0.0)])
+    code, _, err = run(capsys, *base, "--accuracy-table", good)
+    assert code == 1 and "--accuracy-table and --max-accuracy-loss go together" in err
+    code, _, err = run(capsys, *base, "--max-accuracy-loss", "1")
+    assert code == 1 and "go together" in err
+    code, _, err = run(
+        capsys, *base, "--accuracy-table", str(tmp_path / "none.json"), "--max-accuracy-loss", "1"
+    )
+    assert code == 1 and "cannot read accuracy table" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import sys
@@ -18,8 +19,11 @@ import splitdnn
 from splitdnn import codec
 from splitdnn.codec import ByteCodec, CodecError, ValueCodec, decode, describe, encode, error_bound
 
-LOSSLESS = ["raw", "zstd", "zstd:1", "shuffle+zstd", "raw+shuffle"]
-LOSSY = ["fp16", "bf16", "int8", "int8:99.9", "int8c", "int4", "int4:100", "int2", "int2:100"]
+LOSSLESS = ["raw", "zstd", "zstd:1", "shuffle+zstd", "raw+shuffle", "zstd:3t2", "zstd:tauto"]
+LOSSY = [
+    "fp16", "bf16", "int8", "int8:99.9", "int8c", "int4", "int4:100", "int2", "int2:100",
+    "int8:aciq", "int4:aciq", "int2:aciq",
+]  # fmt: skip
 LOSSY_CHAINS = LOSSY + ["fp16+zstd", "int8+zstd", "int4+zstd", "int8c+zstd", "fp16+shuffle+zstd"]
 
 
@@ -197,6 +201,84 @@ def test_affine_codecs_keep_relu_zeros_and_bounds_are_tight():
     assert float(np.abs(decode(encode(x, "int8")) - x).max()) > 0.4 * scale  # the bound is not vacuous
 
 
+def test_aciq_clip_matches_the_paper_and_beats_min_max_on_laplace_data():
+    from splitdnn.codec._builtin import aciq_alpha
+
+    # Banner et al. 2019, optimal clip / Laplace scale b for 2, 3, 4 and 8 bits
+    for bits, alpha in ((2, 2.83), (3, 3.89), (4, 5.03), (8, 9.89)):
+        assert aciq_alpha(bits) == pytest.approx(alpha, abs=0.01)
+    rng = np.random.default_rng(3)
+    x = rng.laplace(0.3, 1.0, (4, 64, 64)).astype(np.float32)  # (4, 64, 64) two-sided, heavy tails
+    relu = np.maximum(x, 0)  # one-sided
+    for array in (x, relu):
+        power = float((array.astype(np.float64) ** 2).mean())
+        for bits in (2, 4):
+            mse = {
+                clip: float(((decode(encode(array, f"int{bits}:{clip}")) - array) ** 2).mean()) / power
+                for clip in ("aciq", "100")
+            }
+            assert mse["aciq"] < 0.7 * mse["100"], (bits, mse)
+
+
+@pytest.mark.parametrize("spec", ["int2:aciq", "int4:aciq", "int8:aciq"])
+def test_aciq_bound_holds_inside_the_clip_range_and_counts_the_outliers(spec):
+    x = relu_like((1, 8, 32, 32))
+    x[0, 0, 0, 0] = 1000.0  # an outlier ACIQ clips
+    y = np.random.default_rng(2).laplace(-0.5, 0.7, (3, 40, 40)).astype(np.float32)
+    for array in (x, y):
+        frame = encode(array, spec)
+        out = decode(frame)
+        err = np.abs(out - array)
+        assert float(err.max()) <= error_bound(spec, array)  # clipped values included
+        lo, scale = struct.unpack("<ff", describe(frame).params[0])
+        levels = (1 << int(spec[3])) - 1
+        inside = (array >= lo) & (array <= lo + levels * scale)
+        slack = 16 * np.finfo(np.float32).eps * (abs(lo) + abs(lo + levels * scale) + scale)
+        assert float(err[inside].max()) <= scale / 2 + slack  # the stated in-range bound
+        assert np.all(out[array == 0] == 0)  # zero stays exact
+    lo, scale = struct.unpack("<ff", describe(encode(x, spec)).params[0])
+    assert error_bound(spec, x) >= 1000.0 - (lo + levels * scale)  # the clipped outlier is counted
+
+
+def test_zstd_threads_round_trip_in_one_standard_frame():
+    from splitdnn.codec._builtin import ZSTD_MT_MIN_BYTES
+
+    rng = np.random.default_rng(4)
+    big = np.maximum(rng.standard_normal(ZSTD_MT_MIN_BYTES // 4 + 4096, dtype=np.float32), 0)  # > threshold
+    for spec in ("zstd:3t2", "zstd:tauto", "zstd:1t3", "int8+zstd:t2", "shuffle+zstd:3tauto"):
+        frame = encode(big, spec)
+        info = describe(frame)
+        assert info.chain[-1] == "zstd"
+        payload = frame[info.header_nbytes :]
+        assert zstandard.frame_content_size(payload) > 0  # the size is declared, as decode requires
+        out = decode(frame)
+        single = encode(big, re.sub(r":?t(\d+|auto)$", "", spec))  # the same chain on one thread
+        if spec.startswith(("zstd", "shuffle")):
+            assert np.array_equal(out, big)
+            assert frame[: info.header_nbytes - 8] == single[: info.header_nbytes - 8]  # same header
+            assert abs(len(frame) - len(single)) < 0.01 * len(single)
+        else:
+            assert np.all(np.abs(out - big) <= error_bound(spec, big))
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("t0", r"threads must be an integer in 1\.\.64 or 'auto', got '0'"),
+        ("3t65", "threads must be an integer in 1..64"),
+        ("3t", "argument must be LEVEL, LEVELtTHREADS"),
+        ("tx", "argument must be LEVEL"),
+        ("t-2", "argument must be LEVEL"),
+        ("3tauto2", "argument must be LEVEL"),
+        ("auto", "argument must be LEVEL"),
+        ("23t2", "level must be an integer in -7..22"),
+    ],
+)
+def test_zstd_bad_thread_values_are_refused(arg, message):
+    with pytest.raises(CodecError, match=message):
+        encode(np.zeros(8, np.float32), f"zstd:{arg}")
+
+
 def test_percentile_clipping_bound_counts_the_outliers():
     x = relu_like((1, 8, 32, 32))
     x[0, 0, 0, 0] = 1000.0  # an outlier far beyond the 99.9th percentile
@@ -251,7 +333,8 @@ def test_fp16_and_bf16_keep_non_finite_values():
         (np.zeros(3, np.float32), "int8+int4", "only the first stage may be a value codec"),
         (np.zeros(3, np.float32), "zstd+shuffle", "must be the last stage"),
         (np.zeros(3, np.float32), "zstd:30", "level must be an integer in -7..22"),
-        (np.zeros(3, np.float32), "int4:20", r"percentile must be in \(50, 100\]"),
+        (np.zeros(3, np.float32), "int4:20", r"percentile must be in \(50, 100\] or 'aciq'"),
+        (np.zeros(3, np.float32), "int4:acq", r"percentile must be in \(50, 100\] or 'aciq'"),
         (np.zeros(3, np.float32), "raw:1", "takes no argument"),
         (np.zeros(3, np.float32), "", "non-empty string"),
         (np.zeros(3, np.float32), "int8+zstd:3!", "argument"),
@@ -588,3 +671,15 @@ def test_parse_codec_list() -> None:
     for bad in ("raw,,zstd", "zstd,zstd", "nope"):
         with pytest.raises(ConfigError):
             parse_codec_list(bad)
+
+
+def test_zstd_auto_threads_only_from_the_threshold(monkeypatch):
+    from splitdnn.codec import _builtin
+
+    monkeypatch.setattr(_builtin.os, "cpu_count", lambda: 4)
+    assert _builtin._auto_threads(_builtin.ZSTD_MT_MIN_BYTES - 1) == 1
+    assert _builtin._auto_threads(_builtin.ZSTD_MT_MIN_BYTES) == 4
+    monkeypatch.setattr(_builtin.os, "cpu_count", lambda: 1)
+    assert _builtin._auto_threads(10 * _builtin.ZSTD_MT_MIN_BYTES) == 1
+    assert _builtin._zstd_options(None) == (3, 1) and _builtin._zstd_options("3t2") == (3, 2)
+    assert _builtin._zstd_options("-5tauto") == (-5, None) and _builtin._zstd_options("t8") == (3, 8)

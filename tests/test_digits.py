@@ -83,6 +83,7 @@ def test_lossless_specs_give_identical_logits_at_every_cut(trained, spec):
         assert r.correct == plain.correct == int((logits.argmax(dim=1) == y).sum())
         assert r.accuracy == plain.accuracy == pytest.approx(expected) and r.samples == len(y)
         assert r.raw_bytes_per_sample == 4 * r.values_per_sample
+        assert r.rel_mse == plain.rel_mse == 0.0
         if spec == "raw":  # raw fp32 payload plus the frame header, never less
             assert r.raw_bytes_per_sample < r.wire_bytes_per_sample < r.raw_bytes_per_sample + 100
             assert r.reduction < 1.0 and r.bits_per_value > 32.0
@@ -95,6 +96,7 @@ def test_int8_zstd_loses_at_most_two_points_at_every_cut(trained):
         r = evaluate_split(traced, x, y, cut, "int8+zstd")
         assert r.accuracy >= base - 0.02, (cut, r.accuracy, base)
         assert not torch.equal(r.logits, logits), cut  # it really went through the lossy codec
+        assert 0.0 < r.rel_mse < 1e-3, (cut, r.rel_mse)  # int8-level error, as the accuracy table records
         assert r.wire_bytes_per_sample < r.raw_bytes_per_sample / 1.5, cut
 
 
@@ -142,4 +144,13 @@ def test_bench_script_writes_json(tmp_path, capsys):
     assert best["loss_pts"] <= 1.0 and best["cut"] != "<input>"
     text = capsys.readouterr().out
     assert "| cut | values | spec |" in text and "Headline, seed 0" in text
+    assert all(r["rel_mse"] >= 0.0 for r in rows)
+    # the output is an accuracy table the solver reads, naming the model by its fingerprint
+    from splitdnn.digits import DigitsCNN, trace_digits_model
+    from splitdnn.solver import accuracy_table_from_dict
+
+    table = accuracy_table_from_dict(data, source=str(out))
+    assert table.fingerprint == trace_digits_model(DigitsCNN()).fingerprint
+    assert (table.model, data["input_node"]) == ("digits_cnn", "x")
+    assert table.loss("x", "int4+zstd") is not None and table.loss("relu2", "raw") == 0.0
     assert codec.decode(codec.encode(torch.zeros(2, 2).numpy(), "raw")).shape == (2, 2)

@@ -221,3 +221,122 @@ def test_codec_results_round_trip_and_old_profiles_load() -> None:
     bad["nodes"][1]["codecs"][0]["cosine"] = 3.0
     with pytest.raises(Exception, match="cosine"):
         profile_from_json(json.dumps(bad))
+
+
+# --------------------------------------------------------------------------------------------------
+# accuracy-loss budget from a measured table (scripts/bench_accuracy.py --json)
+
+
+def _table(profiles: list[Profile], rows_per_seed: list[list[tuple[str, str, float]]], **over) -> dict:
+    data = {
+        "format": "splitdnn.accuracy-table/1",
+        "model_name": profiles[0].model,
+        "fingerprint": profiles[0].fingerprint,
+        "input_node": "x",
+        "seeds": [
+            {"seed": i, "rows": [{"cut": c, "spec": s, "loss_pts": loss} for c, s, loss in rows]}
+            for i, rows in enumerate(rows_per_seed)
+        ],
+    }
+    data.update(over)
+    return data
+
+
+def test_accuracy_budget_allows_only_codecs_measured_within_it_at_that_node() -> None:
+    from splitdnn.solver import accuracy_table_from_dict
+
+    profiles = _toy()
+    hop = _hop(profiles, "conv", 5.85)
+    rows = [
+        [("conv", "int8+zstd", 0.22), ("conv", "int4+zstd", 0.44), ("<input>", "int4+zstd", 0.0)],
+        [("conv", "int8+zstd", 0.0), ("conv", "int4+zstd", 1.5)],  # the worst seed counts: int4 1.5
+    ]
+    table = accuracy_table_from_dict(_table(profiles, rows), source="t.json")
+    assert table.loss("conv", "int4+zstd") == 1.5 and table.loss("x", "int4+zstd") == 0.0
+    assert table.loss("conv", "fp16+zstd") is None and table.seeds == 2
+
+    def pick(budget: float, **kw) -> str:
+        return codec_tensor_cost(profiles, accuracy=table, max_accuracy_loss=budget, **kw)(hop).codec
+
+    assert pick(2.0) == "int4+zstd"
+    assert pick(1.0) == "int8+zstd"
+    assert pick(0.1) == "zstd"  # lossless codecs need no table entry
+    assert pick(2.0, max_error=1e-3) == "int8+zstd"  # both budgets apply
+    why = explain_codec(hop, accuracy=table, max_accuracy_loss=1.0)
+    assert (why.codec, why.accuracy_loss_pts, why.max_accuracy_loss_pts) == ("int8+zstd", 0.22, 1.0)
+    assert why.accuracy_table == "t.json"
+    lossless = explain_codec(hop, accuracy=table, max_accuracy_loss=0.0)
+    assert (lossless.codec, lossless.accuracy_loss_pts) == ("zstd", None)
+    # a codec the table lacks is not allowed at all, however cheap
+    only_int8 = accuracy_table_from_dict(_table(profiles, [[("conv", "int8+zstd", 0.0)]]))
+    assert codec_tensor_cost(profiles, accuracy=only_int8, max_accuracy_loss=50.0)(hop).codec == "int8+zstd"
+
+
+def test_accuracy_budget_plans_still_equal_the_oracle() -> None:
+    from splitdnn.solver import accuracy_table_from_dict
+
+    profiles = _toy()
+    table = accuracy_table_from_dict(
+        _table(profiles, [[("conv", "int8+zstd", 0.2), ("conv", "int4+zstd", 3.0)]])
+    )
+    for mbps in (0.5, 5.85, 50.0):
+        cost = codec_tensor_cost(profiles, accuracy=table, max_accuracy_loss=1.0)
+        links = [Link(mbps, 0.0, 20.0)]
+        plan = solve(profiles, links, tensor_cost=cost)
+        assert same(plan.cost.total_ms, brute_force(profiles, links, tensor_cost=cost).cost.total_ms)
+        assert all(b.codec != "int4+zstd" for b in plan.boundary)
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"format": None}, "expected \"format\": 'splitdnn.accuracy-table/1', found None"),
+        ({"fingerprint": ""}, "'fingerprint' must be a non-empty string"),
+        ({"model_name": 3}, "'model_name' must be a non-empty string, found 3"),
+        ({"seeds": []}, "'seeds' must be a non-empty list"),
+        ({"seeds": [{"rows": "x"}]}, r"seeds\[0\] must be an object with a list 'rows'"),
+        ({"seeds": [{"rows": [{"cut": "conv", "spec": "int8+zstd", "loss_pts": "NaN"}]}]}, "finite number"),
+        ({"seeds": [{"rows": [{"cut": "conv", "spec": "int8+zstd", "loss_pts": float("inf")}]}]}, "finite"),
+        ({"seeds": [{"rows": [{"cut": "", "spec": "int8+zstd", "loss_pts": 0}]}]}, "non-empty strings"),
+        ({"seeds": [{"fingerprint": "ab" * 32, "rows": []}]}, "one table holds one model"),
+    ],
+)
+def test_malformed_accuracy_tables_are_refused(over, message) -> None:
+    from splitdnn.solver import accuracy_table_from_dict
+
+    with pytest.raises(ConfigError, match=message):
+        accuracy_table_from_dict(_table(_toy(), [[("conv", "int8+zstd", 0.0)]], **over), source="t.json")
+
+
+def test_accuracy_table_of_another_model_or_a_half_budget_is_refused(tmp_path) -> None:
+    from splitdnn.solver import accuracy_table_from_dict, load_accuracy_table
+
+    profiles = _toy()
+    other = _table(profiles, [[("conv", "int8+zstd", 0.0)]], fingerprint="f" * 64, model_name="digits_cnn")
+    table = accuracy_table_from_dict(other, source="other.json")
+    with pytest.raises(
+        ConfigError, match=r"other.json was measured on model 'digits_cnn' \(fingerprint ffff"
+    ):
+        codec_tensor_cost(profiles, accuracy=table, max_accuracy_loss=1.0)
+    stranger = accuracy_table_from_dict(_table(profiles, [[("layer9", "int8+zstd", 0.0)]]))
+    with pytest.raises(ConfigError, match=r"names node\(s\) \['layer9'\]"):
+        codec_tensor_cost(profiles, accuracy=stranger, max_accuracy_loss=1.0)
+    good = accuracy_table_from_dict(_table(profiles, [[("conv", "int8+zstd", 0.0)]]))
+    with pytest.raises(ConfigError, match="needs both"):
+        codec_tensor_cost(profiles, accuracy=good)
+    with pytest.raises(ConfigError, match="needs both"):
+        codec_tensor_cost(profiles, max_accuracy_loss=1.0)
+    with pytest.raises(ConfigError, match="finite number of top-1 points >= 0"):
+        codec_tensor_cost(profiles, accuracy=good, max_accuracy_loss=-1)
+    with pytest.raises(ConfigError, match="cannot read accuracy table"):
+        load_accuracy_table(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not JSON"):
+        load_accuracy_table(tmp_path / "bad.json")
+
+
+def test_is_lossless_reads_the_value_stage() -> None:
+    from splitdnn.solver import is_lossless
+
+    assert all(is_lossless(s) for s in ("raw", "zstd", "zstd:3t2", "shuffle+zstd", "raw+zstd:1"))
+    assert not any(is_lossless(s) for s in ("fp16+zstd", "int8+zstd", "int4:aciq+zstd", "bf16"))

@@ -16,14 +16,24 @@ Codecs (``known_codecs()``) and the max abs error each guarantees on finite valu
 - ``raw``: the array's little-endian bytes, any allowed dtype. Lossless, NaN and inf included.
 - ``fp16``: float32 -> IEEE half; refuses finite |x| > 65504; NaN/inf kept. Bound max|x| * 2**-11 + 2**-25.
 - ``bf16``: float32 -> bfloat16, round to nearest even; NaN/inf kept. Bound max|x| * 2**-8 + 2**-126.
-- ``int8[:p]``: affine per tensor, x ~ lo + q * scale with q in 0..255; the range is min..max (or the
-  [100-p, p] percentiles, clipping outliers) widened to contain 0, so ReLU zeros stay exactly 0.
-  Bound scale / 2 (+ slack) for values inside the range.
+- ``int8[:p|aciq]``: affine per tensor, x ~ lo + q * scale with q in 0..255; the range is min..max
+  (or the [100-p, p] percentiles, or the ACIQ range below, clipping outliers) widened to contain 0, so
+  ReLU zeros stay exactly 0. Bound scale / 2 (+ slack) for values inside the range.
 - ``int8c``: affine 8-bit per channel (axis 1, rank >= 2), min..max per channel. Bound scale_c / 2 (+ slack).
-- ``int4[:p]``, ``int2[:p]``: as int8 with 4 / 2 bits, bit-packed two / four codes per byte;
+- ``int4[:p|aciq]``, ``int2[:p|aciq]``: as int8 with 4 / 2 bits, bit-packed two / four codes per byte;
   p defaults to 99.9 / 99.0. Bound scale / 2 (+ slack) inside the clip range.
+- ``aciq`` clipping (Banner et al. 2019, "Post training 4-bit quantization of convolutional networks
+  for rapid-deployment"): the clip range comes from a Laplace fit instead of a percentile. Two-sided
+  tensors: mu -/+ alpha(bits) * b with mu the median and b = mean |x - mu|; one-sided tensors (min >= 0,
+  ReLU outputs): [0, alpha(bits + 1) * b] with b the mean of the positive values; alpha(bits) minimises
+  the Laplace clipping + rounding MSE (2.83, 5.03, 9.89 for 2, 4, 8 bits). Same bound as above: scale / 2
+  (+ slack) inside the clip range, clipped values add their distance to it.
 - ``shuffle[:size]``: byte shuffle (element size defaults to the stored element size). Lossless.
-- ``zstd[:level]``: zstd, level -7..22 (default 3), one frame with its content size declared. Lossless.
+- ``zstd[:LEVEL][tTHREADS|tauto]``: zstd, level -7..22 (default 3), one frame with its content size
+  declared. Lossless. ``tN`` compresses on N threads (1..64; 1 MiB jobs), ``tauto`` uses every core
+  (at most 8) only for inputs of at least 4 MiB, where it measurably pays, and one thread below:
+  ``zstd:3t2``, ``zstd:t4``, ``int8+zstd:1tauto``. Threads change the encoder only: the frame (and
+  its declared size) is the same standard single frame, decoded single-threaded; old specs are unchanged.
 
 "slack" is 16 float32 epsilons of the range; values clipped by a percentile add their distance to
 the clip range. :func:`error_bound` computes the exact figure for a given array. The lossy codecs take
@@ -47,7 +57,7 @@ Frame layout, version 1 (all integers little-endian, no padding)::
                     raw, fp16, bf16: none
                     int8, int4, int2: <f4 lo, <f4 scale           (x = lo + q * scale)
                     int8c: <u4 C (= dims[1]), C x <f4 lo, C x <f4 scale
-                    shuffle: <u1 element size;  zstd: <i1 level (informative)
+                    shuffle: <u1 element size;  zstd: <i1 level (informative; threads are not recorded)
     then    8     payload length n, uint64; must equal the bytes left (trailing bytes are refused)
             n     payload: the last stage's output. Bit-packed codes put the first element in the
                   lowest bits of each byte. Without a size-changing stage n must equal the stored size

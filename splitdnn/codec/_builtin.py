@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 import struct
 import threading
 
@@ -158,28 +160,85 @@ def _check_float32(name: str, dtype: np.dtype, params: bytes, n_params: int) -> 
 _AFFINE = struct.Struct("<ff")  # lo, scale: x ~= lo + q * scale, q in [0, 2**bits - 1]
 
 
-def _parse_percentile(name: str, arg: str | None, default: float | None) -> float | None:
+#: ``int4:aciq``: analytic clipping instead of a percentile (see :func:`aciq_alpha`)
+ACIQ = "aciq"
+
+
+def _parse_clip(name: str, arg: str | None, default: float | None) -> float | str | None:
+    """The clip rule of an affine codec: None (min..max), a percentile in (50, 100), or ``"aciq"``."""
     if arg is None:
         return default
+    if arg == ACIQ:
+        return ACIQ
     try:
         pct = float(arg)
     except ValueError:
         pct = float("nan")
     if not 50.0 < pct <= 100.0:
-        raise CodecError(f"codec {name!r}: clip percentile must be in (50, 100], got {arg!r}")
+        raise CodecError(f"codec {name!r}: clip percentile must be in (50, 100] or 'aciq', got {arg!r}")
     return None if pct == 100.0 else pct
 
 
-def _range(x: np.ndarray, pct: float | None) -> tuple[float, float, float, float]:
+_ACIQ_T: dict[int, float] = {}
+
+
+def aciq_alpha(bits: int) -> float:
+    """ACIQ's optimal clip for a Laplace(b) tensor quantized to ``bits`` bits over [-alpha, alpha], in b.
+
+    After Banner, Nahshan and Soudry, "Post training 4-bit quantization of convolutional networks for
+    rapid-deployment" (NeurIPS 2019; the "ACIQ" analytical clipping): clipping at alpha costs
+    2 b**2 exp(-alpha / b) of expected squared error (the Laplace tails moved to the edge), rounding
+    costs alpha**2 / (3 * 4**bits) (2**bits uniform bins of width 2 alpha / 2**bits), and the sum is least
+    where exp(-t) = t / (3 * 4**bits), t = alpha / b. Solved here by bisection: 2.83, 3.89, 5.03 and
+    9.89 for 2, 3, 4 and 8 bits, the paper's figures.
+    """
+    t = _ACIQ_T.get(bits)
+    if t is None:
+        k = 3.0 * 4.0**bits
+        lo, hi = 0.0, 64.0  # exp(-t) - t / k falls from 1 at t = 0 to below 0 at t = 64
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            if math.exp(-mid) > mid / k:
+                lo = mid
+            else:
+                hi = mid
+        t = _ACIQ_T[bits] = (lo + hi) / 2
+    return t
+
+
+def _aciq_range(sample: np.ndarray, bits: int, xmin: float, xmax: float) -> tuple[float, float]:
+    """ACIQ clip range of ``sample`` (float64) for ``bits`` bits, inside [xmin, xmax].
+
+    Two-sided data: fit Laplace(mu, b) (mu = median, b = mean |x - mu|, the maximum-likelihood fit) and
+    clip to mu -/+ aciq_alpha(bits) * b. One-sided data (min >= 0, e.g. ReLU outputs): fit the positive
+    values as an exponential (b = their mean) and clip to [0, aciq_alpha(bits + 1) * b]: 2**bits levels
+    on [0, alpha] have the step of 2**(bits + 1) levels on [-alpha, alpha], so the symmetric optimum
+    for one more bit is the one-sided optimum.
+    """
+    if xmin >= 0.0:
+        pos = sample[sample > 0]
+        if pos.size == 0:
+            return xmin, xmax
+        return xmin, min(xmax, aciq_alpha(bits + 1) * float(pos.mean()))
+    mu = float(np.median(sample))
+    b = float(np.abs(sample - mu).mean())
+    alpha = aciq_alpha(bits) * b
+    return max(xmin, mu - alpha), min(xmax, mu + alpha)
+
+
+def _range(x: np.ndarray, clip: float | str | None, bits: int = 8) -> tuple[float, float, float, float]:
     """(clip lo, clip hi, min, max) of finite float32 ``x``; the clip range always contains 0."""
     xmin, xmax = float(x.min()), float(x.max())
     if not (math.isfinite(xmin) and math.isfinite(xmax)):
         raise CodecError("integer codecs need finite values; found NaN or inf (use 'raw', 'zstd' or 'fp16')")
     lo, hi = xmin, xmax
-    if pct is not None:
+    if clip is not None:
         flat = x.reshape(-1)
         sample = flat[:: max(1, flat.size // 65536)]  # a strided sample keeps this O(65k), not a sort of x
-        lo, hi = (float(v) for v in np.percentile(sample, [100.0 - pct, pct]))
+        if clip == ACIQ:
+            lo, hi = _aciq_range(sample.astype(np.float64), bits, xmin, xmax)
+        else:
+            lo, hi = (float(v) for v in np.percentile(sample, [100.0 - float(clip), clip]))
     return min(lo, 0.0), max(hi, 0.0), xmin, xmax
 
 
@@ -216,8 +275,9 @@ class AffineCodec(ValueCodec):
     """Affine per-tensor quantization of float32 to ``bits`` bits, bit-packed for bits < 8.
 
     x ~= lo + q * scale with q = round((x - lo) / scale) in [0, 2**bits - 1]; the range [lo, hi] is
-    min..max (or the [100-p, p] percentiles with the argument ``p``, clipping outliers) widened to
-    contain 0, so ReLU zeros stay exactly zero. Bound: |err| <= scale / 2 for values in [lo, hi]
+    min..max (or the [100-p, p] percentiles with the argument ``p``, or ACIQ's analytic range from a
+    fitted Laplace scale with the argument ``aciq``, clipping outliers) widened to contain 0, so ReLU
+    zeros stay exactly zero. Bound: |err| <= scale / 2 for values in [lo, hi]
     (plus float32 rounding slack); clipped outliers add their distance to the range.
     Params: ``<ff`` lo, scale.
     """
@@ -232,11 +292,11 @@ class AffineCodec(ValueCodec):
         self.default_pct = default_pct
 
     def encode(self, array: np.ndarray, arg: str | None) -> tuple[bytes, Buffer]:
-        pct = _parse_percentile(self.name, arg, self.default_pct)
+        clip = _parse_clip(self.name, arg, self.default_pct)
         x = array.reshape(-1)  # (n,)
         if x.size == 0:
             return _AFFINE.pack(0.0, 0.0), b""
-        lo, hi, _, _ = _range(x, pct)
+        lo, hi, _, _ = _range(x, clip, self.bits)
         lo32, scale32, inv32 = _affine_scale(lo, hi, self.levels)
         codes = _quantize(x, lo32, inv32, self.levels)  # (n,) uint8
         return _AFFINE.pack(lo32, scale32), _pack(codes, self.bits)
@@ -406,10 +466,59 @@ class ShuffleCodec(ByteCodec):
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _LOCAL = threading.local()
+_ZSTD_ARG = re.compile(r"^(-?[0-9]+)?(?:t([0-9]+|auto))?$")
+
+#: ``zstd:...tauto`` compresses with several threads only from this many input bytes up. Measured on a
+#: shared 2-core VM (``scripts/bench_codec.py --zstd-threads``, docs/results/codec-zstd-threads.md):
+#: 2 threads gave 0.8-1.2x below 4 MiB into zstd (thread hand-off and 1 MiB jobs cost what the second
+#: core saves, when it is free at all) and 0.9-1.45x at 4-12.8 MiB; the rule only keeps threads away
+#: from where they cannot pay. Single-threaded stays the default everywhere.
+ZSTD_MT_MIN_BYTES = 4 << 20
+#: input bytes per multi-threaded zstd job (zstd's default job is 4x the window, several MiB at low
+#: levels, which leaves a tensor of a few MiB in one job: no parallelism at all)
+ZSTD_MT_JOB_BYTES = 1 << 20
+ZSTD_MAX_THREADS = 64
+
+
+def _zstd_options(arg: str | None) -> tuple[int, int | None]:
+    """``zstd:[LEVEL][tTHREADS|tauto]`` -> (level, threads); threads None = auto, 1 = single-threaded."""
+    if arg is None:
+        return 3, 1
+    m = _ZSTD_ARG.match(arg)
+    if m is None or not arg:
+        raise CodecError(
+            f"codec 'zstd': argument must be LEVEL, LEVELtTHREADS, tTHREADS or LEVELtauto "
+            f"(e.g. 3, 3t2, t4, 1tauto), got {arg!r}"
+        )
+    level = 3 if m.group(1) is None else int(m.group(1))
+    if not -7 <= level <= 22:
+        raise CodecError(f"codec 'zstd': level must be an integer in -7..22, got {m.group(1)!r}")
+    if m.group(2) is None:
+        return level, 1
+    if m.group(2) == "auto":
+        return level, None
+    threads = int(m.group(2))
+    if not 1 <= threads <= ZSTD_MAX_THREADS:
+        raise CodecError(
+            f"codec 'zstd': threads must be an integer in 1..{ZSTD_MAX_THREADS} or 'auto', got {m.group(2)!r}"
+        )
+    return level, threads
+
+
+def _auto_threads(nbytes: int) -> int:
+    cores = os.cpu_count() or 1
+    return min(cores, 8) if nbytes >= ZSTD_MT_MIN_BYTES and cores > 1 else 1
 
 
 class ZstdCodec(ByteCodec):
-    """zstd, one frame with its content size declared. Argument: the level (default 3; -7..22).
+    """zstd, one frame with its content size declared.
+
+    Argument ``[LEVEL][tTHREADS|tauto]``: the level (default 3; -7..22), then optionally the number of
+    compression threads (``zstd:3t2``: level 3 on 2 threads; ``zstd:t4``; ``zstd:3tauto``: several
+    threads only for inputs of at least :data:`ZSTD_MT_MIN_BYTES`, where that measurably pays). Threads
+    only change how the encoder works (1 MiB jobs compressed in parallel): the output is still one
+    standard frame with its size declared, decoded by the same single-threaded decoder, and the frame
+    format is unchanged.
 
     Decoding checks the frame's declared content size against the exact expected byte count *before*
     decompressing (zstandard ignores max_output_size when a frame declares its size), refuses frames
@@ -420,18 +529,20 @@ class ZstdCodec(ByteCodec):
     size_preserving = False
 
     def encode(self, data: Buffer, arg: str | None, itemsize: int) -> tuple[bytes, Buffer]:
-        level = 3
-        if arg is not None:
-            try:
-                level = int(arg)
-            except ValueError:
-                level = 99
-            if not -7 <= level <= 22:
-                raise CodecError(f"codec 'zstd': level must be an integer in -7..22, got {arg!r}")
+        level, threads = _zstd_options(arg)
+        if threads is None:
+            threads = _auto_threads(len(data))
         cache = _LOCAL.__dict__.setdefault("compressors", {})
-        if level not in cache:
-            cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-        return struct.pack("<b", level), cache[level].compress(data)
+        key = (level, threads)
+        if key not in cache:
+            if threads == 1:
+                cache[key] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+            else:
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    level, threads=threads, job_size=ZSTD_MT_JOB_BYTES, write_content_size=True
+                )
+                cache[key] = zstandard.ZstdCompressor(compression_params=params)
+        return struct.pack("<b", level), cache[key].compress(data)
 
     def decode(self, data: memoryview, params: bytes, expected_nbytes: int) -> Buffer:
         if len(params) != 1:

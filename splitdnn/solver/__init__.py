@@ -18,9 +18,16 @@ How each case is solved exactly (details in the private modules' docstrings):
 All of them price plans with one cost model (``_cost``); the per-tensor wire cost goes through one
 seam, :data:`TensorCostFn` (raw bytes by default), where codec choice plugs in:
 :func:`codec_tensor_cost` picks each boundary tensor's cheapest allowed codec within an error budget
-from the profiles' codec measurements (``_codec``).
+from the profiles' codec measurements (``_codec``), optionally under an accuracy budget from a measured
+:class:`AccuracyTable` of top-1 loss per (node, codec) (``_accuracy``).
 """
 
+from splitdnn.solver._accuracy import (
+    AccuracyTable,
+    accuracy_table_from_dict,
+    is_lossless,
+    load_accuracy_table,
+)
 from splitdnn.solver._api import (
     METHODS,
     SweepPoint,
@@ -52,12 +59,14 @@ __all__ = [
     "ERROR_METRICS",
     "METHODS",
     "OBJECTIVES",
+    "AccuracyTable",
     "CodecChoice",
     "Constraints",
     "SweepPoint",
     "TensorCostFn",
     "TensorHop",
     "WireCost",
+    "accuracy_table_from_dict",
     "brute_force",
     "chain_cuts",
     "cloud_only",
@@ -65,6 +74,8 @@ __all__ = [
     "edge_only",
     "evaluate",
     "explain_codec",
+    "is_lossless",
+    "load_accuracy_table",
     "measured_codecs",
     "raw_tensor_cost",
     "solve",

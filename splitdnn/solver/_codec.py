@@ -13,6 +13,10 @@ codecs together: the cut's cost already is the best codec's cost.
 
 Where the receiver's profile lacks a codec's measurement, its decode time is the sender's
 measurement (the same machine kind is the common case; the sender's figure is the best estimate).
+
+An accuracy budget (``accuracy=`` an :class:`~splitdnn.solver.AccuracyTable`, ``max_accuracy_loss=``
+points of top-1) narrows the candidates further: a lossy codec must have a measured loss within the
+budget at that very node (see ``_accuracy``); lossless codecs stay allowed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 
 from splitdnn.errors import ConfigError
 from splitdnn.schema import CodecResult, Profile
+from splitdnn.solver._accuracy import AccuracyTable, check_budget
 from splitdnn.solver._problem import TensorCostFn, TensorHop, WireCost
 
 __all__ = ["ERROR_METRICS", "CodecChoice", "codec_tensor_cost", "explain_codec", "measured_codecs"]
@@ -42,6 +47,9 @@ class CodecChoice:
     metric: str
     max_error: float | None
     candidates: int  # codecs that were within the budget and compared, raw included
+    accuracy_loss_pts: float | None = None  # measured top-1 loss of the chosen codec here (accuracy budget)
+    max_accuracy_loss_pts: float | None = None  # the accuracy budget, None = none
+    accuracy_table: str = ""  # where the accuracy table came from
 
 
 def error_of(result: CodecResult, metric: str) -> float:
@@ -68,13 +76,18 @@ def codec_tensor_cost(
     allowed: Sequence[str] | None = None,
     max_error: float | None = None,
     metric: str = "rel_mse",
+    accuracy: AccuracyTable | None = None,
+    max_accuracy_loss: float | None = None,
 ) -> TensorCostFn:
     """A tensor cost that picks, per hop, the cheapest allowed codec within the error budget.
 
     ``allowed``: codec specs that may be used (None = every codec measured in the profiles; ``raw`` is
     always allowed). ``max_error``: budget on ``metric`` (``rel_mse``, ``max_abs`` or ``cosine`` =
-    1 - cosine similarity); None = no budget, any measured codec may be chosen. The hop's sender and
-    receiver profiles provide the measurements, so ``profiles`` is only used to check the options.
+    1 - cosine similarity); None = no budget, any measured codec may be chosen. ``accuracy`` and
+    ``max_accuracy_loss`` (together): only codecs whose measured top-1 loss at the hop's node is within
+    that many points, or lossless ones. The hop's sender and receiver profiles provide the
+    measurements, so ``profiles`` is only used to check the options (and that ``accuracy`` was
+    measured on their model).
     """
     if metric not in ERROR_METRICS:
         raise ConfigError(f"unknown error metric {metric!r}; expected one of {', '.join(ERROR_METRICS)}")
@@ -88,15 +101,37 @@ def codec_tensor_cost(
     if isinstance(allowed, str):
         raise ConfigError(f"allowed must be a sequence of codec specs, found the string {allowed!r}")
     allow = None if allowed is None else frozenset(allowed)
+    acc = _accuracy_budget(accuracy, max_accuracy_loss)
+    if acc is not None and profiles:
+        acc[0].check_profiles(profiles)
 
     def cost(hop: TensorHop) -> WireCost:
-        return _best(hop, allow, max_error, metric)[0]
+        return _best(hop, allow, max_error, metric, acc)[0]
 
     return cost
 
 
+def _accuracy_budget(
+    accuracy: AccuracyTable | None, max_accuracy_loss: float | None
+) -> tuple[AccuracyTable, float] | None:
+    if accuracy is None and max_accuracy_loss is None:
+        return None
+    if accuracy is None or max_accuracy_loss is None:
+        raise ConfigError(
+            "an accuracy budget needs both the measured table (accuracy=, --accuracy-table) and the "
+            "budget in top-1 points (max_accuracy_loss=, --max-accuracy-loss)"
+        )
+    if not isinstance(accuracy, AccuracyTable):
+        raise ConfigError(f"accuracy must be an AccuracyTable, found {type(accuracy).__name__}")
+    return accuracy, check_budget(max_accuracy_loss)
+
+
 def _best(
-    hop: TensorHop, allow: frozenset[str] | None, max_error: float | None, metric: str
+    hop: TensorHop,
+    allow: frozenset[str] | None,
+    max_error: float | None,
+    metric: str,
+    acc: tuple[AccuracyTable, float] | None = None,
 ) -> tuple[WireCost, CodecChoice]:
     raw = WireCost(hop.nbytes, 0.0, 0.0, "raw")
     best, best_key = raw, (hop.link.uplink_ms(hop.nbytes), hop.nbytes, 0.0, "raw")
@@ -109,6 +144,8 @@ def _best(
         err = error_of(r, metric)
         if max_error is not None and err > max_error:
             continue
+        if acc is not None and not acc[0].allows(hop.node, r.spec, acc[1]):
+            continue
         n += 1
         other = receiver.codec(r.spec) if receiver is not None else None
         dec = other.decode_ms if other is not None else r.decode_ms
@@ -116,7 +153,13 @@ def _best(
         key = (total, r.wire_bytes, err, r.spec)
         if key < best_key:
             best, best_key, best_err = WireCost(r.wire_bytes, r.encode_ms, dec, r.spec), key, err
-    return best, CodecChoice(best.codec, best.wire_bytes, best_key[0], best_err, metric, max_error, n)
+    if acc is None:
+        return best, CodecChoice(best.codec, best.wire_bytes, best_key[0], best_err, metric, max_error, n)
+    table, budget = acc
+    loss = 0.0 if best.codec == "raw" else table.loss(hop.node, best.codec)
+    return best, CodecChoice(
+        best.codec, best.wire_bytes, best_key[0], best_err, metric, max_error, n, loss, budget, table.source
+    )
 
 
 def _node(profile: Profile, name: str):  # -> NodeProfile | None
@@ -138,7 +181,9 @@ def explain_codec(
     allowed: Sequence[str] | None = None,
     max_error: float | None = None,
     metric: str = "rel_mse",
+    accuracy: AccuracyTable | None = None,
+    max_accuracy_loss: float | None = None,
 ) -> CodecChoice:
     """The choice :func:`codec_tensor_cost` makes for ``hop``, with the figures behind it."""
     allow = None if allowed is None else frozenset(allowed)
-    return _best(hop, allow, max_error, metric)[1]
+    return _best(hop, allow, max_error, metric, _accuracy_budget(accuracy, max_accuracy_loss))[1]
