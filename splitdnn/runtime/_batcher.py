@@ -1,0 +1,187 @@
+"""Dynamic batching for the tail server: one worker thread runs queued jobs, joining compatible ones.
+
+Jobs are compatible when they share a key (model, set of input names, and each input's dtype and
+shape without the batch dimension); their inputs are concatenated along dim 0 (``(B_1 + B_2 + ..., C,
+H, W)``), the tail runs once, and the outputs are split back by each job's batch size. A batch holds at
+most ``max_batch_size`` rows. The oldest job waits at most ``max_queue_delay_s`` for company, and only
+while other requests are still on their way in (decoding); a lone request runs at once.
+
+Every job was validated on its own before it was queued, so a malformed request never reaches a
+batch. If a batch still fails (or its outputs cannot be split by rows), each of its jobs is rerun
+alone, so an error lands only on the job that causes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["BatchResult", "Batcher", "BatcherStopped", "Job"]
+
+
+class BatcherStopped(RuntimeError):
+    """A job was submitted after the batcher stopped (the server is shutting down)."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One job's share of a batch run."""
+
+    outputs: list[torch.Tensor]  # the job's rows of each output leaf, on the CPU
+    queue_s: float  # from submit to the start of its batch
+    compute_s: float  # the batch's run time
+    batch_size: int  # jobs in the batch
+    index: int = 0  # this job's place in its batch (0: the first; count batches once, at index 0)
+
+
+@dataclass(eq=False)
+class Job:
+    """One validated request waiting to run: its tensors in the tail's input order."""
+
+    key: Hashable
+    inputs: Sequence[torch.Tensor]  # each (B, ...) with the same B
+    rows: int  # B
+    run: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]  # the tail, same for every job of a key
+    is_active: Callable[[], bool] = lambda: True  # False once the client gave up (deadline, cancel)
+    future: Future[BatchResult] = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Queues jobs and runs them on one worker thread, batching compatible jobs."""
+
+    def __init__(self, max_batch_size: int, max_queue_delay_s: float) -> None:
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_queue_delay_s = max(0.0, max_queue_delay_s)
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._arriving = 0  # requests being decoded that may soon submit a job
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="splitdnn-batcher", daemon=True)
+        self._thread.start()
+
+    # the request handlers tell the batcher that a job may be on its way, so the oldest job waits for it
+    def arriving(self) -> None:
+        with self._cond:
+            self._arriving += 1
+
+    def arrived(self) -> None:
+        with self._cond:
+            self._arriving -= 1
+            self._cond.notify_all()
+
+    def submit(self, job: Job) -> Future[BatchResult]:
+        """Queue ``job``, which stops counting as arriving (``arrived()`` is only for refused requests)."""
+        with self._cond:
+            self._arriving -= 1
+            if self._stopping:
+                job.future.set_exception(BatcherStopped("the server is shutting down"))
+                return job.future
+            job.submitted = time.perf_counter()
+            self._queue.append(job)
+            self._cond.notify_all()
+        return job.future
+
+    def pending(self) -> int:
+        """Jobs queued and not yet taken into a batch."""
+        with self._cond:
+            return len(self._queue)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Run what is queued, then end the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _take(self) -> list[Job] | None:
+        """The next batch (None once stopped and drained); waits as the module docstring says."""
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                    continue
+                head = self._queue[0]
+                batch = [j for j in self._queue if j.key == head.key]
+                rows, chosen = 0, list[Job]()
+                for j in batch:
+                    if chosen and rows + j.rows > self.max_batch_size:
+                        break
+                    chosen.append(j)
+                    rows += j.rows
+                full = rows >= self.max_batch_size or len(chosen) < len(batch)
+                left = head.submitted + self.max_queue_delay_s - time.perf_counter()
+                if full or left <= 0 or self._arriving <= 0 or self._stopping or self.max_batch_size == 1:
+                    for j in chosen:
+                        self._queue.remove(j)
+                    return chosen
+                self._cond.wait(timeout=left)
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                return
+            active = []
+            for j in jobs:
+                if j.is_active():
+                    active.append(j)
+                else:
+                    j.future.cancel()
+            if active:
+                self._run(active)
+
+    def _run(self, jobs: list[Job]) -> None:
+        start = time.perf_counter()
+        if len(jobs) == 1:
+            self._run_alone(jobs[0], start)
+            return
+        try:
+            inputs = [torch.cat(parts, dim=0) for parts in zip(*(j.inputs for j in jobs), strict=True)]
+            outputs = jobs[0].run(inputs)
+            total = sum(j.rows for j in jobs)
+            if any(o.ndim == 0 or o.shape[0] != total for o in outputs):
+                raise _NotRowwise()
+            pieces = [torch.split(o.cpu(), [j.rows for j in jobs], dim=0) for o in outputs]
+        except Exception:  # a batch that fails as a whole: give every job its own run and its own error
+            for j in jobs:
+                self._run_alone(j, time.perf_counter(), queued_from=start)
+            return
+        compute = time.perf_counter() - start
+        for i, j in enumerate(jobs):
+            result = BatchResult([p[i] for p in pieces], start - j.submitted, compute, len(jobs), i)
+            _resolve(j.future, result)
+
+    def _run_alone(self, job: Job, start: float, queued_from: float | None = None) -> None:
+        try:
+            outputs = [o.cpu() for o in job.run(job.inputs)]
+        except Exception as exc:  # handed to the request's handler, which maps it to a status
+            _fail(job.future, exc)
+            return
+        queue_s = (queued_from if queued_from is not None else start) - job.submitted
+        _resolve(job.future, BatchResult(outputs, queue_s, time.perf_counter() - start, 1))
+
+
+class _NotRowwise(Exception):
+    """The outputs of a batch do not have one row per input row, so they cannot be split by job."""
+
+
+def _resolve(future: Future[Any], result: Any) -> None:
+    if future.set_running_or_notify_cancel():
+        future.set_result(result)
+
+
+def _fail(future: Future[Any], exc: BaseException) -> None:
+    if future.set_running_or_notify_cancel():
+        future.set_exception(exc)

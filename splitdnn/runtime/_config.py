@@ -1,0 +1,177 @@
+"""Tail-server configuration and model loading: :class:`ServerConfig`, :class:`ModelSpec` (torch).
+
+Import them from :mod:`splitdnn.runtime.server`; this module holds the validation of every option
+(a :class:`~splitdnn.errors.ConfigError` naming the option and the accepted values) and the loading
+and tracing of the served models.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+from splitdnn.errors import ConfigError
+from splitdnn.graph import trace
+from splitdnn.models import ZOO, load_model
+from splitdnn.runtime._tail import ServedModel
+from splitdnn.schema import Profile
+
+__all__ = ["ModelSpec", "PathOrPem", "ServerConfig", "device_of", "host_port", "load_served", "read_pem"]
+
+PathOrPem = str | os.PathLike[str] | bytes
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve, when a bare zoo name or ``module:callable`` string is not enough."""
+
+    spec: str  # zoo name, "package.module:callable" or torchvision name (splitdnn.models.load_model)
+    name: str | None = None  # v2 model name; default: the zoo name / spec
+    weights: str | None = None  # safetensors or torch state_dict file (loaded with weights_only=True)
+    kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)  # builder keyword arguments
+    # example input shape(s), batch included, to trace with; default: the zoo entry's input shape
+    input_shapes: tuple[tuple[int, ...], ...] | None = None
+    module: nn.Module | None = field(default=None, compare=False)  # an already built model (Python API)
+
+    @property
+    def served_name(self) -> str:
+        return self.name or self.spec
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a tail server needs; sizes in bytes, times in the unit their names say."""
+
+    models: tuple[str | ModelSpec, ...]  # zoo names, "module:callable" specs or ModelSpecs
+    host: str = "127.0.0.1"  # "0.0.0.0" / "[::]" to accept other machines
+    port: int = 0  # 0: a free port (read TailServer.address)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1"
+    threads: int | None = None  # torch intra-op threads (process-wide); None: torch's default
+    max_batch_size: int = 8  # rows per dynamic batch; 1 disables batching
+    max_queue_delay_ms: float = 2.0  # longest wait of a request for batch company
+    max_message_bytes: int = 64 << 20  # gRPC receive and send cap, each message
+    max_concurrency: int = 64  # ModelInfer requests in flight; more get RESOURCE_EXHAUSTED
+    token: str | None = None  # bearer token required in `authorization: Bearer <token>`
+    tls_cert: PathOrPem | None = None  # server certificate chain (PEM file or bytes)
+    tls_key: PathOrPem | None = None  # its private key
+    tls_client_ca: PathOrPem | None = None  # CA for client certificates: set = mutual TLS required
+    metrics_port: int | None = None  # Prometheus HTTP port; 0: a free port; None: no metrics endpoint
+    profiles: Mapping[str, Profile] = field(default_factory=dict, hash=False)  # GetModelInfo's, by model
+    max_decoded_bytes: int = 256 << 20  # all tensors of one request decode to at most this
+    tail_cache_size: int = 64  # tails kept per model (one per distinct set of input names)
+    grace_s: float = 5.0  # stop(): time in-flight requests get to finish
+    drain_s: float = 0.0  # stop(): time between health NOT_SERVING and refusing new requests
+    max_connection_age_s: float | None = 300.0  # close connections this old so clients re-balance
+    metrics_host: str | None = None  # metrics bind address; default: host
+
+    def __post_init__(self) -> None:
+        models = (self.models,) if isinstance(self.models, (str, ModelSpec)) else tuple(self.models)
+        if not models:
+            raise ConfigError(
+                "ServerConfig.models is empty; name at least one model to serve, e.g. 'resnet18'"
+            )
+        for m in models:
+            if not isinstance(m, (str, ModelSpec)) or (isinstance(m, str) and not m.strip()):
+                raise ConfigError(
+                    f"each model must be a zoo name, 'module:callable' or a ModelSpec, found {m!r}"
+                )
+        object.__setattr__(self, "models", models)
+        object.__setattr__(self, "profiles", MappingProxyType(dict(self.profiles)))
+        _positive_int("max_batch_size", self.max_batch_size)
+        _positive_int("max_message_bytes", self.max_message_bytes)
+        _positive_int("max_concurrency", self.max_concurrency)
+        _positive_int("max_decoded_bytes", self.max_decoded_bytes)
+        _positive_int("tail_cache_size", self.tail_cache_size)
+        if self.threads is not None:
+            _positive_int("threads", self.threads)
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be an integer 0..65535 (0: any free port), found {self.port!r}")
+        if self.metrics_port is not None and (
+            isinstance(self.metrics_port, bool)
+            or not isinstance(self.metrics_port, int)
+            or not 0 <= self.metrics_port <= 65535
+        ):
+            raise ConfigError(f"metrics_port must be 0..65535 or None, found {self.metrics_port!r}")
+        for name in ("max_queue_delay_ms", "grace_s", "drain_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
+                raise ConfigError(f"{name} must be a number >= 0, found {value!r}")
+        if self.max_connection_age_s is not None and not self.max_connection_age_s > 0:
+            raise ConfigError(
+                f"max_connection_age_s must be > 0 or None, found {self.max_connection_age_s!r}"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both tls_cert and tls_key (PEM); pass both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key for the server too")
+        if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
+            raise ConfigError("token must be a non-empty string or None")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, found {value!r}")
+
+
+def read_pem(value: PathOrPem, what: str) -> bytes:
+    """PEM bytes given directly, or read from a file path."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {str(value)!r}: {exc.strerror}; pass a PEM file") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# model loading
+
+
+def load_served(spec: str | ModelSpec, device: torch.device, tail_cache_size: int) -> ServedModel:
+    """Build (or take), trace and wrap one model to serve, named by ``name``, the zoo name or the spec."""
+    ms = spec if isinstance(spec, ModelSpec) else ModelSpec(spec.strip())
+    if ms.module is not None:
+        model, name = ms.module.eval(), ms.served_name
+    else:
+        model, display = load_model(ms.spec, kwargs=dict(ms.kwargs), weights=ms.weights)
+        name = ms.name or (ms.spec if ms.spec in ZOO else display)
+    shapes = ms.input_shapes
+    if shapes is None:
+        if ms.spec not in ZOO:
+            raise ConfigError(
+                f"model {ms.spec!r} is not in the zoo, so its input shape is unknown; serve it with "
+                f"ModelSpec({ms.spec!r}, input_shapes=((1, 3, 224, 224),)) (--input-shape on the CLI)"
+            )
+        shapes = ((1, *ZOO[ms.spec].input_shape_for(ms.kwargs)),)
+    gen = torch.Generator().manual_seed(0)
+    example = tuple(torch.randn(s, generator=gen) for s in shapes)
+    traced = trace(model, example, name=name)
+    return ServedModel(name, traced, device, tail_cache_size=tail_cache_size)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def device_of(spec: str) -> torch.device:
+    """The torch device ``spec`` names, refused with a ConfigError unless it is usable here."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {spec!r}: expected 'cpu', 'cuda' or 'cuda:N'") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available here; use device='cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {spec!r} is not supported; use 'cpu' or 'cuda[:N]'")
+    return device

@@ -1,0 +1,83 @@
+"""Prometheus metrics of one tail server, in a registry of its own (several servers per process work).
+
+Exposed (Prometheus text) on an HTTP port when the server's ``metrics_port`` is set; every series is
+labelled by model (requests for a model the server does not serve count under ``model="<unknown>"``,
+so clients cannot grow the label set)::
+
+    splitdnn_requests_total{model}                 ModelInfer requests received
+    splitdnn_failures_total{model,code}            requests answered with an error, by gRPC status name
+    splitdnn_decode_seconds{model}                 validating and decoding a request (histogram)
+    splitdnn_queue_seconds{model}                  waiting for a batch to start (histogram)
+    splitdnn_compute_seconds{model}                running the batch a request was in (histogram)
+    splitdnn_request_bytes_total{model}            serialized request bytes received
+    splitdnn_response_bytes_total{model}           serialized response bytes sent
+    splitdnn_batch_size{model}                     requests per executed batch (histogram)
+    splitdnn_in_flight                             ModelInfer requests being served now (gauge)
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["UNKNOWN_MODEL", "ServerMetrics"]
+
+UNKNOWN_MODEL = "<unknown>"
+# seconds: from 0.1 ms (a cached tail on a tiny tensor) to 30 s (a large model on a slow CPU)
+_TIME_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServerMetrics:
+    """The metric families of one server, and (optionally) the HTTP endpoint that exposes them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("splitdnn_requests", "ModelInfer requests received", ["model"], registry=r)
+        self.failures = Counter(
+            "splitdnn_failures", "requests answered with an error status", ["model", "code"], registry=r
+        )
+        self.decode = Histogram(
+            "splitdnn_decode_seconds", "validating and decoding a request", ["model"],
+            buckets=_TIME_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue = Histogram(
+            "splitdnn_queue_seconds", "waiting for a batch to start", ["model"],
+            buckets=_TIME_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.compute = Histogram(
+            "splitdnn_compute_seconds", "running the batch a request was in", ["model"],
+            buckets=_TIME_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.bytes_in = Counter("splitdnn_request_bytes", "serialized request bytes", ["model"], registry=r)
+        self.bytes_out = Counter(
+            "splitdnn_response_bytes", "serialized response bytes", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "splitdnn_batch_size",
+            "requests per executed batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("splitdnn_in_flight", "ModelInfer requests being served", registry=r)
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose the metrics over HTTP on ``host:port`` (0: a free port); returns the bound port."""
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint, if any."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

@@ -1,0 +1,33 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelInfoRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ModelInfoResponse(_message.Message):
+    __slots__ = ("name", "fingerprint", "profile_json", "inputs", "codecs", "max_message_bytes", "max_decoded_bytes", "max_batch_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_JSON_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    CODECS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DECODED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    fingerprint: str
+    profile_json: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    codecs: _containers.RepeatedScalarFieldContainer[str]
+    max_message_bytes: int
+    max_decoded_bytes: int
+    max_batch_size: int
+    def __init__(self, name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., profile_json: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ..., max_decoded_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...

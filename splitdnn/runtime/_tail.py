@@ -1,0 +1,280 @@
+"""A served model and the tails it builds from the inputs of a request (torch; server side).
+
+A request's inputs define its cut (DESIGN section 5): the server computes the nodes the output needs,
+walking back from the output and stopping at the provided nodes. Those nodes, in graph order, become
+one ``torch.fx.GraphModule`` whose placeholders are the provided nodes, sharing the traced model's
+submodules and weights. A full request (the model's own inputs) gives the whole graph. Tails are cached
+per set of input names in a bounded LRU.
+
+:class:`ServedModel` also records the dtype and shape every node produced on the example input (one
+forward pass at load time), so a request's tensors are checked against the node they claim to be
+before anything runs: the dtype and the rank must match; the batch (first) dimension and, for models
+that accept other input sizes, the other dimensions may differ, and a shape the tail then rejects is
+reported as a :class:`~splitdnn.errors.WireError`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.fx import Graph, GraphModule, Node
+from torch.utils import _pytree as pytree
+
+from splitdnn.errors import ConfigError, WireError
+from splitdnn.graph import TracedModel
+from splitdnn.runtime.serde import TensorSpec, datatype_of
+from splitdnn.schema import COMPUTE_OPS
+
+__all__ = ["NodeMeta", "ServedModel", "Tail", "from_numpy", "to_numpy"]
+
+# torch dtype <-> v2 datatype name, for the dtypes both sides carry
+_V2_BY_TORCH = {
+    torch.bool: "BOOL",
+    torch.uint8: "UINT8",
+    torch.int8: "INT8",
+    torch.int16: "INT16",
+    torch.int32: "INT32",
+    torch.int64: "INT64",
+    torch.float16: "FP16",
+    torch.float32: "FP32",
+    torch.float64: "FP64",
+    torch.bfloat16: "BF16",
+}
+
+
+def _names(items: Sequence[str], limit: int = 6) -> str:
+    shown = [repr(s if len(s) <= 60 else s[:60] + "...") for s in list(items)[:limit]]
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(shown) + more
+
+
+@dataclass(frozen=True)
+class NodeMeta:
+    """What one node produced on the example input: its v2 datatype and shape (batch included)."""
+
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The part of a model that computes the output from a fixed set of node values."""
+
+    inputs: tuple[str, ...]  # provided node names, graph order: the module's positional arguments
+    module: GraphModule
+    num_nodes: int  # compute nodes it runs
+
+
+def from_numpy(array: np.ndarray, *, bfloat16: bool = False) -> torch.Tensor:
+    """A writable CPU tensor with ``array``'s values; ``bfloat16``: uint16 bits -> bfloat16.
+
+    Read-only arrays (views of a message's bytes) are copied; writable ones (decoded frames) are
+    shared, not copied.
+    """
+    arr = np.asarray(array, dtype=np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("="))
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.array(arr, copy=True, order="C")
+    tensor = torch.from_numpy(arr.view(np.int16) if bfloat16 else arr)
+    return tensor.view(torch.bfloat16) if bfloat16 else tensor
+
+
+def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """``tensor`` on the CPU as numpy, and whether it holds bfloat16 bits (as uint16)."""
+    t = tensor.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.int16).numpy().view(np.uint16), True
+    if t.dtype not in _V2_BY_TORCH:
+        raise ConfigError(f"the model returned a {t.dtype} tensor, which the v2 protocol cannot carry")
+    return t.numpy(), False
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the graph once and keeps the dtype and shape of every tensor-valued node."""
+
+    def __init__(self, module: GraphModule) -> None:
+        super().__init__(module)
+        self.meta: dict[str, NodeMeta] = {}
+
+    def run_node(self, n: Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor) and out.dtype in _V2_BY_TORCH:
+            self.meta[n.name] = NodeMeta(_V2_BY_TORCH[out.dtype], tuple(out.shape))
+        return out
+
+
+class ServedModel:
+    """One traced model on one device, with its node metadata and a cache of tails."""
+
+    def __init__(
+        self, name: str, traced: TracedModel, device: torch.device, *, tail_cache_size: int = 64
+    ) -> None:
+        self.name = name
+        self.traced = traced
+        self.device = device
+        self.tail_cache_size = max(1, tail_cache_size)
+        self.input_names = tuple(n.name for n in traced.nodes if n.op == "placeholder")
+        recorder = _Recorder(traced.module)
+        with torch.no_grad():
+            example_out = recorder.run(*(t.clone() for t in traced.example_inputs))
+        self.node_meta: Mapping[str, NodeMeta] = recorder.meta
+        leaves = pytree.tree_leaves(example_out)
+        if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
+            raise ConfigError(
+                f"model {name!r} returns {type(example_out).__name__} with non-tensor parts; a served model "
+                f"must return a tensor or a tuple/list/dict of tensors"
+            )
+        single = isinstance(example_out, torch.Tensor)
+        self.output_names = ("output",) if single else tuple(f"output_{i}" for i in range(len(leaves)))
+        self.output_specs = tuple(
+            TensorSpec(n, _V2_BY_TORCH.get(t.dtype, str(t.dtype)), (-1, *t.shape[1:]))
+            for n, t in zip(self.output_names, leaves, strict=True)
+        )
+        self.input_specs = tuple(
+            TensorSpec(n, self.node_meta[n].datatype, (-1, *self.node_meta[n].shape[1:]))
+            for n in self.input_names
+        )
+        traced.module.to(device)
+        self._cache: OrderedDict[frozenset[str], Tail] = OrderedDict()
+        self._lock = threading.Lock()
+        self._graph_nodes = {n.name: n for n in traced.module.graph.nodes}
+        self._position = {n.name: i for i, n in enumerate(traced.module.graph.nodes)}
+
+    @property
+    def fingerprint(self) -> str:
+        return self.traced.fingerprint
+
+    # ----------------------------------------------------------------------------------------------
+
+    def check_inputs(self, arrays: Mapping[str, np.ndarray], bfloat16: frozenset[str]) -> None:
+        """Refuse inputs that are not tensor-valued nodes of this model, or whose dtype or rank differ.
+
+        All inputs must agree on the batch (first) dimension, which must be at least 1.
+        """
+        unknown = [n for n in arrays if n not in self.node_meta]
+        if unknown:
+            not_tensor = [n for n in unknown if n in self._graph_nodes]
+            if not_tensor:
+                raise WireError(
+                    f"input(s) {_names(not_tensor)} of model {self.name!r} do not produce a tensor (a "
+                    f"parameter, the output, or a non-tensor value); cut at tensor-valued nodes"
+                )
+            raise WireError(
+                f"model {self.name!r} has no node(s) {_names(unknown)}; name inputs after the model's "
+                f"inputs {list(self.input_names)} or the producer nodes of your cut's boundary tensors "
+                f"(is the client splitting another model?)"
+            )
+        batch: set[int] = set()
+        for name, arr in arrays.items():
+            meta = self.node_meta[name]
+            datatype = datatype_of(arr, bfloat16=name in bfloat16)
+            if datatype != meta.datatype:
+                raise WireError(
+                    f"input {name!r} of model {self.name!r}: expected datatype {meta.datatype}, found "
+                    f"{datatype}; send the tensor with the dtype the node produces (a lossy codec frame "
+                    f"decodes to float32)"
+                )
+            if arr.ndim != len(meta.shape):
+                raise WireError(
+                    f"input {name!r} of model {self.name!r}: expected rank {len(meta.shape)} (shape like "
+                    f"{[-1, *meta.shape[1:]]}), found shape {list(arr.shape)}"
+                )
+            if arr.ndim == 0 or arr.shape[0] < 1:
+                raise WireError(
+                    f"input {name!r} of model {self.name!r} has shape {list(arr.shape)}; expected a batch "
+                    f"(first) dimension of at least 1"
+                )
+            batch.add(int(arr.shape[0]))
+        if len(batch) > 1:
+            raise WireError(
+                f"the inputs of one request disagree on the batch dimension: "
+                f"{ {n: int(a.shape[0]) for n, a in arrays.items()} }; send one batch size per request"
+            )
+
+    def tail(self, provided: frozenset[str]) -> Tail:
+        """The tail computing the output from the values of ``provided`` (cached; WireError if invalid)."""
+        with self._lock:
+            cached = self._cache.get(provided)
+            if cached is not None:
+                self._cache.move_to_end(provided)
+                return cached
+        tail = self._build_tail(provided)  # outside the lock: building may take a moment
+        with self._lock:
+            self._cache[provided] = tail
+            self._cache.move_to_end(provided)
+            while len(self._cache) > self.tail_cache_size:
+                self._cache.popitem(last=False)
+        return tail
+
+    def cached_tails(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    def _build_tail(self, provided: frozenset[str]) -> Tail:
+        nodes = self._graph_nodes
+        output = next(n for n in reversed(self.traced.module.graph.nodes) if n.op == "output")
+        members: set[Node] = set()
+        attrs: set[Node] = set()
+        used: set[str] = set()
+        missing: list[str] = []
+        stack = list(output.all_input_nodes)
+        seen: set[Node] = set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.name in provided:
+                used.add(n.name)
+            elif n.op == "get_attr":
+                attrs.add(n)
+            elif n.op == "placeholder":
+                missing.append(n.name)
+            else:
+                members.add(n)
+                stack.extend(n.all_input_nodes)
+        if missing:
+            raise WireError(
+                f"model {self.name!r}: the tail from inputs {_names(sorted(provided))} also needs model "
+                f"input(s) {_names(sorted(missing))}, which the request does not provide; send every "
+                f"boundary tensor of the cut (every value the head computes and the tail reads)"
+            )
+        unused = sorted(provided - used)
+        if unused:
+            raise WireError(
+                f"model {self.name!r}: input(s) {_names(unused)} are not read by the tail that computes the "
+                f"output from the other inputs (they lie before another input on every path); send only "
+                f"the boundary tensors of your cut"
+            )
+        order = sorted(provided, key=self._position.__getitem__)
+        graph = Graph()
+        env: dict[Node, Node] = {}
+        for name in order:
+            env[nodes[name]] = graph.placeholder(name)
+        wanted = members | attrs
+        for n in self.traced.module.graph.nodes:
+            if n in wanted:
+                env[n] = graph.node_copy(n, env.__getitem__)
+        graph.node_copy(output, env.__getitem__)
+        graph.lint()
+        module = GraphModule(self.traced.module, graph, f"{type(self.traced.module).__name__}_tail")
+        module.training = self.traced.module.training
+        num = sum(1 for n in members if n.op in COMPUTE_OPS)
+        return Tail(tuple(order), module, num)
+
+    def run(self, tail: Tail, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run ``tail`` on ``inputs`` (its input order) on this model's device; the output leaves."""
+        with torch.no_grad():
+            out = tail.module(*(t.to(self.device, non_blocking=True) for t in inputs))
+        leaves = pytree.tree_leaves(out)
+        if len(leaves) != len(self.output_names) or not all(isinstance(t, torch.Tensor) for t in leaves):
+            raise ConfigError(
+                f"model {self.name!r} returned {len(leaves)} output part(s), expected "
+                f"{len(self.output_names)} tensors as on its example input"
+            )
+        return leaves

@@ -1,0 +1,571 @@
+"""The tail-model service: runs the full model or the tail of any cut for clients over gRPC.
+
+::
+
+    cfg = ServerConfig(models=("resnet18",), port=8001)
+    with TailServer(cfg) as server:          # loads and traces the models, binds, starts serving
+        print(server.address)                # "127.0.0.1:8001"
+        server.wait()                        # or serve_forever(): stops gracefully on SIGTERM / SIGINT
+
+Served over one port (DESIGN sections 5, 6, 8):
+
+- ``inference.GRPCInferenceService`` (Open Inference Protocol v2): ServerLive, ServerReady,
+  ModelReady, ServerMetadata, ModelMetadata, ModelInfer. Anything else answers UNIMPLEMENTED.
+  A request's inputs define its cut: the model's own inputs run the whole model; boundary tensors
+  named by their producer nodes run the tail that computes the output from them (built once per set
+  of names, kept in an LRU cache). Split requests carry ``splitdnn.fingerprint``.
+- ``splitdnn.v1.SplitService/GetModelInfo``: fingerprint, the server's profile, limits.
+- ``grpc.health.v1.Health``: SERVING while up, NOT_SERVING from the start of a shutdown.
+- Prometheus metrics over HTTP on ``metrics_port`` (see :mod:`splitdnn.runtime._metrics`).
+
+Status codes: NOT_FOUND (a model the server does not serve), INVALID_ARGUMENT (malformed request,
+wrong input names, dtypes or shapes, bad or oversized frames, decompression bombs),
+FAILED_PRECONDITION (fingerprint of another model), RESOURCE_EXHAUSTED (more than ``max_concurrency``
+requests in flight, or a message over ``max_message_bytes``), UNAUTHENTICATED (missing or wrong
+bearer token), DEADLINE_EXCEEDED (the client's deadline passed while queued or running), INTERNAL
+(a bug; the message says what failed). A bad request never affects any other one.
+
+Dynamic batching (:mod:`splitdnn.runtime._batcher`): requests for the same model, cut and per-item
+shapes are concatenated along the batch dimension, up to ``max_batch_size`` rows, the oldest waiting at
+most ``max_queue_delay_ms`` while more requests are arriving. The tail runs on ``device`` under
+``torch.no_grad``; responses report ``splitdnn.queue_ms``, ``splitdnn.compute_ms``,
+``splitdnn.decode_ms`` and ``splitdnn.batch_size``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import splitdnn
+from splitdnn import codec
+from splitdnn.errors import CodecError, ConfigError, ProfileMismatchError, SplitDNNError, WireError
+from splitdnn.graph import TracedModel
+from splitdnn.runtime import serde
+from splitdnn.runtime._batcher import Batcher, BatcherStopped, BatchResult, Job
+from splitdnn.runtime._config import ModelSpec, ServerConfig, device_of, host_port, load_served, read_pem
+from splitdnn.runtime._metrics import UNKNOWN_MODEL, ServerMetrics
+from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, to_numpy
+
+__all__ = ["ModelSpec", "ServerConfig", "TailServer"]
+
+log = logging.getLogger(__name__)
+
+_PLATFORM = "splitdnn_torch"  # v2 ModelMetadata.platform
+_VERSION = "1"  # the one version of every served model; "" also selects it
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"  # reachable without the token (load balancer probes)
+_EXTRA_WORKERS = 8  # threads beyond max_concurrency, for health, metadata and rejecting overflow
+
+
+# --------------------------------------------------------------------------------------------------
+# errors -> statuses
+
+
+class _Abort(Exception):
+    """A request ends with this status and message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:500] if lines else type(exc).__name__
+
+
+def _compute_error(exc: BaseException, served: ServedModel, shapes: Mapping[str, list[int]]) -> _Abort:
+    """Map an exception from running a tail to the status its request gets."""
+    if isinstance(exc, WireError):
+        return _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, BatcherStopped):
+        return _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
+    if isinstance(exc, torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError since 2.5, same class
+        return _Abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"model {served.name!r} ran out of device memory on inputs {dict(shapes)}; send a smaller batch",
+        )
+    if isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and not isinstance(
+        exc, SplitDNNError
+    ):
+        # inputs were checked for names, dtypes and ranks: what is left is a shape the model rejects
+        return _Abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"model {served.name!r} rejected inputs of shape {dict(shapes)}: {_first_line(exc)}; send the "
+            f"tensors the model's head produces (the server traced it at input shape "
+            f"{[list(s) for s in served.traced.input_shapes]})",
+        )
+    log.exception("tail of model %r failed", served.name, exc_info=exc)
+    return _Abort(grpc.StatusCode.INTERNAL, f"model {served.name!r} failed: {type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# servicers
+
+
+class _InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the server's models."""
+
+    def __init__(self, server: TailServer) -> None:
+        self._s = server
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return serde.build_server_live(True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return serde.build_server_ready(self._s.ready)
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok = request.name in self._s._models and request.version in ("", _VERSION) and self._s.ready
+        return serde.build_model_ready(ok)
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return serde.build_server_metadata("splitdnn", splitdnn.__version__, ("splitdnn.v1",))
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            served = self._s._model(request.name, request.version)
+        except _Abort as a:
+            context.abort(a.code, a.message)
+        return serde.build_model_metadata(
+            served.name,
+            platform=_PLATFORM,
+            inputs=served.input_specs,
+            outputs=served.output_specs,
+            versions=(_VERSION,),
+        )
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        s = self._s
+        served = s._models.get(request.model_name)
+        label = served.name if served is not None else UNKNOWN_MODEL
+        s.metrics.requests.labels(label).inc()
+        s.metrics.bytes_in.labels(label).inc(request.ByteSize())
+        if not s._slots.acquire(blocking=False):
+            s.metrics.failures.labels(label, "RESOURCE_EXHAUSTED").inc()
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server already has max_concurrency={s.config.max_concurrency} requests in flight; "
+                f"retry with backoff, or start it with a higher --max-concurrency",
+            )
+        s.metrics.in_flight.inc()
+        try:
+            response = s._infer(request, context)
+        except _Abort as a:
+            s.metrics.failures.labels(label, a.code.name).inc()
+            context.abort(a.code, a.message)
+        except Exception as exc:  # a bug: say what failed instead of grpc's bare UNKNOWN
+            log.exception("ModelInfer for model %r failed", label)
+            s.metrics.failures.labels(label, "INTERNAL").inc()
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"the server failed: {type(exc).__name__}: {_first_line(exc)}"
+            )
+        finally:
+            s.metrics.in_flight.dec()
+            s._slots.release()
+        s.metrics.bytes_out.labels(label).inc(response.ByteSize())
+        return response
+
+
+class _SplitServicer(sd_grpc.SplitServiceServicer):
+    """splitdnn.v1.SplitService: what v2 has no message for."""
+
+    def __init__(self, server: TailServer) -> None:
+        self._s = server
+
+    def GetModelInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        s = self._s
+        try:
+            served = s._model(request.name, "")
+        except _Abort as a:
+            context.abort(a.code, a.message)
+        return serde.build_model_info(
+            served.name,
+            served.fingerprint,
+            s.config.profiles.get(served.name),
+            inputs=served.input_names,
+            codecs=codec.known_codecs(),
+            max_message_bytes=s.config.max_message_bytes,
+            max_decoded_bytes=s.config.max_decoded_bytes,
+            max_batch_size=s.config.max_batch_size,
+        )
+
+
+class _TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses every call without ``authorization: Bearer <token>`` (health checks excepted)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' with the "
+                "server's token",
+            )
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        if method.startswith(_HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
+            if key == "authorization":
+                got = value.encode() if isinstance(value, str) else bytes(value)
+                if hmac.compare_digest(got, self._expected):
+                    return continuation(handler_call_details)
+        return self._deny
+
+
+# --------------------------------------------------------------------------------------------------
+# the server
+
+
+class TailServer:
+    """A running tail service (see the module docstring); use as a context manager or start()/stop()."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        if not isinstance(config, ServerConfig):
+            raise ConfigError(f"TailServer takes a ServerConfig, found {type(config).__name__}")
+        self.config = config
+        self.metrics = ServerMetrics()
+        self._models: dict[str, ServedModel] = {}
+        self._server: grpc.Server | None = None
+        self._unstarted: grpc.Server | None = None  # created, maybe bound, not yet started
+        self._health: health.HealthServicer | None = None
+        self._batcher: Batcher | None = None
+        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._port = 0
+        self._metrics_port: int | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> TailServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> TailServer:
+        """Load and trace the models, bind the port(s) and start serving; returns self.
+
+        On failure (a model that does not load, a port in use, ...) nothing is left running.
+        """
+        with self._lock:
+            if self._server is not None or self._stopping:
+                raise ConfigError("this TailServer was already started; create a new one to serve again")
+            try:
+                self._start()
+            except BaseException:
+                if self._unstarted is not None:
+                    self._unstarted.stop(None)  # releases a port already bound
+                    self._unstarted = None
+                if self._batcher is not None:
+                    self._batcher.stop(timeout=5)
+                    self._batcher = None
+                self.metrics.close()
+                self._models.clear()
+                raise
+        return self
+
+    def _start(self) -> None:
+        cfg = self.config
+        device = device_of(cfg.device)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        for spec in cfg.models:
+            served = load_served(spec, device, cfg.tail_cache_size)
+            if served.name in self._models:
+                raise ConfigError(f"two models are named {served.name!r}; give one a ModelSpec(name=...)")
+            self._models[served.name] = served
+        self._check_profiles()
+        self._batcher = Batcher(cfg.max_batch_size, cfg.max_queue_delay_ms / 1000.0)
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if cfg.max_connection_age_s is not None:
+            options.append(("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)))
+            # requests running when a connection ages out get the same grace as a shutdown
+            options.append(("grpc.max_connection_age_grace_ms", int(cfg.grace_s * 1000)))
+        workers = cfg.max_concurrency + _EXTRA_WORKERS
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitdnn-rpc"),
+            interceptors=[_TokenInterceptor(cfg.token)] if cfg.token else [],
+            options=options,
+            maximum_concurrent_rpcs=4 * workers,
+        )
+        self._unstarted = server
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(_InferenceServicer(self), server)
+        sd_grpc.add_SplitServiceServicer_to_server(_SplitServicer(self), server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = host_port(cfg.host, cfg.port)
+        try:
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                ca = read_pem(cfg.tls_client_ca, "client CA") if cfg.tls_client_ca is not None else None
+                creds = grpc.ssl_server_credentials(
+                    [(read_pem(cfg.tls_key, "TLS key"), read_pem(cfg.tls_cert, "TLS certificate"))],
+                    root_certificates=ca,
+                    require_client_auth=ca is not None,
+                )
+                port = server.add_secure_port(address, creds)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc}; is the port in use?") from exc
+        if not port:
+            raise ConfigError(f"cannot listen on {address}; is the port in use or the host wrong?")
+        self._port = port
+        if cfg.metrics_port is not None:
+            metrics_host = cfg.metrics_host or cfg.host
+            try:
+                self._metrics_port = self.metrics.serve(metrics_host, cfg.metrics_port)
+            except OSError as exc:
+                self._port = 0
+                raise ConfigError(
+                    f"cannot serve metrics on {host_port(metrics_host, cfg.metrics_port)}: {exc.strerror}; "
+                    f"pick another metrics port (0: any free port)"
+                ) from exc
+        server.start()
+        self._server, self._unstarted = server, None
+        for name in ("", "inference.GRPCInferenceService", "splitdnn.v1.SplitService"):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s", ", ".join(self._models), self.address)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully: health NOT_SERVING, refuse new requests, let in-flight ones finish.
+
+        In-flight requests get ``grace`` seconds (default ``config.grace_s``), then are cancelled.
+        Safe to call more than once.
+        """
+        with self._lock:
+            if self._server is None or self._stopping:
+                return
+            self._stopping = True
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        if self.config.drain_s > 0:
+            time.sleep(self.config.drain_s)
+        self._server.stop(self.config.grace_s if grace is None else grace).wait()
+        if self._batcher is not None:
+            self._batcher.stop(timeout=5)
+        self.metrics.close()
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped (or ``timeout`` s passed); True if it stopped."""
+        return self._stopped.wait(timeout)
+
+    def serve_forever(self) -> None:
+        """Start if needed, then serve until SIGTERM or SIGINT, and stop gracefully (main thread only)."""
+        if self._server is None:
+            self.start()
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not stop.wait(0.5) and not self._stopped.is_set():
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    # -- introspection -----------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound (the port is real even when the config said 0)."""
+        if not self._port:
+            raise ConfigError("the server is not started; call start() or use it as a context manager")
+        host = self.config.host
+        return (
+            f"[{host}]:{self._port}" if ":" in host and not host.startswith("[") else f"{host}:{self._port}"
+        )
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def metrics_address(self) -> str | None:
+        """``host:port`` of the Prometheus endpoint, or None when metrics are off."""
+        if self._metrics_port is None:
+            return None
+        return host_port(self.config.metrics_host or self.config.host, self._metrics_port)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests validated and waiting for their batch to start."""
+        return self._batcher.pending() if self._batcher is not None else 0
+
+    @property
+    def ready(self) -> bool:
+        return self._server is not None and not self._stopping
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(self._models)
+
+    def served_model(self, name: str) -> TracedModel:
+        """The traced model served as ``name`` (its weights are the ones the server computes with)."""
+        try:
+            return self._models[name].traced
+        except KeyError:
+            raise ConfigError(
+                f"this server does not serve {name!r}; it serves {sorted(self._models)}"
+            ) from None
+
+    # -- request handling --------------------------------------------------------------------------
+
+    def _check_profiles(self) -> None:
+        for name, profile in self.config.profiles.items():
+            served = self._models.get(name)
+            if served is None:
+                raise ConfigError(
+                    f"a profile is given for {name!r}, which is not served; serve {sorted(self._models)}"
+                )
+            if profile.fingerprint and profile.fingerprint != served.fingerprint:
+                raise ProfileMismatchError(
+                    f"the profile for {name!r} has fingerprint {profile.fingerprint[:12]}, the served model "
+                    f"{served.fingerprint[:12]}; profile this model (splitdnn profile {name})"
+                )
+
+    def _model(self, name: str, version: str) -> ServedModel:
+        served = self._models.get(name)
+        if served is None:
+            shown = name if len(name) <= 60 else name[:60] + "..."
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {shown!r} is not served here; this server serves {sorted(self._models)}",
+            )
+        if version not in ("", _VERSION):
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {name!r} has only version {_VERSION!r}; leave model_version empty",
+            )
+        return served
+
+    def _infer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """One ModelInfer call, raising _Abort for every refusal."""
+        served = self._model(request.model_name, request.model_version)
+        batcher = self._batcher
+        if batcher is None:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is not started; retry shortly")
+        t0 = time.perf_counter()
+        batcher.arriving()
+        try:
+            try:
+                data = serde.parse_infer_request(request, max_decoded_bytes=self.config.max_decoded_bytes)
+            except (WireError, CodecError) as exc:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            full = set(data.inputs) == set(served.input_names)
+            if data.fingerprint is not None and data.fingerprint != served.fingerprint:
+                raise _Abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the client split a model with fingerprint {data.fingerprint[:12]}, but this server's "
+                    f"{served.name!r} has fingerprint {served.fingerprint[:12]}; use the same model "
+                    f"definition on both sides (GetModelInfo gives the server's)",
+                )
+            if not full and data.fingerprint is None:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a split request (inputs {sorted(data.inputs)[:6]}) must carry parameter "
+                    f"{serde.PARAM_FINGERPRINT} with the fingerprint of the model the client split",
+                )
+            unknown_out = [n for n in data.requested_outputs if n not in served.output_names]
+            if unknown_out:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"model {served.name!r} has outputs {list(served.output_names)}, not {unknown_out[:6]}",
+                )
+            try:
+                served.check_inputs(data.inputs, data.bfloat16)
+                tail = served.tail(frozenset(data.inputs))
+            except WireError as exc:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            tensors = [from_numpy(data.inputs[n], bfloat16=n in data.bfloat16) for n in tail.inputs]
+            rows = int(tensors[0].shape[0])
+            key = (served.name, tail.inputs, tuple((t.dtype, tuple(t.shape[1:])) for t in tensors))
+
+            def run(xs: Sequence[torch.Tensor], _tail: Tail = tail) -> list[torch.Tensor]:
+                return served.run(_tail, xs)
+
+            job = Job(key, tensors, rows, run, is_active=context.is_active)
+            decode_s = time.perf_counter() - t0
+            self.metrics.decode.labels(served.name).observe(decode_s)
+        except BaseException:
+            batcher.arrived()  # refused before it was queued
+            raise
+        future = batcher.submit(job)  # also counts the request as arrived, atomically
+        result = self._await(future, context, served, {n: list(a.shape) for n, a in data.inputs.items()})
+        self.metrics.queue.labels(served.name).observe(result.queue_s)
+        self.metrics.compute.labels(served.name).observe(result.compute_s)
+        if result.index == 0:  # one observation per executed batch
+            self.metrics.batch_size.labels(served.name).observe(result.batch_size)
+        outputs = {}
+        bf16 = set()
+        for name, tensor in zip(served.output_names, result.outputs, strict=True):
+            if data.requested_outputs and name not in data.requested_outputs:
+                continue
+            outputs[name], is_bf16 = to_numpy(tensor)
+            if is_bf16:
+                bf16.add(name)
+        return serde.build_infer_response(
+            served.name,
+            data.request_id,
+            outputs,
+            parameters={
+                serde.PARAM_QUEUE_MS: result.queue_s * 1000.0,
+                serde.PARAM_COMPUTE_MS: result.compute_s * 1000.0,
+                serde.PARAM_DECODE_MS: decode_s * 1000.0,
+                serde.PARAM_BATCH_SIZE: result.batch_size,
+            },
+            bfloat16=bf16,
+            model_version=_VERSION,
+        )
+
+    def _await(
+        self,
+        future: futures.Future[BatchResult],
+        context: grpc.ServicerContext,
+        served: ServedModel,
+        shapes: Mapping[str, list[int]],
+    ) -> BatchResult:
+        remaining = context.time_remaining()
+        timeout = None if remaining is None or remaining > 1e8 else max(0.0, remaining)
+        try:
+            return future.result(timeout=timeout)
+        except futures.TimeoutError:
+            future.cancel()
+            raise _Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"model {served.name!r} did not finish within the request's deadline; allow more time",
+            ) from None
+        except futures.CancelledError:
+            raise _Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
+        except Exception as exc:
+            raise _compute_error(exc, served, shapes) from exc

@@ -1,0 +1,338 @@
+"""The tail server through real gRPC on 127.0.0.1: split == local for every cut, a precise status for
+every bad request (and the next good request still works), metadata, model info, health and metrics."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+import zstandard
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from splitdnn import codec
+from splitdnn.graph import TracedModel, chain_cuts, head_tail
+from splitdnn.models import ZOO
+from splitdnn.runtime import serde
+from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
+from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._tail import ServedModel
+from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+from splitdnn.schema import load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+CAP = 64 << 20
+MAX_MESSAGE = 1 << 20
+
+
+def _shape(name: str, batch: int = 1) -> tuple[int, ...]:
+    return (batch, *ZOO[name].test_input_shape)
+
+
+@dataclass
+class Live:
+    server: TailServer
+    channel: grpc.Channel
+    v2: v2_grpc.GRPCInferenceServiceStub
+    split: sd_grpc.SplitServiceStub
+
+    def traced(self, name: str) -> TracedModel:
+        return self.server.served_model(name)
+
+    def infer(self, name: str, inputs: dict, **kw) -> serde.InferResponseData:
+        msg = serde.build_infer_request(name, inputs, **kw)
+        return serde.parse_infer_response(self.v2.ModelInfer(msg, timeout=30), max_decoded_bytes=CAP)
+
+    def status(self, msg: v2_pb.ModelInferRequest) -> grpc.StatusCode:
+        with pytest.raises(grpc.RpcError) as info:
+            self.v2.ModelInfer(msg, timeout=30)
+        return info.value.code()
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Live]:
+    profile = load_profile(ROOT / "profiles" / "resnet18-cpu-t1.json")
+    cfg = ServerConfig(
+        models=(
+            ModelSpec("resnet18", input_shapes=(_shape("resnet18"),)),
+            ModelSpec("alexnet", input_shapes=(_shape("alexnet"),)),
+        ),
+        max_message_bytes=MAX_MESSAGE,
+        max_decoded_bytes=4 << 20,
+        metrics_port=0,
+        profiles={"resnet18": profile},
+    )
+    with TailServer(cfg) as server:
+        channel = grpc.insecure_channel(server.address)
+        yield Live(
+            server, channel, v2_grpc.GRPCInferenceServiceStub(channel), sd_grpc.SplitServiceStub(channel)
+        )
+        channel.close()
+
+
+def _x(name: str, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    return torch.randn(_shape(name, batch), generator=torch.Generator().manual_seed(seed))
+
+
+def _local(traced: TracedModel, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return traced.module(x).numpy()
+
+
+def _boundary(traced: TracedModel, cut: str, x: torch.Tensor) -> dict[str, np.ndarray]:
+    head, _ = head_tail(traced, cut)
+    with torch.no_grad():
+        values = head({"x": x})
+    return {k: v.numpy() for k, v in values.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# correctness
+
+
+@pytest.mark.parametrize("model", ["resnet18", "alexnet"])
+def test_split_equals_local_for_every_chain_cut(live: Live, model: str) -> None:
+    traced = live.traced(model)
+    x = _x(model)
+    expected = _local(traced, x)
+    cuts = chain_cuts(traced)
+    assert len(cuts) > 10
+    for cut in cuts:
+        values = _boundary(traced, cut, x)
+        assert list(values) == [cut]
+        raw = live.infer(model, values, fingerprint=traced.fingerprint)
+        framed = live.infer(
+            model, {k: codec.encode(v, "zstd") for k, v in values.items()}, fingerprint=traced.fingerprint
+        )
+        for got in (raw, framed):
+            assert np.array_equal(got.outputs["output"], expected), cut
+            assert got.parameters[serde.PARAM_BATCH_SIZE] == 1
+            for key in (serde.PARAM_QUEUE_MS, serde.PARAM_COMPUTE_MS, serde.PARAM_DECODE_MS):
+                assert serde.param_ms(got.parameters, key) >= 0.0 and key in got.parameters
+
+
+def test_dag_cuts_with_several_boundary_tensors(live: Live) -> None:
+    traced = live.traced("resnet18")
+    x = _x("resnet18", batch=2, seed=1)
+    expected = _local(traced, x)
+    chain = set(chain_cuts(traced))
+    dag_cuts = [n.name for n in traced.compute_nodes()[:-1] if n.name not in chain]
+    assert len(dag_cuts) > 10
+    for cut in dag_cuts[::3]:
+        values = _boundary(traced, cut, x)
+        assert len(values) >= 2, cut
+        mixed = {
+            k: (codec.encode(v, "shuffle+zstd") if i % 2 else v) for i, (k, v) in enumerate(values.items())
+        }
+        got = live.infer("resnet18", mixed, fingerprint=traced.fingerprint)
+        assert np.array_equal(got.outputs["output"], expected), cut
+
+
+def test_full_request_from_a_stock_v2_client(live: Live) -> None:
+    traced = live.traced("resnet18")
+    x = _x("resnet18", seed=2)
+    msg = v2_pb.ModelInferRequest(model_name="resnet18", id="stock-1")
+    t = msg.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    t.contents.fp32_contents.extend(x.flatten().tolist())
+    msg.outputs.add(name="output")
+    response = live.v2.ModelInfer(msg, timeout=30)
+    assert response.id == "stock-1" and response.model_name == "resnet18"
+    assert (response.outputs[0].name, response.outputs[0].datatype) == ("output", "FP32")
+    got = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(list(response.outputs[0].shape))
+    assert np.array_equal(got, _local(traced, x))
+
+
+def test_lossy_frames_stay_within_their_bound(live: Live) -> None:
+    traced = live.traced("alexnet")
+    x = _x("alexnet", seed=3)
+    cut = chain_cuts(traced)[-3]
+    values = _boundary(traced, cut, x)
+    frame = codec.encode(values[cut], "int8+zstd")
+    got = live.infer("alexnet", {cut: frame}, fingerprint=traced.fingerprint)
+    with torch.no_grad():
+        _, tail = head_tail(traced, cut)
+        expected = tail({cut: torch.from_numpy(codec.decode(frame))}).numpy()
+    assert np.array_equal(got.outputs["output"], expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# bad requests: a precise status each, and the server keeps serving
+
+
+def _bad_requests(live: Live) -> dict[str, tuple[v2_pb.ModelInferRequest, grpc.StatusCode]]:
+    traced = live.traced("resnet18")
+    fp = traced.fingerprint
+    x = _x("resnet18").numpy()
+    chain = chain_cuts(traced)
+    cut = chain[4]
+    boundary = _boundary(traced, cut, torch.from_numpy(x))
+    frame = codec.encode(boundary[cut], "zstd")
+    dag = next(n.name for n in traced.compute_nodes() if n.name not in chain and n.name > "layer1")
+    two = _boundary(traced, dag, torch.from_numpy(x))
+    one_of_two = dict(list(two.items())[-1:])  # the skip tensor (produced earlier) is missing
+    small = codec.encode(np.zeros(16, np.float32), "zstd")
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (32 << 20))
+    header = codec.describe(small).header_nbytes
+    forged_bomb = small[: header - 8] + len(bomb).to_bytes(8, "little") + bomb
+    honest_bomb = codec.encode(np.zeros((1024, 1024, 2), np.float32), "zstd")  # 8 MiB > 4 MiB cap
+    inv, F = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
+    req = serde.build_infer_request
+    wrong_output = req("resnet18", {"x": x})
+    wrong_output.outputs.add(name="logits")
+    return {
+        "unknown model": (req("resnet99", {"x": x}), grpc.StatusCode.NOT_FOUND),
+        "unknown version": (req("resnet18", {"x": x}, model_version="7"), grpc.StatusCode.NOT_FOUND),
+        "unknown input name": (req("resnet18", {"input": x}), inv),
+        "unknown node": (req("resnet18", {"no_such_node": boundary[cut]}, fingerprint=fp), inv),
+        "missing boundary tensor": (req("resnet18", one_of_two, fingerprint=fp), inv),
+        "input the tail does not read": (req("resnet18", {**boundary, "x": x}, fingerprint=fp), inv),
+        "wrong dtype": (req("resnet18", {"x": x.astype(np.float64)}), inv),
+        "wrong rank": (req("resnet18", {"x": x[0]}), inv),
+        "wrong shape": (req("resnet18", {"x": np.zeros((1, 4, 32, 32), np.float32)}), inv),
+        "empty batch": (req("resnet18", {"x": x[:0]}), inv),
+        "truncated frame": (req("resnet18", {cut: frame[:-5]}, fingerprint=fp), inv),
+        "forged frame": (req("resnet18", {cut: b"SDNT\x01\x63" + frame[6:]}, fingerprint=fp), inv),
+        "forged decompression bomb": (req("resnet18", {cut: forged_bomb}, fingerprint=fp), inv),
+        "honest frame over the cap": (req("resnet18", {cut: honest_bomb}, fingerprint=fp), inv),
+        "split without fingerprint": (req("resnet18", boundary), inv),
+        "fingerprint of another model": (req("resnet18", boundary, fingerprint="0" * 64), F),
+        "fingerprint on a full request": (req("resnet18", {"x": x}, fingerprint="0" * 64), F),
+        "unknown requested output": (wrong_output, inv),
+        "oversize message": (
+            req("resnet18", {"x": np.zeros((8, 3, 128, 128), np.float32)}),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+    }
+
+
+def test_every_bad_request_gets_its_status_and_the_server_keeps_serving(live: Live) -> None:
+    traced = live.traced("resnet18")
+    x = _x("resnet18", seed=5)
+    expected = _local(traced, x)
+    for what, (msg, code) in _bad_requests(live).items():
+        assert live.status(msg) == code, what
+        got = live.infer("resnet18", {"x": x.numpy()})
+        assert np.array_equal(got.outputs["output"], expected), f"after {what}"
+
+
+def test_error_messages_say_what_was_expected(live: Live) -> None:
+    x = _x("resnet18").numpy()
+    with pytest.raises(grpc.RpcError) as info:
+        live.v2.ModelInfer(serde.build_infer_request("resnet18", {"x": x.astype(np.float64)}), timeout=30)
+    assert "expected datatype FP32, found FP64" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        live.v2.ModelInfer(serde.build_infer_request("nope", {"x": x}), timeout=30)
+    assert "alexnet" in info.value.details() and "resnet18" in info.value.details()
+
+
+def test_unimplemented_rpcs(live: Live) -> None:
+    call = live.channel.unary_unary(
+        "/inference.GRPCInferenceService/RepositoryIndex",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"", timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# --------------------------------------------------------------------------------------------------
+# metadata, model info, health, metrics
+
+
+def test_v2_health_and_metadata(live: Live) -> None:
+    assert live.v2.ServerLive(v2_pb.ServerLiveRequest(), timeout=10).live
+    assert live.v2.ServerReady(v2_pb.ServerReadyRequest(), timeout=10).ready
+    assert live.v2.ModelReady(v2_pb.ModelReadyRequest(name="alexnet"), timeout=10).ready
+    assert not live.v2.ModelReady(v2_pb.ModelReadyRequest(name="nope"), timeout=10).ready
+    meta = live.v2.ServerMetadata(v2_pb.ServerMetadataRequest(), timeout=10)
+    assert meta.name == "splitdnn" and meta.version
+    name, inputs, outputs = serde.parse_model_metadata(
+        live.v2.ModelMetadata(v2_pb.ModelMetadataRequest(name="resnet18"), timeout=10)
+    )
+    assert name == "resnet18"
+    assert inputs == (serde.TensorSpec("x", "FP32", (-1, 3, 32, 32)),)
+    assert outputs == (serde.TensorSpec("output", "FP32", (-1, 1000)),)
+    with pytest.raises(grpc.RpcError) as info:
+        live.v2.ModelMetadata(v2_pb.ModelMetadataRequest(name="nope"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_model_info(live: Live) -> None:
+    info = serde.parse_model_info(
+        live.split.GetModelInfo(serde.build_model_info_request("resnet18"), timeout=10)
+    )
+    assert info.fingerprint == live.traced("resnet18").fingerprint
+    assert info.profile is not None and info.profile.model == "resnet18"
+    assert info.inputs == ("x",) and "zstd" in info.codecs
+    assert info.max_message_bytes == MAX_MESSAGE and info.max_batch_size == 8
+    alex = serde.parse_model_info(
+        live.split.GetModelInfo(serde.build_model_info_request("alexnet"), timeout=10)
+    )
+    assert alex.profile is None and alex.fingerprint == live.traced("alexnet").fingerprint
+    with pytest.raises(grpc.RpcError) as err:
+        live.split.GetModelInfo(serde.build_model_info_request("nope"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_grpc_health_service(live: Live) -> None:
+    stub = health_pb2_grpc.HealthStub(live.channel)
+    for service in ("", "inference.GRPCInferenceService", "splitdnn.v1.SplitService"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_prometheus_metrics(live: Live) -> None:
+    x = _x("resnet18").numpy()
+    live.infer("resnet18", {"x": x})
+    live.status(serde.build_infer_request("resnet18", {"x": x.astype(np.float64)}))
+    live.status(serde.build_infer_request("zzz", {"x": x}))
+    address = live.server.metrics_address
+    assert address is not None
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+    for needle in (
+        'splitdnn_requests_total{model="resnet18"}',
+        'splitdnn_failures_total{code="INVALID_ARGUMENT",model="resnet18"}',
+        'splitdnn_failures_total{code="NOT_FOUND",model="<unknown>"}',
+        'splitdnn_queue_seconds_count{model="resnet18"}',
+        'splitdnn_compute_seconds_bucket{le="0.5",model="resnet18"}',
+        'splitdnn_request_bytes_total{model="resnet18"}',
+        'splitdnn_response_bytes_total{model="resnet18"}',
+        'splitdnn_batch_size_bucket{le="1.0",model="resnet18"}',
+    ):
+        assert needle in text, needle
+
+
+def test_tail_cache_is_bounded_lru(live: Live) -> None:
+    served = ServedModel("alexnet", live.traced("alexnet"), torch.device("cpu"), tail_cache_size=3)
+    cuts = chain_cuts(served.traced)
+    first = served.tail(frozenset({cuts[0]}))
+    for cut in cuts[1:6]:
+        served.tail(frozenset({cut}))
+        assert served.tail(frozenset({cuts[0]})) is first  # kept: used most recently
+    assert served.cached_tails() == 3
+    assert served.tail(frozenset({cuts[1]})) is not served.tail(frozenset({cuts[2]}))
+
+
+def test_concurrent_requests_batch_and_stay_correct(live: Live) -> None:
+    traced = live.traced("resnet18")
+    cut = chain_cuts(traced)[8]
+    inputs = [_x("resnet18", batch=1 + i % 2, seed=100 + i) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(
+            pool.map(
+                lambda x: live.infer("resnet18", _boundary(traced, cut, x), fingerprint=traced.fingerprint),
+                inputs,
+            )
+        )
+    for x, got in zip(inputs, replies, strict=True):
+        assert 1 <= got.parameters[serde.PARAM_BATCH_SIZE] <= 8
+        # a batch may pick other kernels than a single request: equal to float32 rounding
+        np.testing.assert_allclose(got.outputs["output"], _local(traced, x), rtol=1e-4, atol=1e-5)

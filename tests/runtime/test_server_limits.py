@@ -1,0 +1,373 @@
+"""The tail server's limits and lifecycle through real gRPC: bounded concurrency, deadlines, dynamic
+batching (a bad neighbour never hurts a batch), bearer token, TLS and mutual TLS, graceful stop.
+
+A tiny model with a gate (an fx-wrapped function that blocks until the test opens it) holds requests
+inside the server, so every scenario is deterministic and needs no timing assumptions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from torch import nn
+
+from splitdnn.errors import ConfigError
+from splitdnn.runtime import serde
+from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+
+_OPEN = threading.Event()
+_OPEN.set()
+_ENTERED = threading.Event()
+
+
+def _gate(x: torch.Tensor) -> torch.Tensor:
+    """Blocks the tail until the test opens the gate (at most 30 s)."""
+    _ENTERED.set()
+    if not _OPEN.wait(timeout=30):
+        raise RuntimeError("the test never opened the gate")
+    return x
+
+
+torch.fx.wrap("_gate")
+
+
+class Gated(nn.Module):
+    """(B, 4) -> (B, 3); row-independent, so batching gives the same rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(_gate(x) * 2.0)
+
+
+@contextmanager
+def _server(**kw: Any) -> Iterator[TailServer]:
+    kw.setdefault("models", (ModelSpec("gated", module=Gated(), input_shapes=((1, 4),)),))
+    _OPEN.set()
+    with TailServer(ServerConfig(**kw)) as server:
+        _ENTERED.clear()
+        try:
+            yield server
+        finally:
+            _OPEN.set()
+
+
+@contextmanager
+def _gate_closed() -> Iterator[None]:
+    _ENTERED.clear()
+    _OPEN.clear()
+    try:
+        yield
+    finally:
+        _OPEN.set()
+
+
+def _stub(address: str, creds: grpc.ChannelCredentials | None = None, **opts: Any) -> Any:
+    options = list(opts.items())
+    channel = grpc.secure_channel(address, creds, options) if creds else grpc.insecure_channel(address)
+    return v2_grpc.GRPCInferenceServiceStub(channel), channel
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 4)).astype(np.float32)
+
+
+def _infer(stub: Any, x: np.ndarray, **kw: Any) -> serde.InferResponseData:
+    reply = stub.ModelInfer(serde.build_infer_request("gated", {"x": x}), **kw)
+    return serde.parse_infer_response(reply, max_decoded_bytes=1 << 20)
+
+
+def _code(call: Callable[[], Any]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def _expected(server: TailServer, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return server.served_model("gated").module(torch.from_numpy(x)).numpy()
+
+
+def test_concurrency_limit_answers_resource_exhausted() -> None:
+    with _server(max_concurrency=1) as server, ThreadPoolExecutor(2) as pool:
+        stub, channel = _stub(server.address)
+        with _gate_closed():
+            first = pool.submit(_infer, stub, _rows(1, 0), timeout=30)
+            assert _ENTERED.wait(20)
+            assert _code(lambda: _infer(stub, _rows(1, 1), timeout=30)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert np.array_equal(first.result(30).outputs["output"], _expected(server, _rows(1, 0)))
+        assert np.array_equal(
+            _infer(stub, _rows(2, 2), timeout=30).outputs["output"], _expected(server, _rows(2, 2))
+        )
+        channel.close()
+
+
+def test_deadline_is_honoured_and_the_server_goes_on() -> None:
+    with _server() as server:
+        stub, channel = _stub(server.address)
+        with _gate_closed():
+            code = _code(lambda: _infer(stub, _rows(1, 0), timeout=0.3))
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        got = _infer(stub, _rows(1, 3), timeout=30)
+        assert np.array_equal(got.outputs["output"], _expected(server, _rows(1, 3)))
+        channel.close()
+
+
+def test_dynamic_batching_and_a_bad_neighbour() -> None:
+    with _server(max_batch_size=8, max_queue_delay_ms=2.0) as server, ThreadPoolExecutor(6) as pool:
+        stub, channel = _stub(server.address)
+        with _gate_closed():
+            blocker = pool.submit(_infer, stub, _rows(1, 10), timeout=30)
+            assert _ENTERED.wait(20)  # the worker is busy: what comes next queues up
+            batched = [pool.submit(_infer, stub, _rows(n, 20 + n), timeout=30) for n in (1, 2, 3)]
+            bad = pool.submit(_infer, stub, _rows(1, 9).astype(np.float64), timeout=30)
+            with pytest.raises(grpc.RpcError) as info:
+                bad.result(30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            _wait_for(lambda: server.queue_depth == 3)
+        assert blocker.result(30).parameters[serde.PARAM_BATCH_SIZE] == 1
+        for n, future in zip((1, 2, 3), batched, strict=True):
+            got = future.result(30)
+            assert got.parameters[serde.PARAM_BATCH_SIZE] == 3
+            assert got.outputs["output"].shape == (n, 3)
+            np.testing.assert_allclose(
+                got.outputs["output"], _expected(server, _rows(n, 20 + n)), rtol=1e-6, atol=1e-6
+            )
+        registry = server.metrics.registry
+        assert registry.get_sample_value("splitdnn_batch_size_count", {"model": "gated"}) == 2  # batches
+        assert registry.get_sample_value("splitdnn_batch_size_sum", {"model": "gated"}) == 4  # requests
+        failed = {"model": "gated", "code": "INVALID_ARGUMENT"}
+        assert registry.get_sample_value("splitdnn_failures_total", failed) == 1
+        channel.close()
+
+
+def test_batches_respect_max_batch_size() -> None:
+    with _server(max_batch_size=2) as server, ThreadPoolExecutor(4) as pool:
+        stub, channel = _stub(server.address)
+        with _gate_closed():
+            blocker = pool.submit(_infer, stub, _rows(1, 0), timeout=30)
+            assert _ENTERED.wait(20)
+            queued = [pool.submit(_infer, stub, _rows(1, i), timeout=30) for i in range(1, 4)]
+            _wait_for(lambda: server.queue_depth == 3)
+        blocker.result(30)
+        sizes = sorted(f.result(30).parameters[serde.PARAM_BATCH_SIZE] for f in queued)
+        assert sizes == [1, 2, 2]
+        channel.close()
+
+
+def test_bearer_token() -> None:
+    with _server(token="s3cret") as server:
+        stub, channel = _stub(server.address)
+        assert _code(lambda: _infer(stub, _rows(1, 0), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        wrong = (("authorization", "Bearer nope"),)
+        assert (
+            _code(lambda: _infer(stub, _rows(1, 0), timeout=10, metadata=wrong))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        right = (("authorization", "Bearer s3cret"),)
+        assert _infer(stub, _rows(1, 0), timeout=10, metadata=right).outputs["output"].shape == (1, 3)
+        health = health_pb2_grpc.HealthStub(channel)  # probes need no token
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+        channel.close()
+
+
+def test_graceful_stop_lets_in_flight_requests_finish() -> None:
+    server = TailServer(
+        ServerConfig(models=(ModelSpec("gated", module=Gated(), input_shapes=((1, 4),)),), drain_s=2.0)
+    ).start()
+    stub, channel = _stub(server.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    with ThreadPoolExecutor(3) as pool:
+        with _gate_closed():
+            in_flight = pool.submit(_infer, stub, _rows(1, 0), timeout=30)
+            assert _ENTERED.wait(20)
+            stopping = pool.submit(server.stop, 10.0)
+            _wait_for(lambda: not server.ready)
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not stub.ServerReady(serde.v2_pb.ServerReadyRequest(), timeout=10).ready
+            during_drain = pool.submit(_infer, stub, _rows(2, 1), timeout=30)  # still served while draining
+            _wait_for(lambda: server.queue_depth == 1)
+        assert np.array_equal(in_flight.result(30).outputs["output"], _expected(server, _rows(1, 0)))
+        assert np.array_equal(during_drain.result(30).outputs["output"], _expected(server, _rows(2, 1)))
+        stopping.result(30)
+    assert server.wait(0)
+    code = _code(lambda: _infer(stub, _rows(1, 0), timeout=5))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    channel.close()
+
+
+def test_a_port_in_use_is_a_config_error_and_leaves_nothing_running() -> None:
+    with _server() as first:
+        spec = ModelSpec("gated", module=Gated(), input_shapes=((1, 4),))
+        with pytest.raises(ConfigError, match="cannot listen"):
+            TailServer(ServerConfig(models=(spec,), port=first.port)).start()
+        with pytest.raises(ConfigError, match="cannot serve metrics"):
+            TailServer(ServerConfig(models=(spec,), metrics_port=first.port)).start()
+        stub, channel = _stub(first.address)
+        assert _infer(stub, _rows(1, 0), timeout=10).outputs["output"].shape == (1, 3)
+        channel.close()
+
+
+def test_config_is_validated() -> None:
+    for kw, match in [
+        ({"models": ()}, "empty"),
+        ({"models": ("resnet18",), "max_batch_size": 0}, "max_batch_size"),
+        ({"models": ("resnet18",), "port": 70000}, "port"),
+        ({"models": ("resnet18",), "tls_cert": b"x"}, "both tls_cert and tls_key"),
+        ({"models": ("resnet18",), "tls_client_ca": b"x"}, "needs tls_cert"),
+        ({"models": ("resnet18",), "max_queue_delay_ms": -1}, "max_queue_delay_ms"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            ServerConfig(**kw)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        if torch.cuda.is_available():
+            raise ConfigError("CUDA is not available (skipped: CUDA is here)")
+        TailServer(ServerConfig(models=("resnet18",), device="cuda")).start()
+
+
+# --------------------------------------------------------------------------------------------------
+# TLS and mutual TLS, with certificates made for the test
+
+
+def _certs() -> dict[str, bytes]:
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def make(
+        name: str, issuer: Any, issuer_key: Any, *, ca: bool, san: bool
+    ) -> tuple[bytes, bytes, Any, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer or subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            import ipaddress
+
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        pem_key = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), pem_key, subject, key
+
+    ca_cert, _, ca_name, ca_key = make("splitdnn test CA", None, None, ca=True, san=False)
+    server_cert, server_key, _, _ = make("localhost", ca_name, ca_key, ca=False, san=True)
+    client_cert, client_key, _, _ = make("edge device", ca_name, ca_key, ca=False, san=False)
+    return {
+        "ca": ca_cert,
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
+
+
+def test_tls_and_mutual_tls(tmp_path: Any) -> None:
+    c = _certs()
+    (tmp_path / "server.pem").write_bytes(c["server_cert"])
+    (tmp_path / "server.key").write_bytes(c["server_key"])
+    with _server(tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server.key") as server:
+        stub, channel = _stub(server.address, grpc.ssl_channel_credentials(root_certificates=c["ca"]))
+        assert _infer(stub, _rows(1, 0), timeout=10).outputs["output"].shape == (1, 3)
+        channel.close()
+        plain, channel = _stub(server.address)
+        assert _code(lambda: _infer(plain, _rows(1, 0), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+        channel.close()
+    with _server(tls_cert=c["server_cert"], tls_key=c["server_key"], tls_client_ca=c["ca"]) as server:
+        with_cert = grpc.ssl_channel_credentials(c["ca"], c["client_key"], c["client_cert"])
+        stub, channel = _stub(server.address, with_cert)
+        assert _infer(stub, _rows(1, 0), timeout=10).outputs["output"].shape == (1, 3)
+        channel.close()
+        no_cert, channel = _stub(server.address, grpc.ssl_channel_credentials(root_certificates=c["ca"]))
+        assert _code(lambda: _infer(no_cert, _rows(1, 0), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+        channel.close()
+
+
+_SERVE = """
+from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+server = TailServer(ServerConfig(models=(ModelSpec("resnet18", input_shapes=((1, 3, 32, 32),)),))).start()
+print(server.address, flush=True)
+server.serve_forever()
+print("stopped", flush=True)
+"""
+
+
+def test_sigterm_stops_gracefully() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        channel = grpc.insecure_channel(address)
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        reply = stub.ModelInfer(serde.build_infer_request("resnet18", {"x": x}), timeout=30)
+        assert reply.outputs[0].name == "output"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read().strip() == "stopped"
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_module_callable_models_need_an_input_shape() -> None:
+    spec = "splitdnn.models.resnet:resnet18"
+    with pytest.raises(ConfigError, match="input_shapes"):
+        TailServer(ServerConfig(models=(spec,))).start()
+    with _server(models=(ModelSpec(spec, input_shapes=((1, 3, 32, 32),)),)) as server:
+        assert server.model_names == (spec,)
+        stub, channel = _stub(server.address)
+        reply = stub.ModelInfer(
+            serde.build_infer_request(spec, {"x": np.zeros((1, 3, 32, 32), np.float32)}), timeout=30
+        )
+        assert list(reply.outputs[0].shape) == [1, 1000]
+        channel.close()
