@@ -1,0 +1,387 @@
+"""The edge client through real gRPC on 127.0.0.1:0 against an in-process TailServer.
+
+Invariants, not examples: for every chain cut of a chain and a DAG zoo model the split output equals
+the local full-model output exactly (lossless codecs); a lossy codec gives exactly what the tail
+computes from the decoded boundary tensor, whose error is within the codec's stated bound. Then the
+failure paths: a stopped server (local fallback), a wrong token, another model, the privacy floor.
+Models run at their small test input size; profiles are quick (1 repeat): no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from splitdnn import codec, graph
+from splitdnn.errors import (
+    AuthenticationError,
+    ConfigError,
+    DeadlineError,
+    ModelMismatchError,
+    RemoteError,
+    ServerUnavailableError,
+)
+from splitdnn.models import ZOO, build_zoo_model
+from splitdnn.profiler import profile_model
+from splitdnn.runtime.client import (
+    Breakdown,
+    SplitClient,
+    _unsendable,
+    format_breakdown,
+    run_requests,
+    translate_rpc_error,
+)
+from splitdnn.runtime.planner import Hysteresis, scale_profile
+from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+from splitdnn.runtime.shaper import ShapedLink
+from splitdnn.schema import Link, Profile
+
+MODELS = ("alexnet", "resnet18")  # a chain and a DAG
+
+
+@dataclass
+class Served:
+    traced: graph.TracedModel
+    device: Profile  # quick profile of this machine
+    server: Profile  # the same, "10x faster" (what the server publishes)
+    x: torch.Tensor
+    ref: torch.Tensor  # the local full-model output on x
+
+
+def _spec(name: str) -> ModelSpec:
+    torch.manual_seed(0)
+    return ModelSpec(name, module=build_zoo_model(name), input_shapes=((1, *ZOO[name].test_input_shape),))
+
+
+def _profile(traced: graph.TracedModel) -> Profile:
+    return profile_model(
+        traced, threads=1, warmup=0, repeats=1, segments=4, check_cuts=0, progress=False,
+        codecs=("raw", "zstd", "int8+zstd"), codec_nodes="chain",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[TailServer, dict[str, Served]]]:
+    specs = [_spec(n) for n in MODELS]
+    # profile first (the served weights do not matter for timing; the fingerprint is the same)
+    profiles = {}
+    for s in specs:
+        assert s.module is not None and s.input_shapes is not None
+        traced = graph.trace(s.module, torch.randn(s.input_shapes[0]), name=s.spec)
+        profiles[s.spec] = _profile(traced)
+    fast = {n: scale_profile(p, 10.0) for n, p in profiles.items()}
+    with TailServer(ServerConfig(models=tuple(specs), profiles=fast)) as server:
+        out = {}
+        for n in MODELS:
+            traced = server.served_model(n)
+            x = torch.randn(1, *ZOO[n].test_input_shape, generator=torch.Generator().manual_seed(1))
+            with torch.inference_mode():
+                ref = traced.module(x)
+            out[n] = Served(traced, profiles[n], fast[n], x, ref)
+        yield server, out
+
+
+def _last(client: SplitClient) -> Breakdown:
+    b = client.last_breakdown
+    assert b is not None
+    return b
+
+
+def _client(server: TailServer, s: Served, **kw: object) -> SplitClient:
+    kw.setdefault("device_profile", s.device)
+    kw.setdefault("link", Link(100.0, rtt_ms=1.0))
+    return SplitClient(server.address, s.traced, **kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# correctness
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_chain_cut_gives_the_local_output_exactly(served, name: str) -> None:
+    server, models = served
+    s = models[name]
+    cuts = ["edge", "cloud", *graph.chain_cuts(s.traced)]
+    seen: set[str] = set()
+    for cut in cuts:
+        with _client(server, s, force_boundary=cut) as client:
+            y = client.infer(s.x)
+            b = client.last_breakdown
+        assert b is not None
+        assert torch.equal(y, s.ref), f"cut {cut}: split output differs from the local output"
+        assert b.fallback == ""
+        if cut == "edge":
+            assert b.local and b.bytes_sent == 0
+        elif cut == "cloud":
+            assert b.boundary == ("x",) and not b.local
+        else:
+            assert b.boundary == (cut,) and not b.local and b.bytes_sent > 0
+            assert set(b.codecs) <= {"raw", "zstd"}
+        seen.update(b.codecs)
+    assert "zstd" in seen or "raw" in seen
+
+
+def test_dag_cuts_with_several_boundary_tensors_are_exact(served) -> None:
+    server, models = served
+    s = models["resnet18"]
+    chain = set(graph.chain_cuts(s.traced))
+    inside = [n.name for n in s.traced.compute_nodes()[:-1] if n.name not in chain]
+    for cut in inside[:: max(1, len(inside) // 4)]:  # a few cuts inside residual blocks
+        with _client(server, s, force_boundary=cut) as client:
+            y = client.infer(s.x)
+            b = client.last_breakdown
+        assert b is not None and len(b.boundary) >= 2 and not b.local
+        assert torch.equal(y, s.ref), f"cut after {cut}: split output differs from the local output"
+
+
+def test_server_profile_is_fetched_and_used(served) -> None:
+    server, models = served
+    s = models["alexnet"]
+    with _client(server, s) as client:
+        assert client.server_profile_source.startswith("the server's")
+        assert client.server_profile.total.median_ms == pytest.approx(s.server.total.median_ms)
+        assert "server" in client.describe()
+
+
+def test_lossy_codec_is_within_its_bound(served) -> None:
+    server, models = served
+    s = models["alexnet"]
+    cut = graph.chain_cuts(s.traced)[2]
+    # a slow link and a generous budget: int8+zstd wins on the boundary tensor
+    with _client(server, s, force_boundary=cut, link=Link(0.5, rtt_ms=1.0), max_error=1.0) as client:
+        assert client.plan.boundary[0].codec == "int8+zstd"
+        y = client.infer(s.x)
+    head, tail = graph.head_tail(s.traced, cut)
+    with torch.inference_mode():
+        outs = head({"x": s.x})
+        assert isinstance(outs, dict)
+        value = outs[cut]
+        arr = value.numpy()
+        sent = codec.decode(codec.encode(arr, "int8+zstd"))
+        assert np.abs(sent - arr).max() <= codec.error_bound("int8+zstd", arr)
+        expected = tail({cut: torch.from_numpy(np.array(sent))})
+    assert isinstance(expected, torch.Tensor) and torch.equal(y, expected)
+
+
+def test_adaptive_client_feeds_the_estimator_and_replans(served) -> None:
+    server, models = served
+    s = models["resnet18"]
+    with _client(server, s, force_boundary=None, link=Link(1000.0, rtt_ms=0.5)) as client:
+        pings = len(client.estimator.samples)
+        assert pings == 1  # the start-up ping
+        for _ in range(3):
+            y = client.infer(s.x)
+            assert torch.equal(y, s.ref)
+        b = client.last_breakdown
+        assert b is not None and client.last_decision is not None
+        if not b.local:
+            assert len(client.estimator.samples) == pings + 3
+            assert b.bytes_received > 0 and b.network_ms >= 0
+            parts = b.head_ms + b.encode_ms + b.network_ms + b.server_queue_ms + b.server_compute_ms
+            assert parts <= b.total_ms + 1.0
+
+
+def test_client_switches_to_edge_when_the_shaped_link_collapses(served) -> None:
+    server, models = served
+    s = models["alexnet"]
+    device = dataclasses.replace(scale_profile(s.device, 1.0), slowdown=4.0)  # a slow device...
+    device = dataclasses.replace(
+        device, nodes=tuple(dataclasses.replace(n, calibrated_ms=n.calibrated_ms * 4) for n in device.nodes)
+    )
+    with ShapedLink(server.address, uplink_mbps=200.0, rtt_ms=2.0) as link:
+        with SplitClient(
+            link.address, s.traced, device_profile=device, server_profile=scale_profile(s.device, 50.0),
+            link=Link(200.0, rtt_ms=2.0), hysteresis=Hysteresis(0.1, 3, 0.5),
+        ) as client:  # fmt: skip
+            assert client.plan.strategy != "edge-only"  # ...and a fast link: offload
+            assert torch.equal(client.infer(s.x), s.ref)
+            if client.plan.strategy == "edge-only":  # pragma: no cover - a very busy machine
+                pytest.skip("the loopback link measured too slow to offload on this machine now")
+            switches, before = client.planner.switches, client.plan
+            link.set_rates(uplink_mbps=0.5, rtt_ms=2.0)  # the link collapses
+            for _ in range(4):  # one slow request may be a stall; a few show the change
+                assert torch.equal(client.infer(s.x), s.ref)
+                assert not _last(client).local
+                if client.planner.switches > switches:
+                    break
+            assert client.link.uplink_mbps < 5.0  # the estimator saw it
+            # one switch, to a plan that sends much less: a later cut or nothing at all
+            assert client.planner.switches == switches + 1
+            assert client.last_decision is not None and client.last_decision.switched
+            assert client.plan.boundary_bytes < before.boundary_bytes / 2
+            assert torch.equal(client.infer(s.x), s.ref)
+
+
+def test_run_requests_prints_breakdowns(served) -> None:
+    server, models = served
+    s = models["alexnet"]
+    out = io.StringIO()
+    cut = graph.chain_cuts(s.traced)[5]
+    with _client(server, s, force_boundary=cut, emulate_slowdown=2.0) as client:
+        found = run_requests(client, 2, out=out)
+    assert len(found) == 2 and all(b.boundary == (cut,) for b in found)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("request 1: split:") and "network" in lines[0] and "padding" in lines[0]
+    assert format_breakdown(dataclasses.replace(found[0], fallback="UNAVAILABLE")).endswith("UNAVAILABLE")
+
+
+def test_emulated_slowdown_is_padding_and_reported(served) -> None:
+    server, models = served
+    s = models["alexnet"]
+    with _client(server, s, force_boundary="edge", emulate_slowdown=3.0) as client:
+        client.infer(s.x)
+        b = client.last_breakdown
+        assert b is not None and b.local
+        assert b.padding_ms == pytest.approx(b.head_ms * 2 / 3)
+        assert any("slowdown" in n for n in client.notes)  # the profile was measured without it
+
+
+# --------------------------------------------------------------------------------------------------
+# failures and security
+
+
+def test_edge_only_never_calls_the_server(served) -> None:
+    _, models = served
+    s = models["alexnet"]
+    with SplitClient("127.0.0.1:1", s.traced, device_profile=s.device, force_boundary="edge") as client:
+        y = client.infer(s.x)
+    assert torch.equal(y, s.ref)
+
+
+def test_fallback_to_local_when_the_server_stops() -> None:
+    spec = _spec("alexnet")
+    with TailServer(ServerConfig(models=(spec,), grace_s=0.0)) as server:
+        traced = server.served_model("alexnet")
+        device = _profile(traced)
+        x = torch.randn(1, *ZOO["alexnet"].test_input_shape)
+        with torch.inference_mode():
+            ref = traced.module(x)
+        cut = graph.chain_cuts(traced)[3]
+        client = SplitClient(server.address, traced, device_profile=device, force_boundary=cut, retries=2)
+        strict = SplitClient(
+            server.address, traced, device_profile=device, force_boundary=cut, fallback_local=False
+        )
+        assert torch.equal(client.infer(x), ref) and not _last(client).local
+        assert "server" in client.describe()
+        server.stop(grace=0.0)
+    with client, strict:
+        y = client.infer(x)
+        b = client.last_breakdown
+        assert torch.equal(y, ref)
+        assert b is not None and b.local and "UNAVAILABLE" in b.fallback
+        assert b.head_ms > 0 and b.tail_local_ms > 0  # the head's work was kept
+        y = client.infer(x)  # within the back-off: not even tried
+        assert torch.equal(y, ref) and "retrying it later" in _last(client).fallback
+        assert client.fallbacks == 2
+        with pytest.raises(ServerUnavailableError, match="unavailable"):
+            strict.infer(x)
+
+
+def test_unreachable_at_start_runs_locally_or_raises(served) -> None:
+    _, models = served
+    s = models["alexnet"]
+    with SplitClient("127.0.0.1:1", s.traced, device_profile=s.device, connect_timeout_s=0.2) as client:
+        assert torch.equal(client.infer(s.x), s.ref)
+        assert client.last_breakdown is not None and client.last_breakdown.local
+    with pytest.raises(ServerUnavailableError, match="cannot connect"):
+        SplitClient(
+            "127.0.0.1:1", s.traced, device_profile=s.device, connect_timeout_s=0.2, fallback_local=False
+        )
+
+
+def test_token_is_required_and_sent() -> None:
+    spec = _spec("alexnet")
+    with TailServer(ServerConfig(models=(spec,), token="s3cret")) as server:
+        traced = server.served_model("alexnet")
+        device = _profile(traced)
+        with pytest.raises(AuthenticationError, match="token"):
+            SplitClient(server.address, traced, device_profile=device)
+        with pytest.raises(AuthenticationError):
+            SplitClient(server.address, traced, device_profile=device, token="wrong")
+        x = torch.randn(1, *ZOO["alexnet"].test_input_shape)
+        with SplitClient(
+            server.address, traced, device_profile=device, token="s3cret", force_boundary="cloud"
+        ) as c:
+            c.infer(x)
+            assert c.last_breakdown is not None and not c.last_breakdown.local
+
+
+def test_another_model_is_refused(served) -> None:
+    server, models = served
+    s = models["resnet18"]
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        SplitClient(server.address, s.traced, model_name="alexnet", device_profile=s.device)
+
+
+def test_privacy_floor_keeps_the_input_on_the_device(served) -> None:
+    server, models = served
+    s = models["alexnet"]
+    fast = Link(100_000.0, rtt_ms=0.0)  # cloud-only would win
+    with _client(server, s, link=fast, server_profile=scale_profile(s.device, 1000.0)) as free:
+        assert free.plan.strategy == "cloud-only"
+    with _client(
+        server, s, link=fast, server_profile=scale_profile(s.device, 1000.0), privacy_floor=True
+    ) as c:
+        assert c.plan.strategy != "cloud-only"
+        y = c.infer(s.x)
+        assert torch.equal(y, s.ref)
+        assert "x" not in _last(c).boundary
+    with pytest.raises(ConfigError, match="privacy_floor"):
+        _client(server, s, force_boundary="cloud", privacy_floor=True)
+
+
+def test_predicted_deadline_miss_runs_locally(served) -> None:
+    server, models = served
+    s = models["alexnet"]
+    with _client(server, s, force_boundary="cloud", link=Link(0.001, rtt_ms=1.0), timeout_s=1.0) as c:
+        y = c.infer(s.x)
+        b = c.last_breakdown
+    assert torch.equal(y, s.ref)
+    assert b is not None and b.local and "deadline" in b.fallback and b.bytes_sent == 0
+
+
+def test_values_that_are_not_tensors_are_found() -> None:
+    # ViT's attention blocks return (output, weights) tuples: no plan may cut right after them
+    entry = ZOO["vit_tiny"]
+    model = build_zoo_model("vit_tiny", **entry.test_kwargs)
+    traced = graph.trace(model, torch.randn(1, *entry.test_input_shape), name="vit_tiny")
+    found = _unsendable(traced)
+    attention = {n.name for n in traced.nodes if n.name.endswith("self_attention")}
+    assert attention and attention <= found
+    assert not found & set(graph.chain_cuts(traced))
+
+
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "cls"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "connection refused", ServerUnavailableError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "", DeadlineError),
+        (grpc.StatusCode.UNAUTHENTICATED, "no token", AuthenticationError),
+        (grpc.StatusCode.PERMISSION_DENIED, "", AuthenticationError),
+        (grpc.StatusCode.FAILED_PRECONDITION, "fingerprint abc is not def", ModelMismatchError),
+        (grpc.StatusCode.INVALID_ARGUMENT, "bad frame", RemoteError),
+    ],
+)
+def test_grpc_errors_are_translated(code: grpc.StatusCode, details: str, cls: type) -> None:
+    err = translate_rpc_error(_FakeRpcError(code, details), "ModelInfer('m')")
+    assert type(err) is cls
+    assert err.code == code.name and err.details == details
+    assert "ModelInfer('m')" in str(err)

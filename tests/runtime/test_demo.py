@@ -1,0 +1,57 @@
+"""`run_demo` end to end on a tiny configuration: server, shaper, clients, table. No timing is asserted."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+
+from splitdnn.runtime.demo import DemoRow, Timing, _requests_within, format_demo, run_demo
+
+
+@pytest.mark.filterwarnings("ignore:profile of:RuntimeWarning")
+def test_run_demo_tiny() -> None:
+    out = io.StringIO()
+    rows = run_demo(
+        "alexnet",
+        (2.0, 50.0),
+        slowdown=2.0,
+        requests=2,
+        warmup=0,
+        rtt_ms=2.0,
+        input_shape=(1, 3, 64, 64),
+        profile_repeats=1,
+        budget_s=5.0,
+        out=out,
+    )
+    text = out.getvalue()
+    assert [r.uplink_mbps for r in rows] == [2.0, 50.0]
+    for r in rows:
+        assert r.strategy in ("edge-only", "split", "cloud-only")
+        assert r.edge_only.measured and len(r.edge_only.samples_ms) == 2
+        assert r.chosen.measured and r.chosen.strategy
+        assert r.speedup_vs_edge > 0 and r.speedup_vs_cloud > 0
+    # the settings are printed, not hidden
+    for needle in ("slowdown x2", "1 thread(s)", "shaper", "RTT 2 ms", "vs edge-only", "vs cloud-only"):
+        assert needle in text
+    assert "| 50 " in text
+
+
+def test_requests_fit_the_budget() -> None:
+    assert _requests_within(100.0, 1, 5, 10.0) == (1, 5)
+    assert _requests_within(3000.0, 1, 5, 10.0) == (0, 3)  # fewer, no warm-up
+    assert _requests_within(30_000.0, 1, 5, 10.0) == (0, 0)  # predicted only
+
+
+def test_predicted_only_entries_are_marked() -> None:
+    edge = Timing(400.0, (400.0, 410.0, 420.0), "edge-only")
+    row = DemoRow(
+        uplink_mbps=0.13, rtt_ms=20.0, strategy="edge-only", boundary=(), codecs=(), wire_bytes=0,
+        chosen=edge, edge_only=edge, cloud_only=Timing(35_000.0), link_estimate=None, switches=0,
+    )  # fmt: skip
+    assert row.speedup_vs_cloud == pytest.approx(35_000.0 / 410.0)
+    text = format_demo([row])
+    assert "35000 (predicted)" in text and "(predicted)" in text.splitlines()[2]
+    assert math.isnan(Timing(1.0).median_ms)
+    assert edge.text() == "410 [402-418] n=3"

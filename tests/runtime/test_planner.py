@@ -1,0 +1,295 @@
+"""The client's planner: link estimation from (bytes, ms) samples and re-planning with hysteresis."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from splitdnn.errors import ConfigError, InfeasibleError, PlanError
+from splitdnn.runtime.planner import (
+    Hysteresis,
+    LinkEstimator,
+    Planner,
+    plan_key,
+    scale_profile,
+)
+from splitdnn.schema import CodecResult, Link, Profile
+from splitdnn.solver.synthetic import SynthNode, make_profiles
+
+MB = 1_000_000
+
+
+def _network_ms(link: Link, up: int, down: int = 0) -> float:
+    return link.rtt_ms + link.uplink_ms(up) + link.downlink_ms(down)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --------------------------------------------------------------------------------------------------
+# link estimator
+
+
+def test_two_sizes_separate_rtt_from_bandwidth() -> None:
+    true = Link(5.0, rtt_ms=20.0)
+    est = LinkEstimator(Link(50.0, rtt_ms=1.0), alpha=1.0)
+    for up in (10_000, 200_000, 10_000, 200_000, 10_000, 200_000):
+        est.observe(up, 0, _network_ms(true, up))
+    assert est.fitted
+    assert est.link.uplink_mbps == pytest.approx(5.0, rel=1e-6)
+    assert est.link.rtt_ms == pytest.approx(20.0, rel=1e-6)
+
+
+def test_pings_anchor_the_rtt_for_a_single_cut() -> None:
+    true = Link(1.1, rtt_ms=40.0)
+    est = LinkEstimator(Link(18.0, rtt_ms=5.0), alpha=1.0)
+    est.observe_ping(40.0)
+    est.observe_ping(40.0)
+    for _ in range(4):
+        est.observe(120_000, 4_000, _network_ms(true, 120_000, 4_000))
+    assert est.fitted
+    assert est.link.rtt_ms == pytest.approx(40.0, rel=1e-6)
+    assert est.link.uplink_mbps == pytest.approx(1.1, rel=1e-6)
+
+
+def test_same_size_samples_keep_the_rtt_and_measure_bandwidth() -> None:
+    # one cut, no pings: the data cannot tell RTT from bandwidth; the prior RTT stays
+    true = Link(2.0, rtt_ms=30.0)
+    est = LinkEstimator(Link(20.0, rtt_ms=30.0))
+    for _ in range(5):
+        est.observe(100_000, 0, _network_ms(true, 100_000))
+    assert not est.fitted
+    assert est.link.rtt_ms == 30.0
+    assert est.link.uplink_mbps == pytest.approx(2.0, rel=1e-6)
+
+
+def test_first_sample_replaces_the_prior_then_ewma_smooths() -> None:
+    est = LinkEstimator(Link(100.0, rtt_ms=0.0), alpha=0.25)
+    est.observe(100_000, 0, Link(1.0).uplink_ms(100_000))  # 800 ms: 1 Mbit/s
+    assert est.link.uplink_mbps == pytest.approx(1.0, rel=1e-6)
+    est.observe(100_000, 0, Link(4.0).uplink_ms(100_000))  # a single 4 Mbit/s sample
+    # the window median (two samples: mean of per-byte times) moves the estimate, damped by alpha
+    assert 1.0 < est.link.uplink_mbps < 1.6
+
+
+def test_an_outlier_does_not_move_the_estimate_much() -> None:
+    true = Link(5.0, rtt_ms=20.0)
+    est = LinkEstimator(Link(5.0, rtt_ms=20.0), alpha=1.0)
+    for up in (10_000, 200_000) * 5:
+        est.observe(up, 0, _network_ms(true, up))
+    est.observe(200_000, 0, _network_ms(true, 200_000) + 2_000.0)  # a stall
+    assert est.link.uplink_mbps == pytest.approx(5.0, rel=0.15)
+    assert est.link.rtt_ms == pytest.approx(20.0, abs=5.0)
+
+
+def test_a_collapse_shows_after_two_requests() -> None:
+    fast, slow = Link(20.0, rtt_ms=20.0), Link(1.0, rtt_ms=20.0)
+    est = LinkEstimator(fast)
+    est.observe_ping(20.0)
+    for _ in range(10):
+        est.observe(100_000, 0, _network_ms(fast, 100_000))
+    assert est.link.uplink_mbps == pytest.approx(20.0, rel=1e-6)
+    est.observe(100_000, 0, _network_ms(slow, 100_000))
+    assert est.link.uplink_mbps > 10.0  # one slow request may be a stall
+    est.observe(100_000, 0, _network_ms(slow, 100_000))
+    assert est.link.uplink_mbps < 2.5
+    est.observe(100_000, 0, _network_ms(slow, 100_000))
+    assert est.link.uplink_mbps < 1.5
+
+
+def test_a_tiny_transfer_does_not_claim_infinite_bandwidth() -> None:
+    est = LinkEstimator(Link(5.0, rtt_ms=20.0))
+    est.observe(100_000, 0, _network_ms(Link(5.0, rtt_ms=20.0), 100_000))
+    est.observe(200, 0, 19.0)  # faster than the RTT: noise
+    assert est.link.uplink_mbps == pytest.approx(5.0, rel=1e-6)
+    est.observe(200, 0, 60.0)  # but a tiny request that takes far longer does count
+    assert est.link.uplink_mbps < 5.0
+
+
+def test_old_samples_expire() -> None:
+    clock = FakeClock()
+    est = LinkEstimator(Link(10.0), max_age_s=10.0, clock=clock)
+    est.observe(1000, 0, 5.0)
+    clock.t = 11.0
+    est.observe(1000, 0, 5.0)
+    assert len(est.samples) == 1
+
+
+def test_downlink_bytes_count_at_the_downlink_speed() -> None:
+    true = Link(1.0, downlink_mbps=10.0, rtt_ms=10.0)
+    est = LinkEstimator(Link(2.0, downlink_mbps=20.0, rtt_ms=10.0), alpha=1.0)
+    for up, down in ((10_000, 400_000), (100_000, 400_000)) * 3:
+        est.observe(up, down, _network_ms(true, up, down))
+    assert est.link.uplink_mbps == pytest.approx(1.0, rel=1e-6)
+    assert est.link.downlink_mbps == pytest.approx(10.0, rel=1e-6)
+
+
+def test_negative_network_time_is_clamped_and_bad_input_refused() -> None:
+    est = LinkEstimator(Link(10.0))
+    est.observe(1000, 0, -0.5)  # clocks of two machines: tiny negatives happen
+    assert est.samples[-1].network_ms == 0.0
+    with pytest.raises(ConfigError, match="bytes_up"):
+        est.observe(-1, 0, 1.0)
+    with pytest.raises(ConfigError, match="window"):
+        LinkEstimator(Link(10.0), window=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# planner
+
+
+def _profiles(with_codec: bool = False) -> tuple[Profile, Profile]:
+    """x (1 MB) -> a (10 ms, 1 MB) -> b (10 ms, 10 kB) -> c (100 ms, 4 kB) -> out; server 10x faster."""
+    nodes = [
+        SynthNode("x", "placeholder", nbytes=MB),
+        SynthNode("a", inputs=("x",), ms=10.0, nbytes=MB),
+        SynthNode("b", inputs=("a",), ms=10.0, nbytes=10_000),
+        SynthNode("c", inputs=("b",), ms=100.0, nbytes=4_000),
+        SynthNode("output", "output", inputs=("c",), nbytes=4_000),
+    ]
+    device, server = make_profiles(nodes, (1.0, 10.0))
+    if with_codec:
+        zstd = CodecResult("zstd", 2_000, 1.0, 0.5, 0.0, 0.0, 1.0)
+
+        def add(p: Profile) -> Profile:
+            nodes = tuple(dataclasses.replace(n, codecs=(zstd,)) if n.name == "b" else n for n in p.nodes)
+            return dataclasses.replace(p, nodes=nodes)
+
+        device, server = add(device), add(server)
+    return device, server
+
+
+def test_planner_picks_the_solver_plan_per_bandwidth() -> None:
+    device, server = _profiles()
+    slow = Planner(device, server, Link(0.01, rtt_ms=20.0))
+    assert slow.plan.strategy == "edge-only"
+    mid = Planner(device, server, Link(10.0, rtt_ms=20.0))
+    assert mid.plan.boundary_nodes == ("b",)
+    fast = Planner(device, server, Link(10_000.0, rtt_ms=0.0))
+    assert fast.plan.strategy == "cloud-only"
+
+
+def test_noise_around_break_even_does_not_flap() -> None:
+    device, server = _profiles()
+    # edge-only 120 ms; cut after b: 20 + 10 + rtt + transfer of 10 kB + 4 kB back
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 3, None))
+    assert planner.plan.boundary_nodes == ("b",)
+    # a noisy estimate around the break-even bandwidth (edge-only 120 ms; the split 136 ms at
+    # 1.3 Mbit/s, 125 ms at 1.5): edge-only is never better by the margin twice in a row
+    near_lo, near_hi = Link(1.3, rtt_ms=20.0), Link(1.5, rtt_ms=20.0)
+    assert planner.price(planner.plan, near_lo).cost.total_ms > 120.0
+    assert planner.price(planner.plan, near_hi).cost.total_ms > 120.0
+    for lk in (near_lo, near_hi) * 5:
+        d = planner.replan(lk)
+        assert not d.switched
+    assert planner.switches == 0
+
+
+def test_switch_after_k_confirmations() -> None:
+    device, server = _profiles()
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 3, None))
+    slow = Link(0.05, rtt_ms=20.0)  # edge-only is far better now
+    d1, d2 = planner.replan(slow), planner.replan(slow)
+    assert not d1.switched and not d2.switched and d2.pending == 2
+    d3 = planner.replan(slow)
+    assert d3.switched and d3.plan.strategy == "edge-only"
+    assert planner.switches == 1
+    assert planner.replan(slow).reason == "the current plan is the best"
+
+
+def test_one_good_sample_resets_the_confirmations() -> None:
+    device, server = _profiles()
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 2, None))
+    slow, good = Link(0.05, rtt_ms=20.0), Link(10.0, rtt_ms=20.0)
+    assert not planner.replan(slow).switched
+    assert not planner.replan(good).switched
+    assert not planner.replan(slow).switched  # counting starts again
+    assert planner.replan(slow).switched
+
+
+def test_urgent_margin_switches_at_once() -> None:
+    device, server = _profiles()
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 5, 0.5))
+    d = planner.replan(Link(0.01, rtt_ms=20.0))
+    assert d.switched and "urgent" in d.reason
+
+
+def test_privacy_floor_forbids_cloud_only() -> None:
+    device, server = _profiles()
+    planner = Planner(device, server, Link(10_000.0), privacy_floor=True)
+    assert planner.plan.strategy != "cloud-only"
+    assert planner.plan.tiers["a"] == 0  # the input's reader stays on the device
+    with pytest.raises(InfeasibleError, match="cloud-only"):
+        Planner(device, server, Link(10_000.0), privacy_floor=True, force="cloud")
+
+
+def test_forced_plans_are_kept_and_repriced() -> None:
+    device, server = _profiles()
+    edge = Planner(device, server, Link(10_000.0), force="edge")
+    assert edge.plan.strategy == "edge-only"
+    cloud = Planner(device, server, Link(0.05), force="cloud")
+    assert cloud.plan.strategy == "cloud-only"
+    cut = Planner(device, server, Link(10.0), force="a")
+    assert cut.plan.boundary_nodes == ("a",)
+    d = cut.replan(Link(1.0))
+    assert not d.switched and d.plan.boundary_nodes == ("a",)
+    assert d.plan.cost.total_ms > cut.price(cut.plan, Link(10.0)).cost.total_ms
+    with pytest.raises(ConfigError, match="force_boundary"):
+        Planner(device, server, Link(10.0), force="c")  # the last node: empty tail
+    with pytest.raises(ConfigError, match="force_boundary"):
+        Planner(device, server, Link(10.0), force="nope")
+
+
+def test_unsendable_values_are_never_cut() -> None:
+    device, server = _profiles()
+    assert Planner(device, server, Link(10.0, rtt_ms=20.0)).plan.boundary_nodes == ("b",)
+    guarded = Planner(device, server, Link(10.0, rtt_ms=20.0), unsendable={"b"})
+    assert "b" not in guarded.plan.boundary_nodes
+    for bw in (0.01, 1.0, 100.0, 10_000.0):
+        assert "b" not in guarded.replan(Link(bw, rtt_ms=20.0)).best.boundary_nodes
+    with pytest.raises(PlanError, match="not a single tensor"):
+        Planner(device, server, Link(10.0), force="b", unsendable={"b"})
+
+
+def test_codecs_are_chosen_with_the_cut_and_priced_as_used() -> None:
+    device, server = _profiles(with_codec=True)
+    planner = Planner(device, server, Link(1.0, rtt_ms=10.0))
+    assert planner.plan.boundary_nodes == ("b",)
+    assert planner.plan.boundary[0].codec == "zstd"
+    assert planner.plan.boundary_bytes == 2_000
+    # without the codec, 10 kB at 1 Mbit/s costs more than running c on the device
+    raw_only = Planner(device, server, Link(1.0, rtt_ms=10.0), codecs=("raw",))
+    assert raw_only.plan.strategy == "edge-only"
+    # at a very fast link raw would be cheaper than zstd's encode + decode, but the running plan is
+    # priced with the codec it uses, so its key does not change under re-pricing
+    fast = Link(100_000.0, rtt_ms=10.0)
+    assert planner.price(planner.plan, fast).boundary[0].codec == "zstd"
+    assert plan_key(planner.price(planner.plan, fast)) == plan_key(planner.plan)
+
+
+def test_scale_profile_divides_every_time() -> None:
+    device, _ = _profiles(with_codec=True)
+    slow = dataclasses.replace(device, slowdown=8.0)
+    fast = scale_profile(slow, 8.0)
+    assert fast.slowdown == 1.0
+    assert fast.node("c").calibrated_ms == pytest.approx(100.0 / 8)
+    codec = fast.node("b").codec("zstd")
+    assert codec is not None and codec.encode_ms == pytest.approx(1.0 / 8)
+    assert "estimated" in fast.notes
+    with pytest.raises(ConfigError, match="speedup"):
+        scale_profile(device, 0.0)
+
+
+def test_the_planner_imports_neither_torch_nor_grpc() -> None:
+    # it plans on any device: the solver's layering rule extends to it
+    code = "import sys, splitdnn.runtime.planner; print(sorted({'torch', 'grpc'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
