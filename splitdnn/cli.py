@@ -2,8 +2,9 @@
 
 Every subcommand is ``main(argv) -> exit code``; errors splitdnn raises on purpose print one line on
 stderr (``splitdnn: error: ...``) and exit 1, argument errors exit 2, and no traceback is shown.
-Torch is imported only by the subcommands that need it (``profile``, ``demo``), so ``solve`` and
-``sweep`` start fast and work on a machine without torch.
+Torch is imported only by the subcommands that need it (``profile``, and ``serve``, ``run`` and
+``demo`` in :mod:`splitdnn._cli_runtime`, which alone import grpc), so ``solve`` and ``sweep`` start
+fast and work on a machine without torch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -449,41 +449,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Profile a zoo model as an emulated device and as a server, then plan across bandwidths."""
-    from splitdnn import report, solver
-    from splitdnn.profiler import profile_model
-
-    args.input_shape, args.kwarg, args.weights = None, None, None
-    traced = _trace(args)
-    server_threads = args.server_threads or (os.cpu_count() or 1)
-    print(
-        f"profiling {traced.name} {list(traced.input_shapes[0])}: device = {args.device_threads} thread(s) "
-        f"x slowdown {args.slowdown:g} (emulated), server = {server_threads} thread(s)",
-        flush=True,
-    )
-    device = profile_model(
-        traced,
-        threads=args.device_threads,
-        slowdown=args.slowdown,
-        repeats=args.repeats,
-        progress=not args.quiet,
-    )
-    server = profile_model(traced, threads=server_threads, repeats=args.repeats, progress=not args.quiet)
-    for p in (device, server):
-        print(f"profile: {p.describe()}")
-    # boundary tensors (and the cloud-only input) may use any codec the profiles measured within
-    # the error budget; the default budget 0 keeps them lossless
-    cost = solver.codec_tensor_cost([device, server], max_error=args.max_error)
-    points = solver.sweep([device, server], list(args.uplink_mbps), rtt_ms=args.rtt_ms, tensor_cost=cost)
-    budget = (
-        "lossless codecs only" if args.max_error == 0 else f"codec error budget {args.max_error:g} (rel MSE)"
-    )
-    print(f"plans at RTT {args.rtt_ms:g} ms, {budget}:")
-    print(report.sweep_table(points))
-    return 0
-
-
 # --------------------------------------------------------------------------------------------------
 # parser
 
@@ -563,27 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="plot latency against bandwidth (needs matplotlib)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("demo", help="profile a zoo model as device and server, plan at standard bandwidths")
-    p.add_argument("--model", default="resnet18", help="zoo model (default resnet18)")
-    p.add_argument(
-        "--slowdown",
-        type=float,
-        default=8.0,
-        help="emulated device slowdown factor on top of one thread (default 8)",
+    from splitdnn import _cli_runtime
+
+    _cli_runtime.add_commands(
+        sub, positive=_positive, nonneg=_nonneg, shape=_shape, uplinks=report_uplinks()
     )
-    p.add_argument("--device-threads", type=int, default=1)
-    p.add_argument("--server-threads", type=int, default=0, help="default: all cores")
-    p.add_argument("--uplink-mbps", type=_positive, nargs="+", default=list(report_uplinks()))
-    p.add_argument("--rtt-ms", type=_nonneg, default=20.0)
-    p.add_argument(
-        "--max-error",
-        type=_nonneg,
-        default=0.0,
-        metavar="X",
-        help="codec error budget (relative MSE); default 0 = lossless codecs only",
-    )
-    model_args(p)
-    p.set_defaults(func=cmd_demo, repeats=5)
     return parser
 
 

@@ -272,16 +272,6 @@ def test_three_tier_solve_through_an_edge_server(tmp_path, capsys):
     assert max(data["plan"]["tiers"].values()) == 2  # the fc layer belongs on the fast cloud
 
 
-@pytest.mark.integration
-def test_demo_prints_a_plan_per_standard_bandwidth(capsys):
-    pytest.importorskip("torch")
-    code, out, err = run(capsys, "demo", "--model", "alexnet", "--repeats", "2", "--warmup", "1", "--quiet")
-    assert code == 0, err
-    assert "slowdown x8" in out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "Mbit/s" not in line]
-    assert [row.split("|")[1].strip() for row in rows] == ["0.13", "1.1", "5.85", "18.88"]
-
-
 def test_untraceable_model_and_missing_cuda_are_one_line_errors(capsys, tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     (tmp_path / "branchy.py").write_text(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import torch
 from torch import nn
 
 from splitdnn.errors import ConfigError, ModelLoadError
@@ -20,6 +21,9 @@ from splitdnn.models.yolo import tiny_yolov2
 __all__ = ["ZOO", "ZooEntry", "build_zoo_model", "default_input_shape", "zoo_names"]
 
 _KINDS = ("chain", "dag")
+
+# Seed of the weight initialisation of every zoo model (see build_zoo_model).
+ZOO_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -136,10 +140,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def build_zoo_model(name: str, /, **kwargs: Any) -> nn.Module:
-    """Build zoo model ``name`` with ``kwargs`` (e.g. ``num_classes=10``), in eval mode."""
+    """Build zoo model ``name`` with ``kwargs`` (e.g. ``num_classes=10``), in eval mode.
+
+    The weights are initialised from a fixed seed (without touching the caller's random state), so
+    every process that builds the same zoo model gets the same weights bit for bit: an edge client
+    and a tail server that both build ``resnet18`` without a weights file compute the same network.
+    """
     entry = _entry(name)
     try:
-        model = entry.builder(**kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ZOO_SEED)
+            model = entry.builder(**kwargs)
     except TypeError as exc:
         accepted = ", ".join(inspect.signature(entry.builder).parameters)
         raise ModelLoadError(

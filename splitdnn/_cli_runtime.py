@@ -1,0 +1,391 @@
+"""The runtime subcommands of the `splitdnn` command line: ``serve``, ``run`` and ``demo``.
+
+Kept apart from :mod:`splitdnn.cli` so the planning commands never import grpc. Each handler only
+parses arguments into the library's own objects (:class:`~splitdnn.runtime.server.ServerConfig`,
+:class:`~splitdnn.runtime.client.SplitClient`, :func:`~splitdnn.runtime.demo.run_demo`) and prints.
+
+Secrets never go on the command line (where ``ps`` shows them): the bearer token comes from
+``--token-file`` or the ``SPLITDNN_TOKEN`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from splitdnn.errors import ConfigError
+from splitdnn.schema import load_profile
+
+TOKEN_ENV = "SPLITDNN_TOKEN"
+
+Parse = Callable[[str], Any]
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token from ``--token-file`` (first line) or ``$SPLITDNN_TOKEN``; None for neither."""
+    if args.token_file:
+        try:
+            text = Path(args.token_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the token file {args.token_file!r}: {exc.strerror or exc}; "
+                "give a readable file holding the token on its first line"
+            ) from exc
+        token = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not token:
+            raise ConfigError(f"the token file {args.token_file!r} is empty; put the token on its first line")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return token or None
+
+
+def _name_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=FILE (e.g. resnet18=profiles/srv.json), found {text!r}"
+        )
+    return name, path
+
+
+def _security_args(p: argparse.ArgumentParser, *, server: bool) -> None:
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"bearer token on the first line of FILE (default: ${TOKEN_ENV} if set; none otherwise)",
+    )
+    if server:
+        p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain: serve TLS")
+        p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+        p.add_argument("--tls-client-ca", metavar="PEM", help="CA of client certificates: require mutual TLS")
+    else:
+        p.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
+        p.add_argument(
+            "--tls-ca", metavar="PEM", help="CA that signed the server's certificate (implies --tls)"
+        )
+        p.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS")
+        p.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
+        p.add_argument("--tls-server-name", metavar="NAME", help="expected name in the server's certificate")
+
+
+# --------------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the tail of every named model until SIGTERM / SIGINT (graceful: in-flight requests finish)."""
+    from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+
+    weights = dict(args.weights or [])
+    unknown = sorted(set(weights) - set(args.models))
+    if unknown:
+        raise ConfigError(f"--weights names {unknown}, which are not among the served models {args.models}")
+    profiles = {}
+    for name, path in args.profile or []:
+        if name not in args.models:
+            raise ConfigError(f"--profile names {name!r}, which is not among the served models {args.models}")
+        profiles[name] = load_profile(path)
+    shapes = tuple(args.input_shape) if args.input_shape else None
+    specs = tuple(
+        ModelSpec(m, weights=weights.get(m), input_shapes=shapes) if (m in weights or shapes) else m
+        for m in args.models
+    )
+    config = ServerConfig(
+        models=specs,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        threads=args.threads,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_message_bytes=int(args.max_message_mib * (1 << 20)),
+        max_concurrency=args.max_concurrency,
+        token=_token(args),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        metrics_port=args.metrics_port,
+        profiles=profiles,
+        grace_s=args.grace_s,
+        max_decoded_bytes=int(args.max_decoded_mib * (1 << 20)),
+    )
+    with TailServer(config) as server:
+        secure = "TLS" if args.tls_cert else "plaintext"
+        if args.tls_client_ca:
+            secure = "mutual TLS"
+        auth = "bearer token required" if config.token else "no token"
+        print(
+            f"serving {', '.join(server.model_names)} on {server.address} ({secure}, {auth}, device "
+            f"{args.device}, batches up to {args.max_batch_size} within {args.max_queue_delay_ms:g} ms)",
+            flush=True,
+        )
+        if server.metrics_address:
+            print(f"metrics: http://{server.metrics_address}/metrics", flush=True)
+        server.serve_forever()
+    print("stopped", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# run
+
+
+def _read_input(path: str | None, shape: Sequence[int]) -> Any:
+    """The input tensor: a ``.npy`` file (loaded without pickle) or seeded random values of ``shape``."""
+    import numpy as np
+    import torch
+
+    if path is None:
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot read the input {path!r} as a .npy array ({exc}); save it with numpy.save"
+        ) from exc
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Split inference through a running ``splitdnn serve``: plan, run, report each request's breakdown."""
+    from splitdnn.models import default_input_shape
+    from splitdnn.runtime.client import SplitClient, format_breakdown
+    from splitdnn.schema import Link
+
+    if args.requests < 1:
+        raise ConfigError(f"--requests must be at least 1, found {args.requests}")
+    shape = args.input_shape or default_input_shape(args.model)
+    tls = bool(args.tls or args.tls_ca or args.tls_cert)
+    client = SplitClient(
+        args.server,
+        args.model,
+        input_shape=shape,
+        device_profile=load_profile(args.device_profile) if args.device_profile else None,
+        link=Link(uplink_mbps=args.uplink_mbps, rtt_ms=args.rtt_ms),
+        max_error=args.max_error,
+        token=_token(args),
+        tls=tls,
+        root_cert=args.tls_ca,
+        client_cert=args.tls_cert,
+        client_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        timeout_s=args.timeout_s,
+        fallback_local=not args.no_fallback,
+        privacy_floor=args.privacy_floor,
+        emulate_slowdown=args.slowdown,
+        threads=args.threads,
+        force_boundary=args.force,
+    )
+    with client:
+        x = _read_input(args.input, shape)
+        if not args.json:
+            print(client.describe(), flush=True)
+        rows = []
+        y = None
+        for i in range(args.requests):
+            y = client.infer(x)
+            b = client.last_breakdown
+            assert b is not None
+            rows.append(b)
+            if not args.json:
+                print(f"#{i + 1}: {format_breakdown(b)}", flush=True)
+        summary = _summary(y)
+        if args.output:
+            _save_output(args.output, y)
+        totals = [b.total_ms for b in rows]
+        if args.json:
+            doc = {
+                "model": args.model,
+                "server": args.server,
+                "output": summary,
+                "median_ms": statistics.median(totals),
+                "requests": [
+                    b.__dict__ | {"boundary": list(b.boundary), "codecs": list(b.codecs)} for b in rows
+                ],
+            }
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        else:
+            print(
+                f"median {statistics.median(totals):.1f} ms over {len(totals)} request(s); output {summary}"
+            )
+    return 0
+
+
+def _save_output(path: str, y: Any) -> None:
+    """Write the last output as a ``.npy`` file (the first tensor of a tuple output)."""
+    import numpy as np
+
+    first = y[0] if isinstance(y, (tuple, list)) else y
+    try:
+        np.save(path, first.detach().cpu().numpy(), allow_pickle=False)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the output to {path!r}: {exc.strerror or exc}") from exc
+
+
+def _summary(y: Any) -> dict[str, Any]:
+    """A short description of a model output: shape and, for a score vector, the top classes."""
+    import torch
+
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    if not isinstance(y, torch.Tensor):
+        return {"type": type(y).__name__}
+    out: dict[str, Any] = {"shape": list(y.shape), "dtype": str(y.dtype).removeprefix("torch.")}
+    if y.ndim == 2 and y.shape[0] == 1 and y.is_floating_point():
+        k = min(3, y.shape[1])
+        top = torch.topk(y[0], k)
+        out["top"] = [int(i) for i in top.indices]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The README's main job: real split inference through a local tail service and a shaped link."""
+    from splitdnn.runtime.demo import run_demo
+
+    run_demo(
+        args.model,
+        tuple(args.uplink_mbps),
+        slowdown=args.slowdown,
+        requests=args.requests,
+        warmup=args.warmup,
+        rtt_ms=args.rtt_ms,
+        input_shape=args.input_shape,
+        max_error=args.max_error,
+        device_threads=args.device_threads,
+        server_threads=args.server_threads or None,
+        profile_repeats=args.profile_repeats,
+        budget_s=args.budget_s,
+        progress=not args.quiet,
+        out=sys.stdout,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# parsers
+
+
+def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, uplinks: Sequence[float]) -> None:
+    """Register ``serve``, ``run`` and ``demo`` on the main parser's subparsers."""
+    p = sub.add_parser(
+        "serve",
+        help="serve model tails over gRPC (Open Inference Protocol v2) until SIGTERM",
+        description="Serve the full model and the tail of any cut for each MODEL (zoo name or "
+        "package.module:callable) over gRPC: the v2 inference protocol, splitdnn.v1, grpc.health.v1.",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument(
+        "--input-shape",
+        type=shape,
+        action="append",
+        metavar="SHAPE",
+        help="example input shape to trace with, batch first (repeat per input; default: the zoo's). "
+        "Needed for module:callable models; requests may use other batch sizes",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--weights",
+        type=_name_path,
+        action="append",
+        metavar="MODEL=FILE",
+        help="weights for one served model (safetensors or a torch state dict)",
+    )
+    p.add_argument(
+        "--profile",
+        type=_name_path,
+        action="append",
+        metavar="MODEL=FILE",
+        help="this server's profile of MODEL, given to clients so they plan with its speed",
+    )
+    p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batching: rows per batch (1 = off)")
+    p.add_argument("--max-queue-delay-ms", type=nonneg, default=2.0, help="longest wait for batch company")
+    p.add_argument("--max-message-mib", type=positive, default=64.0, help="cap on each gRPC message (MiB)")
+    p.add_argument(
+        "--max-concurrency", type=int, default=64, help="requests in flight before RESOURCE_EXHAUSTED"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, metavar="P", help="Prometheus metrics over HTTP (0: a free port)"
+    )
+    p.add_argument("--grace-s", type=nonneg, default=5.0, help="on SIGTERM: time in-flight requests get")
+    p.add_argument(
+        "--max-decoded-mib", type=positive, default=256.0, help="cap on one request's decoded tensors (MiB)"
+    )
+    _security_args(p, server=True)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "run",
+        help="split inference through a running server: plan, run, show each request's breakdown",
+    )
+    p.add_argument("model", metavar="MODEL", help="the model the server serves (zoo name or module:callable)")
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of `splitdnn serve`")
+    p.add_argument("--input", metavar="NPY", help="input array as a .npy file (default: seeded random)")
+    p.add_argument("--input-shape", type=shape, metavar="SHAPE", help="input shape, batch first")
+    p.add_argument("--requests", type=int, default=5, help="requests to send (default 5)")
+    p.add_argument(
+        "--uplink-mbps",
+        type=positive,
+        default=10.0,
+        help="initial uplink estimate; the client refines it from its own requests",
+    )
+    p.add_argument("--rtt-ms", type=nonneg, default=20.0, help="initial round-trip estimate")
+    p.add_argument("--max-error", type=nonneg, default=0.0, help="codec budget, rel MSE (0 = lossless)")
+    p.add_argument("--device-profile", metavar="FILE", help="this device's profile (default: profile now)")
+    p.add_argument("--force", metavar="CUT", help="fixed plan: edge, cloud or a node name to cut after")
+    p.add_argument("--slowdown", type=positive, default=1.0, help="emulate a slower device (pads head time)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads on this device")
+    p.add_argument("--timeout-s", type=positive, default=60.0, help="deadline of each request")
+    p.add_argument("--no-fallback", action="store_true", help="fail instead of running locally")
+    p.add_argument("--privacy-floor", action="store_true", help="never send the raw input")
+    p.add_argument("--output", metavar="NPY", help="save the last request's output as a .npy file")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    _security_args(p, server=False)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo",
+        help="real split inference at the standard bandwidths: local server, shaped link, emulated device",
+    )
+    p.add_argument("--model", default="resnet18", help="zoo model (default resnet18)")
+    p.add_argument(
+        "--slowdown",
+        type=positive,
+        default=8.0,
+        help="emulated device slowdown on top of --device-threads (default 8)",
+    )
+    p.add_argument("--device-threads", type=int, default=1)
+    p.add_argument("--server-threads", type=int, default=0, help="default: torch's default")
+    p.add_argument("--uplink-mbps", type=positive, nargs="+", default=list(uplinks))
+    p.add_argument("--rtt-ms", type=nonneg, default=20.0)
+    p.add_argument("--requests", type=int, default=5, help="timed requests per strategy and bandwidth")
+    p.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
+    p.add_argument("--input-shape", type=shape, metavar="SHAPE", help="batch first (default: the zoo's)")
+    p.add_argument("--profile-repeats", type=int, default=3, help="timed runs per profiling measurement")
+    p.add_argument(
+        "--budget-s",
+        type=positive,
+        default=8.0,
+        help="seconds one strategy may take at one bandwidth; slower baselines run fewer times "
+        "or are predicted, and the table says so (default 8)",
+    )
+    p.add_argument(
+        "--max-error",
+        type=nonneg,
+        default=0.0,
+        help="codec error budget (relative MSE); default 0 = lossless codecs only",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_demo)

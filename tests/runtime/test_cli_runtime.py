@@ -1,0 +1,202 @@
+"""The runtime subcommands end to end: `splitdnn serve` in a subprocess, `splitdnn run` and `demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splitdnn.cli import main
+from splitdnn.models import build_zoo_model
+
+SHAPE = "1,3,64,64"  # alexnet's smallest comfortable input
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`splitdnn serve alexnet` on a free port, token required; yields its address."""
+    token = tmp_path_factory.mktemp("token") / "token"
+    token.write_text("s3cret\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "splitdnn",
+            "serve",
+            "alexnet",
+            "--port",
+            "0",
+            "--input-shape",
+            SHAPE,
+            "--token-file",
+            str(token),
+            "--grace-s",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SPLITDNN_TOKEN": ""},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the server is up (or died)
+        match = re.search(r"on (\S+:\d+) ", line)
+        assert match, f"unexpected first line {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+        yield match.group(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        assert proc.returncode == 0, err
+        assert "stopped" in out
+
+
+@pytest.mark.parametrize("force", ["cloud", "features_5", None])
+def test_run_through_a_served_model_equals_the_local_model(
+    served: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    force: str | None,
+) -> None:
+    """Client and server each build the zoo model (seeded weights): a lossless split is exact."""
+    monkeypatch.setenv("SPLITDNN_TOKEN", "s3cret")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    np.save(tmp_path / "x.npy", x.numpy())
+    argv = [
+        "run",
+        "alexnet",
+        "--server",
+        served,
+        "--input",
+        str(tmp_path / "x.npy"),
+        "--input-shape",
+        SHAPE,
+        "--requests",
+        "2",
+        "--no-fallback",
+        "--json",
+        "--output",
+        str(tmp_path / "y.npy"),
+        "--uplink-mbps",
+        "1000",
+    ]
+    if force:
+        argv += ["--force", force]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert len(doc["requests"]) == 2 and doc["median_ms"] > 0
+    if force:
+        assert all(not r["local"] and r["bytes_sent"] > 0 for r in doc["requests"])
+    with torch.no_grad():
+        expected = build_zoo_model("alexnet")(x).numpy()
+    assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_run_without_the_token_is_one_line_error(
+    served: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SPLITDNN_TOKEN", raising=False)
+    code, out, err = run(
+        capsys,
+        "run",
+        "alexnet",
+        "--server",
+        served,
+        "--input-shape",
+        SHAPE,
+        "--requests",
+        "1",
+        "--force",
+        "cloud",
+        "--no-fallback",
+    )
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "UNAUTHENTICATED" in err or "token" in err.lower()
+
+
+def test_run_against_no_server_falls_back_or_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    # a port nobody listens on: with fallback the model runs locally, without it the error is one line
+    argv = [
+        "run",
+        "alexnet",
+        "--server",
+        "127.0.0.1:1",
+        "--input-shape",
+        SHAPE,
+        "--requests",
+        "1",
+        "--force",
+        "cloud",
+        "--json",
+    ]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert json.loads(out)["requests"][0]["local"] is True
+    code, out, err = run(capsys, *argv, "--no-fallback")
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    code, _, err = run(capsys, "serve", "alexnet", "--token-file", str(empty))
+    assert code == 1 and "empty" in err
+    code, _, err = run(capsys, "serve", "alexnet", "--profile", "resnet18=p.json")
+    assert code == 1 and "not among the served models" in err
+    code, _, err = run(capsys, "run", "alexnet", "--server", "127.0.0.1:1", "--requests", "0")
+    assert code == 1 and "--requests" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "alexnet", "--weights", "no-equals-sign"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.integration
+def test_demo_runs_real_split_inference_and_prints_its_table(capsys: pytest.CaptureFixture[str]) -> None:
+    start = time.perf_counter()
+    code, out, err = run(
+        capsys,
+        "demo",
+        "--model",
+        "alexnet",
+        "--input-shape",
+        SHAPE,
+        "--uplink-mbps",
+        "1.1",
+        "18.88",
+        "--requests",
+        "2",
+        "--warmup",
+        "1",
+        "--profile-repeats",
+        "2",
+        "--budget-s",
+        "2",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "slowdown" in out and "x8" in out.replace("×", "x")
+    for bw in ("1.1", "18.88"):
+        assert re.search(rf"^\|\s*{re.escape(bw)}\s*\|", out, re.M), out
+    assert time.perf_counter() - start < 120
