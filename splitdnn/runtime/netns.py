@@ -60,6 +60,19 @@ def unavailable_reason(script: Path | None = None) -> str | None:
     path = script or default_script()
     if not path.is_file():
         return f"netns_link.sh not found at {path}; set SDNN_NETNS_SCRIPT to its path"
+    return _kernel_refuses_netns()
+
+
+def _kernel_refuses_netns() -> str | None:
+    """Root in a container without CAP_SYS_ADMIN / CAP_NET_ADMIN cannot make namespaces: try once."""
+    name = f"sdnn-probe-{os.getpid()}"
+    try:
+        made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`ip netns add` failed to run: {exc}"
+    if made.returncode != 0:
+        return f"the kernel refused a network namespace: {made.stderr.strip() or made.returncode}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
     return None
 
 
