@@ -1,0 +1,1033 @@
+#!/usr/bin/env python3
+"""Measure the gRPC tail server: per-request overhead against a raw gRPC echo, and dynamic batching.
+
+Issue 4 asks for two numbers, both measured here on one machine (client and server share its cores):
+
+1. **Per-request overhead** (goal: <= 1.3x a raw gRPC echo of the same bytes, for a 1 MB tensor).
+   Baseline: a generic unary gRPC echo (``grpc.method_handlers_generic_handler``, no serializers:
+   bytes in, the same bytes out) of the tensor's raw bytes. Against it, splitdnn's v2 ``ModelInfer``
+   through :class:`~splitdnn.runtime.server.TailServer` for a model whose tail is nearly free
+   (``x * 1``, served with ``ModelSpec(module=...)``) and returns a tensor of the same size:
+
+   - ``v2 raw``: the full client path -- ``serde.build_infer_request`` + stub call +
+     ``serde.parse_infer_response`` -- with the fp32 tensor as raw v2 contents;
+   - ``bare v2 echo``: the same client path against a plain v2 servicer that answers the raw input
+     as the output (no splitdnn server code), which splits the overhead into "v2 protobuf messages
+     instead of bytes" and "splitdnn's server";
+   - ``v2 zstd``: the same with the tensor as a zstd codec frame (encoded once, outside the timing:
+     the codec's own speed is ``bench_codec.py``'s business); the server decodes it (``decode_ms``)
+     and answers raw fp32;
+   - ``SplitClient``: ``SplitClient.infer`` with ``force_boundary="cloud"`` and the raw codec (torch
+     tensor in and out, plan bookkeeping and the link estimator included).
+
+   The tensor is ReLU(N(0, 1)) fp32 of 64 KiB, 1 MiB and 4 MiB (``(1, 256, n / 1024)``). The variants
+   run interleaved (one call of each per repeat, the order rotated every repeat) after warm-up; per
+   variant the median and p10/p90 of the call's wall time, the ratio of medians to the echo, and the
+   median and p10/p90 of the per-repeat ratios (each call over the echo call of the same repeat).
+   The server's own ``queue_ms`` / ``compute_ms`` / ``decode_ms`` (response parameters) are
+   reported beside them.
+
+2. **Dynamic batching** (goal: >= 1.5x throughput at no worse p99). ``--clients`` (16) client
+   threads in this process, each with its **own channel and TCP connection** (a local subchannel
+   pool), each in a closed loop (send, wait for the answer, send again), all sending split requests
+   for the ResNet-18 tail after ``layer3`` (``layer3_1_relu_1``: ``layer4`` + avgpool + fc) at a
+   112x112 input, i.e. a (1, 256, 7, 7) fp32 boundary tensor (50 KB) of real activations (the
+   server's head on random inputs). Why this tail: its per-item compute is small, and at batch 1
+   it runs far below the CPU's peak -- each conv is a GEMM over only 16 output positions (a 4x4
+   map) and every run streams ``layer4``'s 8.4 M weights (33 MB, more than the cache) -- so a batch
+   fills the GEMMs and reads the weights once for all (about 4.5 ms alone against 1.7 ms each in a
+   batch of 8, measured here while choosing); each batch also pays the per-run Python / fx overhead
+   once. A large-input tail would batch less well (its GEMMs are already big at batch 1).
+   Two servers with identical settings except ``max_batch_size`` (``--max-batch-size``, 8, against
+   1) run in one server process; timed rounds alternate between them (the first config alternates
+   too), each round ``--warmup-s`` of load before a ``--duration-s`` window. A request counts when it
+   completes inside the window: requests/s, latency p50/p99 (all rounds pooled), the batch size the
+   server reports (``splitdnn.batch_size``), and the ratio of throughputs.
+
+Then the overhead pass runs again with glibc's ``M_TOP_PAD`` (``--malloc-top-pad-mib``, 64 MiB) in
+both processes: a fresh server process started with ``MALLOC_TOP_PAD_`` and ``mallopt`` in this one
+(last, as it cannot be undone here). With glibc's defaults a freed ~1 MB buffer at the top of the heap
+is returned to the kernel and the next one faults its pages in again; a diagnostic, not a default.
+
+The servers run in a child process (``--serve-child``), so the client threads and the server do not
+share one Python interpreter lock; they do share the machine's cores. torch uses its default thread
+count in the server (reported); the client process computes nothing but serde.
+
+    python scripts/bench_runtime.py [--json docs/results/runtime.json] [--md docs/results/runtime.md]
+        [--sizes 65536,1048576,4194304] [--repeats 300,300,60] [--warmup 10]
+        [--clients 16] [--max-batch-size 8] [--max-queue-delay-ms 2] [--rounds 4]
+        [--duration-s 8] [--warmup-s 1.5] [--tail-input 112] [--cut layer3_1_relu_1]
+        [--malloc-top-pad-mib 64] [--no-client] [--skip-batching]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from splitdnn import codec  # noqa: E402
+from splitdnn.runtime import serde  # noqa: E402
+from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc  # noqa: E402
+
+ECHO_SERVICE = "splitdnn.bench.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+MAX_MESSAGE = 64 << 20  # both directions, every channel and server here (ServerConfig's default)
+READY = "BENCH-READY "  # the child's one line on stdout, followed by JSON
+TAIL_MODEL = "resnet18"
+DECODE_CAP = 256 << 20
+GOAL_OVERHEAD = 1.3  # issue 4: <= 1.3x the raw echo for a 1 MB tensor
+GOAL_THROUGHPUT = 1.5  # issue 4: >= 1.5x throughput with dynamic batching, at no worse p99
+GOAL_SIZE = 1 << 20
+
+
+def _channel_options(own_connection: bool = False) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ]
+    if own_connection:  # without it, channels with the same target and options share one connection
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    return options
+
+
+def shape_of(nbytes: int) -> tuple[int, int, int]:
+    """The (1, 256, n) fp32 shape of an ``nbytes`` tensor."""
+    if nbytes <= 0 or nbytes % 1024:
+        raise SystemExit(f"--sizes: each size must be a positive multiple of 1024 bytes, found {nbytes}")
+    return (1, 256, nbytes // 1024)
+
+
+def _pct(values: Sequence[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+def _spread(values_s: Sequence[float] | np.ndarray, scale: float = 1000.0) -> dict[str, float]:
+    """Median and p10/p90 (times in ms by default)."""
+    return {
+        "median": round(_pct(values_s, 50) * scale, 4),
+        "p10": round(_pct(values_s, 10) * scale, 4),
+        "p90": round(_pct(values_s, 90) * scale, 4),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# the server process
+
+
+def _identity_class():  # type: ignore[no-untyped-def]
+    from torch import nn
+
+    class Identity(nn.Module):
+        """A nearly free tail: one elementwise op (fx needs a node to serve), same size out as in."""
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return x * 1
+
+    return Identity
+
+
+class _BareV2(v2_grpc.GRPCInferenceServiceServicer):
+    """ModelInfer with nothing of splitdnn: the request's first raw input answered as the output.
+
+    The protobuf messages are parsed and built by gRPC as for the tail server; no validation, no
+    batcher, no tensors. The gap between it and the raw echo is the v2 message itself, the gap between
+    it and the tail server is splitdnn's server.
+    """
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
+
+        response = v2_pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        response.outputs.add(
+            name="output", datatype=request.inputs[0].datatype, shape=request.inputs[0].shape
+        )
+        response.raw_output_contents.append(request.raw_input_contents[0])
+        return response
+
+
+def serve_child(cfg: dict[str, Any]) -> int:
+    """Run the echo server and the tail servers until stdin closes; print their addresses first."""
+    import torch
+
+    from splitdnn.graph import head_tail
+    from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+
+    echo = grpc.server(
+        ThreadPoolExecutor(max_workers=cfg["echo_workers"], thread_name_prefix="bench-echo"),
+        options=_channel_options(),
+    )
+    handler = grpc.method_handlers_generic_handler(
+        ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )  # no (de)serializers: the request is bytes, the response the same bytes object
+    echo.add_generic_rpc_handlers((handler,))
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(_BareV2(), echo)
+    echo_port = echo.add_insecure_port("127.0.0.1:0")
+    echo.start()
+
+    identity = _identity_class()
+    overhead = TailServer(
+        ServerConfig(
+            models=tuple(
+                ModelSpec("identity", name=f"identity_{n}", module=identity(), input_shapes=(shape_of(n),))
+                for n in cfg["sizes"]
+            ),
+        )
+    ).start()
+    batching: dict[str, Any] = {}
+    for label, max_batch in (("batched", cfg["max_batch_size"]), ("unbatched", 1)) if cfg["batching"] else ():
+        torch.manual_seed(0)  # the same weights in both servers
+        batching[label] = TailServer(
+            ServerConfig(
+                models=(ModelSpec(TAIL_MODEL, input_shapes=((1, 3, cfg["tail_input"], cfg["tail_input"]),)),),
+                max_batch_size=max_batch,
+                max_queue_delay_ms=cfg["max_queue_delay_ms"],
+            )
+        ).start()
+    info: dict[str, Any] = {}
+    if batching:
+        traced = batching["batched"].served_model(TAIL_MODEL)
+        head, _ = head_tail(traced, cfg["cut"])
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn((cfg["boundaries"], 3, cfg["tail_input"], cfg["tail_input"]), generator=gen)
+        with torch.no_grad():
+            boundary = head({"x": x})[cfg["cut"]].numpy()  # (N, 256, H/16, W/16): real activations
+        np.save(cfg["boundary_path"], boundary)
+        info = {
+            "batched": batching["batched"].address,
+            "unbatched": batching["unbatched"].address,
+            "tail_fingerprints": {k: s.served_model(TAIL_MODEL).fingerprint for k, s in batching.items()},
+            "boundary_shape": list(boundary.shape),
+        }
+    info |= {
+        "echo": f"127.0.0.1:{echo_port}",  # also serves _BareV2
+        "overhead": overhead.address,
+        "overhead_fingerprints": {
+            name: overhead.served_model(name).fingerprint for name in overhead.model_names
+        },
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "pid": os.getpid(),
+        "malloc_top_pad_env": os.environ.get("MALLOC_TOP_PAD_"),
+    }
+    print(READY + json.dumps(info), flush=True)
+    try:
+        sys.stdin.read()  # until the parent closes it (or dies)
+    finally:
+        for server in (overhead, *batching.values()):
+            server.stop(grace=1.0)
+        echo.stop(1.0).wait()
+    return 0
+
+
+class ServerProcess:
+    """The child process holding every server; ``info`` is what it printed when ready."""
+
+    def __init__(
+        self, cfg: dict[str, Any], timeout_s: float = 600.0, env: dict[str, str] | None = None
+    ) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-child", json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=None if env is None else {**os.environ, **env},
+        )
+        self.info: dict[str, Any] = {}
+        deadline = time.monotonic() + timeout_s
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.close()
+                raise SystemExit(f"the server process exited ({self.proc.returncode}) before it was ready")
+            if line.startswith(READY):
+                self.info = json.loads(line[len(READY) :])
+                return
+        self.close()
+        raise SystemExit(f"the server process was not ready within {timeout_s:.0f} s")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --------------------------------------------------------------------------------------------------
+# part 1: per-request overhead against a raw echo
+
+
+def _overhead_for_size(
+    info: dict[str, Any], nbytes: int, repeats: int, warmup: int, seed: int, with_client: bool
+) -> dict[str, Any]:
+    import torch
+
+    from splitdnn.graph import trace
+    from splitdnn.runtime.client import SplitClient
+
+    shape = shape_of(nbytes)
+    name = f"identity_{nbytes}"
+    fingerprint = info["overhead_fingerprints"][name]
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.standard_normal(shape, dtype=np.float32), 0.0)  # (1, 256, n): ReLU-like values
+    payload = x.tobytes()
+    t = time.perf_counter()
+    frame = codec.encode(x, "zstd")
+    encode_ms = (time.perf_counter() - t) * 1000.0
+
+    echo_channel = grpc.insecure_channel(info["echo"], options=_channel_options())
+    echo = echo_channel.unary_unary(ECHO_METHOD)  # bytes in, bytes out
+    channel = grpc.insecure_channel(info["overhead"], options=_channel_options())
+    stub = v2_grpc.GRPCInferenceServiceStub(channel)
+    bare = v2_grpc.GRPCInferenceServiceStub(echo_channel)
+    client = None
+    if with_client:
+        traced = trace(_identity_class()(), torch.zeros(shape), name=name)
+        client = SplitClient(
+            info["overhead"], traced, model_name=name, codecs=["raw"], force_boundary="cloud",
+            fallback_local=False, retries=1, profile_repeats=1, timeout_s=60.0,
+        )  # fmt: skip
+        xt = torch.from_numpy(x)
+
+    server_ms: dict[str, dict[str, list[float]]] = {}
+    rpc_s: dict[str, list[float]] = {}
+    build_s: dict[str, list[float]] = {}
+
+    def call_echo() -> None:
+        out = echo(payload, timeout=60)
+        if len(out) != len(payload):
+            raise RuntimeError(f"the echo answered {len(out)} bytes for {len(payload)}")
+
+    def v2_call(label: str, value: np.ndarray | bytes, target: Any) -> Callable[[], None]:
+        def call() -> None:
+            t0 = time.perf_counter()
+            msg = serde.build_infer_request(name, {"x": value}, fingerprint=fingerprint)
+            t1 = time.perf_counter()
+            response = target.ModelInfer(msg, timeout=60)
+            t2 = time.perf_counter()
+            data = serde.parse_infer_response(response, max_decoded_bytes=DECODE_CAP)
+            build_s.setdefault(label, []).append(t1 - t0)
+            rpc_s.setdefault(label, []).append(t2 - t1)
+            out = data.outputs["output"]
+            if out.nbytes != nbytes:
+                raise RuntimeError(f"{label}: the server answered {out.nbytes} bytes for {nbytes}")
+            if target is bare:
+                return
+            keep = server_ms.setdefault(label, {"queue": [], "compute": [], "decode": []})
+            for key, param in (("queue", serde.PARAM_QUEUE_MS), ("compute", serde.PARAM_COMPUTE_MS),
+                               ("decode", serde.PARAM_DECODE_MS)):  # fmt: skip
+                keep[key].append(serde.param_ms(data.parameters, param))
+
+        return call
+
+    def call_client() -> None:
+        assert client is not None
+        y = client.infer(xt)
+        b = client.last_breakdown
+        if b is None or b.local or y.numel() * 4 != nbytes:
+            raise RuntimeError(f"SplitClient did not run remotely: {b}")
+        keep = server_ms.setdefault("client", {"queue": [], "compute": [], "decode": []})
+        keep["queue"].append(b.server_queue_ms)
+        keep["compute"].append(b.server_compute_ms)
+        keep["decode"].append(b.decode_ms)
+
+    variants: dict[str, Callable[[], None]] = {
+        "echo": call_echo,
+        "v2_bare": v2_call("v2_bare", x, bare),
+        "v2_raw": v2_call("v2_raw", x, stub),
+        "v2_zstd": v2_call("v2_zstd", frame, stub),
+    }
+    if client is not None:
+        variants["client"] = call_client
+    labels = list(variants)
+    wall: dict[str, list[float]] = {k: [] for k in labels}
+    try:
+        for i in range(warmup + repeats):
+            if i == warmup:  # forget the warm-up
+                wall = {k: [] for k in labels}
+                server_ms.clear()
+                rpc_s.clear()
+                build_s.clear()
+            shift = i % len(labels)
+            for label in labels[shift:] + labels[:shift]:
+                t0 = time.perf_counter()
+                variants[label]()
+                wall[label].append(time.perf_counter() - t0)
+    finally:
+        if client is not None:
+            client.close()
+        echo_channel.close()
+        channel.close()
+
+    echo_s = np.asarray(wall["echo"])
+    rows: dict[str, Any] = {}
+    for label in labels:
+        s = np.asarray(wall[label])
+        row: dict[str, Any] = {"wall_ms": _spread(s)}
+        if label != "echo":
+            paired = s / echo_s
+            row["ratio_of_medians"] = round(float(np.median(s) / np.median(echo_s)), 4)
+            row["paired_ratio"] = _spread(paired, scale=1.0)
+            row["extra_ms_median"] = round(float(np.median(s - echo_s)) * 1000.0, 4)
+        if label in rpc_s:
+            row["rpc_ms"] = _spread(rpc_s[label])  # the stub call alone
+            build = np.asarray(build_s[label])
+            row["client_build_ms_median"] = round(float(np.median(build)) * 1000.0, 4)
+            row["client_parse_ms_median"] = round(
+                float(np.median(s - build - np.asarray(rpc_s[label]))) * 1000.0, 4
+            )
+        if label in server_ms:
+            row["server_ms_median"] = {k: round(_pct(v, 50), 4) for k, v in server_ms[label].items()}
+        rows[label] = row
+    return {
+        "bytes": nbytes,
+        "shape": list(shape),
+        "zstd_frame_bytes": len(frame),
+        "zstd_encode_ms_once": round(encode_ms, 3),
+        "repeats": repeats,
+        "warmup": warmup,
+        "variants": rows,
+    }
+
+
+def measure_overhead(
+    info: dict[str, Any], sizes: Sequence[int], repeats: Sequence[int], warmup: int, with_client: bool
+) -> list[dict[str, Any]]:
+    out = []
+    for i, (nbytes, n) in enumerate(zip(sizes, repeats, strict=True)):
+        row = _overhead_for_size(info, nbytes, n, warmup, seed=i, with_client=with_client)
+        v = row["variants"]
+        print(
+            f"  {nbytes:>9,} B: echo {v['echo']['wall_ms']['median']:.3f} ms, v2 raw "
+            f"{v['v2_raw']['wall_ms']['median']:.3f} ms ({v['v2_raw']['ratio_of_medians']:.2f}x), v2 zstd "
+            f"{v['v2_zstd']['wall_ms']['median']:.3f} ms ({v['v2_zstd']['ratio_of_medians']:.2f}x)"
+            + (
+                f", SplitClient {v['client']['wall_ms']['median']:.3f} ms "
+                f"({v['client']['ratio_of_medians']:.2f}x)"
+                if "client" in v
+                else ""
+            ),  # fmt: skip
+            flush=True,
+        )
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# part 2: throughput and latency with concurrent clients, with and without dynamic batching
+
+
+def _round(
+    address: str, fingerprint: str, cut: str, boundaries: np.ndarray, clients: int, warmup_s: float,
+    duration_s: float,
+) -> dict[str, Any]:  # fmt: skip
+    """One closed-loop round: ``clients`` threads, each its own channel; stats of the timed window."""
+    start: list[float] = []
+    barrier = threading.Barrier(clients, action=lambda: start.append(time.perf_counter()))
+    records: list[list[tuple[float, float, int, float, float]]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        channel = grpc.insecure_channel(address, options=_channel_options(own_connection=True))
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        x = boundaries[k % len(boundaries)][None]  # (1, 256, h, w)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            barrier.wait(timeout=60)
+            w0 = start[0] + warmup_s
+            w1 = w0 + duration_s
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= w1:
+                    break
+                msg = serde.build_infer_request(TAIL_MODEL, {cut: x}, fingerprint=fingerprint)
+                data = serde.parse_infer_response(
+                    stub.ModelInfer(msg, timeout=60), max_decoded_bytes=DECODE_CAP
+                )
+                t1 = time.perf_counter()
+                if w0 <= t1 < w1:
+                    p = data.parameters
+                    records[k].append((
+                        t1 - t0,
+                        int(p.get(serde.PARAM_BATCH_SIZE, 0)),  # type: ignore[arg-type]
+                        serde.param_ms(p, serde.PARAM_QUEUE_MS),
+                        serde.param_ms(p, serde.PARAM_COMPUTE_MS),
+                        t1,
+                    ))  # fmt: skip
+        except Exception as exc:  # reported in the results; a round with errors is not silently used
+            barrier.abort()
+            errors.append(f"client {k}: {type(exc).__name__}: {exc}")
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=worker, args=(k,), name=f"bench-client-{k}") for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit("a client failed: " + "; ".join(errors[:3]))
+    flat = [r for per in records for r in per]
+    if not flat:
+        raise SystemExit(f"no request completed in a {duration_s} s window; use a longer --duration-s")
+    lat = [r[0] for r in flat]
+    batch = np.asarray([r[1] for r in flat], dtype=np.float64)
+    per_client = [len(per) for per in records]
+    return {
+        "requests": len(flat),
+        "requests_per_s": round(len(flat) / duration_s, 2),
+        "latency_ms": {
+            "p50": round(_pct(lat, 50) * 1000, 3),
+            "p99": round(_pct(lat, 99) * 1000, 3),
+            "mean": round(float(np.mean(lat)) * 1000, 3) if lat else float("nan"),
+        },
+        # a request's view (request-weighted) and the server's (per executed batch: n / sum(1/b))
+        "mean_batch_size_per_request": round(float(batch.mean()), 3) if len(batch) else float("nan"),
+        "mean_batch_size_per_batch": round(float(len(batch) / np.sum(1.0 / batch)), 3)
+        if len(batch)
+        else float("nan"),
+        "server_queue_ms_median": round(_pct([r[2] for r in flat], 50), 3),
+        "server_compute_ms_median": round(_pct([r[3] for r in flat], 50), 3),
+        "requests_per_client_min_max": [min(per_client), max(per_client)],
+        "_latencies_s": lat,
+        "_batches": batch.tolist(),
+    }
+
+
+def measure_batching(
+    info: dict[str, Any], boundaries: np.ndarray, cut: str, clients: int, rounds: int, warmup_s: float,
+    duration_s: float,
+) -> dict[str, Any]:  # fmt: skip
+    labels = ("batched", "unbatched")
+    fps = info["tail_fingerprints"]
+    for label in labels:  # one untimed round each: every batch size's kernels get created
+        _round(info[label], fps[label], cut, boundaries, clients, 0.0, max(warmup_s, 0.2))
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in labels}
+    for r in range(rounds):
+        order = labels if r % 2 == 0 else labels[::-1]
+        for label in order:
+            res = _round(info[label], fps[label], cut, boundaries, clients, warmup_s, duration_s)
+            runs[label].append(res)
+            print(
+                f"  round {r + 1} {label:>9}: {res['requests_per_s']:8.1f} req/s, p50 "
+                f"{res['latency_ms']['p50']:.1f} ms, p99 {res['latency_ms']['p99']:.1f} ms, mean batch "
+                f"{res['mean_batch_size_per_request']:.2f}",
+                flush=True,
+            )
+    out: dict[str, Any] = {}
+    for label in labels:
+        lat = [v for res in runs[label] for v in res.pop("_latencies_s")]
+        batch = np.asarray([v for res in runs[label] for v in res.pop("_batches")], dtype=np.float64)
+        rps = [res["requests_per_s"] for res in runs[label]]
+        out[label] = {
+            "requests": len(lat),
+            "requests_per_s": {"median": round(_pct(rps, 50), 2), "min": min(rps), "max": max(rps)},
+            "latency_ms": {
+                "p50": round(_pct(lat, 50) * 1000, 3),
+                "p90": round(_pct(lat, 90) * 1000, 3),
+                "p99": round(_pct(lat, 99) * 1000, 3),
+                "mean": round(float(np.mean(lat)) * 1000, 3),
+            },
+            "mean_batch_size_per_request": round(float(batch.mean()), 3),
+            "mean_batch_size_per_batch": round(float(len(batch) / np.sum(1.0 / batch)), 3),
+            "batch_size_counts": {
+                str(int(b)): int(c) for b, c in zip(*np.unique(batch, return_counts=True), strict=True)
+            },
+            "rounds": runs[label],
+        }
+    b, u = out["batched"], out["unbatched"]
+    per_round = [
+        x["requests_per_s"] / y["requests_per_s"]
+        for x, y in zip(runs["batched"], runs["unbatched"], strict=True)
+    ]
+    out["throughput_ratio"] = {
+        "pooled": round(b["requests"] / u["requests"], 3),
+        "per_round_median": round(_pct(per_round, 50), 3),
+        "per_round_min": round(min(per_round), 3),
+        "per_round_max": round(max(per_round), 3),
+    }
+    out["p99_ratio"] = round(b["latency_ms"]["p99"] / u["latency_ms"]["p99"], 3)
+    out["p50_ratio"] = round(b["latency_ms"]["p50"] / u["latency_ms"]["p50"], 3)
+    return out
+
+
+def set_malloc_top_pad(nbytes: int) -> bool:
+    """glibc ``mallopt(M_TOP_PAD, nbytes)`` in this process (what ``MALLOC_TOP_PAD_`` does at start).
+
+    With glibc's defaults a freed 1 MB buffer at the top of the heap is given back to the kernel
+    (trimmed) and the next one faults its pages in again, zeroed; a top pad keeps that memory mapped.
+    False where this is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-2, int(nbytes)))  # M_TOP_PAD = -2
+    except (OSError, AttributeError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# machine, goals, report
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": mem_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "grpcio": grpc.__version__,
+        "numpy": np.__version__,
+        "client_torch_threads": torch.get_num_threads(),
+        "one_machine": "client and server processes on the same machine, over 127.0.0.1",
+    }
+
+
+def code_state() -> dict[str, Any]:
+    """Which code was measured: git HEAD, files changed since, and a hash of every runtime module."""
+
+    def git(*argv: str) -> str:
+        try:
+            run = subprocess.run(
+                ["git", "--no-optional-locks", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return run.stdout.rstrip() if run.returncode == 0 else ""  # porcelain lines start with a space
+
+    import hashlib
+
+    return {
+        "git_head": git("rev-parse", "HEAD").strip(),
+        "uncommitted": sorted(line[3:] for line in git("status", "--porcelain").splitlines() if line),
+        "runtime_sha256_12": {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+            for p in sorted((ROOT / "splitdnn" / "runtime").glob("*.py"))
+        },
+    }
+
+
+def goals(
+    overhead: list[dict[str, Any]], batching: dict[str, Any] | None, padded: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, rows in (
+        ("overhead_1MiB_v2_raw", overhead),
+        ("overhead_1MiB_v2_raw_top_pad", (padded or {}).get("sizes", [])),
+    ):
+        target = next((r for r in rows if r["bytes"] == GOAL_SIZE), None)
+        if target is not None:
+            ratio = target["variants"]["v2_raw"]["ratio_of_medians"]
+            out[key] = {"ratio": ratio, "goal": GOAL_OVERHEAD, "met": ratio <= GOAL_OVERHEAD}
+    if batching is not None:
+        tr = batching["throughput_ratio"]["pooled"]
+        p99 = batching["p99_ratio"]
+        out["batching"] = {
+            "throughput_ratio": tr,
+            "p99_ratio": p99,
+            "goal": f">= {GOAL_THROUGHPUT}x throughput, p99 ratio <= 1",
+            "met": tr >= GOAL_THROUGHPUT and p99 <= 1.0,
+        }
+    return out
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n >> 10} KiB"
+
+
+def _overhead_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| size | variant | wall ms | ratio of medians | per-repeat ratio | stub call ms "
+        "| client build / parse ms | server queue / compute / decode ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        for label, v in row["variants"].items():
+            w = v["wall_ms"]
+            name = {"echo": "raw gRPC echo", "v2_bare": "bare v2 echo (no splitdnn server)",
+                    "v2_raw": "**v2 raw fp32**",
+                    "v2_zstd": f"v2 zstd frame ({row['zstd_frame_bytes']:,} B)",
+                    "client": "SplitClient.infer"}[label]  # fmt: skip
+            ratio = "1" if label == "echo" else f"**{v['ratio_of_medians']:.2f}×**"
+            pr = v.get("paired_ratio", {})
+            paired = (
+                "—" if label == "echo"
+                else f"{pr['median']:.2f} [{pr['p10']:.2f}–{pr['p90']:.2f}]"
+            )  # fmt: skip
+            srv = v.get("server_ms_median")
+            srv_s = "—" if srv is None else f"{srv['queue']:.3f} / {srv['compute']:.3f} / {srv['decode']:.3f}"
+            rpc = f"{v['rpc_ms']['median']:.3f}" if "rpc_ms" in v else "—"
+            cl = (
+                f"{v['client_build_ms_median']:.3f} / {v['client_parse_ms_median']:.3f}"
+                if "client_build_ms_median" in v else "—"
+            )  # fmt: skip
+            lines.append(
+                f"| {_size(row['bytes'])} ({row['repeats']} repeats) | {name} | {w['median']:.3f} "
+                f"[{w['p10']:.3f}–{w['p90']:.3f}] | {ratio} | {paired} | {rpc} | {cl} | {srv_s} |"
+            )
+    return lines
+
+
+def _per_item(r: dict[str, Any]) -> float:
+    compute = _pct([x["server_compute_ms_median"] for x in r["rounds"]], 50)
+    return compute / max(r["mean_batch_size_per_batch"], 1.0)
+
+
+def _attribution(rows: list[dict[str, Any]]) -> list[str]:
+    """Per size: echo, + protobuf messages (bare v2), + splitdnn's server (v2 raw), + SplitClient."""
+    lines = []
+    for row in rows:
+        v = row["variants"]
+        if not {"echo", "v2_bare", "v2_raw"} <= set(v):
+            continue
+        echo, bare, raw = (v[k]["wall_ms"]["median"] for k in ("echo", "v2_bare", "v2_raw"))
+        srv = v["v2_raw"].get("server_ms_median", {})
+        reported = sum(srv.get(k, 0.0) for k in ("queue", "compute", "decode"))
+        text = (
+            f"- {_size(row['bytes'])}: raw echo {echo:.2f} ms; v2 protobuf messages instead of bytes "
+            f"+{bare - echo:.2f} ms (bare v2 echo, client build + parse "
+            f"{v['v2_bare']['client_build_ms_median'] + v['v2_bare']['client_parse_ms_median']:.2f}); "
+            f"splitdnn's server +{raw - bare:.2f} ms, of which it reports {reported:.2f} ms as queue + "
+            f"compute + decode (the rest: building the response, thread hand-offs)"
+        )
+        if "client" in v:
+            text += f"; SplitClient on top of the v2 call +{v['client']['wall_ms']['median'] - raw:.2f} ms"
+        lines.append(text + ".")
+    return lines
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        "# Runtime: per-request overhead and dynamic batching",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Finished: {result['date_utc']} UTC; {result['wall_s']:.0f} s in all.",
+        "",
+        f"Machine: **{m['cpus_usable']} cores** ({m['cpu_model'] or 'unknown CPU'}), {m['memory_gib']} GiB, "
+        f"torch {m['torch']} (server {result['server']['torch_threads']} threads), grpcio {m['grpcio']}. "
+        "**One machine**: the client process and the server process share these cores over 127.0.0.1, "
+        "so client work competes with the server's compute (this matters most for the batching "
+        "result). Load average before / after: "
+        f"{', '.join(_fmt(x) for x in result['load_before'])} / "
+        f"{', '.join(_fmt(x) for x in result['load_after'])} (1, 5, 15 min; the load after is mostly the "
+        "benchmark's own client threads and server).",
+        "",
+    ]
+    if result["overhead"]:
+        lines += [
+            "## Per-request overhead against a raw gRPC echo",
+            "",
+            f"Interleaved (one call of each variant per repeat, order rotated), {s['warmup']} warm-up "
+            "repeats dropped. Wall time per call, median [p10–p90] in ms; ratio = median over the echo's "
+            "median, and median [p10–p90] of the per-repeat ratios. Echo: generic unary gRPC, the "
+            "tensor's raw bytes in and the same bytes out. v2: `serde.build_infer_request` + "
+            "`ModelInfer` + `serde.parse_infer_response`; model `x * 1` (same size out). Bare v2 echo: "
+            "the same client calls, answered by a plain v2 servicer that copies the raw input to the "
+            "output (protobuf messages, no splitdnn server). zstd: the "
+            "request carries a zstd frame (encoded once, outside the timing), the answer is raw fp32. "
+            'SplitClient: `infer()` with `force_boundary="cloud"`, raw codec.',
+            "",
+            *_overhead_table(result["overhead"]),
+            "",
+            "Where the time goes (medians; differences of medians, so approximate):",
+            "",
+            *_attribution(result["overhead"]),
+            "",
+        ]
+        pad = result.get("overhead_malloc_top_pad")
+        if pad is not None:
+            lines += [
+                f"### The same pass with glibc's `M_TOP_PAD` = {pad['top_pad_bytes'] >> 20} MiB "
+                "in both processes",
+                "",
+                "A second server process started with `MALLOC_TOP_PAD_`, and `mallopt(M_TOP_PAD)` in the "
+                "client, run after the pass above (same method, its own echo baseline). Why: with glibc's "
+                "defaults a freed ~1 MB buffer at the top of the heap can be given back to the kernel, "
+                "and the next one then faults its pages in again, zeroed; the pad keeps them mapped. "
+                "How much that costs depends on the heap's history (what the process allocated before), "
+                "so compare the two tables, not single numbers. A deployment knob, not splitdnn's default.",
+                "",
+                *_overhead_table(pad["sizes"]),
+                "",
+            ]
+    b = result.get("batching")
+    if b is not None:
+        lines += [
+            "## Throughput with concurrent clients, with and without dynamic batching",
+            "",
+            f"{s['clients']} client threads in one process, **each with its own channel and TCP "
+            "connection**, "
+            f"closed loop; ResNet-18 tail after `{s['cut']}` at a {s['tail_input']}×{s['tail_input']} "
+            f"input (boundary {tuple(result['server']['boundary_shape'][1:])} fp32 per request, real "
+            f"activations). Two servers, identical but for `max_batch_size` ({s['max_batch_size']} vs 1; "
+            f"`max_queue_delay_ms` {s['max_queue_delay_ms']}), {s['rounds']} alternating rounds of "
+            f"{s['warmup_s']} s load + {s['duration_s']} s timed window each; latency pooled over the "
+            "rounds; requests/s median [min–max] over rounds.",
+            "",
+            "| server | requests/s | p50 ms | p90 ms | p99 ms | mean batch (per request / per batch) "
+            "| server queue / compute ms (median) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for label in ("batched", "unbatched"):
+            r = b[label]
+            rps, lat = r["requests_per_s"], r["latency_ms"]
+            q = _pct([x["server_queue_ms_median"] for x in r["rounds"]], 50)
+            c = _pct([x["server_compute_ms_median"] for x in r["rounds"]], 50)
+            name = f"max_batch_size {s['max_batch_size']}" if label == "batched" else "max_batch_size 1"
+            lines.append(
+                f"| {name} | {rps['median']:.1f} [{rps['min']:.1f}–{rps['max']:.1f}] | {lat['p50']:.1f} | "
+                f"{lat['p90']:.1f} | {lat['p99']:.1f} | {r['mean_batch_size_per_request']:.2f} / "
+                f"{r['mean_batch_size_per_batch']:.2f} | {q:.1f} / {c:.1f} |"
+            )
+        tr = b["throughput_ratio"]
+        lines += [
+            "",
+            f"Throughput ratio batched / unbatched: **{tr['pooled']:.2f}×** (all rounds pooled; per round "
+            f"{tr['per_round_min']:.2f}–{tr['per_round_max']:.2f}×). p99 ratio {b['p99_ratio']:.2f}, "
+            f"p50 ratio {b['p50_ratio']:.2f}. Batch sizes seen (requests): "
+            + ", ".join(f"{k}: {v}" for k, v in b["batched"]["batch_size_counts"].items())
+            + ". Server compute per request (median compute / mean batch): "
+            f"{_per_item(b['batched']):.1f} ms batched, {_per_item(b['unbatched']):.1f} ms unbatched; "
+            f"unbatched, a request mostly waits in the queue for the {s['clients'] - 1} others.",
+            "",
+        ]
+    g = result["goals"]
+    lines += ["## Goals (issue 4)", ""]
+    if "overhead_1MiB_v2_raw" in g:
+        o = g["overhead_1MiB_v2_raw"]
+        lines.append(
+            f"- ≤ {o['goal']}× a raw gRPC echo for a 1 MiB tensor: **{'met' if o['met'] else 'missed'}** "
+            f"({o['ratio']:.2f}×, v2 raw, ratio of medians)."
+        )
+        bare = next((r for r in result["overhead"] if r["bytes"] == GOAL_SIZE), None)
+        if bare is not None and "v2_bare" in bare["variants"]:
+            lines.append(
+                f"  A bare v2 servicer with no splitdnn code is already "
+                f"{bare['variants']['v2_bare']['ratio_of_medians']:.2f}× with the same client calls."
+            )
+    if "overhead_1MiB_v2_raw_top_pad" in g:
+        o = g["overhead_1MiB_v2_raw_top_pad"]
+        lines.append(
+            f"  With `M_TOP_PAD` (second pass, not the default): {o['ratio']:.2f}× — "
+            f"{'within' if o['met'] else 'still above'} the goal."
+        )
+    if "batching" in g:
+        o = g["batching"]
+        lines.append(
+            f"- ≥ {GOAL_THROUGHPUT}× throughput with batching at no worse p99: "
+            f"**{'met' if o['met'] else 'missed'}** ({o['throughput_ratio']:.2f}× throughput, p99 ratio "
+            f"{o['p99_ratio']:.2f})."
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="65536,1048576,4194304", help="tensor bytes, multiples of 1024")
+    p.add_argument("--repeats", default="300,300,60", help="timed repeats per size (one value: all sizes)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed repeats per size")
+    p.add_argument("--no-client", action="store_true", help="skip the SplitClient variant")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=4, help="timed rounds per server, alternating")
+    p.add_argument("--duration-s", type=float, default=8.0, help="timed window of a round")
+    p.add_argument("--warmup-s", type=float, default=1.5, help="load before each round's window")
+    p.add_argument("--tail-input", type=int, default=112, help="ResNet-18 input side the tail runs at")
+    p.add_argument("--cut", default="layer3_1_relu_1", help="ResNet-18 node whose output is sent")
+    p.add_argument("--skip-batching", action="store_true")
+    p.add_argument(
+        "--malloc-top-pad-mib", type=int, default=64,
+        help="repeat the overhead pass with glibc's M_TOP_PAD set to this in both processes (0: skip)",
+    )  # fmt: skip
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--md", type=Path, default=None)
+    p.add_argument("--from-json", type=Path, default=None, help="only rewrite --md from this result")
+    p.add_argument("--serve-child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_child is not None:
+        return serve_child(json.loads(args.serve_child))
+    if args.from_json is not None:
+        md = to_markdown(json.loads(args.from_json.read_text()))
+        if args.md:
+            args.md.write_text(md)
+        print(md)
+        return 0
+    sizes = _ints(args.sizes)
+    repeats = _ints(args.repeats)
+    if len(repeats) == 1:
+        repeats *= len(sizes)
+    if len(repeats) != len(sizes) or min(repeats) < 1 or args.warmup < 0:
+        raise SystemExit("--repeats: one count >= 1, or one per size")
+    for n in sizes:
+        shape_of(n)
+    if args.clients < 1 or args.max_batch_size < 2 or args.rounds < 1 or args.duration_s <= 0:
+        raise SystemExit("--clients >= 1, --max-batch-size >= 2, --rounds >= 1, --duration-s > 0")
+
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(1)  # the client computes nothing heavy; leave the cores to the server
+    t_start = time.perf_counter()
+    load_before = list(os.getloadavg())
+    settings = {
+        "sizes_bytes": sizes,
+        "repeats": repeats,
+        "warmup": args.warmup,
+        "overhead_server": (
+            "ServerConfig defaults (max_batch_size 8, max_queue_delay_ms 2.0; a lone request runs at once)"
+        ),
+        "echo_server_workers": 16,
+        "clients": args.clients,
+        "client_channels": (
+            "one channel and TCP connection per client thread (grpc.use_local_subchannel_pool)"
+        ),
+        "max_batch_size": args.max_batch_size,
+        "max_queue_delay_ms": args.max_queue_delay_ms,
+        "rounds": args.rounds,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "tail_model": TAIL_MODEL,
+        "tail_input": args.tail_input,
+        "cut": args.cut,
+        "server_threads": "torch default (see server.torch_threads)",
+        "client_torch_threads": 1,
+        "max_message_bytes": MAX_MESSAGE,
+        "malloc_top_pad_mib_second_pass": args.malloc_top_pad_mib,
+        "env_MALLOC_TOP_PAD_": os.environ.get("MALLOC_TOP_PAD_"),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
+        cfg = {
+            "sizes": sizes,
+            "echo_workers": 16,
+            "batching": not args.skip_batching,
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_ms": args.max_queue_delay_ms,
+            "tail_input": args.tail_input,
+            "cut": args.cut,
+            "boundaries": max(1, args.clients),
+            "boundary_path": str(Path(tmp) / "boundary.npy"),
+        }
+        print("starting the servers (child process) ...", flush=True)
+        server = ServerProcess(cfg)
+        try:
+            info = server.info
+            print("per-request overhead against a raw gRPC echo:", flush=True)
+            overhead = measure_overhead(info, sizes, repeats, args.warmup, with_client=not args.no_client)
+            batching = None
+            if not args.skip_batching:
+                boundaries = np.load(cfg["boundary_path"])
+                print(f"{args.clients} concurrent clients, batching vs not:", flush=True)
+                batching = measure_batching(
+                    info, boundaries, args.cut, args.clients, args.rounds, args.warmup_s, args.duration_s
+                )
+        finally:
+            server.close()
+        padded = None
+        if args.malloc_top_pad_mib > 0:  # last: mallopt cannot be undone for what follows in this process
+            pad = args.malloc_top_pad_mib << 20
+            print(f"the same overhead pass with glibc's M_TOP_PAD = {args.malloc_top_pad_mib} MiB "
+                  "in both processes:", flush=True)  # fmt: skip
+            server = ServerProcess({**cfg, "batching": False}, env={"MALLOC_TOP_PAD_": str(pad)})
+            try:
+                applied = set_malloc_top_pad(pad)
+                padded = {
+                    "top_pad_bytes": pad,
+                    "client_mallopt_ok": applied,
+                    "server_env": f"MALLOC_TOP_PAD_={pad}",
+                    "sizes": measure_overhead(
+                        server.info, sizes, repeats, args.warmup, with_client=not args.no_client
+                    ),
+                }
+            finally:
+                server.close()
+    result: dict[str, Any] = {
+        "benchmark": "runtime",
+        "command": "python scripts/bench_runtime.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "machine": machine_info(),
+        "code": code_state(),
+        # addresses and pid: meaningless after the run
+        "server": {
+            k: v for k, v in info.items() if k not in ("pid", "echo", "overhead", "batched", "unbatched")
+        },
+        "settings": settings,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "overhead": overhead,
+        "overhead_malloc_top_pad": padded,
+        "batching": batching,
+        "goals": goals(overhead, batching, padded),
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    text = json.dumps(result, indent=2, allow_nan=False)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    md = to_markdown(result)
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

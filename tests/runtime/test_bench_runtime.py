@@ -1,0 +1,82 @@
+"""scripts/bench_runtime.py runs end to end on a tiny configuration and writes valid JSON (no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_runtime", ROOT / "scripts" / "bench_runtime.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _finite(value: Any) -> bool:
+    """Every number in a JSON tree is finite."""
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
+def test_tiny_run_writes_json_and_markdown(
+    bench: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, md = tmp_path / "runtime.json", tmp_path / "runtime.md"
+    argv = [
+        "--sizes", "4096", "--repeats", "3", "--warmup", "1", "--no-client",
+        "--clients", "2", "--max-batch-size", "4", "--rounds", "1", "--duration-s", "0.4",
+        "--warmup-s", "0.1", "--tail-input", "32", "--malloc-top-pad-mib", "8",
+        "--json", str(out), "--md", str(md),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    capsys.readouterr()
+    data = json.loads(out.read_text())  # strict JSON: the script writes with allow_nan=False
+    assert _finite(data)
+    assert data["machine"]["cpu_count"] >= 1 and data["server"]["torch_threads"] >= 1
+    assert data["overhead_malloc_top_pad"]["server_env"] == f"MALLOC_TOP_PAD_={8 << 20}"
+    assert data["settings"]["clients"] == 2 and data["settings"]["max_batch_size"] == 4
+
+    for rows in (data["overhead"], data["overhead_malloc_top_pad"]["sizes"]):
+        (row,) = rows
+        assert row["bytes"] == 4096 and row["shape"] == [1, 256, 4] and row["repeats"] == 3
+        assert set(row["variants"]) == {"echo", "v2_bare", "v2_raw", "v2_zstd"}
+        for label, v in row["variants"].items():
+            assert v["wall_ms"]["p10"] <= v["wall_ms"]["median"] <= v["wall_ms"]["p90"]
+            if label != "echo":
+                assert v["ratio_of_medians"] > 0 and v["rpc_ms"]["median"] > 0
+        for label in ("v2_raw", "v2_zstd"):  # the tail server reports its times
+            assert set(row["variants"][label]["server_ms_median"]) == {"queue", "compute", "decode"}
+
+    batching = data["batching"]
+    assert batching["batched"]["requests"] > 0 and batching["unbatched"]["requests"] > 0
+    assert set(batching["unbatched"]["batch_size_counts"]) == {"1"}  # max_batch_size 1: never batched
+    assert all(1 <= int(b) <= 4 for b in batching["batched"]["batch_size_counts"])
+    assert batching["throughput_ratio"]["pooled"] > 0
+    assert "overhead_1MiB_v2_raw" not in data["goals"] and "met" in data["goals"]["batching"]
+
+    text = md.read_text()
+    assert "cores**" in text and "One machine" in text
+    assert "raw gRPC echo" in text and "max_batch_size 4" in text
+
+
+def test_shapes_and_validation(bench: Any) -> None:
+    assert bench.shape_of(1 << 20) == (1, 256, 1024)
+    with pytest.raises(SystemExit):
+        bench.shape_of(1000)
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "4096,8192", "--repeats", "1,2,3"])
