@@ -30,10 +30,20 @@ from typing import Any
 
 import numpy as np
 
-from splitdnn import codec
 from splitdnn.errors import ProfileError, WireError
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import splitdnn_pb2 as sd_pb
+from splitdnn.runtime._serde_tensors import (
+    DATATYPES,
+    MAX_DIM,
+    MAX_RANK,
+    PARAM_FRAMED,
+    Budget,
+    add_tensors,
+    datatype_of,
+    show,
+    tensors_from_proto,
+)
 from splitdnn.schema import Profile, profile_from_json, profile_to_json
 
 __all__ = [
@@ -46,6 +56,7 @@ __all__ = [
     "PARAM_FINGERPRINT",
     "PARAM_FRAMED",
     "PARAM_QUEUE_MS",
+    "PARAM_WEIGHTS",
     "InferRequestData",
     "InferResponseData",
     "ModelInfoData",
@@ -55,6 +66,8 @@ __all__ = [
     "build_model_info",
     "build_model_info_request",
     "build_model_metadata",
+    "build_probe_request",
+    "build_probe_response",
     "build_model_ready",
     "build_server_live",
     "build_server_metadata",
@@ -64,59 +77,23 @@ __all__ = [
     "parse_infer_response",
     "parse_model_info",
     "parse_model_metadata",
+    "parse_probe_request",
+    "parse_probe_response",
     "param_ms",
 ]
 
 PARAM_FINGERPRINT = "splitdnn.fingerprint"  # string: fingerprint of the traced model the client split
-PARAM_FRAMED = "splitdnn.framed"  # string: comma-separated names of inputs that are codec frames
+PARAM_WEIGHTS = "splitdnn.weights"  # string: weights digest of the client's model (runtime._weights)
 PARAM_QUEUE_MS = "splitdnn.queue_ms"  # double: time the request waited for a batch slot, ms
 PARAM_COMPUTE_MS = "splitdnn.compute_ms"  # double: time running the model (tail) on its batch, ms
 PARAM_DECODE_MS = "splitdnn.decode_ms"  # double: time validating and decoding the request, ms
 PARAM_BATCH_SIZE = "splitdnn.batch_size"  # int64: number of requests in the batch this one ran in
 
-MAX_RANK = codec.MAX_RANK  # 8, as in codec frames
-MAX_DIM = codec.MAX_DIM  # 2**32 - 1 per dimension
-
-#: v2 datatype name -> little-endian numpy dtype of its raw bytes (BF16: uint16 bit patterns).
-DATATYPES: Mapping[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BF16": np.dtype("<u2"),
-}
-_NAME_BY_KIND = {
-    ("b", 1): "BOOL",
-    ("u", 1): "UINT8",
-    ("i", 1): "INT8",
-    ("i", 2): "INT16",
-    ("i", 4): "INT32",
-    ("i", 8): "INT64",
-    ("f", 2): "FP16",
-    ("f", 4): "FP32",
-    ("f", 8): "FP64",
-}
-# typed-contents field of InferTensorContents that may carry each datatype (FP16/BF16: raw only)
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
-_FIELD_DTYPE = {"int_contents": np.int32, "int64_contents": np.int64, "uint_contents": np.uint32}
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
-_SHOW = 60  # characters of a client-chosen string quoted in an error message
 
 ParamValue = str | int | float | bool
+#: parameters build_infer_request sets from its own arguments
+_ARGUMENT_PARAMS = frozenset({PARAM_FINGERPRINT, PARAM_FRAMED, PARAM_WEIGHTS})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,6 +114,7 @@ class InferRequestData:
     wire_bytes: int  # serialized size of the request message
     bfloat16: frozenset[str] = frozenset()  # inputs holding bfloat16 bit patterns (uint16 arrays)
     requested_outputs: tuple[str, ...] = ()  # output names the client asked for; () = all
+    weights: str | None = None  # the splitdnn.weights parameter (digest of the client's weights), if sent
 
 
 @dataclass(frozen=True)
@@ -164,6 +142,7 @@ class ModelInfoData:
     max_message_bytes: int = 0  # 0: not stated
     max_decoded_bytes: int = 0  # 0: not stated
     max_batch_size: int = 1
+    weights: str = ""  # digest of the weights the server computes with; "" from older servers
 
 
 @dataclass(frozen=True)
@@ -176,39 +155,7 @@ class TensorSpec:
 
 
 # --------------------------------------------------------------------------------------------------
-# small helpers
-
-
-def _show(text: str) -> str:
-    """A client-chosen string, quoted and cut short for an error message."""
-    return repr(text if len(text) <= _SHOW else text[:_SHOW] + "...")
-
-
-def datatype_of(array: np.ndarray, *, bfloat16: bool = False) -> str:
-    """The v2 datatype name of ``array`` (``bfloat16=True``: a uint16 array of bfloat16 bits)."""
-    dt = array.dtype
-    if bfloat16 or dt.name == "bfloat16":
-        if dt.itemsize != 2 or (bfloat16 and dt.kind != "u"):
-            raise WireError(
-                f"BF16 tensors are uint16 bit patterns (or an ml_dtypes bfloat16 array), found {dt}"
-            )
-        return "BF16"
-    name = _NAME_BY_KIND.get((dt.kind, dt.itemsize))
-    if name is None:
-        raise WireError(
-            f"cannot send dtype {dt}: expected one of bool, uint8, int8, int16, int32, int64, float16, "
-            f"float32, float64 (or bfloat16); cast the array first"
-        )
-    return name
-
-
-def _raw_bytes(array: np.ndarray, datatype: str) -> bytes:
-    """Row-major little-endian bytes of ``array`` as ``datatype``."""
-    target = DATATYPES[datatype]
-    if datatype == "BF16":
-        arr = np.ascontiguousarray(array)
-        return (arr.view("<u2") if arr.dtype.kind != "u" else arr.astype("<u2", copy=False)).tobytes()
-    return np.ascontiguousarray(array, dtype=target).tobytes()
+# parameters
 
 
 def _set_param(msg: Any, key: str, value: ParamValue) -> None:
@@ -239,185 +186,20 @@ def _params_from(proto_map: Any, where: str) -> dict[str, ParamValue]:
     for key, p in proto_map.items():
         choice = p.WhichOneof("parameter_choice")
         if choice is None:
-            raise WireError(f"{where} parameter {_show(key)} has no value; set one of its *_param fields")
+            raise WireError(f"{where} parameter {show(key)} has no value; set one of its *_param fields")
         out[key] = getattr(p, choice)
     return out
 
 
-def _check_shape(shape: Sequence[int], name: str) -> tuple[tuple[int, ...], int]:
-    """Validated shape and its element count (Python ints: no overflow)."""
-    if len(shape) > MAX_RANK:
+def _string_param(params: Mapping[str, ParamValue], key: str) -> str | None:
+    """A ``splitdnn.*`` parameter that must be a string_param; None when absent."""
+    value = params.get(key)
+    if value is not None and not isinstance(value, str):
         raise WireError(
-            f"tensor {_show(name)} has rank {len(shape)}; the maximum is {MAX_RANK}; send fewer dimensions"
+            f"parameter {key} must be a string_param, found {type(value).__name__} {value!r:.40}; "
+            f"send it as string_param"
         )
-    n = 1
-    for i, d in enumerate(shape):
-        if d < 0 or d > MAX_DIM:
-            raise WireError(
-                f"tensor {_show(name)} has dimension {i} = {d}; expected 0..{MAX_DIM} (-1 is only "
-                f"for metadata, a request states the real size)"
-            )
-        n *= d
-    return tuple(int(d) for d in shape), n
-
-
-class _Budget:
-    """Bytes one message may still decode to; every tensor draws from it before it is allocated."""
-
-    def __init__(self, limit: int) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise WireError(f"max_decoded_bytes must be an integer >= 0, found {limit!r}")
-        self.limit, self.left = limit, limit
-
-    def take(self, nbytes: int, name: str) -> None:
-        if nbytes > self.left:
-            raise WireError(
-                f"tensor {_show(name)} decodes to {nbytes} bytes; the message may decode to at most "
-                f"{self.limit} bytes in all ({self.left} left); send a smaller tensor or raise "
-                f"max_decoded_bytes"
-            )
-        self.left -= nbytes
-
-
-# --------------------------------------------------------------------------------------------------
-# tensors
-
-
-def _tensors_from_proto(
-    tensors: Sequence[Any],
-    raw: Sequence[bytes],
-    *,
-    budget: _Budget,
-    framed: Collection[str],
-    where: str,
-) -> tuple[dict[str, np.ndarray], frozenset[str]]:
-    """Decode v2 tensors (raw or typed contents; frames for ``framed`` names) into arrays."""
-    if raw and len(raw) != len(tensors):
-        raise WireError(
-            f"{where} has {len(tensors)} tensor(s) but {len(raw)} raw content entries; expected one raw "
-            f"entry per tensor, in order, or none (typed contents)"
-        )
-    unknown = set(framed) - {t.name for t in tensors}
-    if unknown:
-        raise WireError(
-            f"parameter {PARAM_FRAMED} lists {_show(', '.join(sorted(unknown)))}, which the message "
-            f"has no tensor for; list only names of framed inputs"
-        )
-    out: dict[str, np.ndarray] = {}
-    bf16: set[str] = set()
-    for i, t in enumerate(tensors):
-        name = t.name
-        if not name:
-            raise WireError(f"{where} tensor {i} has an empty name; name every tensor")
-        if name in out:
-            raise WireError(f"{where} names tensor {_show(name)} twice; each tensor name must be unique")
-        has_contents = t.HasField("contents")
-        if raw and has_contents:
-            raise WireError(
-                f"{where} tensor {_show(name)} has typed contents while the message uses raw contents; "
-                f"use one or the other for all tensors"
-            )
-        shape, n = _check_shape(t.shape, name)
-        if name in framed:
-            out[name], is_bf16 = _decode_frame(
-                t.datatype, shape, raw[i] if raw else None, name, budget, where
-            )
-            if is_bf16:
-                bf16.add(name)
-            continue
-        dtype = DATATYPES.get(t.datatype)
-        if dtype is None:
-            raise WireError(
-                f"{where} tensor {_show(name)} has datatype {_show(t.datatype)}; expected one of "
-                f"{', '.join(DATATYPES)}"
-            )
-        nbytes = n * dtype.itemsize
-        if raw:
-            data = raw[i]
-            if len(data) != nbytes:
-                raise WireError(
-                    f"{where} tensor {_show(name)} is {t.datatype}{list(shape)}: expected {nbytes} raw "
-                    f"bytes, found {len(data)}; send exactly the elements of the shape, row major"
-                )
-            budget.take(nbytes, name)
-            arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-        else:
-            arr = _from_contents(t, shape, n, dtype, has_contents, budget, where)
-        if t.datatype == "BF16":
-            bf16.add(name)
-        out[name] = arr
-    return out, frozenset(bf16)
-
-
-def _decode_frame(
-    datatype: str, shape: tuple[int, ...], data: bytes | None, name: str, budget: _Budget, where: str
-) -> tuple[np.ndarray, bool]:
-    """Decode one framed tensor; also says whether it holds bfloat16 bit patterns."""
-    if datatype != "UINT8" or len(shape) != 1:
-        raise WireError(
-            f"{where} tensor {_show(name)} is listed in {PARAM_FRAMED} but is {_show(datatype)}"
-            f"{list(shape)}; a framed tensor is UINT8 of shape [frame bytes]"
-        )
-    if data is None:
-        raise WireError(
-            f"{where} tensor {_show(name)} is a codec frame but the message has no raw contents; "
-            f"frames travel in raw_input_contents"
-        )
-    if len(data) != shape[0]:
-        raise WireError(
-            f"{where} frame {_show(name)} declares {shape[0]} bytes but carries {len(data)}; the shape "
-            f"of a framed tensor is [len(frame)]"
-        )
-    info = codec.describe(data, max_decoded_bytes=budget.limit)  # header only: nothing decoded yet
-    budget.take(info.decoded_nbytes, name)
-    return codec.decode(data, max_decoded_bytes=info.decoded_nbytes), info.dtype == "bfloat16"
-
-
-def _from_contents(
-    t: Any, shape: tuple[int, ...], n: int, dtype: np.dtype, has: bool, budget: _Budget, where: str
-) -> np.ndarray:
-    field_name = _CONTENTS_FIELD.get(t.datatype)
-    if field_name is None:
-        raise WireError(
-            f"{where} tensor {_show(t.name)} is {t.datatype}, which v2 carries only as raw contents; "
-            f"send it in raw_input_contents"
-        )
-    values = getattr(t.contents, field_name) if has else ()
-    if len(values) != n:
-        raise WireError(
-            f"{where} tensor {_show(t.name)} is {t.datatype}{list(shape)}: expected {n} value(s) in "
-            f"contents.{field_name}, found {len(values)}"
-        )
-    for other, _desc in t.contents.ListFields() if has else ():
-        if other.name != field_name:
-            raise WireError(
-                f"{where} tensor {_show(t.name)} is {t.datatype} but sets contents.{other.name}; use "
-                f"contents.{field_name}"
-            )
-    budget.take(n * dtype.itemsize, t.name)
-    if dtype.kind in "iu" and n:
-        # the proto field's own width (int32, int64, uint32): every value fits, then check the range
-        wide = np.asarray(values, dtype=_FIELD_DTYPE[field_name])
-        info = np.iinfo(dtype)
-        if wide.min() < info.min or wide.max() > info.max:
-            raise WireError(
-                f"{where} tensor {_show(t.name)}: values {int(wide.min())}..{int(wide.max())} do not fit "
-                f"{t.datatype} ({info.min}..{info.max})"
-            )
-        return wide.astype(dtype).reshape(shape)
-    return np.asarray(values, dtype=dtype).reshape(shape)
-
-
-def _add_tensors(
-    msg: Any, tensor_type: Any, raw: Any, arrays: Mapping[str, np.ndarray], bfloat16: Collection[str]
-) -> None:
-    for name, array in arrays.items():
-        if not isinstance(array, np.ndarray):
-            raise WireError(f"tensor {_show(str(name))} must be a numpy array, found {type(array).__name__}")
-        datatype = datatype_of(array, bfloat16=name in bfloat16)
-        t = tensor_type(name=name, datatype=datatype, shape=list(array.shape))
-        msg.append(t)
-        raw.append(_raw_bytes(array, datatype))
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,11 +215,13 @@ def build_infer_request(
     parameters: Mapping[str, ParamValue] | None = None,
     bfloat16: Collection[str] = (),
     model_version: str = "",
+    weights: str | None = None,
 ) -> v2_pb.ModelInferRequest:
     """A ModelInfer request: arrays as their v2 datatype and shape; ``bytes`` as a codec frame.
 
     A frame is sent as ``UINT8 [len(frame)]`` and listed in ``splitdnn.framed``; ``fingerprint``
-    goes in ``splitdnn.fingerprint``. ``bfloat16`` names uint16 arrays holding bfloat16 bits.
+    goes in ``splitdnn.fingerprint`` and ``weights`` (the weights digest) in ``splitdnn.weights``.
+    ``bfloat16`` names uint16 arrays holding bfloat16 bits.
     """
     msg = v2_pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
     framed: list[str] = []
@@ -452,16 +236,18 @@ def build_infer_request(
             msg.raw_input_contents.append(data)
             framed.append(name)
         else:
-            _add_tensors(
+            add_tensors(
                 msg.inputs, v2_pb.ModelInferRequest.InferInputTensor, msg.raw_input_contents,
                 {name: value}, bfloat16,
             )  # fmt: skip
     for key, param in (parameters or {}).items():
-        if key in (PARAM_FINGERPRINT, PARAM_FRAMED):
+        if key in _ARGUMENT_PARAMS:
             raise WireError(f"parameter {key!r} is set by build_infer_request itself; pass it as an argument")
         _set_param(msg.parameters[key], key, param)
     if fingerprint is not None:
         msg.parameters[PARAM_FINGERPRINT].string_param = fingerprint
+    if weights is not None:
+        msg.parameters[PARAM_WEIGHTS].string_param = weights
     if framed:
         if any("," in n for n in framed):
             raise WireError(f"framed input names cannot contain ',', found {framed}")
@@ -473,22 +259,14 @@ def parse_infer_request(msg: v2_pb.ModelInferRequest, *, max_decoded_bytes: int)
     """Validate a ModelInfer request and decode its inputs (frames included) within the byte budget."""
     if not isinstance(msg, v2_pb.ModelInferRequest):
         raise WireError(f"expected an inference.ModelInferRequest, found {type(msg).__name__}")
-    budget = _Budget(max_decoded_bytes)
+    budget = Budget(max_decoded_bytes)
     params = _params_from(msg.parameters, "request")
-    fingerprint = params.get(PARAM_FINGERPRINT)
-    if fingerprint is not None and not isinstance(fingerprint, str):
-        raise WireError(
-            f"parameter {PARAM_FINGERPRINT} must be a string_param, found {type(fingerprint).__name__}"
-        )
-    framed_param = params.get(PARAM_FRAMED, "")
-    if not isinstance(framed_param, str):
-        raise WireError(
-            f"parameter {PARAM_FRAMED} must be a string_param, found {type(framed_param).__name__}"
-        )
-    framed = frozenset(n for n in framed_param.split(",") if n)
+    fingerprint = _string_param(params, PARAM_FINGERPRINT)
+    weights = _string_param(params, PARAM_WEIGHTS)
+    framed = frozenset(n for n in (_string_param(params, PARAM_FRAMED) or "").split(",") if n)
     if not msg.inputs:
         raise WireError("the request has no inputs; send the model input(s) or the boundary tensors of a cut")
-    inputs, bf16 = _tensors_from_proto(
+    inputs, bf16 = tensors_from_proto(
         msg.inputs, msg.raw_input_contents, budget=budget, framed=framed, where="request"
     )
     requested = tuple(o.name for o in msg.outputs)
@@ -505,6 +283,7 @@ def parse_infer_request(msg: v2_pb.ModelInferRequest, *, max_decoded_bytes: int)
         wire_bytes=msg.ByteSize(),
         bfloat16=bf16,
         requested_outputs=requested,
+        weights=weights,
     )
 
 
@@ -519,7 +298,7 @@ def build_infer_response(
 ) -> v2_pb.ModelInferResponse:
     """A ModelInfer response with raw output contents; ``bfloat16`` names uint16 arrays of bf16 bits."""
     msg = v2_pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
-    _add_tensors(
+    add_tensors(
         msg.outputs, v2_pb.ModelInferResponse.InferOutputTensor, msg.raw_output_contents, outputs, bfloat16
     )
     for key, value in (parameters or {}).items():
@@ -531,9 +310,9 @@ def parse_infer_response(msg: v2_pb.ModelInferResponse, *, max_decoded_bytes: in
     """Validate a ModelInfer response and decode its outputs within the byte budget."""
     if not isinstance(msg, v2_pb.ModelInferResponse):
         raise WireError(f"expected an inference.ModelInferResponse, found {type(msg).__name__}")
-    budget = _Budget(max_decoded_bytes)
+    budget = Budget(max_decoded_bytes)
     params = _params_from(msg.parameters, "response")
-    outputs, bf16 = _tensors_from_proto(
+    outputs, bf16 = tensors_from_proto(
         msg.outputs, msg.raw_output_contents, budget=budget, framed=(), where="response"
     )
     if not outputs:
@@ -605,7 +384,7 @@ def parse_model_metadata(
         out = []
         for t in items:
             if len(t.shape) > MAX_RANK or any(d < -1 for d in t.shape):
-                raise WireError(f"metadata tensor {_show(t.name)} has an invalid shape {list(t.shape)[:12]}")
+                raise WireError(f"metadata tensor {show(t.name)} has an invalid shape {list(t.shape)[:12]}")
             out.append(TensorSpec(t.name, t.datatype, tuple(t.shape)))
         return tuple(out)
 
@@ -631,8 +410,12 @@ def build_model_info(
     max_message_bytes: int = 0,
     max_decoded_bytes: int = 0,
     max_batch_size: int = 1,
+    weights: str = "",
 ) -> sd_pb.ModelInfoResponse:
-    """A GetModelInfo response; the profile travels as splitdnn.schema JSON (empty when none)."""
+    """A GetModelInfo response; the profile travels as splitdnn.schema JSON (empty when none).
+
+    ``weights``: the digest of the weights the server computes with (``runtime._weights``).
+    """
     return sd_pb.ModelInfoResponse(
         name=name,
         fingerprint=fingerprint,
@@ -642,6 +425,7 @@ def build_model_info(
         max_message_bytes=max_message_bytes,
         max_decoded_bytes=max_decoded_bytes,
         max_batch_size=max_batch_size,
+        weights_digest=weights,
     )
 
 
@@ -654,7 +438,7 @@ def parse_model_info(msg: sd_pb.ModelInfoResponse) -> ModelInfoData:
         raise WireError(f"expected a splitdnn.v1.ModelInfoResponse, found {type(msg).__name__}")
     if not msg.fingerprint:
         raise WireError(
-            f"the server sent no fingerprint for model {_show(msg.name)}; is it a splitdnn server?"
+            f"the server sent no fingerprint for model {show(msg.name)}; is it a splitdnn server?"
         )
     profile = None
     if msg.profile_json:
@@ -683,7 +467,37 @@ def parse_model_info(msg: sd_pb.ModelInfoResponse) -> ModelInfoData:
         max_message_bytes=int(msg.max_message_bytes),
         max_decoded_bytes=int(msg.max_decoded_bytes),
         max_batch_size=max(1, int(msg.max_batch_size)),
+        weights=msg.weights_digest,
     )
+
+
+def build_probe_request(payload: bytes) -> sd_pb.ProbeRequest:
+    """A splitdnn.v1 Probe request carrying ``payload`` (bytes that only measure the uplink)."""
+    return sd_pb.ProbeRequest(payload=payload)
+
+
+def parse_probe_request(msg: sd_pb.ProbeRequest) -> int:
+    """The number of payload bytes a Probe request carries (its content is never read)."""
+    if not isinstance(msg, sd_pb.ProbeRequest):
+        raise WireError(f"expected a splitdnn.v1.ProbeRequest, found {type(msg).__name__}")
+    return len(msg.payload)
+
+
+def build_probe_response(received_bytes: int) -> sd_pb.ProbeResponse:
+    """A Probe answer: how many payload bytes arrived."""
+    return sd_pb.ProbeResponse(received_bytes=received_bytes)
+
+
+def parse_probe_response(msg: sd_pb.ProbeResponse, sent_bytes: int) -> int:
+    """The bytes the server says it received; WireError unless that is ``sent_bytes``."""
+    if not isinstance(msg, sd_pb.ProbeResponse):
+        raise WireError(f"expected a splitdnn.v1.ProbeResponse, found {type(msg).__name__}")
+    if msg.received_bytes != sent_bytes:
+        raise WireError(
+            f"the server received {msg.received_bytes} probe bytes, expected {sent_bytes}; is a proxy "
+            f"on the path altering messages?"
+        )
+    return int(msg.received_bytes)
 
 
 def param_ms(params: Mapping[str, ParamValue], key: str) -> float:

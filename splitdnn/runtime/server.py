@@ -14,13 +14,16 @@ Served over one port (DESIGN sections 5, 6, 8):
   A request's inputs define its cut: the model's own inputs run the whole model; boundary tensors
   named by their producer nodes run the tail that computes the output from them (built once per set
   of names, kept in an LRU cache). Split requests carry ``splitdnn.fingerprint``.
-- ``splitdnn.v1.SplitService/GetModelInfo``: fingerprint, the server's profile, limits.
+- ``splitdnn.v1.SplitService/GetModelInfo``: fingerprint, weights digest, the server's profile,
+  limits; ``Probe``: answers at once with the payload's size (clients measure the link with it).
 - ``grpc.health.v1.Health``: SERVING while up, NOT_SERVING from the start of a shutdown.
 - Prometheus metrics over HTTP on ``metrics_port`` (see :mod:`splitdnn.runtime._metrics`).
 
 Status codes: NOT_FOUND (a model the server does not serve), INVALID_ARGUMENT (malformed request,
 wrong input names, dtypes or shapes, bad or oversized frames, decompression bombs),
-FAILED_PRECONDITION (fingerprint of another model), RESOURCE_EXHAUSTED (more than ``max_concurrency``
+FAILED_PRECONDITION (fingerprint of another model, or ``splitdnn.weights`` naming other weights than
+the served ones: same architecture, different values; requests without it, as from stock v2 clients,
+are accepted), RESOURCE_EXHAUSTED (more than ``max_concurrency``
 requests in flight, or a message over ``max_message_bytes``), UNAUTHENTICATED (missing or wrong
 bearer token), DEADLINE_EXCEEDED (the client's deadline passed while queued or running), INTERNAL
 (a bug; the message says what failed). A bad request never affects any other one.
@@ -30,16 +33,18 @@ shapes are concatenated along the batch dimension, up to ``max_batch_size`` rows
 most ``max_queue_delay_ms`` while more requests are arriving. The tail runs on ``device`` under
 ``torch.no_grad``; responses report ``splitdnn.queue_ms``, ``splitdnn.compute_ms``,
 ``splitdnn.decode_ms`` and ``splitdnn.batch_size``.
+
+The servicers, the token interceptor and the mapping of exceptions to statuses live in
+:mod:`splitdnn.runtime._servicers`; the tails in :mod:`splitdnn.runtime._tail`.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -47,192 +52,29 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-import splitdnn
-from splitdnn import codec
-from splitdnn.errors import CodecError, ConfigError, ProfileMismatchError, SplitDNNError, WireError
+from splitdnn.errors import CodecError, ConfigError, ProfileMismatchError, WireError
 from splitdnn.graph import TracedModel
 from splitdnn.runtime import serde
-from splitdnn.runtime._batcher import Batcher, BatcherStopped, BatchResult, Job
+from splitdnn.runtime._batcher import Batcher, BatchResult, Job
 from splitdnn.runtime._config import ModelSpec, ServerConfig, device_of, host_port, load_served, read_pem
-from splitdnn.runtime._metrics import UNKNOWN_MODEL, ServerMetrics
+from splitdnn.runtime._metrics import ServerMetrics
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._servicers import (
+    VERSION,
+    Abort,
+    InferenceServicer,
+    SplitServicer,
+    TokenInterceptor,
+    compute_error,
+)
 from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, to_numpy
 
 __all__ = ["ModelSpec", "ServerConfig", "TailServer"]
 
 log = logging.getLogger(__name__)
 
-_PLATFORM = "splitdnn_torch"  # v2 ModelMetadata.platform
-_VERSION = "1"  # the one version of every served model; "" also selects it
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"  # reachable without the token (load balancer probes)
 _EXTRA_WORKERS = 8  # threads beyond max_concurrency, for health, metadata and rejecting overflow
-
-
-# --------------------------------------------------------------------------------------------------
-# errors -> statuses
-
-
-class _Abort(Exception):
-    """A request ends with this status and message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:500] if lines else type(exc).__name__
-
-
-def _compute_error(exc: BaseException, served: ServedModel, shapes: Mapping[str, list[int]]) -> _Abort:
-    """Map an exception from running a tail to the status its request gets."""
-    if isinstance(exc, WireError):
-        return _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, BatcherStopped):
-        return _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
-    if isinstance(exc, torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError since 2.5, same class
-        return _Abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"model {served.name!r} ran out of device memory on inputs {dict(shapes)}; send a smaller batch",
-        )
-    if isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and not isinstance(
-        exc, SplitDNNError
-    ):
-        # inputs were checked for names, dtypes and ranks: what is left is a shape the model rejects
-        return _Abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"model {served.name!r} rejected inputs of shape {dict(shapes)}: {_first_line(exc)}; send the "
-            f"tensors the model's head produces (the server traced it at input shape "
-            f"{[list(s) for s in served.traced.input_shapes]})",
-        )
-    log.exception("tail of model %r failed", served.name, exc_info=exc)
-    return _Abort(grpc.StatusCode.INTERNAL, f"model {served.name!r} failed: {type(exc).__name__}: {exc}")
-
-
-# --------------------------------------------------------------------------------------------------
-# servicers
-
-
-class _InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    """inference.GRPCInferenceService over the server's models."""
-
-    def __init__(self, server: TailServer) -> None:
-        self._s = server
-
-    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return serde.build_server_live(True)
-
-    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return serde.build_server_ready(self._s.ready)
-
-    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        ok = request.name in self._s._models and request.version in ("", _VERSION) and self._s.ready
-        return serde.build_model_ready(ok)
-
-    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return serde.build_server_metadata("splitdnn", splitdnn.__version__, ("splitdnn.v1",))
-
-    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            served = self._s._model(request.name, request.version)
-        except _Abort as a:
-            context.abort(a.code, a.message)
-        return serde.build_model_metadata(
-            served.name,
-            platform=_PLATFORM,
-            inputs=served.input_specs,
-            outputs=served.output_specs,
-            versions=(_VERSION,),
-        )
-
-    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        s = self._s
-        served = s._models.get(request.model_name)
-        label = served.name if served is not None else UNKNOWN_MODEL
-        s.metrics.requests.labels(label).inc()
-        s.metrics.bytes_in.labels(label).inc(request.ByteSize())
-        if not s._slots.acquire(blocking=False):
-            s.metrics.failures.labels(label, "RESOURCE_EXHAUSTED").inc()
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server already has max_concurrency={s.config.max_concurrency} requests in flight; "
-                f"retry with backoff, or start it with a higher --max-concurrency",
-            )
-        s.metrics.in_flight.inc()
-        try:
-            response = s._infer(request, context)
-        except _Abort as a:
-            s.metrics.failures.labels(label, a.code.name).inc()
-            context.abort(a.code, a.message)
-        except Exception as exc:  # a bug: say what failed instead of grpc's bare UNKNOWN
-            log.exception("ModelInfer for model %r failed", label)
-            s.metrics.failures.labels(label, "INTERNAL").inc()
-            context.abort(
-                grpc.StatusCode.INTERNAL, f"the server failed: {type(exc).__name__}: {_first_line(exc)}"
-            )
-        finally:
-            s.metrics.in_flight.dec()
-            s._slots.release()
-        s.metrics.bytes_out.labels(label).inc(response.ByteSize())
-        return response
-
-
-class _SplitServicer(sd_grpc.SplitServiceServicer):
-    """splitdnn.v1.SplitService: what v2 has no message for."""
-
-    def __init__(self, server: TailServer) -> None:
-        self._s = server
-
-    def GetModelInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
-        s = self._s
-        try:
-            served = s._model(request.name, "")
-        except _Abort as a:
-            context.abort(a.code, a.message)
-        return serde.build_model_info(
-            served.name,
-            served.fingerprint,
-            s.config.profiles.get(served.name),
-            inputs=served.input_names,
-            codecs=codec.known_codecs(),
-            max_message_bytes=s.config.max_message_bytes,
-            max_decoded_bytes=s.config.max_decoded_bytes,
-            max_batch_size=s.config.max_batch_size,
-        )
-
-
-class _TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses every call without ``authorization: Bearer <token>`` (health checks excepted)."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-        def deny(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' with the "
-                "server's token",
-            )
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        method = handler_call_details.method  # type: ignore[attr-defined]
-        if method.startswith(_HEALTH_PREFIX):
-            return continuation(handler_call_details)
-        for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
-            if key == "authorization":
-                got = value.encode() if isinstance(value, str) else bytes(value)
-                if hmac.compare_digest(got, self._expected):
-                    return continuation(handler_call_details)
-        return self._deny
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,13 +156,13 @@ class TailServer:
         workers = cfg.max_concurrency + _EXTRA_WORKERS
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitdnn-rpc"),
-            interceptors=[_TokenInterceptor(cfg.token)] if cfg.token else [],
+            interceptors=[TokenInterceptor(cfg.token)] if cfg.token else [],
             options=options,
             maximum_concurrent_rpcs=4 * workers,
         )
         self._unstarted = server
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(_InferenceServicer(self), server)
-        sd_grpc.add_SplitServiceServicer_to_server(_SplitServicer(self), server)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self), server)
+        sd_grpc.add_SplitServiceServicer_to_server(SplitServicer(self), server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = host_port(cfg.host, cfg.port)
@@ -458,47 +300,55 @@ class TailServer:
         served = self._models.get(name)
         if served is None:
             shown = name if len(name) <= 60 else name[:60] + "..."
-            raise _Abort(
+            raise Abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"model {shown!r} is not served here; this server serves {sorted(self._models)}",
             )
-        if version not in ("", _VERSION):
-            raise _Abort(
+        if version not in ("", VERSION):
+            raise Abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"model {name!r} has only version {_VERSION!r}; leave model_version empty",
+                f"model {name!r} has only version {VERSION!r}; leave model_version empty",
             )
         return served
 
     def _infer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        """One ModelInfer call, raising _Abort for every refusal."""
+        """One ModelInfer call, raising Abort for every refusal."""
         served = self._model(request.model_name, request.model_version)
         batcher = self._batcher
         if batcher is None:
-            raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is not started; retry shortly")
+            raise Abort(grpc.StatusCode.UNAVAILABLE, "the server is not started; retry shortly")
         t0 = time.perf_counter()
         batcher.arriving()
         try:
             try:
                 data = serde.parse_infer_request(request, max_decoded_bytes=self.config.max_decoded_bytes)
             except (WireError, CodecError) as exc:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             full = set(data.inputs) == set(served.input_names)
             if data.fingerprint is not None and data.fingerprint != served.fingerprint:
-                raise _Abort(
+                raise Abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"the client split a model with fingerprint {data.fingerprint[:12]}, but this server's "
                     f"{served.name!r} has fingerprint {served.fingerprint[:12]}; use the same model "
                     f"definition on both sides (GetModelInfo gives the server's)",
                 )
+            if data.weights is not None and data.weights != served.weights:
+                raise Abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the client computes with weights {data.weights[:12]!r}, but this server's "
+                    f"{served.name!r} has weights {served.weights[:12]!r} (same architecture, different "
+                    f"parameter values: the split would compute garbage); load the same weights file on "
+                    f"both ends (GetModelInfo gives the server's weights digest)",
+                )
             if not full and data.fingerprint is None:
-                raise _Abort(
+                raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"a split request (inputs {sorted(data.inputs)[:6]}) must carry parameter "
                     f"{serde.PARAM_FINGERPRINT} with the fingerprint of the model the client split",
                 )
             unknown_out = [n for n in data.requested_outputs if n not in served.output_names]
             if unknown_out:
-                raise _Abort(
+                raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"model {served.name!r} has outputs {list(served.output_names)}, not {unknown_out[:6]}",
                 )
@@ -506,7 +356,7 @@ class TailServer:
                 served.check_inputs(data.inputs, data.bfloat16)
                 tail = served.tail(frozenset(data.inputs))
             except WireError as exc:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             tensors = [from_numpy(data.inputs[n], bfloat16=n in data.bfloat16) for n in tail.inputs]
             rows = int(tensors[0].shape[0])
             key = (served.name, tail.inputs, tuple((t.dtype, tuple(t.shape[1:])) for t in tensors))
@@ -545,7 +395,7 @@ class TailServer:
                 serde.PARAM_BATCH_SIZE: result.batch_size,
             },
             bfloat16=bf16,
-            model_version=_VERSION,
+            model_version=VERSION,
         )
 
     def _await(
@@ -561,11 +411,11 @@ class TailServer:
             return future.result(timeout=timeout)
         except futures.TimeoutError:
             future.cancel()
-            raise _Abort(
+            raise Abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"model {served.name!r} did not finish within the request's deadline; allow more time",
             ) from None
         except futures.CancelledError:
-            raise _Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
+            raise Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
         except Exception as exc:
-            raise _compute_error(exc, served, shapes) from exc
+            raise compute_error(exc, served, shapes) from exc

@@ -377,6 +377,8 @@ class _FakeRpcError(grpc.RpcError):
         (grpc.StatusCode.UNAUTHENTICATED, "no token", AuthenticationError),
         (grpc.StatusCode.PERMISSION_DENIED, "", AuthenticationError),
         (grpc.StatusCode.FAILED_PRECONDITION, "fingerprint abc is not def", ModelMismatchError),
+        (grpc.StatusCode.FAILED_PRECONDITION, "the client computes with weights 'ab'", ModelMismatchError),
+        (grpc.StatusCode.FAILED_PRECONDITION, "the index is not built", RemoteError),
         (grpc.StatusCode.INVALID_ARGUMENT, "bad frame", RemoteError),
     ],
 )

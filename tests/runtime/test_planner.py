@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from splitdnn.runtime.planner import (
     scale_profile,
 )
 from splitdnn.schema import CodecResult, Link, Profile
+from splitdnn.solver import accuracy_table_from_dict
 from splitdnn.solver.synthetic import SynthNode, make_profiles
 
 MB = 1_000_000
@@ -273,6 +276,61 @@ def test_codecs_are_chosen_with_the_cut_and_priced_as_used() -> None:
     fast = Link(100_000.0, rtt_ms=10.0)
     assert planner.price(planner.plan, fast).boundary[0].codec == "zstd"
     assert plan_key(planner.price(planner.plan, fast)) == plan_key(planner.plan)
+
+
+def _lossy_profiles() -> tuple[Profile, Profile]:
+    """``_profiles(with_codec=True)`` plus int8+zstd on b: half zstd's bytes, a small numeric error."""
+    int8 = CodecResult("int8+zstd", 1_000, 1.0, 0.5, 0.01, 1e-4, 0.9999)
+
+    def add(p: Profile) -> Profile:
+        nodes = tuple(
+            dataclasses.replace(n, codecs=(*n.codecs, int8)) if n.name == "b" else n for n in p.nodes
+        )
+        return dataclasses.replace(p, nodes=nodes)
+
+    device, server = _profiles(with_codec=True)
+    return add(device), add(server)
+
+
+def _table(fingerprint: str, loss_pts: float) -> dict:
+    """A synthetic accuracy table (the JSON of scripts/bench_accuracy.py): int8+zstd at b, two seeds."""
+    rows = [{"cut": "b", "spec": "int8+zstd", "loss_pts": loss_pts}]
+    return {
+        "format": "splitdnn.accuracy-table/1", "model_name": "synthetic", "fingerprint": fingerprint,
+        "input_node": "x", "seeds": [{"rows": rows}, {"rows": [{**rows[0], "loss_pts": loss_pts / 2}]}],
+    }  # fmt: skip
+
+
+def test_accuracy_budget_decides_the_lossy_codec(tmp_path: Path) -> None:
+    device, server = _lossy_profiles()
+    link = Link(1.0, rtt_ms=10.0)
+    codec = lambda planner: planner.plan.boundary[0].codec  # noqa: E731
+    assert codec(Planner(device, server, link)) == "zstd"  # default: lossless only
+    table = accuracy_table_from_dict(_table(device.fingerprint, 0.3))
+    within = Planner(device, server, link, accuracy_table=table, max_accuracy_loss=0.5)
+    assert codec(within) == "int8+zstd" and within.max_error is None  # the table alone decides
+    assert codec(Planner(device, server, link, accuracy_table=table, max_accuracy_loss=0.1)) == "zstd"
+    # both budgets, when given, apply
+    both = Planner(device, server, link, accuracy_table=table, max_accuracy_loss=0.5, max_error=1e-6)
+    assert codec(both) == "zstd"
+    path = tmp_path / "acc.json"
+    path.write_text(json.dumps(_table(device.fingerprint, 0.3)))
+    assert codec(Planner(device, server, link, accuracy_table=path, max_accuracy_loss=0.5)) == "int8+zstd"
+
+
+def test_accuracy_budget_refusals(tmp_path: Path) -> None:
+    device, server = _lossy_profiles()
+    link = Link(1.0, rtt_ms=10.0)
+    with pytest.raises(ConfigError, match="measured on model 'synthetic'"):
+        other = accuracy_table_from_dict(_table("0" * 64, 0.3))
+        Planner(device, server, link, accuracy_table=other, max_accuracy_loss=0.5)
+    table = accuracy_table_from_dict(_table(device.fingerprint, 0.3))
+    with pytest.raises(ConfigError, match="needs both"):
+        Planner(device, server, link, accuracy_table=table)
+    with pytest.raises(ConfigError, match="max_accuracy_loss must be"):
+        Planner(device, server, link, accuracy_table=table, max_accuracy_loss=-1.0)
+    with pytest.raises(ConfigError, match="cannot read accuracy table"):
+        Planner(device, server, link, accuracy_table=tmp_path / "missing.json", max_accuracy_loss=1.0)
 
 
 def test_scale_profile_divides_every_time() -> None:

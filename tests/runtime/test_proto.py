@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     assert not stale, f"run scripts/gen_protos.sh and commit: stale {stale}"
 
 
-def _fields(message: type) -> dict[str, int]:
+def _fields(message: Any) -> dict[str, int]:
     return {f.name: f.number for f in message.DESCRIPTOR.fields}
 
 
@@ -86,7 +87,13 @@ def test_v2_names_and_numbers() -> None:
 def test_splitdnn_v1_service() -> None:
     assert sd_pb.DESCRIPTOR.package == "splitdnn.v1"
     service = sd_pb.DESCRIPTOR.services_by_name["SplitService"]
-    assert [m.name for m in service.methods] == ["GetModelInfo"]
+    assert [m.name for m in service.methods] == ["GetModelInfo", "Probe"]
     assert _fields(sd_pb.ModelInfoRequest) == {"name": 1}
     fields = _fields(sd_pb.ModelInfoResponse)
     assert fields["name"] == 1 and fields["fingerprint"] == 2 and fields["profile_json"] == 3
+    # published numbers never change; new fields only append
+    assert fields["inputs"] == 4 and fields["codecs"] == 5 and fields["max_message_bytes"] == 6
+    assert fields["max_decoded_bytes"] == 7 and fields["max_batch_size"] == 8
+    assert fields["weights_digest"] == 9
+    assert _fields(sd_pb.ProbeRequest) == {"payload": 1}
+    assert _fields(sd_pb.ProbeResponse) == {"received_bytes": 1}

@@ -97,13 +97,23 @@ def test_frames_round_trip(spec: str) -> None:
 
 
 def test_parameters_and_ids_round_trip() -> None:
-    params = {"a": "text", "b": 7, "c": 2.5, "d": True, "big": 2**63 + 5}
+    params: dict[str, serde.ParamValue] = {"a": "text", "b": 7, "c": 2.5, "d": True, "big": 2**63 + 5}
     msg = serde.build_infer_request("m", {"x": ARRAYS["FP32"]}, request_id="r1", parameters=params)
     assert msg.parameters["big"].WhichOneof("parameter_choice") == "uint64_param"
     data = serde.parse_infer_request(msg, max_decoded_bytes=CAP)
     assert data.request_id == "r1" and data.fingerprint is None
     assert {k: data.parameters[k] for k in params} == params
     assert type(data.parameters["d"]) is bool
+    assert data.weights is None
+
+
+def test_weights_digest_round_trips_and_is_an_argument() -> None:
+    msg = serde.build_infer_request("m", {"x": ARRAYS["FP32"]}, fingerprint="f", weights="ab" * 16)
+    data = serde.parse_infer_request(msg, max_decoded_bytes=CAP)
+    assert data.weights == "ab" * 16 and data.fingerprint == "f"
+    assert data.parameters[serde.PARAM_WEIGHTS] == "ab" * 16
+    with pytest.raises(WireError, match="set by build_infer_request"):
+        serde.build_infer_request("m", {"x": ARRAYS["FP32"]}, parameters={serde.PARAM_WEIGHTS: "ab"})
 
 
 def test_builder_refuses_reserved_parameters_and_bad_values() -> None:
@@ -157,6 +167,18 @@ def test_metadata_and_model_info() -> None:
     assert data.profile == profile and data.fingerprint == profile.fingerprint
     assert data.inputs == ("x",) and data.codecs == ("raw", "zstd") and data.max_message_bytes == 10
     assert serde.parse_model_info(serde.build_model_info("m", "abc", None)).profile is None
+    assert data.weights == ""  # an older server publishes no digest
+    assert (
+        serde.parse_model_info(serde.build_model_info("m", "abc", None, weights="cd" * 16)).weights
+        == "cd" * 16
+    )
+
+
+def test_probe_messages() -> None:
+    assert serde.parse_probe_request(serde.build_probe_request(b"abc")) == 3
+    assert serde.parse_probe_response(serde.build_probe_response(3), 3) == 3
+    with pytest.raises(WireError, match="received 2 probe bytes, expected 3"):
+        serde.parse_probe_response(serde.build_probe_response(2), 3)
 
 
 def test_model_info_refuses_bad_profiles() -> None:
@@ -285,6 +307,10 @@ def test_parameter_refusals() -> None:
     msg = _request(x=ARRAYS["FP32"])
     msg.parameters[serde.PARAM_FINGERPRINT].int64_param = 3
     with pytest.raises(WireError, match="must be a string_param"):
+        serde.parse_infer_request(msg, max_decoded_bytes=CAP)
+    msg = _request(x=ARRAYS["FP32"])
+    msg.parameters[serde.PARAM_WEIGHTS].double_param = 1.0
+    with pytest.raises(WireError, match="splitdnn.weights must be a string_param, found float"):
         serde.parse_infer_request(msg, max_decoded_bytes=CAP)
 
 

@@ -24,6 +24,7 @@ from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._tail import ServedModel
+from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
 from splitdnn.schema import load_profile
 
@@ -158,8 +159,9 @@ def test_lossy_frames_stay_within_their_bound(live: Live) -> None:
     got = live.infer("alexnet", {cut: frame}, fingerprint=traced.fingerprint)
     with torch.no_grad():
         _, tail = head_tail(traced, cut)
-        expected = tail({cut: torch.from_numpy(codec.decode(frame))}).numpy()
-    assert np.array_equal(got.outputs["output"], expected)
+        expected = tail({cut: torch.from_numpy(codec.decode(frame))})
+    assert isinstance(expected, torch.Tensor)
+    assert np.array_equal(got.outputs["output"], expected.numpy())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,12 +206,20 @@ def _bad_requests(live: Live) -> dict[str, tuple[v2_pb.ModelInferRequest, grpc.S
         "split without fingerprint": (req("resnet18", boundary), inv),
         "fingerprint of another model": (req("resnet18", boundary, fingerprint="0" * 64), F),
         "fingerprint on a full request": (req("resnet18", {"x": x}, fingerprint="0" * 64), F),
+        "other weights": (req("resnet18", boundary, fingerprint=fp, weights="0" * 32), F),
+        "other weights on a full request": (req("resnet18", {"x": x}, weights="0" * 32), F),
+        "weights digest not a string": (_with_param(req("resnet18", {"x": x}), "splitdnn.weights", 7), inv),
         "unknown requested output": (wrong_output, inv),
         "oversize message": (
             req("resnet18", {"x": np.zeros((8, 3, 128, 128), np.float32)}),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         ),
     }
+
+
+def _with_param(msg: v2_pb.ModelInferRequest, key: str, value: int) -> v2_pb.ModelInferRequest:
+    msg.parameters[key].int64_param = value
+    return msg
 
 
 def test_every_bad_request_gets_its_status_and_the_server_keeps_serving(live: Live) -> None:
@@ -230,6 +240,31 @@ def test_error_messages_say_what_was_expected(live: Live) -> None:
     with pytest.raises(grpc.RpcError) as info:
         live.v2.ModelInfer(serde.build_infer_request("nope", {"x": x}), timeout=30)
     assert "alexnet" in info.value.details() and "resnet18" in info.value.details()
+
+
+def test_weights_digest_is_checked_when_sent(live: Live) -> None:
+    traced = live.traced("resnet18")
+    x = _x("resnet18", seed=3)
+    cut = chain_cuts(traced)[3]
+    digest = weights_digest(traced.module)
+    ok = live.infer("resnet18", _boundary(traced, cut, x), fingerprint=traced.fingerprint, weights=digest)
+    assert np.array_equal(ok.outputs["output"], _local(traced, x))
+    # a stock v2 client sends no digest and is served
+    assert np.array_equal(live.infer("resnet18", {"x": x.numpy()}).outputs["output"], _local(traced, x))
+    with pytest.raises(grpc.RpcError) as info:
+        live.v2.ModelInfer(serde.build_infer_request("resnet18", {"x": x.numpy()}, weights="ab" * 16))
+    details = info.value.details()
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'abababababab'" in details and repr(digest[:12]) in details and "same weights file" in details
+
+
+def test_probe_answers_with_the_payload_size(live: Live) -> None:
+    for n in (0, 1, 100_000):
+        msg = live.split.Probe(serde.build_probe_request(b"\x01" * n), timeout=10)
+        assert serde.parse_probe_response(msg, n) == n
+    with pytest.raises(grpc.RpcError) as info:  # the message cap bounds the payload
+        live.split.Probe(serde.build_probe_request(bytes(MAX_MESSAGE + 1)), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_unimplemented_rpcs(live: Live) -> None:
@@ -273,6 +308,7 @@ def test_model_info(live: Live) -> None:
     assert info.profile is not None and info.profile.model == "resnet18"
     assert info.inputs == ("x",) and "zstd" in info.codecs
     assert info.max_message_bytes == MAX_MESSAGE and info.max_batch_size == 8
+    assert info.weights == weights_digest(live.traced("resnet18").module)
     alex = serde.parse_model_info(
         live.split.GetModelInfo(serde.build_model_info_request("alexnet"), timeout=10)
     )
@@ -333,6 +369,7 @@ def test_concurrent_requests_batch_and_stay_correct(live: Live) -> None:
             )
         )
     for x, got in zip(inputs, replies, strict=True):
-        assert 1 <= got.parameters[serde.PARAM_BATCH_SIZE] <= 8
+        batch = got.parameters[serde.PARAM_BATCH_SIZE]
+        assert isinstance(batch, int) and 1 <= batch <= 8
         # a batch may pick other kernels than a single request: equal to float32 rounding
         np.testing.assert_allclose(got.outputs["output"], _local(traced, x), rtol=1e-4, atol=1e-5)

@@ -239,14 +239,15 @@ def test_a_port_in_use_is_a_config_error_and_leaves_nothing_running() -> None:
 
 
 def test_config_is_validated() -> None:
-    for kw, match in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"models": ()}, "empty"),
         ({"models": ("resnet18",), "max_batch_size": 0}, "max_batch_size"),
         ({"models": ("resnet18",), "port": 70000}, "port"),
         ({"models": ("resnet18",), "tls_cert": b"x"}, "both tls_cert and tls_key"),
         ({"models": ("resnet18",), "tls_client_ca": b"x"}, "needs tls_cert"),
         ({"models": ("resnet18",), "max_queue_delay_ms": -1}, "max_queue_delay_ms"),
-    ]:
+    ]
+    for kw, match in cases:
         with pytest.raises(ConfigError, match=match):
             ServerConfig(**kw)
     with pytest.raises(ConfigError, match="CUDA is not available"):

@@ -13,7 +13,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("name", "fingerprint", "profile_json", "inputs", "codecs", "max_message_bytes", "max_decoded_bytes", "max_batch_size")
+    __slots__ = ("name", "fingerprint", "profile_json", "inputs", "codecs", "max_message_bytes", "max_decoded_bytes", "max_batch_size", "weights_digest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     PROFILE_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class ModelInfoResponse(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_DECODED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     fingerprint: str
     profile_json: str
@@ -30,4 +31,17 @@ class ModelInfoResponse(_message.Message):
     max_message_bytes: int
     max_decoded_bytes: int
     max_batch_size: int
-    def __init__(self, name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., profile_json: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ..., max_decoded_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    weights_digest: str
+    def __init__(self, name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., profile_json: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ..., max_decoded_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., weights_digest: _Optional[str] = ...) -> None: ...
+
+class ProbeRequest(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
+class ProbeResponse(_message.Message):
+    __slots__ = ("received_bytes",)
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    received_bytes: int
+    def __init__(self, received_bytes: _Optional[int] = ...) -> None: ...

@@ -39,6 +39,11 @@ class SplitServiceStub:
                 request_serializer=splitdnn__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=splitdnn__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.Probe = channel.unary_unary(
+                '/splitdnn.v1.SplitService/Probe',
+                request_serializer=splitdnn__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=splitdnn__pb2.ProbeResponse.FromString,
+                _registered_method=True)
 
 
 class SplitServiceServicer:
@@ -51,6 +56,15 @@ class SplitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Probe(self, request, context):
+        """A link probe: the server only counts the payload and answers at once, so the call's wall time is
+        network time. An edge-only client uses it to notice a link that recovered (it sends random bytes,
+        never an input). The payload is capped by the server's max message size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SplitServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +72,11 @@ def add_SplitServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=splitdnn__pb2.ModelInfoRequest.FromString,
                     response_serializer=splitdnn__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'Probe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Probe,
+                    request_deserializer=splitdnn__pb2.ProbeRequest.FromString,
+                    response_serializer=splitdnn__pb2.ProbeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +106,33 @@ class SplitService:
             '/splitdnn.v1.SplitService/GetModelInfo',
             splitdnn__pb2.ModelInfoRequest.SerializeToString,
             splitdnn__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Probe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitdnn.v1.SplitService/Probe',
+            splitdnn__pb2.ProbeRequest.SerializeToString,
+            splitdnn__pb2.ProbeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,297 @@
+"""The request path of the edge client: one :meth:`SplitClient.infer` call, local or remote (torch, grpc).
+
+Split out of :mod:`splitdnn.runtime.client`, which keeps the client's state (channel, planner, link
+estimate, back-off) and decides *which* path a request takes; :class:`Run` carries one request
+through it and records where the time went (a :class:`~splitdnn.runtime.client.Breakdown`). A
+``Run`` belongs to one call on one thread; everything it shares with other calls goes through the
+client's locked methods (``_observe``, ``_mark_up`` / ``_mark_down``, ``_count_fallback``,
+``_pieces_for``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import numpy as np
+import torch
+
+from splitdnn import codec as _codec
+from splitdnn import graph
+from splitdnn.errors import PlanError, ServerUnavailableError, WireError
+from splitdnn.runtime import serde
+from splitdnn.runtime._client_report import Breakdown
+from splitdnn.runtime._client_rpc import is_transient, translate_rpc_error
+from splitdnn.schema import Plan
+
+if TYPE_CHECKING:
+    from splitdnn.runtime.client import SplitClient
+
+__all__ = ["Pieces", "Run", "device_compute", "unsendable"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """The split model for one plan (cached by the client per set of device-side nodes)."""
+
+    head: graph.Piece | None  # None for cloud-only
+    tail: graph.Piece | None  # None for cloud-only (the local fallback runs the whole model)
+
+
+# --------------------------------------------------------------------------------------------------
+# device compute
+
+
+class _ThreadLimit:
+    """``torch.set_num_threads`` for the length of a device computation, safe under overlap.
+
+    With torch's OpenMP backend the setting is two things at once: the calling OS thread's own
+    OpenMP thread count, and the process default that threads starting later pick up. So every
+    request sets the limit on its own thread (where its compute runs), and on exit sets its thread,
+    and the default, back to the value found when no request was computing (saved by the first to
+    enter). Restoring "the value I found" instead would leave the limit behind whenever requests
+    overlap: a request entering while another computes finds the limit, not the real setting.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = 0
+
+    @contextmanager
+    def limit(self, threads: int | None) -> Iterator[None]:
+        if threads is None:
+            yield
+            return
+        with self._lock:
+            if self._users == 0:
+                self._saved = torch.get_num_threads()
+            self._users += 1
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                torch.set_num_threads(self._saved)
+
+
+_THREADS = _ThreadLimit()
+
+
+_THREADS = _ThreadLimit()
+
+
+@contextmanager
+def device_compute(threads: int | None) -> Iterator[None]:
+    """Device-side compute: the (shared, reference-counted) thread limit, inference mode."""
+    with _THREADS.limit(threads), torch.inference_mode():
+        yield
+
+
+# --------------------------------------------------------------------------------------------------
+# torch <-> numpy
+
+
+def _to_numpy(value: Any, name: str) -> tuple[np.ndarray, bool]:
+    """``(array, is_bfloat16)`` of a boundary value; bfloat16 travels as uint16 bit patterns."""
+    if not isinstance(value, torch.Tensor):
+        raise PlanError(
+            f"boundary value {name!r} is a {type(value).__name__}, not a tensor: only tensors can be "
+            f"sent; cut elsewhere (force_boundary=...) or keep that node on one side"
+        )
+    t = value.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), True
+    return t.numpy(), False
+
+
+def _from_numpy(array: np.ndarray, bfloat16: bool) -> torch.Tensor:
+    arr = np.array(array, copy=True)  # writable, owned: the response's buffer is read-only
+    if bfloat16:
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(arr)
+
+
+def unsendable(traced: graph.TracedModel) -> frozenset[str]:
+    """Nodes whose value is not one tensor (a tuple, a Python number), from one run on the example
+    input: only tensors can cross the network, so no plan may cut right after these."""
+    tensors: set[str] = set()
+
+    class _Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            value = super().run_node(n)
+            if isinstance(value, torch.Tensor):
+                tensors.add(n.name)
+            return value
+
+    with torch.inference_mode():
+        _Recorder(traced.module).run(*(t.clone() for t in traced.example_inputs))
+    return frozenset(n.name for n in traced.nodes if n.op != "get_attr" and n.name not in tensors)
+
+
+def _output(data: serde.InferResponseData) -> Any:
+    """The model output from the response: one tensor (``output``) or a tuple (``output_0``...)."""
+    outs = data.outputs
+    if "output" in outs:
+        return _from_numpy(outs["output"], "output" in data.bfloat16)
+    items = []
+    for i in range(len(outs)):
+        name = f"output_{i}"
+        if name not in outs:
+            raise WireError(
+                f"the server's response has outputs {sorted(outs)}; expected 'output' or output_0.."
+                f"output_{len(outs) - 1}: is the server a splitdnn server of this model?"
+            )
+        items.append(_from_numpy(outs[name], name in data.bfloat16))
+    return tuple(items)
+
+
+# --------------------------------------------------------------------------------------------------
+# one request
+
+
+class Run:
+    """The bookkeeping of one infer() call: times, bytes, and the local and remote paths."""
+
+    def __init__(self, client: SplitClient, plan: Plan, t0: float) -> None:
+        self.c = client
+        self.plan = plan
+        self.t0 = t0
+        self.head_ms = self.encode_ms = self.tail_ms = self.client_ms = self.padding_ms = 0.0
+        self.network_ms = self.queue_ms = self.compute_ms = self.decode_ms = 0.0
+        self.bytes_sent = self.bytes_received = self.batch = 0
+        self.sent: tuple[str, ...] = ()
+        self.codecs: tuple[str, ...] = ()
+        self.is_local = False
+        self.fallback = ""
+
+    def breakdown(self) -> Breakdown:
+        return Breakdown(
+            head_ms=self.head_ms, encode_ms=self.encode_ms, network_ms=self.network_ms,
+            server_queue_ms=self.queue_ms, server_compute_ms=self.compute_ms, decode_ms=self.decode_ms,
+            total_ms=(time.perf_counter() - self.t0) * 1e3, bytes_sent=self.bytes_sent,
+            boundary=self.sent, local=self.is_local, bytes_received=self.bytes_received,
+            tail_local_ms=self.tail_ms, client_ms=self.client_ms, padding_ms=self.padding_ms,
+            predicted_ms=self.plan.cost.total_ms, strategy=self.plan.strategy, codecs=self.codecs,
+            fallback=self.fallback, batch_size=self.batch,
+        )  # fmt: skip
+
+    def _timed_device(self, fn: Callable[[], T]) -> tuple[T, float]:
+        """Run ``fn`` as device compute; returns its result and the emulated time in ms."""
+        with device_compute(self.c.threads):
+            t = time.perf_counter()
+            out = fn()
+            ms = (time.perf_counter() - t) * 1e3
+        pad = (self.c.emulate_slowdown - 1.0) * ms
+        if pad > 0:
+            time.sleep(pad / 1e3)
+            self.padding_ms += pad
+        return out, ms + pad
+
+    def _fell_back(self, reason: str) -> None:
+        self.is_local = True
+        self.fallback = reason
+        if reason:
+            self.c._count_fallback()
+
+    def local(self, inputs: Sequence[torch.Tensor], *, reason: str) -> Any:
+        """The whole model on the device (``reason``: why, when the plan said otherwise)."""
+        self._fell_back(reason)
+        out, self.head_ms = self._timed_device(lambda: self.c.traced.module(*inputs))
+        return out
+
+    def _finish_locally(
+        self, inputs: Sequence[torch.Tensor], values: dict[str, Any] | None, reason: str
+    ) -> Any:
+        """The request's remaining work on the device: the tail if the head ran, else everything."""
+        pieces = self.c._pieces_for(self.plan)
+        if values is None or pieces.tail is None:
+            head_ms = self.head_ms
+            out = self.local(inputs, reason=reason)
+            self.tail_ms, self.head_ms = self.head_ms, head_ms
+            return out
+        self._fell_back(reason)
+        tail = pieces.tail
+        out, self.tail_ms = self._timed_device(lambda: tail(values))
+        return out
+
+    def _encode(self, send: dict[str, Any]) -> tuple[dict[str, np.ndarray | bytes], list[str]]:
+        """The wire form of each tensor to send: a real-typed array (``raw``) or a codec frame."""
+        wire: dict[str, np.ndarray | bytes] = {}
+        bf16: list[str] = []
+        for name, spec in zip(self.sent, self.codecs, strict=True):
+            arr, is_bf16 = _to_numpy(send[name], name)
+            if spec == "raw":
+                wire[name] = arr
+                if is_bf16:
+                    bf16.append(name)
+            else:
+                wire[name] = _codec.encode(arr, spec, bfloat16=is_bf16)
+        return wire, bf16
+
+    def remote(self, inputs: Sequence[torch.Tensor]) -> Any:
+        """The plan's head here, the rest on the server; finishes locally on a transient failure."""
+        c, plan = self.c, self.plan
+        pieces = c._pieces_for(plan)
+        values: dict[str, Any] | None = None
+        named: dict[str, Any] = dict(zip(c._placeholders, inputs, strict=True))
+        send = named  # cloud-only: the model's own inputs
+        if pieces.head is not None:
+            head = pieces.head
+            head_out, self.head_ms = self._timed_device(lambda: head(named))
+            values = send = dict(head_out)
+        codec_of = {b.node: b.codec for b in plan.boundary}
+        self.sent = tuple(send)
+        self.codecs = tuple(codec_of.get(n, "raw") for n in self.sent)
+
+        remote_ms = plan.cost.total_ms - plan.cost.compute_ms[0]
+        if remote_ms > c.timeout_s * 1e3 and c.fallback_local:
+            return self._finish_locally(
+                inputs, values, f"the remote part is predicted to take {remote_ms:.0f} ms, over the "
+                f"{c.timeout_s * 1e3:.0f} ms deadline",
+            )  # fmt: skip
+
+        (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send))
+        t = time.perf_counter()
+        request = serde.build_infer_request(
+            c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=uuid.uuid4().hex[:16],
+            bfloat16=bf16, weights=c.weights_digest,
+        )  # fmt: skip
+        self.bytes_sent = request.ByteSize()
+        self.client_ms = (time.perf_counter() - t) * 1e3
+        t_rpc = time.perf_counter()
+        try:
+            response = c._v2.ModelInfer(request, timeout=c.timeout_s, metadata=c._metadata)
+        except grpc.RpcError as exc:
+            err = translate_rpc_error(exc, f"ModelInfer({c.model_name!r})")
+            self.network_ms = (time.perf_counter() - t_rpc) * 1e3
+            if isinstance(err, ServerUnavailableError):
+                c._mark_down()
+            if c.fallback_local and is_transient(err):
+                return self._finish_locally(inputs, values, f"{err.code}: {err.details or err}"[:200])
+            raise err from exc
+        rpc_ms = (time.perf_counter() - t_rpc) * 1e3
+        c._mark_up()
+        t = time.perf_counter()
+        data = serde.parse_infer_response(response, max_decoded_bytes=c.max_message_bytes)
+        out = _output(data)
+        self.client_ms += (time.perf_counter() - t) * 1e3
+        p = data.parameters
+        self.queue_ms = serde.param_ms(p, serde.PARAM_QUEUE_MS)
+        self.compute_ms = serde.param_ms(p, serde.PARAM_COMPUTE_MS)
+        self.decode_ms = serde.param_ms(p, serde.PARAM_DECODE_MS)
+        batch = p.get(serde.PARAM_BATCH_SIZE, 1)
+        self.batch = int(batch) if isinstance(batch, int) and not isinstance(batch, bool) else 1
+        self.bytes_received = data.wire_bytes or response.ByteSize()
+        self.network_ms = max(0.0, rpc_ms - self.queue_ms - self.compute_ms - self.decode_ms)
+        c._observe(self.bytes_sent, self.bytes_received, self.network_ms)
+        return out

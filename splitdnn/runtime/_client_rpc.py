@@ -1,0 +1,138 @@
+"""The edge client's channel and its error translation (grpc; no torch).
+
+Split out of :mod:`splitdnn.runtime.client` because it is the client's only contact with grpc's own
+types: the channel (service-config retries with a retry buffer larger than the largest request,
+round-robin over ``dns:///`` or ``ipv4:`` lists, TLS / mTLS) and the one function that turns a
+``grpc.RpcError`` into the :mod:`splitdnn.errors` tree, so no ``RpcError`` escapes the client.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from splitdnn.errors import (
+    AuthenticationError,
+    ConfigError,
+    DeadlineError,
+    ModelMismatchError,
+    RemoteError,
+    ServerUnavailableError,
+)
+
+__all__ = ["is_transient", "make_channel", "read_pem", "translate_rpc_error"]
+
+_SERVICES = ("inference.GRPCInferenceService", "splitdnn.v1.SplitService")
+_TRANSIENT = (ServerUnavailableError, DeadlineError)  # plus RESOURCE_EXHAUSTED, see is_transient
+#: words of the server's FAILED_PRECONDITION messages that mean "another model than yours"
+_MISMATCH_WORDS = ("fingerprint", "weights")
+
+
+#: status -> (error class, what it means, the fix); FAILED_PRECONDITION only for a model mismatch
+_TRANSLATIONS: dict[str, tuple[type[RemoteError], str, str]] = {
+    "UNAVAILABLE": (
+        ServerUnavailableError, "the server is unavailable",
+        "check the address and that `splitdnn serve` is running, or keep fallback_local=True to run "
+        "locally meanwhile",
+    ),
+    "DEADLINE_EXCEEDED": (
+        DeadlineError, "no answer within the deadline", "raise timeout_s or use a cut that sends fewer bytes"
+    ),
+    "UNAUTHENTICATED": (
+        AuthenticationError, "the server refused the credentials",
+        "pass the server's token (token=...) and, for mTLS, a client certificate it trusts",
+    ),
+    "FAILED_PRECONDITION": (
+        ModelMismatchError, "the server serves a different model",
+        "serve the same model (structure and weights file) the client splits",
+    ),
+}  # fmt: skip
+_TRANSLATIONS["PERMISSION_DENIED"] = _TRANSLATIONS["UNAUTHENTICATED"]
+
+
+def translate_rpc_error(exc: grpc.RpcError, what: str) -> RemoteError:
+    """A :class:`~splitdnn.errors.RemoteError` subclass for a failed RPC; ``what`` names the call."""
+    code = exc.code() if hasattr(exc, "code") else None
+    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    entry = _TRANSLATIONS.get(name)
+    if name == "FAILED_PRECONDITION" and not any(w in details.lower() for w in _MISMATCH_WORDS):
+        entry = None  # another precondition: no more specific class than RemoteError
+    if entry is None:
+        return RemoteError(f"{what}: the server answered {name}: {details}", code=name, details=details)
+    cls, meaning, fix = entry
+    return cls(f"{what}: {meaning} ({name}: {details or 'no details'}); {fix}", code=name, details=details)
+
+
+def is_transient(exc: RemoteError) -> bool:
+    """Whether a failed request may succeed later (unreachable, too slow, overloaded): fall back."""
+    return isinstance(exc, _TRANSIENT) or exc.code == "RESOURCE_EXHAUSTED"
+
+
+def read_pem(value: bytes | str | Path | None, what: str) -> bytes | None:
+    """PEM bytes given as bytes or as a file path (None stays None)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the {what} {str(value)!r}: {exc}; pass a PEM file path or bytes"
+        ) from exc
+
+
+def make_channel(
+    address: str,
+    *,
+    secure: bool,
+    root_cert: bytes | str | Path | None,
+    client_cert: bytes | str | Path | None,
+    client_key: bytes | str | Path | None,
+    server_name: str | None,
+    retries: int,
+    max_message_bytes: int,
+) -> grpc.Channel:
+    """The client's channel: retries on UNAVAILABLE (``retries`` attempts), message caps, TLS."""
+    config = {
+        "loadBalancingConfig": [{"round_robin": {}}],  # spreads over dns:/// or ipv4: lists
+        "methodConfig": [
+            {
+                "name": [{"service": s} for s in _SERVICES],
+                "retryPolicy": {
+                    "maxAttempts": retries,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+        if retries > 1
+        else [],
+    }
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1 if retries > 1 else 0),
+        ("grpc.service_config", json.dumps(config)),
+        # gRPC retries only what it buffered; the default per-RPC buffer is 256 KiB, smaller than
+        # a 224x224 input. (This gRPC has no channel-wide "grpc.retry_buffer_size" any more.)
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes + (1 << 20)),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    if not secure:
+        return grpc.insecure_channel(address, options=options)
+    if (client_cert is None) != (client_key is None):
+        raise ConfigError("mTLS needs both client_cert and client_key (PEM); pass both or neither")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read_pem(root_cert, "root certificate"),
+        private_key=read_pem(client_key, "client key"),
+        certificate_chain=read_pem(client_cert, "client certificate"),
+    )
+    return grpc.secure_channel(address, creds, options=options)

@@ -1,0 +1,214 @@
+"""Live link estimation for the edge client (pure Python: no torch, no grpc, unit-tested with numbers).
+
+Split out of :mod:`splitdnn.runtime.planner`, which re-exports :class:`LinkEstimator` and
+:class:`LinkSample`.
+
+:class:`LinkEstimator` turns the client's own requests into a :class:`~splitdnn.schema.Link`. For each
+request the client knows the bytes it sent and received and the network share of the wall time
+(``network_ms`` = RPC wall time - server queue - server compute - server decode, all reported by the
+server). The model is the cost model's own: ``network_ms = rtt_ms + bytes * 8 / (mbps * 1e3)``,
+bytes counting the response at the downlink's relative speed. Separating the fixed RTT from the
+per-byte term is the hard part: a client that keeps one cut sends the same number of bytes every time,
+and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice made here:
+
+* the RTT: a window of the last ``window`` samples (younger than ``max_age_s``), pings included (a
+  ping is an empty RPC, ``observe_ping``: a sample at 0 bytes that measures the RTT alone). When the
+  window holds pairs of samples whose sizes differ by at least ``min_spread`` x (pings and requests;
+  two cuts), a Theil-Sen fit: slope = the median of those pairs' slopes, intercept (the RTT) = the
+  median residual; medians make it robust to a GC pause or a retransmission. Otherwise the RTT comes
+  from pings (or stays the initial link's);
+* the bandwidth: each request's time per byte once that RTT is taken off, ``(network_ms - rtt) /
+  bytes``; the median of the last three (one stalled request is ignored, a real change shows after
+  two) is folded into an EWMA (``alpha``). A window-wide fit would be steadier on a constant link but
+  would take half a window to notice a collapse, which is when re-planning matters most. A small
+  transfer hidden in the RTT's noise is not used unless it shows the link slower than estimated;
+* the EWMA is bias-corrected, so the first real measurement replaces the initial guess instead of
+  being averaged with it, and it runs on the time per byte, not on Mbit/s: averaging rates
+  overestimates a fluctuating link (Jensen), averaging times gives the expected transfer time, which
+  is what the planner adds up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from splitdnn.errors import ConfigError
+from splitdnn.schema import Link
+
+__all__ = ["LinkEstimator", "LinkSample", "check_positive"]
+
+_MAX_MBPS = 100_000.0  # the fastest link the estimator reports (a 100 Gbit/s LAN is "free")
+
+
+# --------------------------------------------------------------------------------------------------
+# link estimation
+
+
+@dataclass(frozen=True)
+class LinkSample:
+    """One observed request (or ping): what went over the network and how long the network took."""
+
+    bytes_up: int  # serialized request message (HTTP/2 and gRPC framing fall in the RTT term)
+    bytes_down: int  # serialized response message
+    network_ms: float  # RPC wall time minus the server's reported queue, compute and decode time
+    at_s: float  # monotonic time of the observation
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        wanted = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise ConfigError(f"{name} must be {wanted}, found {value!r}")
+    return float(value)
+
+
+class LinkEstimator:
+    """Live estimate of the uplink bandwidth and the RTT from the client's own requests.
+
+    See the module docstring for the method. ``initial`` is the prior (used until samples arrive);
+    its downlink/uplink ratio is kept, so a response's bytes count at the downlink's relative speed.
+    ``clock`` is injectable (seconds, monotonic) for tests.
+    """
+
+    def __init__(
+        self,
+        initial: Link,
+        *,
+        window: int = 32,
+        alpha: float = 0.5,
+        min_spread: float = 2.0,
+        max_age_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(initial, Link):
+            raise ConfigError(f"initial must be a splitdnn.schema.Link, found {type(initial).__name__}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ConfigError(f"window must be an integer >= 2 (samples kept for the fit), found {window!r}")
+        if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
+            raise ConfigError(f"alpha must be in (0, 1] (EWMA weight of a new estimate), found {alpha!r}")
+        if not (isinstance(min_spread, (int, float)) and min_spread > 1):
+            raise ConfigError(
+                f"min_spread must be > 1 (size ratio of a sample pair that separates RTT from "
+                f"bandwidth), found {min_spread!r}"
+            )
+        self._max_age_s = check_positive("max_age_s", max_age_s)
+        self._initial = initial
+        self._alpha = float(alpha)
+        self._min_spread = float(min_spread)
+        self._clock = clock
+        self._samples: deque[LinkSample] = deque(maxlen=window)
+        self._recent: deque[float] = deque(maxlen=3)  # latest per-request times per byte
+        # the downlink's speed relative to the uplink: a response byte costs this many uplink bytes
+        self._down_weight = initial.uplink_mbps / initial.effective_downlink_mbps
+        self._ms_per_byte = _ms_per_byte(initial.uplink_mbps)  # smoothed
+        self._rtt_ms = initial.rtt_ms  # smoothed
+        self._updates = 0  # raw estimates folded in so far (for the EWMA's bias correction)
+        self._rtt_updates = 0
+        self.fitted = False  # whether the last update could separate RTT from bandwidth
+
+    # observations ---------------------------------------------------------------------------------
+
+    def observe(self, bytes_up: int, bytes_down: int, network_ms: float) -> None:
+        """Fold in one request: bytes sent and received, and its network time in ms."""
+        if isinstance(bytes_up, bool) or not isinstance(bytes_up, int) or bytes_up < 0:
+            raise ConfigError(f"bytes_up must be an integer >= 0, found {bytes_up!r}")
+        if isinstance(bytes_down, bool) or not isinstance(bytes_down, int) or bytes_down < 0:
+            raise ConfigError(f"bytes_down must be an integer >= 0, found {bytes_down!r}")
+        if not (isinstance(network_ms, (int, float)) and math.isfinite(network_ms)):
+            raise ConfigError(f"network_ms must be a finite number, found {network_ms!r}")
+        # clock noise (the server's times are measured on another clock) can make it slightly < 0
+        self._samples.append(LinkSample(bytes_up, bytes_down, max(0.0, float(network_ms)), self._clock()))
+        self._update()
+
+    def observe_ping(self, rtt_ms: float) -> None:
+        """Fold in an empty round trip (a health or liveness RPC): a direct RTT sample."""
+        self.observe(0, 0, rtt_ms)
+
+    @property
+    def samples(self) -> tuple[LinkSample, ...]:
+        """The samples in the current window, oldest first."""
+        self._expire()
+        return tuple(self._samples)
+
+    @property
+    def link(self) -> Link:
+        """The current estimate (the initial link until samples arrive)."""
+        up = min(_MAX_MBPS, 8.0 / (self._ms_per_byte * 1e3))
+        down = 0.0 if self._initial.downlink_mbps == 0 else up / self._down_weight
+        return Link(uplink_mbps=up, downlink_mbps=down, rtt_ms=max(0.0, self._rtt_ms))
+
+    # estimation -----------------------------------------------------------------------------------
+
+    def _x(self, s: LinkSample) -> float:
+        """A sample's size in uplink-equivalent bytes."""
+        return s.bytes_up + s.bytes_down * self._down_weight
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._samples and now - self._samples[0].at_s > self._max_age_s:
+            self._samples.popleft()
+
+    def _update(self) -> None:
+        self._expire()
+        pts = [(self._x(s), s.network_ms) for s in self._samples]
+        fit = _theil_sen(pts, self._min_spread)
+        self.fitted = fit is not None
+        last_x, last_y = pts[-1]
+        if fit is not None:
+            self._rtt_ms = self._ewma(self._rtt_ms, max(0.0, fit[0]), self._rtt_updates)
+            self._rtt_updates += 1
+        elif last_x == 0:  # a ping and nothing to fit against: it measures the RTT directly
+            self._rtt_ms = self._ewma(self._rtt_ms, last_y, self._rtt_updates)
+            self._rtt_updates += 1
+        if last_x == 0:
+            return
+        # the newest request's time per byte, once the RTT is taken off
+        excess = last_y - self._rtt_ms
+        expected = last_x * self._ms_per_byte
+        if self._updates > 0 and expected < 0.1 * last_y and excess < 2.0 * expected:
+            # a small transfer hidden in the RTT's noise says little about the bandwidth (it would
+            # claim an infinite one); it counts only when it shows the link slower than estimated
+            return
+        self._recent.append(max(excess / last_x, _ms_per_byte(_MAX_MBPS)))
+        self._ms_per_byte = self._ewma(self._ms_per_byte, _median(self._recent), self._updates)
+        self._updates += 1
+
+    def _ewma(self, old: float, new: float, updates: int) -> float:
+        """Bias-corrected EWMA: the first estimate replaces the prior, later ones weigh ``alpha``."""
+        weight = max(self._alpha, 1.0 / (updates + 1))
+        return (1.0 - weight) * old + weight * new
+
+
+def _ms_per_byte(mbps: float) -> float:
+    return 8.0 / (mbps * 1e3)
+
+
+def _median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _theil_sen(pts: Sequence[tuple[float, float]], min_spread: float) -> tuple[float, float] | None:
+    """``(intercept, slope)`` of a Theil-Sen fit over the pairs whose x differ by ``min_spread`` x.
+
+    None when no pair qualifies (all samples about the same size): the data cannot separate the
+    intercept (RTT) from the slope (time per byte).
+    """
+    slopes = []
+    for i in range(len(pts)):
+        xi, yi = pts[i]
+        for j in range(i + 1, len(pts)):
+            xj, yj = pts[j]
+            lo, hi = (xi, xj) if xi <= xj else (xj, xi)
+            if hi > 0 and hi >= min_spread * lo:
+                slopes.append((yj - yi) / (xj - xi))
+    if not slopes:
+        return None
+    slope = max(0.0, _median(slopes))
+    intercept = _median([y - slope * x for x, y in pts])
+    return intercept, slope

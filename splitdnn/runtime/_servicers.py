@@ -1,0 +1,221 @@
+"""The tail server's gRPC face: the servicers, the token check, and exceptions -> status codes (grpc).
+
+Split out of :mod:`splitdnn.runtime.server`, which owns the state (models, batcher, limits, metrics)
+and the request logic (``TailServer._infer``); the servicers here only translate: a refusal is an
+:class:`Abort` carrying its status and message, an exception from running a tail becomes the status
+its request deserves (:func:`compute_error`), and anything else is INTERNAL with what failed, never
+grpc's bare UNKNOWN. ``Probe`` answers at once, without a model or a concurrency slot, so that its
+wall time is network time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import torch
+
+import splitdnn
+from splitdnn import codec
+from splitdnn.errors import SplitDNNError, WireError
+from splitdnn.runtime import serde
+from splitdnn.runtime._batcher import BatcherStopped
+from splitdnn.runtime._metrics import UNKNOWN_MODEL
+from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._tail import ServedModel
+
+if TYPE_CHECKING:
+    from splitdnn.runtime.server import TailServer
+
+__all__ = [
+    "HEALTH_PREFIX",
+    "PLATFORM",
+    "VERSION",
+    "Abort",
+    "InferenceServicer",
+    "SplitServicer",
+    "TokenInterceptor",
+    "compute_error",
+]
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "splitdnn_torch"  # v2 ModelMetadata.platform
+VERSION = "1"  # the one version of every served model; "" also selects it
+HEALTH_PREFIX = "/grpc.health.v1.Health/"  # reachable without the token (load balancer probes)
+
+
+# --------------------------------------------------------------------------------------------------
+# errors -> statuses
+
+
+class Abort(Exception):
+    """A request ends with this status and message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:500] if lines else type(exc).__name__
+
+
+def compute_error(exc: BaseException, served: ServedModel, shapes: Mapping[str, list[int]]) -> Abort:
+    """Map an exception from running a tail to the status its request gets."""
+    if isinstance(exc, WireError):
+        return Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, BatcherStopped):
+        return Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
+    if isinstance(exc, torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError since 2.5, same class
+        return Abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"model {served.name!r} ran out of device memory on inputs {dict(shapes)}; send a smaller batch",
+        )
+    if isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and not isinstance(
+        exc, SplitDNNError
+    ):
+        # inputs were checked for names, dtypes and ranks: what is left is a shape the model rejects
+        return Abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"model {served.name!r} rejected inputs of shape {dict(shapes)}: {first_line(exc)}; send the "
+            f"tensors the model's head produces (the server traced it at input shape "
+            f"{[list(s) for s in served.traced.input_shapes]})",
+        )
+    log.exception("tail of model %r failed", served.name, exc_info=exc)
+    return Abort(grpc.StatusCode.INTERNAL, f"model {served.name!r} failed: {type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# servicers
+
+
+class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the server's models."""
+
+    def __init__(self, server: TailServer) -> None:
+        self._s = server
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return serde.build_server_live(True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return serde.build_server_ready(self._s.ready)
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ok = request.name in self._s._models and request.version in ("", VERSION) and self._s.ready
+        return serde.build_model_ready(ok)
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return serde.build_server_metadata("splitdnn", splitdnn.__version__, ("splitdnn.v1",))
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            served = self._s._model(request.name, request.version)
+        except Abort as a:
+            context.abort(a.code, a.message)
+        return serde.build_model_metadata(
+            served.name,
+            platform=PLATFORM,
+            inputs=served.input_specs,
+            outputs=served.output_specs,
+            versions=(VERSION,),
+        )
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        s = self._s
+        served = s._models.get(request.model_name)
+        label = served.name if served is not None else UNKNOWN_MODEL
+        s.metrics.requests.labels(label).inc()
+        s.metrics.bytes_in.labels(label).inc(request.ByteSize())
+        if not s._slots.acquire(blocking=False):
+            s.metrics.failures.labels(label, "RESOURCE_EXHAUSTED").inc()
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server already has max_concurrency={s.config.max_concurrency} requests in flight; "
+                f"retry with backoff, or start it with a higher --max-concurrency",
+            )
+        s.metrics.in_flight.inc()
+        try:
+            response = s._infer(request, context)
+        except Abort as a:
+            s.metrics.failures.labels(label, a.code.name).inc()
+            context.abort(a.code, a.message)
+        except Exception as exc:  # a bug: say what failed instead of grpc's bare UNKNOWN
+            log.exception("ModelInfer for model %r failed", label)
+            s.metrics.failures.labels(label, "INTERNAL").inc()
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"the server failed: {type(exc).__name__}: {first_line(exc)}"
+            )
+        finally:
+            s.metrics.in_flight.dec()
+            s._slots.release()
+        s.metrics.bytes_out.labels(label).inc(response.ByteSize())
+        return response
+
+
+class SplitServicer(sd_grpc.SplitServiceServicer):
+    """splitdnn.v1.SplitService: what v2 has no message for."""
+
+    def __init__(self, server: TailServer) -> None:
+        self._s = server
+
+    def GetModelInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        s = self._s
+        try:
+            served = s._model(request.name, "")
+        except Abort as a:
+            context.abort(a.code, a.message)
+        return serde.build_model_info(
+            served.name,
+            served.fingerprint,
+            s.config.profiles.get(served.name),
+            inputs=served.input_names,
+            codecs=codec.known_codecs(),
+            max_message_bytes=s.config.max_message_bytes,
+            max_decoded_bytes=s.config.max_decoded_bytes,
+            max_batch_size=s.config.max_batch_size,
+            weights=served.weights,
+        )
+
+    def Probe(self, request: Any, context: grpc.ServicerContext) -> Any:
+        # no model, no slot: the answer must leave at once so the call's wall time is network time
+        # (the message size cap of the server already bounds the payload)
+        return serde.build_probe_response(serde.parse_probe_request(request))
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses every call without ``authorization: Bearer <token>`` (health checks excepted)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' with the "
+                "server's token",
+            )
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        if method.startswith(HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
+            if key == "authorization":
+                got = value.encode() if isinstance(value, str) else bytes(value)
+                if hmac.compare_digest(got, self._expected):
+                    return continuation(handler_call_details)
+        return self._deny

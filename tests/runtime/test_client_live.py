@@ -1,0 +1,241 @@
+"""The edge client's identity, probing, accuracy budget and thread safety, through real gRPC on 127.0.0.1.
+
+- Weights identity: the fingerprint covers structure only, so both ends also compare a digest of the
+  parameter values. Matching weights pass (also when client and server build the zoo model on their
+  own); other weights are refused with ModelMismatchError, at construction (GetModelInfo) and per
+  request (``splitdnn.weights``).
+- Link probing: a client that went edge-only on a slow link notices the link recover, through
+  background probes, and goes back to a remote plan.
+- The accuracy budget reaches the solver: a synthetic table decides whether a lossy codec may carry
+  the boundary tensor.
+- Thread safety: one client used by 8 threads at once gives every thread its exact output.
+
+The server runs with ``max_batch_size=1`` so that concurrent requests run alone and stay bit-exact
+(batched kernels may round differently). Profiles are quick (1 repeat); timing is asserted only as
+generous bounds on the probe's reaction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from splitdnn import graph
+from splitdnn.errors import ModelMismatchError
+from splitdnn.models import ZOO, build_zoo_model
+from splitdnn.profiler import profile_model
+from splitdnn.runtime._weights import weights_digest
+from splitdnn.runtime.client import SplitClient
+from splitdnn.runtime.planner import scale_profile
+from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+from splitdnn.runtime.shaper import ShapedLink
+from splitdnn.schema import Link, Profile
+from splitdnn.solver import accuracy_table_from_dict
+
+MODEL = "resnet18"
+SHAPE = (1, *ZOO[MODEL].test_input_shape)
+
+
+@dataclass
+class Live:
+    server: TailServer
+    traced: graph.TracedModel  # the server's own traced model (its weights)
+    device: Profile  # quick profile of this machine
+    x: torch.Tensor
+    ref: torch.Tensor  # the local full-model output on x
+
+    def client(self, **kw: object) -> SplitClient:
+        kw.setdefault("device_profile", self.device)
+        kw.setdefault("link", Link(100.0, rtt_ms=1.0))
+        return SplitClient(self.server.address, self.traced, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Live]:
+    # the server builds the zoo model itself (seeded weights), as `splitdnn serve resnet18` does
+    spec = ModelSpec(MODEL, input_shapes=(SHAPE,))
+    with TailServer(ServerConfig(models=(spec,), max_batch_size=1)) as server:
+        traced = server.served_model(MODEL)
+        device = profile_model(
+            traced, threads=1, warmup=0, repeats=1, segments=4, check_cuts=0, progress=False,
+            codecs=("raw", "zstd", "int8+zstd"), codec_nodes="chain",
+        )  # fmt: skip
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            ref = traced.module(x)
+        yield Live(server, traced, device, x, ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# weights identity
+
+
+def test_weights_digest_is_deterministic_and_sees_values() -> None:
+    a, b = build_zoo_model(MODEL), build_zoo_model(MODEL)  # seeded: the same weights, bit for bit
+    assert weights_digest(a) == weights_digest(b)
+    traced = graph.trace(a, torch.randn(SHAPE), name=MODEL)
+    assert weights_digest(traced.module) == weights_digest(a)  # tracing keeps names and values
+    with torch.no_grad():
+        b.get_parameter("fc.bias")[0] += (
+            1e-6  # one value, a tiny change: a different digest, the same fingerprint
+        )
+    assert weights_digest(b) != weights_digest(a)
+    assert graph.trace(b, torch.randn(SHAPE), name=MODEL).fingerprint == traced.fingerprint
+    with torch.no_grad():
+        b.get_buffer("bn1.running_mean")[0] += 1.0  # buffers count too
+    assert weights_digest(b) != weights_digest(a)
+
+
+def test_matching_weights_pass_also_when_built_independently(live: Live) -> None:
+    cut = graph.chain_cuts(live.traced)[3]
+    # the client builds the zoo model on its own: seeded, so the digests agree
+    with SplitClient(
+        live.server.address, MODEL, input_shape=SHAPE, device_profile=live.device, force_boundary=cut
+    ) as client:
+        assert client.weights_digest == weights_digest(live.traced.module)
+        y = client.infer(live.x)
+        b = client.last_breakdown
+    assert b is not None and not b.local and b.boundary == (cut,)
+    assert torch.equal(y, live.ref)
+
+
+def test_other_weights_are_refused_at_construction(live: Live) -> None:
+    module = build_zoo_model(MODEL)
+    with torch.no_grad():
+        module.get_parameter("fc.weight").mul_(1.01)
+    with pytest.raises(ModelMismatchError) as info:
+        SplitClient(
+            live.server.address, module, model_name=MODEL, input_shape=SHAPE, device_profile=live.device
+        )
+    text = str(info.value)
+    assert weights_digest(live.traced.module)[:12] in text and weights_digest(module)[:12] in text
+    assert "same weights file" in text
+
+
+def test_other_weights_are_refused_per_request(live: Live) -> None:
+    cut = graph.chain_cuts(live.traced)[3]
+    with live.client(force_boundary=cut) as client:
+        client.weights_digest = "0" * 32  # as if the weights changed after the start-up check
+        with pytest.raises(ModelMismatchError, match="same weights file") as info:
+            client.infer(live.x)
+        assert info.value.code == "FAILED_PRECONDITION"
+        assert client.fallbacks == 0  # a misconfiguration is raised, never hidden by a local run
+
+
+# --------------------------------------------------------------------------------------------------
+# link probing
+
+
+def test_probe_notices_a_recovered_link(live: Live) -> None:
+    device = scale_profile(live.device, 0.2)  # a device 5x slower than this machine...
+    server = scale_profile(live.device, 5.0)  # ...and a server 5x faster: remote wins on a fast link
+    with ShapedLink(live.server.address, uplink_mbps=0.2, downlink_mbps=200.0, rtt_ms=2.0) as link:
+        with SplitClient(
+            link.address, live.traced, device_profile=device, server_profile=server,
+            link=Link(100.0, rtt_ms=2.0), probe_interval_s=0.2,
+        ) as client:  # fmt: skip
+            assert client.plan.strategy != "edge-only", client.describe()  # the prior: a fast link
+            for _ in range(5):  # the first requests meet the 0.2 Mbit/s link: the client goes edge-only
+                assert torch.equal(client.infer(live.x), live.ref)
+                if client.plan.strategy == "edge-only":
+                    break
+            assert client.plan.strategy == "edge-only" and client.link.uplink_mbps < 1.0, client.describe()
+            probes, up = client.probes, link.bytes_up
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:  # still slow: probes confirm it, the plan stays edge-only
+                assert torch.equal(client.infer(live.x), live.ref)
+                time.sleep(0.05)
+            assert client.probes > probes and client.plan.strategy == "edge-only", client.describe()
+            # what probing cost while the link was slow: a few probes of ~100 ms of that link each
+            assert link.bytes_up - up < 64 << 10
+            link.set_rates(uplink_mbps=200.0, downlink_mbps=200.0)
+            t0, requests = time.monotonic(), 0
+            while client.plan.strategy == "edge-only" and time.monotonic() - t0 < 20.0:
+                client.infer(live.x)  # local, never delayed by a probe
+                requests += 1
+                time.sleep(0.05)
+            took = time.monotonic() - t0
+            assert client.plan.strategy != "edge-only", f"edge-only {took:.1f} s on: {client.describe()}"
+            assert requests <= 400 and took < 20.0
+            y = client.infer(live.x)
+            b = client.last_breakdown
+    assert b is not None and not b.local and torch.equal(y, live.ref)
+
+
+def test_probing_can_be_turned_off(live: Live) -> None:
+    with live.client(link=Link(0.01, rtt_ms=1.0), probe_interval_s=None) as client:
+        assert client.plan.strategy == "edge-only"
+        for _ in range(3):
+            client.infer(live.x)
+        assert client.probes == 0 and len(client.estimator.samples) == 1  # the start-up ping only
+
+
+# --------------------------------------------------------------------------------------------------
+# accuracy budget
+
+
+def _table(traced: graph.TracedModel, node: str, loss_pts: float) -> dict:
+    """A synthetic accuracy table (the JSON of scripts/bench_accuracy.py) for int8+zstd at ``node``."""
+    return {
+        "format": "splitdnn.accuracy-table/1", "model_name": MODEL, "fingerprint": traced.fingerprint,
+        "input_node": "x", "seeds": [{"rows": [{"cut": node, "spec": "int8+zstd", "loss_pts": loss_pts}]}],
+    }  # fmt: skip
+
+
+def test_accuracy_budget_reaches_the_solver(live: Live) -> None:
+    cut = graph.chain_cuts(live.traced)[3]
+    table = accuracy_table_from_dict(_table(live.traced, cut, 0.3))
+    slow = Link(0.5, rtt_ms=1.0)  # int8+zstd's smaller frame wins when it is allowed
+    with live.client(force_boundary=cut, link=slow) as client:
+        assert client.plan.boundary[0].codec != "int8+zstd"  # default: lossless only
+    with live.client(force_boundary=cut, link=slow, accuracy_table=table, max_accuracy_loss=0.1) as client:
+        assert client.plan.boundary[0].codec != "int8+zstd"  # measured loss over the budget
+    with live.client(force_boundary=cut, link=slow, accuracy_table=table, max_accuracy_loss=0.5) as client:
+        assert client.plan.boundary[0].codec == "int8+zstd"
+        y = client.infer(live.x)
+        assert client.last_breakdown is not None and client.last_breakdown.codecs == ("int8+zstd",)
+    assert y.shape == live.ref.shape and torch.allclose(y, live.ref, rtol=0.2, atol=0.2)
+
+
+# --------------------------------------------------------------------------------------------------
+# thread safety
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_one_client_from_eight_threads(live: Live, threads: int | None) -> None:
+    cut = graph.chain_cuts(live.traced)[5]
+    inputs = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(10 + i)) for i in range(8)]
+    with torch.inference_mode():
+        refs = [live.traced.module(x) for x in inputs]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # differs from the client's limit, so a limit left behind shows
+    start = threading.Barrier(8)
+
+    def work(i: int) -> list[bool]:
+        start.wait()
+        return [torch.equal(client.infer(inputs[i]), refs[i]) for _ in range(4)]
+
+    try:
+        with live.client(force_boundary=cut, threads=threads) as client, ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(8)))  # re-raises any thread's exception
+            assert client.requests == 32 and client.fallbacks == 0
+            b = client.last_breakdown
+            assert b is not None and not b.local
+            # overlapping thread limits are undone exactly: in this thread, in every pool thread
+            # that computed (torch's OpenMP setting is per thread) and for threads started later
+            start.reset()
+            left = list(pool.map(lambda _: (start.wait(), torch.get_num_threads())[1], range(8)))
+        assert torch.get_num_threads() == 2 and left == [2] * 8
+        fresh: list[int] = []
+        (t := threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))).start()
+        t.join()
+        assert fresh == [2]
+    finally:
+        torch.set_num_threads(before)
+    assert all(all(r) for r in results), "a thread got another thread's output or a wrong one"
