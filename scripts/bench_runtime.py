@@ -9,8 +9,11 @@ Issue 4 asks for two numbers, both measured here on one machine (client and serv
    through :class:`~splitdnn.runtime.server.TailServer` for a model whose tail is nearly free
    (``x * 1``, served with ``ModelSpec(module=...)``) and returns a tensor of the same size:
 
-   - ``v2 raw``: the full client path -- ``serde.build_infer_request`` + stub call +
-     ``serde.parse_infer_response`` -- with the fp32 tensor as raw v2 contents;
+   - ``v2 raw``: the stock-protobuf client path -- ``serde.build_infer_request`` + the generated
+     stub's call + ``serde.parse_infer_response`` -- with the fp32 tensor as raw v2 contents;
+   - ``v2 wire`` (``--wire``): splitdnn's own client path (what ``SplitClient`` does) --
+     ``serde.encode_infer_request`` + a bytes-level ModelInfer call + ``serde.decode_infer_response``:
+     the same messages on the wire, the raw contents appended / read as views instead of copied;
    - ``bare v2 echo``: the same client path against a plain v2 servicer that answers the raw input
      as the output (no splitdnn server code), which splits the overhead into "v2 protobuf messages
      instead of bytes" and "splitdnn's server";
@@ -57,7 +60,7 @@ count in the server (reported); the client process computes nothing but serde.
         [--sizes 65536,1048576,4194304] [--repeats 300,300,60] [--warmup 10]
         [--clients 16] [--max-batch-size 8] [--max-queue-delay-ms 2] [--rounds 4]
         [--duration-s 8] [--warmup-s 1.5] [--tail-input 112] [--cut layer3_1_relu_1]
-        [--malloc-top-pad-mib 64] [--no-client] [--skip-batching]
+        [--malloc-top-pad-mib 64] [--no-client] [--wire] [--skip-batching]
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc  # noqa: E4
 
 ECHO_SERVICE = "splitdnn.bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MAX_MESSAGE = 64 << 20  # both directions, every channel and server here (ServerConfig's default)
 READY = "BENCH-READY "  # the child's one line on stdout, followed by JSON
 TAIL_MODEL = "resnet18"
@@ -188,7 +192,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
                 ModelSpec("identity", name=f"identity_{n}", module=identity(), input_shapes=(shape_of(n),))
                 for n in cfg["sizes"]
             ),
-        )
+        ),
     ).start()
     batching: dict[str, Any] = {}
     for label, max_batch in (("batched", cfg["max_batch_size"]), ("unbatched", 1)) if cfg["batching"] else ():
@@ -198,7 +202,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
                 models=(ModelSpec(TAIL_MODEL, input_shapes=((1, 3, cfg["tail_input"], cfg["tail_input"]),)),),
                 max_batch_size=max_batch,
                 max_queue_delay_ms=cfg["max_queue_delay_ms"],
-            )
+            ),
         ).start()
     info: dict[str, Any] = {}
     if batching:
@@ -278,7 +282,13 @@ class ServerProcess:
 
 
 def _overhead_for_size(
-    info: dict[str, Any], nbytes: int, repeats: int, warmup: int, seed: int, with_client: bool
+    info: dict[str, Any],
+    nbytes: int,
+    repeats: int,
+    warmup: int,
+    seed: int,
+    with_client: bool,
+    with_wire: bool = False,
 ) -> dict[str, Any]:
     import torch
 
@@ -340,6 +350,24 @@ def _overhead_for_size(
 
         return call
 
+    infer_bytes = channel.unary_unary(MODEL_INFER)  # bytes in, bytes out: serde does the messages
+
+    def call_wire() -> None:
+        t0 = time.perf_counter()
+        request = serde.encode_infer_request(name, {"x": x}, fingerprint=fingerprint)
+        t1 = time.perf_counter()
+        response = infer_bytes(request, timeout=60)
+        t2 = time.perf_counter()
+        data = serde.decode_infer_response(response, max_decoded_bytes=DECODE_CAP)
+        build_s.setdefault("v2_wire", []).append(t1 - t0)
+        rpc_s.setdefault("v2_wire", []).append(t2 - t1)
+        if data.outputs["output"].nbytes != nbytes:
+            raise RuntimeError(f"v2_wire: the server answered {data.outputs['output'].nbytes} bytes")
+        keep = server_ms.setdefault("v2_wire", {"queue": [], "compute": [], "decode": []})
+        for key, param in (("queue", serde.PARAM_QUEUE_MS), ("compute", serde.PARAM_COMPUTE_MS),
+                           ("decode", serde.PARAM_DECODE_MS)):  # fmt: skip
+            keep[key].append(serde.param_ms(data.parameters, param))
+
     def call_client() -> None:
         assert client is not None
         y = client.infer(xt)
@@ -355,8 +383,11 @@ def _overhead_for_size(
         "echo": call_echo,
         "v2_bare": v2_call("v2_bare", x, bare),
         "v2_raw": v2_call("v2_raw", x, stub),
+        "v2_wire": call_wire,
         "v2_zstd": v2_call("v2_zstd", frame, stub),
     }
+    if not with_wire:
+        del variants["v2_wire"]
     if client is not None:
         variants["client"] = call_client
     labels = list(variants)
@@ -411,11 +442,18 @@ def _overhead_for_size(
 
 
 def measure_overhead(
-    info: dict[str, Any], sizes: Sequence[int], repeats: Sequence[int], warmup: int, with_client: bool
+    info: dict[str, Any],
+    sizes: Sequence[int],
+    repeats: Sequence[int],
+    warmup: int,
+    with_client: bool,
+    with_wire: bool = False,
 ) -> list[dict[str, Any]]:
     out = []
     for i, (nbytes, n) in enumerate(zip(sizes, repeats, strict=True)):
-        row = _overhead_for_size(info, nbytes, n, warmup, seed=i, with_client=with_client)
+        row = _overhead_for_size(
+            info, nbytes, n, warmup, seed=i, with_client=with_client, with_wire=with_wire
+        )
         v = row["variants"]
         print(
             f"  {nbytes:>9,} B: echo {v['echo']['wall_ms']['median']:.3f} ms, v2 raw "
@@ -653,14 +691,15 @@ def goals(
     overhead: list[dict[str, Any]], batching: dict[str, Any] | None, padded: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, rows in (
-        ("overhead_1MiB_v2_raw", overhead),
-        ("overhead_1MiB_v2_raw_top_pad", (padded or {}).get("sizes", [])),
-    ):
-        target = next((r for r in rows if r["bytes"] == GOAL_SIZE), None)
-        if target is not None:
-            ratio = target["variants"]["v2_raw"]["ratio_of_medians"]
-            out[key] = {"ratio": ratio, "goal": GOAL_OVERHEAD, "met": ratio <= GOAL_OVERHEAD}
+    for variant in ("v2_raw", "v2_wire"):
+        for key, rows in (
+            (f"overhead_1MiB_{variant}", overhead),
+            (f"overhead_1MiB_{variant}_top_pad", (padded or {}).get("sizes", [])),
+        ):
+            target = next((r for r in rows if r["bytes"] == GOAL_SIZE), None)
+            if target is not None and variant in target["variants"]:
+                ratio = target["variants"][variant]["ratio_of_medians"]
+                out[key] = {"ratio": ratio, "goal": GOAL_OVERHEAD, "met": ratio <= GOAL_OVERHEAD}
     if batching is not None:
         tr = batching["throughput_ratio"]["pooled"]
         p99 = batching["p99_ratio"]
@@ -691,7 +730,8 @@ def _overhead_table(rows: list[dict[str, Any]]) -> list[str]:
         for label, v in row["variants"].items():
             w = v["wall_ms"]
             name = {"echo": "raw gRPC echo", "v2_bare": "bare v2 echo (no splitdnn server)",
-                    "v2_raw": "**v2 raw fp32**",
+                    "v2_raw": "v2 raw fp32 (stock protobuf client)",
+                    "v2_wire": "**v2 raw fp32, splitdnn wire client**",
                     "v2_zstd": f"v2 zstd frame ({row['zstd_frame_bytes']:,} B)",
                     "client": "SplitClient.infer"}[label]  # fmt: skip
             ratio = "1" if label == "echo" else f"**{v['ratio_of_medians']:.2f}×**"
@@ -733,11 +773,14 @@ def _attribution(rows: list[dict[str, Any]]) -> list[str]:
             f"- {_size(row['bytes'])}: raw echo {echo:.2f} ms; v2 protobuf messages instead of bytes "
             f"+{bare - echo:.2f} ms (bare v2 echo, client build + parse "
             f"{v['v2_bare']['client_build_ms_median'] + v['v2_bare']['client_parse_ms_median']:.2f}); "
-            f"splitdnn's server +{raw - bare:.2f} ms, of which it reports {reported:.2f} ms as queue + "
+            f"splitdnn's server {raw - bare:+.2f} ms, of which it reports {reported:.2f} ms as queue + "
             f"compute + decode (the rest: building the response, thread hand-offs)"
         )
+        if "v2_wire" in v:
+            wire = v["v2_wire"]["wall_ms"]["median"]
+            text += f"; splitdnn's wire client instead of protobuf's {wire - raw:+.2f} ms"
         if "client" in v:
-            text += f"; SplitClient on top of the v2 call +{v['client']['wall_ms']['median'] - raw:.2f} ms"
+            text += f"; SplitClient on top of the v2 call {v['client']['wall_ms']['median'] - raw:+.2f} ms"
         lines.append(text + ".")
     return lines
 
@@ -767,8 +810,11 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"Interleaved (one call of each variant per repeat, order rotated), {s['warmup']} warm-up "
             "repeats dropped. Wall time per call, median [p10–p90] in ms; ratio = median over the echo's "
             "median, and median [p10–p90] of the per-repeat ratios. Echo: generic unary gRPC, the "
-            "tensor's raw bytes in and the same bytes out. v2: `serde.build_infer_request` + "
-            "`ModelInfer` + `serde.parse_infer_response`; model `x * 1` (same size out). Bare v2 echo: "
+            "tensor's raw bytes in and the same bytes out. v2 raw: `serde.build_infer_request` + the "
+            "generated stub's `ModelInfer` + `serde.parse_infer_response` (a stock protobuf client); "
+            "model `x * 1` (same size out). v2 wire (with `--wire`): `serde.encode_infer_request` + a "
+            "bytes-level `ModelInfer` + `serde.decode_infer_response`, what SplitClient does (the same "
+            "messages; raw contents appended and read as views, not copied by protobuf). Bare v2 echo: "
             "the same client calls, answered by a plain v2 servicer that copies the raw input to the "
             "output (protobuf messages, no splitdnn server). zstd: the "
             "request carries a zstd frame (encoded once, outside the timing), the answer is raw fp32. "
@@ -840,20 +886,32 @@ def to_markdown(result: dict[str, Any]) -> str:
         ]
     g = result["goals"]
     lines += ["## Goals (issue 4)", ""]
-    if "overhead_1MiB_v2_raw" in g:
+    if "overhead_1MiB_v2_wire" in g:
+        o = g["overhead_1MiB_v2_wire"]
+        lines.append(
+            f"- ≤ {o['goal']}× a raw gRPC echo for a 1 MiB tensor: **{'met' if o['met'] else 'missed'}** "
+            f"({o['ratio']:.2f}×, v2 raw with splitdnn's wire client, ratio of medians; "
+            f"{g['overhead_1MiB_v2_raw']['ratio']:.2f}× with a stock protobuf client)."
+        )
+    elif "overhead_1MiB_v2_raw" in g:
         o = g["overhead_1MiB_v2_raw"]
         lines.append(
             f"- ≤ {o['goal']}× a raw gRPC echo for a 1 MiB tensor: **{'met' if o['met'] else 'missed'}** "
             f"({o['ratio']:.2f}×, v2 raw, ratio of medians)."
         )
-        bare = next((r for r in result["overhead"] if r["bytes"] == GOAL_SIZE), None)
-        if bare is not None and "v2_bare" in bare["variants"]:
-            lines.append(
-                f"  A bare v2 servicer with no splitdnn code is already "
-                f"{bare['variants']['v2_bare']['ratio_of_medians']:.2f}× with the same client calls."
-            )
-    if "overhead_1MiB_v2_raw_top_pad" in g:
-        o = g["overhead_1MiB_v2_raw_top_pad"]
+    bare = next((r for r in result["overhead"] if r["bytes"] == GOAL_SIZE), None)
+    if "overhead_1MiB_v2_raw" in g and bare is not None and "v2_bare" in bare["variants"]:
+        lines.append(
+            f"  A bare v2 servicer with no splitdnn code is "
+            f"{bare['variants']['v2_bare']['ratio_of_medians']:.2f}× with the stock protobuf client calls."
+        )
+    pad_key = (
+        "overhead_1MiB_v2_wire_top_pad"
+        if "overhead_1MiB_v2_wire_top_pad" in g
+        else "overhead_1MiB_v2_raw_top_pad"
+    )
+    if pad_key in g:
+        o = g[pad_key]
         lines.append(
             f"  With `M_TOP_PAD` (second pass, not the default): {o['ratio']:.2f}× — "
             f"{'within' if o['met'] else 'still above'} the goal."
@@ -879,6 +937,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", default="300,300,60", help="timed repeats per size (one value: all sizes)")
     p.add_argument("--warmup", type=int, default=10, help="untimed repeats per size")
     p.add_argument("--no-client", action="store_true", help="skip the SplitClient variant")
+    p.add_argument(
+        "--wire", action="store_true", help="also time splitdnn's bytes-level wire client (v2 wire)"
+    )
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
@@ -970,7 +1031,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             info = server.info
             print("per-request overhead against a raw gRPC echo:", flush=True)
-            overhead = measure_overhead(info, sizes, repeats, args.warmup, with_client=not args.no_client)
+            overhead = measure_overhead(
+                info, sizes, repeats, args.warmup, with_client=not args.no_client, with_wire=args.wire
+            )
             batching = None
             if not args.skip_batching:
                 boundaries = np.load(cfg["boundary_path"])
@@ -993,7 +1056,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "client_mallopt_ok": applied,
                     "server_env": f"MALLOC_TOP_PAD_={pad}",
                     "sizes": measure_overhead(
-                        server.info, sizes, repeats, args.warmup, with_client=not args.no_client
+                        server.info,
+                        sizes,
+                        repeats,
+                        args.warmup,
+                        with_client=not args.no_client,
+                        with_wire=args.wire,
                     ),
                 }
             finally:

@@ -27,7 +27,7 @@ from splitdnn import graph
 from splitdnn.errors import PlanError, ServerUnavailableError, WireError
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown
-from splitdnn.runtime._client_rpc import is_transient, translate_rpc_error
+from splitdnn.runtime._client_rpc import is_transient, model_infer, translate_rpc_error
 from splitdnn.schema import Plan
 
 if TYPE_CHECKING:
@@ -262,15 +262,15 @@ class Run:
 
         (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send))
         t = time.perf_counter()
-        request = serde.build_infer_request(
+        request = serde.encode_infer_request(
             c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=uuid.uuid4().hex[:16],
             bfloat16=bf16, weights=c.weights_digest,
         )  # fmt: skip
-        self.bytes_sent = request.ByteSize()
+        self.bytes_sent = len(request)
         self.client_ms = (time.perf_counter() - t) * 1e3
         t_rpc = time.perf_counter()
         try:
-            response = c._v2.ModelInfer(request, timeout=c.timeout_s, metadata=c._metadata)
+            response = model_infer(c._channel)(request, timeout=c.timeout_s, metadata=c._metadata)
         except grpc.RpcError as exc:
             err = translate_rpc_error(exc, f"ModelInfer({c.model_name!r})")
             self.network_ms = (time.perf_counter() - t_rpc) * 1e3
@@ -282,7 +282,7 @@ class Run:
         rpc_ms = (time.perf_counter() - t_rpc) * 1e3
         c._mark_up()
         t = time.perf_counter()
-        data = serde.parse_infer_response(response, max_decoded_bytes=c.max_message_bytes)
+        data = serde.decode_infer_response(response, max_decoded_bytes=c.max_message_bytes)
         out = _output(data)
         self.client_ms += (time.perf_counter() - t) * 1e3
         p = data.parameters
@@ -291,7 +291,7 @@ class Run:
         self.decode_ms = serde.param_ms(p, serde.PARAM_DECODE_MS)
         batch = p.get(serde.PARAM_BATCH_SIZE, 1)
         self.batch = int(batch) if isinstance(batch, int) and not isinstance(batch, bool) else 1
-        self.bytes_received = data.wire_bytes or response.ByteSize()
+        self.bytes_received = data.wire_bytes
         self.network_ms = max(0.0, rpc_ms - self.queue_ms - self.compute_ms - self.decode_ms)
         c._observe(self.bytes_sent, self.bytes_received, self.network_ms)
         return out

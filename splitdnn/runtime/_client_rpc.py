@@ -9,6 +9,9 @@ round-robin over ``dns:///`` or ``ipv4:`` lists, TLS / mTLS) and the one functio
 from __future__ import annotations
 
 import json
+import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,9 @@ from splitdnn.errors import (
     ServerUnavailableError,
 )
 
-__all__ = ["is_transient", "make_channel", "read_pem", "translate_rpc_error"]
+__all__ = ["is_transient", "make_channel", "model_infer", "read_pem", "translate_rpc_error"]
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 _SERVICES = ("inference.GRPCInferenceService", "splitdnn.v1.SplitService")
 _TRANSIENT = (ServerUnavailableError, DeadlineError)  # plus RESOURCE_EXHAUSTED, see is_transient
@@ -136,3 +141,20 @@ def make_channel(
         certificate_chain=read_pem(client_cert, "client certificate"),
     )
     return grpc.secure_channel(address, creds, options=options)
+
+
+_MODEL_INFER: weakref.WeakKeyDictionary[grpc.Channel, Callable[..., bytes]] = weakref.WeakKeyDictionary()
+_MODEL_INFER_LOCK = threading.Lock()
+
+
+def model_infer(channel: grpc.Channel) -> Callable[..., bytes]:
+    """``channel``'s ModelInfer at the bytes level (serialized request in, serialized response out).
+
+    ``serde.encode_infer_request`` / ``serde.decode_infer_response`` do the conversions, with one copy
+    of each tensor instead of protobuf's three. Same method, so the channel's retry policy applies.
+    """
+    with _MODEL_INFER_LOCK:
+        call = _MODEL_INFER.get(channel)
+        if call is None:
+            call = _MODEL_INFER[channel] = channel.unary_unary(MODEL_INFER)
+        return call

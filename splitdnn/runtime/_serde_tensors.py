@@ -28,6 +28,7 @@ __all__ = [
     "add_tensors",
     "check_shape",
     "datatype_of",
+    "raw_view",
     "show",
     "tensors_from_proto",
 ]
@@ -99,13 +100,18 @@ def datatype_of(array: np.ndarray, *, bfloat16: bool = False) -> str:
     return name
 
 
-def _raw_bytes(array: np.ndarray, datatype: str) -> bytes:
-    """Row-major little-endian bytes of ``array`` as ``datatype``."""
-    target = DATATYPES[datatype]
+def raw_view(array: np.ndarray, datatype: str) -> memoryview:
+    """Row-major little-endian bytes of ``array`` as ``datatype``: a view when ``array`` already is them.
+
+    The view aliases ``array`` (no copy when it is C-contiguous in the wire's dtype): use it before
+    anything writes to the array again.
+    """
     if datatype == "BF16":
         arr = np.ascontiguousarray(array)
-        return (arr.view("<u2") if arr.dtype.kind != "u" else arr.astype("<u2", copy=False)).tobytes()
-    return np.ascontiguousarray(array, dtype=target).tobytes()
+        arr = arr.view("<u2") if arr.dtype.kind != "u" else arr.astype("<u2", copy=False)
+    else:
+        arr = np.ascontiguousarray(array, dtype=DATATYPES[datatype])
+    return arr.reshape(-1).view(np.uint8).data  # (nbytes,) bytes
 
 
 def check_shape(shape: Sequence[int], name: str) -> tuple[tuple[int, ...], int]:
@@ -145,7 +151,7 @@ class Budget:
 
 def tensors_from_proto(
     tensors: Sequence[Any],
-    raw: Sequence[bytes],
+    raw: Sequence[bytes | memoryview],
     *,
     budget: Budget,
     framed: Collection[str],
@@ -201,6 +207,7 @@ def tensors_from_proto(
                 )
             budget.take(nbytes, name)
             arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+            arr.flags.writeable = False  # a view of the message: whoever writes must copy first
         else:
             arr = _from_contents(t, shape, n, dtype, has_contents, budget, where)
         if t.datatype == "BF16":
@@ -210,7 +217,12 @@ def tensors_from_proto(
 
 
 def _decode_frame(
-    datatype: str, shape: tuple[int, ...], data: bytes | None, name: str, budget: Budget, where: str
+    datatype: str,
+    shape: tuple[int, ...],
+    data: bytes | memoryview | None,
+    name: str,
+    budget: Budget,
+    where: str,
 ) -> tuple[np.ndarray, bool]:
     """Decode one framed tensor; also says whether it holds bfloat16 bit patterns."""
     if datatype != "UINT8" or len(shape) != 1:
@@ -269,12 +281,18 @@ def _from_contents(
 
 
 def add_tensors(
-    msg: Any, tensor_type: Any, raw: Any, arrays: Mapping[str, np.ndarray], bfloat16: Collection[str]
-) -> None:
+    msg: Any, tensor_type: Any, arrays: Mapping[str, np.ndarray], bfloat16: Collection[str]
+) -> list[memoryview]:
+    """Append a v2 tensor entry per array to ``msg``; returns each array's raw bytes (views, in order).
+
+    The caller puts the views in the message's raw contents: appended to the repeated field (a copy),
+    or written after the serialized message by :func:`splitdnn.runtime._wire.append_field`.
+    """
+    views = []
     for name, array in arrays.items():
         if not isinstance(array, np.ndarray):
             raise WireError(f"tensor {show(str(name))} must be a numpy array, found {type(array).__name__}")
         datatype = datatype_of(array, bfloat16=name in bfloat16)
-        t = tensor_type(name=name, datatype=datatype, shape=list(array.shape))
-        msg.append(t)
-        raw.append(_raw_bytes(array, datatype))
+        msg.append(tensor_type(name=name, datatype=datatype, shape=list(array.shape)))
+        views.append(raw_view(array, datatype))
+    return views

@@ -1,6 +1,8 @@
 """The one door to the wire: conversions between generated protobuf messages and numpy / domain objects.
 
-Nothing else in splitdnn builds or reads a generated message field by field. Builders (``build_*``)
+Nothing else in splitdnn builds or reads a generated message field by field (but this module's
+private halves: ``_serde_tensors`` for tensors, ``_wire_infer`` for ModelInfer, whose public names
+are re-exported here: import them from here). Builders (``build_*``)
 turn arrays and records into messages; parsers (``parse_*``) validate a received message completely
 and return frozen records, raising only :class:`~splitdnn.errors.WireError` (malformed or inconsistent
 message) or :class:`~splitdnn.errors.CodecError` (a bad codec frame).
@@ -16,6 +18,13 @@ Every decode is bounded before anything is allocated (DESIGN section 6): rank <=
 of one message (frames included) capped by ``max_decoded_bytes``. Arrays returned by the parsers may
 be read-only views of the message's bytes; copy before writing to them.
 
+ModelInfer also has a bytes-level door, for its big raw contents: ``encode_*`` serialize the small
+fields with protobuf and append the tensors' bytes by hand (one copy), ``read_infer_request`` /
+``decode_infer_response`` parse the small fields with protobuf and keep the raw contents as views of
+the received bytes (``runtime._wire``); they accept exactly what protobuf accepts. Arrays decoded
+from raw contents are read-only views of the message's bytes (which are immutable ``bytes``, never
+reused): copy before writing, as the server and client do once when handing them to torch.
+
 bfloat16 has no numpy dtype without ml_dtypes, so BF16 tensors are carried as uint16 bit patterns
 and their names listed in the record's ``bfloat16`` set (an ml_dtypes ``bfloat16`` array is also
 accepted when sending).
@@ -23,26 +32,34 @@ accepted when sending).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from splitdnn.errors import ProfileError, WireError
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import splitdnn_pb2 as sd_pb
-from splitdnn.runtime._serde_tensors import (
-    DATATYPES,
-    MAX_DIM,
-    MAX_RANK,
-    PARAM_FRAMED,
-    Budget,
-    add_tensors,
-    datatype_of,
-    show,
-    tensors_from_proto,
+from splitdnn.runtime._serde_tensors import DATATYPES, MAX_DIM, MAX_RANK, PARAM_FRAMED, datatype_of, show
+from splitdnn.runtime._wire_infer import (
+    PARAM_BATCH_SIZE,
+    PARAM_COMPUTE_MS,
+    PARAM_DECODE_MS,
+    PARAM_FINGERPRINT,
+    PARAM_QUEUE_MS,
+    PARAM_WEIGHTS,
+    InferRequestData,
+    InferRequestWire,
+    InferResponseData,
+    ParamValue,
+    build_infer_request,
+    build_infer_response,
+    decode_infer_response,
+    encode_infer_request,
+    encode_infer_response,
+    param_ms,
+    parse_infer_request,
+    parse_infer_response,
+    read_infer_request,
 )
 from splitdnn.schema import Profile, profile_from_json, profile_to_json
 
@@ -58,8 +75,10 @@ __all__ = [
     "PARAM_QUEUE_MS",
     "PARAM_WEIGHTS",
     "InferRequestData",
+    "InferRequestWire",
     "InferResponseData",
     "ModelInfoData",
+    "ParamValue",
     "TensorSpec",
     "build_infer_request",
     "build_infer_response",
@@ -73,6 +92,9 @@ __all__ = [
     "build_server_metadata",
     "build_server_ready",
     "datatype_of",
+    "decode_infer_response",
+    "encode_infer_request",
+    "encode_infer_response",
     "parse_infer_request",
     "parse_infer_response",
     "parse_model_info",
@@ -80,54 +102,12 @@ __all__ = [
     "parse_probe_request",
     "parse_probe_response",
     "param_ms",
+    "read_infer_request",
 ]
-
-PARAM_FINGERPRINT = "splitdnn.fingerprint"  # string: fingerprint of the traced model the client split
-PARAM_WEIGHTS = "splitdnn.weights"  # string: weights digest of the client's model (runtime._weights)
-PARAM_QUEUE_MS = "splitdnn.queue_ms"  # double: time the request waited for a batch slot, ms
-PARAM_COMPUTE_MS = "splitdnn.compute_ms"  # double: time running the model (tail) on its batch, ms
-PARAM_DECODE_MS = "splitdnn.decode_ms"  # double: time validating and decoding the request, ms
-PARAM_BATCH_SIZE = "splitdnn.batch_size"  # int64: number of requests in the batch this one ran in
-
-_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
-
-ParamValue = str | int | float | bool
-#: parameters build_infer_request sets from its own arguments
-_ARGUMENT_PARAMS = frozenset({PARAM_FINGERPRINT, PARAM_FRAMED, PARAM_WEIGHTS})
 
 
 # --------------------------------------------------------------------------------------------------
 # records
-
-
-@dataclass(frozen=True)
-class InferRequestData:
-    """A validated ModelInfer request: named input arrays, frames already decoded."""
-
-    model_name: str
-    model_version: str
-    request_id: str
-    inputs: dict[str, np.ndarray]  # by input name (model input or boundary node), request order
-    framed: frozenset[str]  # inputs that arrived as codec frames
-    fingerprint: str | None  # the splitdnn.fingerprint parameter, if sent
-    parameters: dict[str, ParamValue]  # every request parameter, splitdnn.* included
-    wire_bytes: int  # serialized size of the request message
-    bfloat16: frozenset[str] = frozenset()  # inputs holding bfloat16 bit patterns (uint16 arrays)
-    requested_outputs: tuple[str, ...] = ()  # output names the client asked for; () = all
-    weights: str | None = None  # the splitdnn.weights parameter (digest of the client's weights), if sent
-
-
-@dataclass(frozen=True)
-class InferResponseData:
-    """A validated ModelInfer response: named output arrays and the server's parameters."""
-
-    model_name: str
-    request_id: str
-    outputs: dict[str, np.ndarray]  # by output name ("output", or "output_0", "output_1", ...)
-    parameters: dict[str, ParamValue]  # splitdnn.queue_ms, splitdnn.compute_ms, ...
-    bfloat16: frozenset[str] = frozenset()  # outputs holding bfloat16 bit patterns (uint16 arrays)
-    model_version: str = ""
-    wire_bytes: int = 0  # serialized size of the response message
 
 
 @dataclass(frozen=True)
@@ -152,180 +132,6 @@ class TensorSpec:
     name: str
     datatype: str  # v2 name, e.g. "FP32"
     shape: tuple[int, ...]
-
-
-# --------------------------------------------------------------------------------------------------
-# parameters
-
-
-def _set_param(msg: Any, key: str, value: ParamValue) -> None:
-    """Store ``value`` in the InferParameter ``msg`` under the matching oneof field."""
-    if not isinstance(key, str) or not key:
-        raise WireError(f"parameter names must be non-empty strings, found {key!r}")
-    if isinstance(value, bool):
-        msg.bool_param = value
-    elif isinstance(value, int):
-        if _INT64_MIN <= value <= _INT64_MAX:
-            msg.int64_param = value
-        elif 0 <= value <= _UINT64_MAX:
-            msg.uint64_param = value
-        else:
-            raise WireError(f"parameter {key!r} = {value} does not fit a 64-bit integer")
-    elif isinstance(value, float):
-        msg.double_param = value
-    elif isinstance(value, str):
-        msg.string_param = value
-    else:
-        raise WireError(
-            f"parameter {key!r} has type {type(value).__name__}; expected str, int, float or bool"
-        )
-
-
-def _params_from(proto_map: Any, where: str) -> dict[str, ParamValue]:
-    out: dict[str, ParamValue] = {}
-    for key, p in proto_map.items():
-        choice = p.WhichOneof("parameter_choice")
-        if choice is None:
-            raise WireError(f"{where} parameter {show(key)} has no value; set one of its *_param fields")
-        out[key] = getattr(p, choice)
-    return out
-
-
-def _string_param(params: Mapping[str, ParamValue], key: str) -> str | None:
-    """A ``splitdnn.*`` parameter that must be a string_param; None when absent."""
-    value = params.get(key)
-    if value is not None and not isinstance(value, str):
-        raise WireError(
-            f"parameter {key} must be a string_param, found {type(value).__name__} {value!r:.40}; "
-            f"send it as string_param"
-        )
-    return value
-
-
-# --------------------------------------------------------------------------------------------------
-# ModelInfer
-
-
-def build_infer_request(
-    model_name: str,
-    inputs: Mapping[str, np.ndarray | bytes],
-    *,
-    fingerprint: str | None = None,
-    request_id: str = "",
-    parameters: Mapping[str, ParamValue] | None = None,
-    bfloat16: Collection[str] = (),
-    model_version: str = "",
-    weights: str | None = None,
-) -> v2_pb.ModelInferRequest:
-    """A ModelInfer request: arrays as their v2 datatype and shape; ``bytes`` as a codec frame.
-
-    A frame is sent as ``UINT8 [len(frame)]`` and listed in ``splitdnn.framed``; ``fingerprint``
-    goes in ``splitdnn.fingerprint`` and ``weights`` (the weights digest) in ``splitdnn.weights``.
-    ``bfloat16`` names uint16 arrays holding bfloat16 bits.
-    """
-    msg = v2_pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
-    framed: list[str] = []
-    for name, value in inputs.items():
-        if not isinstance(name, str) or not name:
-            raise WireError(f"input names must be non-empty strings, found {name!r}")
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            data = bytes(value)
-            msg.inputs.append(
-                v2_pb.ModelInferRequest.InferInputTensor(name=name, datatype="UINT8", shape=[len(data)])
-            )
-            msg.raw_input_contents.append(data)
-            framed.append(name)
-        else:
-            add_tensors(
-                msg.inputs, v2_pb.ModelInferRequest.InferInputTensor, msg.raw_input_contents,
-                {name: value}, bfloat16,
-            )  # fmt: skip
-    for key, param in (parameters or {}).items():
-        if key in _ARGUMENT_PARAMS:
-            raise WireError(f"parameter {key!r} is set by build_infer_request itself; pass it as an argument")
-        _set_param(msg.parameters[key], key, param)
-    if fingerprint is not None:
-        msg.parameters[PARAM_FINGERPRINT].string_param = fingerprint
-    if weights is not None:
-        msg.parameters[PARAM_WEIGHTS].string_param = weights
-    if framed:
-        if any("," in n for n in framed):
-            raise WireError(f"framed input names cannot contain ',', found {framed}")
-        msg.parameters[PARAM_FRAMED].string_param = ",".join(framed)
-    return msg
-
-
-def parse_infer_request(msg: v2_pb.ModelInferRequest, *, max_decoded_bytes: int) -> InferRequestData:
-    """Validate a ModelInfer request and decode its inputs (frames included) within the byte budget."""
-    if not isinstance(msg, v2_pb.ModelInferRequest):
-        raise WireError(f"expected an inference.ModelInferRequest, found {type(msg).__name__}")
-    budget = Budget(max_decoded_bytes)
-    params = _params_from(msg.parameters, "request")
-    fingerprint = _string_param(params, PARAM_FINGERPRINT)
-    weights = _string_param(params, PARAM_WEIGHTS)
-    framed = frozenset(n for n in (_string_param(params, PARAM_FRAMED) or "").split(",") if n)
-    if not msg.inputs:
-        raise WireError("the request has no inputs; send the model input(s) or the boundary tensors of a cut")
-    inputs, bf16 = tensors_from_proto(
-        msg.inputs, msg.raw_input_contents, budget=budget, framed=framed, where="request"
-    )
-    requested = tuple(o.name for o in msg.outputs)
-    if len(set(requested)) != len(requested) or any(not o for o in requested):
-        raise WireError(f"requested outputs must be distinct non-empty names, found {list(requested)[:8]}")
-    return InferRequestData(
-        model_name=msg.model_name,
-        model_version=msg.model_version,
-        request_id=msg.id,
-        inputs=inputs,
-        framed=framed,
-        fingerprint=fingerprint,
-        parameters=params,
-        wire_bytes=msg.ByteSize(),
-        bfloat16=bf16,
-        requested_outputs=requested,
-        weights=weights,
-    )
-
-
-def build_infer_response(
-    model_name: str,
-    request_id: str,
-    outputs: Mapping[str, np.ndarray],
-    *,
-    parameters: Mapping[str, ParamValue] | None = None,
-    bfloat16: Collection[str] = (),
-    model_version: str = "",
-) -> v2_pb.ModelInferResponse:
-    """A ModelInfer response with raw output contents; ``bfloat16`` names uint16 arrays of bf16 bits."""
-    msg = v2_pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
-    add_tensors(
-        msg.outputs, v2_pb.ModelInferResponse.InferOutputTensor, msg.raw_output_contents, outputs, bfloat16
-    )
-    for key, value in (parameters or {}).items():
-        _set_param(msg.parameters[key], key, value)
-    return msg
-
-
-def parse_infer_response(msg: v2_pb.ModelInferResponse, *, max_decoded_bytes: int) -> InferResponseData:
-    """Validate a ModelInfer response and decode its outputs within the byte budget."""
-    if not isinstance(msg, v2_pb.ModelInferResponse):
-        raise WireError(f"expected an inference.ModelInferResponse, found {type(msg).__name__}")
-    budget = Budget(max_decoded_bytes)
-    params = _params_from(msg.parameters, "response")
-    outputs, bf16 = tensors_from_proto(
-        msg.outputs, msg.raw_output_contents, budget=budget, framed=(), where="response"
-    )
-    if not outputs:
-        raise WireError("the response has no outputs; expected one per model output")
-    return InferResponseData(
-        model_name=msg.model_name,
-        request_id=msg.id,
-        outputs=outputs,
-        parameters=params,
-        bfloat16=bf16,
-        model_version=msg.model_version,
-        wire_bytes=msg.ByteSize(),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,12 +304,3 @@ def parse_probe_response(msg: sd_pb.ProbeResponse, sent_bytes: int) -> int:
             f"on the path altering messages?"
         )
     return int(msg.received_bytes)
-
-
-def param_ms(params: Mapping[str, ParamValue], key: str) -> float:
-    """A timing parameter as a finite float >= 0 (0.0 when absent or invalid)."""
-    value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0.0
-    v = float(value)
-    return v if math.isfinite(v) and v >= 0 else 0.0

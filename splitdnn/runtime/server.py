@@ -46,7 +46,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent import futures
-from typing import Any
 
 import grpc
 import torch
@@ -58,7 +57,6 @@ from splitdnn.runtime import serde
 from splitdnn.runtime._batcher import Batcher, BatchResult, Job
 from splitdnn.runtime._config import ModelSpec, ServerConfig, device_of, host_port, load_served, read_pem
 from splitdnn.runtime._metrics import ServerMetrics
-from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._servicers import (
     VERSION,
@@ -66,6 +64,7 @@ from splitdnn.runtime._servicers import (
     InferenceServicer,
     SplitServicer,
     TokenInterceptor,
+    add_inference_servicer,
     compute_error,
 )
 from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, to_numpy
@@ -161,7 +160,7 @@ class TailServer:
             maximum_concurrent_rpcs=4 * workers,
         )
         self._unstarted = server
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self), server)
+        add_inference_servicer(InferenceServicer(self), server)
         sd_grpc.add_SplitServiceServicer_to_server(SplitServicer(self), server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -311,8 +310,8 @@ class TailServer:
             )
         return served
 
-    def _infer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        """One ModelInfer call, raising Abort for every refusal."""
+    def _infer(self, request: serde.InferRequestWire, context: grpc.ServicerContext) -> bytes:
+        """One ModelInfer call (request read, response serialized); raises Abort for every refusal."""
         served = self._model(request.model_name, request.model_version)
         batcher = self._batcher
         if batcher is None:
@@ -384,7 +383,7 @@ class TailServer:
             outputs[name], is_bf16 = to_numpy(tensor)
             if is_bf16:
                 bf16.add(name)
-        return serde.build_infer_response(
+        return serde.encode_infer_response(
             served.name,
             data.request_id,
             outputs,

@@ -1,0 +1,137 @@
+"""Protobuf wire format at the top level of a message: big ``bytes`` fields without copies (stdlib only).
+
+A ModelInfer message is a few hundred bytes of names, shapes and parameters plus megabytes of
+``raw_input_contents`` / ``raw_output_contents``. Protobuf's own parser and serializer copy those
+megabytes (into the message, then out as Python ``bytes``); here they are cut out of the received
+buffer as ``memoryview`` slices, and only the small rest goes through the generated message.
+
+:func:`split_field` is bounded and strict: it walks the top-level fields once, every varint at most 10
+bytes, every length within the buffer. It takes the fast path only for a buffer whose structure is
+plainly valid and whose entries of the wanted field are canonically encoded; for anything else
+(groups, invalid wire types, field number 0, truncation, over-long encodings) it returns ``None`` and
+the caller parses the whole buffer with protobuf, which then decides exactly as it always did. The
+rest (every other top-level field, in order) is still parsed by protobuf, so its checks (UTF-8
+strings, nested messages, unknown fields) are unchanged: the fast path accepts exactly what protobuf
+accepts, with the same content (``tests/runtime/test_wire.py`` fuzzes this against protobuf).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from splitdnn.errors import WireError
+
+__all__ = ["MAX_LENGTH", "append_field", "split_field"]
+
+#: longest length-delimited entry taken on the fast path (protobuf's own limit is 2 GiB - 1)
+MAX_LENGTH = 2**31 - 1
+_WIRE_LEN = 2  # wire type of length-delimited fields (bytes, strings, messages)
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int] | None:
+    """``(value, position after it)`` of the varint at ``pos``; None if over 10 bytes or truncated."""
+    value = shift = 0
+    for i in range(pos, min(pos + 10, end)):
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i + 1
+        shift += 7
+    return None
+
+
+def split_field(data: bytes | bytearray | memoryview, number: int) -> tuple[bytes, list[memoryview]] | None:
+    """Cut the entries of length-delimited field ``number`` out of a serialized message.
+
+    Returns ``(rest, slices)``: ``rest`` holds every other top-level field in its original order (a
+    valid serialization of the same message without field ``number``), ``slices`` the entries of
+    field ``number`` as views of ``data``, in order; ``data`` must not change while they live. None
+    when the fast path does not apply (see the module docstring): parse ``data`` whole instead.
+    """
+    if not 1 <= number <= 15:  # one-byte tags only: the fast path compares the tag byte
+        raise WireError(f"split_field takes field numbers 1..15, found {number}")
+    buf = memoryview(data).cast("B")  # (nbytes,) whatever the exporter's format
+    end = len(buf)
+    wanted = (number << 3) | _WIRE_LEN
+    keep: list[memoryview] = []
+    slices: list[memoryview] = []
+    kept_from = pos = 0
+    while pos < end:
+        start = pos
+        if buf[pos] == wanted:  # canonical one-byte tag of the wanted field
+            got = _varint(buf, pos + 1, end)
+            if got is None:
+                return None
+            length, body = got
+            # canonical length: protobuf accepts padded varints too, but those take the slow path
+            if length > MAX_LENGTH or body - pos - 1 > 5 or (body - pos > 2 and buf[body - 1] == 0):
+                return None
+            if length > end - body:
+                return None
+            if start > kept_from:
+                keep.append(buf[kept_from:start])
+            slices.append(buf[body : body + length])
+            pos = kept_from = body + length
+            continue
+        got = _varint(buf, pos, end)
+        if got is None:
+            return None
+        tag, pos = got
+        field, wire_type = tag >> 3, tag & 7
+        if field == 0 or tag > 0xFFFFFFFF or tag == wanted:  # tag == wanted: a padded tag
+            return None
+        if wire_type == 0:
+            got = _varint(buf, pos, end)
+            if got is None:
+                return None
+            pos = got[1]
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == _WIRE_LEN:
+            got = _varint(buf, pos, end)
+            if got is None:
+                return None
+            length, pos = got
+            if length > end - pos:
+                return None
+            pos += length
+        else:  # groups (3, 4) and the invalid wire types 6, 7: protobuf decides
+            return None
+        if pos > end:
+            return None
+    if not slices:
+        return data if isinstance(data, bytes) else bytes(buf), slices
+    if end > kept_from:
+        keep.append(buf[kept_from:end])
+    return b"".join(keep), slices
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def append_field(head: bytes, number: int, chunks: Sequence[bytes | memoryview]) -> bytes:
+    """``head`` (a serialized message) followed by ``chunks`` as entries of bytes field ``number``.
+
+    Protobuf parsers read fields in any order, so this is the message with those entries appended to
+    the repeated field; serializers put the highest field number last, so when ``number`` is the
+    message's highest field the result is also what protobuf itself would write. One copy: the join.
+    Each chunk must be C-contiguous bytes (a ``memoryview`` of a contiguous array cast to bytes).
+    """
+    if not 1 <= number <= 15:
+        raise WireError(f"append_field takes field numbers 1..15, found {number}")
+    tag = bytes(((number << 3) | _WIRE_LEN,))
+    parts: list[bytes | memoryview] = [head]
+    for chunk in chunks:
+        n = memoryview(chunk).nbytes
+        if n > MAX_LENGTH:
+            raise WireError(f"a bytes field holds at most {MAX_LENGTH} bytes, found {n}")
+        parts += (tag, _varint_bytes(n), chunk)
+    return b"".join(parts)

@@ -1,0 +1,399 @@
+"""ModelInfer on the wire: its records, parameters, and message conversions both ways (numpy, protobuf).
+
+The ModelInfer half of :mod:`splitdnn.runtime.serde`, which re-exports every public name here (import
+them from there). Two doors per direction: ``build_*`` / ``parse_*`` take and give generated messages
+(for callers that hold a stock stub), ``encode_*`` / ``read_infer_request`` / ``decode_infer_response``
+take and give serialized bytes, with the raw contents written after the protobuf-serialized small
+fields and read back as views of the received bytes (:mod:`splitdnn.runtime._wire`): one copy of a
+tensor per direction instead of protobuf's three, the same messages on the wire.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from splitdnn.errors import WireError
+from splitdnn.runtime import _wire
+from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
+from splitdnn.runtime._serde_tensors import PARAM_FRAMED, Budget, add_tensors, show, tensors_from_proto
+
+__all__ = [
+    "PARAM_BATCH_SIZE",
+    "PARAM_COMPUTE_MS",
+    "PARAM_DECODE_MS",
+    "PARAM_FINGERPRINT",
+    "PARAM_QUEUE_MS",
+    "PARAM_WEIGHTS",
+    "InferRequestData",
+    "InferRequestWire",
+    "InferResponseData",
+    "ParamValue",
+    "build_infer_request",
+    "build_infer_response",
+    "decode_infer_response",
+    "encode_infer_request",
+    "encode_infer_response",
+    "param_ms",
+    "parse_infer_request",
+    "parse_infer_response",
+    "read_infer_request",
+]
+
+PARAM_FINGERPRINT = "splitdnn.fingerprint"  # string: fingerprint of the traced model the client split
+PARAM_WEIGHTS = "splitdnn.weights"  # string: weights digest of the client's model (runtime._weights)
+PARAM_QUEUE_MS = "splitdnn.queue_ms"  # double: time the request waited for a batch slot, ms
+PARAM_COMPUTE_MS = "splitdnn.compute_ms"  # double: time running the model (tail) on its batch, ms
+PARAM_DECODE_MS = "splitdnn.decode_ms"  # double: time validating and decoding the request, ms
+PARAM_BATCH_SIZE = "splitdnn.batch_size"  # int64: number of requests in the batch this one ran in
+
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
+ParamValue = str | int | float | bool
+_RAW_INPUT_FIELD = v2_pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number  # 7
+_RAW_OUTPUT_FIELD = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number  # 6
+#: parameters build_infer_request sets from its own arguments
+_ARGUMENT_PARAMS = frozenset({PARAM_FINGERPRINT, PARAM_FRAMED, PARAM_WEIGHTS})
+
+# --------------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass(frozen=True)
+class InferRequestData:
+    """A validated ModelInfer request: named input arrays, frames already decoded."""
+
+    model_name: str
+    model_version: str
+    request_id: str
+    inputs: dict[str, np.ndarray]  # by input name (model input or boundary node), request order
+    framed: frozenset[str]  # inputs that arrived as codec frames
+    fingerprint: str | None  # the splitdnn.fingerprint parameter, if sent
+    parameters: dict[str, ParamValue]  # every request parameter, splitdnn.* included
+    wire_bytes: int  # serialized size of the request message
+    bfloat16: frozenset[str] = frozenset()  # inputs holding bfloat16 bit patterns (uint16 arrays)
+    requested_outputs: tuple[str, ...] = ()  # output names the client asked for; () = all
+    weights: str | None = None  # the splitdnn.weights parameter (digest of the client's weights), if sent
+
+
+@dataclass(frozen=True)
+class InferRequestWire:
+    """A received ModelInfer request: protobuf-parsed but for its raw contents, which stay views of
+    the received bytes (:func:`read_infer_request`); :func:`parse_infer_request` validates it."""
+
+    message: v2_pb.ModelInferRequest  # every field except raw_input_contents
+    raw: list[memoryview]  # raw_input_contents, in order: read-only views of the received bytes
+    nbytes: int  # serialized size of the whole request
+
+    @property
+    def model_name(self) -> str:
+        return str(self.message.model_name)
+
+    @property
+    def model_version(self) -> str:
+        return str(self.message.model_version)
+
+
+@dataclass(frozen=True)
+class InferResponseData:
+    """A validated ModelInfer response: named output arrays and the server's parameters."""
+
+    model_name: str
+    request_id: str
+    outputs: dict[str, np.ndarray]  # by output name ("output", or "output_0", "output_1", ...)
+    parameters: dict[str, ParamValue]  # splitdnn.queue_ms, splitdnn.compute_ms, ...
+    bfloat16: frozenset[str] = frozenset()  # outputs holding bfloat16 bit patterns (uint16 arrays)
+    model_version: str = ""
+    wire_bytes: int = 0  # serialized size of the response message
+
+
+# --------------------------------------------------------------------------------------------------
+# parameters
+
+
+def _set_param(msg: Any, key: str, value: ParamValue) -> None:
+    """Store ``value`` in the InferParameter ``msg`` under the matching oneof field."""
+    if not isinstance(key, str) or not key:
+        raise WireError(f"parameter names must be non-empty strings, found {key!r}")
+    if isinstance(value, bool):
+        msg.bool_param = value
+    elif isinstance(value, int):
+        if _INT64_MIN <= value <= _INT64_MAX:
+            msg.int64_param = value
+        elif 0 <= value <= _UINT64_MAX:
+            msg.uint64_param = value
+        else:
+            raise WireError(f"parameter {key!r} = {value} does not fit a 64-bit integer")
+    elif isinstance(value, float):
+        msg.double_param = value
+    elif isinstance(value, str):
+        msg.string_param = value
+    else:
+        raise WireError(
+            f"parameter {key!r} has type {type(value).__name__}; expected str, int, float or bool"
+        )
+
+
+def _params_from(proto_map: Any, where: str) -> dict[str, ParamValue]:
+    out: dict[str, ParamValue] = {}
+    for key, p in proto_map.items():
+        choice = p.WhichOneof("parameter_choice")
+        if choice is None:
+            raise WireError(f"{where} parameter {show(key)} has no value; set one of its *_param fields")
+        out[key] = getattr(p, choice)
+    return out
+
+
+def _string_param(params: Mapping[str, ParamValue], key: str) -> str | None:
+    """A ``splitdnn.*`` parameter that must be a string_param; None when absent."""
+    value = params.get(key)
+    if value is not None and not isinstance(value, str):
+        raise WireError(
+            f"parameter {key} must be a string_param, found {type(value).__name__} {value!r:.40}; "
+            f"send it as string_param"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# ModelInfer
+
+
+def _infer_request(
+    model_name: str,
+    inputs: Mapping[str, np.ndarray | bytes],
+    fingerprint: str | None,
+    request_id: str,
+    parameters: Mapping[str, ParamValue] | None,
+    bfloat16: Collection[str],
+    model_version: str,
+    weights: str | None,
+) -> tuple[v2_pb.ModelInferRequest, list[memoryview]]:
+    """The request without its raw contents, and those contents (views of ``inputs``, in order)."""
+    msg = v2_pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
+    raw: list[memoryview] = []
+    framed: list[str] = []
+    for name, value in inputs.items():
+        if not isinstance(name, str) or not name:
+            raise WireError(f"input names must be non-empty strings, found {name!r}")
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            data = memoryview(value)
+            data = data.cast("B") if data.c_contiguous else memoryview(data.tobytes())  # (nbytes,)
+            msg.inputs.append(
+                v2_pb.ModelInferRequest.InferInputTensor(name=name, datatype="UINT8", shape=[len(data)])
+            )
+            raw.append(data)
+            framed.append(name)
+        else:
+            raw += add_tensors(msg.inputs, v2_pb.ModelInferRequest.InferInputTensor, {name: value}, bfloat16)
+    for key, param in (parameters or {}).items():
+        if key in _ARGUMENT_PARAMS:
+            raise WireError(f"parameter {key!r} is set by build_infer_request itself; pass it as an argument")
+        _set_param(msg.parameters[key], key, param)
+    if fingerprint is not None:
+        msg.parameters[PARAM_FINGERPRINT].string_param = fingerprint
+    if weights is not None:
+        msg.parameters[PARAM_WEIGHTS].string_param = weights
+    if framed:
+        if any("," in n for n in framed):
+            raise WireError(f"framed input names cannot contain ',', found {framed}")
+        msg.parameters[PARAM_FRAMED].string_param = ",".join(framed)
+    return msg, raw
+
+
+def build_infer_request(
+    model_name: str,
+    inputs: Mapping[str, np.ndarray | bytes],
+    *,
+    fingerprint: str | None = None,
+    request_id: str = "",
+    parameters: Mapping[str, ParamValue] | None = None,
+    bfloat16: Collection[str] = (),
+    model_version: str = "",
+    weights: str | None = None,
+) -> v2_pb.ModelInferRequest:
+    """A ModelInfer request: arrays as their v2 datatype and shape; ``bytes`` as a codec frame.
+
+    A frame is sent as ``UINT8 [len(frame)]`` and listed in ``splitdnn.framed``; ``fingerprint``
+    goes in ``splitdnn.fingerprint`` and ``weights`` (the weights digest) in ``splitdnn.weights``.
+    ``bfloat16`` names uint16 arrays holding bfloat16 bits. :func:`encode_infer_request` gives the
+    same request serialized, with one copy of the tensors instead of three.
+    """
+    msg, raw = _infer_request(
+        model_name, inputs, fingerprint, request_id, parameters, bfloat16, model_version, weights
+    )
+    msg.raw_input_contents.extend(bytes(v) for v in raw)
+    return msg
+
+
+def encode_infer_request(
+    model_name: str,
+    inputs: Mapping[str, np.ndarray | bytes],
+    *,
+    fingerprint: str | None = None,
+    request_id: str = "",
+    parameters: Mapping[str, ParamValue] | None = None,
+    bfloat16: Collection[str] = (),
+    model_version: str = "",
+    weights: str | None = None,
+) -> bytes:
+    """:func:`build_infer_request`, serialized: the small fields by protobuf, the tensors' bytes
+    appended as ``raw_input_contents`` with one copy (send it on a bytes-level ModelInfer call)."""
+    msg, raw = _infer_request(
+        model_name, inputs, fingerprint, request_id, parameters, bfloat16, model_version, weights
+    )
+    return _wire.append_field(msg.SerializeToString(), _RAW_INPUT_FIELD, raw)
+
+
+def _read(data: bytes, message: Any, field: int, what: str) -> tuple[Any, list[Any]]:
+    """``data`` parsed into ``message`` but for bytes field ``field``, returned apart (views if it can)."""
+    if not isinstance(data, bytes):
+        raise WireError(f"expected a serialized {what} as bytes, found {type(data).__name__}")
+    split = _wire.split_field(data, field)
+    try:
+        if split is None:  # not the plain layout: protobuf parses it all, as any v2 server would
+            message.ParseFromString(data)
+            name = message.DESCRIPTOR.fields_by_number[field].name
+            raw: list[Any] = list(getattr(message, name))
+            message.ClearField(name)
+            return message, raw
+        message.ParseFromString(split[0])
+    except DecodeError as exc:
+        raise WireError(f"the message is not a valid {what} ({len(data)} bytes): {exc}") from exc
+    return message, split[1]
+
+
+def read_infer_request(data: bytes) -> InferRequestWire:
+    """A serialized ModelInfer request, parsed by protobuf but for its raw contents (views of ``data``).
+
+    Accepts exactly the bytes protobuf accepts, with the same content; anything else is a WireError.
+    """
+    msg, raw = _read(data, v2_pb.ModelInferRequest(), _RAW_INPUT_FIELD, "inference.ModelInferRequest")
+    return InferRequestWire(msg, raw, len(data))
+
+
+def parse_infer_request(
+    msg: v2_pb.ModelInferRequest | InferRequestWire, *, max_decoded_bytes: int
+) -> InferRequestData:
+    """Validate a ModelInfer request and decode its inputs (frames included) within the byte budget."""
+    raw: Sequence[bytes | memoryview]
+    if isinstance(msg, InferRequestWire):
+        raw, wire_bytes, msg = msg.raw, msg.nbytes, msg.message
+    elif isinstance(msg, v2_pb.ModelInferRequest):
+        raw, wire_bytes = msg.raw_input_contents, -1
+    else:
+        raise WireError(f"expected an inference.ModelInferRequest, found {type(msg).__name__}")
+    budget = Budget(max_decoded_bytes)
+    params = _params_from(msg.parameters, "request")
+    fingerprint = _string_param(params, PARAM_FINGERPRINT)
+    weights = _string_param(params, PARAM_WEIGHTS)
+    framed = frozenset(n for n in (_string_param(params, PARAM_FRAMED) or "").split(",") if n)
+    if not msg.inputs:
+        raise WireError("the request has no inputs; send the model input(s) or the boundary tensors of a cut")
+    inputs, bf16 = tensors_from_proto(msg.inputs, raw, budget=budget, framed=framed, where="request")
+    requested = tuple(o.name for o in msg.outputs)
+    if len(set(requested)) != len(requested) or any(not o for o in requested):
+        raise WireError(f"requested outputs must be distinct non-empty names, found {list(requested)[:8]}")
+    return InferRequestData(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        request_id=msg.id,
+        inputs=inputs,
+        framed=framed,
+        fingerprint=fingerprint,
+        parameters=params,
+        wire_bytes=wire_bytes if wire_bytes >= 0 else msg.ByteSize(),
+        bfloat16=bf16,
+        requested_outputs=requested,
+        weights=weights,
+    )
+
+
+def _infer_response(
+    model_name: str,
+    request_id: str,
+    outputs: Mapping[str, np.ndarray],
+    parameters: Mapping[str, ParamValue] | None,
+    bfloat16: Collection[str],
+    model_version: str,
+) -> tuple[v2_pb.ModelInferResponse, list[memoryview]]:
+    msg = v2_pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
+    raw = add_tensors(msg.outputs, v2_pb.ModelInferResponse.InferOutputTensor, outputs, bfloat16)
+    for key, value in (parameters or {}).items():
+        _set_param(msg.parameters[key], key, value)
+    return msg, raw
+
+
+def build_infer_response(
+    model_name: str,
+    request_id: str,
+    outputs: Mapping[str, np.ndarray],
+    *,
+    parameters: Mapping[str, ParamValue] | None = None,
+    bfloat16: Collection[str] = (),
+    model_version: str = "",
+) -> v2_pb.ModelInferResponse:
+    """A ModelInfer response with raw output contents; ``bfloat16`` names uint16 arrays of bf16 bits."""
+    msg, raw = _infer_response(model_name, request_id, outputs, parameters, bfloat16, model_version)
+    msg.raw_output_contents.extend(bytes(v) for v in raw)
+    return msg
+
+
+def encode_infer_response(
+    model_name: str,
+    request_id: str,
+    outputs: Mapping[str, np.ndarray],
+    *,
+    parameters: Mapping[str, ParamValue] | None = None,
+    bfloat16: Collection[str] = (),
+    model_version: str = "",
+) -> bytes:
+    """:func:`build_infer_response`, serialized, with one copy of the outputs (the final join)."""
+    msg, raw = _infer_response(model_name, request_id, outputs, parameters, bfloat16, model_version)
+    return _wire.append_field(msg.SerializeToString(), _RAW_OUTPUT_FIELD, raw)
+
+
+def parse_infer_response(msg: v2_pb.ModelInferResponse, *, max_decoded_bytes: int) -> InferResponseData:
+    """Validate a ModelInfer response and decode its outputs within the byte budget."""
+    if not isinstance(msg, v2_pb.ModelInferResponse):
+        raise WireError(f"expected an inference.ModelInferResponse, found {type(msg).__name__}")
+    return _response_data(msg, msg.raw_output_contents, msg.ByteSize(), max_decoded_bytes)
+
+
+def decode_infer_response(data: bytes, *, max_decoded_bytes: int) -> InferResponseData:
+    """:func:`parse_infer_response` of a serialized response; outputs are read-only views of ``data``."""
+    msg, raw = _read(data, v2_pb.ModelInferResponse(), _RAW_OUTPUT_FIELD, "inference.ModelInferResponse")
+    return _response_data(msg, raw, len(data), max_decoded_bytes)
+
+
+def _response_data(
+    msg: v2_pb.ModelInferResponse, raw: Sequence[bytes | memoryview], nbytes: int, max_decoded_bytes: int
+) -> InferResponseData:
+    budget = Budget(max_decoded_bytes)
+    params = _params_from(msg.parameters, "response")
+    outputs, bf16 = tensors_from_proto(msg.outputs, raw, budget=budget, framed=(), where="response")
+    if not outputs:
+        raise WireError("the response has no outputs; expected one per model output")
+    return InferResponseData(
+        model_name=msg.model_name,
+        request_id=msg.id,
+        outputs=outputs,
+        parameters=params,
+        bfloat16=bf16,
+        model_version=msg.model_version,
+        wire_bytes=nbytes,
+    )
+
+
+def param_ms(params: Mapping[str, ParamValue], key: str) -> float:
+    """A timing parameter as a finite float >= 0 (0.0 when absent or invalid)."""
+    value = params.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    v = float(value)
+    return v if math.isfinite(v) and v >= 0 else 0.0

@@ -1,0 +1,242 @@
+"""runtime._wire and serde's bytes-level ModelInfer door: the same decisions and content as protobuf."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from splitdnn import codec
+from splitdnn.errors import WireError
+from splitdnn.runtime import _wire, serde
+from splitdnn.runtime._client_rpc import model_infer
+from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
+from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+
+CAP = 1 << 24
+
+
+def _stock(data: bytes) -> v2_pb.ModelInferRequest | None:
+    msg = v2_pb.ModelInferRequest()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError:
+        return None
+    return msg
+
+
+def _ours(data: bytes) -> v2_pb.ModelInferRequest | None:
+    """The message serde.read_infer_request reads, raw contents put back (None: refused)."""
+    try:
+        wire = serde.read_infer_request(data)
+    except WireError:
+        return None
+    msg = v2_pb.ModelInferRequest()
+    msg.CopyFrom(wire.message)
+    msg.raw_input_contents.extend(bytes(v) for v in wire.raw)
+    assert wire.nbytes == len(data)
+    return msg
+
+
+def _same(data: bytes) -> None:
+    stock, ours = _stock(data), _ours(data)
+    assert (stock is None) == (ours is None), data[:80]
+    if stock is not None:
+        assert ours == stock
+        assert ours.SerializeToString(deterministic=True) == stock.SerializeToString(deterministic=True)
+
+
+def _valid_request(draw: st.DrawFn) -> bytes:
+    msg = v2_pb.ModelInferRequest(
+        model_name=draw(st.text(max_size=8)),
+        id=draw(st.text(max_size=4)),
+        model_version=draw(st.text(max_size=2)),
+    )
+    for i in range(draw(st.integers(0, 3))):
+        msg.inputs.add(name=f"t{i}", datatype="UINT8", shape=draw(st.lists(st.integers(0, 9), max_size=3)))
+    for key in draw(st.lists(st.text(max_size=4), max_size=3)):
+        msg.parameters[key].string_param = draw(st.text(max_size=5))
+    for _ in range(draw(st.integers(0, 2))):
+        msg.outputs.add(name=draw(st.text(max_size=3)))
+    msg.raw_input_contents.extend(draw(st.lists(st.binary(max_size=300), max_size=4)))
+    data = msg.SerializeToString()
+    if draw(st.booleans()):  # protobuf reads fields in any order: interleave raw entries with the rest
+        parts = []
+        pos = 0
+        while pos < len(data):  # top-level fields, each (tag, length-delimited) as written above
+            tag_end = pos + 1
+            length, body = _varint(data, tag_end)
+            parts.append(data[pos : body + length])
+            pos = body + length
+        data = b"".join(draw(st.permutations(parts)))
+    return data
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    return _valid_request(draw)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(_valid_request(draw))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        if op == "cut":
+            data = data[: draw(st.integers(0, len(data)))]
+        elif op == "insert":
+            at = draw(st.integers(0, len(data)))
+            data[at:at] = draw(st.binary(min_size=1, max_size=6))
+        elif data:
+            at = draw(st.integers(0, len(data) - 1))
+            if op == "flip":
+                data[at] = draw(st.integers(0, 255))
+            else:
+                del data[at]
+    return bytes(data)
+
+
+_FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_FUZZ
+@given(requests())
+def test_valid_requests_read_as_protobuf_reads_them(data: bytes) -> None:
+    _same(data)
+    split = _wire.split_field(data, 7)
+    assert split is not None  # plainly encoded: the fast path takes it
+
+
+@_FUZZ
+@given(mutated())
+def test_mutated_requests_same_decision_and_content(data: bytes) -> None:
+    _same(data)
+
+
+@_FUZZ
+@given(st.binary(max_size=64))
+def test_random_bytes_same_decision_and_content(data: bytes) -> None:
+    _same(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x3a\x80\x01",  # raw entry of length 128 with 0 bytes left
+        b"\x3a\x81\x00ab",  # padded length varint: slow path, protobuf reads it
+        b"\xba\x00\x02ab",  # padded tag of field 7: slow path
+        b"\x38\x05",  # field 7 as a varint: an unknown field to protobuf
+        b"\x3b\x3c",  # field 7 as a group
+        b"\x00\x01",  # field number 0
+        b"\x3a" + b"\xff" * 10 + b"\x01",  # length varint over 10 bytes
+        b"\x0a\x02\xff\xfe",  # model_name not UTF-8: refused by protobuf in the rest
+        b"\x3a\x02\xff\xfe",  # raw bytes are not UTF-8 checked
+        b"\x0f",  # invalid wire type 7
+        b"",
+    ],
+)
+def test_edge_cases(data: bytes) -> None:
+    _same(data)
+
+
+def test_fast_path_views_and_one_copy_joins() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    frame = codec.encode(x, "zstd")
+    data = serde.encode_infer_request("m", {"x": x, "f": frame}, fingerprint="fp", request_id="r")
+    stock = serde.build_infer_request("m", {"x": x, "f": frame}, fingerprint="fp", request_id="r")
+    assert v2_pb.ModelInferRequest.FromString(data) == stock
+    wire = serde.read_infer_request(data)
+    assert all(isinstance(v, memoryview) and v.readonly for v in wire.raw)
+    assert [bytes(v) for v in wire.raw] == [x.tobytes(), frame]
+    data_ = serde.parse_infer_request(wire, max_decoded_bytes=CAP)
+    got = data_.inputs["x"]
+    assert np.array_equal(got, x) and not got.flags.writeable  # a view: whoever writes copies first
+    assert np.array_equal(data_.inputs["f"], x) and data_.framed == {"f"} and data_.wire_bytes == len(data)
+
+
+def test_responses_round_trip_and_match_the_stock_message() -> None:
+    out: dict[str, np.ndarray] = {
+        "output_0": np.ones((2, 2), np.float16),
+        "output_1": np.arange(3, dtype=np.int64)[::-1],
+    }
+    params = {serde.PARAM_QUEUE_MS: 1.5, serde.PARAM_BATCH_SIZE: 3}
+    data = serde.encode_infer_response("m", "id", out, parameters=params, model_version="1")
+    stock = serde.build_infer_response("m", "id", out, parameters=params, model_version="1")
+    assert v2_pb.ModelInferResponse.FromString(data) == stock
+    got = serde.decode_infer_response(data, max_decoded_bytes=CAP)
+    want = serde.parse_infer_response(stock, max_decoded_bytes=CAP)
+    assert got.parameters == want.parameters and got.model_version == "1"
+    assert got.wire_bytes == len(data) == stock.ByteSize()
+    for name, arr in out.items():
+        assert np.array_equal(got.outputs[name], arr) and got.outputs[name].dtype == arr.dtype
+
+
+def test_response_bytes_protobuf_refuses_are_a_wire_error() -> None:
+    with pytest.raises(WireError, match="not a valid inference.ModelInferResponse"):
+        serde.decode_infer_response(b"\x0a\x05ab", max_decoded_bytes=CAP)
+    with pytest.raises(WireError, match="as bytes"):
+        serde.read_infer_request(bytearray(b""))  # type: ignore[arg-type]
+
+
+def test_append_field_is_protobufs_own_serialization() -> None:
+    msg = v2_pb.ModelInferRequest(model_name="m")
+    chunks: list[bytes | memoryview] = [b"", b"a" * 200, np.zeros(40_000, np.uint8).data]
+    data = _wire.append_field(msg.SerializeToString(), 7, chunks)
+    msg.raw_input_contents.extend(bytes(c) for c in chunks)
+    assert data == msg.SerializeToString()
+    with pytest.raises(WireError):
+        _wire.split_field(b"", 16)
+
+
+# --------------------------------------------------------------------------------------------------
+# through a real server: stock clients and the bytes-level client see the same service
+
+
+class _Double(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
+
+
+def test_server_answers_stock_and_wire_clients_alike_and_refuses_garbage() -> None:
+    x = np.random.default_rng(0).standard_normal((1, 5)).astype(np.float32)
+    spec = ModelSpec("double", module=_Double(), input_shapes=((1, 5),))
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            infer = model_infer(channel)
+            reply = stub.ModelInfer(serde.build_infer_request("double", {"x": x}), timeout=30)
+            stock = serde.parse_infer_response(reply, max_decoded_bytes=CAP)
+            raw = infer(serde.encode_infer_request("double", {"x": x}), timeout=30)
+            wire = serde.decode_infer_response(raw, max_decoded_bytes=CAP)
+            assert v2_pb.ModelInferResponse.FromString(raw).raw_output_contents == reply.raw_output_contents
+            for got in (stock, wire):
+                np.testing.assert_array_equal(got.outputs["output"], x * 2.0)
+            for garbage in (b"\x3a\xff\xff\xff\xff\x0f", b"\x0a\x02\xff\xfe", b"\x0f"):
+                with pytest.raises(grpc.RpcError) as info:
+                    infer(garbage, timeout=30)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "not a valid inference.ModelInferRequest" in (info.value.details() or "")
+            again = serde.decode_infer_response(
+                infer(serde.encode_infer_request("double", {"x": x})), max_decoded_bytes=CAP
+            )
+            np.testing.assert_array_equal(again.outputs["output"], x * 2.0)  # still serving
+        finally:
+            channel.close()
