@@ -1,4 +1,4 @@
-"""The runtime subcommands of the `splitdnn` command line: ``serve``, ``run`` and ``demo``.
+"""The runtime subcommands of the `splitdnn` command line: ``serve``, ``run``, ``demo`` and ``bench``.
 
 Kept apart from :mod:`splitdnn.cli` so the planning commands never import grpc. Each handler only
 parses arguments into the library's own objects (:class:`~splitdnn.runtime.server.ServerConfig`,
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -272,11 +273,107 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measured partition experiments: the grid and/or a bandwidth-change run; results into --out-dir."""
+    from splitdnn.runtime.bench import BenchConfig, run_bench
+    from splitdnn.runtime.bench_report import bench_document, format_markdown, write_results
+
+    if args.no_grid and not args.change:
+        raise ConfigError("--no-grid leaves nothing to run; give --change SCHEDULE or drop --no-grid")
+    config = BenchConfig(
+        models=tuple(args.models),
+        uplinks_mbps=tuple(args.uplink_mbps),
+        slowdowns=tuple(args.slowdown),
+        requests=args.requests,
+        warmup=args.warmup,
+        rtt_ms=args.rtt_ms,
+        input_shape=args.input_shape,
+        max_error=args.max_error,
+        device_threads=args.device_threads,
+        server_threads=args.server_threads or None,
+        profile_repeats=args.profile_repeats,
+        budget_s=args.budget_s,
+        oracle_prune=args.oracle_prune,
+        oracle_max_cuts=args.oracle_max_cuts,
+        link=args.link,
+    )
+    change = None
+    if args.change:
+        from splitdnn.runtime.bench_change import parse_schedule
+
+        schedule = parse_schedule(args.change)  # checked before the grid spends minutes
+    cells = [] if args.no_grid else run_bench(config, progress=not args.quiet, out=sys.stdout)
+    if args.change:
+        from splitdnn.runtime.bench_change import run_change
+
+        change = run_change(
+            config.models[0], schedule, duration_s=args.change_duration_s, slowdown=config.slowdowns[0],
+            rtt_ms=config.rtt_ms, input_shape=config.input_shape, max_error=config.max_error,
+            device_threads=config.device_threads, server_threads=config.server_threads,
+            profile_repeats=config.profile_repeats, progress=not args.quiet, out=sys.stdout,
+        )  # fmt: skip
+    command = _bench_command(args)
+    doc = bench_document(cells, config, change=change, command=command)
+    paths = write_results(doc, args.out_dir, plots=not args.no_plots)
+    print(format_markdown(doc), flush=True)
+    print("wrote " + ", ".join(str(p) for p in paths), flush=True)
+    return 0
+
+
+def _prune_factor(text: str) -> float:
+    """A factor >= 1, or ``inf`` (run every candidate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a factor >= 1 or 'inf' (run every cut), found {text!r}")
+    return value
+
+
+def _bench_command(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, every setting spelled out (recorded with the results)."""
+    import shlex
+
+    def nums(values: Sequence[float]) -> str:
+        return " ".join(f"{v:g}" for v in values)
+
+    parts = [
+        "splitdnn bench",
+        f"--models {' '.join(args.models)}",
+        f"--uplink-mbps {nums(args.uplink_mbps)}",
+        f"--slowdown {nums(args.slowdown)}",
+        f"--requests {args.requests} --warmup {args.warmup} --rtt-ms {args.rtt_ms:g}",
+        f"--device-threads {args.device_threads}",
+        f"--profile-repeats {args.profile_repeats} --budget-s {args.budget_s:g}",
+        f"--oracle-prune {args.oracle_prune:g} --oracle-max-cuts {args.oracle_max_cuts}",
+        f"--link {args.link}",
+    ]
+    if args.server_threads:
+        parts.append(f"--server-threads {args.server_threads}")
+    if args.input_shape:
+        parts.append("--input-shape " + ",".join(str(d) for d in args.input_shape))
+    if args.max_error:
+        parts.append(f"--max-error {args.max_error:g}")
+    if args.change:
+        parts.append(f"--change {shlex.quote(args.change)}")
+        if args.change_duration_s:
+            parts.append(f"--change-duration-s {args.change_duration_s:g}")
+    if args.no_grid:
+        parts.append("--no-grid")
+    parts.append(f"--out-dir {shlex.quote(str(args.out_dir))}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
 # parsers
 
 
 def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, uplinks: Sequence[float]) -> None:
-    """Register ``serve``, ``run`` and ``demo`` on the main parser's subparsers."""
+    """Register ``serve``, ``run``, ``demo`` and ``bench`` on the main parser's subparsers."""
     p = sub.add_parser(
         "serve",
         help="serve model tails over gRPC (Open Inference Protocol v2) until SIGTERM",
@@ -389,3 +486,59 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="measured partition experiments: models x uplinks x slowdowns, every strategy side by side",
+        description="Measure edge-only, cloud-only (raw and losslessly compressed), splitdnn's adaptive "
+        "plan and an oracle over every candidate cut through the real client and server over a shaped "
+        "link; write JSON, Markdown and PNG plots. --change adds a run with the bandwidth changing.",
+    )
+    p.add_argument("--models", nargs="+", default=["resnet18"], metavar="MODEL", help="zoo models")
+    p.add_argument("--uplink-mbps", type=positive, nargs="+", default=[0.13, 1.1, 5.85, 18.88, 100.0])
+    p.add_argument("--slowdown", type=positive, nargs="+", default=[8.0], help="device slowdowns (>= 1)")
+    p.add_argument("--requests", type=int, default=5, help="timed requests per strategy and cell")
+    p.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
+    p.add_argument("--rtt-ms", type=nonneg, default=20.0, help="round trip added by the application")
+    p.add_argument(
+        "--input-shape", type=shape, metavar="SHAPE", help="batch first, every model (default: zoo's)"
+    )
+    p.add_argument(
+        "--max-error", type=nonneg, default=0.0, help="codec budget of the splitdnn plan (rel MSE)"
+    )
+    p.add_argument("--device-threads", type=int, default=1)
+    p.add_argument("--server-threads", type=int, default=0, help="default: torch's default")
+    p.add_argument("--profile-repeats", type=int, default=3, help="timed runs per profiling measurement")
+    p.add_argument(
+        "--budget-s",
+        type=positive,
+        default=8.0,
+        help="seconds one strategy (or oracle cut) may take in a cell; slower ones run fewer times or "
+        "are predicted only, marked measured: false (default 8)",
+    )
+    p.add_argument(
+        "--oracle-prune",
+        type=_prune_factor,
+        default=1.5,
+        help="the oracle runs cuts predicted within this factor of the best (default 1.5; inf = all)",
+    )
+    p.add_argument("--oracle-max-cuts", type=int, default=12, help="and at most this many (default 12)")
+    p.add_argument(
+        "--link",
+        choices=("shaper", "netns"),
+        default="shaper",
+        help="shaper: in-process token bucket (default); netns: veth pair + tc tbf between namespaces "
+        "(root), server in one namespace, client in the other",
+    )
+    p.add_argument(
+        "--change",
+        metavar="SCHEDULE",
+        help="also run the bandwidth-change experiment on the first model and slowdown: 'step' "
+        "(18.88 -> 1.1 at 5 s -> 18.88 at 10 s), BEFORE:AFTER@SECONDS, or a trace CSV (time_s,mbps)",
+    )
+    p.add_argument("--change-duration-s", type=positive, help="default: the last step + 5 s")
+    p.add_argument("--no-grid", action="store_true", help="only the --change run")
+    p.add_argument("--out-dir", default="bench-results", help="where bench.json, bench.md, PNGs go")
+    p.add_argument("--no-plots", action="store_true", help="no PNGs (no matplotlib needed)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_bench)

@@ -37,52 +37,13 @@ import torch
 from splitdnn import graph
 from splitdnn.errors import ConfigError, InfeasibleError
 from splitdnn.report import STANDARD_UPLINKS_MBPS, format_bytes, format_table
+from splitdnn.runtime.bench_measure import Timing
+from splitdnn.runtime.bench_measure import measure as _measure
+from splitdnn.runtime.bench_measure import requests_within as _requests_within  # noqa: F401 (tests use it)
 from splitdnn.runtime.client import SplitClient
 from splitdnn.schema import Link, Plan, Profile
 
 __all__ = ["DemoRow", "Timing", "format_demo", "run_demo"]
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One strategy at one bandwidth: its prediction and the measured end-to-end latencies (ms)."""
-
-    predicted_ms: float
-    samples_ms: tuple[float, ...] = ()  # timed requests; empty = not run (prediction only)
-    strategy: str = ""  # what actually ran (the last timed request's plan)
-    local_runs: int = 0  # timed requests that finished locally against their plan (fallbacks)
-
-    @property
-    def measured(self) -> bool:
-        return bool(self.samples_ms)
-
-    def quantile(self, q: float) -> float:
-        if not self.samples_ms:
-            return math.nan
-        s = sorted(self.samples_ms)
-        pos = q * (len(s) - 1)
-        lo, hi = math.floor(pos), math.ceil(pos)
-        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-    @property
-    def median_ms(self) -> float:
-        return self.quantile(0.5)
-
-    @property
-    def value_ms(self) -> float:
-        """The median when measured, else the prediction."""
-        return self.median_ms if self.measured else self.predicted_ms
-
-    def text(self, *, with_prediction: bool = False) -> str:
-        """``median [p10-p90] n=N`` (optionally with the prediction), or the prediction alone."""
-        if not self.measured:
-            return f"{self.predicted_ms:.0f} (predicted)"
-        n = len(self.samples_ms)
-        if n == 1:
-            text = f"{self.samples_ms[0]:.0f} (n=1)"
-        else:
-            text = f"{self.median_ms:.0f} [{self.quantile(0.1):.0f}-{self.quantile(0.9):.0f}] n={n}"
-        return f"{text}, pred {self.predicted_ms:.0f}" if with_prediction else text
 
 
 @dataclass(frozen=True)
@@ -112,33 +73,6 @@ class DemoRow:
 
 # --------------------------------------------------------------------------------------------------
 # running
-
-
-def _requests_within(predicted_ms: float, warmup: int, requests: int, budget_s: float) -> tuple[int, int]:
-    """``(warm-up, timed)`` requests that fit the budget at the predicted latency; (0, 0) = do not run."""
-    per_s = max(predicted_ms, 1.0) / 1e3
-    if per_s * (warmup + requests) <= budget_s:
-        return warmup, requests
-    if per_s > budget_s:
-        return 0, 0
-    return 0, max(1, min(requests, int(budget_s / per_s)))
-
-
-def _measure(client: SplitClient, x: torch.Tensor, warmup: int, requests: int, budget_s: float) -> Timing:
-    predicted = client.plan.cost.total_ms
-    w, n = _requests_within(predicted, warmup, requests, budget_s)
-    samples = []
-    local = 0
-    strategy = client.plan.strategy
-    for i in range(w + n):
-        client.infer(x)
-        b = client.last_breakdown
-        assert b is not None
-        if i >= w:
-            samples.append(b.total_ms)
-            local += bool(b.fallback)
-            strategy = b.strategy
-    return Timing(predicted, tuple(samples), strategy, local)
 
 
 def run_demo(

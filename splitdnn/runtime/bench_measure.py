@@ -1,0 +1,148 @@
+"""Timing one client's requests within a time budget: shared by `splitdnn demo` and `splitdnn bench`.
+
+Both tools compare strategies side by side on a shared, noisy machine (DESIGN section 7), and both
+meet strategies that are hopeless at a low bandwidth (cloud-only with a 224x224 input at 0.13 Mbit/s
+takes about half a minute per request). :func:`requests_within` decides from the prediction how many
+requests a strategy gets inside a time budget: all of them with warm-up, fewer without warm-up, or
+none (then only the prediction is reported, and marked so). :func:`measure` runs them for one
+client, :func:`measure_interleaved` for several side by side.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from splitdnn.runtime.client import SplitClient
+
+__all__ = ["Timing", "measure", "measure_interleaved", "requests_within"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One strategy at one bandwidth: its prediction and the measured end-to-end latencies (ms)."""
+
+    predicted_ms: float
+    samples_ms: tuple[float, ...] = ()  # timed requests; empty = not run (prediction only)
+    strategy: str = ""  # what actually ran (the last timed request's plan)
+    local_runs: int = 0  # timed requests that finished locally against their plan (fallbacks)
+    bytes_sent: tuple[int, ...] = ()  # serialized request bytes per timed request
+    boundary: tuple[str, ...] = ()  # tensors the last timed request sent (empty: ran locally)
+    codecs: tuple[str, ...] = ()  # their codecs
+    predicted_live_ms: tuple[float, ...] = ()  # each request's prediction under the client's live estimate
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.samples_ms)
+
+    def quantile(self, q: float) -> float:
+        """Linear-interpolated quantile of the samples (NaN when not measured)."""
+        if not self.samples_ms:
+            return math.nan
+        s = sorted(self.samples_ms)
+        pos = q * (len(s) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+    @property
+    def median_ms(self) -> float:
+        return self.quantile(0.5)
+
+    @property
+    def p90_ms(self) -> float:
+        return self.quantile(0.9)
+
+    @property
+    def value_ms(self) -> float:
+        """The median when measured, else the prediction."""
+        return self.median_ms if self.measured else self.predicted_ms
+
+    @property
+    def median_bytes_sent(self) -> int:
+        return int(statistics.median(self.bytes_sent)) if self.bytes_sent else 0
+
+    def text(self, *, with_prediction: bool = False) -> str:
+        """``median [p10-p90] n=N`` (optionally with the prediction), or the prediction alone."""
+        if not self.measured:
+            return f"{self.predicted_ms:.0f} (predicted)"
+        n = len(self.samples_ms)
+        if n == 1:
+            text = f"{self.samples_ms[0]:.0f} (n=1)"
+        else:
+            text = f"{self.median_ms:.0f} [{self.quantile(0.1):.0f}-{self.quantile(0.9):.0f}] n={n}"
+        return f"{text}, pred {self.predicted_ms:.0f}" if with_prediction else text
+
+
+def requests_within(predicted_ms: float, warmup: int, requests: int, budget_s: float) -> tuple[int, int]:
+    """``(warm-up, timed)`` requests that fit the budget at the predicted latency; (0, 0) = do not run.
+
+    All requests with warm-up when they fit; otherwise no warm-up (the connection is already up) and
+    as many timed requests as fit, at least one; none when a single request would exceed the budget.
+    """
+    per_s = max(predicted_ms, 1.0) / 1e3
+    if per_s * (warmup + requests) <= budget_s:
+        return warmup, requests
+    if per_s > budget_s:
+        return 0, 0
+    return 0, max(1, min(requests, int(budget_s / per_s)))
+
+
+def measure(client: SplitClient, x: torch.Tensor, warmup: int, requests: int, budget_s: float) -> Timing:
+    """Run ``client`` on ``x``: the requests :func:`requests_within` allows at its current prediction.
+
+    The prediction recorded is the plan's at the start (under the client's link estimate then).
+    """
+    return measure_interleaved({"client": client}, x, warmup, requests, budget_s)["client"]
+
+
+def measure_interleaved(
+    clients: Mapping[str, SplitClient], x: torch.Tensor, warmup: int, requests: int, budget_s: float
+) -> dict[str, Timing]:
+    """Measure several clients side by side: round-robin, one request of each per round.
+
+    On a shared, noisy machine a slow minute then hits every strategy alike instead of whichever
+    happened to be running, so ratios between strategies stay meaningful (DESIGN section 7). Each
+    client gets its own :func:`requests_within` count at its own prediction; the warm-up rounds all
+    come first. The order within a round rotates, so no strategy always runs right after another.
+    """
+    keys = list(clients)
+    predicted = {k: clients[k].plan.cost.total_ms for k in keys}
+    counts = {k: requests_within(predicted[k], warmup, requests, budget_s) for k in keys}
+    rows: dict[str, list[Any]] = {k: [] for k in keys}
+    for r in range(max((w for w, _ in counts.values()), default=0)):
+        for k in _rotated(keys, r):
+            if counts[k][0] > r:
+                clients[k].infer(x)
+    for r in range(max((n for _, n in counts.values()), default=0)):
+        for k in _rotated(keys, r):
+            if counts[k][1] > r:
+                clients[k].infer(x)
+                b = clients[k].last_breakdown
+                if b is None:  # pragma: no cover - infer() always sets it
+                    raise RuntimeError("SplitClient.infer() finished without a breakdown")
+                rows[k].append(b)
+    out = {}
+    for k in keys:
+        bs = rows[k]
+        last = bs[-1] if bs else None
+        out[k] = Timing(
+            predicted[k],
+            tuple(b.total_ms for b in bs),
+            last.strategy if last is not None else clients[k].plan.strategy,
+            sum(1 for b in bs if b.fallback),
+            tuple(b.bytes_sent for b in bs),
+            last.boundary if last is not None else (),
+            last.codecs if last is not None else (),
+            tuple(b.predicted_ms for b in bs),
+        )
+    return out
+
+
+def _rotated(keys: list[str], r: int) -> list[str]:
+    k = r % len(keys) if keys else 0
+    return keys[k:] + keys[:k]

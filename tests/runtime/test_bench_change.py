@@ -1,0 +1,81 @@
+"""The bandwidth-change run: a step while one client sends requests back to back; schedule parsing.
+
+Asserted: the structure of the record, zero failed requests across a step, the step located and its
+re-plan delay computed from the requests. Not asserted: how long the re-plan took (a benchmark goal).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from splitdnn.errors import ConfigError
+from splitdnn.runtime.bench_change import DEFAULT_CHANGE, parse_schedule, run_change
+from splitdnn.runtime.bench_report import plot_change
+from splitdnn.runtime.shaper import RateSchedule
+
+
+def test_a_bandwidth_step_fails_no_request(tmp_path: Path) -> None:
+    schedule = RateSchedule.step(50.0, 0.3, at_s=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = run_change(
+            "alexnet", schedule, duration_s=2.5, slowdown=1.5, rtt_ms=2.0, input_shape=(1, 3, 64, 64),
+            profile_repeats=1, progress=True, out=io.StringIO(),
+        )  # fmt: skip
+    json.dumps(result, allow_nan=False)
+    assert result["failures"] == 0
+    recs = result["records"]
+    assert len(recs) >= 5 and result["requests"] == len(recs)
+    assert all(r["ok"] and r["latency_ms"] > 0 for r in recs)
+    assert [r["start_s"] for r in recs] == sorted(r["start_s"] for r in recs)
+    assert {r["uplink_mbps"] for r in recs} == {50.0, 0.3}  # requests on both sides of the step
+    (step,) = result["steps"]
+    assert (step["from_mbps"], step["to_mbps"]) == (50.0, 0.3)
+    assert step["at_s"] == pytest.approx(1.0, abs=0.2)
+    # at 0.3 Mbit/s the solver keeps a 64x64 alexnet on the device (sending costs seconds)
+    assert step["target_plan"] == "edge-only"
+    if step["replan_s"] is not None:
+        assert step["replan_s"] >= 0 and step["requests_until_replan"] >= 0
+    assert result["goal"]["goal"].startswith("re-plan <= 1 s")
+    assert isinstance(result["goal"]["met"], bool)
+    path = plot_change(result, tmp_path / "change.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_schedules_parse(tmp_path: Path) -> None:
+    assert [(s.time_s, s.uplink_mbps) for s in parse_schedule("step").steps] == list(DEFAULT_CHANGE)
+    one = parse_schedule("18.88:1.1@5")
+    assert [(s.time_s, s.uplink_mbps) for s in one.steps] == [(0.0, 18.88), (5.0, 1.1)]
+    trace = tmp_path / "trace.csv"
+    trace.write_text("# a trace\ntime_s,mbps\n0,5.85\n2.5,0.13\n4,18.88\n", encoding="utf-8")
+    assert len(parse_schedule(str(trace))) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("fast", "neither 'step', BEFORE:AFTER@SECONDS"),
+        ("18.88:1.1@0", "the step time must be > 0 s, found 0"),
+        ("18.88:0@5", "uplink_mbps must be"),
+        ("1..2:3@4", "expected BEFORE:AFTER@SECONDS"),
+    ],
+)
+def test_bad_schedules_are_refused(text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_schedule(text)
+
+
+def test_bad_change_arguments_are_refused() -> None:
+    with pytest.raises(ConfigError, match="at least one change, found 1 step"):
+        run_change("alexnet", RateSchedule([(0.0, 5.0)]))
+    with pytest.raises(ConfigError, match=r"longer than the schedule's last step at 5 s, found 3"):
+        run_change("alexnet", RateSchedule.step(5.0, 1.0, at_s=5.0), duration_s=3)
+    with pytest.raises(ConfigError, match="schedule must be a RateSchedule, found list"):
+        run_change("alexnet", [(0, 5.0), (1, 1.0)])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="expected names among"):
+        run_change("nope", RateSchedule.step(5.0, 1.0, at_s=1.0))

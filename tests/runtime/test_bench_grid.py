@@ -1,0 +1,157 @@
+"""`splitdnn bench` end to end on a tiny grid: JSON schema, oracle regret, predicted-only markers, refusals.
+
+One tiny run (alexnet at 1x3x64x64, two bandwidths, two requests) is shared by the tests of this
+module. No timing is asserted (DESIGN section 7): only the structure and the definitions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from splitdnn.cli import main
+from splitdnn.errors import ConfigError
+from splitdnn.runtime.bench import STRATEGIES, BenchConfig, CellResult, pool_cuts, run_bench
+from splitdnn.runtime.bench_measure import Timing
+from splitdnn.runtime.bench_netns import cell_from_dict, cell_to_dict
+from splitdnn.runtime.bench_report import bench_document, format_markdown, write_results
+
+TINY = {"input_shape": (1, 3, 64, 64), "slowdowns": (1.5,), "requests": 2, "warmup": 0, "rtt_ms": 2.0,
+        "profile_repeats": 1, "oracle_max_cuts": 2}  # fmt: skip
+#: 0.2 Mbit/s: a raw 64x64 input (48 KiB) takes ~2 s, over the 1 s budget: cloud-raw is predicted only
+LOW, HIGH = 0.2, 50.0
+REQUIRED = ("model", "uplink_mbps", "strategy", "predicted_ms", "measured_ms", "regret")
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[BenchConfig, list[CellResult], dict[str, Any]]:
+    config = BenchConfig(models=("alexnet",), uplinks_mbps=(LOW, HIGH), budget_s=1.0, **TINY)  # type: ignore[arg-type]
+    with warnings.catch_warnings():  # profiling warns about noisy timings: irrelevant to structure
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cells = run_bench(config, progress=True, out=io.StringIO())
+    return config, cells, bench_document(cells, config, command="splitdnn bench (test)")
+
+
+def test_records_have_the_interface_fields(run: tuple[BenchConfig, list[CellResult], dict[str, Any]]) -> None:
+    _, cells, doc = run
+    text = json.dumps(doc, allow_nan=False)  # strict JSON: no NaN or infinity anywhere
+    back = json.loads(text)
+    assert back["schema"] == "splitdnn.bench/1"
+    assert len(back["records"]) == len(cells) * len(STRATEGIES) == 2 * 5
+    for rec in back["records"]:
+        for key in REQUIRED:
+            assert key in rec, key
+        assert rec["model"] == "alexnet" and rec["uplink_mbps"] in (LOW, HIGH)
+        assert rec["strategy"] in STRATEGIES
+        assert isinstance(rec["measured"], bool)
+    assert {r["strategy"] for r in back["records"]} == set(STRATEGIES)
+    assert isinstance(back["mape"], float) and back["mape"] >= 0
+    assert set(back["mape_by_strategy"]) == set(STRATEGIES)
+    mine = [r for r in back["records"] if r["strategy"] == "splitdnn" and r["measured"]]
+    assert back["mape"] == pytest.approx(statistics.fmean(abs(r["error_pct"]) for r in mine))
+    assert back["cuts"] and all("predicted_ms" in c and "measured" in c for c in back["cuts"])
+
+
+def test_regret_is_at_least_one_and_the_oracle_is_the_best_measured(
+    run: tuple[BenchConfig, list[CellResult], dict[str, Any]],
+) -> None:
+    _, cells, doc = run
+    for cell in cells:
+        oracle = cell.runs["oracle"].timing
+        assert oracle.measured
+        pooled = pool_cuts(tuple(cell.runs.values()), cell.cuts)
+        assert oracle.median_ms == min(Timing(0.0, s).median_ms for s in pooled.values())
+        # every measured run is in its cut's pool
+        n_runs = sum(len(r.timing.samples_ms) for k, r in cell.runs.items() if k != "oracle")
+        n_runs += sum(len(c.timing.samples_ms) for c in cell.cuts if c.timing is not None)
+        assert sum(len(s) for s in pooled.values()) == n_runs
+        # edge-only is one cut however often it ran
+        assert sum(1 for key in pooled if key[0] == "edge-only") == 1
+    for rec in doc["records"]:
+        if rec["measured"]:
+            assert rec["regret"] >= 1.0 and rec["cut_ms"] > 0
+        if rec["strategy"] == "oracle":
+            assert rec["regret"] == 1.0
+            assert rec["candidates"] >= 3 and 1 <= rec["candidates_measured"] <= rec["candidates"]
+    # every chain cut of the model is a candidate of every cell, measured or not
+    chain = [c for c in cells[0].cuts if c.kind == "chain"]
+    assert len(chain) >= 10 and all(c.note or c.timing is not None for c in chain)
+
+
+def test_hopeless_cells_are_predicted_only_and_excluded(
+    run: tuple[BenchConfig, list[CellResult], dict[str, Any]],
+) -> None:
+    _, _, doc = run
+    raw_low = next(r for r in doc["records"] if r["strategy"] == "cloud-raw" and r["uplink_mbps"] == LOW)
+    assert raw_low["measured"] is False
+    assert raw_low["measured_ms"] is None and raw_low["regret"] is None and raw_low["error_pct"] is None
+    assert raw_low["predicted_ms"] > 1000.0 and "budget" in raw_low["note"]
+    assert doc["excluded"]["cloud-raw"] >= 1
+    assert "not run" in format_markdown(doc)
+    # the speed-up of a cell whose best baseline was not run says so; here edge-only is run and wins
+    mine_low = next(r for r in doc["records"] if r["strategy"] == "splitdnn" and r["uplink_mbps"] == LOW)
+    assert mine_low["measured"] and mine_low["speedup_vs_best_baseline"] > 0
+
+
+def test_results_are_written(
+    run: tuple[BenchConfig, list[CellResult], dict[str, Any]], tmp_path: Path
+) -> None:
+    _, _, doc = run
+    paths = write_results(doc, tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    assert names == ["bench.json", "bench.md", "bench_alexnet_x1.5.png"]
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["records"]
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "splitdnn bench (test)" in md and "## alexnet [1, 3, 64, 64], device slowdown x1.5" in md
+    assert (tmp_path / "out" / "bench_alexnet_x1.5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cells_survive_the_process_boundary(
+    run: tuple[BenchConfig, list[CellResult], dict[str, Any]],
+) -> None:
+    """The netns client part sends its cell back as JSON: the round trip must be exact."""
+    _, cells, _ = run
+    for cell in cells:
+        assert cell_from_dict(json.loads(json.dumps(cell_to_dict(cell)))) == cell
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"models": ()}, "models must be a non-empty list"),
+        ({"models": ("nope",)}, r"expected names among .*found \['nope'\]"),
+        ({"models": ("alexnet", "alexnet")}, "duplicates"),
+        ({"uplinks_mbps": (0.0,)}, r"uplinks_mbps must hold finite numbers > 0.*found 0\.0"),
+        ({"uplinks_mbps": (math.inf,)}, "uplinks_mbps must hold finite numbers > 0"),
+        ({"uplinks_mbps": "5"}, "uplinks_mbps must be a non-empty list"),
+        ({"slowdowns": (0.5,)}, r"factors >= 1.*found \[0\.5\]"),
+        ({"requests": 0}, "requests must be an integer >= 1, found 0"),
+        ({"warmup": -1}, "warmup must be an integer >= 0"),
+        ({"budget_s": 0}, "budget_s must be a number"),
+        ({"oracle_prune": 0.5}, "oracle_prune must be a number >= 1"),
+        ({"input_shape": (3,)}, "input_shape must be batch first"),
+        ({"link": "wifi"}, "link must be one of shaper, netns, found 'wifi'"),
+    ],
+)
+def test_bad_configs_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        BenchConfig(**kwargs)
+
+
+def test_cli_refuses_before_measuring(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["bench", "--no-grid", "--out-dir", str(tmp_path)]) == 1
+    assert "--no-grid leaves nothing to run" in capsys.readouterr().err
+    assert main(["bench", "--models", "nope", "--out-dir", str(tmp_path)]) == 1
+    assert "expected names among" in capsys.readouterr().err
+    assert main(["bench", "--models", "alexnet", "--change", "fast:slow", "--out-dir", str(tmp_path)]) == 1
+    assert "neither 'step', BEFORE:AFTER@SECONDS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--oracle-prune", "0.5"])
+    assert "expected a factor >= 1 or 'inf'" in capsys.readouterr().err
