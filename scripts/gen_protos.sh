@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate splitdnn/runtime/_proto/ from protos/ with the pinned generator (grpcio-tools==1.85.1).
+# Regenerate splitdnn/runtime/_proto/ from protos/ with the pinned generator (grpcio-tools==1.75.1).
 #
 #   scripts/gen_protos.sh            # rewrite splitdnn/runtime/_proto/ in place
 #   scripts/gen_protos.sh OUT_DIR    # write the modules to OUT_DIR instead (tests compare the two)
@@ -10,7 +10,7 @@
 # the `runtime` extra in pyproject.toml to match.
 set -euo pipefail
 
-GRPC_TOOLS_VERSION="1.85.1"
+GRPC_TOOLS_VERSION="1.75.1"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/splitdnn/runtime/_proto}"
 PYTHON="${PYTHON:-python}"
@@ -33,10 +33,23 @@ mkdir -p "$OUT"
 for f in "$OUT"/*_pb2_grpc.py; do
     sed -i -E 's/^import ([a-z_]+_pb2) as /from . import \1 as /' "$f"
 done
+# Register the files in the package's own descriptor pool, not protobuf's process-wide default one:
+# other v2 clients (tritonclient) register the same file and message names (inference.ModelInferRequest)
+# there, and the default pool refuses duplicates, so both could not be imported in one process.
+for f in "$OUT"/*_pb2.py; do
+    sed -i -E 's/^DESCRIPTOR = _descriptor_pool\.Default\(\)\./from . import POOL as _POOL  # noqa: E402\nDESCRIPTOR = _POOL./' "$f"
+    grep -q '^DESCRIPTOR = _POOL\.' "$f" || { echo "gen_protos.sh: could not redirect $f to the private pool" >&2; exit 1; }
+done
 
 cat > "$OUT/__init__.py" <<'PY'
 """Generated protobuf and gRPC modules (do not edit): regenerate with scripts/gen_protos.sh.
 
 Only splitdnn.runtime imports these; everything else goes through splitdnn.runtime.serde.
+The messages live in POOL, a descriptor pool of their own, so that other copies of the v2 protocol
+(tritonclient's) can be imported in the same process: same wire format, separate Python types.
 """
+
+from google.protobuf import descriptor_pool as _descriptor_pool
+
+POOL = _descriptor_pool.DescriptorPool()
 PY

@@ -3,7 +3,9 @@ v2 messages keep the public specification's field names and numbers."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from splitdnn.runtime._proto import splitdnn_pb2 as sd_pb
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "splitdnn" / "runtime" / "_proto"
-PINNED = "1.85.1"
+PINNED = "1.75.1"
 
 
 def _grpc_tools_version() -> str | None:
@@ -32,10 +34,14 @@ def _grpc_tools_version() -> str | None:
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     found = _grpc_tools_version()
     if found is None:
-        pytest.skip("grpc_tools is not installed (pip install grpcio-tools==1.85.1)")
+        pytest.skip("grpc_tools is not installed (pip install grpcio-tools==1.75.1)")
     if found != PINNED:
         pytest.skip(f"grpcio-tools {found} installed; the committed code is from the pinned {PINNED}")
-    subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True)
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)],
+        check=True,
+        env={**os.environ, "PYTHON": sys.executable},  # the generator of this interpreter
+    )
     fresh = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     committed = sorted(p.name for p in PROTO_DIR.iterdir() if p.is_file())
     assert fresh == committed

@@ -5,7 +5,7 @@ import warnings
 
 from . import splitdnn_pb2 as splitdnn__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.75.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in splitdnn_pb2_grpc.py depends on'
+        + f' but the generated code in splitdnn_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class SplitServiceStub:
+class SplitServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class SplitServiceStub:
                 _registered_method=True)
 
 
-class SplitServiceServicer:
+class SplitServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def GetModelInfo(self, request, context):
@@ -86,7 +86,7 @@ def add_SplitServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class SplitService:
+class SplitService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
