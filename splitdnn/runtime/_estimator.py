@@ -22,6 +22,18 @@ and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice ma
   two) is folded into an EWMA (``alpha``). A window-wide fit would be steadier on a constant link but
   would take half a window to notice a collapse, which is when re-planning matters most. A small
   transfer hidden in the RTT's noise is not used unless it shows the link slower than estimated;
+* steps: a single sample whose time per byte is at least ``step_ratio`` x slower, or (not hidden in
+  the RTT's noise) ``step_ratio`` x faster, than the estimate is taken as a change of the link, not
+  noise: the estimate restarts from it at once (no median, no smoothing), and the window drops its
+  older sized samples (pings stay: a bandwidth step does not move the RTT), so that samples from
+  before the step no longer pull the RTT fit (a fit over slow and fast samples of the same sizes
+  reads the difference as RTT). ``stepped`` says so for the planner, which then needs one
+  confirmation instead of several. A sample right after a step that moves the same way by 2 x is a
+  step too (a probe after a step up sized for the old rate may only bound the new one; a transfer
+  too short to time counts as exactly ``step_ratio`` x faster). The price: a one-off stall of
+  ``step_ratio`` x the expected time moves the estimate too, until the next normal sample, itself a
+  step back, restores it (one request, or one probe, on another plan). Noise under ``step_ratio`` x
+  is still smoothed away;
 * the EWMA is bias-corrected, so the first real measurement replaces the initial guess instead of
   being averaged with it, and it runs on the time per byte, not on Mbit/s: averaging rates
   overestimates a fluctuating link (Jensen), averaging times gives the expected transfer time, which
@@ -42,6 +54,8 @@ from splitdnn.schema import Link
 __all__ = ["LinkEstimator", "LinkSample", "check_positive"]
 
 _MAX_MBPS = 100_000.0  # the fastest link the estimator reports (a 100 Gbit/s LAN is "free")
+_FOLLOW_RATIO = 2.0  # a step right after a step the same way needs only this ratio
+_UNTIMED = 0.05  # a transfer under this share of its round trip is within the RTT's jitter
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,6 +96,7 @@ class LinkEstimator:
         alpha: float = 0.5,
         min_spread: float = 2.0,
         max_age_s: float = 60.0,
+        step_ratio: float | None = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(initial, Link):
@@ -95,6 +110,14 @@ class LinkEstimator:
                 f"min_spread must be > 1 (size ratio of a sample pair that separates RTT from "
                 f"bandwidth), found {min_spread!r}"
             )
+        if step_ratio is not None and not (
+            isinstance(step_ratio, (int, float)) and not isinstance(step_ratio, bool) and step_ratio > 1
+        ):
+            raise ConfigError(
+                f"step_ratio must be None or > 1 (how much slower or faster one sample must be to count "
+                f"as a step of the link), found {step_ratio!r}"
+            )
+        self._step_ratio = None if step_ratio is None else float(step_ratio)
         self._max_age_s = check_positive("max_age_s", max_age_s)
         self._initial = initial
         self._alpha = float(alpha)
@@ -109,6 +132,9 @@ class LinkEstimator:
         self._updates = 0  # raw estimates folded in so far (for the EWMA's bias correction)
         self._rtt_updates = 0
         self.fitted = False  # whether the last update could separate RTT from bandwidth
+        self.stepped = False  # whether the last observation was taken as a step of the link
+        self.steps = 0  # steps seen so far
+        self._last_step = 0  # the direction of the last sample if it was a step: -1 slower, 1 faster
 
     # observations ---------------------------------------------------------------------------------
 
@@ -154,6 +180,16 @@ class LinkEstimator:
 
     def _update(self) -> None:
         self._expire()
+        self.stepped = self._is_step(self._samples[-1])
+        if self.stepped:  # restart from this sample: older sized samples describe another link
+            newest = self._samples.pop()
+            kept = [s for s in self._samples if self._x(s) == 0]
+            self._samples.clear()
+            self._samples.extend(kept)
+            self._samples.append(newest)
+            self._recent.clear()
+            self._updates = 0
+            self.steps += 1
         pts = [(self._x(s), s.network_ms) for s in self._samples]
         fit = _theil_sen(pts, self._min_spread)
         self.fitted = fit is not None
@@ -173,9 +209,35 @@ class LinkEstimator:
             # a small transfer hidden in the RTT's noise says little about the bandwidth (it would
             # claim an infinite one); it counts only when it shows the link slower than estimated
             return
-        self._recent.append(max(excess / last_x, _ms_per_byte(_MAX_MBPS)))
+        per_byte = excess / last_x
+        if self.stepped and self._step_ratio is not None and excess < _UNTIMED * last_y:
+            # a step up, but the transfer was too short to time (inside the link's burst or the
+            # RTT's jitter): the link is at least step_ratio x faster, and that is all it says
+            per_byte = max(per_byte, self._ms_per_byte / self._step_ratio)
+        self._recent.append(max(per_byte, _ms_per_byte(_MAX_MBPS)))
         self._ms_per_byte = self._ewma(self._ms_per_byte, _median(self._recent), self._updates)
         self._updates += 1
+
+    def _is_step(self, s: LinkSample) -> bool:
+        """Whether ``s`` alone shows the link ``step_ratio`` x slower or faster than estimated."""
+        x = self._x(s)
+        if self._step_ratio is None or x == 0 or self._updates == 0:
+            return False
+        excess = s.network_ms - self._rtt_ms
+        expected = x * self._ms_per_byte
+        # right after a step, a further move the same way needs less: the first sample after a
+        # step up may have been too short to time, and only bounded the new rate from below
+        up_ratio = _FOLLOW_RATIO if self._last_step > 0 else self._step_ratio
+        down_ratio = _FOLLOW_RATIO if self._last_step < 0 else self._step_ratio
+        if excess >= down_ratio * expected:
+            self._last_step = -1
+            return True
+        hidden = expected < 0.1 * s.network_ms  # the transfer is lost in the RTT's noise
+        if not hidden and excess * up_ratio <= expected:
+            self._last_step = 1
+            return True
+        self._last_step = 0
+        return False
 
     def _ewma(self, old: float, new: float, updates: int) -> float:
         """Bias-corrected EWMA: the first estimate replaces the prior, later ones weigh ``alpha``."""

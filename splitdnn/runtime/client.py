@@ -20,8 +20,11 @@ What one :meth:`SplitClient.infer` does, and why:
 3. The server reports its queue, compute and decode time; the rest of the RPC's wall time is network.
    That sample feeds the :class:`~splitdnn.runtime.planner.LinkEstimator`, and the planner re-plans
    with hysteresis. While nothing is sent (edge-only, or every request finishing locally) a
-   background :class:`~splitdnn.runtime._probe.LinkProber` measures the link now and then, so a link
-   that recovers is noticed (its cost is documented there; ``probe_interval_s=None`` turns it off).
+   background :class:`~splitdnn.runtime._probe.LinkProber` measures the link (every
+   ``probe_edge_interval_s`` while edge-only), so a link that recovers is noticed within about a
+   second (its cost is documented there; ``probe_interval_s=None`` turns it off). A sample several
+   times slower or faster than the estimate is a step: the estimator restarts from it and the
+   planner needs one confirmation, so a collapse is acted on after the first slow request.
 4. Failures: gRPC retries UNAVAILABLE itself (a service-config retry policy, with a per-RPC retry
    buffer larger than the largest request: gRPC does not retry a request it could not buffer). When
    the server stays unreachable, the deadline passes or the server is overloaded, the request
@@ -123,7 +126,8 @@ class SplitClient:
     ``privacy_floor`` keeps the raw input on the device (cloud-only is never used); ``hysteresis``
     when to switch; ``force_boundary`` fixes the plan: "edge", "cloud" or a node name to cut after
     (baselines). ``probe_interval_s`` / ``probe_max_bytes``: link probes while nothing is sent (see
-    :mod:`splitdnn.runtime._probe`; None turns them off).
+    :mod:`splitdnn.runtime._probe`; None turns them off); ``probe_edge_interval_s``: the pause between
+    probes while edge-only (recovery time against probe bytes; its cost is documented there).
 
     Network: ``token`` (bearer), TLS with ``tls=True`` or any of ``root_cert`` / ``client_cert`` +
     ``client_key`` (PEM bytes or paths; mTLS with the pair) and ``tls_server_name`` (override the
@@ -166,6 +170,7 @@ class SplitClient:
         profile_repeats: int = 5,
         probe_interval_s: float | None = 5.0,
         probe_max_bytes: int = 256 << 10,
+        probe_edge_interval_s: float = 0.25,
     ) -> None:
         if not isinstance(address, str) or not address:
             raise ConfigError(f"address must be 'host:port' (or a gRPC target), found {address!r}")
@@ -185,6 +190,7 @@ class SplitClient:
             probe = ProbeSettings(
                 interval_s=probe_interval_s, max_bytes=probe_max_bytes,
                 min_bytes=min(ProbeSettings.min_bytes, probe_max_bytes),
+                edge_interval_s=probe_edge_interval_s,
             )  # fmt: skip
         self.address = address
         self.timeout_s = float(timeout_s)
@@ -346,8 +352,9 @@ class SplitClient:
         ]
         if self._prober is not None:
             lines.append(
-                f"link probes: {self._prober.probes} ({self._prober.failures} failed), at most one per "
-                f"{self._prober.settings.interval_s:g} s while nothing else measures the link"
+                f"link probes: {self._prober.probes} ({self._prober.failures} failed), one per "
+                f"{self._prober.settings.edge_interval_s:g} s (plus its own time) while edge-only, at most "
+                f"one per {self._prober.settings.interval_s:g} s while nothing else measures the link"
             )
         with self._lock:
             notes = list(self.notes)
@@ -388,10 +395,11 @@ class SplitClient:
             plan = self.planner.plan
             self.requests += 1
             down = time.monotonic() < self._down_until
-        if self._prober is not None and not down:  # never waits: the probe runs on its own thread
-            self._prober.maybe_start(
-                edge_only=plan.strategy == "edge-only", last_observed=self._last_observed
-            )
+        # Probe only while edge-only, when the link is otherwise idle: a remote plan's own requests
+        # measure the link, and a probe beside one would compete with it for the same uplink (measured:
+        # a cloud-only request 26% slower in the bench grid). Never waits: the probe has its own thread.
+        if self._prober is not None and not down and plan.strategy == "edge-only":
+            self._prober.maybe_start(edge_only=True, last_observed=self._last_observed)
         run = Run(self, plan, t0)
         try:
             if plan.strategy == "edge-only":
@@ -459,17 +467,25 @@ class SplitClient:
                 self.notes.append(text)
                 del self.notes[:-_MAX_NOTES]
 
-    def _observe(self, bytes_up: int, bytes_down: int, network_ms: float) -> None:
+    def _observe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
+        """Fold in a request or probe and re-plan; True when it was a step and the plan is still edge-only
+        (a probe then measures again at once, sized for the new estimate)."""
         with self._lock:
             self.estimator.observe(bytes_up, bytes_down, network_ms)
             self._last_observed = time.monotonic()
-            self.last_decision = self.planner.replan(self.estimator.link)
+            self.last_decision = self.planner.replan(self.estimator.link, step=self.estimator.stepped)
+            return self.estimator.stepped and self.planner.plan.strategy == "edge-only"
 
     def _observe_ping(self, rtt_ms: float) -> None:
         with self._lock:
             self.estimator.observe_ping(rtt_ms)
             self._last_observed = time.monotonic()
-            if hasattr(self, "planner"):  # pings at construction come before the first plan
+            if not hasattr(self, "planner"):  # pings at construction come before the first plan
+                return
+            # a re-plan costs device CPU (a solve); a ping changes only the RTT, so re-plan only when
+            # the RTT moved (a probe's payload, which follows its ping, re-plans anyway)
+            before, now = self.planner.link.rtt_ms, self.estimator.link.rtt_ms
+            if abs(now - before) > max(1.0, 0.1 * before):
                 self.last_decision = self.planner.replan(self.estimator.link)
 
     def _probe_send(self, payload: bytes) -> tuple[int, int, float]:

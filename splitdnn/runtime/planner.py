@@ -11,7 +11,9 @@ profiles, the estimated link, the best allowed codec per boundary tensor within 
 the privacy floor as :class:`~splitdnn.solver.Constraints`) and re-plans with hysteresis: the current
 plan is re-priced under the *same* new link estimate (with the codecs it really uses) and replaced
 only when the best plan is predicted at least ``margin`` faster on ``confirmations`` consecutive
-re-plans, or ``urgent_margin`` faster once (a collapsed link should not wait). So measurement noise
+re-plans, or ``urgent_margin`` faster once (a collapsed link should not wait), or ``margin`` faster
+once right after the estimator saw a step of the link (``replan(link, step=True)``: a sample
+several times slower or faster than the estimate is a change, not noise). So measurement noise
 around a break-even bandwidth does not make the cut flap, each flap costing a new split and cold
 caches.
 """
@@ -266,8 +268,12 @@ class Planner:
             )
         raise ConfigError(f"baseline kind must be 'edge' or 'cloud', found {kind!r}")
 
-    def replan(self, link: Link) -> Decision:
-        """Re-price the current plan under ``link`` and maybe switch (hysteresis rules)."""
+    def replan(self, link: Link, *, step: bool = False) -> Decision:
+        """Re-price the current plan under ``link`` and maybe switch (hysteresis rules).
+
+        ``step``: ``link`` follows a step the estimator detected (:attr:`LinkEstimator.stepped`); one
+        re-plan that finds a plan ``margin`` faster is then enough.
+        """
         self.link = link
         current = self.price(self.plan, link)
         if self._forced_tiers is not None:
@@ -285,8 +291,13 @@ class Planner:
             self._pending += 1
         else:
             self._pending = 0
-        if urgent or (self._pending >= h.confirmations and gain > 0):
-            why = "urgent" if urgent else f"{self._pending} consecutive confirmation(s)"
+        confirmed = self._pending >= h.confirmations or (step and self._pending >= 1)
+        if urgent or (confirmed and gain > 0):
+            why = (
+                "urgent" if urgent
+                else "a step of the link" if self._pending < h.confirmations
+                else f"{self._pending} consecutive confirmation(s)"
+            )  # fmt: skip
             self._pending = 0
             self.plan = best
             self.switches += 1

@@ -83,29 +83,69 @@ def test_first_sample_replaces_the_prior_then_ewma_smooths() -> None:
     assert 1.0 < est.link.uplink_mbps < 1.6
 
 
-def test_an_outlier_does_not_move_the_estimate_much() -> None:
+def test_a_small_outlier_does_not_move_the_estimate_much() -> None:
     true = Link(5.0, rtt_ms=20.0)
     est = LinkEstimator(Link(5.0, rtt_ms=20.0), alpha=1.0)
     for up in (10_000, 200_000) * 5:
         est.observe(up, 0, _network_ms(true, up))
-    est.observe(200_000, 0, _network_ms(true, 200_000) + 2_000.0)  # a stall
+    est.observe(200_000, 0, _network_ms(true, 200_000) + 600.0)  # a stall under step_ratio x
+    assert not est.stepped
     assert est.link.uplink_mbps == pytest.approx(5.0, rel=0.15)
     assert est.link.rtt_ms == pytest.approx(20.0, abs=5.0)
 
 
-def test_a_collapse_shows_after_two_requests() -> None:
+def test_a_large_stall_is_undone_by_the_next_sample() -> None:
+    true = Link(5.0, rtt_ms=20.0)
+    est = LinkEstimator(Link(5.0, rtt_ms=20.0), alpha=1.0)
+    for up in (10_000, 200_000) * 5:
+        est.observe(up, 0, _network_ms(true, up))
+    est.observe(200_000, 0, _network_ms(true, 200_000) + 2_000.0)  # 7x: looks like a collapse
+    assert est.stepped and est.link.uplink_mbps < 1.0
+    est.observe(200_000, 0, _network_ms(true, 200_000))  # the link was fine: a step back
+    assert est.stepped and est.steps == 2
+    assert est.link.uplink_mbps == pytest.approx(5.0, rel=0.05)
+    assert est.link.rtt_ms == pytest.approx(20.0, abs=1.0)
+
+
+def test_a_collapse_shows_after_one_request() -> None:
     fast, slow = Link(20.0, rtt_ms=20.0), Link(1.0, rtt_ms=20.0)
     est = LinkEstimator(fast)
     est.observe_ping(20.0)
     for _ in range(10):
         est.observe(100_000, 0, _network_ms(fast, 100_000))
-    assert est.link.uplink_mbps == pytest.approx(20.0, rel=1e-6)
+    assert est.link.uplink_mbps == pytest.approx(20.0, rel=1e-6) and not est.stepped
     est.observe(100_000, 0, _network_ms(slow, 100_000))
-    assert est.link.uplink_mbps > 10.0  # one slow request may be a stall
+    assert est.stepped and est.link.uplink_mbps == pytest.approx(1.0, rel=1e-6)
     est.observe(100_000, 0, _network_ms(slow, 100_000))
-    assert est.link.uplink_mbps < 2.5
+    assert not est.stepped and est.link.uplink_mbps == pytest.approx(1.0, rel=1e-6)
+
+
+def test_steps_can_be_turned_off() -> None:
+    fast, slow = Link(20.0, rtt_ms=20.0), Link(1.0, rtt_ms=20.0)
+    est = LinkEstimator(fast, step_ratio=None)
+    est.observe_ping(20.0)
+    for _ in range(10):
+        est.observe(100_000, 0, _network_ms(fast, 100_000))
     est.observe(100_000, 0, _network_ms(slow, 100_000))
-    assert est.link.uplink_mbps < 1.5
+    assert not est.stepped and est.link.uplink_mbps > 10.0  # median of three: one may be a stall
+    with pytest.raises(ConfigError, match="step_ratio"):
+        LinkEstimator(fast, step_ratio=1.0)
+
+
+def test_a_recovery_seen_by_one_probe_is_not_poisoned_by_old_samples() -> None:
+    # edge-only on a slow link: pings and small probes (one size), then the link comes back
+    slow, fast = Link(1.1, rtt_ms=20.0), Link(18.88, rtt_ms=20.0)
+    est = LinkEstimator(Link(18.88, rtt_ms=20.0))
+    for _ in range(12):
+        est.observe_ping(20.0)
+        est.observe(8192, 10, _network_ms(slow, 8192, 10))
+    assert est.link.uplink_mbps == pytest.approx(1.1, rel=0.01)
+    est.observe_ping(20.0)
+    est.observe(8192, 10, _network_ms(fast, 8192, 10))  # one probe on the recovered link
+    assert est.stepped
+    assert est.link.uplink_mbps == pytest.approx(18.88, rel=0.05)
+    assert est.link.rtt_ms == pytest.approx(20.0, abs=0.5)
+    assert [s.bytes_up for s in est.samples].count(8192) == 1  # the slow probes left the window
 
 
 def test_a_tiny_transfer_does_not_claim_infinite_bandwidth() -> None:
@@ -216,6 +256,18 @@ def test_one_good_sample_resets_the_confirmations() -> None:
     assert not planner.replan(good).switched
     assert not planner.replan(slow).switched  # counting starts again
     assert planner.replan(slow).switched
+
+
+def test_a_step_needs_one_confirmation() -> None:
+    device, server = _profiles()
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 3, None))
+    slow = Link(0.05, rtt_ms=20.0)
+    d = planner.replan(slow, step=True)
+    assert d.switched and d.plan.strategy == "edge-only" and "step" in d.reason
+    # a step that only finds a plan under the margin better keeps the plan
+    near = Link(1.5, rtt_ms=20.0)  # edge-only 120 ms against 125 ms: under the margin
+    keeper = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 3, None))
+    assert not keeper.replan(near, step=True).switched
 
 
 def test_urgent_margin_switches_at_once() -> None:

@@ -1,0 +1,95 @@
+"""The client's link prober, with fake calls: when probes start, what they carry, what they cost."""
+
+from __future__ import annotations
+
+import pytest
+
+from splitdnn.errors import ConfigError
+from splitdnn.runtime._probe import LinkProber, ProbeSettings
+from splitdnn.runtime.planner import LinkEstimator
+from splitdnn.schema import Link
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _prober(settings: ProbeSettings, clock: FakeClock, link: Link, sent: list[bytes]) -> LinkProber:
+    est = LinkEstimator(Link(1.1, rtt_ms=20.0), clock=clock)
+
+    def observe(up: int, down: int, ms: float) -> bool:
+        est.observe(up, down, ms)
+        return False
+
+    def send(payload: bytes) -> tuple[int, int, float]:
+        sent.append(payload)
+        clock.t += 0.05  # the probe takes 50 ms of the fake clock
+        return len(payload), 10, link.rtt_ms + link.uplink_ms(len(payload))
+
+    return LinkProber(
+        settings, ping=lambda: link.rtt_ms, send=send, observe_ping=est.observe_ping,
+        observe=observe, link=lambda: est.link, note=lambda text: None, clock=clock,
+    )  # fmt: skip
+
+
+def test_edge_only_probes_every_edge_interval_after_the_last_one_ended() -> None:
+    clock, sent = FakeClock(), list[bytes]()
+    prober = _prober(ProbeSettings(edge_interval_s=0.25), clock, Link(1.1, rtt_ms=20.0), sent)
+    assert prober.maybe_start(edge_only=True, last_observed=clock.t)
+    assert prober.wait(5.0)
+    clock.t += 0.2  # 0.2 s after the probe ended: not yet
+    assert not prober.maybe_start(edge_only=True, last_observed=clock.t)
+    clock.t += 0.06
+    assert prober.maybe_start(edge_only=True, last_observed=clock.t)
+    assert prober.wait(5.0)
+    # off edge-only, a fresh observation means no probe; a stale one waits for interval_s
+    clock.t += 1.0
+    assert not prober.maybe_start(edge_only=False, last_observed=clock.t)
+    assert not prober.maybe_start(edge_only=False, last_observed=clock.t - 5.0 + 1.5)
+    assert prober.probes == 2 and prober.failures == 0
+    # edge-only, the payload is target_ms (25 ms) of a link optimism (4) x the estimated 1.1 Mbit/s
+    # (100 ms of the link as estimated); random bytes, never the input
+    assert [len(p) for p in sent] == [pytest.approx(13_750, rel=0.01)] * 2 and len(set(sent[0])) > 200
+
+
+def test_the_edge_interval_never_exceeds_the_interval() -> None:
+    clock, sent = FakeClock(), list[bytes]()
+    prober = _prober(ProbeSettings(interval_s=0.1, edge_interval_s=0.25), clock, Link(1.1), sent)
+    assert prober.maybe_start(edge_only=True, last_observed=clock.t)
+    assert prober.wait(5.0)
+    clock.t += 0.11
+    assert prober.maybe_start(edge_only=True, last_observed=clock.t)
+    assert prober.wait(5.0)
+
+
+def test_probe_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="edge_interval_s"):
+        ProbeSettings(edge_interval_s=0.0)
+    assert ProbeSettings().payload_bytes(Link(100.0)) == 256 << 10  # capped at max_bytes
+    assert ProbeSettings().payload_bytes(Link(18.88)) == int(18.88e6 / 8 * 0.025)
+    assert ProbeSettings().payload_bytes(Link(0.13), edge_only=True) == 8 << 10  # the floor
+    with pytest.raises(ConfigError, match="optimism"):
+        ProbeSettings(optimism=0.5)
+
+
+def test_a_step_up_while_edge_only_is_measured_again_at_once() -> None:
+    clock, sent = FakeClock(), list[bytes]()
+    answers = [True, False]  # the first payload was a step and the plan stayed edge-only
+
+    def send(payload: bytes) -> tuple[int, int, float]:
+        sent.append(payload)
+        return len(payload), 10, 21.0
+
+    prober = LinkProber(
+        ProbeSettings(), ping=lambda: 20.0, send=send, observe_ping=lambda ms: None,
+        observe=lambda up, down, ms: answers.pop(0), link=lambda: Link(1.1 * (1 + len(sent))),
+        note=lambda text: None, clock=clock,
+    )  # fmt: skip
+    assert prober.maybe_start(edge_only=True, last_observed=clock.t)
+    assert prober.wait(5.0)
+    # two payloads in one probe, the second sized for the new estimate
+    assert len(sent) == 2 and len(sent[1]) > len(sent[0]) and prober.probes == 1 and not answers
