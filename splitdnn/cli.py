@@ -530,9 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from splitdnn import _cli_runtime
 
-    _cli_runtime.add_commands(
-        sub, positive=_positive, nonneg=_nonneg, shape=_shape, uplinks=report_uplinks()
-    )
+    _cli_runtime.add_commands(sub, positive=_positive, nonneg=_nonneg, shape=_shape, uplinks=report_uplinks())
     return parser
 
 

@@ -143,9 +143,7 @@ def min_cut_networkx(
     try:
         # networkx's default preflow-push raises KeyError on graphs where the sink is unreachable
         # in its reverse BFS (seen with hypothesis); the reference needs correctness, not speed
-        value, flows = nx.maximum_flow(
-            graph, s, t, flow_func=nx.algorithms.flow.shortest_augmenting_path
-        )
+        value, flows = nx.maximum_flow(graph, s, t, flow_func=nx.algorithms.flow.shortest_augmenting_path)
     except nx.NetworkXUnbounded:
         return math.inf, [v == s for v in range(n)]
     eps = 1e-14 * (sum(c for c in caps if c != math.inf) + 1e-300)
