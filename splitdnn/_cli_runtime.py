@@ -170,6 +170,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         device_profile=load_profile(args.device_profile) if args.device_profile else None,
         link=Link(uplink_mbps=args.uplink_mbps, rtt_ms=args.rtt_ms),
         max_error=args.max_error,
+        accuracy_table=args.accuracy_table,
+        max_accuracy_loss=args.max_accuracy_loss,
+        probe_interval_s=None if args.no_probe else 5.0,
+        probe_edge_interval_s=args.probe_interval_s,
         token=_token(args),
         tls=tls,
         root_cert=args.tls_ca,
@@ -439,7 +443,31 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
         help="initial uplink estimate; the client refines it from its own requests",
     )
     p.add_argument("--rtt-ms", type=nonneg, default=20.0, help="initial round-trip estimate")
-    p.add_argument("--max-error", type=nonneg, default=0.0, help="codec budget, rel MSE (0 = lossless)")
+    p.add_argument(
+        "--max-error",
+        type=nonneg,
+        default=None,
+        help="codec budget, rel MSE (default: 0 = lossless, or none under --max-accuracy-loss)",
+    )
+    p.add_argument(
+        "--accuracy-table",
+        metavar="FILE",
+        help="measured top-1 loss per cut and codec "
+        "(scripts/bench_accuracy.py --json); with --max-accuracy-loss",
+    )
+    p.add_argument(
+        "--max-accuracy-loss",
+        type=nonneg,
+        metavar="POINTS",
+        help="allow lossy codecs whose measured top-1 loss at the cut is within POINTS",
+    )
+    p.add_argument(
+        "--probe-interval-s",
+        type=positive,
+        default=0.25,
+        help="while edge-only, pause between background link probes (default 0.25)",
+    )
+    p.add_argument("--no-probe", action="store_true", help="never probe the link in the background")
     p.add_argument("--device-profile", metavar="FILE", help="this device's profile (default: profile now)")
     p.add_argument("--force", metavar="CUT", help="fixed plan: edge, cloud or a node name to cut after")
     p.add_argument("--slowdown", type=positive, default=1.0, help="emulate a slower device (pads head time)")

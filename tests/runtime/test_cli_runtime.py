@@ -200,3 +200,12 @@ def test_demo_runs_real_split_inference_and_prints_its_table(capsys: pytest.Capt
     for bw in ("1.1", "18.88"):
         assert re.search(rf"^\|\s*{re.escape(bw)}\s*\|", out, re.M), out
     assert time.perf_counter() - start < 120
+
+
+def test_run_refuses_a_half_or_foreign_accuracy_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["run", "alexnet", "--server", "127.0.0.1:1", "--input-shape", SHAPE, "--requests", "1"]
+    code, _, err = run(capsys, *base, "--max-accuracy-loss", "1")
+    assert code == 1 and "needs both" in err and err.count("\n") == 1
+    table = str(Path(__file__).resolve().parents[2] / "docs" / "results" / "accuracy-digits.json")
+    code, _, err = run(capsys, *base, "--accuracy-table", table, "--max-accuracy-loss", "1")
+    assert code == 1 and "digits_cnn" in err and "alexnet" in err
