@@ -261,16 +261,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.model,
         tuple(args.uplink_mbps),
         slowdown=args.slowdown,
-        requests=args.requests,
-        warmup=args.warmup,
-        rtt_ms=args.rtt_ms,
-        input_shape=args.input_shape,
-        max_error=args.max_error,
-        device_threads=args.device_threads,
-        server_threads=args.server_threads or None,
-        profile_repeats=args.profile_repeats,
-        budget_s=args.budget_s,
         progress=not args.quiet,
+        **_measurement_kwargs(args),
         out=sys.stdout,
     )
     return 0
@@ -291,18 +283,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         models=tuple(args.models),
         uplinks_mbps=tuple(args.uplink_mbps),
         slowdowns=tuple(args.slowdown),
-        requests=args.requests,
-        warmup=args.warmup,
-        rtt_ms=args.rtt_ms,
-        input_shape=args.input_shape,
-        max_error=args.max_error,
-        device_threads=args.device_threads,
-        server_threads=args.server_threads or None,
-        profile_repeats=args.profile_repeats,
-        budget_s=args.budget_s,
         oracle_prune=args.oracle_prune,
         oracle_max_cuts=args.oracle_max_cuts,
         link=args.link,
+        **_measurement_kwargs(args),
     )
     change = None
     if args.change:
@@ -374,6 +358,46 @@ def _bench_command(args: argparse.Namespace) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # parsers
+
+
+def _measurement_args(p: argparse.ArgumentParser, *, positive: Parse, nonneg: Parse, shape: Parse) -> None:
+    """The options `demo` and `bench` share: emulation, repeats, time budget, codec budget."""
+    p.add_argument("--device-threads", type=int, default=1, help="torch threads of the emulated device")
+    p.add_argument("--server-threads", type=int, default=0, help="default: torch's default")
+    p.add_argument("--rtt-ms", type=nonneg, default=20.0, help="round trip added by the application")
+    p.add_argument("--requests", type=int, default=5, help="timed requests per strategy and bandwidth")
+    p.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
+    p.add_argument("--input-shape", type=shape, metavar="SHAPE", help="batch first (default: the zoo's)")
+    p.add_argument("--profile-repeats", type=int, default=3, help="timed runs per profiling measurement")
+    p.add_argument(
+        "--budget-s",
+        type=positive,
+        default=8.0,
+        help="seconds one strategy may take at one bandwidth; slower ones run fewer times or are "
+        "predicted only, and the results say so (default 8)",
+    )
+    p.add_argument(
+        "--max-error",
+        type=nonneg,
+        default=0.0,
+        help="codec error budget of the chosen plan (relative MSE); default 0 = lossless codecs only",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _measurement_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of run_demo / BenchConfig that _measurement_args parsed."""
+    return {
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "rtt_ms": args.rtt_ms,
+        "input_shape": args.input_shape,
+        "max_error": args.max_error,
+        "device_threads": args.device_threads,
+        "server_threads": args.server_threads or None,
+        "profile_repeats": args.profile_repeats,
+        "budget_s": args.budget_s,
+    }
 
 
 def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, uplinks: Sequence[float]) -> None:
@@ -491,28 +515,8 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
         default=8.0,
         help="emulated device slowdown on top of --device-threads (default 8)",
     )
-    p.add_argument("--device-threads", type=int, default=1)
-    p.add_argument("--server-threads", type=int, default=0, help="default: torch's default")
     p.add_argument("--uplink-mbps", type=positive, nargs="+", default=list(uplinks))
-    p.add_argument("--rtt-ms", type=nonneg, default=20.0)
-    p.add_argument("--requests", type=int, default=5, help="timed requests per strategy and bandwidth")
-    p.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
-    p.add_argument("--input-shape", type=shape, metavar="SHAPE", help="batch first (default: the zoo's)")
-    p.add_argument("--profile-repeats", type=int, default=3, help="timed runs per profiling measurement")
-    p.add_argument(
-        "--budget-s",
-        type=positive,
-        default=8.0,
-        help="seconds one strategy may take at one bandwidth; slower baselines run fewer times "
-        "or are predicted, and the table says so (default 8)",
-    )
-    p.add_argument(
-        "--max-error",
-        type=nonneg,
-        default=0.0,
-        help="codec error budget (relative MSE); default 0 = lossless codecs only",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -525,25 +529,7 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     p.add_argument("--models", nargs="+", default=["resnet18"], metavar="MODEL", help="zoo models")
     p.add_argument("--uplink-mbps", type=positive, nargs="+", default=[0.13, 1.1, 5.85, 18.88, 100.0])
     p.add_argument("--slowdown", type=positive, nargs="+", default=[8.0], help="device slowdowns (>= 1)")
-    p.add_argument("--requests", type=int, default=5, help="timed requests per strategy and cell")
-    p.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
-    p.add_argument("--rtt-ms", type=nonneg, default=20.0, help="round trip added by the application")
-    p.add_argument(
-        "--input-shape", type=shape, metavar="SHAPE", help="batch first, every model (default: zoo's)"
-    )
-    p.add_argument(
-        "--max-error", type=nonneg, default=0.0, help="codec budget of the splitdnn plan (rel MSE)"
-    )
-    p.add_argument("--device-threads", type=int, default=1)
-    p.add_argument("--server-threads", type=int, default=0, help="default: torch's default")
-    p.add_argument("--profile-repeats", type=int, default=3, help="timed runs per profiling measurement")
-    p.add_argument(
-        "--budget-s",
-        type=positive,
-        default=8.0,
-        help="seconds one strategy (or oracle cut) may take in a cell; slower ones run fewer times or "
-        "are predicted only, marked measured: false (default 8)",
-    )
+    _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape)
     p.add_argument(
         "--oracle-prune",
         type=_prune_factor,
@@ -568,5 +554,4 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     p.add_argument("--no-grid", action="store_true", help="only the --change run")
     p.add_argument("--out-dir", default="bench-results", help="where bench.json, bench.md, PNGs go")
     p.add_argument("--no-plots", action="store_true", help="no PNGs (no matplotlib needed)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_bench)

@@ -101,6 +101,7 @@ __all__ = [
 #: the link assumed before the first request measures one (4G-like; say what you know instead)
 DEFAULT_LINK = Link(uplink_mbps=5.85, rtt_ms=20.0)
 
+_PROBE_MIN_MOVE = 0.2  # a probe re-plans only on a step or a move of the uplink estimate this large
 _BACKOFF_START_S, _BACKOFF_MAX_S = 1.0, 30.0
 _MAX_NOTES = 32  # describe() lines kept; a note repeated (a probe failing each time) is kept once
 
@@ -467,26 +468,23 @@ class SplitClient:
                 self.notes.append(text)
                 del self.notes[:-_MAX_NOTES]
 
-    def _observe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
+    def _observe(self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = 0.0) -> bool:
         """Fold in a request or probe and re-plan; True when it was a step and the plan is still edge-only
-        (a probe then measures again at once, sized for the new estimate)."""
-        with self._lock:
-            self.estimator.observe(bytes_up, bytes_down, network_ms)
-            self._last_observed = time.monotonic()
-            self.last_decision = self.planner.replan(self.estimator.link, step=self.estimator.stepped)
-            return self.estimator.stepped and self.planner.plan.strategy == "edge-only"
+        (a probe then measures again at once, sized for the new estimate).
 
-    def _observe_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
-        """Fold in a probe; re-plan only on a step or when the uplink estimate moved by over 20% since the
-        plan was made. A re-plan is a solve, device CPU that competes with the device's own inference
-        (measured: edge-only requests 9-12% slower in `splitdnn demo` when every probe re-planned)."""
+        ``min_move`` > 0 (probes) re-plans only on a step or when the uplink estimate moved by more
+        than that fraction since the plan was made: a re-plan is a solve, device CPU that competes with
+        the device's own inference, and a probe on a steady link changes nothing."""
         with self._lock:
             self.estimator.observe(bytes_up, bytes_down, network_ms)
             self._last_observed = time.monotonic()
             planned, now = self.planner.link.uplink_mbps, self.estimator.link.uplink_mbps
-            if self.estimator.stepped or abs(now - planned) > 0.2 * planned:
+            if self.estimator.stepped or abs(now - planned) >= min_move * planned:
                 self.last_decision = self.planner.replan(self.estimator.link, step=self.estimator.stepped)
             return self.estimator.stepped and self.planner.plan.strategy == "edge-only"
+
+    def _observe_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
+        return self._observe(bytes_up, bytes_down, network_ms, min_move=_PROBE_MIN_MOVE)
 
     def _observe_ping(self, rtt_ms: float) -> None:
         with self._lock:

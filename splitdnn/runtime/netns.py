@@ -17,7 +17,6 @@ Leaving the ``with`` block always removes both namespaces, also when the body fa
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from splitdnn.errors import ConfigError, SplitDNNError
+from splitdnn.runtime._schedule import _check_rate
 
 __all__ = ["NetnsError", "NetnsLink", "Side", "default_script", "unavailable_reason"]
 
@@ -74,17 +74,6 @@ def _kernel_refuses_netns() -> str | None:
         return f"the kernel refused a network namespace: {made.stderr.strip() or made.returncode}"
     subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
     return None
-
-
-def _check_rate(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{name} must be a finite rate > 0 in Mbit/s (e.g. 5.85), found {value!r}")
-    return float(value)
 
 
 def _check_interface(name: str, value: str) -> ipaddress.IPv4Interface:
