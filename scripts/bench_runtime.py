@@ -429,6 +429,9 @@ def _overhead_for_size(
             )
         if label in server_ms:
             row["server_ms_median"] = {k: round(_pct(v, 50), 4) for k, v in server_ms[label].items()}
+            # the tail's own compute (x * 1: a fresh 1 MB output) is model time, not per-request overhead
+            rest = s - np.asarray(server_ms[label]["compute"]) / 1000.0
+            row["ratio_without_compute"] = round(float(np.median(rest) / np.median(echo_s)), 4)
         rows[label] = row
     return {
         "bytes": nbytes,
@@ -698,8 +701,11 @@ def goals(
         ):
             target = next((r for r in rows if r["bytes"] == GOAL_SIZE), None)
             if target is not None and variant in target["variants"]:
-                ratio = target["variants"][variant]["ratio_of_medians"]
+                row = target["variants"][variant]
+                ratio = row["ratio_of_medians"]
                 out[key] = {"ratio": ratio, "goal": GOAL_OVERHEAD, "met": ratio <= GOAL_OVERHEAD}
+                if "ratio_without_compute" in row:
+                    out[key]["ratio_without_server_compute"] = row["ratio_without_compute"]
     if batching is not None:
         tr = batching["throughput_ratio"]["pooled"]
         p99 = batching["p99_ratio"]
@@ -893,6 +899,12 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"({o['ratio']:.2f}×, v2 raw with splitdnn's wire client, ratio of medians; "
             f"{g['overhead_1MiB_v2_raw']['ratio']:.2f}× with a stock protobuf client)."
         )
+        if "ratio_without_server_compute" in o:
+            lines.append(
+                f"  Without the tail's own compute (the server's reported compute time, `x * 1` writing a "
+                f"fresh 1 MiB output, subtracted per call): {o['ratio_without_server_compute']:.2f}×. "
+                f"The goal is judged on the full wall time above."
+            )
     elif "overhead_1MiB_v2_raw" in g:
         o = g["overhead_1MiB_v2_raw"]
         lines.append(

@@ -4,7 +4,8 @@ Jobs are compatible when they share a key (model, set of input names, and each i
 shape without the batch dimension); their inputs are concatenated along dim 0 (``(B_1 + B_2 + ..., C,
 H, W)``), the tail runs once, and the outputs are split back by each job's batch size. A batch holds at
 most ``max_batch_size`` rows. The oldest job waits at most ``max_queue_delay_s`` for company, and only
-while other requests are still on their way in (decoding); a lone request runs at once.
+while other requests are still on their way in (decoding); a lone request runs at once, on the
+thread that submits it (no hand-off to the worker and back), while the worker waits.
 
 Every job was validated on its own before it was queued, so a malformed request never reaches a
 batch. If a batch still fails (or its outputs cannot be split by rows), each of its jobs is rerun
@@ -63,6 +64,7 @@ class Batcher:
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._arriving = 0  # requests being decoded that may soon submit a job
+        self._busy = False  # a batch (or an inline job) is running: one run at a time
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="splitdnn-batcher", daemon=True)
         self._thread.start()
@@ -85,8 +87,22 @@ class Batcher:
                 job.future.set_exception(BatcherStopped("the server is shutting down"))
                 return job.future
             job.submitted = time.perf_counter()
-            self._queue.append(job)
-            self._cond.notify_all()
+            inline = not self._busy and not self._queue and self._arriving <= 0
+            if inline:  # alone and the worker idle: run here, saving two thread hand-offs
+                self._busy = True
+            else:
+                self._queue.append(job)
+                self._cond.notify_all()
+        if inline:
+            try:
+                if job.is_active():
+                    self._run_alone(job, time.perf_counter())
+                else:
+                    job.future.cancel()
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
         return job.future
 
     def pending(self) -> int:
@@ -107,8 +123,8 @@ class Batcher:
         """The next batch (None once stopped and drained); waits as the module docstring says."""
         with self._cond:
             while True:
-                if not self._queue:
-                    if self._stopping:
+                if not self._queue or self._busy:
+                    if self._stopping and not self._queue:
                         return None
                     self._cond.wait()
                     continue
@@ -125,6 +141,7 @@ class Batcher:
                 if full or left <= 0 or self._arriving <= 0 or self._stopping or self.max_batch_size == 1:
                     for j in chosen:
                         self._queue.remove(j)
+                    self._busy = True
                     return chosen
                 self._cond.wait(timeout=left)
 
@@ -139,8 +156,13 @@ class Batcher:
                     active.append(j)
                 else:
                     j.future.cancel()
-            if active:
-                self._run(active)
+            try:
+                if active:
+                    self._run(active)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _run(self, jobs: list[Job]) -> None:
         start = time.perf_counter()

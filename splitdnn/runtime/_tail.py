@@ -16,6 +16,7 @@ reported as a :class:`~splitdnn.errors.WireError`.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,17 @@ from torch.utils import _pytree as pytree
 
 from splitdnn.errors import ConfigError, WireError
 from splitdnn.graph import TracedModel
+from splitdnn.runtime._inplace import may_write_inputs
 from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.serde import TensorSpec, datatype_of
 from splitdnn.schema import COMPUTE_OPS
 
 __all__ = ["NodeMeta", "ServedModel", "Tail", "from_numpy", "to_numpy"]
+
+# torch warns when it wraps a read-only array; from_numpy does that only for consumers that never write
+warnings.filterwarnings(
+    "ignore", message="The given NumPy array is not writable", category=UserWarning, module=__name__
+)
 
 # torch dtype <-> v2 datatype name, for the dtypes both sides carry
 _V2_BY_TORCH = {
@@ -70,16 +77,19 @@ class Tail:
     inputs: tuple[str, ...]  # provided node names, graph order: the module's positional arguments
     module: GraphModule
     num_nodes: int  # compute nodes it runs
+    writes_inputs: bool = True  # may write into its input tensors (they must then be writable copies)
 
 
-def from_numpy(array: np.ndarray, *, bfloat16: bool = False) -> torch.Tensor:
-    """A writable CPU tensor with ``array``'s values; ``bfloat16``: uint16 bits -> bfloat16.
+def from_numpy(array: np.ndarray, *, bfloat16: bool = False, writable: bool = True) -> torch.Tensor:
+    """A CPU tensor with ``array``'s values; ``bfloat16``: uint16 bits -> bfloat16.
 
-    Read-only arrays (views of a message's bytes) are copied; writable ones (decoded frames) are
-    shared, not copied.
+    With ``writable`` (the default), read-only arrays (views of a message's bytes) are copied;
+    writable ones (decoded frames) are shared, not copied. Without it, a read-only array is shared
+    too: only for a consumer that never writes into the tensor (a tail without in-place ops on its
+    inputs, or a copy to another device).
     """
     arr = np.asarray(array, dtype=np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("="))
-    if not arr.flags.writeable or not arr.flags.c_contiguous:
+    if (writable and not arr.flags.writeable) or not arr.flags.c_contiguous:
         arr = np.array(arr, copy=True, order="C")
     tensor = torch.from_numpy(arr.view(np.int16) if bfloat16 else arr)
     return tensor.view(torch.bfloat16) if bfloat16 else tensor
@@ -268,7 +278,7 @@ class ServedModel:
         module = GraphModule(self.traced.module, graph, f"{type(self.traced.module).__name__}_tail")
         module.training = self.traced.module.training
         num = sum(1 for n in members if n.op in COMPUTE_OPS)
-        return Tail(tuple(order), module, num)
+        return Tail(tuple(order), module, num, may_write_inputs(module))
 
     def run(self, tail: Tail, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run ``tail`` on ``inputs`` (its input order) on this model's device; the output leaves."""

@@ -356,7 +356,11 @@ class TailServer:
                 tail = served.tail(frozenset(data.inputs))
             except WireError as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-            tensors = [from_numpy(data.inputs[n], bfloat16=n in data.bfloat16) for n in tail.inputs]
+            writable = tail.writes_inputs and served.device.type == "cpu"  # else a copy is made anyway
+            tensors = [
+                from_numpy(data.inputs[n], bfloat16=n in data.bfloat16, writable=writable)
+                for n in tail.inputs
+            ]
             rows = int(tensors[0].shape[0])
             key = (served.name, tail.inputs, tuple((t.dtype, tuple(t.shape[1:])) for t in tensors))
 

@@ -1,0 +1,152 @@
+"""The server shares a request's read-only bytes with a tail only when the tail never writes into them."""
+
+from __future__ import annotations
+
+import operator
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from splitdnn.graph import chain_cuts, trace
+from splitdnn.models import build_zoo_model
+from splitdnn.models.registry import ZOO
+from splitdnn.runtime._inplace import may_write_inputs
+from splitdnn.runtime._tail import ServedModel, from_numpy
+
+
+class Times1(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1
+
+
+class ConvThenInplaceRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = nn.ReLU(inplace=True)  # writes into the conv's output, not into the input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
+class InplaceReluOnInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x) + 1
+
+
+class AddInPlaceThroughView(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.flatten(1)
+        y.add_(1)
+        return y
+
+
+class FunctionalInplace(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x, inplace=True)
+
+
+def set_item() -> torch.fx.GraphModule:
+    """``x[:, 0] = 0.0; return x * 2`` (symbolic tracing refuses item assignment: built by hand)."""
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    graph.call_function(operator.setitem, (x, (slice(None), 0), 0.0))
+    graph.output(graph.call_function(operator.mul, (x, 2)))
+    return torch.fx.GraphModule(nn.Module(), graph)
+
+
+class SneakyRelu(nn.ReLU):
+    """A subclass of a pure module that writes into its input: exact types only count as pure."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp_(min=0)
+
+
+class UsesSneaky(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = SneakyRelu()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x)
+
+
+def _writes(module: nn.Module) -> bool:
+    if not isinstance(module, torch.fx.GraphModule):
+        module = torch.fx.symbolic_trace(module)
+    return may_write_inputs(module)
+
+
+@pytest.mark.parametrize(
+    ("module", "writes"),
+    [
+        (Times1(), False),
+        (ConvThenInplaceRelu(), False),
+        (InplaceReluOnInput(), True),
+        (AddInPlaceThroughView(), True),
+        (FunctionalInplace(), True),
+        (set_item(), True),
+        (UsesSneaky(), True),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else str(v),
+)
+def test_in_place_ops_on_inputs_are_found(module: nn.Module, writes: bool) -> None:
+    assert _writes(module) is writes
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_tails_never_write_into_their_inputs(name: str) -> None:
+    """Every chain cut of every zoo model: the server can hand the received bytes to the tail."""
+    entry = ZOO[name]
+    traced = trace(build_zoo_model(name, **entry.test_kwargs).eval(), torch.zeros(1, *entry.test_input_shape))
+    served = ServedModel(name, traced, torch.device("cpu"))
+    cuts = chain_cuts(traced)
+    assert cuts
+    for cut in cuts[::3]:
+        assert not served.tail(frozenset([cut])).writes_inputs, (name, cut)
+    assert not served.tail(frozenset(served.input_names)).writes_inputs
+
+
+def test_a_tail_that_writes_gets_a_copy_and_the_bytes_stay_intact() -> None:
+    """Through ServedModel: the tail with an in-place ReLU on its input would otherwise corrupt the
+    request's (immutable) bytes."""
+    traced = trace(InplaceReluOnInput(), torch.zeros(1, 8))
+    served = ServedModel("m", traced, torch.device("cpu"))
+    tail = served.tail(frozenset(served.input_names))
+    assert tail.writes_inputs
+    payload = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8).tobytes()
+    view = np.frombuffer(payload, dtype=np.float32).reshape(1, 8)
+    (out,) = served.run(tail, [from_numpy(view, writable=tail.writes_inputs)])
+    assert np.array_equal(out.numpy(), np.maximum(view, 0) + 1)
+    assert payload == np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8).tobytes()
+
+
+def test_from_numpy_shares_read_only_memory_only_when_asked() -> None:
+    payload = bytes(range(16))
+    view = np.frombuffer(payload, dtype=np.float32)
+    shared = from_numpy(view, writable=False)
+    copied = from_numpy(view)
+    assert shared.data_ptr() == view.ctypes.data
+    assert copied.data_ptr() != view.ctypes.data
+    assert torch.equal(shared, copied)
+
+
+def test_sharing_read_only_memory_prints_no_warning() -> None:
+    code = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('default')\n"
+        "from splitdnn.runtime._tail import from_numpy\n"
+        "from_numpy(np.frombuffer(bytes(16), dtype=np.float32), writable=False)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "not writable" not in done.stderr
