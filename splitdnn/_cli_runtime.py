@@ -285,6 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         slowdowns=tuple(args.slowdown),
         oracle_prune=args.oracle_prune,
         oracle_max_cuts=args.oracle_max_cuts,
+        refresh_runs=args.refresh_runs,
         link=args.link,
         **_measurement_kwargs(args),
     )
@@ -338,6 +339,7 @@ def _bench_command(args: argparse.Namespace) -> str:
         f"--device-threads {args.device_threads}",
         f"--profile-repeats {args.profile_repeats} --budget-s {args.budget_s:g}",
         f"--oracle-prune {args.oracle_prune:g} --oracle-max-cuts {args.oracle_max_cuts}",
+        f"--refresh-runs {args.refresh_runs}",
         f"--link {args.link}",
     ]
     if args.server_threads:
@@ -537,6 +539,13 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
         help="the oracle runs cuts predicted within this factor of the best (default 1.5; inf = all)",
     )
     p.add_argument("--oracle-max-cuts", type=int, default=12, help="and at most this many (default 12)")
+    p.add_argument(
+        "--refresh-runs",
+        type=int,
+        default=5,
+        help="before each cell, time the whole model this often on device and server and rescale both "
+        "profiles to it: the machine's speed drifts (default 5; 0: keep the profiles of the start)",
+    )
     p.add_argument(
         "--link",
         choices=("shaper", "netns"),

@@ -87,7 +87,11 @@ class _ThreadLimit:
 _THREADS = _ThreadLimit()
 
 
-_THREADS = _ThreadLimit()
+def emulation_clock(threads: int | None, slowdown: float) -> Callable[[], float]:
+    """The clock that measures an emulated device's work (seconds): the computing thread's CPU time
+    when the device is emulated (``slowdown`` > 1) on one thread, else the wall clock. The device's
+    profile and the padding of its requests use the same one (see ``Run._timed_device``)."""
+    return time.thread_time if slowdown > 1.0 and threads == 1 else time.perf_counter
 
 
 @contextmanager
@@ -186,16 +190,25 @@ class Run:
         )  # fmt: skip
 
     def _timed_device(self, fn: Callable[[], T]) -> tuple[T, float]:
-        """Run ``fn`` as device compute; returns its result and the emulated time in ms."""
+        """Run ``fn`` as device compute; returns its result and the emulated time in ms.
+
+        Emulated (slowdown ``f`` > 1), the device's time is ``f`` x the work it did: with one device
+        thread that is the CPU time of this thread (what the work cost, not how long other threads
+        of this machine kept it waiting: the shaper, the server and the link probes are not on the
+        emulated device), else the wall time. The wall time already spent counts toward it."""
+        slowdown = self.c.emulate_slowdown
+        clock = emulation_clock(self.c.threads, slowdown)
         with device_compute(self.c.threads):
-            t = time.perf_counter()
+            t, w = time.perf_counter(), clock()
             out = fn()
             ms = (time.perf_counter() - t) * 1e3
-        pad = (self.c.emulate_slowdown - 1.0) * ms
-        if pad > 0:
+            work_ms = ms if clock is time.perf_counter else (clock() - w) * 1e3
+        pad = slowdown * work_ms - ms
+        if slowdown > 1.0 and pad > 0:
             time.sleep(pad / 1e3)
             self.padding_ms += pad
-        return out, ms + pad
+            return out, ms + pad
+        return out, ms
 
     def _fell_back(self, reason: str) -> None:
         self.is_local = True

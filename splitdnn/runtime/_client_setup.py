@@ -121,8 +121,9 @@ def choose_server_profile(
 def profile_device(traced: graph.TracedModel, threads: int | None, slowdown: float, repeats: int) -> Profile:
     """A quick profile of this machine (emulating ``slowdown``), with the codecs the client may use."""
     from splitdnn.profiler import profile_model
+    from splitdnn.runtime._client_request import emulation_clock
 
     return profile_model(
         traced, threads=threads, slowdown=slowdown, warmup=1, repeats=repeats, progress=False,
-        codec_nodes="chain", codecs=("raw", "zstd", "int8+zstd"),
+        codec_nodes="chain", codecs=("raw", "zstd", "int8+zstd"), timer=emulation_clock(threads, slowdown),
     )  # fmt: skip

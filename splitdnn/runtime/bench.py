@@ -35,6 +35,7 @@ the server in a network namespace behind a veth pair shaped by the kernel (see
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
 import warnings
@@ -47,6 +48,7 @@ import torch
 
 from splitdnn import graph, solver
 from splitdnn.errors import ConfigError, PlanError
+from splitdnn.runtime._client_request import device_compute, emulation_clock
 from splitdnn.runtime.bench_config import (
     BASELINES,
     BENCH_UPLINKS_MBPS,
@@ -56,7 +58,7 @@ from splitdnn.runtime.bench_config import (
 )
 from splitdnn.runtime.bench_measure import Timing, measure_interleaved, requests_within
 from splitdnn.runtime.client import SplitClient
-from splitdnn.runtime.planner import Hysteresis, plan_key
+from splitdnn.runtime.planner import Hysteresis, plan_key, scale_profile
 from splitdnn.schema import Link, Plan, Profile
 
 __all__ = [
@@ -125,6 +127,8 @@ class CellResult:
     runs: dict[str, StrategyRun]  # strategy -> run
     cuts: tuple[CutRun, ...] = field(default=())
     notes: tuple[str, ...] = ()  # about the model's profiles (re-measured, unreliable)
+    # the factor the cell's device and server profiles were rescaled by (refresh_profiles)
+    profile_scale: tuple[float, float] = (1.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,20 +364,68 @@ def measure_cell(
                 switches=c.planner.switches,
                 estimate_mbps=c.link.uplink_mbps if t.measured and plan.strategy != "edge-only" else None,
             )  # fmt: skip
-    cuts = tuple(
-        CutRun(
-            label,
-            kind,
-            plan.cost.total_ms,
-            timings.get("cut:" + label),
-            _cut_of(plan),
-            _codecs_of(plan),
-            note,
+        cuts = tuple(
+            CutRun(
+                label,
+                kind,
+                plan.cost.total_ms,
+                timings.get("cut:" + label),
+                _cut_of(plan),
+                _codecs_of(plan),
+                note,
+            )
+            for label, kind, plan, note in selected
         )
-        for label, kind, plan, note in selected
-    )
+        cuts += _rematch(clients, runs, cuts, ctx)
     runs["oracle"] = _best_measured(tuple(runs.values()), cuts)
     return CellResult(traced.name, slowdown, uplink_mbps, runs, cuts)
+
+
+_KIND_OF_PLAN = {"edge-only": "edge", "cloud-only": "cloud", "split": "chain"}
+
+
+def _rematch(
+    clients: dict[str, SplitClient],
+    runs: dict[str, StrategyRun],
+    cuts: tuple[CutRun, ...],
+    ctx: _CellContext,
+) -> tuple[CutRun, ...]:
+    """More requests for the two contenders when the best measured cut is not splitdnn's choice.
+
+    The oracle is the minimum over many noisy medians, so its winner's median is biased low (it won
+    partly by luck) and regret biased high. When the winner is another cut than splitdnn's, both are
+    run ``2 x requests`` more times side by side; the new samples are pooled with the earlier ones
+    (as ``rematch:`` entries of ``cuts``) and the oracle is chosen again. Nothing when the two agree,
+    splitdnn switched plans, or the client switches during the rematch.
+    """
+    mine = runs["splitdnn"]
+    best = _best_measured(tuple(runs.values()), cuts)
+    mine_key, best_key = cut_key(mine.plan, mine.cut, mine.codecs), cut_key(best.plan, best.cut, best.codecs)
+    if not (mine.timing.measured and best.timing.measured) or mine.switches or mine_key == best_key:
+        return ()
+    rival = next(
+        (k for k in [*best.source.split(" + "), *(f"cut:{s}" for s in best.source.split(" + "))]
+         if k in clients and k != "splitdnn"),
+        None,
+    )  # fmt: skip
+    if rival is None:
+        return ()
+    switches = clients["splitdnn"].planner.switches
+    n = 2 * ctx.config.requests
+    got = measure_interleaved(
+        {"splitdnn": clients["splitdnn"], rival: clients[rival]}, ctx.x, 0, n, ctx.config.budget_s
+    )
+    if clients["splitdnn"].planner.switches != switches:
+        return ()
+    out = []
+    for who, (plan, cut, codecs), predicted in (
+        ("splitdnn", mine_key, mine.predicted_ms),
+        (rival, best_key, best.predicted_ms),
+    ):
+        t = got[who]
+        if t.measured:
+            out.append(CutRun(f"rematch:{who}", _KIND_OF_PLAN.get(plan, "chain"), predicted, t, cut, codecs))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,11 +511,56 @@ def prepare_model(config: BenchConfig, model: str, say: Callable[[str], None]) -
     notes = [note] if note else []
     devices = {}
     for s in config.slowdowns:
+        clock = emulation_clock(config.device_threads, s)  # what the emulated device's padding follows
         devices[s], note = _profile(
-            traced, f"{model} device x{s:g}", say, threads=config.device_threads, slowdown=s, **common
+            traced,
+            f"{model} device x{s:g}",
+            say,
+            threads=config.device_threads,
+            slowdown=s,
+            timer=clock,
+            **common,
         )
         notes += [note] if note else []
     return PreparedModel(module, traced, x, server, devices, tuple(notes))
+
+
+def _rescaled(profile: Profile, factor: float, what: str) -> Profile:
+    """``profile`` with every time multiplied by ``factor`` (its emulation factor kept)."""
+    note = f"{what} profile rescaled x{factor:.3f} to a fresh whole-model run"
+    scaled = scale_profile(profile, 1.0 / factor, note=f"{profile.notes}; {note}" if profile.notes else note)
+    return replace(scaled, slowdown=profile.slowdown)
+
+
+def refresh_profiles(
+    prepared: PreparedModel, config: BenchConfig, slowdown: float
+) -> tuple[Profile, Profile, tuple[float, float]]:
+    """The device (at ``slowdown``) and server profiles rescaled to how fast this machine is now.
+
+    A shared machine's speed drifts (here: the same 1-thread MobileNetV2 run took 28 ms and then
+    35 ms twenty minutes later), so profiles taken at the start of a long run go stale. Before each
+    cell the whole model is run ``config.refresh_runs`` times as the device (its emulation clock,
+    times the slowdown) and as the server (its threads, wall clock); each profile is scaled by the
+    median's ratio to its fused total. The factors are recorded per cell (``profile_scale``)."""
+    device, server = prepared.devices[slowdown], prepared.server
+    if config.refresh_runs == 0:
+        return device, server, (1.0, 1.0)
+    module, x = prepared.traced.module, prepared.x
+
+    def median_ms(threads: int | None, clock: Callable[[], float]) -> float:
+        samples = []
+        with device_compute(threads):
+            module(x)  # warm-up
+            for _ in range(config.refresh_runs):
+                t = clock()
+                module(x)
+                samples.append((clock() - t) * 1e3)
+        return statistics.median(samples)
+
+    d = slowdown * median_ms(config.device_threads, emulation_clock(config.device_threads, slowdown))
+    s = median_ms(config.server_threads, time.perf_counter)
+    fd, fs = d / device.total.median_ms, s / server.total.median_ms
+    return _rescaled(device, fd, "device"), _rescaled(server, fs, "server"), (fd, fs)
 
 
 def _run_model_in_process(config: BenchConfig, model: str, say: Callable[[str], None]) -> list[CellResult]:
@@ -471,7 +568,7 @@ def _run_model_in_process(config: BenchConfig, model: str, say: Callable[[str], 
     from splitdnn.runtime.shaper import ShapedLink
 
     prepared = prepare_model(config, model, say)
-    x, server_prof, devices = prepared.x, prepared.server, prepared.devices
+    x, server_prof = prepared.x, prepared.server
     spec = ModelSpec(model, module=prepared.module, input_shapes=(tuple(x.shape),))
     server_config = ServerConfig(
         models=(spec,), host="127.0.0.1", port=0, threads=config.server_threads,
@@ -486,11 +583,9 @@ def _run_model_in_process(config: BenchConfig, model: str, say: Callable[[str], 
                 for uplink in config.uplinks_mbps:
                     link.set_rates(uplink_mbps=uplink, downlink_mbps=None, rtt_ms=config.rtt_ms)
                     started = time.perf_counter()
-                    device = devices[slowdown]
-                    cell = measure_cell(
-                        link.address, served, device, server_prof, uplink, slowdown, config, x
-                    )
-                    cells.append(replace(cell, notes=prepared.notes))
+                    device, server_now, scale = refresh_profiles(prepared, config, slowdown)
+                    cell = measure_cell(link.address, served, device, server_now, uplink, slowdown, config, x)
+                    cells.append(replace(cell, notes=prepared.notes, profile_scale=scale))
                     say(format_cell_line(cell, time.perf_counter() - started))
     return cells
 

@@ -68,6 +68,8 @@ class BenchConfig:
     oracle_max_cuts: int = 12  # and at most this many of them (best predicted first)
     dag_points: int = 25  # bandwidths (log-spaced, 0.1-1000 Mbit/s) searched for DAG cuts
     link: str = "shaper"  # "shaper" (in-process token bucket) or "netns" (veth + tbf, root)
+    # before each cell, re-time the whole model on device and server and rescale both profiles to it
+    refresh_runs: int = 5  # timed runs of each (0: never refresh; the profiles of the run's start)
 
     def __post_init__(self) -> None:
         from splitdnn.models import ZOO
@@ -95,6 +97,7 @@ class BenchConfig:
         _positive_int("profile_repeats", self.profile_repeats)
         _positive_int("oracle_max_cuts", self.oracle_max_cuts)
         _positive_int("dag_points", self.dag_points, minimum=2)
+        _positive_int("refresh_runs", self.refresh_runs, minimum=0)
         if self.server_threads is not None:
             _positive_int("server_threads", self.server_threads)
         for name, value, low in (

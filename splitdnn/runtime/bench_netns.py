@@ -42,6 +42,7 @@ from splitdnn.runtime.bench import (
     StrategyRun,
     format_cell_line,
     prepare_model,
+    refresh_profiles,
 )
 from splitdnn.runtime.bench_measure import Timing
 
@@ -94,7 +95,7 @@ def cell_from_dict(d: dict[str, Any]) -> CellResult:
     return CellResult(
         model=d["model"], slowdown=d["slowdown"], uplink_mbps=d["uplink_mbps"],
         runs={k: run(v) for k, v in d["runs"].items()}, cuts=tuple(cut(c) for c in d["cuts"]),
-        notes=tuple(d.get("notes", ())),
+        notes=tuple(d.get("notes", ())), profile_scale=tuple(d.get("profile_scale", (1.0, 1.0))),
     )  # fmt: skip
 
 
@@ -178,8 +179,12 @@ def run_netns_grid(config: BenchConfig, say: Callable[[str], None]) -> list[Cell
                     for slowdown in config.slowdowns:
                         for uplink in config.uplinks_mbps:
                             link.set_rate(uplink)
+                            # the same CPUs in every namespace: the driver re-times for the cell
+                            device, server, scale = refresh_profiles(prepared, config, slowdown)
+                            save_profile(device, work / f"device_x{slowdown:g}.json")
+                            save_profile(server, work / "server.json")
                             cell = _run_cell(link, work, model, slowdown, uplink, config, say)
-                            cells.append(replace(cell, notes=prepared.notes))
+                            cells.append(replace(cell, notes=prepared.notes, profile_scale=scale))
                 finally:
                     _stop(proc)
     return cells

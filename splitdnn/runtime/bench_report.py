@@ -84,6 +84,9 @@ def _record(cell: CellResult, strategy: str, config: BenchConfig, link_name: str
         "bytes_sent": t.median_bytes_sent if t.measured else None,
         "fallbacks": t.local_runs,
         "note": run.note,
+        # the cell's profiles were rescaled by these to a whole-model run just before it (drift)
+        "profile_scale_device": round(cell.profile_scale[0], 4),
+        "profile_scale_server": round(cell.profile_scale[1], 4),
     }
     if strategy == "splitdnn":
         best = cell.runs["oracle"]
@@ -96,8 +99,11 @@ def _record(cell: CellResult, strategy: str, config: BenchConfig, link_name: str
         )
     if strategy == "oracle":
         rec["source"] = run.source
-        rec["candidates"] = len(cell.cuts)
-        rec["candidates_measured"] = sum(1 for c in cell.cuts if c.timing is not None and c.timing.measured)
+        candidates = [c for c in cell.cuts if not c.label.startswith("rematch:")]
+        rec["candidates"] = len(candidates)
+        rec["candidates_measured"] = sum(1 for c in candidates if c.timing is not None and c.timing.measured)
+        rematched = [c.label for c in cell.cuts if c.label.startswith("rematch:")]
+        rec["rematch"] = [label.removeprefix("rematch:") for label in rematched]
     measured = rec["measured_ms"]
     pred = rec["predicted_ms"]
     rec["error_pct"] = 100.0 * (pred - measured) / measured if measured and pred is not None else None
@@ -224,7 +230,9 @@ def bench_document(
             "rtt_ms": config.rtt_ms,
             "slowdowns": list(config.slowdowns),
             "device": f"emulated: {config.device_threads} thread(s), device compute padded with sleep to "
-            f"slowdown x its measured time",
+            f"slowdown x its measured work ("
+            + ("the computing thread's CPU time" if config.device_threads == 1 else "wall time")
+            + "; the device profile is timed the same way)",
             "server": f"{config.server_threads or 'default'} thread(s), same machine, not emulated",
             "link": link_name,
             "requests": config.requests,
@@ -290,6 +298,16 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
     lines += [format_table(["goal", "met", "found"], rows), ""]
     for note in doc.get("profile_notes", []):
         lines += [f"Profile note: {note}", ""]
+    scales = {(r["model"], r["slowdown"], r["uplink_mbps"]): r for r in doc["records"]}.values()
+    dev = [r["profile_scale_device"] for r in scales if "profile_scale_device" in r]
+    srv = [r["profile_scale_server"] for r in scales if "profile_scale_server" in r]
+    if dev and srv and (min(dev + srv) != 1.0 or max(dev + srv) != 1.0):
+        lines += [
+            f"Machine drift: before each cell both profiles were rescaled to a fresh whole-model run; "
+            f"device factors {min(dev):.2f}–{max(dev):.2f}, server {min(srv):.2f}–{max(srv):.2f} "
+            f"(`profile_scale_device` / `profile_scale_server` per record).",
+            "",
+        ]
     mbs = doc["mape_by_strategy"]
     lines += [
         "MAPE by strategy (%): " + ", ".join(f"{k} {_f(v, 1)}" for k, v in mbs.items()) + ". Not measured "

@@ -38,10 +38,13 @@ the piece cache, the back-off, the counters) changes under one lock, each reques
 bookkeeping (:class:`~splitdnn.runtime._client_request.Run`), and torch's thread limit (per OS
 thread, plus a process default) is set and restored so that overlapping requests never leave it behind.
 
-Device emulation (DESIGN section 7): ``emulate_slowdown=f`` sleeps ``(f - 1) x`` the measured time of
-every device-side computation (head, encode, local fallback), so a fast machine behaves like a device
-``f`` times slower; ``threads`` limits torch's intra-op threads while the device computes. The padding
-is reported in every :class:`Breakdown` (``padding_ms``) and by :meth:`SplitClient.describe`.
+Device emulation (DESIGN section 7): ``emulate_slowdown=f`` pads every device-side computation (head,
+encode, local fallback) with sleep to ``f`` x its work, so a fast machine behaves like a device ``f``
+times slower; ``threads`` limits torch's intra-op threads while the device computes. With one thread
+the work is the computing thread's CPU time: on a machine that also runs the server, the shaper and
+the link probes, time spent waiting for them (the GIL, a shared core) is not the device's, and would
+otherwise be multiplied by ``f``. With more threads it is the wall time. The padding is reported in
+every :class:`Breakdown` (``padding_ms``) and by :meth:`SplitClient.describe`.
 
 The request path lives in :mod:`~splitdnn.runtime._client_request`, the channel and error translation
 in :mod:`~splitdnn.runtime._client_rpc`, the breakdown record and its reporting in

@@ -37,6 +37,7 @@ import torch
 from splitdnn import graph
 from splitdnn.errors import ConfigError, InfeasibleError
 from splitdnn.report import STANDARD_UPLINKS_MBPS, format_bytes, format_table
+from splitdnn.runtime._client_request import emulation_clock
 from splitdnn.runtime.bench_measure import Timing
 from splitdnn.runtime.bench_measure import measure as _measure
 from splitdnn.runtime.bench_measure import requests_within as _requests_within  # noqa: F401 (tests use it)
@@ -135,15 +136,17 @@ def run_demo(
         f"splitdnn demo: {model} input {list(shape)}; {requests} timed request(s) per strategy after "
         f"{warmup} warm-up, latency median [p10-p90] in ms"
     )
+    clock = emulation_clock(device_threads, slowdown)  # what the device's profile and padding follow
     say(
         f"device (emulated): {device_threads} thread(s), slowdown x{slowdown:g}: every device-side "
-        f"computation is padded with sleep to {slowdown:g}x its measured time"
+        f"computation is padded with sleep to {slowdown:g}x its measured work"
+        + (" (the thread's CPU time)" if clock is time.thread_time else "")
     )
     if device_profile is None or server_profile is None:
         say(f"profiling {model} as device and server ({profile_repeats} repeats each) ...")
     device = device_profile or profile_model(
         traced, threads=device_threads, slowdown=slowdown, warmup=1, repeats=profile_repeats,
-        codecs=codecs, codec_nodes="chain", progress=progress,
+        codecs=codecs, codec_nodes="chain", progress=progress, timer=clock,
     )  # fmt: skip
     server_prof = server_profile or profile_model(
         traced, threads=server_threads, warmup=1, repeats=profile_repeats, codecs=codecs,

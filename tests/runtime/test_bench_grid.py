@@ -51,6 +51,7 @@ def test_records_have_the_interface_fields(run: tuple[BenchConfig, list[CellResu
         assert rec["model"] == "alexnet" and rec["uplink_mbps"] in (LOW, HIGH)
         assert rec["strategy"] in STRATEGIES
         assert isinstance(rec["measured"], bool)
+        assert rec["profile_scale_device"] > 0 and rec["profile_scale_server"] > 0
     assert {r["strategy"] for r in back["records"]} == set(STRATEGIES)
     assert isinstance(back["mape"], float) and back["mape"] >= 0
     assert set(back["mape_by_strategy"]) == set(STRATEGIES)
@@ -138,6 +139,7 @@ def test_cells_survive_the_process_boundary(
         ({"oracle_prune": 0.5}, "oracle_prune must be a number >= 1"),
         ({"input_shape": (3,)}, "input_shape must be batch first"),
         ({"link": "wifi"}, "link must be one of shaper, netns, found 'wifi'"),
+        ({"refresh_runs": -1}, "refresh_runs must be an integer >= 0, found -1"),
     ],
 )
 def test_bad_configs_are_refused(kwargs: dict[str, Any], match: str) -> None:
@@ -155,3 +157,71 @@ def test_cli_refuses_before_measuring(capsys: pytest.CaptureFixture[str], tmp_pa
     with pytest.raises(SystemExit):
         main(["bench", "--oracle-prune", "0.5"])
     assert "expected a factor >= 1 or 'inf'" in capsys.readouterr().err
+
+
+def test_profiles_are_rescaled_to_a_fresh_run_before_each_cell() -> None:
+    """refresh_profiles scales every time of both profiles by (fresh whole-model run / profile's
+    fused total), keeps the device's emulation factor, and says so in the profile's notes."""
+    import dataclasses
+
+    from splitdnn.runtime.bench import prepare_model, refresh_profiles
+
+    config = BenchConfig(models=("alexnet",), **{**TINY, "refresh_runs": 3})  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        prepared = prepare_model(config, "alexnet", lambda _: None)
+    # pretend the start-of-run profiles came from a machine 3x slower than this one is now
+    slow = {s: dataclasses.replace(p, total=p.total.scaled(3.0)) for s, p in prepared.devices.items()}
+    prepared = dataclasses.replace(prepared, devices=slow, server=dataclasses.replace(
+        prepared.server, total=prepared.server.total.scaled(3.0)))  # fmt: skip
+    device, server, (fd, fs) = refresh_profiles(prepared, config, 1.5)
+    assert 0.1 < fd < 0.6 and 0.1 < fs < 0.6  # about 1/3, give or take this machine's noise
+    old = prepared.devices[1.5]
+    assert device.slowdown == old.slowdown == 1.5
+    assert device.total.median_ms == pytest.approx(old.total.median_ms * fd)
+    for a, b in zip(device.nodes, old.nodes, strict=True):
+        assert a.calibrated_ms == pytest.approx(b.calibrated_ms * fd)
+    assert server.total.median_ms == pytest.approx(prepared.server.total.median_ms * fs)
+    assert "rescaled" in device.notes and "rescaled" in server.notes
+
+    off = dataclasses.replace(config, refresh_runs=0)
+    assert refresh_profiles(prepared, off, 1.5) == (old, prepared.server, (1.0, 1.0))
+
+
+def test_a_lost_cell_is_rematched_and_pooled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the best measured cut is not splitdnn's, both run again side by side and the samples are
+    pooled: a rival that won one noisy round by luck no longer decides the regret alone."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from splitdnn.runtime import bench
+    from splitdnn.runtime.bench import CutRun, StrategyRun, _best_measured, _rematch
+
+    mine = StrategyRun("splitdnn", 100.0, Timing(100.0, (110.0,) * 5), "split", ("a",), ("raw",))
+    rival_cut = CutRun("b", "chain", 105.0, Timing(105.0, (100.0,) * 5), ("b",), ("raw",))
+    runs = {"splitdnn": mine}
+    assert _best_measured(tuple(runs.values()), (rival_cut,)).cut == ("b",)  # lost the first round
+
+    calls: list[list[str]] = []
+
+    def fake_measure(clients: dict, x: Any, warmup: int, requests: int, budget: float) -> dict:
+        calls.append(list(clients))
+        return {"splitdnn": Timing(100.0, (101.0,) * requests), "cut:b": Timing(105.0, (104.0,) * requests)}
+
+    monkeypatch.setattr(bench, "measure_interleaved", fake_measure)
+    client = SimpleNamespace(planner=SimpleNamespace(switches=0))
+    ctx = SimpleNamespace(x=None, config=BenchConfig(requests=5))
+    extra = _rematch({"splitdnn": client, "cut:b": client}, runs, (rival_cut,), ctx)  # type: ignore[arg-type]
+    assert calls == [["splitdnn", "cut:b"]]
+    assert [c.label for c in extra] == ["rematch:splitdnn", "rematch:cut:b"]
+    assert all(len(c.timing.samples_ms) == 10 for c in extra if c.timing)
+    best = _best_measured(tuple(runs.values()), (rival_cut, *extra))
+    assert best.cut == ("a",)  # 5 x 110 + 10 x 101 pooled beats 5 x 100 + 10 x 104
+
+    # the same cut, or a client that switched plans: no rematch
+    same = {"splitdnn": StrategyRun("splitdnn", 100.0, Timing(100.0, (99.0,) * 5), "split", ("a",), ("raw",))}
+    assert _rematch({"splitdnn": client}, same, (rival_cut,), ctx) == ()  # type: ignore[arg-type]
+    switched = {"splitdnn": dataclasses.replace(mine, switches=1)}
+    both = {"splitdnn": client, "cut:b": client}
+    assert _rematch(both, switched, (rival_cut,), ctx) == ()  # type: ignore[arg-type]
+    assert len(calls) == 1

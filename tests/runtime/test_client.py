@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -387,3 +388,34 @@ def test_grpc_errors_are_translated(code: grpc.StatusCode, details: str, cls: ty
     assert type(err) is cls
     assert err.code == code.name and err.details == details
     assert "ModelInfer('m')" in str(err)
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_emulation_multiplies_the_device_work_not_time_spent_waiting(threads: int | None) -> None:
+    """With one device thread the padding follows the thread's CPU time: a device-side step that
+    mostly waits (here: sleeps, as when the shaper or the server holds the machine) is not multiplied
+    by the slowdown. With more threads CPU time of one thread says nothing, so wall time is used."""
+    from types import SimpleNamespace
+
+    from splitdnn.runtime._client_request import Run
+
+    fake = SimpleNamespace(emulate_slowdown=8.0, threads=threads)
+    run = Run(fake, None, time.perf_counter())  # type: ignore[arg-type]
+
+    def waits_then_works() -> int:
+        time.sleep(0.05)
+        end = time.thread_time() + 0.01
+        while time.thread_time() < end:  # ~10 ms of CPU
+            pass
+        return 7
+
+    t = time.perf_counter()
+    out, emulated_ms = run._timed_device(waits_then_works)
+    wall_ms = (time.perf_counter() - t) * 1e3
+    assert out == 7
+    if threads == 1:  # 8 x ~10 ms of work (>= the 60 ms already spent): ~80 ms, not 8 x 60 ms
+        assert 75 <= emulated_ms <= 200
+        assert wall_ms == pytest.approx(emulated_ms, abs=30)
+    else:
+        assert emulated_ms >= 8 * 60 * 0.95
+        assert run.padding_ms == pytest.approx(emulated_ms * 7 / 8, rel=0.01)
