@@ -259,9 +259,10 @@ def format_demo(rows: Sequence[DemoRow]) -> str:
         notes.insert(
             0,
             "where the chosen plan is edge-only, it runs what the edge-only baseline runs, plus the "
-            "client's background link probes (every 0.25 s, to notice the link recover); in this "
-            "one-process demo their work competes with the emulated device's compute, which the "
-            "slowdown padding multiplies, so its ratio against edge-only is below 1 by that cost",
+            "client's background link probes (every 0.25 s, to notice the link recover); the "
+            "baseline was measured once, before, not side by side, so that ratio is run-to-run noise "
+            "plus what the probes cost the device (the padding follows the device thread's CPU time, "
+            "so time spent waiting for them is not multiplied; `splitdnn bench` interleaves instead)",
         )
     if any(not (r.chosen.measured and r.cloud_only.measured) for r in rows):
         notes.insert(
