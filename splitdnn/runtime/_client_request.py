@@ -171,6 +171,7 @@ class Run:
         self.plan = plan
         self.t0 = t0
         self.head_ms = self.encode_ms = self.tail_ms = self.client_ms = self.padding_ms = 0.0
+        self._owed_ms = 0.0  # device padding not slept yet (see _timed_device's defer)
         self.network_ms = self.queue_ms = self.compute_ms = self.decode_ms = 0.0
         self.bytes_sent = self.bytes_received = self.batch = 0
         self.sent: tuple[str, ...] = ()
@@ -189,13 +190,17 @@ class Run:
             fallback=self.fallback, batch_size=self.batch,
         )  # fmt: skip
 
-    def _timed_device(self, fn: Callable[[], T]) -> tuple[T, float]:
+    def _timed_device(self, fn: Callable[[], T], *, defer: bool = False) -> tuple[T, float]:
         """Run ``fn`` as device compute; returns its result and the emulated time in ms.
 
         Emulated (slowdown ``f`` > 1), the device's time is ``f`` x the work it did: with one device
         thread that is the CPU time of this thread (what the work cost, not how long other threads
         of this machine kept it waiting: the shaper, the server and the link probes are not on the
-        emulated device), else the wall time. The wall time already spent counts toward it."""
+        emulated device), else the wall time. The wall time already spent counts toward it.
+
+        ``defer``: owe the padding instead of sleeping now; the next device step sleeps it after its
+        own work. Steps that follow each other on a real device (head, then encode) then run back to
+        back, not with a long sleep between them that leaves the second one on cold caches."""
         slowdown = self.c.emulate_slowdown
         clock = emulation_clock(self.c.threads, slowdown)
         with device_compute(self.c.threads):
@@ -203,12 +208,15 @@ class Run:
             out = fn()
             ms = (time.perf_counter() - t) * 1e3
             work_ms = ms if clock is time.perf_counter else (clock() - w) * 1e3
-        pad = slowdown * work_ms - ms
-        if slowdown > 1.0 and pad > 0:
-            time.sleep(pad / 1e3)
-            self.padding_ms += pad
-            return out, ms + pad
-        return out, ms
+        pad = max(0.0, slowdown * work_ms - ms) if slowdown > 1.0 else 0.0
+        self.padding_ms += pad
+        if defer:
+            self._owed_ms += pad
+        else:
+            owed, self._owed_ms = self._owed_ms + pad, 0.0
+            if owed > 0:
+                time.sleep(owed / 1e3)
+        return out, ms + pad
 
     def _fell_back(self, reason: str) -> None:
         self.is_local = True
@@ -260,7 +268,7 @@ class Run:
         send = named  # cloud-only: the model's own inputs
         if pieces.head is not None:
             head = pieces.head
-            head_out, self.head_ms = self._timed_device(lambda: head(named))
+            head_out, self.head_ms = self._timed_device(lambda: head(named), defer=True)
             values = send = dict(head_out)
         codec_of = {b.node: b.codec for b in plan.boundary}
         self.sent = tuple(send)

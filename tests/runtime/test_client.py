@@ -419,3 +419,28 @@ def test_emulation_multiplies_the_device_work_not_time_spent_waiting(threads: in
     else:
         assert emulated_ms >= 8 * 60 * 0.95
         assert run.padding_ms == pytest.approx(emulated_ms * 7 / 8, rel=0.01)
+
+
+def test_head_padding_is_slept_after_the_encode_not_between() -> None:
+    """A deferred step owes its padding; the next step sleeps it after its own work, so head and
+    encode run back to back as on a real device. The emulated times are unchanged."""
+    from types import SimpleNamespace
+
+    from splitdnn.runtime._client_request import Run
+
+    run = Run(SimpleNamespace(emulate_slowdown=4.0, threads=None), None, time.perf_counter())  # type: ignore[arg-type]
+    stamps: list[float] = []
+
+    def work() -> None:
+        stamps.append(time.perf_counter())
+        time.sleep(0.02)
+
+    _, head_ms = run._timed_device(work, defer=True)
+    assert run._owed_ms == pytest.approx(head_ms * 3 / 4)
+    t = time.perf_counter()
+    _, encode_ms = run._timed_device(work)
+    after = time.perf_counter() - t
+    assert stamps[1] - stamps[0] < 0.05  # the second step started right after the first
+    assert run._owed_ms == 0.0
+    assert after * 1e3 >= encode_ms + head_ms * 3 / 4 - 2  # it slept both paddings
+    assert run.padding_ms == pytest.approx((head_ms + encode_ms) * 3 / 4)
