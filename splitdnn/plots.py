@@ -9,7 +9,7 @@ from typing import Any
 
 from splitdnn.errors import ConfigError
 
-__all__ = ["plot_sweep"]
+__all__ = ["plot_sweep", "save_figure"]
 
 
 def _pyplot() -> Any:
@@ -71,9 +71,14 @@ def plot_sweep(points: Sequence[Any], path: str | Path, *, title: str = "") -> N
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    save_figure(fig, plt, Path(path), dpi=120)
+
+
+def save_figure(fig: Any, plt: Any, path: Path, *, dpi: int, hint: str = "") -> None:
+    """Write ``fig`` to ``path`` and close it; a path that cannot be written is a ConfigError."""
     try:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=dpi)
     except OSError as exc:
-        raise ConfigError(f"cannot write plot {str(path)!r}: {exc}") from exc
+        raise ConfigError(f"cannot write plot {str(path)!r}: {exc}{hint}") from exc
     finally:
         plt.close(fig)

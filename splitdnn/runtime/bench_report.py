@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from splitdnn.errors import ConfigError
+from splitdnn.plots import save_figure
 from splitdnn.report import format_bytes, format_table
 from splitdnn.runtime.bench import BenchConfig, CellResult, CutRun, StrategyRun, cut_key, pool_cuts
 from splitdnn.runtime.bench_measure import Timing
@@ -509,12 +510,7 @@ def plot_change(change: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def _save(fig: Any, plt: Any, path: Path) -> None:
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise ConfigError(f"cannot write plot {str(path)!r}: {exc}; choose a writable --out-dir") from exc
-    finally:
-        plt.close(fig)
+    save_figure(fig, plt, path, dpi=110, hint="; choose a writable --out-dir")
 
 
 def write_results(doc: Mapping[str, Any], out_dir: str | Path, *, plots: bool = True) -> list[Path]:
