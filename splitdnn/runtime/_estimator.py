@@ -15,8 +15,14 @@ and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice ma
   ping is an empty RPC, ``observe_ping``: a sample at 0 bytes that measures the RTT alone). When the
   window holds pairs of samples whose sizes differ by at least ``min_spread`` x (pings and requests;
   two cuts), a Theil-Sen fit: slope = the median of those pairs' slopes, intercept (the RTT) = the
-  median residual; medians make it robust to a GC pause or a retransmission. Otherwise the RTT comes
-  from pings (or stays the initial link's);
+  median residual; medians make it robust to a GC pause or a retransmission. When the requests
+  alone have two such sizes (a request and a sized probe, two cuts), the fit leaves the pings out:
+  a link with a burst (a token bucket, a NIC's queue) carries its first bytes at once, so a transfer
+  takes ``rtt + (bytes - burst) / rate``, affine in the bytes but not through the pings' point;
+  anchored at the pings, a 100 kB request through a 5 ms burst reads as a link 2.7 x faster than it
+  is, and a plan that sends 600 kB looks far cheaper than it is. The fitted intercept (the RTT less
+  the burst's time) prices every transfer past the burst right. Otherwise the RTT comes from pings
+  (or stays the initial link's);
 * the bandwidth: each request's time per byte once that RTT is taken off, ``(network_ms - rtt) /
   bytes``; the median of the last three (one stalled request is ignored, a real change shows after
   two) is folded into an EWMA (``alpha``). A window-wide fit would be steadier on a constant link but
@@ -191,7 +197,9 @@ class LinkEstimator:
             self._updates = 0
             self.steps += 1
         pts = [(self._x(s), s.network_ms) for s in self._samples]
-        fit = _theil_sen(pts, self._min_spread)
+        fit = _theil_sen([p for p in pts if p[0] > 0], self._min_spread)  # transfers alone: see above
+        if fit is None:
+            fit = _theil_sen(pts, self._min_spread)
         self.fitted = fit is not None
         last_x, last_y = pts[-1]
         if fit is not None:

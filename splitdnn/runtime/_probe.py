@@ -173,6 +173,41 @@ class LinkProber:
             self._thread.start()
         return True
 
+    def probe_now(self) -> None:
+        """Size up the link on the caller's thread, now (the client's start-up probe); never raises.
+
+        A ping, then payloads of ``min_bytes``, 4 x that, ... up to ``max_bytes``, until one takes
+        ``target_ms`` over the RTT: a slow link stops the ladder at its first, small rung (8 KiB: 0.5 s
+        at 0.13 Mbit/s), a fast one climbs past its burst in a few round trips. Only the last rung is
+        a sample for the estimator: the smaller ones may have fitted in the link's burst. It is a
+        transfer of another size than the client's requests, so the estimator can tell the link's
+        burst from its rate as soon as requests begin (see :mod:`splitdnn.runtime._estimator`).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._last_start = self._clock()
+            self._edge_only = False
+            self.probes += 1
+        try:
+            rtt = self._ping()
+            self._observe_ping(rtt)
+            n = self.settings.min_bytes
+            while not self._closed:
+                sample = self._payload(n)
+                if sample is None:
+                    return
+                up, down, ms = sample
+                if ms - rtt >= self.settings.target_ms or n >= self.settings.max_bytes:
+                    self._observe(up, down, ms)
+                    return
+                n = min(self.settings.max_bytes, 4 * n)
+        except SplitDNNError as err:
+            self.failures += 1
+            self._note(f"start-up link probe failed: {err}"[:300])
+        finally:
+            self._last_end = self._clock()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the probe in flight (if any) to finish; True when none is running."""
         with self._lock:
@@ -188,22 +223,28 @@ class LinkProber:
             self._closed = True
         self.wait(timeout)
 
+    def _payload(self, n: int) -> tuple[int, int, float] | None:
+        """Send ``n`` random bytes: ``(bytes up, bytes down, wall ms)``; None if the server has no
+        Probe RPC (said once: from then on probes only ping). Other errors are raised."""
+        if not self._bandwidth:
+            return None
+        try:
+            return self._send(self._random[:n])
+        except RemoteError as err:
+            if err.code != "UNIMPLEMENTED":
+                raise
+            self._bandwidth = False
+            self._note("the server has no splitdnn.v1 Probe RPC: link probes measure the RTT only")
+            return None
+
     def _probe(self) -> None:
         try:
             self._observe_ping(self._ping())
-            if not self._bandwidth:
-                return
             for _ in range(1 + _FOLLOW_UPS):
-                n = self.settings.payload_bytes(self._link(), edge_only=self._edge_only)
-                try:
-                    up, down, ms = self._send(self._random[:n])
-                except RemoteError as err:
-                    if err.code != "UNIMPLEMENTED":
-                        raise
-                    self._bandwidth = False
-                    self._note("the server has no splitdnn.v1 Probe RPC: link probes measure the RTT only")
+                sample = self._payload(self.settings.payload_bytes(self._link(), edge_only=self._edge_only))
+                if sample is None:
                     return
-                if not self._observe(up, down, ms) or self._closed:
+                if not self._observe(*sample) or self._closed:
                     return
         except SplitDNNError as err:  # the server went away, a deadline, ...: the next request sees it
             self.failures += 1

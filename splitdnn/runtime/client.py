@@ -24,7 +24,12 @@ What one :meth:`SplitClient.infer` does, and why:
    ``probe_edge_interval_s`` while edge-only), so a link that recovers is noticed within about a
    second (its cost is documented there; ``probe_interval_s=None`` turns it off). A sample several
    times slower or faster than the estimate is a step: the estimator restarts from it and the
-   planner needs one confirmation, so a collapse is acted on after the first slow request.
+   planner needs one confirmation, so a collapse is acted on after the first slow request. At
+   start-up the client sizes up the link once (:meth:`~splitdnn.runtime._probe.LinkProber.probe_now`:
+   payloads from 8 KiB up, by 4 x, until one takes 25 ms; a few round trips), so the estimate has a
+   transfer of another size than its requests and can tell a link's burst from its rate. Each
+   request that ran as planned also reports its wall time to the planner, which undoes a switch
+   whose new plan measures slower than the one it replaced (``Hysteresis.verify``).
 4. Failures: gRPC retries UNAVAILABLE itself (a service-config retry policy, with a per-RPC retry
    buffer larger than the largest request: gRPC does not retry a request it could not buffer). When
    the server stays unreachable, the deadline passes or the server is overloaded, the request
@@ -245,6 +250,9 @@ class SplitClient:
                 probe, ping=self.ping, send=self._probe_send, observe_ping=self._observe_ping,
                 observe=self._observe_probe, link=lambda: self.estimator.link, note=self._note,
             )  # fmt: skip
+            if time.monotonic() >= self._down_until:
+                # one sized sample besides the pings before the first request (see _estimator)
+                self._prober.probe_now()
 
     # construction ---------------------------------------------------------------------------------
 
@@ -407,12 +415,21 @@ class SplitClient:
         run = Run(self, plan, t0)
         try:
             if plan.strategy == "edge-only":
-                return run.local(inputs, reason="")
-            if down and self.fallback_local:
-                return run.local(inputs, reason="the server was unreachable; retrying it later")
-            return run.remote(inputs)
+                out = run.local(inputs, reason="")
+            elif down and self.fallback_local:
+                out = run.local(inputs, reason="the server was unreachable; retrying it later")
+            else:
+                out = run.remote(inputs)
         finally:
-            self.last_breakdown = run.breakdown()
+            self.last_breakdown = breakdown = run.breakdown()
+        if not breakdown.fallback:  # it ran as the plan says: a measurement of the plan
+            with self._lock:
+                decision = self.planner.observe_latency(plan, breakdown.total_ms)
+                if decision is not None:
+                    self.last_decision = decision
+            if decision is not None:
+                self._note(decision.reason)
+        return out
 
     def close(self) -> None:
         """Stop probing and close the channel; the client cannot be used afterwards."""

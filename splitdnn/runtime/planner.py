@@ -16,12 +16,27 @@ once right after the estimator saw a step of the link (``replan(link, step=True)
 several times slower or faster than the estimate is a change, not noise). So measurement noise
 around a break-even bandwidth does not make the cut flap, each flap costing a new split and cold
 caches.
+
+A switch is a prediction, and the cost model can be wrong where the switch matters most: a link
+estimate measured with one cut's transfers extrapolates badly to a plan that sends six times as
+much (a shaper's burst lets a 100 kB request through almost free, so the link looks faster than it
+is for 600 kB). So every switch is checked against measurements (:meth:`Planner.observe_latency`):
+once the new plan has ``Hysteresis.verify`` measured requests (after one warm-up request, which
+builds the new split and warms its caches), their median is compared with the median of the last
+requests of the plan it replaced, scaled by how much the cost model says the link changed that
+plan's time since. If the new plan is more than ``revert_margin`` slower, the planner goes back and
+holds the new plan off for ``hold_s`` seconds, or until the link estimate moves by more than 1.5 x
+from the one that chose it, or the estimator sees a step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +59,9 @@ __all__ = [
 
 #: ``force_boundary`` values besides a node name: all on the device, all on the server
 FORCED_CHOICES = ("edge", "cloud")
+
+#: a held-off plan is reconsidered when the uplink estimate moves this many times from the one that chose it
+_HOLD_MOVE = 1.5
 
 #: what a value that cannot cross the network (a tuple, a Python int) is priced at: no plan picks it
 _UNSENDABLE_BYTES = 1 << 50
@@ -97,11 +115,18 @@ class Hysteresis:
     plan of the last one is taken: on a drifting link the best plan may change while the current one
     keeps losing); or at least ``urgent_margin`` faster on one (None disables the shortcut).
     ``margin=0, confirmations=1`` follows the solver on every request.
+
+    After a switch, ``verify`` measured requests of the new plan (after one warm-up) are compared with
+    the plan it replaced; more than ``revert_margin`` slower and the planner switches back and holds
+    the new plan off for ``hold_s`` seconds (see the module docstring). ``verify=0`` turns it off.
     """
 
     margin: float = 0.10
     confirmations: int = 3
     urgent_margin: float | None = 0.5
+    verify: int = 3
+    revert_margin: float = 0.05
+    hold_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.margin, (int, float)) and 0 <= self.margin < 1):
@@ -114,6 +139,34 @@ class Hysteresis:
             raise ConfigError(
                 f"hysteresis urgent_margin must be None or a fraction in [margin, 1), found {u!r}"
             )
+        v = self.verify
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(
+                f"hysteresis verify must be an integer >= 0 (measured requests that check a switch; "
+                f"0: no check), found {v!r}"
+            )
+        r = self.revert_margin
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+            raise ConfigError(f"hysteresis revert_margin must be a fraction in [0, 1), found {r!r}")
+        check_positive("hysteresis hold_s", self.hold_s, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """A switch waiting for its measured check."""
+
+    previous: Plan  # the plan it replaced
+    previous_ms: float  # the median of that plan's last measured requests
+    measured_under: Link  # the link estimate while they were measured
+    chosen_by: Link  # the link estimate that chose the switch
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """A plan that measured slower than the one it replaced: not chosen again for a while."""
+
+    until_s: float  # monotonic time the hold ends
+    uplink_mbps: float  # the estimate that chose it; a move by _HOLD_MOVE x from it ends the hold
 
 
 @dataclass(frozen=True)
@@ -201,6 +254,7 @@ class Planner:
         unsendable: Collection[str] = (),
         accuracy_table: AccuracyTable | str | Path | None = None,
         max_accuracy_loss: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(device, Profile) or not isinstance(server, Profile):
             raise ConfigError("device and server must be splitdnn.schema.Profile records")
@@ -232,7 +286,13 @@ class Planner:
         self.force = force
         self._forced_tiers = self._forced(force) if force is not None else None
         self._pending = 0
-        self.switches = 0  # plan changes since construction
+        self.switches = 0  # plan changes since construction (reverts included)
+        self.reverts = 0  # switches undone because the new plan measured slower
+        self._clock = clock
+        self._latencies: deque[float] = deque(maxlen=max(3, self.hysteresis.verify))  # current plan, ms
+        self._seen = 0  # requests measured on the current plan (warm-up included)
+        self._trial: _Trial | None = None
+        self._holds: dict[tuple[frozenset[str], tuple[tuple[str, str], ...]], _Hold] = {}
         self.link = link
         self.plan = self._initial_plan(link)
 
@@ -274,7 +334,7 @@ class Planner:
         ``step``: ``link`` follows a step the estimator detected (:attr:`LinkEstimator.stepped`); one
         re-plan that finds a plan ``margin`` faster is then enough.
         """
-        self.link = link
+        before, self.link = self.link, link
         current = self.price(self.plan, link)
         if self._forced_tiers is not None:
             self.plan = current
@@ -284,6 +344,19 @@ class Planner:
             self._pending = 0
             self.plan = current
             return Decision(current, best, False, 0, "the current plan is the best")
+        if step:
+            self._holds.clear()  # the link changed: what measured slower before may not be now
+        hold = self._held(best, link)
+        if hold is not None:
+            self._pending = 0
+            self.plan = current
+            return Decision(
+                current, best, False, 0,
+                f"kept: the best plan measured slower than this one after the last switch to it; held "
+                f"off for {max(0.0, hold.until_s - self._clock()):.0f} s more, or until the uplink "
+                f"estimate leaves {hold.uplink_mbps / _HOLD_MOVE:.3g}..{hold.uplink_mbps * _HOLD_MOVE:.3g} "
+                f"Mbit/s",
+            )  # fmt: skip
         gain = 1.0 - best.cost.total_ms / current.cost.total_ms if current.cost.total_ms > 0 else 0.0
         h = self.hysteresis
         urgent = h.urgent_margin is not None and gain >= h.urgent_margin
@@ -299,8 +372,7 @@ class Planner:
                 else f"{self._pending} consecutive confirmation(s)"
             )  # fmt: skip
             self._pending = 0
-            self.plan = best
-            self.switches += 1
+            self._switch_to(best, (before, link))
             return Decision(
                 best, best, True, 0,
                 f"switched: predicted {best.cost.total_ms:.1f} ms vs {current.cost.total_ms:.1f} ms "
@@ -313,7 +385,70 @@ class Planner:
             f"{self._pending}/{h.confirmations} confirmations)",
         )  # fmt: skip
 
+    def observe_latency(self, plan: Plan, total_ms: float) -> Decision | None:
+        """Record a request's measured latency (ms) on ``plan``; a Decision when it undid a switch.
+
+        Only requests that ran as ``plan`` says belong here (not local fallbacks); a request of a plan
+        that is no longer the current one (it started before a switch) is ignored.
+        """
+        if not (isinstance(total_ms, (int, float)) and math.isfinite(total_ms) and total_ms >= 0):
+            raise ConfigError(f"total_ms must be a finite number >= 0, found {total_ms!r}")
+        if self._forced_tiers is not None or plan_key(plan) != plan_key(self.plan):
+            return None
+        self._seen += 1
+        if self._trial is not None and self._seen == 1:
+            return None  # the warm-up request of a new plan: cold caches, a tail built on the server
+        self._latencies.append(float(total_ms))
+        trial, n = self._trial, self.hysteresis.verify
+        if trial is None or len(self._latencies) < n:
+            return None
+        self._trial = None
+        measured = statistics.median(list(self._latencies)[-n:])
+        # what the replaced plan would take now: its measured time, moved as the model says the link
+        # change since the switch moved it (a link that collapsed makes any old time look too good)
+        before = self.price(trial.previous, trial.measured_under).cost.total_ms
+        after = self.price(trial.previous, self.link).cost.total_ms
+        expected = trial.previous_ms * (after / before if before > 0 else 1.0)
+        if measured <= expected * (1.0 + self.hysteresis.revert_margin):
+            return None
+        new = self.plan
+        until = self._clock() + self.hysteresis.hold_s
+        self._holds[plan_key(new)] = _Hold(until, trial.chosen_by.uplink_mbps)
+        self._switch_to(self.price(trial.previous, self.link), None)
+        self.reverts += 1
+        return Decision(
+            self.plan, new, True, 0,
+            f"reverted: the new plan measured {measured:.1f} ms (median of {n}) against "
+            f"{expected:.1f} ms expected of the plan it replaced; held off for "
+            f"{self.hysteresis.hold_s:g} s",
+        )  # fmt: skip
+
     # internals ------------------------------------------------------------------------------------
+
+    def _switch_to(self, plan: Plan, links: tuple[Link, Link] | None) -> None:
+        """Make ``plan`` current; ``links``: the estimates before the re-plan and the one that chose
+        ``plan`` (checked by measurements if the plan it replaces has enough of them), None for a
+        revert (not checked)."""
+        n = self.hysteresis.verify
+        self._trial = None
+        if links is not None and n > 0 and len(self._latencies) >= n:
+            self._trial = _Trial(self.plan, statistics.median(list(self._latencies)[-n:]), *links)
+        self._latencies.clear()
+        self._seen = 0
+        self.plan = plan
+        self.switches += 1
+
+    def _held(self, plan: Plan, link: Link) -> _Hold | None:
+        """The hold on ``plan`` if one is in force under ``link`` (expired ones are dropped)."""
+        key = plan_key(plan)
+        hold = self._holds.get(key)
+        if hold is None:
+            return None
+        ratio = link.uplink_mbps / hold.uplink_mbps
+        if self._clock() >= hold.until_s or not 1 / _HOLD_MOVE <= ratio <= _HOLD_MOVE:
+            del self._holds[key]
+            return None
+        return hold
 
     def _initial_plan(self, link: Link) -> Plan:
         plan = self._initial(link)

@@ -176,14 +176,19 @@ def test_adaptive_client_feeds_the_estimator_and_replans(served) -> None:
     s = models["resnet18"]
     with _client(server, s, force_boundary=None, link=Link(1000.0, rtt_ms=0.5)) as client:
         pings = len(client.estimator.samples)
-        assert pings == 1  # the start-up ping
+        # the start-up ping, then the start-up probe's ping and payload (a sized sample)
+        assert pings == 3 and client.probes == 1
+        assert [s.bytes_up > 0 for s in client.estimator.samples] == [False, False, True]
         for _ in range(3):
             y = client.infer(s.x)
             assert torch.equal(y, s.ref)
         b = client.last_breakdown
         assert b is not None and client.last_decision is not None
         if not b.local:
-            assert len(client.estimator.samples) == pings + 3
+            # each request is a sample (a step of the link, against the prior, drops older sized ones)
+            newest = client.estimator.samples[-1]
+            assert (newest.bytes_up, newest.bytes_down) == (b.bytes_sent, b.bytes_received)
+            assert client.estimator.steps > 0 or len(client.estimator.samples) == pings + 3
             assert b.bytes_received > 0 and b.network_ms >= 0
             parts = b.head_ms + b.encode_ms + b.network_ms + b.server_queue_ms + b.server_compute_ms
             assert parts <= b.total_ms + 1.0
@@ -269,7 +274,11 @@ def test_fallback_to_local_when_the_server_stops() -> None:
         strict = SplitClient(
             server.address, traced, device_profile=device, force_boundary=cut, fallback_local=False
         )
+        measured: list[float] = []  # what the planner is told: requests that ran as planned
+        real = client.planner.observe_latency
+        client.planner.observe_latency = lambda plan, ms: measured.append(ms) or real(plan, ms)  # type: ignore[method-assign]
         assert torch.equal(client.infer(x), ref) and not _last(client).local
+        assert measured == [_last(client).total_ms]
         assert "server" in client.describe()
         server.stop(grace=0.0)
     with client, strict:
@@ -281,6 +290,7 @@ def test_fallback_to_local_when_the_server_stops() -> None:
         y = client.infer(x)  # within the back-off: not even tried
         assert torch.equal(y, ref) and "retrying it later" in _last(client).fallback
         assert client.fallbacks == 2
+        assert len(measured) == 1  # local fallbacks say nothing about the plan
         with pytest.raises(ServerUnavailableError, match="unavailable"):
             strict.infer(x)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitdnn.errors import ConfigError
+from splitdnn.errors import ConfigError, RemoteError
 from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime.planner import LinkEstimator
 from splitdnn.schema import Link
@@ -93,3 +93,54 @@ def test_a_step_up_while_edge_only_is_measured_again_at_once() -> None:
     assert prober.wait(5.0)
     # two payloads in one probe, the second sized for the new estimate
     assert len(sent) == 2 and len(sent[1]) > len(sent[0]) and prober.probes == 1 and not answers
+
+
+def _ladder(link: Link, burst: int = 0) -> tuple[list[int], list[tuple[int, float]], list[str]]:
+    """Run a start-up probe against a link (``burst`` bytes go at once): sizes sent, samples, notes."""
+    sent: list[int] = []
+    observed: list[tuple[int, float]] = []
+    notes: list[str] = []
+
+    def send(payload: bytes) -> tuple[int, int, float]:
+        sent.append(len(payload))
+        return len(payload), 10, link.rtt_ms + link.uplink_ms(max(0, len(payload) - burst))
+
+    prober = LinkProber(
+        ProbeSettings(), ping=lambda: link.rtt_ms, send=send, observe_ping=lambda ms: None,
+        observe=lambda up, down, ms: bool(observed.append((up, ms))), link=lambda: Link(100.0),
+        note=notes.append, clock=FakeClock(),
+    )  # fmt: skip
+    prober.probe_now()
+    assert prober.probes == 1
+    return sent, observed, notes
+
+
+def test_the_start_up_probe_stops_at_the_first_rung_that_takes_time() -> None:
+    # a slow link: the first 8 KiB take 0.5 s; nothing larger is sent (the prior said 100 Mbit/s)
+    sent, observed, _ = _ladder(Link(0.13, rtt_ms=20.0))
+    assert sent == [8 << 10] and observed == [(8 << 10, pytest.approx(20.0 + 504.1, rel=0.01))]
+    # 18.88 Mbit/s with a 5 ms burst: 8 and 32 KiB are too quick to time, 128 KiB is not
+    sent, observed, _ = _ladder(Link(18.88, rtt_ms=20.0), burst=11_800)
+    assert sent == [8 << 10, 32 << 10, 128 << 10] and [up for up, _ in observed] == [128 << 10]
+    # 100 Mbit/s: up to max_bytes, only that one is a sample
+    sent, observed, _ = _ladder(Link(100.0, rtt_ms=20.0), burst=62_500)
+    assert sent == [8 << 10, 32 << 10, 128 << 10, 256 << 10] and len(observed) == 1
+
+
+def test_the_start_up_probe_never_raises() -> None:
+    def refuse(payload: bytes) -> tuple[int, int, float]:
+        raise RemoteError("no", code=code)
+
+    cases = (("UNIMPLEMENTED", "no splitdnn.v1 Probe RPC"), ("UNAVAILABLE", "start-up link probe failed"))
+    for code, what in cases:
+        notes: list[str] = []
+        prober = LinkProber(
+            ProbeSettings(), ping=lambda: 5.0, send=refuse, observe_ping=lambda ms: None,
+            observe=lambda up, down, ms: False, link=lambda: Link(1.0), note=notes.append, clock=FakeClock(),
+        )  # fmt: skip
+        prober.probe_now()
+        assert len(notes) == 1 and what in notes[0]
+        assert prober.failures == (code != "UNIMPLEMENTED")
+    prober.close()
+    prober.probe_now()  # closed: nothing sent, nothing counted
+    assert prober.probes == 1

@@ -51,6 +51,26 @@ def test_two_sizes_separate_rtt_from_bandwidth() -> None:
     assert est.link.rtt_ms == pytest.approx(20.0, rel=1e-6)
 
 
+def test_a_bursty_link_is_priced_right_past_its_burst() -> None:
+    # a token bucket: the first 62.5 kB go at once, the rest at 100 Mbit/s, 20 ms RTT
+    def shaped_ms(up: int) -> float:
+        return 20.0 + max(0, up - 62_500) * 8 / 100e3
+
+    est = LinkEstimator(Link(100.0, rtt_ms=20.0), alpha=1.0)
+    est.observe_ping(20.0)
+    est.observe_ping(20.0)
+    est.observe(100_000, 0, shaped_ms(100_000))  # one size and pings: the burst reads as speed
+    assert est.link.uplink_mbps > 2 * 100.0
+    est.observe(256_000, 0, shaped_ms(256_000))  # a second size (a probe): the pings leave the fit
+    for _ in range(3):
+        est.observe(100_000, 0, shaped_ms(100_000))
+    assert est.fitted
+    lk = est.link
+    assert lk.uplink_mbps == pytest.approx(100.0, rel=0.02)
+    for up in (100_000, 602_000, 2_000_000):  # every transfer past the burst, the larger ones too
+        assert _network_ms(lk, up) == pytest.approx(shaped_ms(up), rel=0.02)
+
+
 def test_pings_anchor_the_rtt_for_a_single_cut() -> None:
     true = Link(1.1, rtt_ms=40.0)
     est = LinkEstimator(Link(18.0, rtt_ms=5.0), alpha=1.0)
@@ -275,6 +295,123 @@ def test_urgent_margin_switches_at_once() -> None:
     planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 5, 0.5))
     d = planner.replan(Link(0.01, rtt_ms=20.0))
     assert d.switched and "urgent" in d.reason
+
+
+def _switch_to_cloud(clock: FakeClock, **kw: object) -> tuple[Planner, Link]:
+    """A planner on the split after b, switched to cloud-only by a fast link estimate (the model
+    predicts cloud-only far faster there) after three 100 ms requests on the split under it."""
+    device, server = _profiles()
+    h = Hysteresis(0.1, 2, None, **kw)  # type: ignore[arg-type]
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=h, clock=clock)
+    split = planner.plan
+    assert split.boundary_nodes == ("b",)
+    fast = Link(10_000.0, rtt_ms=1.0)
+    assert not planner.replan(fast).switched  # one confirmation of two
+    for _ in range(3):
+        assert planner.observe_latency(split, 100.0) is None
+    d = planner.replan(fast)
+    assert d.switched and planner.plan.strategy == "cloud-only"
+    assert planner.price(planner.plan, fast).cost.total_ms < 0.5 * planner.price(split, fast).cost.total_ms
+    return planner, fast
+
+
+def test_a_switch_that_measures_slower_is_undone_and_held_off() -> None:
+    clock = FakeClock()
+    planner, fast = _switch_to_cloud(clock)
+    cloud = planner.plan
+    assert planner.observe_latency(cloud, 400.0) is None  # the warm-up request is not judged
+    assert planner.observe_latency(cloud, 120.0) is None
+    assert planner.observe_latency(cloud, 118.0) is None
+    d = planner.observe_latency(cloud, 125.0)  # median 120 ms against the split's 100 ms
+    assert d is not None and d.switched and "reverted" in d.reason and "120.0 ms" in d.reason
+    assert planner.plan.boundary_nodes == ("b",) and planner.reverts == 1 and planner.switches == 2
+    # the same estimate does not choose cloud-only again while the hold lasts
+    d = planner.replan(fast)
+    assert not d.switched and "measured slower" in d.reason and d.best.strategy == "cloud-only"
+    assert planner.replan(Link(14_000.0, rtt_ms=1.0)).switched is False  # within 1.5 x of it
+    clock.t += 61.0  # the hold ends: the usual confirmations again
+    assert not planner.replan(fast).switched
+    assert planner.replan(fast).switched and planner.plan.strategy == "cloud-only"
+
+
+def test_a_hold_ends_when_the_link_moves_or_steps() -> None:
+    for move in ("faster", "step"):
+        clock = FakeClock()
+        planner, fast = _switch_to_cloud(clock)
+        cloud = planner.plan
+        for ms in (400.0, 130.0, 130.0, 130.0):
+            d = planner.observe_latency(cloud, ms)
+        assert d is not None and d.switched
+        if move == "faster":  # 2 x the estimate that chose it: two confirmations, as usual
+            assert not planner.replan(Link(20_000.0, rtt_ms=1.0)).switched
+            assert planner.replan(Link(20_000.0, rtt_ms=1.0)).switched
+        else:
+            assert planner.replan(fast, step=True).switched
+
+
+def test_a_switch_that_measures_as_predicted_is_kept() -> None:
+    clock = FakeClock()
+    planner, _ = _switch_to_cloud(clock)
+    cloud = planner.plan
+    for ms in (400.0, 104.0, 60.0, 103.0, 104.0):  # median 103.5: within revert_margin of 100
+        assert planner.observe_latency(cloud, ms) is None
+    assert planner.plan.strategy == "cloud-only" and planner.reverts == 0
+
+
+def test_a_collapsed_link_does_not_bring_back_the_old_plan() -> None:
+    # the split measured 100 ms on a 10 Mbit/s link; the link collapses, edge-only is chosen and
+    # measures 130 ms: slower than the split *was*, but the split would now take far longer
+    device, server = _profiles()
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 3, None))
+    split = planner.plan
+    for _ in range(3):
+        planner.observe_latency(split, 100.0)
+    assert planner.replan(Link(0.05, rtt_ms=20.0), step=True).switched
+    edge = planner.plan
+    assert edge.strategy == "edge-only"
+    for ms in (130.0, 130.0, 130.0, 130.0):
+        assert planner.observe_latency(edge, ms) is None
+    assert planner.plan.strategy == "edge-only" and planner.reverts == 0
+
+
+def test_only_the_current_plan_is_measured() -> None:
+    clock = FakeClock()
+    planner, _ = _switch_to_cloud(clock)
+    split_before = planner.price(planner.plan, Link(10.0, rtt_ms=20.0))  # not the current plan's key
+    device, server = _profiles()
+    old = Planner(device, server, Link(10.0, rtt_ms=20.0)).plan
+    for _ in range(6):  # requests that started on the split before the switch
+        assert planner.observe_latency(old, 900.0) is None
+    assert planner.plan.strategy == "cloud-only" and split_before.strategy == "cloud-only"
+    # no check without measurements of the replaced plan
+    fresh = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 1, None))
+    assert fresh.observe_latency(fresh.plan, 100.0) is None  # one is not enough to compare
+    assert fresh.replan(Link(10_000.0, rtt_ms=1.0)).switched
+    for ms in (400.0, 900.0, 900.0, 900.0, 900.0):
+        assert fresh.observe_latency(fresh.plan, ms) is None
+    # a forced plan is never checked; verify=0 turns the check off
+    forced = Planner(device, server, Link(10.0), force="b")
+    assert forced.observe_latency(forced.plan, 5.0) is None
+    off, _ = _switch_to_cloud(FakeClock(), verify=0)
+    for ms in (400.0, 900.0, 900.0, 900.0):
+        assert off.observe_latency(off.plan, ms) is None
+    assert off.plan.strategy == "cloud-only"
+
+
+def test_latency_checks_refuse_bad_values() -> None:
+    device, server = _profiles()
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0))
+    for bad in (-1.0, float("nan"), float("inf"), "5"):
+        with pytest.raises(ConfigError, match="total_ms must be a finite number >= 0"):
+            planner.observe_latency(planner.plan, bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="verify must be an integer >= 0"):
+        Hysteresis(verify=-1)
+    with pytest.raises(ConfigError, match="verify must be an integer >= 0"):
+        Hysteresis(verify=True)
+    with pytest.raises(ConfigError, match="revert_margin must be a fraction"):
+        Hysteresis(revert_margin=1.0)
+    with pytest.raises(ConfigError, match="hold_s must be a finite number >= 0"):
+        Hysteresis(hold_s=-1.0)
 
 
 def test_privacy_floor_forbids_cloud_only() -> None:
