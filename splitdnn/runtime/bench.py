@@ -395,8 +395,10 @@ def _rematch(
     The oracle is the minimum over many noisy medians, so its winner's median is biased low (it won
     partly by luck) and regret biased high. When the winner is another cut than splitdnn's, both are
     run ``2 x requests`` more times side by side; the new samples are pooled with the earlier ones
-    (as ``rematch:`` entries of ``cuts``) and the oracle is chosen again. Nothing when the two agree,
-    splitdnn switched plans, or the client switches during the rematch.
+    (as ``rematch:`` entries of ``cuts``) and the oracle is chosen again. splitdnn's cut runs on the
+    oracle's client pinned to that cut when it has one (the same plan, and it cannot switch away
+    mid-rematch), else on the splitdnn client. Nothing when the two agree, splitdnn switched plans,
+    or the splitdnn client switches during the rematch.
     """
     mine = runs["splitdnn"]
     best = _best_measured(tuple(runs.values()), cuts)
@@ -410,16 +412,17 @@ def _rematch(
     )  # fmt: skip
     if rival is None:
         return ()
-    switches = clients["splitdnn"].planner.switches
+    same = [c.label for c in cuts if c.timing is not None and c.timing.measured
+            and cut_key(_strategy_of(c.kind), c.cut, c.codecs) == mine_key]  # fmt: skip
+    me = next((k for k in [*same, *(f"cut:{s}" for s in same)] if k in clients and k != rival), "splitdnn")
+    switches = clients[me].planner.switches
     n = 2 * ctx.config.requests
-    got = measure_interleaved(
-        {"splitdnn": clients["splitdnn"], rival: clients[rival]}, ctx.x, 0, n, ctx.config.budget_s
-    )
-    if clients["splitdnn"].planner.switches != switches:
+    got = measure_interleaved({me: clients[me], rival: clients[rival]}, ctx.x, 0, n, ctx.config.budget_s)
+    if clients[me].planner.switches != switches:
         return ()
     out = []
     for who, (plan, cut, codecs), predicted in (
-        ("splitdnn", mine_key, mine.predicted_ms),
+        (me, mine_key, mine.predicted_ms),
         (rival, best_key, best.predicted_ms),
     ):
         t = got[who]

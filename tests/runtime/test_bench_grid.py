@@ -225,3 +225,16 @@ def test_a_lost_cell_is_rematched_and_pooled(monkeypatch: pytest.MonkeyPatch) ->
     both = {"splitdnn": client, "cut:b": client}
     assert _rematch(both, switched, (rival_cut,), ctx) == ()  # type: ignore[arg-type]
     assert len(calls) == 1
+
+    # splitdnn's cut was an oracle candidate too: its pinned client runs the rematch
+    mine_cut = CutRun("a", "chain", 100.0, Timing(100.0, (112.0,) * 5), ("a",), ("raw",))
+
+    def fake_pinned(clients: dict, x: Any, warmup: int, requests: int, budget: float) -> dict:
+        calls.append(list(clients))
+        return {"cut:a": Timing(100.0, (101.0,) * requests), "cut:b": Timing(105.0, (104.0,) * requests)}
+
+    monkeypatch.setattr(bench, "measure_interleaved", fake_pinned)
+    pinned = {"splitdnn": client, "cut:a": client, "cut:b": client}
+    extra = _rematch(pinned, runs, (rival_cut, mine_cut), ctx)  # type: ignore[arg-type]
+    assert calls[-1] == ["cut:a", "cut:b"]
+    assert [c.label for c in extra] == ["rematch:cut:a", "rematch:cut:b"] and extra[0].cut == ("a",)
