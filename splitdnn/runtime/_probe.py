@@ -178,10 +178,12 @@ class LinkProber:
 
         A ping, then payloads of ``min_bytes``, 4 x that, ... up to ``max_bytes``, until one takes
         ``target_ms`` over the RTT: a slow link stops the ladder at its first, small rung (8 KiB: 0.5 s
-        at 0.13 Mbit/s), a fast one climbs past its burst in a few round trips. Only the last rung is
-        a sample for the estimator: the smaller ones may have fitted in the link's burst. It is a
-        transfer of another size than the client's requests, so the estimator can tell the link's
-        burst from its rate as soon as requests begin (see :mod:`splitdnn.runtime._estimator`).
+        at 0.13 Mbit/s), a fast one climbs past its burst in a few round trips. The last rung is a
+        sample for the estimator, and so is the one before it when it took a fifth of ``target_ms``
+        over the RTT: past the link's burst, on the affine part of the curve (a rung inside the burst
+        would read as infinitely fast). Two sizes 4 x apart let the estimator tell the burst from the
+        rate before any request, whatever size the requests will be (see
+        :mod:`splitdnn.runtime._estimator`).
         """
         with self._lock:
             if self._closed:
@@ -193,14 +195,18 @@ class LinkProber:
             rtt = self._ping()
             self._observe_ping(rtt)
             n = self.settings.min_bytes
+            timed: tuple[int, int, float] | None = None  # the rung before, if past the burst
             while not self._closed:
                 sample = self._payload(n)
                 if sample is None:
                     return
                 up, down, ms = sample
                 if ms - rtt >= self.settings.target_ms or n >= self.settings.max_bytes:
+                    if timed is not None:
+                        self._observe(*timed)
                     self._observe(up, down, ms)
                     return
+                timed = sample if ms - rtt >= 0.2 * self.settings.target_ms else None
                 n = min(self.settings.max_bytes, 4 * n)
         except SplitDNNError as err:
             self.failures += 1

@@ -119,12 +119,40 @@ def test_the_start_up_probe_stops_at_the_first_rung_that_takes_time() -> None:
     # a slow link: the first 8 KiB take 0.5 s; nothing larger is sent (the prior said 100 Mbit/s)
     sent, observed, _ = _ladder(Link(0.13, rtt_ms=20.0))
     assert sent == [8 << 10] and observed == [(8 << 10, pytest.approx(20.0 + 504.1, rel=0.01))]
-    # 18.88 Mbit/s with a 5 ms burst: 8 and 32 KiB are too quick to time, 128 KiB is not
+    # 18.88 Mbit/s with a 5 ms burst: 8 KiB fits in the burst, 32 KiB is past it (8.5 ms), 128 KiB
+    # takes 25 ms: the last two rungs are samples, the first is not (it would read as infinitely fast)
     sent, observed, _ = _ladder(Link(18.88, rtt_ms=20.0), burst=11_800)
-    assert sent == [8 << 10, 32 << 10, 128 << 10] and [up for up, _ in observed] == [128 << 10]
-    # 100 Mbit/s: up to max_bytes, only that one is a sample
+    assert sent == [8 << 10, 32 << 10, 128 << 10] and [up for up, _ in observed] == [32 << 10, 128 << 10]
+    # 100 Mbit/s with a 62.5 kB burst: up to max_bytes; 128 KiB is 5.5 ms past the burst
     sent, observed, _ = _ladder(Link(100.0, rtt_ms=20.0), burst=62_500)
-    assert sent == [8 << 10, 32 << 10, 128 << 10, 256 << 10] and len(observed) == 1
+    assert sent == [8 << 10, 32 << 10, 128 << 10, 256 << 10]
+    assert [up for up, _ in observed] == [128 << 10, 256 << 10]
+    # no burst on 100 Mbit/s: 32 KiB takes 2.6 ms, under a fifth of 25 ms: only 128 and 256 KiB count
+    sent, observed, _ = _ladder(Link(100.0, rtt_ms=20.0))
+    assert [up for up, _ in observed] == [128 << 10, 256 << 10]
+
+
+def test_the_start_up_probe_lets_the_estimator_price_a_bursty_link() -> None:
+    link, burst = Link(100.0, rtt_ms=20.0), 62_500
+
+    def shaped_ms(n: int) -> float:
+        return link.rtt_ms + link.uplink_ms(max(0, n - burst))
+
+    est = LinkEstimator(Link(100.0, rtt_ms=20.0))
+    prober = LinkProber(
+        ProbeSettings(), ping=lambda: link.rtt_ms, send=lambda p: (len(p), 0, shaped_ms(len(p))),
+        observe_ping=est.observe_ping, observe=lambda up, down, ms: bool(est.observe(up, down, ms)),
+        link=lambda: est.link, note=lambda text: None, clock=FakeClock(),
+    )  # fmt: skip
+    prober.probe_now()
+    assert est.fitted  # two sizes: the fit is over the transfers alone (RTT less the burst's time)
+    # requests of one size, within 2 x of the probe's: priced right once the smoothing settles
+    # (pings and one size alone read this link as 174 Mbit/s)
+    for _ in range(6):
+        est.observe(150_000, 0, shaped_ms(150_000))
+    lk = est.link
+    assert lk.rtt_ms + lk.uplink_ms(150_000) == pytest.approx(shaped_ms(150_000), rel=0.03)
+    assert lk.rtt_ms + lk.uplink_ms(602_000) == pytest.approx(shaped_ms(602_000), rel=0.03)
 
 
 def test_the_start_up_probe_never_raises() -> None:
