@@ -13,7 +13,9 @@ and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice ma
 
 * the RTT: a window of the last ``window`` samples (younger than ``max_age_s``), pings included (a
   ping is an empty RPC, ``observe_ping``: a sample at 0 bytes that measures the RTT alone). When the
-  window holds pairs of samples whose sizes differ by at least ``min_spread`` x (pings and requests;
+  window holds pairs of samples whose sizes differ by at least ``min_spread`` x (default 1.9: the
+  start-up probe's last two payloads, 128 and 256 KiB on a fast link, are 2 x apart less the few
+  bytes of their answers; pings and requests;
   two cuts), a Theil-Sen fit: slope = the median of those pairs' slopes, intercept (the RTT) = the
   median residual; medians make it robust to a GC pause or a retransmission. When the requests
   alone have two such sizes (a request and a sized probe, two cuts), the fit leaves the pings out:
@@ -100,7 +102,7 @@ class LinkEstimator:
         *,
         window: int = 32,
         alpha: float = 0.5,
-        min_spread: float = 2.0,
+        min_spread: float = 1.9,
         max_age_s: float = 60.0,
         step_ratio: float | None = 5.0,
         clock: Callable[[], float] = time.monotonic,

@@ -138,9 +138,9 @@ def test_the_start_up_probe_lets_the_estimator_price_a_bursty_link() -> None:
     def shaped_ms(n: int) -> float:
         return link.rtt_ms + link.uplink_ms(max(0, n - burst))
 
-    est = LinkEstimator(Link(100.0, rtt_ms=20.0))
+    est = LinkEstimator(Link(100.0, downlink_mbps=100.0, rtt_ms=20.0))
     prober = LinkProber(
-        ProbeSettings(), ping=lambda: link.rtt_ms, send=lambda p: (len(p), 0, shaped_ms(len(p))),
+        ProbeSettings(), ping=lambda: link.rtt_ms, send=lambda p: (len(p), 4, shaped_ms(len(p))),
         observe_ping=est.observe_ping, observe=lambda up, down, ms: bool(est.observe(up, down, ms)),
         link=lambda: est.link, note=lambda text: None, clock=FakeClock(),
     )  # fmt: skip
@@ -149,9 +149,9 @@ def test_the_start_up_probe_lets_the_estimator_price_a_bursty_link() -> None:
     # requests of one size, within 2 x of the probe's: priced right once the smoothing settles
     # (pings and one size alone read this link as 174 Mbit/s)
     for _ in range(6):
-        est.observe(150_000, 0, shaped_ms(150_000))
+        est.observe(150_000, 4_000, shaped_ms(154_000))  # a response of 4 kB counts as 4 kB more
     lk = est.link
-    assert lk.rtt_ms + lk.uplink_ms(150_000) == pytest.approx(shaped_ms(150_000), rel=0.03)
+    assert lk.rtt_ms + lk.uplink_ms(154_000) == pytest.approx(shaped_ms(154_000), rel=0.03)
     assert lk.rtt_ms + lk.uplink_ms(602_000) == pytest.approx(shaped_ms(602_000), rel=0.03)
 
 
