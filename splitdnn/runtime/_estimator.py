@@ -148,6 +148,16 @@ class LinkEstimator:
 
     def observe(self, bytes_up: int, bytes_down: int, network_ms: float) -> None:
         """Fold in one request: bytes sent and received, and its network time in ms."""
+        self.remember(bytes_up, bytes_down, network_ms)
+        self._update()
+
+    def remember(self, bytes_up: int, bytes_down: int, network_ms: float) -> None:
+        """Keep a transfer in the window for later fits without updating the estimate now.
+
+        For a probe's smaller payload sent just before a larger one: alone (one size and pings) it
+        would move the estimate by the link's burst; beside the larger one, observed next, it lets
+        the fit tell the burst from the rate (see the module docstring).
+        """
         if isinstance(bytes_up, bool) or not isinstance(bytes_up, int) or bytes_up < 0:
             raise ConfigError(f"bytes_up must be an integer >= 0, found {bytes_up!r}")
         if isinstance(bytes_down, bool) or not isinstance(bytes_down, int) or bytes_down < 0:
@@ -156,7 +166,6 @@ class LinkEstimator:
             raise ConfigError(f"network_ms must be a finite number, found {network_ms!r}")
         # clock noise (the server's times are measured on another clock) can make it slightly < 0
         self._samples.append(LinkSample(bytes_up, bytes_down, max(0.0, float(network_ms)), self._clock()))
-        self._update()
 
     def observe_ping(self, rtt_ms: float) -> None:
         """Fold in an empty round trip (a health or liveness RPC): a direct RTT sample."""

@@ -117,7 +117,8 @@ class LinkProber:
     re-plan (under the client's lock; ``observe`` returns True to ask for one more payload at once:
     the sample was a step, the plan is still edge-only, and the estimate it gave is a lower bound);
     ``link()`` is the current estimate; ``note(text)`` records what went wrong (a probe never raises
-    into the client). ``clock`` is injectable for tests.
+    into the client); ``remember(up, down, ms)`` keeps a sample for later fits without an update of
+    its own (default: ``observe``). ``clock`` is injectable for tests.
     """
 
     def __init__(
@@ -131,8 +132,10 @@ class LinkProber:
         link: Callable[[], Link],
         note: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        remember: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._remember = remember if remember is not None else observe
         self._ping, self._send, self._link, self._note = ping, send, link, note
         self._observe_ping, self._observe = observe_ping, observe
         self._clock = clock
@@ -203,7 +206,7 @@ class LinkProber:
                 up, down, ms = sample
                 if ms - rtt >= self.settings.target_ms or n >= self.settings.max_bytes:
                     if timed is not None:
-                        self._observe(*timed)
+                        self._remember(*timed)
                     self._observe(up, down, ms)
                     return
                 timed = sample if ms - rtt >= 0.2 * self.settings.target_ms else None

@@ -249,6 +249,7 @@ class SplitClient:
             self._prober = LinkProber(
                 probe, ping=self.ping, send=self._probe_send, observe_ping=self._observe_ping,
                 observe=self._observe_probe, link=lambda: self.estimator.link, note=self._note,
+                remember=self._remember_probe,
             )  # fmt: skip
             if time.monotonic() >= self._down_until:
                 # one sized sample besides the pings before the first request (see _estimator)
@@ -505,6 +506,10 @@ class SplitClient:
 
     def _observe_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
         return self._observe(bytes_up, bytes_down, network_ms, min_move=_PROBE_MIN_MOVE)
+
+    def _remember_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> None:
+        with self._lock:
+            self.estimator.remember(bytes_up, bytes_down, network_ms)
 
     def _observe_ping(self, rtt_ms: float) -> None:
         with self._lock:

@@ -142,10 +142,14 @@ def test_the_start_up_probe_lets_the_estimator_price_a_bursty_link() -> None:
     prober = LinkProber(
         ProbeSettings(), ping=lambda: link.rtt_ms, send=lambda p: (len(p), 4, shaped_ms(len(p))),
         observe_ping=est.observe_ping, observe=lambda up, down, ms: bool(est.observe(up, down, ms)),
-        link=lambda: est.link, note=lambda text: None, clock=FakeClock(),
+        link=lambda: est.link, note=lambda text: None, clock=FakeClock(), remember=est.remember,
     )  # fmt: skip
     prober.probe_now()
     assert est.fitted  # two sizes: the fit is over the transfers alone (RTT less the burst's time)
+    assert [s.bytes_up for s in est.samples] == [0, 128 << 10, 256 << 10]
+    # right after the probe the estimate is already near the rate, not the burst's 2 x (the smaller
+    # payload was kept for the fit, not folded in alone)
+    assert est.link.uplink_mbps == pytest.approx(100.0, rel=0.15)
     # requests of one size, within 2 x of the probe's: priced right once the smoothing settles
     # (pings and one size alone read this link as 174 Mbit/s)
     for _ in range(6):
