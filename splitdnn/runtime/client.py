@@ -252,7 +252,7 @@ class SplitClient:
                 remember=self._remember_probe,
             )  # fmt: skip
             if time.monotonic() >= self._down_until:
-                # one sized sample besides the pings before the first request (see _estimator)
+                # transfers of other sizes than the requests, before the first one (see _estimator)
                 self._prober.probe_now()
 
     # construction ---------------------------------------------------------------------------------

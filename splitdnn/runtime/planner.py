@@ -289,7 +289,8 @@ class Planner:
         self.switches = 0  # plan changes since construction (reverts included)
         self.reverts = 0  # switches undone because the new plan measured slower
         self._clock = clock
-        self._latencies: deque[float] = deque(maxlen=max(3, self.hysteresis.verify))  # current plan, ms
+        # the current plan's last ``verify`` measured latencies, ms (what a switch is checked with)
+        self._latencies: deque[float] = deque(maxlen=max(1, self.hysteresis.verify))
         self._seen = 0  # requests measured on the current plan (warm-up included)
         self._trial: _Trial | None = None
         self._holds: dict[tuple[frozenset[str], tuple[tuple[str, str], ...]], _Hold] = {}
@@ -403,7 +404,7 @@ class Planner:
         if trial is None or len(self._latencies) < n:
             return None
         self._trial = None
-        measured = statistics.median(list(self._latencies)[-n:])
+        measured = statistics.median(self._latencies)
         # what the replaced plan would take now: its measured time, moved as the model says the link
         # change since the switch moved it (a link that collapsed makes any old time look too good)
         before = self.price(trial.previous, trial.measured_under).cost.total_ms
@@ -432,7 +433,7 @@ class Planner:
         n = self.hysteresis.verify
         self._trial = None
         if links is not None and n > 0 and len(self._latencies) >= n:
-            self._trial = _Trial(self.plan, statistics.median(list(self._latencies)[-n:]), *links)
+            self._trial = _Trial(self.plan, statistics.median(self._latencies), *links)
         self._latencies.clear()
         self._seen = 0
         self.plan = plan
