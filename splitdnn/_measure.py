@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from splitdnn import graph
-from splitdnn.errors import ConfigError, PlanError
+from splitdnn.errors import CodecError, ConfigError, PlanError
 from splitdnn.schema import TensorMeta
 
 #: A clock in seconds, like :func:`time.perf_counter`.
@@ -110,6 +110,59 @@ def record_values(
     rec = Recorder(module, on_value)
     result = rec.run(*inputs)
     return rec.record, result
+
+
+class _EncodeTimer(fx.Interpreter):
+    """Runs the graph once, encoding each watched node's value with one codec the moment the node
+    has produced it, timed: the edge client encodes a boundary tensor right after the head computed
+    it, on caches the head just filled, which costs more than encoding the same array again."""
+
+    def __init__(self, module: fx.GraphModule, watched: frozenset[str], encode: Callable[[Any], None],
+                 timer: Timer, sync: Callable[[], None]) -> None:  # fmt: skip
+        super().__init__(module)
+        self.watched, self.encode, self.timer, self.sync = watched, encode, timer, sync
+        self.seconds: dict[str, float] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if n.name in self.watched:
+            self.sync()
+            t0 = self.timer()
+            ok = True
+            try:
+                self.encode(result)
+            except CodecError:  # this codec refuses this value (fp16 beyond its range, ...)
+                ok = False
+            if ok:
+                self.seconds[n.name] = self.timer() - t0
+        return result
+
+
+def time_encodes_in_run(
+    module: fx.GraphModule,
+    inputs: tuple[Any, ...],
+    watched: Sequence[str],
+    encoders: Mapping[str, Callable[[Any], None]],
+    *,
+    repeats: int,
+    timer: Timer,
+    sync: Callable[[], None],
+) -> dict[tuple[str, str], list[float]]:
+    """Seconds each encoder takes on each watched node's value inside a run of the model: ``repeats``
+    rounds of one interpreted run per encoder (round-robin, each on a copy of ``inputs``), every
+    watched value encoded right after its node. ``encoders`` maps a name (a codec spec) to a function
+    of the node's value (the device-to-numpy step and the encode, as the client does them). Keys:
+    ``(node, encoder name)``; a pair is missing when the encoder raised :class:`CodecError` on it."""
+    names = frozenset(watched)
+    out: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for key, encode in encoders.items():
+            run = _EncodeTimer(module, names, encode, timer, sync)
+            # a fresh copy each run: an in-place node may write to the model's input
+            run.run(*(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs))
+            for node, seconds in run.seconds.items():
+                out.setdefault((node, key), []).append(seconds)
+    return out
 
 
 def node_callable(

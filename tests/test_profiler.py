@@ -523,3 +523,75 @@ def test_codec_times_are_medians_scaled_by_the_slowdown() -> None:
     assert [r.encode_ms for r in results] == pytest.approx([4.0, 4.0])  # 1 ms per reading, x4
     assert [r.decode_ms for r in results] == pytest.approx([4.0, 4.0])
     assert measure(np.array([1.0, np.nan], np.float32), ("raw",)) == ()
+
+
+def test_encodes_are_timed_right_after_their_node_inside_a_model_run(chain) -> None:
+    from splitdnn._measure import time_encodes_in_run
+    from splitdnn.errors import CodecError
+
+    clock = VirtualClock()
+    charge(chain, clock)  # the modules cost 1, 2, 3 ... ms: none of it may count as encode time
+    seen: list[tuple[str, float]] = []
+
+    def slow(value: Any) -> None:  # 2 ms, and notes what it was given
+        seen.append(("slow", float(value.min())))
+        clock.now += 2e-3
+
+    def refuses(value: Any) -> None:
+        if value.dim() == 4:
+            raise CodecError("4-d values refused")
+        clock.now += 5e-3
+
+    x = chain.example_inputs[0].clone()
+    assert (x < 0).any()
+    with torch.inference_mode():
+        got = time_encodes_in_run(
+            chain.module, (x,), ["x", "conv", "flatten"], {"slow": slow, "refuses": refuses},
+            repeats=3, timer=clock, sync=lambda: None,
+        )  # fmt: skip
+    assert got[("x", "slow")] == pytest.approx([2e-3] * 3)
+    assert got[("flatten", "refuses")] == pytest.approx([5e-3] * 3)
+    assert ("x", "refuses") not in got and ("conv", "refuses") not in got
+    assert set(got) == {("x", "slow"), ("conv", "slow"), ("flatten", "slow"), ("flatten", "refuses")}
+    # the input is encoded as it arrived, before the in-place ReLU after it zeroes its negatives;
+    # and every run starts from the caller's input, which stays untouched
+    assert [m for name, m in seen[::3]] == pytest.approx([float(x.min())] * 3)
+    assert torch.equal(x, chain.example_inputs[0])
+
+
+def test_the_profile_keeps_the_encode_time_measured_inside_a_model_run(
+    chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import splitdnn.profiler as profiler
+
+    asked: dict[str, Any] = {}
+
+    def fake(module: Any, inputs: Any, watched: Any, encoders: Any, **kw: Any) -> Any:
+        asked.update(watched=list(watched), encoders=sorted(encoders), repeats=kw["repeats"])
+        return {("conv", "zstd"): [1e-3, 3e-3, 2e-3]}  # only this pair: the others keep theirs
+
+    monkeypatch.setattr(profiler, "time_encodes_in_run", fake)
+    prof = profile_model(chain, codecs=("raw", "zstd"), slowdown=4.0, codec_repeats=3, **FAST)
+    assert asked["encoders"] == ["raw", "zstd"] and asked["repeats"] == 3
+    assert set(asked["watched"]) == {n.name for n in prof.nodes if n.codecs}
+    assert prof.node("conv").codec("zstd").encode_ms == pytest.approx(8.0)  # median 2 ms, x4
+    # the rest is measure()'s, on a 2x4x8x8 array: microseconds, far under the fake's 8 ms
+    assert prof.node("conv").codec("raw").encode_ms < 1.0
+    assert prof.node("conv").codec("zstd").decode_ms < 1.0
+
+
+def test_the_in_run_encoder_is_the_clients_send_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from splitdnn import codec
+    from splitdnn.errors import CodecError
+    from splitdnn.profiler import _encoder
+
+    calls: list[np.ndarray] = []
+    real = codec.encode
+    monkeypatch.setattr(codec, "encode", lambda arr, spec: calls.append(arr) or real(arr, spec))
+    t = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4).transpose(1, 2)  # not contiguous
+    _encoder("zstd")(t)
+    assert calls[0].flags["C_CONTIGUOUS"] and np.array_equal(calls[0], t.numpy())
+    with pytest.raises(CodecError, match="float32"):
+        _encoder("zstd")(torch.ones(3, dtype=torch.int64))
