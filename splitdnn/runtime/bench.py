@@ -535,34 +535,50 @@ def _rescaled(profile: Profile, factor: float, what: str) -> Profile:
     return replace(scaled, slowdown=profile.slowdown)
 
 
+#: Seconds the refresh's timed runs are spread over (see refresh_profiles).
+REFRESH_SPAN_S = 1.0
+
+
 def refresh_profiles(
-    prepared: PreparedModel, config: BenchConfig, slowdown: float
+    prepared: PreparedModel, config: BenchConfig, slowdown: float, *, span_s: float = REFRESH_SPAN_S
 ) -> tuple[Profile, Profile, tuple[float, float]]:
     """The device (at ``slowdown``) and server profiles rescaled to how fast this machine is now.
 
     A shared machine's speed drifts (here: the same 1-thread MobileNetV2 run took 28 ms and then
     35 ms twenty minutes later), so profiles taken at the start of a long run go stale. Before each
     cell the whole model is run ``config.refresh_runs`` times as the device (its emulation clock,
-    times the slowdown) and as the server (its threads, wall clock); each profile is scaled by the
-    median's ratio to its fused total. The factors are recorded per cell (``profile_scale``)."""
+    times the slowdown) and as the server (its threads, wall clock), alternately, the rounds spread
+    over ``span_s`` seconds; each profile is scaled by its median's ratio to its fused total. The
+    factors are recorded per cell (``profile_scale``). Why spread: back to back, the runs took a
+    fraction of a second, and a neighbour's burst of load that long set a cell's scale (AlexNet x8,
+    5.85 Mbit/s: the device profile rescaled x1.18, then edge-only measured 23 % under its prediction,
+    and the plan's cut was chosen on inflated head times); spread, such a burst moves a minority of
+    the samples, and the median ignores it."""
     device, server = prepared.devices[slowdown], prepared.server
-    if config.refresh_runs == 0:
+    runs = config.refresh_runs
+    if runs == 0:
         return device, server, (1.0, 1.0)
     module, x = prepared.traced.module, prepared.x
+    device_clock = emulation_clock(config.device_threads, slowdown)
 
-    def median_ms(threads: int | None, clock: Callable[[], float]) -> float:
-        samples = []
+    def once(threads: int | None, clock: Callable[[], float]) -> float:
         with device_compute(threads):
-            module(x)  # warm-up
-            for _ in range(config.refresh_runs):
-                t = clock()
-                module(x)
-                samples.append((clock() - t) * 1e3)
-        return statistics.median(samples)
+            t = clock()
+            module(x)
+            return (clock() - t) * 1e3
 
-    d = slowdown * median_ms(config.device_threads, emulation_clock(config.device_threads, slowdown))
-    s = median_ms(config.server_threads, time.perf_counter)
-    fd, fs = d / device.total.median_ms, s / server.total.median_ms
+    once(config.device_threads, device_clock)  # warm-up
+    once(config.server_threads, time.perf_counter)
+    d_ms, s_ms = [], []
+    pause = span_s / (runs - 1) if runs > 1 else 0.0
+    for i in range(runs):
+        started = time.perf_counter()
+        d_ms.append(once(config.device_threads, device_clock))
+        s_ms.append(once(config.server_threads, time.perf_counter))
+        if i < runs - 1:
+            time.sleep(max(0.0, pause - (time.perf_counter() - started)))
+    fd = slowdown * statistics.median(d_ms) / device.total.median_ms
+    fs = statistics.median(s_ms) / server.total.median_ms
     return _rescaled(device, fd, "device"), _rescaled(server, fs, "server"), (fd, fs)
 
 

@@ -7,14 +7,17 @@ module. No timing is asserted (DESIGN section 7): only the structure and the def
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import statistics
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from splitdnn.cli import main
 from splitdnn.errors import ConfigError
@@ -238,3 +241,33 @@ def test_a_lost_cell_is_rematched_and_pooled(monkeypatch: pytest.MonkeyPatch) ->
     extra = _rematch(pinned, runs, (rival_cut, mine_cut), ctx)  # type: ignore[arg-type]
     assert calls[-1] == ["cut:a", "cut:b"]
     assert [c.label for c in extra] == ["rematch:cut:a", "rematch:cut:b"] and extra[0].cut == ("a",)
+
+
+def test_the_refresh_alternates_device_and_server_runs_spread_over_its_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of load shorter than the span moves a minority of the samples, not the median."""
+    from types import SimpleNamespace
+
+    import splitdnn.runtime.bench as bench
+
+    calls: list[tuple[float, int]] = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append((time.perf_counter(), torch.get_num_threads()))
+            return x
+
+    total = SimpleNamespace(median_ms=1.0)
+    prof = SimpleNamespace(total=total)
+    prepared = SimpleNamespace(devices={2.0: prof}, server=prof, traced=SimpleNamespace(module=Recording()),
+                               x=torch.ones(1))  # fmt: skip
+    monkeypatch.setattr(bench, "_rescaled", lambda p, f, what: what)
+    config = BenchConfig(models=("alexnet",), **{**TINY, "refresh_runs": 4, "device_threads": 1,
+                                                  "server_threads": 2})  # type: ignore[arg-type]  # fmt: skip
+    device, server, (fd, fs) = bench.refresh_profiles(prepared, config, 2.0, span_s=0.6)  # type: ignore[arg-type]
+    assert (device, server) == ("device", "server") and fd > 0 and fs > 0
+    assert [threads for _, threads in calls] == [1, 2] * 5  # a warm-up pair, then 4 alternating rounds
+    timed = [t for t, _ in calls[2::2]]
+    assert timed[-1] - timed[0] >= 0.55  # the 4 rounds span 0.6 s, not a burst of back-to-back runs
+    assert all(b - a >= 0.18 for a, b in itertools.pairwise(timed))
