@@ -37,6 +37,9 @@ __all__ = ["Pieces", "Run", "device_compute", "unsendable"]
 
 T = TypeVar("T")
 
+#: the least a request waits past its predicted remote time before it is finished on the device
+_OVERDUE_MIN_MS = 50.0
+
 
 @dataclass(frozen=True)
 class Pieces:
@@ -259,6 +262,30 @@ class Run:
                 wire[name] = _codec.encode(arr, spec, bfloat16=is_bf16)
         return wire, bf16
 
+    def _remote_ms(self) -> float:
+        """The plan's predicted time from the request leaving to its answer arriving."""
+        cost = self.plan.cost
+        return max(0.0, cost.total_ms - cost.compute_ms[0] - cost.encode_ms)
+
+    def _overdue_after_s(self, values: dict[str, Any] | None) -> float | None:
+        """How long to wait for the answer before finishing on the device instead (None: no limit).
+
+        When a link falls mid-run (18.88 -> 1.1 Mbit/s), the request already sent takes the new rate:
+        a second instead of the 70 ms predicted, and nothing re-plans until it is back. Waiting past
+        the prediction by as long as finishing locally would take, then finishing locally, is never
+        more than twice the better of the two choices in hindsight (the rent-or-buy argument), and
+        the abandoned transfer tells the estimator the link fell. The wait is at least twice the
+        prediction and 50 ms over it, so a request merely slower than predicted (a scheduling hiccup
+        on either end) is not given up. A server slowed by load looks the same from here; the
+        client's probes see the link as it is and bring the remote plan back.
+        """
+        c = self.c
+        remote_ms = self._remote_ms()
+        if values is None and self.plan.strategy != "cloud-only":
+            return None
+        local_ms = c.device_profile.total.median_ms - self.plan.cost.compute_ms[0]
+        return max(2.0 * remote_ms, remote_ms + _OVERDUE_MIN_MS, remote_ms + max(0.0, local_ms)) / 1e3
+
     def remote(self, inputs: Sequence[torch.Tensor]) -> Any:
         """The plan's head here, the rest on the server; finishes locally on a transient failure."""
         c, plan = self.c, self.plan
@@ -291,7 +318,23 @@ class Run:
         self.client_ms = (time.perf_counter() - t) * 1e3
         t_rpc = time.perf_counter()
         try:
-            response = model_infer(c._channel)(request, timeout=c.timeout_s, metadata=c._metadata)
+            with c._awaiting_server() as alone:
+                call = model_infer(c._channel).future(request, timeout=c.timeout_s, metadata=c._metadata)
+                # alone: with other requests of this client out, waiting is the server's queue too
+                wait_s = self._overdue_after_s(values) if c.fallback_local and alone else None
+                try:
+                    response = call.result(timeout=wait_s)
+                except grpc.FutureTimeoutError:
+                    if not call.cancel():  # it answered as we gave up
+                        response = call.result()
+                    else:  # no answer yet: the link fell (see _overdue_after_s)
+                        waited_ms = (time.perf_counter() - t_rpc) * 1e3
+                        self.network_ms = waited_ms
+                        c._observe_overdue(self.bytes_sent, waited_ms)
+                        return self._finish_locally(
+                            inputs, values, f"no answer after {waited_ms:.0f} ms (predicted "
+                            f"{self._remote_ms():.0f} ms): the link fell; finished on the device",
+                        )  # fmt: skip
         except grpc.RpcError as exc:
             err = translate_rpc_error(exc, f"ModelInfer({c.model_name!r})")
             self.network_ms = (time.perf_counter() - t_rpc) * 1e3

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +142,15 @@ def make_channel(
     return grpc.secure_channel(address, creds, options=options)
 
 
-_MODEL_INFER: weakref.WeakKeyDictionary[grpc.Channel, Callable[..., bytes]] = weakref.WeakKeyDictionary()
+_MODEL_INFER: weakref.WeakKeyDictionary[grpc.Channel, grpc.UnaryUnaryMultiCallable] = (
+    weakref.WeakKeyDictionary()
+)
 _MODEL_INFER_LOCK = threading.Lock()
 
 
-def model_infer(channel: grpc.Channel) -> Callable[..., bytes]:
-    """``channel``'s ModelInfer at the bytes level (serialized request in, serialized response out).
+def model_infer(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """``channel``'s ModelInfer at the bytes level (serialized request in, serialized response out;
+    call it, or ``.future(...)`` it).
 
     ``serde.encode_infer_request`` / ``serde.decode_infer_response`` do the conversions, with one copy
     of each tensor instead of protobuf's three. Same method, so the channel's retry policy applies.

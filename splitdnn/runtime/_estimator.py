@@ -143,6 +143,7 @@ class LinkEstimator:
         self.stepped = False  # whether the last observation was taken as a step of the link
         self.steps = 0  # steps seen so far
         self._last_step = 0  # the direction of the last sample if it was a step: -1 slower, 1 faster
+        self._overdue = False  # the sample being folded in is a request given up (observe_overdue)
 
     # observations ---------------------------------------------------------------------------------
 
@@ -166,6 +167,25 @@ class LinkEstimator:
             raise ConfigError(f"network_ms must be a finite number, found {network_ms!r}")
         # clock noise (the server's times are measured on another clock) can make it slightly < 0
         self._samples.append(LinkSample(bytes_up, bytes_down, max(0.0, float(network_ms)), self._clock()))
+
+    def observe_overdue(self, bytes_up: int, waited_ms: float) -> None:
+        """Fold in a request given up after ``waited_ms`` without an answer: its transfer takes at
+        least that long. When that is slower than the estimate, it is a step down, however far under
+        ``step_ratio`` (the caller gave up because the link fell), and the estimate restarts
+        ``step_ratio`` x under the rate it shows. That rate is only an upper bound, and erring low is
+        the cheap side: a plan that sends less (edge-only, whose probes re-measure the link every
+        quarter second) corrects a low estimate within about a second, while a plan chosen on the
+        bound sends a request into the fallen link and learns only when that one is given up too
+        (measured on the bench's 18.88 -> 1.1 Mbit/s step: a second request given up, 0.41 s lost).
+        """
+        self.remember(bytes_up, 0, waited_ms)
+        self._overdue = True
+        try:
+            self._update()
+        finally:
+            self._overdue = False
+        if self.stepped and self._step_ratio is not None:
+            self._ms_per_byte *= self._step_ratio
 
     def observe_ping(self, rtt_ms: float) -> None:
         """Fold in an empty round trip (a health or liveness RPC): a direct RTT sample."""
@@ -248,6 +268,8 @@ class LinkEstimator:
         # step up may have been too short to time, and only bounded the new rate from below
         up_ratio = _FOLLOW_RATIO if self._last_step > 0 else self._step_ratio
         down_ratio = _FOLLOW_RATIO if self._last_step < 0 else self._step_ratio
+        if self._overdue:
+            down_ratio = 1.0
         if excess >= down_ratio * expected:
             self._last_step = -1
             return True

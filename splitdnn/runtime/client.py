@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,7 @@ class SplitClient:
         self.last_decision: Decision | None = None
         self.requests = 0
         self.fallbacks = 0
+        self._remote_in_flight = 0  # requests of this client waiting for the server's answer
         self.notes: list[str] = []  # what the client assumed (shown by describe())
         try:
             planning = {
@@ -479,6 +481,18 @@ class SplitClient:
             self._down_until = 0.0
             self._backoff_s = _BACKOFF_START_S
 
+    @contextmanager
+    def _awaiting_server(self) -> Iterator[bool]:
+        """Around one request's wait for its answer; yields whether it is the only one waiting."""
+        with self._lock:
+            self._remote_in_flight += 1
+            alone = self._remote_in_flight == 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self._remote_in_flight -= 1
+
     def _count_fallback(self) -> None:
         with self._lock:
             self.fallbacks += 1
@@ -503,6 +517,13 @@ class SplitClient:
             if self.estimator.stepped or abs(now - planned) >= min_move * planned:
                 self.last_decision = self.planner.replan(self.estimator.link, step=self.estimator.stepped)
             return self.estimator.stepped and self.planner.plan.strategy == "edge-only"
+
+    def _observe_overdue(self, bytes_up: int, waited_ms: float) -> None:
+        """A request given up after ``waited_ms`` without an answer (see ``Run._overdue_after_s``)."""
+        with self._lock:
+            self.estimator.observe_overdue(bytes_up, waited_ms)
+            self._last_observed = time.monotonic()
+            self.last_decision = self.planner.replan(self.estimator.link, step=self.estimator.stepped)
 
     def _observe_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
         return self._observe(bytes_up, bytes_down, network_ms, min_move=_PROBE_MIN_MOVE)

@@ -214,10 +214,11 @@ def test_client_switches_to_edge_when_the_shaped_link_collapses(served) -> None:
             link.set_rates(uplink_mbps=0.5, rtt_ms=2.0)  # the link collapses
             for _ in range(4):  # one slow request may be a stall; a few show the change
                 assert torch.equal(client.infer(s.x), s.ref)
-                assert not _last(client).local
+                # the request caught by the fall is given up and finished on the device, or answered
+                assert not _last(client).local or "no answer after" in _last(client).fallback
                 if client.planner.switches > switches:
                     break
-            assert client.link.uplink_mbps < 5.0  # the estimator saw it
+            assert client.link.uplink_mbps < 5.0, client.describe()  # the estimator saw it
             # one switch, to a plan that sends much less: a later cut or nothing at all
             assert client.planner.switches == switches + 1
             assert client.last_decision is not None and client.last_decision.switched

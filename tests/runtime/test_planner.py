@@ -71,6 +71,34 @@ def test_a_bursty_link_is_priced_right_past_its_burst() -> None:
         assert _network_ms(lk, up) == pytest.approx(shaped_ms(up), rel=0.02)
 
 
+def test_a_request_given_up_is_a_step_down_even_under_step_ratio() -> None:
+    def settled() -> LinkEstimator:
+        est = LinkEstimator(Link(18.88, rtt_ms=20.0), alpha=0.25)  # step_ratio 5
+        est.observe_ping(20.0)
+        for _ in range(4):
+            est.observe(117_000, 0, _network_ms(Link(18.88, rtt_ms=20.0), 117_000))
+        return est
+
+    # given up after 220 ms: the transfer took 200 ms or more past the RTT, 4x the 49.6 ms expected
+    est = settled()
+    est.observe_overdue(117_000, 220.0)
+    assert est.stepped and est.steps == 1
+    # restarted step_ratio x under the rate it shows (an upper bound: the transfer was not done)
+    assert est.link.uplink_mbps == pytest.approx(117_000 * 8 / 200e3 / 5, rel=0.01)
+    # the same time as an answered request: 4x slower than expected is under step_ratio: smoothed
+    plain = settled()
+    plain.observe(117_000, 0, 220.0)
+    assert not plain.stepped and plain.link.uplink_mbps > 2 * est.link.uplink_mbps
+    # given up, but not slower than the estimate: no step
+    quick = settled()
+    quick.observe_overdue(117_000, 60.0)
+    assert not quick.stepped and quick.link.uplink_mbps > 15.0
+    with pytest.raises(ConfigError, match="bytes_up"):
+        quick.observe_overdue(-1, 10.0)
+    with pytest.raises(ConfigError, match="network_ms"):
+        quick.observe_overdue(1000, float("nan"))
+
+
 def test_pings_anchor_the_rtt_for_a_single_cut() -> None:
     true = Link(1.1, rtt_ms=40.0)
     est = LinkEstimator(Link(18.0, rtt_ms=5.0), alpha=1.0)
