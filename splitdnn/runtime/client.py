@@ -34,7 +34,12 @@ What one :meth:`SplitClient.infer` does, and why:
    buffer larger than the largest request: gRPC does not retry a request it could not buffer). When
    the server stays unreachable, the deadline passes or the server is overloaded, the request
    finishes locally (``fallback_local``), from the head's outputs when the head already ran, and the
-   server is left alone for a growing back-off. Errors that mean misconfiguration (credentials, a
+   server is left alone for a growing back-off. A request that gets no answer once it has waited past
+   its prediction as long as finishing locally would take (at least 2 x the prediction and 50 ms
+   over it) is given up and finished locally too, and the estimator takes it as a step down of the
+   link: a link that falls while a request is out is acted on within that request, not after the
+   slow transfer (``Run._overdue_after_s``; only while no other request of the client is waiting,
+   when the wait could be the server's queue). Errors that mean misconfiguration (credentials, a
    model or weights mismatch, a malformed request) are raised, never hidden by a local run. Every
    ``grpc.RpcError`` is translated into :mod:`splitdnn.errors` (``raise ... from``).
 
