@@ -379,7 +379,8 @@ ZSTD = ((b"raw", b""), (b"zstd", b"\x03"))
         (_header(dtype=0, payload=bytes(8)), "unknown dtype code 0"),
         (_header(dims=(1,) * 9), "rank 9 exceeds the maximum 8"),
         (_header(dims=(2**32,)), "dim 0 is 4294967296; the maximum is 4294967295"),
-        (_header(dims=(2**32 - 1,) * 3), "elements; the maximum is 1099511627776"),
+        (_header(dims=(2**32 - 1,) * 3), "elements .* the maximum is 1099511627776"),
+        (_header(dims=(0, 2**32 - 1, 2**32 - 1)), "zero dimensions counted as 1"),
         (
             _header(dims=(2**20, 2**18)),
             "frame decodes to 1099511627776 bytes .* over the cap max_decoded_bytes=",

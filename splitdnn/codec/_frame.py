@@ -201,11 +201,15 @@ def _parse(frame: Buffer, max_decoded_bytes: int):
     for i, d in enumerate(shape):
         if d > MAX_DIM:
             raise CodecError(f"dim {i} is {d}; the maximum is {MAX_DIM}")
-    n = 1
+    n = extent = 1
     for d in shape:
         n *= d  # Python ints: no overflow, and every factor is already bounded
-    if n > MAX_ELEMENTS:
-        raise CodecError(f"shape {shape} has {n} elements; the maximum is {MAX_ELEMENTS}")
+        extent *= max(d, 1)
+    if extent > MAX_ELEMENTS:  # numpy cannot even describe an empty array this wide
+        raise CodecError(
+            f"shape {shape} has {extent} elements (zero dimensions counted as 1); the maximum is "
+            f"{MAX_ELEMENTS}"
+        )
     decoded = n * dtype.itemsize
     if decoded > max_decoded_bytes:
         raise CodecError(

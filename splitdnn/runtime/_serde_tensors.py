@@ -120,7 +120,7 @@ def check_shape(shape: Sequence[int], name: str) -> tuple[tuple[int, ...], int]:
         raise WireError(
             f"tensor {show(name)} has rank {len(shape)}; the maximum is {MAX_RANK}; send fewer dimensions"
         )
-    n = 1
+    n = extent = 1
     for i, d in enumerate(shape):
         if d < 0 or d > MAX_DIM:
             raise WireError(
@@ -128,6 +128,12 @@ def check_shape(shape: Sequence[int], name: str) -> tuple[tuple[int, ...], int]:
                 f"for metadata, a request states the real size)"
             )
         n *= d
+        extent *= max(d, 1)
+    if extent > codec.MAX_ELEMENTS:  # numpy cannot even describe an empty array this wide
+        raise WireError(
+            f"tensor {show(name)} has shape {list(shape)}: {extent} elements with its zero dimensions "
+            f"counted as 1; the maximum is {codec.MAX_ELEMENTS}"
+        )
     return tuple(int(d) for d in shape), n
 
 

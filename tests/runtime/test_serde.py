@@ -209,8 +209,11 @@ def _raw(datatype: str, shape: list[int], data: bytes, name: str = "x") -> v2_pb
         (_raw("FP32", [2, -1], b""), "dimension 1 = -1"),
         (_raw("FP32", [2**33], b""), "dimension 0"),
         (_raw("FP32", [1] * 9, b"\0" * 4), "rank 9"),
-        # 2**32-1 squared elements: compared to the 8 bytes given in Python ints, nothing allocated
-        (_raw("FP32", [2**32 - 1, 2**32 - 1], b"\0" * 8), "raw bytes, found 8"),
+        # 2**39 elements (2 TiB): compared to the 8 bytes given in Python ints, nothing allocated
+        (_raw("FP32", [2**20, 2**19], b"\0" * 8), "raw bytes, found 8"),
+        (_raw("FP32", [2**32 - 1, 2**32 - 1], b"\0" * 8), "the maximum is 1099511627776"),
+        # empty, but numpy cannot describe it: found by the fuzz test below (a BOOL tensor, 0 bytes)
+        (_raw("BOOL", [0, 691, 37127175, 359517285], b""), "zero dimensions counted as 1"),
         (_raw("COMPLEX", [1], b"\0" * 8), "datatype 'COMPLEX'"),
         (_raw("BYTES", [1], b"\0"), "datatype 'BYTES'"),
         (_raw("FP32", [1], b"\0" * 4, name=""), "empty name"),
