@@ -279,11 +279,10 @@ class Run:
         on either end) is not given up. A server slowed by load looks the same from here; the
         client's probes see the link as it is and bring the remote plan back.
         """
-        c = self.c
-        remote_ms = self._remote_ms()
         if values is None and self.plan.strategy != "cloud-only":
             return None
-        local_ms = c.device_profile.total.median_ms - self.plan.cost.compute_ms[0]
+        remote_ms = self._remote_ms()
+        local_ms = self.c.device_profile.total.median_ms - self.plan.cost.compute_ms[0]
         return max(2.0 * remote_ms, remote_ms + _OVERDUE_MIN_MS, remote_ms + max(0.0, local_ms)) / 1e3
 
     def remote(self, inputs: Sequence[torch.Tensor]) -> Any:
@@ -330,7 +329,7 @@ class Run:
                     else:  # no answer yet: the link fell (see _overdue_after_s)
                         waited_ms = (time.perf_counter() - t_rpc) * 1e3
                         self.network_ms = waited_ms
-                        c._observe_overdue(self.bytes_sent, waited_ms)
+                        c._observe(self.bytes_sent, 0, waited_ms, overdue=True)
                         return self._finish_locally(
                             inputs, values, f"no answer after {waited_ms:.0f} ms (predicted "
                             f"{self._remote_ms():.0f} ms): the link fell; finished on the device",

@@ -143,7 +143,6 @@ class LinkEstimator:
         self.stepped = False  # whether the last observation was taken as a step of the link
         self.steps = 0  # steps seen so far
         self._last_step = 0  # the direction of the last sample if it was a step: -1 slower, 1 faster
-        self._overdue = False  # the sample being folded in is a request given up (observe_overdue)
 
     # observations ---------------------------------------------------------------------------------
 
@@ -179,11 +178,7 @@ class LinkEstimator:
         (measured on the bench's 18.88 -> 1.1 Mbit/s step: a second request given up, 0.41 s lost).
         """
         self.remember(bytes_up, 0, waited_ms)
-        self._overdue = True
-        try:
-            self._update()
-        finally:
-            self._overdue = False
+        self._update(down_ratio=1.0)
         if self.stepped and self._step_ratio is not None:
             self._ms_per_byte *= self._step_ratio
 
@@ -215,9 +210,10 @@ class LinkEstimator:
         while self._samples and now - self._samples[0].at_s > self._max_age_s:
             self._samples.popleft()
 
-    def _update(self) -> None:
+    def _update(self, *, down_ratio: float | None = None) -> None:
+        """Fold in the newest sample; ``down_ratio`` overrides how much slower it must be to be a step."""
         self._expire()
-        self.stepped = self._is_step(self._samples[-1])
+        self.stepped = self._is_step(self._samples[-1], down_ratio)
         if self.stepped:  # restart from this sample: older sized samples describe another link
             newest = self._samples.pop()
             kept = [s for s in self._samples if self._x(s) == 0]
@@ -257,7 +253,7 @@ class LinkEstimator:
         self._ms_per_byte = self._ewma(self._ms_per_byte, _median(self._recent), self._updates)
         self._updates += 1
 
-    def _is_step(self, s: LinkSample) -> bool:
+    def _is_step(self, s: LinkSample, down_ratio_override: float | None = None) -> bool:
         """Whether ``s`` alone shows the link ``step_ratio`` x slower or faster than estimated."""
         x = self._x(s)
         if self._step_ratio is None or x == 0 or self._updates == 0:
@@ -268,8 +264,8 @@ class LinkEstimator:
         # step up may have been too short to time, and only bounded the new rate from below
         up_ratio = _FOLLOW_RATIO if self._last_step > 0 else self._step_ratio
         down_ratio = _FOLLOW_RATIO if self._last_step < 0 else self._step_ratio
-        if self._overdue:
-            down_ratio = 1.0
+        if down_ratio_override is not None:
+            down_ratio = down_ratio_override
         if excess >= down_ratio * expected:
             self._last_step = -1
             return True

@@ -508,27 +508,28 @@ class SplitClient:
                 self.notes.append(text)
                 del self.notes[:-_MAX_NOTES]
 
-    def _observe(self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = 0.0) -> bool:
+    def _observe(
+        self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = 0.0,
+        overdue: bool = False,
+    ) -> bool:  # fmt: skip
         """Fold in a request or probe and re-plan; True when it was a step and the plan is still edge-only
         (a probe then measures again at once, sized for the new estimate).
 
         ``min_move`` > 0 (probes) re-plans only on a step or when the uplink estimate moved by more
         than that fraction since the plan was made: a re-plan is a solve, device CPU that competes with
-        the device's own inference, and a probe on a steady link changes nothing."""
+        the device's own inference, and a probe on a steady link changes nothing. ``overdue``: a
+        request given up after ``network_ms`` without an answer (``Run._overdue_after_s``; nothing
+        received)."""
         with self._lock:
-            self.estimator.observe(bytes_up, bytes_down, network_ms)
+            if overdue:
+                self.estimator.observe_overdue(bytes_up, network_ms)
+            else:
+                self.estimator.observe(bytes_up, bytes_down, network_ms)
             self._last_observed = time.monotonic()
             planned, now = self.planner.link.uplink_mbps, self.estimator.link.uplink_mbps
             if self.estimator.stepped or abs(now - planned) >= min_move * planned:
                 self.last_decision = self.planner.replan(self.estimator.link, step=self.estimator.stepped)
             return self.estimator.stepped and self.planner.plan.strategy == "edge-only"
-
-    def _observe_overdue(self, bytes_up: int, waited_ms: float) -> None:
-        """A request given up after ``waited_ms`` without an answer (see ``Run._overdue_after_s``)."""
-        with self._lock:
-            self.estimator.observe_overdue(bytes_up, waited_ms)
-            self._last_observed = time.monotonic()
-            self.last_decision = self.planner.replan(self.estimator.link, step=self.estimator.stepped)
 
     def _observe_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
         return self._observe(bytes_up, bytes_down, network_ms, min_move=_PROBE_MIN_MOVE)

@@ -21,7 +21,9 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -170,69 +172,65 @@ def test_probe_notices_a_recovered_link(live: Live) -> None:
     assert b is not None and not b.local and torch.equal(y, live.ref)
 
 
+@contextmanager
+def _offloading(live: Live, **kw: Any) -> Iterator[tuple[ShapedLink, SplitClient]]:
+    """A client that offloads over a fast shaped link (tests change the link's rate mid-run): a device
+    5x slower than this machine and a server 5x faster, no link probes."""
+    device = scale_profile(live.device, 0.2)
+    server = scale_profile(live.device, 5.0)
+    with ShapedLink(live.server.address, uplink_mbps=200.0, downlink_mbps=200.0, rtt_ms=2.0) as link:
+        with SplitClient(
+            link.address, live.traced, device_profile=device, server_profile=server,
+            link=Link(200.0, rtt_ms=2.0), probe_interval_s=None, **kw,
+        ) as client:  # fmt: skip
+            yield link, client
+
+
 def test_a_request_caught_by_a_falling_link_finishes_on_the_device(live: Live) -> None:
     """The link falls while a split request is out: the client stops waiting once it has waited past
     the prediction as long as the local finish takes, finishes on the device (the exact output), and
     the estimate and the plan follow the fall at once instead of after the slow transfer."""
-    device = scale_profile(live.device, 0.2)  # a device 5x slower than this machine...
-    server = scale_profile(live.device, 5.0)  # ...and a server 5x faster: remote wins on a fast link
-    with ShapedLink(live.server.address, uplink_mbps=200.0, downlink_mbps=200.0, rtt_ms=2.0) as link:
-        with SplitClient(
-            link.address, live.traced, device_profile=device, server_profile=server,
-            link=Link(200.0, rtt_ms=2.0), probe_interval_s=None,
-        ) as client:  # fmt: skip
-            for _ in range(3):
-                assert torch.equal(client.infer(live.x), live.ref)
-            b = client.last_breakdown
-            assert b is not None and not b.local and b.bytes_sent > 8000, client.describe()
-            slow_s = b.bytes_sent * 8 / 0.05e6  # the same bytes at 0.05 Mbit/s
-            link.set_rates(uplink_mbps=0.05, downlink_mbps=200.0)
-            t = time.perf_counter()
-            y = client.infer(live.x)
-            took = time.perf_counter() - t
-            gave_up = client.last_breakdown
-            assert torch.equal(y, live.ref)
-            assert gave_up is not None and gave_up.local and "no answer after" in gave_up.fallback
-            assert took < 0.5 * slow_s, (took, slow_s)
-            # the estimate fell at once (to a fifth of the bound the abandoned transfer gives)
-            assert client.link.uplink_mbps < 2.0, client.describe()
-            assert client.estimator.stepped and client.plan.strategy == "edge-only", client.describe()
+    with _offloading(live) as (link, client):
+        for _ in range(3):
+            assert torch.equal(client.infer(live.x), live.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local and b.bytes_sent > 8000, client.describe()
+        slow_s = b.bytes_sent * 8 / 0.05e6  # the same bytes at 0.05 Mbit/s
+        link.set_rates(uplink_mbps=0.05, downlink_mbps=200.0)
+        t = time.perf_counter()
+        y = client.infer(live.x)
+        took = time.perf_counter() - t
+        gave_up = client.last_breakdown
+        assert torch.equal(y, live.ref)
+        assert gave_up is not None and gave_up.local and "no answer after" in gave_up.fallback
+        assert took < 0.5 * slow_s, (took, slow_s)
+        # the estimate fell at once (to a fifth of the bound the abandoned transfer gives)
+        assert client.link.uplink_mbps < 2.0, client.describe()
+        assert client.estimator.stepped and client.plan.strategy == "edge-only", client.describe()
 
 
 def test_a_request_is_not_given_up_without_a_local_fallback(live: Live) -> None:
-    device = scale_profile(live.device, 0.2)
-    server = scale_profile(live.device, 5.0)
-    with ShapedLink(live.server.address, uplink_mbps=200.0, downlink_mbps=200.0, rtt_ms=2.0) as link:
-        with SplitClient(
-            link.address, live.traced, device_profile=device, server_profile=server,
-            link=Link(200.0, rtt_ms=2.0), probe_interval_s=None, fallback_local=False,
-        ) as client:  # fmt: skip
-            assert torch.equal(client.infer(live.x), live.ref)
-            b = client.last_breakdown
-            assert b is not None and not b.local
-            link.set_rates(uplink_mbps=b.bytes_sent * 8 / 0.6e6, downlink_mbps=200.0)  # ~0.6 s
-            assert torch.equal(client.infer(live.x), live.ref)  # waited for the server's answer
-            b = client.last_breakdown
-            assert b is not None and not b.local and b.network_ms > 400, b
+    with _offloading(live, fallback_local=False) as (link, client):
+        assert torch.equal(client.infer(live.x), live.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local
+        link.set_rates(uplink_mbps=b.bytes_sent * 8 / 0.6e6, downlink_mbps=200.0)  # ~0.6 s
+        assert torch.equal(client.infer(live.x), live.ref)  # waited for the server's answer
+        b = client.last_breakdown
+        assert b is not None and not b.local and b.network_ms > 400, b
 
 
 def test_a_request_merely_slower_than_predicted_is_not_given_up(live: Live) -> None:
-    device = scale_profile(live.device, 0.2)
-    server = scale_profile(live.device, 5.0)
-    with ShapedLink(live.server.address, uplink_mbps=200.0, downlink_mbps=200.0, rtt_ms=2.0) as link:
-        with SplitClient(
-            link.address, live.traced, device_profile=device, server_profile=server,
-            link=Link(200.0, rtt_ms=2.0), probe_interval_s=None,
-        ) as client:  # fmt: skip
+    with _offloading(live) as (link, client):
+        assert torch.equal(client.infer(live.x), live.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local
+        # the transfer now takes ~20 ms more than predicted: under the 50 ms the client waits past it
+        link.set_rates(uplink_mbps=b.bytes_sent * 8 / 20e3, downlink_mbps=200.0)
+        for _ in range(3):
             assert torch.equal(client.infer(live.x), live.ref)
             b = client.last_breakdown
-            assert b is not None and not b.local
-            # the transfer now takes ~20 ms more than predicted: under the 50 ms the client waits past it
-            link.set_rates(uplink_mbps=b.bytes_sent * 8 / 20e3, downlink_mbps=200.0)
-            for _ in range(3):
-                assert torch.equal(client.infer(live.x), live.ref)
-                b = client.last_breakdown
-                assert b is not None and not b.local and not b.fallback, b
+            assert b is not None and not b.local and not b.fallback, b
 
 
 def test_probing_can_be_turned_off(live: Live) -> None:
