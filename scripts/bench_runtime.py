@@ -47,10 +47,12 @@ Issue 4 asks for two numbers, both measured here on one machine (client and serv
    completes inside the window: requests/s, latency p50/p99 (all rounds pooled), the batch size the
    server reports (``splitdnn.batch_size``), and the ratio of throughputs.
 
-Then the overhead pass runs again with glibc's ``M_TOP_PAD`` (``--malloc-top-pad-mib``, 64 MiB) in
-both processes: a fresh server process started with ``MALLOC_TOP_PAD_`` and ``mallopt`` in this one
-(last, as it cannot be undone here). With glibc's defaults a freed ~1 MB buffer at the top of the heap
-is returned to the kernel and the next one faults its pages in again; a diagnostic, not a default.
+Memory: both processes run as splitdnn's commands do, with glibc's malloc keeping freed tensor-sized
+buffers mapped (``splitdnn.runtime.memory.keep_freed_memory``: the tail server sets it for its process,
+the echo included; ``splitdnn run`` for the client's). Before that, the overhead pass runs once with
+glibc's defaults in both processes (a server process with ``ServerConfig(keep_freed_memory=False)``, this
+process untouched; first, as ``mallopt`` cannot be undone here; ``--skip-malloc-defaults`` to skip it).
+Each variant's minor page faults per call are counted in both processes.
 
 The servers run in a child process (``--serve-child``), so the client threads and the server do not
 share one Python interpreter lock; they do share the machine's cores. torch uses its default thread
@@ -60,7 +62,7 @@ count in the server (reported); the client process computes nothing but serde.
         [--sizes 65536,1048576,4194304] [--repeats 300,300,60] [--warmup 10]
         [--clients 16] [--max-batch-size 8] [--max-queue-delay-ms 2] [--rounds 4]
         [--duration-s 8] [--warmup-s 1.5] [--tail-input 112] [--cut layer3_1_relu_1]
-        [--malloc-top-pad-mib 64] [--no-client] [--wire] [--skip-batching]
+        [--skip-malloc-defaults] [--no-client] [--wire] [--skip-batching]
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
                 ModelSpec("identity", name=f"identity_{n}", module=identity(), input_shapes=(shape_of(n),))
                 for n in cfg["sizes"]
             ),
+            keep_freed_memory=cfg["keep_freed_memory"],
         ),
     ).start()
     batching: dict[str, Any] = {}
@@ -202,6 +205,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
                 models=(ModelSpec(TAIL_MODEL, input_shapes=((1, 3, cfg["tail_input"], cfg["tail_input"]),)),),
                 max_batch_size=max_batch,
                 max_queue_delay_ms=cfg["max_queue_delay_ms"],
+                keep_freed_memory=cfg["keep_freed_memory"],
             ),
         ).start()
     info: dict[str, Any] = {}
@@ -228,7 +232,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "pid": os.getpid(),
-        "malloc_top_pad_env": os.environ.get("MALLOC_TOP_PAD_"),
+        "keep_freed_memory": cfg["keep_freed_memory"],
     }
     print(READY + json.dumps(info), flush=True)
     try:
@@ -279,6 +283,38 @@ class ServerProcess:
 
 # --------------------------------------------------------------------------------------------------
 # part 1: per-request overhead against a raw echo
+
+
+def _minor_faults(pid: int | None = None) -> int | None:
+    """Minor page faults so far of this process (``pid`` None) or of process ``pid`` (Linux only)."""
+    if pid is None:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[7])  # minflt: field 10 of proc(5), the 8th after the command name
+
+
+def _rss_mib(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MiB (Linux only)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def rss_around(info: dict[str, Any], measure: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+    """``measure()``'s result, and both processes' resident memory before and after it (MiB)."""
+    before = {"client": _rss_mib(), "server": _rss_mib(info["pid"])}
+    result = measure()
+    after = {"client": _rss_mib(), "server": _rss_mib(info["pid"])}
+    return result, {"before": before, "after": after}
 
 
 def _overhead_for_size(
@@ -392,18 +428,26 @@ def _overhead_for_size(
         variants["client"] = call_client
     labels = list(variants)
     wall: dict[str, list[float]] = {k: [] for k in labels}
+    faults: dict[str, dict[str, list[int]]] = {k: {"client": [], "server": []} for k in labels}
+    pid = info.get("pid")
     try:
         for i in range(warmup + repeats):
             if i == warmup:  # forget the warm-up
                 wall = {k: [] for k in labels}
+                faults = {k: {"client": [], "server": []} for k in labels}
                 server_ms.clear()
                 rpc_s.clear()
                 build_s.clear()
             shift = i % len(labels)
             for label in labels[shift:] + labels[:shift]:
+                c0, s0 = _minor_faults(), _minor_faults(pid)
                 t0 = time.perf_counter()
                 variants[label]()
                 wall[label].append(time.perf_counter() - t0)
+                c1, s1 = _minor_faults(), _minor_faults(pid)
+                for side, a, b in (("client", c0, c1), ("server", s0, s1)):
+                    if a is not None and b is not None:
+                        faults[label][side].append(b - a)
     finally:
         if client is not None:
             client.close()
@@ -415,6 +459,9 @@ def _overhead_for_size(
     for label in labels:
         s = np.asarray(wall[label])
         row: dict[str, Any] = {"wall_ms": _spread(s)}
+        row["minor_faults_per_call_mean"] = {  # a mean: a few calls may fault a whole buffer in
+            side: round(float(np.mean(v)), 1) if v else None for side, v in faults[label].items()
+        }
         if label != "echo":
             paired = s / echo_s
             row["ratio_of_medians"] = round(float(np.median(s) / np.median(echo_s)), 4)
@@ -612,23 +659,6 @@ def measure_batching(
     return out
 
 
-def set_malloc_top_pad(nbytes: int) -> bool:
-    """glibc ``mallopt(M_TOP_PAD, nbytes)`` in this process (what ``MALLOC_TOP_PAD_`` does at start).
-
-    With glibc's defaults a freed 1 MB buffer at the top of the heap is given back to the kernel
-    (trimmed) and the next one faults its pages in again, zeroed; a top pad keeps that memory mapped.
-    False where this is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-2, int(nbytes)))  # M_TOP_PAD = -2
-    except (OSError, AttributeError):
-        return False
-
-
 # --------------------------------------------------------------------------------------------------
 # machine, goals, report
 
@@ -691,13 +721,15 @@ def code_state() -> dict[str, Any]:
 
 
 def goals(
-    overhead: list[dict[str, Any]], batching: dict[str, Any] | None, padded: dict[str, Any] | None = None
+    overhead: list[dict[str, Any]],
+    batching: dict[str, Any] | None,
+    malloc_defaults: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for variant in ("v2_raw", "v2_wire"):
         for key, rows in (
             (f"overhead_1MiB_{variant}", overhead),
-            (f"overhead_1MiB_{variant}_top_pad", (padded or {}).get("sizes", [])),
+            (f"overhead_1MiB_{variant}_malloc_defaults", malloc_defaults or []),
         ):
             target = next((r for r in rows if r["bytes"] == GOAL_SIZE), None)
             if target is not None and variant in target["variants"]:
@@ -729,8 +761,9 @@ def _size(n: int) -> str:
 def _overhead_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| size | variant | wall ms | ratio of medians | per-repeat ratio | stub call ms "
-        "| client build / parse ms | server queue / compute / decode ms |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| client build / parse ms | server queue / compute / decode ms "
+        "| page faults client / server (mean) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         for label, v in row["variants"].items():
@@ -753,9 +786,11 @@ def _overhead_table(rows: list[dict[str, Any]]) -> list[str]:
                 f"{v['client_build_ms_median']:.3f} / {v['client_parse_ms_median']:.3f}"
                 if "client_build_ms_median" in v else "—"
             )  # fmt: skip
+            flt = v.get("minor_faults_per_call_mean", {})
+            flt_s = " / ".join("—" if flt.get(k) is None else f"{flt[k]:.0f}" for k in ("client", "server"))
             lines.append(
                 f"| {_size(row['bytes'])} ({row['repeats']} repeats) | {name} | {w['median']:.3f} "
-                f"[{w['p10']:.3f}–{w['p90']:.3f}] | {ratio} | {paired} | {rpc} | {cl} | {srv_s} |"
+                f"[{w['p10']:.3f}–{w['p90']:.3f}] | {ratio} | {paired} | {rpc} | {cl} | {srv_s} | {flt_s} |"
             )
     return lines
 
@@ -833,22 +868,33 @@ def to_markdown(result: dict[str, Any]) -> str:
             *_attribution(result["overhead"]),
             "",
         ]
-        pad = result.get("overhead_malloc_top_pad")
-        if pad is not None:
+        defaults = result.get("overhead_malloc_defaults")
+        if defaults:
             lines += [
-                f"### The same pass with glibc's `M_TOP_PAD` = {pad['top_pad_bytes'] >> 20} MiB "
-                "in both processes",
+                "### The same pass with glibc's malloc defaults in both processes",
                 "",
-                "A second server process started with `MALLOC_TOP_PAD_`, and `mallopt(M_TOP_PAD)` in the "
-                "client, run after the pass above (same method, its own echo baseline). Why: with glibc's "
-                "defaults a freed ~1 MB buffer at the top of the heap can be given back to the kernel, "
-                "and the next one then faults its pages in again, zeroed; the pad keeps them mapped. "
-                "How much that costs depends on the heap's history (what the process allocated before), "
-                "so compare the two tables, not single numbers. A deployment knob, not splitdnn's default.",
+                "Run first (`mallopt` cannot be undone in the client process), with its own server process "
+                "(`ServerConfig(keep_freed_memory=False)`) and its own echo baseline. With glibc's defaults "
+                "a freed tensor-sized buffer is often unmapped or trimmed, and the next request's buffer "
+                "faults its pages in again (the last column); splitdnn's commands keep such buffers "
+                "mapped (`splitdnn.runtime.memory`), as in the table above.",
                 "",
-                *_overhead_table(pad["sizes"]),
+                *_overhead_table(defaults),
                 "",
             ]
+            rss = [(label, s.get(key)) for label, key in (("glibc defaults", "rss_mib_malloc_defaults_pass"),
+                                                          ("kept mapped", "rss_mib_main_pass"))]  # fmt: skip
+            if all(r is not None for _, r in rss):
+                lines += [
+                    "The price is memory: resident MiB before → after the overhead pass, "
+                    + "; ".join(
+                        f"{label}: server {r['before']['server']} → {r['after']['server']}, client "
+                        f"{r['before']['client']} → {r['after']['client']}"
+                        for label, r in rss
+                    )
+                    + ".",
+                    "",
+                ]
     b = result.get("batching")
     if b is not None:
         lines += [
@@ -917,16 +963,18 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"  A bare v2 servicer with no splitdnn code is "
             f"{bare['variants']['v2_bare']['ratio_of_medians']:.2f}× with the stock protobuf client calls."
         )
-    pad_key = (
-        "overhead_1MiB_v2_wire_top_pad"
-        if "overhead_1MiB_v2_wire_top_pad" in g
-        else "overhead_1MiB_v2_raw_top_pad"
-    )
-    if pad_key in g:
-        o = g[pad_key]
+    key = next((k for k in ("overhead_1MiB_v2_wire_malloc_defaults", "overhead_1MiB_v2_raw_malloc_defaults")
+                if k in g), None)  # fmt: skip
+    if key is not None:
+        o = g[key]
+        d = next(r for r in result["overhead_malloc_defaults"] if r["bytes"] == GOAL_SIZE)["variants"]
+        m = next(r for r in result["overhead"] if r["bytes"] == GOAL_SIZE)["variants"]
+        variant = key.split("_", 2)[2].rsplit("_malloc_defaults", 1)[0]
         lines.append(
-            f"  With `M_TOP_PAD` (second pass, not the default): {o['ratio']:.2f}× — "
-            f"{'within' if o['met'] else 'still above'} the goal."
+            f"  With glibc's malloc defaults (the pass before): {o['ratio']:.2f}× against that pass's echo; "
+            f"absolute: {variant} {d[variant]['wall_ms']['median']:.2f} ms there, "
+            f"{m[variant]['wall_ms']['median']:.2f} ms here (echo {d['echo']['wall_ms']['median']:.2f} / "
+            f"{m['echo']['wall_ms']['median']:.2f} ms)."
         )
     if "batching" in g:
         o = g["batching"]
@@ -962,8 +1010,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cut", default="layer3_1_relu_1", help="ResNet-18 node whose output is sent")
     p.add_argument("--skip-batching", action="store_true")
     p.add_argument(
-        "--malloc-top-pad-mib", type=int, default=64,
-        help="repeat the overhead pass with glibc's M_TOP_PAD set to this in both processes (0: skip)",
+        "--skip-malloc-defaults", action="store_true",
+        help="skip the first overhead pass, with glibc's malloc defaults in both processes",
     )  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
@@ -1023,8 +1071,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_threads": "torch default (see server.torch_threads)",
         "client_torch_threads": 1,
         "max_message_bytes": MAX_MESSAGE,
-        "malloc_top_pad_mib_second_pass": args.malloc_top_pad_mib,
-        "env_MALLOC_TOP_PAD_": os.environ.get("MALLOC_TOP_PAD_"),
+        "malloc": "both processes keep freed buffers mapped (splitdnn.runtime.memory.keep_freed_memory)",
+        "malloc_defaults_pass_first": not args.skip_malloc_defaults,
+        "env_malloc": {
+            k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"
+        },
     }
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         cfg = {
@@ -1037,14 +1088,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cut": args.cut,
             "boundaries": max(1, args.clients),
             "boundary_path": str(Path(tmp) / "boundary.npy"),
+            "keep_freed_memory": True,
         }
+        defaults = None
+        if not args.skip_malloc_defaults:  # first: keep_freed_memory cannot be undone in this process
+            print("per-request overhead with glibc's malloc defaults in both processes:", flush=True)
+            server = ServerProcess({**cfg, "batching": False, "keep_freed_memory": False})
+            try:
+                defaults, settings["rss_mib_malloc_defaults_pass"] = rss_around(
+                    server.info,
+                    lambda: measure_overhead(
+                        server.info,
+                        sizes,
+                        repeats,
+                        args.warmup,
+                        with_client=not args.no_client,
+                        with_wire=args.wire,
+                    ),
+                )
+            finally:
+                server.close()
+        from splitdnn.runtime.memory import keep_freed_memory
+
+        client_malloc = keep_freed_memory()
+        settings["client_keep_freed_memory"] = client_malloc.applied or client_malloc.reason
         print("starting the servers (child process) ...", flush=True)
         server = ServerProcess(cfg)
         try:
             info = server.info
             print("per-request overhead against a raw gRPC echo:", flush=True)
-            overhead = measure_overhead(
-                info, sizes, repeats, args.warmup, with_client=not args.no_client, with_wire=args.wire
+            overhead, settings["rss_mib_main_pass"] = rss_around(
+                info,
+                lambda: measure_overhead(
+                    info, sizes, repeats, args.warmup, with_client=not args.no_client, with_wire=args.wire
+                ),
             )
             batching = None
             if not args.skip_batching:
@@ -1055,29 +1132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         finally:
             server.close()
-        padded = None
-        if args.malloc_top_pad_mib > 0:  # last: mallopt cannot be undone for what follows in this process
-            pad = args.malloc_top_pad_mib << 20
-            print(f"the same overhead pass with glibc's M_TOP_PAD = {args.malloc_top_pad_mib} MiB "
-                  "in both processes:", flush=True)  # fmt: skip
-            server = ServerProcess({**cfg, "batching": False}, env={"MALLOC_TOP_PAD_": str(pad)})
-            try:
-                applied = set_malloc_top_pad(pad)
-                padded = {
-                    "top_pad_bytes": pad,
-                    "client_mallopt_ok": applied,
-                    "server_env": f"MALLOC_TOP_PAD_={pad}",
-                    "sizes": measure_overhead(
-                        server.info,
-                        sizes,
-                        repeats,
-                        args.warmup,
-                        with_client=not args.no_client,
-                        with_wire=args.wire,
-                    ),
-                }
-            finally:
-                server.close()
     result: dict[str, Any] = {
         "benchmark": "runtime",
         "command": "python scripts/bench_runtime.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -1092,9 +1146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "overhead": overhead,
-        "overhead_malloc_top_pad": padded,
+        "overhead_malloc_defaults": defaults,
         "batching": batching,
-        "goals": goals(overhead, batching, padded),
+        "goals": goals(overhead, batching, defaults),
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     text = json.dumps(result, indent=2, allow_nan=False)

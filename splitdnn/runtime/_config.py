@@ -73,6 +73,8 @@ class ServerConfig:
     drain_s: float = 0.0  # stop(): time between health NOT_SERVING and refusing new requests
     max_connection_age_s: float | None = 300.0  # close connections this old so clients re-balance
     metrics_host: str | None = None  # metrics bind address; default: host
+    # glibc malloc keeps freed tensor-sized buffers mapped (process-wide; splitdnn.runtime.memory)
+    keep_freed_memory: bool = True
 
     def __post_init__(self) -> None:
         models = (self.models,) if isinstance(self.models, (str, ModelSpec)) else tuple(self.models)

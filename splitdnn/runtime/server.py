@@ -68,6 +68,7 @@ from splitdnn.runtime._servicers import (
     compute_error,
 )
 from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, to_numpy
+from splitdnn.runtime.memory import keep_freed_memory
 
 __all__ = ["ModelSpec", "ServerConfig", "TailServer"]
 
@@ -136,6 +137,10 @@ class TailServer:
         device = device_of(cfg.device)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
+        if cfg.keep_freed_memory:
+            setting = keep_freed_memory()
+            if not setting:
+                log.info("malloc left as it is: %s", setting.reason)
         for spec in cfg.models:
             served = load_served(spec, device, cfg.tail_cache_size)
             if served.name in self._models:

@@ -40,7 +40,7 @@ def test_tiny_run_writes_json_and_markdown(
     argv = [
         "--sizes", "4096", "--repeats", "3", "--warmup", "1", "--no-client",
         "--clients", "2", "--max-batch-size", "4", "--rounds", "1", "--duration-s", "0.4",
-        "--warmup-s", "0.1", "--tail-input", "32", "--malloc-top-pad-mib", "8",
+        "--warmup-s", "0.1", "--tail-input", "32",
         "--json", str(out), "--md", str(md),
     ]  # fmt: skip
     assert bench.main(argv) == 0
@@ -48,15 +48,22 @@ def test_tiny_run_writes_json_and_markdown(
     data = json.loads(out.read_text())  # strict JSON: the script writes with allow_nan=False
     assert _finite(data)
     assert data["machine"]["cpu_count"] >= 1 and data["server"]["torch_threads"] >= 1
-    assert data["overhead_malloc_top_pad"]["server_env"] == f"MALLOC_TOP_PAD_={8 << 20}"
+    # the main pass keeps freed buffers mapped in both processes, after a pass with glibc's defaults
+    assert data["server"]["keep_freed_memory"] is True and data["settings"]["malloc_defaults_pass_first"]
+    assert data["settings"]["client_keep_freed_memory"] in (
+        True,
+        "this process's C library is not glibc (no mallopt thresholds)",
+    )
     assert data["settings"]["clients"] == 2 and data["settings"]["max_batch_size"] == 4
 
-    for rows in (data["overhead"], data["overhead_malloc_top_pad"]["sizes"]):
+    for rows in (data["overhead"], data["overhead_malloc_defaults"]):
         (row,) = rows
         assert row["bytes"] == 4096 and row["shape"] == [1, 256, 4] and row["repeats"] == 3
         assert set(row["variants"]) == {"echo", "v2_bare", "v2_raw", "v2_zstd"}
         for label, v in row["variants"].items():
             assert v["wall_ms"]["p10"] <= v["wall_ms"]["median"] <= v["wall_ms"]["p90"]
+            assert v["minor_faults_per_call_mean"]["client"] >= 0  # counted in both processes (Linux)
+            assert v["minor_faults_per_call_mean"]["server"] >= 0
             if label != "echo":
                 assert v["ratio_of_medians"] > 0 and v["rpc_ms"]["median"] > 0
         for label in ("v2_raw", "v2_zstd"):  # the tail server reports its times
@@ -72,6 +79,7 @@ def test_tiny_run_writes_json_and_markdown(
     text = md.read_text()
     assert "cores**" in text and "One machine" in text
     assert "raw gRPC echo" in text and "max_batch_size 4" in text
+    assert "glibc's malloc defaults in both processes" in text and "page faults client / server" in text
 
 
 def test_shapes_and_validation(bench: Any) -> None:
