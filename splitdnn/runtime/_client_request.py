@@ -316,25 +316,28 @@ class Run:
         self.bytes_sent = len(request)
         self.client_ms = (time.perf_counter() - t) * 1e3
         t_rpc = time.perf_counter()
+        give_up_s = None
         try:
             with c._awaiting_server() as alone:
-                call = model_infer(c._channel).future(request, timeout=c.timeout_s, metadata=c._metadata)
                 # alone: with other requests of this client out, waiting is the server's queue too
                 wait_s = self._overdue_after_s(values) if c.fallback_local and alone else None
-                try:
-                    response = call.result(timeout=wait_s)
-                except grpc.FutureTimeoutError:
-                    if not call.cancel():  # it answered as we gave up
-                        response = call.result()
-                    else:  # no answer yet: the link fell (see _overdue_after_s)
-                        waited_ms = (time.perf_counter() - t_rpc) * 1e3
-                        self.network_ms = waited_ms
-                        c._observe(self.bytes_sent, 0, waited_ms, overdue=True)
-                        return self._finish_locally(
-                            inputs, values, f"no answer after {waited_ms:.0f} ms (predicted "
-                            f"{self._remote_ms():.0f} ms): the link fell; finished on the device",
-                        )  # fmt: skip
+                if wait_s is not None and wait_s < c.timeout_s:
+                    give_up_s = wait_s
+                # the give-up is the call's deadline (gRPC cancels it then): a blocking call, as
+                # .future() would start a thread per call on an otherwise idle channel
+                response = model_infer(c._channel)(
+                    request, timeout=c.timeout_s if give_up_s is None else give_up_s, metadata=c._metadata
+                )
         except grpc.RpcError as exc:
+            if give_up_s is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                # no answer by the give-up time: the link fell (see _overdue_after_s)
+                waited_ms = (time.perf_counter() - t_rpc) * 1e3
+                self.network_ms = waited_ms
+                c._observe(self.bytes_sent, 0, waited_ms, overdue=True)
+                return self._finish_locally(
+                    inputs, values, f"no answer after {waited_ms:.0f} ms (predicted "
+                    f"{self._remote_ms():.0f} ms): the link fell; finished on the device",
+                )  # fmt: skip
             err = translate_rpc_error(exc, f"ModelInfer({c.model_name!r})")
             self.network_ms = (time.perf_counter() - t_rpc) * 1e3
             if isinstance(err, ServerUnavailableError):

@@ -149,8 +149,7 @@ _MODEL_INFER_LOCK = threading.Lock()
 
 
 def model_infer(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
-    """``channel``'s ModelInfer at the bytes level (serialized request in, serialized response out;
-    call it, or ``.future(...)`` it).
+    """``channel``'s ModelInfer at the bytes level (serialized request in, serialized response out).
 
     ``serde.encode_infer_request`` / ``serde.decode_infer_response`` do the conversions, with one copy
     of each tensor instead of protobuf's three. Same method, so the channel's retry policy applies.

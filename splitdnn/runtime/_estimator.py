@@ -50,11 +50,14 @@ and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice ma
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from splitdnn.errors import ConfigError
 from splitdnn.schema import Link
@@ -292,22 +295,33 @@ def _median(xs: Sequence[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
+@functools.lru_cache(maxsize=32)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays of every pair ``i < j`` of ``n`` samples (the window's sizes repeat)."""
+    i, j = np.triu_indices(n, 1)
+    i.flags.writeable = j.flags.writeable = False  # shared by every call with this n
+    return i, j
+
+
 def _theil_sen(pts: Sequence[tuple[float, float]], min_spread: float) -> tuple[float, float] | None:
     """``(intercept, slope)`` of a Theil-Sen fit over the pairs whose x differ by ``min_spread`` x.
 
     None when no pair qualifies (all samples about the same size): the data cannot separate the
-    intercept (RTT) from the slope (time per byte).
+    intercept (RTT) from the slope (time per byte). Vectorised over the pairs: it runs twice per
+    request on a window of ~30 samples, where a Python double loop cost ~0.1 ms a request.
     """
-    slopes = []
-    for i in range(len(pts)):
-        xi, yi = pts[i]
-        for j in range(i + 1, len(pts)):
-            xj, yj = pts[j]
-            lo, hi = (xi, xj) if xi <= xj else (xj, xi)
-            if hi > 0 and hi >= min_spread * lo:
-                slopes.append((yj - yi) / (xj - xi))
-    if not slopes:
+    n = len(pts)
+    if n < 2:
         return None
-    slope = max(0.0, _median(slopes))
-    intercept = _median([y - slope * x for x, y in pts])
+    xy = np.asarray(pts, dtype=np.float64)
+    x, y = xy[:, 0], xy[:, 1]
+    i, j = _pairs(n)
+    xi, xj = x[i], x[j]
+    hi = np.maximum(xi, xj)
+    pair = (hi > 0) & (hi >= min_spread * np.minimum(xi, xj))
+    if not pair.any():
+        return None
+    i, j = i[pair], j[pair]
+    slope = max(0.0, float(np.median((y[j] - y[i]) / (x[j] - x[i]))))
+    intercept = float(np.median(y - slope * x))
     return intercept, slope

@@ -38,10 +38,11 @@ What one :meth:`SplitClient.infer` does, and why:
    its prediction as long as finishing locally would take (at least 2 x the prediction and 50 ms
    over it) is given up and finished locally too, and the estimator takes it as a step down of the
    link: a link that falls while a request is out is acted on within that request, not after the
-   slow transfer (``Run._overdue_after_s``; only while no other request of the client is waiting,
-   when the wait could be the server's queue). Errors that mean misconfiguration (credentials, a
-   model or weights mismatch, a malformed request) are raised, never hidden by a local run. Every
-   ``grpc.RpcError`` is translated into :mod:`splitdnn.errors` (``raise ... from``).
+   slow transfer (``Run._overdue_after_s``, sent as the call's deadline; only while no other request
+   of the client is waiting, when the wait could be the server's queue). Errors that mean
+   misconfiguration (credentials, a model or weights mismatch, a malformed request) are raised, never
+   hidden by a local run. Every ``grpc.RpcError`` is translated into :mod:`splitdnn.errors`
+   (``raise ... from``).
 
 One client may be used from several threads at once: shared state (the link estimate, the planner,
 the piece cache, the back-off, the counters) changes under one lock, each request keeps its own

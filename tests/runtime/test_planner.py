@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from splitdnn.errors import ConfigError, InfeasibleError, PlanError
+from splitdnn.runtime._estimator import _theil_sen
 from splitdnn.runtime.planner import (
     Hysteresis,
     LinkEstimator,
@@ -567,3 +571,35 @@ def test_the_planner_imports_neither_torch_nor_grpc() -> None:
     code = "import sys, splitdnn.runtime.planner; print(sorted({'torch', 'grpc'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _theil_sen_reference(pts: list[tuple[float, float]], min_spread: float) -> tuple[float, float] | None:
+    """The fit written out as a double loop over the pairs (the definition the vectorised one keeps)."""
+    slopes = []
+    for a in range(len(pts)):
+        for b in range(a + 1, len(pts)):
+            (xa, ya), (xb, yb) = pts[a], pts[b]
+            if max(xa, xb) > 0 and max(xa, xb) >= min_spread * min(xa, xb):
+                slopes.append((yb - ya) / (xb - xa))
+    if not slopes:
+        return None
+    slope = max(0.0, statistics.median(slopes))
+    return statistics.median([y - slope * x for x, y in pts]), slope
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 1e3, 2e3, 5e4, 1e5, 1.2e5, 3e6]),  # pings and a few request sizes
+            st.floats(min_value=0.0, max_value=5e3, allow_nan=False),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([1.1, 1.9, 4.0]),
+)
+def test_the_link_fit_equals_its_pairwise_definition(pts: list[tuple[float, float]], spread: float) -> None:
+    got, want = _theil_sen(pts, spread), _theil_sen_reference(pts, spread)
+    assert (got is None) == (want is None)
+    if got is not None and want is not None:
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-9)
