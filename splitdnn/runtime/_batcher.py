@@ -77,7 +77,7 @@ class Batcher:
     def arrived(self) -> None:
         with self._cond:
             self._arriving -= 1
-            self._cond.notify_all()
+            self._wake_if_queued()
 
     def submit(self, job: Job) -> Future[BatchResult]:
         """Queue ``job``, which stops counting as arriving (``arrived()`` is only for refused requests)."""
@@ -102,8 +102,17 @@ class Batcher:
             finally:
                 with self._cond:
                     self._busy = False
-                    self._cond.notify_all()
+                    self._wake_if_queued()
         return job.future
+
+    def _wake_if_queued(self) -> None:
+        """Wake the worker after a change it may be waiting for, if it has jobs to look at.
+
+        With an empty queue it has nothing to do but wait again; waking it anyway made it compete
+        for the interpreter lock with the handler that just ran its request inline.
+        """
+        if self._queue or self._stopping:
+            self._cond.notify_all()
 
     def pending(self) -> int:
         """Jobs queued and not yet taken into a batch."""

@@ -57,6 +57,31 @@ def test_a_lone_job_runs_on_the_submitting_thread() -> None:
         batcher.stop(5)
 
 
+def test_a_lone_job_does_not_wake_the_idle_worker() -> None:
+    """Nothing queued: waking the worker after an inline run would only make it compete for the
+    interpreter lock with the request's handler (and find nothing to do)."""
+    batcher = Batcher(max_batch_size=8, max_queue_delay_s=0.05)
+    wakes: list[str] = []
+    notify_all = batcher._cond.notify_all
+
+    def counted() -> None:
+        wakes.append(threading.current_thread().name)
+        notify_all()
+
+    batcher._cond.notify_all = counted  # type: ignore[method-assign]
+    try:
+        run = Recorder()
+        for value in (1.0, 2.0, 3.0):
+            assert _arrive(batcher)
+            assert batcher.submit(_job(run, value=value)).result().batch_size == 1
+        _arrive(batcher)
+        batcher.arrived()  # a request refused after arriving: nothing queued, nothing to wake either
+        assert wakes == []
+    finally:
+        batcher.stop(5)
+    assert wakes  # stopping still wakes it
+
+
 def test_jobs_arriving_while_one_runs_wait_and_batch_on_the_worker() -> None:
     gate = threading.Event()
     run = Recorder(gate)
