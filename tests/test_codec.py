@@ -303,6 +303,22 @@ def test_lossy_bound_property(array, spec):
     assert np.all(np.abs(out - array) <= error_bound(spec, array))
 
 
+@pytest.mark.parametrize("spec", ["int8", "int4", "int2", "int4:aciq", "int8c"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1.1754944e-38],  # float32's smallest normal: 1/scale overflows float32 (found by the property test)
+        [3e-42, 0.0, -1e-45],  # subnormal values only
+        [-2e-38, 5e-39, 1e-40],
+    ],
+)
+def test_integer_codecs_keep_their_bound_on_ranges_too_small_for_a_float32_reciprocal(spec, values):
+    x = np.array([values], np.float32)  # (1, n): rank 2 for int8c
+    out = decode(encode(x, spec))
+    assert np.all(np.isfinite(out))
+    assert np.all(np.abs(out - x) <= error_bound(spec, x)), (out, x)
+
+
 def test_fp16_and_bf16_keep_non_finite_values():
     x = np.array([np.nan, np.inf, -np.inf, 1.0, 3.4e38], np.float32)
     bf = decode(encode(x, "bf16"))

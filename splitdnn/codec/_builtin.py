@@ -16,6 +16,7 @@ from splitdnn.errors import CodecError
 
 _F32 = np.dtype("<f4")
 _EPS32 = float(np.finfo(np.float32).eps)  # 2**-23
+_F32_MAX = float(np.finfo(np.float32).max)
 _FP16_MAX = 65504.0
 
 
@@ -242,18 +243,38 @@ def _range(x: np.ndarray, clip: float | str | None, bits: int = 8) -> tuple[floa
     return min(lo, 0.0), max(hi, 0.0), xmin, xmax
 
 
-def _affine_scale(lo: float, hi: float, levels: int) -> tuple[np.float32, np.float32, np.float32]:
-    """(lo, scale, 1/scale) in float32; a zero range gives scale 0 (every value decodes to lo)."""
+def _affine_scale(lo: float, hi: float, levels: int) -> tuple[np.float32, np.float32, np.float64]:
+    """(lo, scale) in float32 and 1/scale in float64; a zero range gives scale 0 (all decode to lo).
+
+    1/scale stays float64: for a range under about ``levels`` x 2.9e-39 (scale subnormal) it is over
+    float32's maximum, and :func:`_quantize` then works in float64.
+    """
     lo32 = np.float32(lo)
     scale32 = np.float32((hi - lo) / levels)
-    inv32 = np.float32(1.0 / float(scale32)) if scale32 > 0 else np.float32(0.0)
-    return lo32, scale32, inv32
+    inv = np.float64(1.0 / float(scale32)) if scale32 > 0 else np.float64(0.0)
+    return lo32, scale32, inv
+
+
+def _inverse_scales(scale: np.ndarray) -> np.ndarray:
+    """1/scale per element in float64 (0 where scale is 0), as :func:`_affine_scale` for arrays."""
+    wide = scale.astype(np.float64)
+    return np.divide(1.0, wide, out=np.zeros_like(wide), where=wide > 0)
 
 
 def _quantize(x: np.ndarray, lo, inv, levels: int) -> np.ndarray:
-    """codes = clip(floor((x - lo) / scale + 0.5), 0, levels) as uint8; lo, inv broadcast against x."""
-    buf = np.multiply(x, inv, dtype=_F32)  # (x.shape) float32 scratch
-    buf += np.float32(0.5) - lo * inv
+    """codes = clip(floor((x - lo) / scale + 0.5), 0, levels) as uint8; lo, inv broadcast against x.
+
+    In float32 (a scratch the size of x), unless some 1/scale does not fit in float32 (a range of
+    ~1e-36 or less: subnormal scales), where float32 would turn it into inf and every code into
+    garbage; then in float64.
+    """
+    if np.max(inv) > _F32_MAX:
+        buf = np.multiply(x, inv, dtype=np.float64)
+        buf += 0.5 - np.asarray(lo, np.float64) * inv
+    else:
+        inv32 = np.asarray(inv, dtype=_F32)
+        buf = np.multiply(x, inv32, dtype=_F32)  # (x.shape) float32 scratch
+        buf += np.float32(0.5) - lo * inv32
     np.clip(buf, 0, levels, out=buf)
     return buf.astype(np.uint8)
 
@@ -297,8 +318,8 @@ class AffineCodec(ValueCodec):
         if x.size == 0:
             return _AFFINE.pack(0.0, 0.0), b""
         lo, hi, _, _ = _range(x, clip, self.bits)
-        lo32, scale32, inv32 = _affine_scale(lo, hi, self.levels)
-        codes = _quantize(x, lo32, inv32, self.levels)  # (n,) uint8
+        lo32, scale32, inv = _affine_scale(lo, hi, self.levels)
+        codes = _quantize(x, lo32, inv, self.levels)  # (n,) uint8
         return _AFFINE.pack(lo32, scale32), _pack(codes, self.bits)
 
     def stored_nbytes(self, shape: tuple[int, ...], dtype: np.dtype, params: bytes) -> int:
@@ -383,8 +404,7 @@ class Int8ChannelCodec(ValueCodec):
             )
         lo = np.minimum(xmin, 0).astype(_F32)
         scale = ((np.maximum(xmax, 0) - lo) / np.float32(self.levels)).astype(_F32)
-        inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0).astype(_F32)
-        codes = _quantize(x, lo[None, :, None], inv[None, :, None], self.levels)
+        codes = _quantize(x, lo[None, :, None], _inverse_scales(scale)[None, :, None], self.levels)
         return _COUNT.pack(c) + lo.tobytes() + scale.tobytes(), _as_bytes(codes)
 
     def _params(self, params: bytes) -> tuple[np.ndarray, np.ndarray]:

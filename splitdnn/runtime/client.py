@@ -39,7 +39,8 @@ What one :meth:`SplitClient.infer` does, and why:
    over it) is given up and finished locally too, and the estimator takes it as a step down of the
    link: a link that falls while a request is out is acted on within that request, not after the
    slow transfer (``Run._overdue_after_s``, sent as the call's deadline; only while no other request
-   of the client is waiting, when the wait could be the server's queue). Errors that mean
+   of the client is waiting, when the wait could be the server's queue, and not for the first
+   request of a cut, which waits for the server to build that tail). Errors that mean
    misconfiguration (credentials, a model or weights mismatch, a malformed request) are raised, never
    hidden by a local run. Every ``grpc.RpcError`` is translated into :mod:`splitdnn.errors`
    (``raise ... from``).
@@ -240,6 +241,8 @@ class SplitClient:
         self.requests = 0
         self.fallbacks = 0
         self._remote_in_flight = 0  # requests of this client waiting for the server's answer
+        # sets of boundary names the server has answered for (it has built and cached their tail)
+        self._answered_cuts: set[frozenset[str]] = set()
         self.notes: list[str] = []  # what the client assumed (shown by describe())
         try:
             planning = {
@@ -498,6 +501,15 @@ class SplitClient:
         finally:
             with self._lock:
                 self._remote_in_flight -= 1
+
+    def _answered_before(self, sent: Sequence[str]) -> bool:
+        """Whether the server has answered a request with these boundary tensors before."""
+        with self._lock:
+            return frozenset(sent) in self._answered_cuts
+
+    def _note_answered(self, sent: Sequence[str]) -> None:
+        with self._lock:
+            self._answered_cuts.add(frozenset(sent))
 
     def _count_fallback(self) -> None:
         with self._lock:

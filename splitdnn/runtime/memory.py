@@ -4,18 +4,20 @@ Every split request allocates and frees a few buffers the size of its tensors: t
 hands over, the tail's output, the response being serialized (and on the client the request and the
 answer). With glibc's defaults such a buffer is often served by a fresh ``mmap`` and given back to the
 kernel when freed, or sits at the top of a heap that is trimmed, so the next request's buffer faults its
-pages in again, zero-filled: about 740 minor page faults per 1 MiB request on each end, measured with
-``scripts/bench_runtime.py``. Page faults, not copies, were most of the per-request cost of a 1 MiB
-request over 127.0.0.1 here (the server's handler took 1.4-1.8 ms with the defaults, 0.8-0.9 ms without
-the faults; the numbers are in ``docs/results/runtime.md``).
+pages in again, zero-filled: about 725 minor page faults per 1 MiB request in the client and,
+depending on the heap's history, as many in the server (``scripts/bench_runtime.py`` counts them per
+call). In five A/B runs where the defaults faulted, the 1 MiB call took 31-41 % less wall time with
+this module's setting (``docs/benchmarks.md``).
 
 :func:`keep_freed_memory` sets two process-wide ``mallopt`` thresholds so such buffers stay mapped and
 are reused: allocations below ``mmap_threshold`` come from the heap (not one ``mmap`` each), and a heap
 keeps up to ``trim_threshold`` of free memory at its top instead of returning it. The cost is memory:
 the process keeps its peak heap rather than shrinking after a burst (per malloc arena, at most
-``trim_threshold`` more than it uses). ``splitdnn serve`` (:class:`~splitdnn.runtime.server.TailServer`)
-calls it unless told not to; ``splitdnn run``, ``demo`` and ``bench`` call it for the client; an
-application embedding :class:`~splitdnn.runtime.client.SplitClient` decides for its own process.
+``trim_threshold`` more than it uses). Every :class:`~splitdnn.runtime.server.TailServer`
+calls it at start unless ``ServerConfig(keep_freed_memory=False)`` (``splitdnn serve --malloc-defaults``),
+so ``demo`` and ``bench``, which hold their server in-process, have it too; ``splitdnn run`` calls it
+for the client; an application embedding :class:`~splitdnn.runtime.client.SplitClient` decides for its
+own process.
 
 Only glibc has these knobs: elsewhere (macOS, musl, Windows) it does nothing and says so. Settings the
 user made through the environment (``MALLOC_*_`` variables, ``GLIBC_TUNABLES`` with ``glibc.malloc.``)

@@ -34,6 +34,10 @@ most ``max_queue_delay_ms`` while more requests are arriving. The tail runs on `
 ``torch.no_grad``; responses report ``splitdnn.queue_ms``, ``splitdnn.compute_ms``,
 ``splitdnn.decode_ms`` and ``splitdnn.batch_size``.
 
+At start the server sets glibc's malloc thresholds for its process so that freed tensor-sized
+buffers are reused instead of faulted in again on every request (:mod:`splitdnn.runtime.memory`;
+``keep_freed_memory=False`` leaves malloc alone).
+
 The servicers, the token interceptor and the mapping of exceptions to statuses live in
 :mod:`splitdnn.runtime._servicers`; the tails in :mod:`splitdnn.runtime._tail`.
 """

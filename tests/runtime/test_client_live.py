@@ -220,6 +220,21 @@ def test_a_request_is_not_given_up_without_a_local_fallback(live: Live) -> None:
         assert b is not None and not b.local and b.network_ms > 400, b
 
 
+def test_the_first_request_of_a_cut_is_not_given_up(live: Live) -> None:
+    """A cut's first request also waits for the server to build that cut's tail (a CI run gave one
+    up after 213 ms with 2 ms predicted): it waits for the answer. (Later requests of a cut that the
+    link leaves behind are given up: test_a_request_caught_by_a_falling_link_finishes_on_the_device.)"""
+    with _offloading(live) as (link, client):
+        wire_bytes = client.plan.boundary_bytes
+        assert client.plan.strategy != "edge-only" and wire_bytes > 8000, client.describe()
+        link.set_rates(uplink_mbps=wire_bytes * 8 / 0.3e6, downlink_mbps=200.0)  # ~0.3 s, not ~1 ms
+        t = time.perf_counter()
+        assert torch.equal(client.infer(live.x), live.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local and not b.fallback, b
+        assert time.perf_counter() - t > 0.2  # waited out the slow transfer
+
+
 def test_a_request_merely_slower_than_predicted_is_not_given_up(live: Live) -> None:
     with _offloading(live) as (link, client):
         assert torch.equal(client.infer(live.x), live.ref)
