@@ -886,7 +886,8 @@ def to_markdown(result: dict[str, Any]) -> str:
                                                           ("kept mapped", "rss_mib_main_pass"))]  # fmt: skip
             if all(r is not None for _, r in rss):
                 lines += [
-                    "The price is memory: resident MiB before → after the overhead pass, "
+                    "Resident memory before → after the overhead pass (MiB; kept buffers stay mapped after "
+                    "a burst instead of going back to the kernel), "
                     + "; ".join(
                         f"{label}: server {r['before']['server']} → {r['after']['server']}, client "
                         f"{r['before']['client']} → {r['after']['client']}"
