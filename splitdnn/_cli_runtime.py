@@ -79,7 +79,8 @@ def _security_args(p: argparse.ArgumentParser, *, server: bool) -> None:
 # serve
 
 
-def _malloc_arg(p: argparse.ArgumentParser) -> None:
+def malloc_arg(p: argparse.ArgumentParser) -> None:
+    """``--malloc-defaults``: the opt-out of :func:`splitdnn.runtime.memory.keep_freed_memory`."""
     p.add_argument(
         "--malloc-defaults",
         action="store_true",
@@ -270,7 +271,9 @@ def _summary(y: Any) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The README's main job: real split inference through a local tail service and a shaped link."""
     from splitdnn.runtime.demo import run_demo
+    from splitdnn.runtime.memory import keep_freed_memory
 
+    keep_freed_memory()  # before profiling: its in-process server sets it anyway, for the whole process
     run_demo(
         args.model,
         tuple(args.uplink_mbps),
@@ -293,6 +296,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.no_grid and not args.change:
         raise ConfigError("--no-grid leaves nothing to run; give --change SCHEDULE or drop --no-grid")
+    from splitdnn.runtime.memory import keep_freed_memory
+
+    keep_freed_memory()  # before profiling: its in-process server sets it anyway, for the whole process
     config = BenchConfig(
         models=tuple(args.models),
         uplinks_mbps=tuple(args.uplink_mbps),
@@ -464,7 +470,7 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     p.add_argument(
         "--max-decoded-mib", type=positive, default=256.0, help="cap on one request's decoded tensors (MiB)"
     )
-    _malloc_arg(p)
+    malloc_arg(p)
     _security_args(p, server=True)
     p.set_defaults(func=cmd_serve)
 
@@ -518,7 +524,7 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     p.add_argument("--privacy-floor", action="store_true", help="never send the raw input")
     p.add_argument("--output", metavar="NPY", help="save the last request's output as a .npy file")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
-    _malloc_arg(p)
+    malloc_arg(p)
     _security_args(p, server=False)
     p.set_defaults(func=cmd_run)
 

@@ -412,6 +412,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from splitdnn.profiler import profile_model
     from splitdnn.schema import save_profile
 
+    if not args.malloc_defaults:  # measure in the allocator regime `serve` and `run` compute in
+        from splitdnn.runtime.memory import keep_freed_memory
+
+        keep_freed_memory()
     traced = _trace(args)
     prof = profile_model(
         traced,
@@ -513,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the profile (JSON)")
     model_args(p)
+    from splitdnn._cli_runtime import malloc_arg
+
+    malloc_arg(p)
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("solve", help="the optimal plan for one link, beside edge-only and cloud-only")
