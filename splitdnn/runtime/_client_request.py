@@ -318,12 +318,8 @@ class Run:
         t_rpc = time.perf_counter()
         give_up_s = None
         try:
-            with c._awaiting_server() as alone:
-                # alone: with other requests of this client out, waiting is the server's queue too;
-                # a cut's first request also waits for the server to build its tail (tens of ms, a
-                # few hundred on a loaded machine: a CI run gave one up after 213 ms, predicted 2)
-                first = not c._answered_before(self.sent)
-                wait_s = self._overdue_after_s(values) if c.fallback_local and alone and not first else None
+            with c._awaiting_server(self.sent) as may_give_up:
+                wait_s = self._overdue_after_s(values) if c.fallback_local and may_give_up else None
                 if wait_s is not None and wait_s < c.timeout_s:
                     give_up_s = wait_s
                 # the give-up is the call's deadline (gRPC cancels it then): a blocking call, as
@@ -349,8 +345,7 @@ class Run:
                 return self._finish_locally(inputs, values, f"{err.code}: {err.details or err}"[:200])
             raise err from exc
         rpc_ms = (time.perf_counter() - t_rpc) * 1e3
-        c._mark_up()
-        c._note_answered(self.sent)
+        c._mark_up(answered=self.sent)
         t = time.perf_counter()
         data = serde.decode_infer_response(response, max_decoded_bytes=c.max_message_bytes)
         out = _output(data)

@@ -485,31 +485,30 @@ class SplitClient:
             self._down_until = time.monotonic() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
 
-    def _mark_up(self) -> None:
+    def _mark_up(self, answered: Sequence[str] = ()) -> None:
+        """The server answered (a request with the boundary tensors ``answered``: their tail is built)."""
         with self._lock:
             self._down_until = 0.0
             self._backoff_s = _BACKOFF_START_S
+            if answered:
+                self._answered_cuts.add(frozenset(answered))
 
     @contextmanager
-    def _awaiting_server(self) -> Iterator[bool]:
-        """Around one request's wait for its answer; yields whether it is the only one waiting."""
+    def _awaiting_server(self, sent: Sequence[str]) -> Iterator[bool]:
+        """Around one request's wait for its answer; yields whether it may be given up when overdue.
+
+        Not when another request of this client is waiting too (the wait may be the server's queue),
+        nor for the first request of a cut (the server builds that tail first: tens of ms, a few
+        hundred on a loaded machine; a CI run gave one up after 213 ms with 2 ms predicted).
+        """
         with self._lock:
             self._remote_in_flight += 1
-            alone = self._remote_in_flight == 1
+            may_give_up = self._remote_in_flight == 1 and frozenset(sent) in self._answered_cuts
         try:
-            yield alone
+            yield may_give_up
         finally:
             with self._lock:
                 self._remote_in_flight -= 1
-
-    def _answered_before(self, sent: Sequence[str]) -> bool:
-        """Whether the server has answered a request with these boundary tensors before."""
-        with self._lock:
-            return frozenset(sent) in self._answered_cuts
-
-    def _note_answered(self, sent: Sequence[str]) -> None:
-        with self._lock:
-            self._answered_cuts.add(frozenset(sent))
 
     def _count_fallback(self) -> None:
         with self._lock:
