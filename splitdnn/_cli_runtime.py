@@ -306,6 +306,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         oracle_prune=args.oracle_prune,
         oracle_max_cuts=args.oracle_max_cuts,
         refresh_runs=args.refresh_runs,
+        refresh_pool=args.refresh_pool,
         link=args.link,
         **_measurement_kwargs(args),
     )
@@ -359,7 +360,7 @@ def _bench_command(args: argparse.Namespace) -> str:
         f"--device-threads {args.device_threads}",
         f"--profile-repeats {args.profile_repeats} --budget-s {args.budget_s:g}",
         f"--oracle-prune {args.oracle_prune:g} --oracle-max-cuts {args.oracle_max_cuts}",
-        f"--refresh-runs {args.refresh_runs}",
+        f"--refresh-runs {args.refresh_runs} --refresh-pool {args.refresh_pool}",
         f"--link {args.link}",
     ]
     if args.server_threads:
@@ -567,6 +568,13 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
         default=5,
         help="before each cell, time the whole model this often on device and server and rescale both "
         "profiles to it: the machine's speed drifts (default 5; 0: keep the profiles of the start)",
+    )
+    p.add_argument(
+        "--refresh-pool",
+        type=int,
+        default=3,
+        help="rescale by the median over the runs of the model's last N refreshes, so a burst of "
+        "load during one refresh does not set its cell's scale alone (default 3; 1: this refresh only)",
     )
     p.add_argument(
         "--link",

@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -68,6 +69,7 @@ __all__ = [
     "BenchConfig",
     "CellResult",
     "CutRun",
+    "DriftTracker",
     "PreparedModel",
     "StrategyRun",
     "format_cell_line",
@@ -539,8 +541,43 @@ def _rescaled(profile: Profile, factor: float, what: str) -> Profile:
 REFRESH_SPAN_S = 1.0
 
 
+class DriftTracker:
+    """How much slower (> 1) or faster than its profiles one model runs now, from recent refreshes.
+
+    Each refresh adds its whole-model timings as factor samples (the run over the profile's fused
+    total; the device's times the slowdown, so samples of every slowdown compare); the factors are
+    the medians of the samples of the last ``pooled`` refreshes. Why pool: a burst of load on the
+    host that covers one refresh's second (seen here: a ResNet-18 refresh at 1.22 with the runs just
+    before and after it at 1.0, the process and the other core idle, so from outside this VM) set
+    that cell's factors alone; pooled with the refreshes before it, it moves a minority of the
+    samples. A lasting change takes over the median within ``pooled`` cells.
+    """
+
+    def __init__(self, pooled: int) -> None:
+        if isinstance(pooled, bool) or not isinstance(pooled, int) or pooled < 1:
+            raise ConfigError(f"DriftTracker pools >= 1 refreshes, found {pooled!r}")
+        self._device: deque[list[float]] = deque(maxlen=pooled)
+        self._server: deque[list[float]] = deque(maxlen=pooled)
+
+    def add(self, device: Sequence[float], server: Sequence[float]) -> tuple[float, float]:
+        """Record one refresh's factor samples; the pooled ``(device, server)`` factors."""
+        if not device or not server:
+            raise ConfigError("a refresh adds at least one sample of device and of server")
+        self._device.append(list(device))
+        self._server.append(list(server))
+        return (
+            statistics.median(v for run in self._device for v in run),
+            statistics.median(v for run in self._server for v in run),
+        )
+
+
 def refresh_profiles(
-    prepared: PreparedModel, config: BenchConfig, slowdown: float, *, span_s: float = REFRESH_SPAN_S
+    prepared: PreparedModel,
+    config: BenchConfig,
+    slowdown: float,
+    *,
+    span_s: float = REFRESH_SPAN_S,
+    drift: DriftTracker | None = None,
 ) -> tuple[Profile, Profile, tuple[float, float]]:
     """The device (at ``slowdown``) and server profiles rescaled to how fast this machine is now.
 
@@ -548,7 +585,8 @@ def refresh_profiles(
     35 ms twenty minutes later), so profiles taken at the start of a long run go stale. Before each
     cell the whole model is run ``config.refresh_runs`` times as the device (its emulation clock,
     times the slowdown) and as the server (its threads, wall clock), alternately, the rounds spread
-    over ``span_s`` seconds; each profile is scaled by its median's ratio to its fused total. The
+    over ``span_s`` seconds; each profile is scaled by its median's ratio to its fused total, pooled
+    with the model's previous refreshes in ``drift`` when given (:class:`DriftTracker`). The
     factors are recorded per cell (``profile_scale``). Why spread: back to back, the runs took a
     fraction of a second, and a neighbour's burst of load that long set a cell's scale (AlexNet x8,
     5.85 Mbit/s: the device profile rescaled x1.18, then edge-only measured 23 % under its prediction,
@@ -577,8 +615,12 @@ def refresh_profiles(
         s_ms.append(once(config.server_threads, time.perf_counter))
         if i < runs - 1:
             time.sleep(max(0.0, pause - (time.perf_counter() - started)))
-    fd = slowdown * statistics.median(d_ms) / device.total.median_ms
-    fs = statistics.median(s_ms) / server.total.median_ms
+    d_factors = [slowdown * ms / device.total.median_ms for ms in d_ms]
+    s_factors = [ms / server.total.median_ms for ms in s_ms]
+    if drift is None:
+        fd, fs = statistics.median(d_factors), statistics.median(s_factors)
+    else:
+        fd, fs = drift.add(d_factors, s_factors)
     return _rescaled(device, fd, "device"), _rescaled(server, fs, "server"), (fd, fs)
 
 
@@ -594,6 +636,7 @@ def _run_model_in_process(config: BenchConfig, model: str, say: Callable[[str], 
         profiles={model: server_prof},
     )  # fmt: skip
     cells = []
+    drift = DriftTracker(config.refresh_pool)
     with TailServer(server_config) as server:
         served = server.served_model(model)
         up0 = config.uplinks_mbps[0]
@@ -602,7 +645,7 @@ def _run_model_in_process(config: BenchConfig, model: str, say: Callable[[str], 
                 for uplink in config.uplinks_mbps:
                     link.set_rates(uplink_mbps=uplink, downlink_mbps=None, rtt_ms=config.rtt_ms)
                     started = time.perf_counter()
-                    device, server_now, scale = refresh_profiles(prepared, config, slowdown)
+                    device, server_now, scale = refresh_profiles(prepared, config, slowdown, drift=drift)
                     cell = measure_cell(link.address, served, device, server_now, uplink, slowdown, config, x)
                     cells.append(replace(cell, notes=prepared.notes, profile_scale=scale))
                     say(format_cell_line(cell, time.perf_counter() - started))

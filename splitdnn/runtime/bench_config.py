@@ -70,6 +70,7 @@ class BenchConfig:
     link: str = "shaper"  # "shaper" (in-process token bucket) or "netns" (veth + tbf, root)
     # before each cell, re-time the whole model on device and server and rescale both profiles to it
     refresh_runs: int = 5  # timed runs of each (0: never refresh; the profiles of the run's start)
+    refresh_pool: int = 3  # factors: medians over the samples of this many recent refreshes (DriftTracker)
 
     def __post_init__(self) -> None:
         from splitdnn.models import ZOO
@@ -98,6 +99,7 @@ class BenchConfig:
         _positive_int("oracle_max_cuts", self.oracle_max_cuts)
         _positive_int("dag_points", self.dag_points, minimum=2)
         _positive_int("refresh_runs", self.refresh_runs, minimum=0)
+        _positive_int("refresh_pool", self.refresh_pool)
         if self.server_threads is not None:
             _positive_int("server_threads", self.server_threads)
         for name, value, low in (

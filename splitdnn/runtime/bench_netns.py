@@ -39,6 +39,7 @@ from splitdnn.runtime.bench import (
     BenchConfig,
     CellResult,
     CutRun,
+    DriftTracker,
     StrategyRun,
     format_cell_line,
     prepare_model,
@@ -156,6 +157,7 @@ def run_netns_grid(config: BenchConfig, say: Callable[[str], None]) -> list[Cell
         work = Path(tmp)
         for model in config.models:
             prepared = prepare_model(config, model, say)
+            drift = DriftTracker(config.refresh_pool)
             x, server_prof, devices = prepared.x, prepared.server, prepared.devices
             save_profile(server_prof, work / "server.json")
             for s, prof in devices.items():
@@ -180,7 +182,7 @@ def run_netns_grid(config: BenchConfig, say: Callable[[str], None]) -> list[Cell
                         for uplink in config.uplinks_mbps:
                             link.set_rate(uplink)
                             # the same CPUs in every namespace: the driver re-times for the cell
-                            device, server, scale = refresh_profiles(prepared, config, slowdown)
+                            device, server, scale = refresh_profiles(prepared, config, slowdown, drift=drift)
                             save_profile(device, work / f"device_x{slowdown:g}.json")
                             save_profile(server, work / "server.json")
                             cell = _run_cell(link, work, model, slowdown, uplink, config, say)

@@ -243,6 +243,8 @@ def bench_document(
             "codecs": list(config.codecs),
             "oracle_prune": config.oracle_prune,
             "oracle_max_cuts": config.oracle_max_cuts,
+            "refresh_runs": config.refresh_runs,
+            "refresh_pool": config.refresh_pool,
             "input": "seeded random fp32 (torch.randn): lossless codecs gain little on it",
         },
         "machine": _machine(),
@@ -304,7 +306,8 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
     srv = [r["profile_scale_server"] for r in scales if "profile_scale_server" in r]
     if dev and srv and (min(dev + srv) != 1.0 or max(dev + srv) != 1.0):
         lines += [
-            f"Machine drift: before each cell both profiles were rescaled to a fresh whole-model run; "
+            f"Machine drift: before each cell both profiles were rescaled to a fresh whole-model run "
+            f"(the median over the model's last {doc['settings'].get('refresh_pool', 1)} refreshes); "
             f"device factors {min(dev):.2f}–{max(dev):.2f}, server {min(srv):.2f}–{max(srv):.2f} "
             f"(`profile_scale_device` / `profile_scale_server` per record).",
             "",

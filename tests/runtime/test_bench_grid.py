@@ -143,6 +143,7 @@ def test_cells_survive_the_process_boundary(
         ({"input_shape": (3,)}, "input_shape must be batch first"),
         ({"link": "wifi"}, "link must be one of shaper, netns, found 'wifi'"),
         ({"refresh_runs": -1}, "refresh_runs must be an integer >= 0, found -1"),
+        ({"refresh_pool": 0}, "refresh_pool must be an integer >= 1, found 0"),
     ],
 )
 def test_bad_configs_are_refused(kwargs: dict[str, Any], match: str) -> None:
@@ -191,6 +192,60 @@ def test_profiles_are_rescaled_to_a_fresh_run_before_each_cell() -> None:
 
     off = dataclasses.replace(config, refresh_runs=0)
     assert refresh_profiles(prepared, off, 1.5) == (old, prepared.server, (1.0, 1.0))
+
+
+def test_a_burst_during_one_refresh_moves_a_minority_of_the_pooled_samples() -> None:
+    """DriftTracker: the factors are medians over the samples of the last `pooled` refreshes; one
+    refresh caught by a burst does not set its cell's factor, a lasting change takes over."""
+    from splitdnn.runtime.bench import DriftTracker
+
+    drift = DriftTracker(3)
+    assert drift.add([1.0, 1.02, 0.98], [1.0, 1.01, 0.99]) == (1.0, 1.0)
+    assert drift.add([1.01, 0.99, 1.0], [1.0, 1.0, 1.0]) == (1.0, 1.0)
+    fd, fs = drift.add([1.4, 1.41, 1.39], [1.2, 1.22, 1.21])  # the burst: alone it would say 1.4 / 1.21
+    assert fd == pytest.approx(1.01) and fs == pytest.approx(1.0)
+    drift.add([1.4, 1.4, 1.4], [1.2, 1.2, 1.2])  # it lasts: two of three refreshes slow
+    assert drift.add([1.4, 1.4, 1.4], [1.2, 1.2, 1.2]) == (1.4, 1.2)  # the first ones left the pool
+    alone = DriftTracker(1)
+    alone.add([1.0], [1.0])
+    assert alone.add([1.4], [1.2]) == (1.4, 1.2)
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ConfigError, match=r"pools >= 1 refreshes, found"):
+            DriftTracker(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="at least one sample"):
+        drift.add([], [1.0])
+
+
+def test_the_refresh_pools_its_factors_with_the_models_earlier_refreshes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """refresh_profiles(drift=...) rescales by the pooled factors, not by this refresh's alone."""
+    from types import SimpleNamespace
+
+    import splitdnn.runtime.bench as bench
+
+    cost = {"ms": 1.0}
+
+    class Sleeper(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(cost["ms"] / 1e3)
+            return x
+
+    prof = SimpleNamespace(total=SimpleNamespace(median_ms=1.0))
+    prepared = SimpleNamespace(devices={1.0: prof}, server=prof, traced=SimpleNamespace(module=Sleeper()),
+                               x=torch.ones(1))  # fmt: skip
+    monkeypatch.setattr(bench, "_rescaled", lambda p, f, what: what)
+    config = BenchConfig(models=("alexnet",), **{**TINY, "refresh_runs": 3, "device_threads": 2})  # type: ignore[arg-type]
+    drift = bench.DriftTracker(3)
+    cost["ms"] = 20.0
+    for _ in range(2):
+        _, _, (fd, fs) = bench.refresh_profiles(prepared, config, 1.0, span_s=0.0, drift=drift)  # type: ignore[arg-type]
+    assert 15 < fd < 40 and 15 < fs < 40  # sleeping 20 ms against a 1 ms profile (the wall clock)
+    cost["ms"] = 80.0
+    _, _, (fd, fs) = bench.refresh_profiles(prepared, config, 1.0, span_s=0.0, drift=drift)  # type: ignore[arg-type]
+    assert 15 < fd < 40 and 15 < fs < 40  # one slow refresh of three: the pooled median stays
+    _, _, (alone_d, alone_s) = bench.refresh_profiles(prepared, config, 1.0, span_s=0.0)  # type: ignore[arg-type]
+    assert alone_d > 75 and alone_s > 75  # without the tracker: this refresh alone
 
 
 def test_a_lost_cell_is_rematched_and_pooled(monkeypatch: pytest.MonkeyPatch) -> None:
