@@ -240,10 +240,10 @@ def test_the_refresh_pools_its_factors_with_the_models_earlier_refreshes(
     cost["ms"] = 20.0
     for _ in range(2):
         _, _, (fd, fs) = bench.refresh_profiles(prepared, config, 1.0, span_s=0.0, drift=drift)  # type: ignore[arg-type]
-    assert 15 < fd < 40 and 15 < fs < 40  # sleeping 20 ms against a 1 ms profile (the wall clock)
+    assert 15 < fd < 60 and 15 < fs < 60  # sleeping 20 ms against a 1 ms profile (the wall clock; load adds)
     cost["ms"] = 80.0
     _, _, (fd, fs) = bench.refresh_profiles(prepared, config, 1.0, span_s=0.0, drift=drift)  # type: ignore[arg-type]
-    assert 15 < fd < 40 and 15 < fs < 40  # one slow refresh of three: the pooled median stays
+    assert 15 < fd < 60 and 15 < fs < 60  # one slow refresh of three: the pooled median stays
     _, _, (alone_d, alone_s) = bench.refresh_profiles(prepared, config, 1.0, span_s=0.0)  # type: ignore[arg-type]
     assert alone_d > 75 and alone_s > 75  # without the tracker: this refresh alone
 
