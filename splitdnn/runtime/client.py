@@ -118,6 +118,9 @@ __all__ = [
 DEFAULT_LINK = Link(uplink_mbps=5.85, rtt_ms=20.0)
 
 _PROBE_MIN_MOVE = 0.2  # a probe re-plans only on a step or a move of the uplink estimate this large
+#: a request re-plans only on a step, or when Planner.replan_due says the link moved this much (or a
+#: switch is being confirmed, or a hold ran out): a re-plan is a solve on the device, on the request's path
+_REQUEST_MIN_MOVE = 0.05
 _BACKOFF_START_S, _BACKOFF_MAX_S = 1.0, 30.0
 _MAX_NOTES = 32  # describe() lines kept; a note repeated (a probe failing each time) is kept once
 
@@ -529,7 +532,9 @@ class SplitClient:
 
         ``min_move`` > 0 (probes) re-plans only on a step or when the uplink estimate moved by more
         than that fraction since the plan was made: a re-plan is a solve, device CPU that competes with
-        the device's own inference, and a probe on a steady link changes nothing. ``overdue``: a
+        the device's own inference, and a probe on a steady link changes nothing. A request
+        (``min_move`` 0) re-plans on a step or when :meth:`Planner.replan_due` says it could change
+        something (the link moved 5 %, a switch is being confirmed, a hold ran out). ``overdue``: a
         request given up after ``network_ms`` without an answer (``Run._overdue_after_s``; nothing
         received)."""
         with self._lock:
@@ -538,9 +543,14 @@ class SplitClient:
             else:
                 self.estimator.observe(bytes_up, bytes_down, network_ms)
             self._last_observed = time.monotonic()
-            planned, now = self.planner.link.uplink_mbps, self.estimator.link.uplink_mbps
-            if self.estimator.stepped or abs(now - planned) >= min_move * planned:
-                self.last_decision = self.planner.replan(self.estimator.link, step=self.estimator.stepped)
+            link, stepped = self.estimator.link, self.estimator.stepped
+            if min_move:  # a probe: only a large move of the uplink estimate
+                planned = self.planner.link.uplink_mbps
+                due = abs(link.uplink_mbps - planned) >= min_move * planned
+            else:
+                due = self.planner.replan_due(link, tolerance=_REQUEST_MIN_MOVE)
+            if stepped or due:
+                self.last_decision = self.planner.replan(link, step=stepped)
             return self.estimator.stepped and self.planner.plan.strategy == "edge-only"
 
     def _observe_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:

@@ -14,6 +14,7 @@ import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -192,6 +193,40 @@ def test_adaptive_client_feeds_the_estimator_and_replans(served) -> None:
             assert b.bytes_received > 0 and b.network_ms >= 0
             parts = b.head_ms + b.encode_ms + b.network_ms + b.server_queue_ms + b.server_compute_ms
             assert parts <= b.total_ms + 1.0
+
+
+def test_requests_on_a_steady_link_do_not_solve_again(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request re-plans (a solve on the device, on the request's path) only on a step or when the
+    planner says a re-plan could change something; its sample is folded in every time."""
+    server, models = served
+    s = models["resnet18"]
+    with _client(server, s, force_boundary="cloud", probe_interval_s=None) as client:
+        est, planner = client.estimator, client.planner
+        observe, replan = est.observe, planner.replan
+
+        def without_steps(*args: Any, **kw: Any) -> None:
+            observe(*args, **kw)
+            est.stepped = False  # loopback against the prior link may look like a step: not this test's
+
+        replans: list[Link] = []
+
+        def counting(link: Link, *, step: bool = False) -> Any:
+            replans.append(link)
+            return replan(link, step=step)
+
+        due = {"now": False}
+        monkeypatch.setattr(est, "observe", without_steps)
+        monkeypatch.setattr(planner, "replan", counting)
+        monkeypatch.setattr(planner, "replan_due", lambda link, *, tolerance: due["now"])
+        before = len(est.samples)
+        for _ in range(3):
+            assert torch.equal(client.infer(s.x), s.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local and b.bytes_sent > 0
+        assert len(est.samples) == before + 3 and replans == []
+        due["now"] = True
+        client.infer(s.x)
+        assert replans == [est.link]
 
 
 def test_client_switches_to_edge_when_the_shaped_link_collapses(served) -> None:

@@ -366,6 +366,45 @@ def test_a_switch_that_measures_slower_is_undone_and_held_off() -> None:
     assert planner.replan(fast).switched and planner.plan.strategy == "cloud-only"
 
 
+def test_a_replan_is_due_only_when_it_could_change_something() -> None:
+    """Planner.replan_due: a steady link (within the tolerance) needs no re-plan; a moved uplink,
+    downlink or RTT (RTT: at least 0.5 ms), a switch being confirmed, or a hold run out does."""
+    clock = FakeClock()
+    device, server = _profiles()
+    h = Hysteresis(0.1, 3, None)
+    planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=h, clock=clock)
+    due = planner.replan_due
+    assert not due(Link(10.0, rtt_ms=20.0), tolerance=0.02)
+    assert not due(Link(10.15, rtt_ms=20.3), tolerance=0.02)  # 1.5 % both
+    assert due(Link(10.3, rtt_ms=20.0), tolerance=0.02)  # uplink 3 %
+    assert due(Link(9.7, rtt_ms=20.0), tolerance=0.02)
+    assert due(Link(10.0, downlink_mbps=5.0, rtt_ms=20.0), tolerance=0.02)  # downlink now its own
+    assert due(Link(10.0, rtt_ms=21.0), tolerance=0.02)  # RTT 5 %, 1 ms
+    assert due(Link(10.0, rtt_ms=20.0), tolerance=0.0) is False
+    assert due(Link(10.0001, rtt_ms=20.0), tolerance=0.0)  # tolerance 0: any move
+    small = Planner(device, server, Link(10.0, rtt_ms=0.2), clock=clock)
+    assert not small.replan_due(Link(10.0, rtt_ms=0.6), tolerance=0.02)  # 3x, but 0.4 ms < 0.5 ms
+    assert small.replan_due(Link(10.0, rtt_ms=0.8), tolerance=0.02)
+    # a switch being confirmed: every re-plan counts, so each is due even on a steady link
+    slow = Link(0.05, rtt_ms=20.0)
+    assert due(slow, tolerance=0.02)
+    assert planner.replan(slow).pending == 1
+    assert due(slow, tolerance=0.02)
+    planner.replan(slow)
+    assert planner.replan(slow).switched and not due(slow, tolerance=0.02)
+    # a hold: due once it has run out, so the held plan can be tried again on a steady link
+    held, fast = _switch_to_cloud(clock)
+    for ms in (400.0, 130.0, 130.0, 130.0):
+        d = held.observe_latency(held.plan, ms)
+    assert d is not None and d.switched and not held.replan(fast).switched
+    assert not held.replan_due(fast, tolerance=0.02)
+    clock.t += 61.0
+    assert held.replan_due(fast, tolerance=0.02)
+    for bad in (-0.1, 1.0, "2 %"):
+        with pytest.raises(ConfigError, match="tolerance must be a fraction in"):
+            planner.replan_due(fast, tolerance=bad)  # type: ignore[arg-type]
+
+
 def test_a_hold_ends_when_the_link_moves_or_steps() -> None:
     for move in ("faster", "step"):
         clock = FakeClock()
