@@ -33,7 +33,7 @@ from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.models.registry import ZOO, build_zoo_model, default_input_shape
 
 
-def pieces_of(model: str, fractions: Sequence[float]) -> tuple[list[tuple[str, Callable[[], Any]]], int]:
+def pieces_of(model: str, fractions: Sequence[float]) -> list[tuple[str, Callable[[], Any]]]:
     """``[(label, run)]``: the heads at ``fractions`` of the model's chain cuts, then the whole model."""
     module = build_zoo_model(model).eval()
     x = torch.randn(default_input_shape(model), generator=torch.Generator().manual_seed(0))
@@ -47,7 +47,7 @@ def pieces_of(model: str, fractions: Sequence[float]) -> tuple[list[tuple[str, C
         head = graph.split(traced, {n: 0 if i <= pos else 1 for i, n in enumerate(compute)})[0]
         out.append((f"head to {cut} ({pos + 1}/{len(compute)} nodes)", lambda h=head: h.module(x)))
     out.append((f"whole model ({len(compute)} nodes)", lambda: traced.module(x)))
-    return out, len(compute)
+    return out
 
 
 def time_block(run: Callable[[], Any], gap_s: float, repeats: int, clock: Callable[[], float]) -> list[float]:
@@ -65,7 +65,7 @@ def time_block(run: Callable[[], Any], gap_s: float, repeats: int, clock: Callab
 
 
 def measure(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    pieces, _ = pieces_of(model, args.fractions)
+    pieces = pieces_of(model, args.fractions)
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     gaps = [0.0, *args.gaps_ms]
     samples: dict[tuple[str, float], list[float]] = {(label, g): [] for label, _ in pieces for g in gaps}

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_idle_gap", ROOT / "scripts" / "bench_idle_gap.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("bench_idle_gap")
 
 
 def test_heads_and_the_whole_model_are_timed_at_every_gap(bench, tmp_path, capsys):
@@ -52,8 +44,5 @@ def test_heads_and_the_whole_model_are_timed_at_every_gap(bench, tmp_path, capsy
         (["--repeats", "0"], "--repeats must be >= 1, found 0"),
     ],
 )
-def test_bad_arguments_are_refused(bench, capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        bench.parse_args(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+def test_bad_arguments_are_refused(bench, usage_error, argv, message):
+    assert message in usage_error(bench.parse_args, argv)

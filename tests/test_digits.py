@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +19,6 @@ from splitdnn.digits import (  # noqa: E402
     train_digits_model,
 )
 from splitdnn.errors import CodecError, PlanError  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +124,8 @@ def test_evaluate_split_takes_the_module_too(trained):
     assert torch.equal(r.logits, logits[:20])
 
 
-def test_bench_script_writes_json(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_accuracy", ROOT / "scripts" / "bench_accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_accuracy", bench)
-    spec.loader.exec_module(bench)
+def test_bench_script_writes_json(tmp_path, capsys, load_script):
+    bench = load_script("bench_accuracy")
     out = tmp_path / "acc.json"
     assert bench.main(["--epochs", "2", "--specs", "raw,int4+zstd", "--json", str(out)]) == 0
     data = json.loads(out.read_text())

@@ -120,10 +120,10 @@ __all__ = [
 #: the link assumed before the first request measures one (4G-like; say what you know instead)
 DEFAULT_LINK = Link(uplink_mbps=5.85, rtt_ms=20.0)
 
-_PROBE_MIN_MOVE = 0.2  # a probe re-plans only on a step or a move of the uplink estimate this large
-#: a request re-plans only on a step, or when Planner.replan_due says the link moved this much (or a
-#: switch is being confirmed, or a hold ran out): a re-plan is a solve on the device, on the request's path
-_REQUEST_MIN_MOVE = 0.05
+#: a request, or a probe, re-plans only on a step, or when Planner.replan_due says the link estimate moved
+#: this much (or a switch is being confirmed, or a hold ran out): a re-plan is a solve on the device,
+#: and a request's sits on its path
+_REQUEST_MIN_MOVE, _PROBE_MIN_MOVE = 0.05, 0.2
 _BACKOFF_START_S, _BACKOFF_MAX_S = 1.0, 30.0
 _MAX_NOTES = 32  # describe() lines kept; a note repeated (a probe failing each time) is kept once
 
@@ -527,17 +527,17 @@ class SplitClient:
                 del self.notes[:-_MAX_NOTES]
 
     def _observe(
-        self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = 0.0,
+        self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = _REQUEST_MIN_MOVE,
         overdue: bool = False,
     ) -> bool:  # fmt: skip
         """Fold in a request or probe and re-plan; True when it was a step and the plan is still edge-only
         (a probe then measures again at once, sized for the new estimate).
 
-        ``min_move`` > 0 (probes) re-plans only on a step or when the uplink estimate moved by more
-        than that fraction since the plan was made: a re-plan is a solve, device CPU that competes with
-        the device's own inference, and a probe on a steady link changes nothing. A request
-        (``min_move`` 0) re-plans on a step or when :meth:`Planner.replan_due` says it could change
-        something (the link moved 5 %, a switch is being confirmed, a hold ran out). ``overdue``: a
+        It re-plans on a step, or when :meth:`Planner.replan_due` says a re-plan could change something:
+        the estimate moved by ``min_move`` (a fraction) since the last re-plan, a switch is being
+        confirmed, a hold ran out. A re-plan is a solve, device CPU that competes with the device's own
+        inference and, for a request, sits on its path: requests use 5 %, probes 20 % (a probe on a
+        steady link changes nothing). ``overdue``: a
         request given up after ``network_ms`` without an answer (``Run._overdue_after_s``; nothing
         received)."""
         with self._lock:
@@ -547,12 +547,7 @@ class SplitClient:
                 self.estimator.observe(bytes_up, bytes_down, network_ms)
             self._last_observed = time.monotonic()
             link, stepped = self.estimator.link, self.estimator.stepped
-            if min_move:  # a probe: only a large move of the uplink estimate
-                planned = self.planner.link.uplink_mbps
-                due = abs(link.uplink_mbps - planned) >= min_move * planned
-            else:
-                due = self.planner.replan_due(link, tolerance=_REQUEST_MIN_MOVE)
-            if stepped or due:
+            if stepped or self.planner.replan_due(link, tolerance=min_move):
                 self.last_decision = self.planner.replan(link, step=stepped)
             return self.estimator.stepped and self.planner.plan.strategy == "edge-only"
 

@@ -349,7 +349,7 @@ class Planner:
         old = self.link
 
         def moved(a: float, b: float, floor: float = 0.0) -> bool:
-            return abs(b - a) > max(tolerance * abs(a), floor) or (tolerance == 0 and a != b)
+            return abs(b - a) > max(tolerance * abs(a), floor)
 
         return (
             moved(old.uplink_mbps, link.uplink_mbps)

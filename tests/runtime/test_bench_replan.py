@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_replan", ROOT / "scripts" / "bench_replan.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("bench_replan")
 
 
 def test_re_plans_are_counted_and_timed(bench):
@@ -44,8 +36,5 @@ def test_re_plans_are_counted_and_timed(bench):
         (["--warmup", "-1"], "--warmup must be >= 0"),
     ],
 )
-def test_bad_arguments_are_refused(bench, capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        bench.parse_args(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+def test_bad_arguments_are_refused(bench, usage_error, argv, message):
+    assert message in usage_error(bench.parse_args, argv)
