@@ -172,16 +172,19 @@ def test_profiles_are_rescaled_to_a_fresh_run_before_each_cell() -> None:
 
     # 3 profiling repeats: with TINY's one, a single timing of this ~ms model is the baseline (a CI run
     # got fd 1.08 where ~1/3 was expected: the fresh runs 3.2x that one timing)
-    config = BenchConfig(models=("alexnet",), **{**TINY, "refresh_runs": 3, "profile_repeats": 3})  # type: ignore[arg-type]
+    # one server thread: with torch's default the server's runs competed with whatever else the CI
+    # machine ran (a fresh-clone run got fs 0.64 where ~1/3 was expected, with profiles 3x slower)
+    settings = {**TINY, "refresh_runs": 3, "profile_repeats": 3, "server_threads": 1}
+    config = BenchConfig(models=("alexnet",), **settings)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         prepared = prepare_model(config, "alexnet", lambda _: None)
-    # pretend the start-of-run profiles came from a machine 3x slower than this one is now
-    slow = {s: dataclasses.replace(p, total=p.total.scaled(3.0)) for s, p in prepared.devices.items()}
+    # pretend the start-of-run profiles came from a machine 10x slower than this one is now
+    slow = {s: dataclasses.replace(p, total=p.total.scaled(10.0)) for s, p in prepared.devices.items()}
     prepared = dataclasses.replace(prepared, devices=slow, server=dataclasses.replace(
-        prepared.server, total=prepared.server.total.scaled(3.0)))  # fmt: skip
+        prepared.server, total=prepared.server.total.scaled(10.0)))  # fmt: skip
     device, server, (fd, fs) = refresh_profiles(prepared, config, 1.5)
-    assert 0.1 < fd < 0.6 and 0.1 < fs < 0.6  # about 1/3, give or take this machine's noise
+    assert 0.02 < fd < 0.5 and 0.02 < fs < 0.5  # about 1/10, give or take this machine's noise
     old = prepared.devices[1.5]
     assert device.slowdown == old.slowdown == 1.5
     assert device.total.median_ms == pytest.approx(old.total.median_ms * fd)
