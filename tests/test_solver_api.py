@@ -283,3 +283,37 @@ def test_chain_cuts() -> None:
     cuts = chain_cuts(RESNET[0])
     # the 4 stem nodes, each block's add and relu, avgpool and flatten (fc is last)
     assert cuts[0] == "conv_1" and len(cuts) == 4 + 2 * 16 + 2
+
+
+def test_what_the_solver_derives_from_a_profile_is_kept_per_profile_object(monkeypatch) -> None:
+    from splitdnn.solver import _problem
+
+    dev, srv = RESNET
+    built: list[object] = []
+
+    def build(p):  # type: ignore[no-untyped-def]
+        built.append(p)
+        return len(p.nodes)
+
+    assert _problem.derived(dev, "test", build) == _problem.derived(dev, "test", build) == len(dev.nodes)
+    assert built == [dev]  # built once
+    twin = dataclasses.replace(dev)  # equal, but another object: a fresh entry
+    assert twin == dev and twin is not dev
+    _problem.derived(twin, "test", build)
+    assert built == [dev, twin]
+    assert _problem.Graph.of(dev) is _problem.Graph.of(dev)
+    assert _problem.Graph.of(twin) is not _problem.Graph.of(dev)
+    # a changed profile (rescaled, as a bench refresh makes them) is priced from its own numbers
+    nodes = tuple(dataclasses.replace(n, calibrated_ms=n.calibrated_ms * 50) for n in srv.nodes)
+    slow = dataclasses.replace(srv, nodes=nodes)
+    fast_plan, slow_plan = solve([dev, srv], [Link(1000.0)]), solve([dev, slow], [Link(1000.0)])
+    assert value(slow_plan) > value(fast_plan) and slow_plan.tiers != fast_plan.tiers
+    _problem._DERIVED.clear()
+    assert solve([dev, slow], [Link(1000.0)]) == slow_plan  # as if nothing had been kept
+    # the store is bounded: past DERIVED_MAX it is dropped whole and rebuilt on demand
+    monkeypatch.setattr(_problem, "DERIVED_MAX", 2)
+    _problem.derived(srv, "test", build)
+    _problem.derived(slow, "test", build)
+    assert len(_problem._DERIVED) <= 2
+    _problem.derived(dev, "test", build)
+    assert built[-1] is dev  # built again after the drop

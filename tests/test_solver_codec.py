@@ -340,3 +340,42 @@ def test_is_lossless_reads_the_value_stage() -> None:
 
     assert all(is_lossless(s) for s in ("raw", "zstd", "zstd:3t2", "shuffle+zstd", "raw+zstd:1"))
     assert not any(is_lossless(s) for s in ("fp16+zstd", "int8+zstd", "int4:aciq+zstd", "bf16"))
+
+
+def test_one_tensor_cost_prices_each_link_and_each_profile_afresh() -> None:
+    """A planner keeps one tensor cost for its life and calls it under every new link estimate, and
+    the bench hands it rescaled copies of the same profiles: what it keeps per hop must follow both."""
+    profiles = _toy()
+    fn = codec_tensor_cost(profiles)
+    for mbps in (5.85, 1e7, 5.85, 100.0, 0.5, 1e7):  # cheapest codec changes with the link
+        hop = _hop(profiles, "conv", mbps)
+        assert fn(hop) == codec_tensor_cost(profiles)(hop)
+    assert fn(_hop(profiles, "conv", 5.85)).codec == "int4+zstd"
+    assert fn(_hop(profiles, "conv", 1e7)).codec == "raw"
+    # equal node names, other measurements: int4 now sends more than raw, int8 decodes slower
+    changed = [
+        dataclasses.replace(
+            p,
+            nodes=tuple(
+                dataclasses.replace(
+                    n,
+                    codecs=tuple(
+                        dataclasses.replace(c, wire_bytes=500_000) if c.spec == "int4+zstd"
+                        else dataclasses.replace(c, decode_ms=c.decode_ms + 100.0) if c.spec == "int8+zstd"
+                        else c
+                        for c in n.codecs
+                    ),
+                )
+                for n in p.nodes
+            ),
+        )
+        for p in profiles
+    ]  # fmt: skip
+    hop = _hop(changed, "conv", 5.85)
+    assert fn(hop).codec == codec_tensor_cost(changed)(hop).codec == "zstd"
+    assert fn(_hop(profiles, "conv", 5.85)).codec == "int4+zstd"  # the first profiles are still known
+    for p in (profiles, changed):
+        plan = solve(p, [Link(5.85)], tensor_cost=fn)
+        oracle = brute_force(p, [Link(5.85)], tensor_cost=codec_tensor_cost(p))
+        assert same(value(plan), value(oracle))
+        assert [b.codec for b in plan.boundary] == [b.codec for b in oracle.boundary]

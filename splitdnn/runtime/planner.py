@@ -339,8 +339,8 @@ class Planner:
         It could when a switch is being confirmed (a re-plan counts toward it), a hold has run out,
         or ``link`` moved from the link of the last re-plan: uplink or downlink by ``tolerance`` or
         more (a fraction), or the RTT by as much and at least 0.5 ms. Otherwise a re-plan would price
-        the same plans under (nearly) the same link and decide the same: a solve (1.5-2 ms for a
-        150-node model on this project's machine, more on a slow device) saved on every request.
+        the same plans under (nearly) the same link and decide the same: a re-plan (about 2.5 ms
+        for a 150-node model on this project's machine, more on a slow device) saved on every request.
         """
         if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
             raise ConfigError(f"tolerance must be a fraction in [0, 1), found {tolerance!r}")

@@ -56,7 +56,7 @@ def solve(
     check_inputs(profiles, links, objective, constraints, power)
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    problem = Problem(Graph(profiles[0]), profiles, links, tensor_cost)
+    problem = Problem(Graph.of(profiles[0]), profiles, links, tensor_cost)
     tier, exact = _solve(problem, objective, power, constraints, method)
     return make_plan(problem, tier, objective, power, exact)
 
@@ -201,7 +201,7 @@ def sweep(
     check_inputs(profiles, first_links, objective, constraints, power)
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    graph = Graph(profiles[0])
+    graph = Graph.of(profiles[0])
     points = []
     for x in values:
         link = Link(float(x), downlink_mbps, rtt_ms)
@@ -237,7 +237,7 @@ def _checked_problem(
 ) -> Problem:
     """Validate the public arguments, then build the problem every entry point prices."""
     check_inputs(profiles, links, objective, constraints, power)
-    return Problem(Graph(profiles[0]), profiles, links, tensor_cost)
+    return Problem(Graph.of(profiles[0]), profiles, links, tensor_cost)
 
 
 def _solve(

@@ -27,7 +27,7 @@ def chain_cuts(profile: Profile) -> list[str]:
     parameters are ignored; cuts that leave no compute node after them are not listed. Same
     definition as :func:`splitdnn.graph.chain_cuts`, computed from a profile instead of a trace.
     """
-    g = Graph(profile)
+    g = Graph.of(profile)
     last_read = [max(rs) if rs else -1 for rs in g.succs]
     starts = [0] * (g.n + 1)
     ends = [0] * (g.n + 1)

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from splitdnn.errors import ConfigError
-from splitdnn.schema import CodecResult, Profile
+from splitdnn.schema import CodecResult, NodeProfile, Profile
 from splitdnn.solver._accuracy import AccuracyTable, check_budget
-from splitdnn.solver._problem import TensorCostFn, TensorHop, WireCost
+from splitdnn.solver._problem import TensorCostFn, TensorHop, WireCost, derived
 
 __all__ = ["ERROR_METRICS", "CodecChoice", "codec_tensor_cost", "explain_codec", "measured_codecs"]
 
@@ -105,8 +105,19 @@ def codec_tensor_cost(
     if acc is not None and profiles:
         acc[0].check_profiles(profiles)
 
+    # a hop's candidates do not depend on its link: kept per (sender, receiver, node), holding the
+    # two profiles so that an id is not reused while its entry lives; dropped whole when full
+    memo: dict[tuple[int, int, str], tuple[Profile, Profile, tuple[_Candidate, ...]]] = {}
+
     def cost(hop: TensorHop) -> WireCost:
-        return _best(hop, allow, max_error, metric, acc)[0]
+        key = (id(hop.sender), id(hop.receiver), hop.node)
+        hit = memo.get(key)
+        if hit is None or hit[0] is not hop.sender or hit[1] is not hop.receiver:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            hit = (hop.sender, hop.receiver, _candidates(hop, allow, max_error, metric, acc))
+            memo[key] = hit
+        return _cheapest(hop, hit[2])[0]
 
     return cost
 
@@ -126,18 +137,24 @@ def _accuracy_budget(
     return accuracy, check_budget(max_accuracy_loss)
 
 
-def _best(
+#: (spec, wire_bytes, encode_ms, decode_ms, error): one allowed codec measured on a hop's value
+_Candidate = tuple[str, int, float, float, float]
+
+#: hop entries a tensor cost keeps (a few models' nodes) before it drops them all
+_MEMO_MAX = 4096
+
+
+def _candidates(
     hop: TensorHop,
     allow: frozenset[str] | None,
     max_error: float | None,
     metric: str,
-    acc: tuple[AccuracyTable, float] | None = None,
-) -> tuple[WireCost, CodecChoice]:
-    raw = WireCost(hop.nbytes, 0.0, 0.0, "raw")
-    best, best_key = raw, (hop.link.uplink_ms(hop.nbytes), hop.nbytes, 0.0, "raw")
-    best_err, n = 0.0, 1
+    acc: tuple[AccuracyTable, float] | None,
+) -> tuple[_Candidate, ...]:
+    """The codecs measured on ``hop``'s value that the options allow, in the sender's order (raw aside)."""
     sender = _node(hop.sender, hop.node)
     receiver = _node(hop.receiver, hop.node)
+    found: list[_Candidate] = []
     for r in sender.codecs if sender is not None else ():
         if r.spec == "raw" or (allow is not None and r.spec not in allow):
             continue
@@ -146,33 +163,33 @@ def _best(
             continue
         if acc is not None and not acc[0].allows(hop.node, r.spec, acc[1]):
             continue
-        n += 1
         other = receiver.codec(r.spec) if receiver is not None else None
         dec = other.decode_ms if other is not None else r.decode_ms
-        total = r.encode_ms + hop.link.uplink_ms(r.wire_bytes) + dec
-        key = (total, r.wire_bytes, err, r.spec)
+        found.append((r.spec, r.wire_bytes, r.encode_ms, dec, err))
+    return tuple(found)
+
+
+def _cheapest(hop: TensorHop, candidates: tuple[_Candidate, ...]) -> tuple[WireCost, float, float]:
+    """``(cost, encode + uplink + decode ms, error)`` of the cheapest of raw and ``candidates``.
+
+    Ties go to fewer bytes, then the smaller error, then the spec's name: a fixed order, so every
+    solver sees the same choice.
+    """
+    uplink_ms = hop.link.uplink_ms
+    best_key = (uplink_ms(hop.nbytes), hop.nbytes, 0.0, "raw")
+    best: _Candidate | None = None
+    for c in candidates:
+        spec, wire, enc, dec, err = c
+        key = (enc + uplink_ms(wire) + dec, wire, err, spec)
         if key < best_key:
-            best, best_key, best_err = WireCost(r.wire_bytes, r.encode_ms, dec, r.spec), key, err
-    if acc is None:
-        return best, CodecChoice(best.codec, best.wire_bytes, best_key[0], best_err, metric, max_error, n)
-    table, budget = acc
-    loss = 0.0 if best.codec == "raw" else table.loss(hop.node, best.codec)
-    return best, CodecChoice(
-        best.codec, best.wire_bytes, best_key[0], best_err, metric, max_error, n, loss, budget, table.source
-    )
+            best, best_key = c, key
+    if best is None:
+        return WireCost(hop.nbytes, 0.0, 0.0, "raw"), best_key[0], 0.0
+    return WireCost(best[1], best[2], best[3], best[0]), best_key[0], best[4]
 
 
-def _node(profile: Profile, name: str):  # -> NodeProfile | None
-    index = _INDEX.get(id(profile))
-    if index is None or index[0] is not profile:
-        index = (profile, {n.name: n for n in profile.nodes})
-        _INDEX[id(profile)] = index
-        if len(_INDEX) > 64:
-            _INDEX.pop(next(iter(_INDEX)))
-    return index[1].get(name)
-
-
-_INDEX: dict[int, tuple[Profile, dict]] = {}
+def _node(profile: Profile, name: str) -> NodeProfile | None:
+    return derived(profile, "nodes_by_name", lambda p: {n.name: n for n in p.nodes}).get(name)
 
 
 def explain_codec(
@@ -186,4 +203,14 @@ def explain_codec(
 ) -> CodecChoice:
     """The choice :func:`codec_tensor_cost` makes for ``hop``, with the figures behind it."""
     allow = None if allowed is None else frozenset(allowed)
-    return _best(hop, allow, max_error, metric, _accuracy_budget(accuracy, max_accuracy_loss))[1]
+    acc = _accuracy_budget(accuracy, max_accuracy_loss)
+    candidates = _candidates(hop, allow, max_error, metric, acc)
+    best, cost_ms, err = _cheapest(hop, candidates)
+    n = len(candidates) + 1  # raw is always compared
+    if acc is None:
+        return CodecChoice(best.codec, best.wire_bytes, cost_ms, err, metric, max_error, n)
+    table, budget = acc
+    loss = 0.0 if best.codec == "raw" else table.loss(hop.node, best.codec)
+    return CodecChoice(
+        best.codec, best.wire_bytes, cost_ms, err, metric, max_error, n, loss, budget, table.source
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from splitdnn.errors import ConfigError, ProfileError, ProfileMismatchError
 from splitdnn.schema import Link, PowerModel, Profile, check_same_model
@@ -31,6 +32,7 @@ __all__ = [
     "TensorHop",
     "Weights",
     "WireCost",
+    "derived",
     "raw_tensor_cost",
 ]
 
@@ -38,6 +40,8 @@ __all__ = [
 OBJECTIVES = ("latency", "energy", "throughput")
 
 PLACEHOLDER, COMPUTE, OUTPUT = 0, 1, 2
+
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,11 +109,50 @@ def raw_tensor_cost(hop: TensorHop) -> WireCost:
 
 
 # --------------------------------------------------------------------------------------------------
+# values derived from a profile, kept per profile object
+
+#: entries kept before the whole store is dropped (a planner needs a handful per pair of profiles)
+DERIVED_MAX = 256
+_DERIVED: dict[tuple[int, str], tuple[Profile, Any]] = {}
+
+
+def derived(profile: Profile, what: str, build: Callable[[Profile], T]) -> T:
+    """``build(profile)``, computed once per profile object and kept.
+
+    A client's planner prices and solves the same two profiles on every re-plan, under a new link
+    each time; the graph and the per-node lookups built from them do not change (profiles are frozen
+    records, and a changed profile is a new object). Entries are keyed by identity, not equality (a
+    profile compares every node), and hold their profile, so an id is not reused while its entry
+    lives. Past ``DERIVED_MAX`` entries the store is dropped whole: ``clear`` is one atomic step, so
+    threads share it without a lock (two racing threads may both build; either result is the same).
+    """
+    key = (id(profile), what)
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0] is profile:
+        return hit[1]  # type: ignore[no-any-return]
+    value = build(profile)
+    if len(_DERIVED) >= DERIVED_MAX:
+        _DERIVED.clear()
+    _DERIVED[key] = (profile, value)
+    return value
+
+
+def calibrated_ms_by_name(profile: Profile) -> dict[str, float]:
+    """Node name -> calibrated compute time (ms), kept per profile (see :func:`derived`)."""
+    return derived(profile, "calibrated_ms", lambda p: {n.name: n.calibrated_ms for n in p.nodes})
+
+
+# --------------------------------------------------------------------------------------------------
 # graph structure (shared by all tiers)
 
 
 class Graph:
     """The model's dataflow graph as the solver sees it (structure only, no costs)."""
+
+    @staticmethod
+    def of(profile: Profile) -> Graph:
+        """The graph of ``profile``, built once per profile object (see :func:`derived`)."""
+        return derived(profile, "graph", Graph)
 
     def __init__(self, profile: Profile) -> None:
         nodes = profile.nodes
@@ -265,7 +308,7 @@ class Problem:
         # ms[v][t]: calibrated compute time of vertex v on tier t (0 for placeholders and the sink)
         per_tier = []
         for p in profiles:
-            by_name = {n.name: n.calibrated_ms for n in p.nodes}
+            by_name = calibrated_ms_by_name(p)
             per_tier.append(
                 [by_name[name] if g.kind[v] == COMPUTE else 0.0 for v, name in enumerate(g.names)]
             )
@@ -343,10 +386,9 @@ def _check_wire_cost(cost: object, hop: TensorHop) -> None:
         raise ConfigError(
             f"tensor_cost must return a WireCost, returned {type(cost).__name__} for {hop.node!r}"
         )
-    ok = (
-        isinstance(cost.wire_bytes, int)
-        and cost.wire_bytes >= 0
-        and all(math.isfinite(x) and x >= 0 for x in (cost.encode_ms, cost.decode_ms))
+    wire, enc, dec = cost.wire_bytes, cost.encode_ms, cost.decode_ms
+    ok = (  # once per tensor per solve: plain tests, no generator (NaN fails ``>= 0``)
+        isinstance(wire, int) and wire >= 0 and enc >= 0 and dec >= 0 and math.isfinite(enc + dec)
     )
     if not ok:
         raise ConfigError(
