@@ -1,5 +1,6 @@
 """The measuring primitives behind :mod:`splitdnn.profiler` (torch): a measurement session, one
-recorded run, timed calls, prepared head/tail pieces, value sizes. Private: import the profiler.
+recorded run, timed calls, prepared head/tail pieces, value sizes. Private: import the profiler (the
+runtime's server takes :func:`check_cuda_index` from here too, so both refuse a missing GPU alike).
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ Timer = Callable[[], float]
 
 #: bytes a non-tensor value (an int from ``x.size(0)``, a float, a bool) costs on the wire
 SCALAR_BYTES = 8
+
+
+def check_cuda_index(spec: str, device: torch.device) -> None:
+    """Refuse ``cuda:N`` past this machine's CUDA devices (CUDA must be available), naming those there are."""
+    count = torch.cuda.device_count()
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise ConfigError(
+            f"device {spec!r} requested but this machine has {count} CUDA device(s), "
+            f"cuda:0..cuda:{count - 1}; name one of those, or 'cuda' for the current one"
+        )
 
 
 @dataclass

@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kwarg", action="append", metavar="KEY=VALUE", help="keyword argument for the model")
     p.add_argument("--weights", metavar="FILE", help="weights: .safetensors or a torch state_dict file")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument(
         "--slowdown",
         type=float,

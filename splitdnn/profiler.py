@@ -40,6 +40,7 @@ import dataclasses
 import math
 import os
 import platform
+import re
 import statistics
 import time
 import warnings
@@ -58,6 +59,7 @@ from splitdnn._measure import (
     SCALAR_BYTES,
     Session,
     Timer,
+    check_cuda_index,
     cpu_model,
     cuttable,
     node_callable,
@@ -516,13 +518,14 @@ def machine_info(*, device: str = "cpu", threads: int | None = None) -> MachineI
 
 
 def _check_options(*, device: str, threads: int | None, warmup: int, repeats: int, slowdown: float) -> None:
-    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
         raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', found {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"device {device!r} was requested but torch.cuda.is_available() is False (torch "
             f"{torch.__version__}); profile on device='cpu' or install a CUDA build of torch"
         )
+    check_cuda_index(device, torch.device(device))
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(
             f"threads must be None (keep torch's setting) or an integer >= 1, found {threads!r}"

@@ -292,6 +292,10 @@ def test_untraceable_model_and_missing_cuda_are_one_line_errors(capsys, tmp_path
             capsys, "profile", "alexnet", "--input-shape", "1,3,64,64", "--device", "cuda", "--out", out
         )
         assert code == 1 and "cuda" in err.lower() and err.count("\n") == 1
+    code, _, err = run(
+        capsys, "profile", "alexnet", "--input-shape", "1,3,64,64", "--device", "tpu", "--out", out
+    )
+    assert code == 1 and "'cpu', 'cuda' or 'cuda:N', found 'tpu'" in err and err.count("\n") == 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -378,6 +378,13 @@ def test_cuda_when_unavailable(chain: graph.TracedModel, monkeypatch: pytest.Mon
         profile_model(chain, device="cuda", **FAST)
     with pytest.raises(ConfigError, match="cuda"):
         measure_cuts(chain, [], device="cuda:0", **FAST)
+    with pytest.raises(ConfigError, match="'cpu', 'cuda' or 'cuda:N', found 'cuda:x'"):
+        profile_model(chain, device="cuda:x", **FAST)
+    # a machine with two GPUs, as torch reports it: cuda:2 is refused by name before anything runs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"'cuda:2' requested but this machine has 2 CUDA device\(s\)"):
+        profile_model(chain, device="cuda:2", **FAST)
     with pytest.raises(ConfigError, match="repeats"):
         measure_cuts(chain, [], repeats=0)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from splitdnn._measure import check_cuda_index
 from splitdnn.errors import ConfigError
 from splitdnn.graph import trace
 from splitdnn.models import ZOO, load_model
@@ -174,6 +175,7 @@ def device_of(spec: str) -> torch.device:
         raise ConfigError(f"unknown device {spec!r}: expected 'cpu', 'cuda' or 'cuda:N'") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r} requested but CUDA is not available here; use device='cpu'")
+    check_cuda_index(spec, device)
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {spec!r} is not supported; use 'cpu' or 'cuda[:N]'")
     return device

@@ -143,6 +143,39 @@ def test_dag_cuts_with_several_boundary_tensors_are_exact(served) -> None:
         assert torch.equal(y, s.ref), f"cut after {cut}: split output differs from the local output"
 
 
+@pytest.mark.parametrize("name", sorted(set(ZOO) - set(MODELS)))
+def test_the_other_zoo_models_split_exactly_at_sampled_cuts(name: str) -> None:
+    """Every other zoo model through real gRPC: cloud-only, about six chain cuts spread over the model,
+    and up to three cuts inside its blocks (several boundary tensors), all equal to the local output."""
+    entry = ZOO[name]
+    module = build_zoo_model(name, **entry.test_kwargs)
+    x = torch.randn(1, *entry.test_input_shape, generator=torch.Generator().manual_seed(1))
+    spec = ModelSpec(name, module=module, input_shapes=(tuple(x.shape),))
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        traced = server.served_model(name)
+        with torch.inference_mode():
+            ref = traced.module(x)
+        device = profile_model(
+            traced, threads=1, warmup=0, repeats=1, segments=2, check_cuts=0, progress=False,
+            codecs=("raw", "zstd"), codec_nodes="chain",
+        )  # fmt: skip
+        chain = graph.chain_cuts(traced)
+        inner = [n.name for n in traced.compute_nodes()[:-1] if n.name not in set(chain)]
+        cuts = ["cloud", *chain[:: max(1, len(chain) // 6)], *inner[:: max(1, len(inner) // 3)][:3]]
+        for cut in cuts:
+            with SplitClient(
+                server.address, traced, device_profile=device, server_speedup=10.0,
+                link=Link(100.0, rtt_ms=1.0), force_boundary=cut, probe_interval_s=None,
+            ) as client:  # fmt: skip
+                y = client.infer(x)
+                b = _last(client)
+            assert not b.local and b.fallback == "", f"{name} cut {cut}: {b}"
+            assert set(b.codecs) <= {"raw", "zstd"}
+            assert torch.equal(y, ref), f"{name} cut {cut}: split output differs from the local output"
+            if cut in inner:
+                assert len(b.boundary) >= 2, f"{name} cut {cut}: {b.boundary}"
+
+
 def test_server_profile_is_fetched_and_used(served) -> None:
     server, models = served
     s = models["alexnet"]

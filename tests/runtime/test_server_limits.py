@@ -256,6 +256,24 @@ def test_config_is_validated() -> None:
         TailServer(ServerConfig(models=("resnet18",), device="cuda")).start()
 
 
+def test_devices_that_are_not_here_are_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitdnn.runtime._config import device_of
+
+    assert device_of("cpu") == torch.device("cpu")
+    for bad, match in (("tpu", "unknown device|not supported"), ("cuda:x", "unknown device")):
+        with pytest.raises(ConfigError, match=match):
+            device_of(bad)
+    # a machine with two GPUs, as torch reports it: cuda:1 is served, cuda:2 is refused by name
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_of("cuda:1") == torch.device("cuda", 1)
+    assert device_of("cuda") == torch.device("cuda")
+    with pytest.raises(
+        ConfigError, match=r"'cuda:2' requested but this machine has 2 CUDA device\(s\), cuda:0..cuda:1"
+    ):
+        device_of("cuda:2")
+
+
 # --------------------------------------------------------------------------------------------------
 # TLS and mutual TLS, with certificates made for the test
 
