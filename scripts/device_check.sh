@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU, as one run on a lent GPU machine (CI has none; everything else
 # passes without one). From this machine, with the device tool:
-#     run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=540)
-# Each step has its own time limit so that the whole fits one call (about 6 minutes with the start):
+#     run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=560)
+# Each step has its own time limit (8.5 minutes together) so that the whole fits one call, whatever hangs:
 #   1. the packages splitdnn needs that the GPU machine's image lacks (zstandard, a grpcio and
 #      protobuf as new as the generated code, grpcio-health-checking), installed from the wheels in
 #      .whl/ into /tmp/site; it has torch with CUDA, numpy, networkx, prometheus-client and pytest;
@@ -47,8 +47,8 @@ print('python', __import__('sys').version.split()[0], '| torch', torch.__version
       '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU',
       '| grpcio', grpc.__version__, '| protobuf', google.protobuf.__version__, '| numpy', numpy.__version__)
 "
-step pytest-gpu 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_profiler.py tests/runtime/test_cuda.py
-step bench-cuda 240 python3 scripts/bench_cuda.py --json "$OUT/bench-cuda.json"
+step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_profiler.py tests/runtime/test_cuda.py
+step bench-cuda 210 python3 scripts/bench_cuda.py --json "$OUT/bench-cuda.json"
 step bench-overhead 90 python3 scripts/bench_runtime.py --wire --sizes 1048576 --repeats 300 --skip-batching \
     --no-client --skip-malloc-defaults --json "$OUT/runtime-16core.json" --md "$OUT/runtime-16core.md"
 exit $failed

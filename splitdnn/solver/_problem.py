@@ -112,7 +112,7 @@ def raw_tensor_cost(hop: TensorHop) -> WireCost:
 # values derived from a profile, kept per profile object
 
 #: entries kept before the whole store is dropped (a planner needs a handful per pair of profiles)
-DERIVED_MAX = 256
+DERIVED_MAX = 128
 _DERIVED: dict[tuple[int, str], tuple[Profile, Any]] = {}
 
 
