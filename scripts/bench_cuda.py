@@ -104,7 +104,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for force in ("cloud", cuts[len(cuts) // 2]):
             with SplitClient(
                 server.address, traced, device_profile=cpu_profile, link=Link(10_000.0, rtt_ms=0.05),
-                codecs=["raw"], force_boundary=force, probe_interval_s=None,
+                codecs=["raw"], force_boundary=force, probe_interval_s=None, fallback_local=False,
             ) as client:  # fmt: skip
                 for _ in range(args.warmup):
                     client.infer(x)
