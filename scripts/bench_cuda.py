@@ -112,7 +112,8 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(args.requests):
                     y = client.infer(x)
                     b = client.last_breakdown
-                    assert b is not None and not b.local, f"{name} {force}: ran locally ({b})"
+                    if b is None or b.local:  # not with fallback_local=False; a check, not an assert
+                        raise RuntimeError(f"{name} {force}: the request did not run remotely ({b})")
                     walls.append(b.total_ms)
                     computes.append(b.server_compute_ms)
                     errs.append(_rel_err(y, ref))

@@ -28,8 +28,10 @@ SCALAR_BYTES = 8
 
 def check_cuda_index(spec: str, device: torch.device) -> None:
     """Refuse ``cuda:N`` past this machine's CUDA devices (CUDA must be available), naming those there are."""
+    if device.type != "cuda" or device.index is None:
+        return
     count = torch.cuda.device_count()
-    if device.type == "cuda" and device.index is not None and device.index >= count:
+    if device.index >= count:
         raise ConfigError(
             f"device {spec!r} requested but this machine has {count} CUDA device(s), "
             f"cuda:0..cuda:{count - 1}; name one of those, or 'cuda' for the current one"

@@ -21,9 +21,9 @@ What one :meth:`SplitClient.infer` does, and why:
    That sample feeds the :class:`~splitdnn.runtime.planner.LinkEstimator`, and the planner re-plans
    with hysteresis when that could change anything (:meth:`~splitdnn.runtime.planner.Planner.replan_due`:
    a step, the estimate moved 5 %, a switch being confirmed, a hold run out); a re-plan is a solve on
-   the device, on the request's path (4.5-8.8 ms each for MobileNetV2 in-process here), so a steady
-   link does not pay it per request. While nothing is sent (edge-only, or every request finishing locally) a
-   background :class:`~splitdnn.runtime._probe.LinkProber` measures the link (every
+   the device, on the request's path (about 2.5 ms for MobileNetV2 here, docs/benchmarks.md), so a
+   steady link does not pay it per request. While nothing is sent (edge-only, or every request
+   finishing locally) a background :class:`~splitdnn.runtime._probe.LinkProber` measures the link (every
    ``probe_edge_interval_s`` while edge-only), so a link that recovers is noticed within about a
    second (its cost is documented there; ``probe_interval_s=None`` turns it off). A sample several
    times slower or faster than the estimate is a step: the estimator restarts from it and the
@@ -549,7 +549,7 @@ class SplitClient:
             link, stepped = self.estimator.link, self.estimator.stepped
             if stepped or self.planner.replan_due(link, tolerance=min_move):
                 self.last_decision = self.planner.replan(link, step=stepped)
-            return self.estimator.stepped and self.planner.plan.strategy == "edge-only"
+            return stepped and self.planner.plan.strategy == "edge-only"
 
     def _observe_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
         return self._observe(bytes_up, bytes_down, network_ms, min_move=_PROBE_MIN_MOVE)
