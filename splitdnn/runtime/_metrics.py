@@ -18,16 +18,32 @@ so clients cannot grow the label set)::
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["UNKNOWN_MODEL", "ServerMetrics"]
+__all__ = ["UNKNOWN_MODEL", "ModelSeries", "ServerMetrics"]
 
 UNKNOWN_MODEL = "<unknown>"
 # seconds: from 0.1 ms (a cached tail on a tiny tensor) to 30 s (a large model on a slow CPU)
 _TIME_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class ModelSeries:
+    """One model's labelled series, looked up once: ``labels()`` takes a lock and a dict lookup per
+    call, seven times per request otherwise."""
+
+    requests: Any
+    decode: Any
+    queue: Any
+    compute: Any
+    bytes_in: Any
+    bytes_out: Any
+    batch_size: Any
 
 
 class ServerMetrics:
@@ -64,8 +80,25 @@ class ServerMetrics:
             registry=r,
         )
         self.in_flight = Gauge("splitdnn_in_flight", "ModelInfer requests being served", registry=r)
+        self._series: dict[str, ModelSeries] = {}
+        self._series_lock = threading.Lock()
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+
+    def of(self, model: str) -> ModelSeries:
+        """The series labelled ``model``. The caller keeps the label set bounded (served model names
+        and :data:`UNKNOWN_MODEL`), as for ``labels()``."""
+        series = self._series.get(model)
+        if series is None:
+            with self._series_lock:
+                series = self._series.get(model)
+                if series is None:
+                    series = ModelSeries(
+                        *(f.labels(model) for f in (self.requests, self.decode, self.queue, self.compute,
+                                                    self.bytes_in, self.bytes_out, self.batch_size))
+                    )  # fmt: skip
+                    self._series[model] = series
+        return series
 
     def serve(self, host: str, port: int) -> int:
         """Expose the metrics over HTTP on ``host:port`` (0: a free port); returns the bound port."""

@@ -136,13 +136,14 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         try:
             wire = serde.read_infer_request(request)
         except WireError as exc:
-            s.metrics.requests.labels(UNKNOWN_MODEL).inc()
+            s.metrics.of(UNKNOWN_MODEL).requests.inc()
             s.metrics.failures.labels(UNKNOWN_MODEL, "INVALID_ARGUMENT").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         served = s._models.get(wire.model_name)
         label = served.name if served is not None else UNKNOWN_MODEL
-        s.metrics.requests.labels(label).inc()
-        s.metrics.bytes_in.labels(label).inc(wire.nbytes)
+        series = s.metrics.of(label)
+        series.requests.inc()
+        series.bytes_in.inc(wire.nbytes)
         if not s._slots.acquire(blocking=False):
             s.metrics.failures.labels(label, "RESOURCE_EXHAUSTED").inc()
             context.abort(
@@ -165,7 +166,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         finally:
             s.metrics.in_flight.dec()
             s._slots.release()
-        s.metrics.bytes_out.labels(label).inc(len(response))
+        series.bytes_out.inc(len(response))
         return response
 
 

@@ -378,16 +378,17 @@ class TailServer:
 
             job = Job(key, tensors, rows, run, is_active=context.is_active)
             decode_s = time.perf_counter() - t0
-            self.metrics.decode.labels(served.name).observe(decode_s)
+            series = self.metrics.of(served.name)
+            series.decode.observe(decode_s)
         except BaseException:
             batcher.arrived()  # refused before it was queued
             raise
         future = batcher.submit(job)  # also counts the request as arrived, atomically
         result = self._await(future, context, served, {n: list(a.shape) for n, a in data.inputs.items()})
-        self.metrics.queue.labels(served.name).observe(result.queue_s)
-        self.metrics.compute.labels(served.name).observe(result.compute_s)
+        series.queue.observe(result.queue_s)
+        series.compute.observe(result.compute_s)
         if result.index == 0:  # one observation per executed batch
-            self.metrics.batch_size.labels(served.name).observe(result.batch_size)
+            series.batch_size.observe(result.batch_size)
         outputs = {}
         bf16 = set()
         for name, tensor in zip(served.output_names, result.outputs, strict=True):

@@ -326,10 +326,30 @@ def test_grpc_health_service(live: Live) -> None:
 
 
 def test_prometheus_metrics(live: Live) -> None:
+    registry = live.server.metrics.registry
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "requests": value("splitdnn_requests_total", model="resnet18"),
+        "unknown": value("splitdnn_requests_total", model="<unknown>"),
+        "bytes_in": value("splitdnn_request_bytes_total", model="resnet18"),
+        "computed": value("splitdnn_compute_seconds_count", model="resnet18"),
+    }
     x = _x("resnet18").numpy()
+    good = serde.build_infer_request("resnet18", {"x": x})
+    bad = serde.build_infer_request("resnet18", {"x": x.astype(np.float64)})
     live.infer("resnet18", {"x": x})
-    live.status(serde.build_infer_request("resnet18", {"x": x.astype(np.float64)}))
+    live.status(bad)
     live.status(serde.build_infer_request("zzz", {"x": x}))
+    # each request counted once, under its own model; only the good one reached the tail
+    assert value("splitdnn_requests_total", model="resnet18") == before["requests"] + 2
+    assert value("splitdnn_requests_total", model="<unknown>") == before["unknown"] + 1
+    assert value("splitdnn_request_bytes_total", model="resnet18") == (
+        before["bytes_in"] + good.ByteSize() + bad.ByteSize()
+    )
+    assert value("splitdnn_compute_seconds_count", model="resnet18") == before["computed"] + 1
     address = live.server.metrics_address
     assert address is not None
     text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
