@@ -3,6 +3,10 @@ every bad request (and the next good request still works), metadata, model info,
 
 from __future__ import annotations
 
+import gc
+import os
+import threading
+import tracemalloc
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -393,3 +397,80 @@ def test_concurrent_requests_batch_and_stay_correct(live: Live) -> None:
         assert isinstance(batch, int) and 1 <= batch <= 8
         # a batch may pick other kernels than a single request: equal to float32 rounding
         np.testing.assert_allclose(got.outputs["output"], _local(traced, x), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# a long mixed run: nothing grows
+
+
+def _resources() -> dict[str, float]:
+    gc.collect()
+    status = Path("/proc/self/status").read_text()
+    rss_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    return {
+        "threads": threading.active_count(),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "objects": len(gc.get_objects()),
+        "rss_mib": rss_kib / 1024.0,
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts file descriptors in /proc")
+def test_a_long_mix_of_good_bad_cancelled_and_concurrent_requests_leaks_nothing(live: Live) -> None:
+    """Every kind of bad request, split requests at several cuts, a request whose deadline passes
+    while the server computes, and concurrent bursts: after a warm-up, more rounds of the same must
+    not grow the process's threads, file descriptors or gc-tracked objects, nor hold on to what they
+    allocated (both ends live in this process, so a leak on either side shows).
+
+    Measured here over the 372 measured requests: no thread, descriptor or object more; 37-52 KB of
+    what they allocated still held (numpy's bounded allocation caches: in a loop of 16,000 parses it
+    levels off at ~30 KB). The bounds catch a leak of one gc-tracked object per request, or of about
+    1 KB per request that reaches the tail (132 of the 372). Resident memory grew 13-25 MiB (glibc's
+    per-thread arenas keep what they freed, see ``keep_freed_memory``), so its bound is coarse: it
+    catches only leaks of megabytes.
+    """
+    traced = live.traced("resnet18")
+    fp = traced.fingerprint
+    bad = _bad_requests(live)
+    cuts = chain_cuts(traced)[2::5]
+    x = _x("resnet18", seed=9)
+    expected = _local(traced, x)
+    boundaries = {cut: _boundary(traced, cut, x) for cut in cuts}
+    late = serde.build_infer_request("resnet18", {"x": _x("resnet18", batch=32).numpy()})  # ~40 ms
+
+    def one_round(pool: ThreadPoolExecutor) -> int:
+        requests = 0
+        for what, (msg, code) in bad.items():
+            assert live.status(msg) == code, what
+            requests += 1
+        for cut, values in boundaries.items():
+            got = live.infer("resnet18", values, fingerprint=fp)
+            assert np.array_equal(got.outputs["output"], expected), cut
+            requests += 1
+        with pytest.raises(grpc.RpcError) as info:  # gives up while the server still computes
+            live.v2.ModelInfer(late, timeout=0.005)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        burst = list(pool.map(lambda cut: live.infer("resnet18", boundaries[cut], fingerprint=fp), cuts))
+        for got in burst:
+            np.testing.assert_allclose(got.outputs["output"], expected, rtol=1e-4, atol=1e-5)
+        return requests + 1 + len(burst)
+
+    with ThreadPoolExecutor(len(cuts)) as pool:
+        for _ in range(6):
+            one_round(pool)
+        before = _resources()
+        tracemalloc.start()  # what the measured rounds allocate and still hold at the end
+        try:
+            served = sum(one_round(pool) for _ in range(12))
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        after = _resources()
+    grown = {k: after[k] - before[k] for k in before}
+    assert served >= 360
+    assert grown["threads"] <= 2, (before, after)
+    assert grown["fds"] <= 4, (before, after)
+    assert grown["objects"] < 200, (before, after)
+    assert held < 128 << 10, f"{held} bytes allocated during {served} requests are still held"
+    assert grown["rss_mib"] < 64, (before, after)
