@@ -14,9 +14,11 @@ import contextlib
 import hashlib
 import io
 import json
+import linecache
 import logging
 import os
 import traceback
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +32,48 @@ from torch.utils import _pytree as pytree
 from splitdnn.errors import ConfigError, TraceError
 from splitdnn.schema import COMPUTE_OPS
 
-__all__ = ["GraphNode", "TracedModel", "fingerprint", "trace"]
+__all__ = ["GraphNode", "TracedModel", "fingerprint", "release_source_when_freed", "trace"]
 
 _FINGERPRINT_VERSION = 1
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_FX_SOURCE_PREFIX = "<eval_with_key>"
+
+
+# --------------------------------------------------------------------------------------------------
+# generated source: torch.fx keeps it for the process's lifetime unless told otherwise
+
+
+def _source_key(gm: GraphModule) -> str | None:
+    """The name torch.fx filed ``gm``'s generated forward under, or None (not fx-generated)."""
+    code = getattr(type(gm).__dict__.get("forward"), "__code__", None)
+    key = getattr(code, "co_filename", None)
+    return key if isinstance(key, str) and key.startswith(_FX_SOURCE_PREFIX) else None
+
+
+def _fx_source_keys() -> set[str]:
+    return {key for key in list(linecache.cache) if key.startswith(_FX_SOURCE_PREFIX)}
+
+
+def _drop_source(key: str) -> None:
+    cache = getattr(getattr(torch.fx.graph_module, "_loader", None), "eval_cache", None)
+    if isinstance(cache, dict):
+        cache.pop(key, None)
+    linecache.cache.pop(key, None)
+
+
+def release_source_when_freed(gm: GraphModule) -> GraphModule:
+    """``gm``, with its generated source dropped from torch.fx's caches once ``gm`` is freed.
+
+    torch.fx files the source of every forward it generates (each GraphModule, each recompile) in a
+    process-wide cache and in ``linecache``, for tracebacks, and never removes it: about 40 KB per
+    ResNet-50 tail. A server that rebuilds tails evicted from its LRU cache, or an application that
+    opens a client per session, would grow without bound. Call this after the module's last
+    ``recompile()``; a module torch.fx did not generate is left alone.
+    """
+    key = _source_key(gm)
+    if key is not None:
+        weakref.finalize(gm, _drop_source, key)
+    return gm
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,7 +175,11 @@ def trace(
     for n in gm.graph.nodes:
         if isinstance(n.type, str):  # a PEP 563 annotation ("torch.Tensor"): fx cannot pickle it
             n.type = None
+    generated = _source_key(gm)
     gm.recompile()
+    if generated is not None:
+        _drop_source(generated)  # the forward before this recompile; nothing runs it any more
+    release_source_when_freed(gm)
     nodes = tuple(
         GraphNode(n.name, n.op, _target_str(n), tuple(i.name for i in n.all_input_nodes))
         for n in gm.graph.nodes
@@ -216,8 +260,12 @@ def _quiet_export() -> Iterator[None]:
 
 def _trace_export(model: nn.Module, inputs: tuple[torch.Tensor, ...], expected: Any) -> GraphModule:
     """torch.export's graph as a plain fx module: positional inputs, the model's output structure."""
+    known = _fx_source_keys()
     with _quiet_export():
-        unlifted = torch.export.export(model, inputs).module()
+        unlifted = release_source_when_freed(torch.export.export(model, inputs).module())
+    # export's intermediate modules (about 9 per call) are garbage now; only tracebacks read the source
+    for key in _fx_source_keys() - known - {_source_key(unlifted)}:
+        _drop_source(key)
     out_spec = pytree.tree_flatten(expected)[1]
     graph = Graph(owning_module=unlifted)
     env: dict[Node, Node] = {}

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.fx import Graph, GraphModule, Node
 
-from splitdnn._capture import GraphNode, TracedModel, _names, fingerprint, trace
+from splitdnn._capture import GraphNode, TracedModel, _names, fingerprint, release_source_when_freed, trace
 from splitdnn.errors import ConfigError, PlanError
 from splitdnn.schema import COMPUTE_OPS, Plan
 
@@ -340,7 +340,7 @@ def _piece_module(
         graph.output(tuple(env[by_name[name]] for name in outputs))
     graph.lint()
     class_name = re.sub(r"\W", "_", f"{traced.name}_tier{tier}")
-    module = GraphModule(traced.module, graph, class_name)
+    module = release_source_when_freed(GraphModule(traced.module, graph, class_name))
     module.training = traced.module.training
     return module
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import linecache
 import pickle
 import random
 from collections.abc import Callable, Iterator
@@ -511,6 +513,27 @@ def test_pieces_are_deterministic_standalone_and_share_weights() -> None:
     assert isinstance(tail, Piece) and "module" not in repr(tail)
     with pytest.raises(ConfigError, match="the tier-1 piece needs value"):
         tail({})
+
+
+def _fx_sources() -> int:
+    gc.collect()
+    return sum(1 for key in linecache.cache if key.startswith("<eval_with_key>"))
+
+
+def test_pieces_and_traces_drop_their_generated_source_when_freed() -> None:
+    """torch.fx files each generated forward's source for good; splitdnn's modules take theirs along
+    when freed, so a process that splits (a client per session) or traces again does not grow."""
+    model, traced, inputs, ref = make("tokens")
+    branch, x = ShapeBranch().eval(), torch.randn(2, 4)
+    trace(branch, x)
+    before = _fx_sources()
+    for seed in range(8):
+        pieces = split(traced, random_ideal(traced, random.Random(seed), 3))
+        assert same(run_pieces(pieces, *inputs), ref)
+        assert trace(model, inputs).method == "fx"
+        assert trace(branch, x).method == "export"
+    del pieces
+    assert _fx_sources() <= before
 
 
 def test_in_place_modification_order_is_kept() -> None:

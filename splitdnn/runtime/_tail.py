@@ -27,6 +27,7 @@ import torch
 from torch.fx import Graph, GraphModule, Node
 from torch.utils import _pytree as pytree
 
+from splitdnn._capture import release_source_when_freed
 from splitdnn.errors import ConfigError, WireError
 from splitdnn.graph import TracedModel
 from splitdnn.runtime._inplace import may_write_inputs
@@ -275,7 +276,9 @@ class ServedModel:
                 env[n] = graph.node_copy(n, env.__getitem__)
         graph.node_copy(output, env.__getitem__)
         graph.lint()
-        module = GraphModule(self.traced.module, graph, f"{type(self.traced.module).__name__}_tail")
+        module = release_source_when_freed(
+            GraphModule(self.traced.module, graph, f"{type(self.traced.module).__name__}_tail")
+        )
         module.training = self.traced.module.training
         num = sum(1 for n in members if n.op in COMPUTE_OPS)
         return Tail(tuple(order), module, num, may_write_inputs(module))
