@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
 import subprocess
 import sys
@@ -317,3 +318,13 @@ def test_what_the_solver_derives_from_a_profile_is_kept_per_profile_object(monke
     assert len(_problem._DERIVED) <= 2
     _problem.derived(dev, "test", build)
     assert built[-1] is dev  # built again after the drop
+    # an entry goes with its profile: a closed client's profiles are not kept alive
+    monkeypatch.setattr(_problem, "DERIVED_MAX", 128)
+    gone = dataclasses.replace(dev)
+    _problem.Graph.of(gone)
+    key = (id(gone), "graph")
+    assert key in _problem._DERIVED
+    del gone
+    gc.collect()
+    assert key not in _problem._DERIVED
+    assert _problem.Graph.of(dev) is _problem.Graph.of(dev)  # a live one stays

@@ -16,6 +16,7 @@ the evaluator and the oracle pick it up.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -113,27 +114,38 @@ def raw_tensor_cost(hop: TensorHop) -> WireCost:
 
 #: entries kept before the whole store is dropped (a planner needs a handful per pair of profiles)
 DERIVED_MAX = 128
-_DERIVED: dict[tuple[int, str], tuple[Profile, Any]] = {}
+_DERIVED: dict[tuple[int, str], tuple[weakref.ref[Profile], Any]] = {}
+
+
+def _forget(key: tuple[int, str]) -> Callable[[weakref.ref[Profile]], None]:
+    def forget(ref: weakref.ref[Profile]) -> None:
+        entry = _DERIVED.get(key)
+        if entry is not None and entry[0] is ref:  # not an entry made since for a new object
+            _DERIVED.pop(key, None)
+
+    return forget
 
 
 def derived(profile: Profile, what: str, build: Callable[[Profile], T]) -> T:
-    """``build(profile)``, computed once per profile object and kept.
+    """``build(profile)``, computed once per profile object and kept while that object lives.
 
     A client's planner prices and solves the same two profiles on every re-plan, under a new link
     each time; the graph and the per-node lookups built from them do not change (profiles are frozen
     records, and a changed profile is a new object). Entries are keyed by identity, not equality (a
-    profile compares every node), and hold their profile, so an id is not reused while its entry
-    lives. Past ``DERIVED_MAX`` entries the store is dropped whole: ``clear`` is one atomic step, so
-    threads share it without a lock (two racing threads may both build; either result is the same).
+    profile compares every node), and go when their profile is freed (a weak reference, so a closed
+    client's profiles do not stay; ``build`` must not return something that refers to the profile
+    object itself). Past ``DERIVED_MAX`` live entries the store is dropped whole: ``clear`` is one
+    atomic step, so threads share it without a lock (two racing threads may both build; either
+    result is the same).
     """
     key = (id(profile), what)
     hit = _DERIVED.get(key)
-    if hit is not None and hit[0] is profile:
+    if hit is not None and hit[0]() is profile:
         return hit[1]  # type: ignore[no-any-return]
     value = build(profile)
     if len(_DERIVED) >= DERIVED_MAX:
         _DERIVED.clear()
-    _DERIVED[key] = (profile, value)
+    _DERIVED[key] = (weakref.ref(profile, _forget(key)), value)
     return value
 
 
