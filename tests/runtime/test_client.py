@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import io
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -377,6 +378,26 @@ def test_unreachable_at_start_runs_locally_or_raises(served) -> None:
         SplitClient(
             "127.0.0.1:1", s.traced, device_profile=s.device, connect_timeout_s=0.2, fallback_local=False
         )
+
+
+def test_connecting_starts_no_connectivity_polling_thread(served) -> None:
+    """gRPC's ``channel_ready_future`` starts a thread polling the channel's state that outlives the
+    wait, and close() then waited for it (0.15-0.2 s); the client waits inside its first call."""
+    server, models = served
+    s = models["alexnet"]
+    for address in (server.address, "127.0.0.1:1"):
+        before = {t.ident for t in threading.enumerate()}
+        client = SplitClient(address, s.traced, device_profile=s.device, connect_timeout_s=0.2)
+        try:
+            assert torch.equal(client.infer(s.x), s.ref)
+            started = [
+                t.name
+                for t in threading.enumerate()
+                if t.ident not in before and not t.name.startswith("splitdnn-")  # the server's own
+            ]
+            assert not started, (address, started)
+        finally:
+            client.close()
 
 
 def test_token_is_required_and_sent() -> None:
