@@ -263,7 +263,8 @@ def _trace_export(model: nn.Module, inputs: tuple[torch.Tensor, ...], expected: 
     known = _fx_source_keys()
     with _quiet_export():
         unlifted = release_source_when_freed(torch.export.export(model, inputs).module())
-    # export's intermediate modules (about 9 per call) are garbage now; only tracebacks read the source
+    # export's intermediate modules (about 9 per call) are garbage now. Only tracebacks read this
+    # source, so a module another thread generated meanwhile loses no more than its traceback lines.
     for key in _fx_source_keys() - known - {_source_key(unlifted)}:
         _drop_source(key)
     out_spec = pytree.tree_flatten(expected)[1]
