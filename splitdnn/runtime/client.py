@@ -317,9 +317,11 @@ class SplitClient:
         )  # fmt: skip
 
     def _unreachable(self, timeout_s: float) -> None:
+        """No answer to the first call in time: raise, or note it and run locally."""
         err = ServerUnavailableError(
-            f"cannot connect to {self.address} within {timeout_s:g} s; check the address and that "
-            f"`splitdnn serve` is running",
+            f"cannot connect to {self.address} within {timeout_s:g} s (no answer to GetModelInfo: the "
+            f"server is down, unreachable or overloaded); check the address and that `splitdnn serve` "
+            f"is running, or allow more time (connect_timeout_s)",
             code="UNAVAILABLE",
         )
         if not self.fallback_local:
