@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import io
+import socket
 import threading
 import time
 import tracemalloc
@@ -398,6 +399,34 @@ def test_connecting_starts_no_connectivity_polling_thread(served) -> None:
             assert not started, (address, started)
         finally:
             client.close()
+
+
+def test_a_server_that_starts_after_the_client_is_used_once_it_answers() -> None:
+    """Down at construction (local), then a server comes up on that address: within the client's
+    back-off (1 s, doubling) and gRPC's reconnect back-off (at most 2 s) requests go remote again."""
+    spec = _spec("alexnet")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert spec.module is not None and spec.input_shapes is not None
+    traced = graph.trace(spec.module, torch.zeros(spec.input_shapes[0]), name="alexnet")
+    x = torch.randn(spec.input_shapes[0])
+    with torch.inference_mode():
+        ref = traced.module(x)
+    cut = graph.chain_cuts(traced)[3]
+    device = _profile(traced)
+    with SplitClient(
+        f"127.0.0.1:{port}", traced, device_profile=device, force_boundary=cut, connect_timeout_s=0.2
+    ) as client:
+        assert torch.equal(client.infer(x), ref) and _last(client).local
+        with TailServer(ServerConfig(models=(spec,), port=port)):
+            end = time.monotonic() + 20.0
+            while _last(client).local:
+                assert time.monotonic() < end, "the client never went back to the server"
+                time.sleep(0.05)
+                assert torch.equal(client.infer(x), ref)
+            b = _last(client)
+            assert b.boundary == (cut,) and b.bytes_sent > 0 and b.server_compute_ms > 0
 
 
 def test_token_is_required_and_sent() -> None:
