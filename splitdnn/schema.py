@@ -503,6 +503,11 @@ def profile_from_json(text: str, *, source: str = "profile") -> Profile:
         raise ProfileError(
             f"{source} is not valid JSON ({exc}); expected a file written by `splitdnn profile`"
         ) from exc
+    except RecursionError:  # brackets nested thousands deep: no profile is
+        raise ProfileError(
+            f"{source} nests JSON arrays or objects too deeply to be a profile; expected a file "
+            f"written by `splitdnn profile`"
+        ) from None
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: expected a JSON object, found {_kind(data)}")
     version = data.get("schema_version")

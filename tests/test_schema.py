@@ -116,6 +116,9 @@ def test_not_json_and_missing_file(tmp_path):
         profile_from_json("{nope")
     with pytest.raises(ProfileError, match="expected a JSON object"):
         profile_from_json("[1, 2]")
+    for deep in ("[" * 100_000, '{"a":' * 100_000):  # json.loads raises RecursionError on these
+        with pytest.raises(ProfileError, match="too deeply"):
+            profile_from_json(deep)
     with pytest.raises(ProfileError, match="does not exist"):
         load_profile(tmp_path / "missing.json")
 

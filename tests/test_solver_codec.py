@@ -333,6 +333,9 @@ def test_accuracy_table_of_another_model_or_a_half_budget_is_refused(tmp_path) -
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="is not JSON"):
         load_accuracy_table(tmp_path / "bad.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(ConfigError, match="too deeply"):
+        load_accuracy_table(tmp_path / "deep.json")
 
 
 def test_is_lossless_reads_the_value_stage() -> None:

@@ -102,6 +102,11 @@ def load_accuracy_table(path: str | Path) -> AccuracyTable:
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"accuracy table {source} is not JSON: {exc}") from exc
+    except RecursionError:  # brackets nested thousands deep: no accuracy table is
+        raise ConfigError(
+            f"accuracy table {source} nests JSON too deeply; expected the --json output of "
+            f"scripts/bench_accuracy.py"
+        ) from None
     return accuracy_table_from_dict(data, source=source)
 
 

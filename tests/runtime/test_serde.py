@@ -184,6 +184,8 @@ def test_probe_messages() -> None:
 def test_model_info_refuses_bad_profiles() -> None:
     with pytest.raises(WireError, match="invalid profile"):
         serde.parse_model_info(sd_pb.ModelInfoResponse(name="m", fingerprint="abc", profile_json="{not json"))
+    with pytest.raises(WireError, match="invalid profile.*too deeply"):  # a hostile server's
+        serde.parse_model_info(sd_pb.ModelInfoResponse(name="m", fingerprint="ab", profile_json="[" * 99_999))
     profile = load_profile(ROOT / "profiles" / "resnet18-cpu-t1.json")
     with pytest.raises(WireError, match="profile of another model"):
         serde.parse_model_info(serde.build_model_info("m", "0" * 64, profile))
