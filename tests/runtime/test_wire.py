@@ -195,6 +195,34 @@ def test_response_bytes_protobuf_refuses_are_a_wire_error() -> None:
         serde.read_infer_request(bytearray(b""))  # type: ignore[arg-type]
 
 
+def _response_bytes() -> bytes:
+    outputs = {"output_0": np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4), "output_1": np.ones(3)}
+    params = {serde.PARAM_QUEUE_MS: 0.5, serde.PARAM_COMPUTE_MS: 2.0, serde.PARAM_BATCH_SIZE: 2}
+    return serde.encode_infer_response("m", "id", outputs, parameters=params)
+
+
+@_FUZZ
+@given(
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+    st.integers(0, 40),
+)
+def test_mutated_responses_raise_only_wire_errors(flips: list[tuple[int, int]], cut: int) -> None:
+    """What a broken or hostile server answers: the client's decode (with its cap) either gives
+    arrays and timing parameters it can use, or a WireError; never another exception."""
+    data = bytearray(_response_bytes())
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    data = data[: len(data) - cut]
+    try:
+        got = serde.decode_infer_response(bytes(data), max_decoded_bytes=4096)
+    except WireError:
+        return
+    assert all(isinstance(a, np.ndarray) and a.nbytes <= 4096 for a in got.outputs.values())
+    for key in (serde.PARAM_QUEUE_MS, serde.PARAM_COMPUTE_MS, serde.PARAM_DECODE_MS):
+        ms = serde.param_ms(got.parameters, key)
+        assert ms >= 0.0 and np.isfinite(ms)
+
+
 def test_append_field_is_protobufs_own_serialization() -> None:
     msg = v2_pb.ModelInferRequest(model_name="m")
     chunks: list[bytes | memoryview] = [b"", b"a" * 200, np.zeros(40_000, np.uint8).data]
