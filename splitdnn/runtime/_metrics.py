@@ -13,16 +13,21 @@ so clients cannot grow the label set)::
     splitdnn_response_bytes_total{model}           serialized response bytes sent
     splitdnn_batch_size{model}                     requests per executed batch (histogram)
     splitdnn_in_flight                             ModelInfer requests being served now (gauge)
+    splitdnn_tail_builds_total{model}              tails built (cut not in the cache); a steady rise
+                                                   means clients use more cuts than tail_cache_size
+    splitdnn_cached_tails{model}                   tails in the cache now (gauge)
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["UNKNOWN_MODEL", "ModelSeries", "ServerMetrics"]
 
@@ -44,6 +49,24 @@ class ModelSeries:
     bytes_in: Any
     bytes_out: Any
     batch_size: Any
+
+
+class _TailCaches:
+    """Reads each model's tail-cache counts when scraped (nothing to do per request)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        builds = CounterMetricFamily(
+            "splitdnn_tail_builds", "tails built because the cut was not in the cache", labels=["model"]
+        )
+        cached = GaugeMetricFamily("splitdnn_cached_tails", "tails in the cache", labels=["model"])
+        for model, (built, held) in sorted(self._read().items()):
+            builds.add_metric([model], built)
+            cached.add_metric([model], held)
+        yield builds
+        yield cached
 
 
 class ServerMetrics:
@@ -99,6 +122,10 @@ class ServerMetrics:
                     )  # fmt: skip
                     self._series[model] = series
         return series
+
+    def track_tails(self, read: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
+        """Expose ``read()`` (model -> (tails built, tails cached)) at every scrape."""
+        self.registry.register(_TailCaches(read))
 
     def serve(self, host: str, port: int) -> int:
         """Expose the metrics over HTTP on ``host:port`` (0: a free port); returns the bound port."""

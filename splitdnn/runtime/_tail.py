@@ -156,6 +156,7 @@ class ServedModel:
         traced.module.to(device)
         self._cache: OrderedDict[frozenset[str], Tail] = OrderedDict()
         self._lock = threading.Lock()
+        self.tail_builds = 0  # tails built so far (cache misses); rising steadily: the cache thrashes
         self._graph_nodes = {n.name: n for n in traced.module.graph.nodes}
         self._position = {n.name: i for i, n in enumerate(traced.module.graph.nodes)}
 
@@ -219,6 +220,7 @@ class ServedModel:
                 return cached
         tail = self._build_tail(provided)  # outside the lock: building may take a moment
         with self._lock:
+            self.tail_builds += 1
             self._cache[provided] = tail
             self._cache.move_to_end(provided)
             while len(self._cache) > self.tail_cache_size:

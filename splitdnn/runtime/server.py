@@ -151,6 +151,8 @@ class TailServer:
                 raise ConfigError(f"two models are named {served.name!r}; give one a ModelSpec(name=...)")
             self._models[served.name] = served
         self._check_profiles()
+        models = self._models
+        self.metrics.track_tails(lambda: {n: (m.tail_builds, m.cached_tails()) for n, m in models.items()})
         self._batcher = Batcher(cfg.max_batch_size, cfg.max_queue_delay_ms / 1000.0)
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),

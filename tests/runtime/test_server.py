@@ -354,6 +354,17 @@ def test_prometheus_metrics(live: Live) -> None:
         before["bytes_in"] + good.ByteSize() + bad.ByteSize()
     )
     assert value("splitdnn_compute_seconds_count", model="resnet18") == before["computed"] + 1
+    # tail-cache counts, read at scrape time: a cut not in the cache is one more build
+    served = live.server._models["resnet18"]
+    traced = live.traced("resnet18")
+    with served._lock:
+        served._cache.clear()  # as if every tail had been evicted
+    cut = chain_cuts(traced)[2]
+    built = value("splitdnn_tail_builds_total", model="resnet18")
+    for _ in range(2):
+        live.infer("resnet18", _boundary(traced, cut, _x("resnet18")), fingerprint=traced.fingerprint)
+        assert value("splitdnn_tail_builds_total", model="resnet18") == built + 1  # built once, then cached
+        assert value("splitdnn_cached_tails", model="resnet18") == 1
     address = live.server.metrics_address
     assert address is not None
     text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
@@ -366,6 +377,8 @@ def test_prometheus_metrics(live: Live) -> None:
         'splitdnn_request_bytes_total{model="resnet18"}',
         'splitdnn_response_bytes_total{model="resnet18"}',
         'splitdnn_batch_size_bucket{le="1.0",model="resnet18"}',
+        'splitdnn_tail_builds_total{model="resnet18"}',
+        'splitdnn_cached_tails{model="alexnet"}',
     ):
         assert needle in text, needle
 
