@@ -125,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         profiles=profiles,
         grace_s=args.grace_s,
         max_decoded_bytes=int(args.max_decoded_mib * (1 << 20)),
+        tail_cache_size=args.tail_cache_size,
         keep_freed_memory=not args.malloc_defaults,
     )
     with TailServer(config) as server:
@@ -468,6 +469,10 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
         "--metrics-port", type=int, metavar="P", help="Prometheus metrics over HTTP (0: a free port)"
     )
     p.add_argument("--grace-s", type=nonneg, default=5.0, help="on SIGTERM: time in-flight requests get")
+    p.add_argument(
+        "--tail-cache-size", type=int, default=64, metavar="N",
+        help="tails kept per model, one per cut in use (default 64; see splitdnn_tail_builds_total)",
+    )  # fmt: skip
     p.add_argument(
         "--max-decoded-mib", type=positive, default=256.0, help="cap on one request's decoded tensors (MiB)"
     )

@@ -48,6 +48,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             str(token),
             "--grace-s",
             "1",
+            "--tail-cache-size",
+            "4",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -165,6 +167,8 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 1 and "empty" in err
     code, _, err = run(capsys, "serve", "alexnet", "--profile", "resnet18=p.json")
     assert code == 1 and "not among the served models" in err
+    code, _, err = run(capsys, "serve", "alexnet", "--tail-cache-size", "0")
+    assert code == 1 and "tail_cache_size" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "run", "alexnet", "--server", "127.0.0.1:1", "--requests", "0")
     assert code == 1 and "--requests" in err
     with pytest.raises(SystemExit) as exc:
