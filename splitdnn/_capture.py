@@ -72,7 +72,7 @@ def release_source_when_freed(gm: GraphModule) -> GraphModule:
     """
     key = _source_key(gm)
     if key is not None:
-        weakref.finalize(gm, _drop_source, key)
+        weakref.finalize(gm, _drop_source, key).atexit = False  # nothing to tidy at exit
     return gm
 
 
