@@ -13,6 +13,7 @@ error names the path of the offending value (``nodes[3].latency.median_ms``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -393,26 +394,39 @@ def from_dict(cls: type[T], data: Any, *, path: str = "", error: type[Exception]
     return _decode(cls, data, path or cls.__name__, error)
 
 
+@functools.cache
+def _record_fields(tp: type) -> dict[str, tuple[Any, bool]]:
+    """Each field of record type ``tp``: its type (annotations resolved) and whether it has a default.
+
+    Resolving the annotations (``get_type_hints``) compiles each one; once per type, not per record,
+    it was most of the time of loading a profile of a few thousand records.
+    """
+    hints = get_type_hints(tp)
+    return {
+        f.name: (
+            hints[f.name],
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(tp)
+    }
+
+
 def _decode(tp: Any, value: Any, path: str, error: type[Exception]) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise error(f"{path}: expected an object, found {_kind(value)}")
-        hints = get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp)}
+        fields = _record_fields(tp)  # type: ignore[arg-type]  # a dataclass type here
         unknown = sorted(set(value) - set(fields))
         if unknown:
             raise error(f"{path}: unknown field(s) {unknown}; expected only {sorted(fields)}")
         kwargs = {}
-        for name, f in fields.items():
+        for name, (field_type, has_default) in fields.items():
             if name not in value:
-                has_default = (
-                    f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-                )
                 if has_default:
                     continue
                 raise error(f"{path}: missing field {name!r}")
-            kwargs[name] = _decode(hints[name], value[name], f"{path}.{name}", error)
+            kwargs[name] = _decode(field_type, value[name], f"{path}.{name}", error)
         try:
             return tp(**kwargs)  # type: ignore[operator]  # tp is a dataclass type here
         except (ProfileError, ConfigError) as exc:
