@@ -489,6 +489,9 @@ def test_values_that_are_not_tensors_are_found() -> None:
     attention = {n.name for n in traced.nodes if n.name.endswith("self_attention")}
     assert attention and attention <= found
     assert not found & set(graph.chain_cuts(traced))
+    assert _unsendable(traced) is found  # kept per traced module: a second client runs nothing
+    other = graph.trace(model, torch.randn(1, *entry.test_input_shape), name="vit_tiny")
+    assert _unsendable(other) == found and _unsendable(other) is not found
 
 
 class _FakeRpcError(grpc.RpcError):
