@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -320,6 +321,46 @@ def test_model_info(live: Live) -> None:
     with pytest.raises(grpc.RpcError) as err:
         live.split.GetModelInfo(serde.build_model_info_request("nope"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class _Flip(codec.ByteCodec):
+    """A codec registered while the server runs (its answer is built once per set of codecs)."""
+
+    name = "flip_test"
+
+    def encode(self, data: bytes, arg: str | None, itemsize: int) -> tuple[bytes, bytes]:
+        return b"", bytes(data)[::-1]
+
+    def decode(self, data: bytes, params: bytes, expected_nbytes: int) -> bytes:
+        return bytes(data)[::-1]
+
+
+def test_model_info_is_built_once_and_follows_the_registered_codecs(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    build = serde.build_model_info
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        built.append(name)
+        return build(name, *args, **kwargs)
+
+    monkeypatch.setattr(serde, "build_model_info", counted)
+
+    def ask() -> tuple[bytes, tuple[str, ...]]:
+        reply = live.split.GetModelInfo(serde.build_model_info_request("resnet18"), timeout=10)
+        return reply.SerializeToString(), serde.parse_model_info(reply).codecs
+
+    first, codecs = ask()
+    assert ask() == (first, codecs) and len(built) <= 1  # 0: an earlier test asked already
+    codec.register_codec(_Flip())
+    try:
+        again, more = ask()
+        assert set(more) == set(codecs) | {"flip_test"} and again != first
+    finally:
+        codec.unregister_codec("flip_test")
+    assert ask() == (first, codecs)
+    assert built.count("resnet18") <= 2  # the new set of codecs once; back to the kept answer
 
 
 def test_grpc_health_service(live: Live) -> None:
