@@ -487,7 +487,7 @@ def test_a_long_mix_of_good_bad_cancelled_and_concurrent_requests_leaks_nothing(
     Measured here over the 372 measured requests: no thread, descriptor or object more; 37-52 KB of
     what they allocated still held (numpy's bounded allocation caches: in a loop of 16,000 parses it
     levels off at ~30 KB). The bounds catch a leak of one gc-tracked object per request, or of about
-    1 KB per request that reaches the tail (132 of the 372). Resident memory grew 13-25 MiB (glibc's
+    1 KB per request that reaches the tail (108 of the 372). Resident memory grew 13-25 MiB (glibc's
     per-thread arenas keep what they freed, see ``keep_freed_memory``), so its bound is coarse: it
     catches only leaks of megabytes.
     """
