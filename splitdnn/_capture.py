@@ -17,9 +17,10 @@ import json
 import linecache
 import logging
 import os
+import threading
 import traceback
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,12 +212,34 @@ def _run(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
 
 
 class _LeafTracer(torch.fx.Tracer):
+    """fx's tracer, keeping ``leaf_modules`` whole, and confined to the thread that traces.
+
+    While it traces, torch.fx replaces ``nn.Module.__call__`` and ``__getattr__`` for the whole
+    process. Every other thread running any model then went through this tracer too: a server's
+    tails or a client's head failed with "module is not installed as a submodule" (or computed
+    garbage) whenever the same process traced a model. Calls from other threads now go straight
+    to the module.
+    """
+
     def __init__(self, leaf_modules: tuple[type[nn.Module], ...]) -> None:
         super().__init__()
         self._leaf_modules = leaf_modules
+        self._thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, self._leaf_modules) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)  # another thread's model: the original Module.__call__
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def _trace_fx(model: nn.Module, n_inputs: int, leaf_modules: tuple[type[nn.Module], ...]) -> GraphModule:

@@ -6,6 +6,7 @@ import gc
 import linecache
 import pickle
 import random
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -534,6 +535,42 @@ def test_pieces_and_traces_drop_their_generated_source_when_freed() -> None:
         assert trace(branch, x).method == "export"
     del pieces
     assert _fx_sources() <= before
+
+
+def test_tracing_leaves_models_running_in_other_threads_alone() -> None:
+    """fx patches nn.Module.__call__ process-wide while it traces; splitdnn's tracer lets other
+    threads' calls through, so a model running beside a trace computes exactly as alone (before:
+    "module is not installed as a submodule", thousands of times in a second)."""
+    from splitdnn.models import ZOO, build_zoo_model
+
+    model, _, inputs, ref = make("tokens")
+    other = build_zoo_model("resnet18").eval()  # a few hundred module calls per trace
+    other_inputs = torch.randn(1, *ZOO["resnet18"].test_input_shape)
+    errors: list[str] = []
+    wrong = 0
+    runs = 0
+    done = threading.Event()
+
+    def run() -> None:
+        nonlocal wrong, runs
+        while not done.is_set():
+            try:
+                with torch.no_grad():
+                    out = model(*inputs)
+                wrong += not same(out, ref)
+            except Exception as exc:  # counted, then reported
+                errors.append(f"{type(exc).__name__}: {exc}")
+            runs += 1
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        for _ in range(8):
+            assert trace(other, other_inputs).method == "fx"
+    finally:
+        done.set()
+        worker.join()
+    assert runs > 0 and not errors[:3] and wrong == 0
 
 
 def test_in_place_modification_order_is_kept() -> None:
