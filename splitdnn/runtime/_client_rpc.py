@@ -42,6 +42,12 @@ _TRANSLATIONS: dict[str, tuple[type[RemoteError], str, str]] = {
         "check the address and that `splitdnn serve` is running, or keep fallback_local=True to run "
         "locally meanwhile",
     ),
+    # the client never cancels its own calls (its give-up is a deadline): a cancelled call is the
+    # server stopping, or dropping the connection, under it
+    "CANCELLED": (
+        ServerUnavailableError, "the server cancelled the call (stopping, or dropped the connection)",
+        "retry shortly, or keep fallback_local=True to run locally meanwhile",
+    ),
     "DEADLINE_EXCEEDED": (
         DeadlineError, "no answer within the deadline", "raise timeout_s or use a cut that sends fewer bytes"
     ),

@@ -17,6 +17,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from splitdnn.errors import (
 )
 from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
+from splitdnn.runtime._client_rpc import is_transient
 from splitdnn.runtime.client import (
     Breakdown,
     SplitClient,
@@ -510,6 +512,7 @@ class _FakeRpcError(grpc.RpcError):
     [
         (grpc.StatusCode.UNAVAILABLE, "connection refused", ServerUnavailableError),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "", DeadlineError),
+        (grpc.StatusCode.CANCELLED, "the request was cancelled before it ran", ServerUnavailableError),
         (grpc.StatusCode.UNAUTHENTICATED, "no token", AuthenticationError),
         (grpc.StatusCode.PERMISSION_DENIED, "", AuthenticationError),
         (grpc.StatusCode.FAILED_PRECONDITION, "fingerprint abc is not def", ModelMismatchError),
@@ -523,6 +526,9 @@ def test_grpc_errors_are_translated(code: grpc.StatusCode, details: str, cls: ty
     assert type(err) is cls
     assert err.code == code.name and err.details == details
     assert "ModelInfer('m')" in str(err)
+    # what a client with a local fallback finishes on the device instead of raising
+    transient = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+    assert is_transient(err) == (code in transient)
 
 
 @pytest.mark.parametrize("threads", [1, None])
@@ -626,3 +632,57 @@ def test_clients_opened_and_closed_and_a_long_run_leak_nothing(served) -> None:
     assert more["objects"] < 200, (before, after)
     assert held < 512 << 10, f"{held} bytes allocated by 6 sessions and 60 requests are still held"
     assert more["rss_mib"] < 64, (before, after)
+
+
+# --------------------------------------------------------------------------------------------------
+# the server stops while a request is in it
+
+_HELD = threading.Event()
+_RELEASE = threading.Event()
+
+
+def _hold_on_server(x: torch.Tensor) -> torch.Tensor:
+    """Blocks the tail while it runs on a server thread (at most 10 s); returns x unchanged."""
+    if threading.current_thread().name.startswith("splitdnn-"):
+        _HELD.set()
+        _RELEASE.wait(timeout=10)
+    return x
+
+
+torch.fx.wrap("_hold_on_server")
+
+
+class _Held(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(_hold_on_server(self.fc1(x)))
+
+
+def test_a_server_stopping_under_a_request_leaves_it_to_the_device() -> None:
+    """Stopped with no grace while the tail runs: the call is cancelled, which the client takes as
+    the server going away (transient): it finishes the request locally instead of raising."""
+    model = _Held()
+    spec = ModelSpec("held", module=model, input_shapes=((1, 4),))
+    x = torch.randn(1, 4)
+    with TailServer(ServerConfig(models=(spec,), max_batch_size=1, grace_s=0.0)) as server:
+        traced = server.served_model("held")
+        with torch.inference_mode():
+            ref = traced.module(x)
+        device = _profile(traced)
+        _HELD.clear()
+        _RELEASE.clear()
+        with SplitClient(server.address, traced, device_profile=device, force_boundary="fc1") as client:
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(client.infer, x)
+                try:
+                    assert _HELD.wait(timeout=20), "the request never reached the tail"
+                    server.stop(grace=0.0)
+                    y = pending.result(timeout=20)
+                finally:
+                    _RELEASE.set()
+            b = _last(client)
+            assert torch.equal(y, ref) and b.local and b.fallback, b
