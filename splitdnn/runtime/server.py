@@ -98,6 +98,7 @@ class TailServer:
         self._unstarted: grpc.Server | None = None  # created, maybe bound, not yet started
         self._health: health.HealthServicer | None = None
         self._batcher: Batcher | None = None
+        self._executor: futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._port = 0
         self._metrics_port: int | None = None
@@ -131,6 +132,7 @@ class TailServer:
                 if self._batcher is not None:
                     self._batcher.stop(timeout=5)
                     self._batcher = None
+                self._release_threads()
                 self.metrics.close()
                 self._models.clear()
                 raise
@@ -164,8 +166,9 @@ class TailServer:
             # requests running when a connection ages out get the same grace as a shutdown
             options.append(("grpc.max_connection_age_grace_ms", int(cfg.grace_s * 1000)))
         workers = cfg.max_concurrency + _EXTRA_WORKERS
+        self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitdnn-rpc")
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitdnn-rpc"),
+            self._executor,
             interceptors=[TokenInterceptor(cfg.token)] if cfg.token else [],
             options=options,
             maximum_concurrent_rpcs=4 * workers,
@@ -225,8 +228,17 @@ class TailServer:
         self._server.stop(self.config.grace_s if grace is None else grace).wait()
         if self._batcher is not None:
             self._batcher.stop(timeout=5)
+        self._release_threads()
         self.metrics.close()
         self._stopped.set()
+
+    def _release_threads(self) -> None:
+        """Let the handler threads go (grpc leaves its executor running): a process that starts and
+        stops servers would otherwise keep every server's threads. A handler still running (stopped
+        without grace) finishes on its own; nothing waits for it."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout`` s passed); True if it stopped."""

@@ -226,6 +226,25 @@ def test_graceful_stop_lets_in_flight_requests_finish() -> None:
     channel.close()
 
 
+def _rpc_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("splitdnn-rpc"))
+
+
+def test_stopped_servers_leave_no_handler_threads() -> None:
+    """grpc does not shut down the executor it is given: every stopped server kept its handler
+    threads until the TailServer object went away."""
+    before = _rpc_threads()
+    servers = []  # kept alive on purpose: their threads must go at stop(), not at collection
+    for _ in range(4):
+        with _server() as server:
+            stub, channel = _stub(server.address)
+            with ThreadPoolExecutor(3) as pool:  # a few requests at once: a few handler threads
+                list(pool.map(lambda i, s=stub: _infer(s, _rows(1, i), timeout=10), range(6)))
+            channel.close()
+        servers.append(server)
+    _wait_for(lambda: _rpc_threads() <= before, timeout=10)
+
+
 def test_a_port_in_use_is_a_config_error_and_leaves_nothing_running() -> None:
     with _server() as first:
         spec = ModelSpec("gated", module=Gated(), input_shapes=((1, 4),))
