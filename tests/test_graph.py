@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import linecache
 import pickle
 import random
 import threading
@@ -16,6 +14,7 @@ pytest.importorskip("torch")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from resources import fx_sources  # noqa: E402
 from torch import nn  # noqa: E402
 
 from splitdnn.errors import ConfigError, PlanError, TraceError  # noqa: E402
@@ -516,25 +515,20 @@ def test_pieces_are_deterministic_standalone_and_share_weights() -> None:
         tail({})
 
 
-def _fx_sources() -> int:
-    gc.collect()
-    return sum(1 for key in linecache.cache if key.startswith("<eval_with_key>"))
-
-
 def test_pieces_and_traces_drop_their_generated_source_when_freed() -> None:
     """torch.fx files each generated forward's source for good; splitdnn's modules take theirs along
     when freed, so a process that splits (a client per session) or traces again does not grow."""
     model, traced, inputs, ref = make("tokens")
     branch, x = ShapeBranch().eval(), torch.randn(2, 4)
     trace(branch, x)
-    before = _fx_sources()
+    before = fx_sources()
     for seed in range(8):
         pieces = split(traced, random_ideal(traced, random.Random(seed), 3))
         assert same(run_pieces(pieces, *inputs), ref)
         assert trace(model, inputs).method == "fx"
         assert trace(branch, x).method == "export"
     del pieces
-    assert _fx_sources() <= before
+    assert fx_sources() <= before
 
 
 def test_tracing_leaves_models_running_in_other_threads_alone() -> None:

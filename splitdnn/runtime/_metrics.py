@@ -104,7 +104,6 @@ class ServerMetrics:
         )
         self.in_flight = Gauge("splitdnn_in_flight", "ModelInfer requests being served", registry=r)
         self._series: dict[str, ModelSeries] = {}
-        self._series_lock = threading.Lock()
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -112,15 +111,10 @@ class ServerMetrics:
         """The series labelled ``model``. The caller keeps the label set bounded (served model names
         and :data:`UNKNOWN_MODEL`), as for ``labels()``."""
         series = self._series.get(model)
-        if series is None:
-            with self._series_lock:
-                series = self._series.get(model)
-                if series is None:
-                    series = ModelSeries(
-                        *(f.labels(model) for f in (self.requests, self.decode, self.queue, self.compute,
-                                                    self.bytes_in, self.bytes_out, self.batch_size))
-                    )  # fmt: skip
-                    self._series[model] = series
+        if series is None:  # two threads may both get here: labels() gives both the same children
+            families = (self.requests, self.decode, self.queue, self.compute, self.bytes_in,
+                        self.bytes_out, self.batch_size)  # fmt: skip
+            series = self._series[model] = ModelSeries(*(f.labels(model) for f in families))
         return series
 
     def track_tails(self, read: Callable[[], Mapping[str, tuple[int, int]]]) -> None:

@@ -10,12 +10,10 @@ Models run at their small test input size; profiles are quick (1 repeat): no tim
 from __future__ import annotations
 
 import dataclasses
-import gc
 import io
 import socket
 import threading
 import time
-import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from resources import HAVE_PROC, grown, process_resources
+from resources import HAVE_PROC, growth
 
 from splitdnn import codec, graph
 from splitdnn.errors import (
@@ -615,23 +613,16 @@ def test_clients_opened_and_closed_and_a_long_run_leak_nothing(served) -> None:
         for k in range(len(cuts)):
             session(k)
             long_lived.infer(s.x)
-        before = process_resources()
-        tracemalloc.start()
-        try:
+        with growth() as g:
             for k in range(6):
                 session(k)
                 for _ in range(10):
                     assert torch.equal(long_lived.infer(s.x), s.ref)
-            gc.collect()
-            held = tracemalloc.get_traced_memory()[0]
-        finally:
-            tracemalloc.stop()
-        after = process_resources()
-    more = grown(before, after)
-    assert more["threads"] <= 2 and more["fds"] <= 4, (before, after)  # a leak: one per session
-    assert more["objects"] < 200, (before, after)
-    assert held < 512 << 10, f"{held} bytes allocated by 6 sessions and 60 requests are still held"
-    assert more["rss_mib"] < 64, (before, after)
+    more = g.more
+    assert more["threads"] <= 2 and more["fds"] <= 4, g  # a leak: one per session
+    assert more["objects"] < 200, g
+    assert g.held < 512 << 10, f"{g.held} bytes allocated by 6 sessions and 60 requests are still held"
+    assert more["rss_mib"] < 64, g
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,9 +3,6 @@ every bad request (and the next good request still works), metadata, model info,
 
 from __future__ import annotations
 
-import gc
-import linecache
-import tracemalloc
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +16,7 @@ import pytest
 import torch
 import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from resources import HAVE_PROC, grown, process_resources
+from resources import HAVE_PROC, fx_sources, growth
 
 from splitdnn import codec
 from splitdnn.graph import TracedModel, chain_cuts, head_tail
@@ -435,11 +432,6 @@ def test_tail_cache_is_bounded_lru(live: Live) -> None:
     assert served.tail(frozenset({cuts[1]})) is not served.tail(frozenset({cuts[2]}))
 
 
-def _fx_sources() -> int:
-    gc.collect()
-    return sum(1 for key in linecache.cache if key.startswith("<eval_with_key>"))
-
-
 def test_tails_rebuilt_after_eviction_do_not_pile_up_generated_source(live: Live) -> None:
     """torch.fx files every generated forward's source for good unless splitdnn drops it with the
     module: without that, each tail rebuilt after leaving the LRU cache kept ~40 KB (ResNet-50)."""
@@ -447,12 +439,12 @@ def test_tails_rebuilt_after_eviction_do_not_pile_up_generated_source(live: Live
     cuts = chain_cuts(served.traced)[:6]
     for cut in cuts:
         served.tail(frozenset({cut}))
-    before = _fx_sources()
+    before = fx_sources()
     for _ in range(5):
         for cut in cuts:
             served.tail(frozenset({cut}))  # each one evicted and rebuilt: 30 new modules
     assert served.cached_tails() == 2
-    assert _fx_sources() <= before
+    assert fx_sources() <= before
 
 
 def test_concurrent_requests_batch_and_stay_correct(live: Live) -> None:
@@ -520,19 +512,12 @@ def test_a_long_mix_of_good_bad_cancelled_and_concurrent_requests_leaks_nothing(
     with ThreadPoolExecutor(len(cuts)) as pool:
         for _ in range(6):
             one_round(pool)
-        before = process_resources()
-        tracemalloc.start()  # what the measured rounds allocate and still hold at the end
-        try:
+        with growth() as g:
             served = sum(one_round(pool) for _ in range(12))
-            gc.collect()
-            held = tracemalloc.get_traced_memory()[0]
-        finally:
-            tracemalloc.stop()
-        after = process_resources()
-    more = grown(before, after)
+    more = g.more
     assert served >= 360
-    assert more["threads"] <= 2, (before, after)
-    assert more["fds"] <= 4, (before, after)
-    assert more["objects"] < 200, (before, after)
-    assert held < 128 << 10, f"{held} bytes allocated during {served} requests are still held"
-    assert more["rss_mib"] < 64, (before, after)
+    assert more["threads"] <= 2, g
+    assert more["fds"] <= 4, g
+    assert more["objects"] < 200, g
+    assert g.held < 128 << 10, f"{g.held} bytes allocated during {served} requests are still held"
+    assert more["rss_mib"] < 64, g
