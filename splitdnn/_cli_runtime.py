@@ -125,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         profiles=profiles,
         grace_s=args.grace_s,
         max_decoded_bytes=int(args.max_decoded_mib * (1 << 20)),
+        max_inflight_bytes=None if args.max_inflight_mib is None else int(args.max_inflight_mib * (1 << 20)),
         tail_cache_size=args.tail_cache_size,
         keep_freed_memory=not args.malloc_defaults,
     )
@@ -476,6 +477,11 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     p.add_argument(
         "--max-decoded-mib", type=positive, default=256.0, help="cap on one request's decoded tensors (MiB)"
     )
+    p.add_argument(
+        "--max-inflight-mib", type=positive, metavar="MIB",
+        help="cap on what all requests in flight hold at once, messages and decoded tensors, before "
+        "RESOURCE_EXHAUSTED (default: 1024, or one largest request if that is more)",
+    )  # fmt: skip
     malloc_arg(p)
     _security_args(p, server=True)
     p.set_defaults(func=cmd_serve)

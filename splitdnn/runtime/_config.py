@@ -24,9 +24,19 @@ from splitdnn.models import ZOO, load_model
 from splitdnn.runtime._tail import ServedModel
 from splitdnn.schema import Profile
 
-__all__ = ["ModelSpec", "PathOrPem", "ServerConfig", "device_of", "host_port", "load_served", "read_pem"]
+__all__ = [
+    "DEFAULT_INFLIGHT_BYTES",
+    "ModelSpec",
+    "PathOrPem",
+    "ServerConfig",
+    "device_of",
+    "host_port",
+    "load_served",
+    "read_pem",
+]
 
 PathOrPem = str | os.PathLike[str] | bytes
+DEFAULT_INFLIGHT_BYTES = 1 << 30  # ServerConfig.max_inflight_bytes when it is None (and large enough)
 
 # --------------------------------------------------------------------------------------------------
 # configuration
@@ -62,6 +72,10 @@ class ServerConfig:
     max_queue_delay_ms: float = 2.0  # longest wait of a request for batch company
     max_message_bytes: int = 64 << 20  # gRPC receive and send cap, each message
     max_concurrency: int = 64  # ModelInfer requests in flight; more get RESOURCE_EXHAUSTED
+    # bytes all requests in flight hold at once: each one's message plus what it decodes to (frames,
+    # typed contents); a request past it gets RESOURCE_EXHAUSTED. None: DEFAULT_INFLIGHT_BYTES, or
+    # one largest request (max_message_bytes + max_decoded_bytes) if that is more
+    max_inflight_bytes: int | None = None
     token: str | None = None  # bearer token required in `authorization: Bearer <token>`
     tls_cert: PathOrPem | None = None  # server certificate chain (PEM file or bytes)
     tls_key: PathOrPem | None = None  # its private key
@@ -95,6 +109,15 @@ class ServerConfig:
         _positive_int("max_concurrency", self.max_concurrency)
         _positive_int("max_decoded_bytes", self.max_decoded_bytes)
         _positive_int("tail_cache_size", self.tail_cache_size)
+        if self.max_inflight_bytes is not None:
+            _positive_int("max_inflight_bytes", self.max_inflight_bytes)
+            largest = self.max_message_bytes + self.max_decoded_bytes
+            if self.max_inflight_bytes < largest:
+                raise ConfigError(
+                    f"max_inflight_bytes={self.max_inflight_bytes} cannot hold one largest request "
+                    f"(max_message_bytes + max_decoded_bytes = {largest}), which would then be refused "
+                    f"forever; raise it to at least {largest} or lower those two"
+                )
         if self.threads is not None:
             _positive_int("threads", self.threads)
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -119,6 +142,13 @@ class ServerConfig:
             raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key for the server too")
         if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
             raise ConfigError("token must be a non-empty string or None")
+
+    @property
+    def inflight_limit(self) -> int:
+        """The in-flight byte budget in force (``max_inflight_bytes`` or its default)."""
+        if self.max_inflight_bytes is not None:
+            return self.max_inflight_bytes
+        return max(DEFAULT_INFLIGHT_BYTES, self.max_message_bytes + self.max_decoded_bytes)
 
 
 def _positive_int(name: str, value: Any) -> None:

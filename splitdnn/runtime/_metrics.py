@@ -13,6 +13,8 @@ so clients cannot grow the label set)::
     splitdnn_response_bytes_total{model}           serialized response bytes sent
     splitdnn_batch_size{model}                     requests per executed batch (histogram)
     splitdnn_in_flight                             ModelInfer requests being served now (gauge)
+    splitdnn_inflight_bytes                        bytes those requests hold: messages and decoded
+                                                   tensors, against max_inflight_bytes (gauge)
     splitdnn_tail_builds_total{model}              tails built (cut not in the cache); a steady rise
                                                    means clients use more cuts than tail_cache_size
     splitdnn_cached_tails{model}                   tails in the cache now (gauge)
@@ -103,6 +105,11 @@ class ServerMetrics:
             registry=r,
         )
         self.in_flight = Gauge("splitdnn_in_flight", "ModelInfer requests being served", registry=r)
+        self.inflight_bytes = Gauge(
+            "splitdnn_inflight_bytes",
+            "bytes that requests in flight hold (messages and decoded tensors; max_inflight_bytes)",
+            registry=r,
+        )
         self._series: dict[str, ModelSeries] = {}
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None

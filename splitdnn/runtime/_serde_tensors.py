@@ -11,7 +11,7 @@ the decoded size; it is checked before decompressing).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -138,20 +138,28 @@ def check_shape(shape: Sequence[int], name: str) -> tuple[tuple[int, ...], int]:
 
 
 class Budget:
-    """Bytes one message may still decode to; every tensor draws from it before it is allocated."""
+    """Bytes one message may still decode to; every tensor draws from it before it is allocated.
 
-    def __init__(self, limit: int) -> None:
+    ``reserve`` (optional) is also called, with the bytes and the tensor's name, for each tensor that
+    allocates new memory (a decoded frame, typed contents) -- not for raw contents, which are views
+    of the message -- and may raise to refuse it (the tail server's in-flight memory budget).
+    """
+
+    def __init__(self, limit: int, reserve: Callable[[int, str], None] | None = None) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise WireError(f"max_decoded_bytes must be an integer >= 0, found {limit!r}")
         self.limit, self.left = limit, limit
+        self._reserve = reserve
 
-    def take(self, nbytes: int, name: str) -> None:
+    def take(self, nbytes: int, name: str, *, allocates: bool = False) -> None:
         if nbytes > self.left:
             raise WireError(
                 f"tensor {show(name)} decodes to {nbytes} bytes; the message may decode to at most "
                 f"{self.limit} bytes in all ({self.left} left); send a smaller tensor or raise "
                 f"max_decoded_bytes"
             )
+        if allocates and self._reserve is not None:
+            self._reserve(nbytes, name)
         self.left -= nbytes
 
 
@@ -247,7 +255,7 @@ def _decode_frame(
             f"of a framed tensor is [len(frame)]"
         )
     info = codec.describe(data, max_decoded_bytes=budget.limit)  # header only: nothing decoded yet
-    budget.take(info.decoded_nbytes, name)
+    budget.take(info.decoded_nbytes, name, allocates=True)
     return codec.decode(data, max_decoded_bytes=info.decoded_nbytes), info.dtype == "bfloat16"
 
 
@@ -272,7 +280,7 @@ def _from_contents(
                 f"{where} tensor {show(t.name)} is {t.datatype} but sets contents.{other.name}; use "
                 f"contents.{field_name}"
             )
-    budget.take(n * dtype.itemsize, t.name)
+    budget.take(n * dtype.itemsize, t.name, allocates=True)
     if dtype.kind in "iu" and n:
         # the proto field's own width (int32, int64, uint32): every value fits, then check the range
         wide = np.asarray(values, dtype=_FIELD_DTYPE[field_name])

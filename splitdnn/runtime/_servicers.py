@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ __all__ = [
     "VERSION",
     "Abort",
     "InferenceServicer",
+    "InflightBytes",
+    "InflightHold",
     "SplitServicer",
     "TokenInterceptor",
     "add_inference_servicer",
@@ -61,6 +64,57 @@ class Abort(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class InflightBytes:
+    """The server-wide budget of bytes that requests in flight hold (``ServerConfig.max_inflight_bytes``).
+
+    Each ModelInfer request takes its message's size when it starts and the size of every tensor it
+    decodes into new memory before decoding it, and gives it all back when it has been answered. Past
+    the limit a request is refused with RESOURCE_EXHAUSTED (transient: clients back off and retry or
+    run locally), so many requests that each pass ``max_decoded_bytes`` (say, small zstd frames of
+    large zero tensors) cannot together decode more than the server can hold.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def hold(self) -> InflightHold:
+        """A new request's share, empty; ``release()`` it when the request has been answered."""
+        return InflightHold(self)
+
+
+class InflightHold:
+    """What one request holds of an :class:`InflightBytes` budget."""
+
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: InflightBytes) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def take(self, nbytes: int, what: str) -> None:
+        b = self._budget
+        with b._lock:
+            if b.used + nbytes > b.limit:
+                used = b.used
+            else:
+                b.used += nbytes
+                self.held += nbytes
+                return
+        raise Abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{what} needs {nbytes} bytes, but requests in flight already hold {used} of the server's "
+            f"max_inflight_bytes={b.limit}; retry with backoff, or start the server with a higher "
+            f"--max-inflight-mib",
+        )
+
+    def release(self) -> None:
+        with self._budget._lock:
+            self._budget.used -= self.held
+        self.held = 0
 
 
 def first_line(exc: BaseException) -> str:
@@ -152,8 +206,10 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 f"retry with backoff, or start it with a higher --max-concurrency",
             )
         s.metrics.in_flight.inc()
+        hold = s._inflight.hold()
         try:
-            response = s._infer(wire, context)
+            hold.take(wire.nbytes, "the request's message")
+            response = s._infer(wire, context, hold.take)
         except Abort as a:
             s.metrics.failures.labels(label, a.code.name).inc()
             context.abort(a.code, a.message)
@@ -164,6 +220,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 grpc.StatusCode.INTERNAL, f"the server failed: {type(exc).__name__}: {first_line(exc)}"
             )
         finally:
+            hold.release()
             s.metrics.in_flight.dec()
             s._slots.release()
         series.bytes_out.inc(len(response))

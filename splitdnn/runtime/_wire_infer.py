@@ -11,7 +11,7 @@ tensor per direction instead of protobuf's three, the same messages on the wire.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,9 +278,16 @@ def read_infer_request(data: bytes) -> InferRequestWire:
 
 
 def parse_infer_request(
-    msg: v2_pb.ModelInferRequest | InferRequestWire, *, max_decoded_bytes: int
+    msg: v2_pb.ModelInferRequest | InferRequestWire,
+    *,
+    max_decoded_bytes: int,
+    reserve: Callable[[int, str], None] | None = None,
 ) -> InferRequestData:
-    """Validate a ModelInfer request and decode its inputs (frames included) within the byte budget."""
+    """Validate a ModelInfer request and decode its inputs (frames included) within the byte budget.
+
+    ``reserve(nbytes, name)``, if given, is called before each tensor that allocates memory (a decoded
+    frame, typed contents; raw contents stay views of the message) and may raise to refuse it.
+    """
     raw: Sequence[bytes | memoryview]
     if isinstance(msg, InferRequestWire):
         raw, wire_bytes, msg = msg.raw, msg.nbytes, msg.message
@@ -288,7 +295,7 @@ def parse_infer_request(
         raw, wire_bytes = msg.raw_input_contents, -1
     else:
         raise WireError(f"expected an inference.ModelInferRequest, found {type(msg).__name__}")
-    budget = Budget(max_decoded_bytes)
+    budget = Budget(max_decoded_bytes, reserve)
     params = _params_from(msg.parameters, "request")
     fingerprint = _string_param(params, PARAM_FINGERPRINT)
     weights = _string_param(params, PARAM_WEIGHTS)

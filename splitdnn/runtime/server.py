@@ -23,8 +23,9 @@ Status codes: NOT_FOUND (a model the server does not serve), INVALID_ARGUMENT (m
 wrong input names, dtypes or shapes, bad or oversized frames, decompression bombs),
 FAILED_PRECONDITION (fingerprint of another model, or ``splitdnn.weights`` naming other weights than
 the served ones: same architecture, different values; requests without it, as from stock v2 clients,
-are accepted), RESOURCE_EXHAUSTED (more than ``max_concurrency``
-requests in flight, or a message over ``max_message_bytes``), UNAUTHENTICATED (missing or wrong
+are accepted), RESOURCE_EXHAUSTED (more than ``max_concurrency`` requests in flight, a message over
+``max_message_bytes``, or a request that would take the bytes held by requests in flight -- their
+messages and decoded tensors -- past ``max_inflight_bytes``), UNAUTHENTICATED (missing or wrong
 bearer token), DEADLINE_EXCEEDED (the client's deadline passed while queued or running), INTERNAL
 (a bug; the message says what failed). A bad request never affects any other one.
 
@@ -48,7 +49,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 
 import grpc
@@ -66,6 +67,7 @@ from splitdnn.runtime._servicers import (
     VERSION,
     Abort,
     InferenceServicer,
+    InflightBytes,
     SplitServicer,
     TokenInterceptor,
     add_inference_servicer,
@@ -100,6 +102,7 @@ class TailServer:
         self._batcher: Batcher | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._inflight = InflightBytes(config.inflight_limit)
         self._port = 0
         self._metrics_port: int | None = None
         self._stopping = False
@@ -155,6 +158,8 @@ class TailServer:
         self._check_profiles()
         models = self._models
         self.metrics.track_tails(lambda: {n: (m.tail_builds, m.cached_tails()) for n, m in models.items()})
+        inflight = self._inflight
+        self.metrics.inflight_bytes.set_function(lambda: inflight.used)
         self._batcher = Batcher(cfg.max_batch_size, cfg.max_queue_delay_ms / 1000.0)
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -333,8 +338,15 @@ class TailServer:
             )
         return served
 
-    def _infer(self, request: serde.InferRequestWire, context: grpc.ServicerContext) -> bytes:
-        """One ModelInfer call (request read, response serialized); raises Abort for every refusal."""
+    def _infer(
+        self,
+        request: serde.InferRequestWire,
+        context: grpc.ServicerContext,
+        reserve: Callable[[int, str], None] | None = None,
+    ) -> bytes:
+        """One ModelInfer call (request read, response serialized); raises Abort for every refusal.
+
+        ``reserve`` is called before each decoded tensor is allocated (the in-flight byte budget)."""
         served = self._model(request.model_name, request.model_version)
         batcher = self._batcher
         if batcher is None:
@@ -343,7 +355,9 @@ class TailServer:
         batcher.arriving()
         try:
             try:
-                data = serde.parse_infer_request(request, max_decoded_bytes=self.config.max_decoded_bytes)
+                data = serde.parse_infer_request(
+                    request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=reserve
+                )
             except (WireError, CodecError) as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             full = set(data.inputs) == set(served.input_names)

@@ -169,6 +169,8 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 1 and "not among the served models" in err
     code, _, err = run(capsys, "serve", "alexnet", "--tail-cache-size", "0")
     assert code == 1 and "tail_cache_size" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "serve", "alexnet", "--max-inflight-mib", "100")
+    assert code == 1 and "cannot hold one largest request" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "run", "alexnet", "--server", "127.0.0.1:1", "--requests", "0")
     assert code == 1 and "--requests" in err
     with pytest.raises(SystemExit) as exc:

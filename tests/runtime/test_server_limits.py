@@ -128,6 +128,47 @@ def test_concurrency_limit_answers_resource_exhausted() -> None:
         channel.close()
 
 
+def test_requests_in_flight_cannot_together_decode_past_max_inflight_bytes() -> None:
+    """Each request passes max_decoded_bytes (1 MiB from a ~100-byte zstd frame); the third at once
+    would take the server past max_inflight_bytes and is refused as RESOURCE_EXHAUSTED, not decoded."""
+    from splitdnn import codec
+
+    mib = 1 << 20
+    rows = np.zeros((mib // 16, 4), dtype=np.float32)  # 1 MiB decoded
+    frame = codec.encode(rows, "zstd")
+    assert len(frame) < 1024
+    held = lambda s: s.metrics.registry.get_sample_value("splitdnn_inflight_bytes")  # noqa: E731
+
+    def send(stub: Any) -> serde.InferResponseData:
+        reply = stub.ModelInfer(serde.build_infer_request("gated", {"x": frame}), timeout=30)
+        return serde.parse_infer_response(reply, max_decoded_bytes=4 * mib)
+
+    kw = {"max_message_bytes": mib, "max_decoded_bytes": mib, "max_inflight_bytes": 2 * mib + mib // 2}
+    with _server(**kw) as server, ThreadPoolExecutor(3) as pool:
+        assert server.config.inflight_limit == 2 * mib + mib // 2
+        stub, channel = _stub(server.address)
+        with _gate_closed():
+            first = pool.submit(send, stub)
+            assert _ENTERED.wait(20)
+            second = pool.submit(send, stub)  # 2 MiB and two frames held: still within 2.5 MiB
+            _wait_for(lambda: server.queue_depth == 1)
+            assert 2 * mib < held(server) < 2 * mib + 4096
+            with pytest.raises(grpc.RpcError) as info:
+                send(stub)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_inflight_bytes=2621440" in str(info.value.details())
+            assert "--max-inflight-mib" in str(info.value.details())
+            assert 2 * mib < held(server) < 2 * mib + 4096  # the refused request gave its share back
+        expected = _expected(server, rows)
+        for future in (first, second):
+            assert np.array_equal(future.result(30).outputs["output"], expected)
+        assert held(server) == 0
+        assert np.array_equal(send(stub).outputs["output"], expected)  # room again
+        failed = {"model": "gated", "code": "RESOURCE_EXHAUSTED"}
+        assert server.metrics.registry.get_sample_value("splitdnn_failures_total", failed) == 1
+        channel.close()
+
+
 def test_deadline_is_honoured_and_the_server_goes_on() -> None:
     with _server() as server:
         stub, channel = _stub(server.address)
@@ -265,10 +306,17 @@ def test_config_is_validated() -> None:
         ({"models": ("resnet18",), "tls_cert": b"x"}, "both tls_cert and tls_key"),
         ({"models": ("resnet18",), "tls_client_ca": b"x"}, "needs tls_cert"),
         ({"models": ("resnet18",), "max_queue_delay_ms": -1}, "max_queue_delay_ms"),
+        ({"models": ("resnet18",), "max_inflight_bytes": 0}, "max_inflight_bytes must be an integer >= 1"),
+        ({"models": ("resnet18",), "max_inflight_bytes": 300 << 20}, r"cannot hold one largest request"),
     ]
     for kw, match in cases:
         with pytest.raises(ConfigError, match=match):
             ServerConfig(**kw)
+    # the default budget: 1 GiB, or one largest request (message + decoded) where that is more
+    assert ServerConfig(models=("resnet18",)).inflight_limit == 1 << 30
+    big = ServerConfig(models=("resnet18",), max_decoded_bytes=2 << 30)
+    assert big.inflight_limit == (2 << 30) + (64 << 20)
+    assert ServerConfig(models=("resnet18",), max_inflight_bytes=320 << 20).inflight_limit == 320 << 20
     with pytest.raises(ConfigError, match="CUDA is not available"):
         if torch.cuda.is_available():
             raise ConfigError("CUDA is not available (skipped: CUDA is here)")
