@@ -1,13 +1,16 @@
-"""gRPC-level retries: a request larger than gRPC's default 256 KiB retry buffer is still retried.
+"""gRPC-level retries and replicas (DESIGN section 8).
 
 A stand-in v2 server answers UNAVAILABLE to the first ModelInfer and the real output to the second;
 the client must get the output without falling back (gRPC only retries what it buffered, hence the
-client's ``grpc.per_rpc_retry_buffer_size``).
+client's ``grpc.per_rpc_retry_buffer_size``). And a client given two real replicas as one ``ipv4:``
+target spreads its requests over both, keeps running remotely when one stops, and uses it again once
+it is back.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 from typing import Any
 
@@ -24,6 +27,7 @@ from splitdnn.runtime import serde
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime.client import SplitClient
+from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
 
 
 class _Flaky(v2_grpc.GRPCInferenceServiceServicer, sd_grpc.SplitServiceServicer):
@@ -88,3 +92,49 @@ def test_unavailable_is_retried_for_a_large_request(failures: int) -> None:
                 assert servicer.calls == 3
     finally:
         server.stop(0)
+
+
+def test_requests_spread_over_replicas_and_survive_one_stopping() -> None:
+    shape = (1, *ZOO["alexnet"].test_input_shape)
+
+    def replica(port: int = 0) -> TailServer:
+        return TailServer(
+            ServerConfig(models=(ModelSpec("alexnet", input_shapes=(shape,)),), port=port, grace_s=2)
+        ).start()
+
+    def served(server: TailServer) -> float:
+        return server.metrics.registry.get_sample_value("splitdnn_requests_total", {"model": "alexnet"}) or 0
+
+    a, b = replica(), replica()
+    client = SplitClient(
+        f"ipv4:{a.address},{b.address}", "alexnet", input_shape=shape, force_boundary="cloud",
+        codecs=["raw"], profile_repeats=1, probe_interval_s=None,
+    )  # fmt: skip
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = client.traced.module(x)
+
+    def remote(n: int) -> None:
+        for _ in range(n):
+            assert torch.equal(client.infer(x), expected)
+            assert client.last_breakdown is not None and not client.last_breakdown.local
+
+    back = None
+    try:
+        remote(20)
+        on_a = served(a)
+        assert 5 <= on_a <= 15 and served(b) == 20 - on_a  # round_robin
+        port = a.port
+        a.stop(grace=2)
+        remote(20)  # every request on b, none failed over to local
+        assert served(a) == on_a and served(b) == 40 - on_a
+        back = replica(port)  # the same address again: the channel reconnects to it
+        deadline = time.monotonic() + 30
+        while served(back) == 0:
+            assert time.monotonic() < deadline, "the restarted replica got no request in 30 s"
+            remote(1)
+    finally:
+        client.close()
+        for server in (a, b, back):
+            if server is not None:
+                server.stop(grace=0)
