@@ -128,7 +128,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_inflight_bytes=None if args.max_inflight_mib is None else int(args.max_inflight_mib * (1 << 20)),
         tail_cache_size=args.tail_cache_size,
         keep_freed_memory=not args.malloc_defaults,
+        profile_at_start=args.self_profile,
     )
+    unprofiled = [m for m in args.models if m not in profiles]
+    if args.self_profile and unprofiled:
+        print(
+            f"profiling {', '.join(unprofiled)} on {args.device} before serving, so that clients plan with "
+            f"this server's speed (seconds per model; --profile MODEL=FILE or --no-self-profile skips it)",
+            file=sys.stderr,
+            flush=True,
+        )
     with TailServer(config) as server:
         secure = "TLS" if args.tls_cert else "plaintext"
         if args.tls_client_ca:
@@ -141,6 +150,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         if server.metrics_address:
             print(f"metrics: http://{server.metrics_address}/metrics", flush=True)
+        for name in server.model_names:
+            prof = server.profile(name)
+            where = "given" if name in profiles else "measured at start"
+            print(f"profile of {name}: {prof.describe()} ({where})" if prof else
+                  f"profile of {name}: none; clients estimate this server's speed", flush=True)  # fmt: skip
         server.serve_forever()
     print("stopped", flush=True)
     return 0
@@ -225,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             doc = {
                 "model": args.model,
                 "server": args.server,
+                "server_profile": client.server_profile_source,
                 "output": summary,
                 "median_ms": statistics.median(totals),
                 "requests": [
@@ -477,6 +492,11 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     p.add_argument(
         "--max-decoded-mib", type=positive, default=256.0, help="cap on one request's decoded tensors (MiB)"
     )
+    p.add_argument(
+        "--self-profile", action=argparse.BooleanOptionalAction, default=True,
+        help="profile each served model without --profile at start, before serving, and give clients "
+        "that profile so they plan with this server's measured speed (default: on; seconds per model)",
+    )  # fmt: skip
     p.add_argument(
         "--max-inflight-mib", type=positive, metavar="MIB",
         help="cap on what all requests in flight hold at once, messages and decoded tensors, before "

@@ -82,6 +82,9 @@ class ServerConfig:
     tls_client_ca: PathOrPem | None = None  # CA for client certificates: set = mutual TLS required
     metrics_port: int | None = None  # Prometheus HTTP port; 0: a free port; None: no metrics endpoint
     profiles: Mapping[str, Profile] = field(default_factory=dict, hash=False)  # GetModelInfo's, by model
+    # at start, profile every served model without one in `profiles` (on `device`, with `threads`;
+    # seconds per model), so clients plan with this server's measured speed instead of an estimate
+    profile_at_start: bool = False
     max_decoded_bytes: int = 256 << 20  # all tensors of one request decode to at most this
     tail_cache_size: int = 64  # tails kept per model (one per distinct set of input names)
     grace_s: float = 5.0  # stop(): time in-flight requests get to finish

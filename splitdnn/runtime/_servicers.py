@@ -279,7 +279,7 @@ class SplitServicer(sd_grpc.SplitServiceServicer):
             info = self._info[key] = serde.build_model_info(
                 served.name,
                 served.fingerprint,
-                s.config.profiles.get(served.name),
+                s._profiles.get(served.name),
                 inputs=served.input_names,
                 codecs=key[1],
                 max_message_bytes=s.config.max_message_bytes,

@@ -14,7 +14,8 @@ Served over one port (DESIGN sections 5, 6, 8):
   A request's inputs define its cut: the model's own inputs run the whole model; boundary tensors
   named by their producer nodes run the tail that computes the output from them (built once per set
   of names, kept in an LRU cache). Split requests carry ``splitdnn.fingerprint``.
-- ``splitdnn.v1.SplitService/GetModelInfo``: fingerprint, weights digest, the server's profile,
+- ``splitdnn.v1.SplitService/GetModelInfo``: fingerprint, weights digest, the server's profile
+  (given in ``profiles``, or measured at start with ``profile_at_start``, before the port opens),
   limits; ``Probe``: answers at once with the payload's size (clients measure the link with it).
 - ``grpc.health.v1.Health``: SERVING while up, NOT_SERVING from the start of a shutdown.
 - Prometheus metrics over HTTP on ``metrics_port`` (see :mod:`splitdnn.runtime._metrics`).
@@ -75,6 +76,7 @@ from splitdnn.runtime._servicers import (
 )
 from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, to_numpy
 from splitdnn.runtime.memory import keep_freed_memory
+from splitdnn.schema import Profile
 
 __all__ = ["ModelSpec", "ServerConfig", "TailServer"]
 
@@ -96,6 +98,7 @@ class TailServer:
         self.config = config
         self.metrics = ServerMetrics()
         self._models: dict[str, ServedModel] = {}
+        self._profiles: dict[str, Profile] = {}  # GetModelInfo's: the config's and those measured at start
         self._server: grpc.Server | None = None
         self._unstarted: grpc.Server | None = None  # created, maybe bound, not yet started
         self._health: health.HealthServicer | None = None
@@ -138,6 +141,7 @@ class TailServer:
                 self._release_threads()
                 self.metrics.close()
                 self._models.clear()
+                self._profiles.clear()
                 raise
         return self
 
@@ -156,6 +160,9 @@ class TailServer:
                 raise ConfigError(f"two models are named {served.name!r}; give one a ModelSpec(name=...)")
             self._models[served.name] = served
         self._check_profiles()
+        self._profiles = dict(cfg.profiles)
+        if cfg.profile_at_start:
+            self._profile_models()
         models = self._models
         self.metrics.track_tails(lambda: {n: (m.tail_builds, m.cached_tails()) for n, m in models.items()})
         inflight = self._inflight
@@ -309,6 +316,29 @@ class TailServer:
             ) from None
 
     # -- request handling --------------------------------------------------------------------------
+
+    def _profile_models(self) -> None:
+        """Measure every served model that has no given profile, before the port opens (an idle
+        machine: no request competes with the timings)."""
+        from splitdnn.profiler import profile_model
+
+        for name, served in self._models.items():
+            if name in self._profiles:
+                continue
+            t0 = time.perf_counter()
+            self._profiles[name] = profile_model(
+                served.traced, device=str(served.device), threads=self.config.threads, progress=False,
+                notes="measured by the tail server at start",
+            )  # fmt: skip
+            took = time.perf_counter() - t0
+            log.info("profiled %s in %.1f s: %s", name, took, self._profiles[name].describe())
+
+    def profile(self, name: str) -> Profile | None:
+        """The profile of served model ``name`` that clients get: given in the config, measured at
+        start (``profile_at_start``), or None."""
+        if name not in self._models:
+            raise ConfigError(f"{name!r} is not served here; served: {sorted(self._models)}")
+        return self._profiles.get(name)
 
     def _check_profiles(self) -> None:
         for name, profile in self.config.profiles.items():

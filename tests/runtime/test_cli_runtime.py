@@ -109,6 +109,7 @@ def test_run_through_a_served_model_equals_the_local_model(
     assert code == 0, err
     doc = json.loads(out)
     assert len(doc["requests"]) == 2 and doc["median_ms"] > 0
+    assert doc["server_profile"] == "the server's (GetModelInfo)"  # `serve` profiled itself at start
     if force:
         assert all(not r["local"] and r["bytes_sent"] > 0 for r in doc["requests"])
     with torch.no_grad():

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from resources import HAVE_PROC, fx_sources, growth
 
 from splitdnn import codec
+from splitdnn.errors import ConfigError
 from splitdnn.graph import TracedModel, chain_cuts, head_tail
 from splitdnn.models import ZOO
 from splitdnn.runtime import serde
@@ -318,6 +319,30 @@ def test_model_info(live: Live) -> None:
     with pytest.raises(grpc.RpcError) as err:
         live.split.GetModelInfo(serde.build_model_info_request("nope"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_server_profiles_at_start_what_it_was_given_no_profile_for() -> None:
+    shape = _shape("alexnet")
+    spec = ModelSpec("alexnet", input_shapes=(shape,))
+    with TailServer(ServerConfig(models=(spec,), profile_at_start=True)) as server:
+        measured = server.profile("alexnet")
+        assert measured is not None and measured.fingerprint == server.served_model("alexnet").fingerprint
+        assert measured.machine.device == "cpu" and measured.input_shapes == (shape,)
+        assert measured.total.median_ms > 0
+        assert any(n.codecs for n in measured.nodes)  # the codecs' decode times on this server too
+        split = sd_grpc.SplitServiceStub(grpc.insecure_channel(server.address))
+        info = serde.parse_model_info(
+            split.GetModelInfo(serde.build_model_info_request("alexnet"), timeout=10)
+        )
+        assert info.profile is not None and info.profile.total == measured.total
+        with pytest.raises(ConfigError, match="'nope' is not served here"):
+            server.profile("nope")
+    # a given profile is served as it is, not measured again; without the option nothing is measured
+    given = ServerConfig(models=(spec,), profiles={"alexnet": measured}, profile_at_start=True)
+    with TailServer(given) as server:
+        assert server.profile("alexnet") is measured
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        assert server.profile("alexnet") is None
 
 
 class _Flip(codec.ByteCodec):
