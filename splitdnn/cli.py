@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -462,6 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Split computing: profile a network layer by layer, solve the optimal device/server cut.",
     )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="log records shown on stderr (default warning; info: what servers and clients do, debug: "
+        "also every refused request with its status and reason)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -550,6 +558,12 @@ def report_uplinks() -> tuple[float, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_level != "warning":  # else as without the flag: warnings and errors, message only
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
     try:
         return int(args.func(args))
     except SplitDNNError as exc:

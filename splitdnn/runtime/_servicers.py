@@ -192,6 +192,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         except WireError as exc:
             s.metrics.of(UNKNOWN_MODEL).requests.inc()
             s.metrics.failures.labels(UNKNOWN_MODEL, "INVALID_ARGUMENT").inc()
+            log.debug("ModelInfer refused, INVALID_ARGUMENT: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         served = s._models.get(wire.model_name)
         label = served.name if served is not None else UNKNOWN_MODEL
@@ -200,6 +201,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         series.bytes_in.inc(wire.nbytes)
         if not s._slots.acquire(blocking=False):
             s.metrics.failures.labels(label, "RESOURCE_EXHAUSTED").inc()
+            log.debug("ModelInfer for model %r refused, RESOURCE_EXHAUSTED: max_concurrency reached", label)
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the server already has max_concurrency={s.config.max_concurrency} requests in flight; "
@@ -212,6 +214,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             response = s._infer(wire, context, hold.take)
         except Abort as a:
             s.metrics.failures.labels(label, a.code.name).inc()
+            log.debug("ModelInfer for model %r refused, %s: %s", label, a.code.name, a.message)
             context.abort(a.code, a.message)
         except Exception as exc:  # a bug: say what failed instead of grpc's bare UNKNOWN
             log.exception("ModelInfer for model %r failed", label)

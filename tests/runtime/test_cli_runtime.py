@@ -216,3 +216,34 @@ def test_run_refuses_a_half_or_foreign_accuracy_budget(capsys: pytest.CaptureFix
     table = str(Path(__file__).resolve().parents[2] / "docs" / "results" / "accuracy-digits.json")
     code, _, err = run(capsys, *base, "--accuracy-table", table, "--max-accuracy-loss", "1")
     assert code == 1 and "digits_cnn" in err and "alexnet" in err
+
+
+def test_serve_logs_what_it_does_and_at_debug_every_refused_request() -> None:
+    import grpc
+
+    from splitdnn.runtime import serde
+    from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+
+    argv = [sys.executable, "-m", "splitdnn", "--log-level", "debug", "serve", "alexnet", "--port", "0",
+            "--input-shape", SHAPE, "--no-self-profile", "--grace-s", "1"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"on (\S+:\d+) ", proc.stdout.readline())
+        assert match
+        with grpc.insecure_channel(match.group(1)) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            x = np.zeros((1, 3, 64, 64), np.float32)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(serde.build_infer_request("resnet9", {"x": x}), timeout=10)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(serde.build_infer_request("alexnet", {"x": x[..., :32]}), timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert re.search(r"INFO splitdnn\.runtime\.server: serving alexnet on 127\.0\.0\.1:\d+", err)
+    assert "refused, NOT_FOUND: " in err and "resnet9" in err
+    assert "refused, INVALID_ARGUMENT: " in err
