@@ -467,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="warning",
-        help="log records shown on stderr (default warning; info: what servers and clients do, debug: "
-        "also every refused request with its status and reason)",
+        help="log records shown on stderr (default warning; info: also what a server does, such as "
+        "serving and profiling at start; debug: also every request it refuses, with status and reason)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
