@@ -8,8 +8,13 @@ while other requests are still on their way in (decoding); a lone request runs a
 thread that submits it (no hand-off to the worker and back), while the worker waits.
 
 Every job was validated on its own before it was queued, so a malformed request never reaches a
-batch. If a batch still fails (or its outputs cannot be split by rows), each of its jobs is rerun
-alone, so an error lands only on the job that causes it.
+batch. If a batch still fails (or its outputs cannot be split by rows), each of its jobs whose client
+still waits is rerun alone, so an error lands only on the job that causes it.
+
+A job's future is *running* from the moment a batch takes it: it can no longer be cancelled, because
+its tensors are in use until the batch ends. A job still queued can be withdrawn (:meth:`withdraw`,
+for a request whose deadline passed), which takes it out of the queue at once, so that the queue never
+holds requests whose handlers have gone.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +56,7 @@ class Job:
     rows: int  # B
     run: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]  # the tail, same for every job of a key
     is_active: Callable[[], bool] = lambda: True  # False once the client gave up (deadline, cancel)
+    label: str = ""  # what on_batch is told (the server: the model's name)
     future: Future[BatchResult] = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -58,9 +64,15 @@ class Job:
 class Batcher:
     """Queues jobs and runs them on one worker thread, batching compatible jobs."""
 
-    def __init__(self, max_batch_size: int, max_queue_delay_s: float) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue_delay_s = max(0.0, max_queue_delay_s)
+        self._on_batch = on_batch  # (label of its first job, jobs in it), once per batch that runs
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._arriving = 0  # requests being decoded that may soon submit a job
@@ -90,15 +102,16 @@ class Batcher:
             inline = not self._busy and not self._queue and self._arriving <= 0
             if inline:  # alone and the worker idle: run here, saving two thread hand-offs
                 self._busy = True
+                job.future.set_running_or_notify_cancel()  # nobody else has the future yet
             else:
                 self._queue.append(job)
                 self._cond.notify_all()
         if inline:
             try:
                 if job.is_active():
-                    self._run_alone(job, time.perf_counter())
+                    self._run([job])
                 else:
-                    job.future.cancel()
+                    _gone(job)
             finally:
                 with self._cond:
                     self._busy = False
@@ -113,6 +126,19 @@ class Batcher:
         """
         if self._queue or self._stopping:
             self._cond.notify_all()
+
+    def withdraw(self, job: Job) -> bool:
+        """Take ``job`` out of the queue if it is still there (its future is then cancelled).
+
+        True when the job holds nothing any more (withdrawn, or already finished); False while a batch
+        is running it, when its inputs are in use until ``job.future`` is done.
+        """
+        with self._cond:
+            if job in self._queue:  # identity: Job compares by identity
+                self._queue.remove(job)
+                job.future.cancel()
+                return True
+            return job.future.done()
 
     def pending(self) -> int:
         """Jobs queued and not yet taken into a batch."""
@@ -150,6 +176,7 @@ class Batcher:
                 if full or left <= 0 or self._arriving <= 0 or self._stopping or self.max_batch_size == 1:
                     for j in chosen:
                         self._queue.remove(j)
+                        j.future.set_running_or_notify_cancel()  # queued ones are never cancelled
                     self._busy = True
                     return chosen
                 self._cond.wait(timeout=left)
@@ -164,7 +191,7 @@ class Batcher:
                 if j.is_active():
                     active.append(j)
                 else:
-                    j.future.cancel()
+                    _gone(j)
             try:
                 if active:
                     self._run(active)
@@ -175,6 +202,8 @@ class Batcher:
 
     def _run(self, jobs: list[Job]) -> None:
         start = time.perf_counter()
+        if self._on_batch is not None:
+            self._on_batch(jobs[0].label, len(jobs))
         if len(jobs) == 1:
             self._run_alone(jobs[0], start)
             return
@@ -185,9 +214,12 @@ class Batcher:
             if any(o.ndim == 0 or o.shape[0] != total for o in outputs):
                 raise _NotRowwise()
             pieces = [torch.split(o.cpu(), [j.rows for j in jobs], dim=0) for o in outputs]
-        except Exception:  # a batch that fails as a whole: give every job its own run and its own error
+        except BaseException:  # a batch that fails as a whole: give every job its own run and its own error
             for j in jobs:
-                self._run_alone(j, time.perf_counter(), queued_from=start)
+                if j.is_active():
+                    self._run_alone(j, time.perf_counter(), queued_from=start)
+                else:  # its client gave up while the batch ran: no run for nobody
+                    _gone(j)
             return
         compute = time.perf_counter() - start
         for i, j in enumerate(jobs):
@@ -200,6 +232,9 @@ class Batcher:
         except Exception as exc:  # handed to the request's handler, which maps it to a status
             _fail(job.future, exc)
             return
+        except BaseException as exc:  # SystemExit & co. from a tail must not end the worker thread
+            _fail(job.future, RuntimeError(f"the tail raised {type(exc).__name__}: {exc}"))
+            return
         queue_s = (queued_from if queued_from is not None else start) - job.submitted
         _resolve(job.future, BatchResult(outputs, queue_s, time.perf_counter() - start, 1))
 
@@ -209,10 +244,13 @@ class _NotRowwise(Exception):
 
 
 def _resolve(future: Future[Any], result: Any) -> None:
-    if future.set_running_or_notify_cancel():
-        future.set_result(result)
+    future.set_result(result)  # running since its batch took it: nobody could cancel it
 
 
 def _fail(future: Future[Any], exc: BaseException) -> None:
-    if future.set_running_or_notify_cancel():
-        future.set_exception(exc)
+    future.set_exception(exc)
+
+
+def _gone(job: Job) -> None:
+    """The job's client gave up before it ran: no run, and its future says so."""
+    job.future.set_exception(CancelledError())

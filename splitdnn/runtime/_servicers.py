@@ -14,6 +14,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -40,6 +41,7 @@ __all__ = [
     "InferenceServicer",
     "InflightBytes",
     "InflightHold",
+    "RequestLease",
     "SplitServicer",
     "TokenInterceptor",
     "add_inference_servicer",
@@ -115,6 +117,42 @@ class InflightHold:
         with self._budget._lock:
             self._budget.used -= self.held
         self.held = 0
+
+
+class RequestLease:
+    """What one ModelInfer request holds while the server works on it: a concurrency slot (acquired
+    by the caller), the ``in_flight`` gauge and its share of the in-flight byte budget.
+
+    Released once: when the handler returns, or -- for a request whose deadline passed while a batch
+    was running it -- when that batch ends (:meth:`release_when_done`), because its tensors are in use
+    until then; so ``max_concurrency`` and ``max_inflight_bytes`` bound what the server really holds.
+    """
+
+    def __init__(self, server: TailServer) -> None:
+        self._s = server
+        self.hold = server._inflight.hold()
+        self._deferred = False
+        self._released = False
+        self._lock = threading.Lock()
+        server.metrics.in_flight.inc()
+
+    def release_when_done(self, future: Future[Any]) -> None:
+        self._deferred = True
+        future.add_done_callback(lambda _f: self._release())
+
+    def close(self) -> None:
+        """The handler is done with the request: release now, unless a running batch still needs it."""
+        if not self._deferred:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self.hold.release()
+        self._s.metrics.in_flight.dec()
+        self._s._slots.release()
 
 
 def first_line(exc: BaseException) -> str:
@@ -207,11 +245,10 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 f"the server already has max_concurrency={s.config.max_concurrency} requests in flight; "
                 f"retry with backoff, or start it with a higher --max-concurrency",
             )
-        s.metrics.in_flight.inc()
-        hold = s._inflight.hold()
+        lease = RequestLease(s)
         try:
-            hold.take(wire.nbytes, "the request's message")
-            response = s._infer(wire, context, hold.take)
+            lease.hold.take(wire.nbytes, "the request's message")
+            response = s._infer(wire, context, lease)
         except Abort as a:
             s.metrics.failures.labels(label, a.code.name).inc()
             log.debug("ModelInfer for model %r refused, %s: %s", label, a.code.name, a.message)
@@ -223,9 +260,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 grpc.StatusCode.INTERNAL, f"the server failed: {type(exc).__name__}: {first_line(exc)}"
             )
         finally:
-            hold.release()
-            s.metrics.in_flight.dec()
-            s._slots.release()
+            lease.close()
         series.bytes_out.inc(len(response))
         return response
 

@@ -50,7 +50,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 
 import grpc
@@ -69,6 +69,7 @@ from splitdnn.runtime._servicers import (
     Abort,
     InferenceServicer,
     InflightBytes,
+    RequestLease,
     SplitServicer,
     TokenInterceptor,
     add_inference_servicer,
@@ -167,7 +168,12 @@ class TailServer:
         self.metrics.track_tails(lambda: {n: (m.tail_builds, m.cached_tails()) for n, m in models.items()})
         inflight = self._inflight
         self.metrics.inflight_bytes.set_function(lambda: inflight.used)
-        self._batcher = Batcher(cfg.max_batch_size, cfg.max_queue_delay_ms / 1000.0)
+        metrics = self.metrics
+        self._batcher = Batcher(
+            cfg.max_batch_size,
+            cfg.max_queue_delay_ms / 1000.0,
+            on_batch=lambda model, jobs: metrics.of(model).batch_size.observe(jobs),
+        )
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -369,14 +375,12 @@ class TailServer:
         return served
 
     def _infer(
-        self,
-        request: serde.InferRequestWire,
-        context: grpc.ServicerContext,
-        reserve: Callable[[int, str], None] | None = None,
+        self, request: serde.InferRequestWire, context: grpc.ServicerContext, lease: RequestLease
     ) -> bytes:
         """One ModelInfer call (request read, response serialized); raises Abort for every refusal.
 
-        ``reserve`` is called before each decoded tensor is allocated (the in-flight byte budget)."""
+        Each decoded tensor is taken from ``lease``'s share of the in-flight byte budget before it is
+        allocated; a request that times out while its batch runs leaves ``lease`` to that batch."""
         served = self._model(request.model_name, request.model_version)
         batcher = self._batcher
         if batcher is None:
@@ -386,7 +390,7 @@ class TailServer:
         try:
             try:
                 data = serde.parse_infer_request(
-                    request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=reserve
+                    request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=lease.hold.take
                 )
             except (WireError, CodecError) as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
@@ -434,19 +438,17 @@ class TailServer:
             def run(xs: Sequence[torch.Tensor], _tail: Tail = tail) -> list[torch.Tensor]:
                 return served.run(_tail, xs)
 
-            job = Job(key, tensors, rows, run, is_active=context.is_active)
+            job = Job(key, tensors, rows, run, is_active=context.is_active, label=served.name)
             decode_s = time.perf_counter() - t0
             series = self.metrics.of(served.name)
             series.decode.observe(decode_s)
         except BaseException:
             batcher.arrived()  # refused before it was queued
             raise
-        future = batcher.submit(job)  # also counts the request as arrived, atomically
-        result = self._await(future, context, served, {n: list(a.shape) for n, a in data.inputs.items()})
+        batcher.submit(job)  # also counts the request as arrived, atomically
+        result = self._await(job, context, served, {n: list(a.shape) for n, a in data.inputs.items()}, lease)
         series.queue.observe(result.queue_s)
         series.compute.observe(result.compute_s)
-        if result.index == 0:  # one observation per executed batch
-            series.batch_size.observe(result.batch_size)
         outputs = {}
         bf16 = set()
         for name, tensor in zip(served.output_names, result.outputs, strict=True):
@@ -471,22 +473,38 @@ class TailServer:
 
     def _await(
         self,
-        future: futures.Future[BatchResult],
+        job: Job,
         context: grpc.ServicerContext,
         served: ServedModel,
         shapes: Mapping[str, list[int]],
+        lease: RequestLease,
     ) -> BatchResult:
+        late = Abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"model {served.name!r} did not finish within the request's deadline; allow more time",
+        )
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 1e8 else max(0.0, remaining)
+        future = job.future
         try:
-            return future.result(timeout=timeout)
+            result = future.result(timeout=timeout)
         except futures.TimeoutError:
-            future.cancel()
-            raise Abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"model {served.name!r} did not finish within the request's deadline; allow more time",
-            ) from None
+            batcher = self._batcher
+            if batcher is None or not batcher.withdraw(job):  # a batch is running it: its tensors are
+                lease.release_when_done(future)  # in use, so its slot and bytes stay taken until then
+            raise late from None
         except futures.CancelledError:
+            if _past(context):
+                raise late from None
             raise Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
         except Exception as exc:
             raise compute_error(exc, served, shapes) from exc
+        if _past(context):  # it ran (alone, on this thread) past the deadline: nobody takes the answer
+            raise late
+        return result
+
+
+def _past(context: grpc.ServicerContext) -> bool:
+    """The request's deadline has passed."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0

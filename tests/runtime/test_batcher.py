@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import pytest
 import torch
@@ -124,6 +124,101 @@ def test_never_two_runs_at_once_under_concurrent_load() -> None:
             assert torch.equal(out, torch.full((1, 3), 2.0 * i))
         assert run.most_at_once == 1
     finally:
+        batcher.stop(5)
+
+
+def test_queued_jobs_can_be_withdrawn_and_running_ones_cannot() -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batches: list[tuple[str, int]] = []
+    batcher = Batcher(max_batch_size=1, max_queue_delay_s=0.0, on_batch=lambda *b: batches.append(b))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = _job(run)
+            pool.submit(lambda: _arrive(batcher) and batcher.submit(first))
+            assert run.entered.wait(20)  # running inline, held by the gate
+            queued = [_job(run, value=float(i)) for i in range(3)]
+            for job in queued:
+                _arrive(batcher)
+                batcher.submit(job)
+            assert batcher.pending() == 3
+            assert batcher.withdraw(queued[1]) is True  # out of the queue at once, its future cancelled
+            assert batcher.pending() == 2 and queued[1].future.cancelled()
+            assert batcher.withdraw(first) is False  # running: its inputs are in use until it ends
+            assert not first.future.cancel() and first.future.running()
+            gate.set()
+            assert first.future.result(20).batch_size == 1
+            assert batcher.withdraw(first) is True  # finished: holds nothing
+            for job in (queued[0], queued[2]):
+                assert job.future.result(20).batch_size == 1
+        assert run.batch_rows == [1, 1, 1] and len(batches) == 3  # the withdrawn job never ran
+    finally:
+        gate.set()
+        batcher.stop(5)
+
+
+def test_a_failed_batch_reruns_only_jobs_whose_client_still_waits() -> None:
+    gate = threading.Event()
+    gone = threading.Event()
+    rows_run: list[int] = []
+
+    def run(xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        rows_run.append(int(xs[0].shape[0]))
+        assert gate.wait(20)
+        if xs[0].shape[0] > 1:
+            gone.set()  # while the batch runs, two of its clients give up (their deadline passes)
+            raise RuntimeError("the batch fails as a whole")
+        return [xs[0] * 2]
+
+    batcher = Batcher(max_batch_size=8, max_queue_delay_s=0.0)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            blocker = pool.submit(lambda: _arrive(batcher) and batcher.submit(_job(run)).result(20))
+            while not rows_run:
+                threading.Event().wait(0.005)
+            key = ("m", ("x",), ((torch.float32, (3,)),))
+            waiting = lambda: not gone.is_set()  # noqa: E731
+            jobs = [Job(key, [torch.ones(1, 3)], 1, run, is_active=waiting) for _ in range(2)]
+            jobs += [Job(key, [torch.ones(1, 3)], 1, run) for _ in range(2)]
+            for job in jobs:
+                _arrive(batcher)
+                batcher.submit(job)
+            gate.set()
+            blocker.result(20)
+            for job in jobs[:2]:
+                with pytest.raises(CancelledError):
+                    job.future.result(20)
+            for job in jobs[2:]:
+                assert torch.equal(job.future.result(20).outputs[0], torch.full((1, 3), 2.0))
+        assert rows_run == [1, 4, 1, 1]  # the blocker, the failed batch, then only the two still waiting
+    finally:
+        gate.set()
+        batcher.stop(5)
+
+
+def test_a_tail_raising_a_base_exception_does_not_end_the_worker() -> None:
+    gate = threading.Event()
+    blocking = Recorder(gate)
+
+    def exits(xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        raise SystemExit(3)
+
+    key = ("m", ("x",), ((torch.float32, (3,)),))
+    batcher = Batcher(max_batch_size=1, max_queue_delay_s=0.0)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: _arrive(batcher) and batcher.submit(_job(blocking)))
+            assert blocking.entered.wait(20)
+            _arrive(batcher)
+            bad = batcher.submit(Job(key, [torch.ones(1, 3)], 1, exits))  # queued: runs on the worker
+            _arrive(batcher)
+            after = batcher.submit(_job(Recorder(), value=5.0))
+            gate.set()
+            with pytest.raises(RuntimeError, match="the tail raised SystemExit: 3"):
+                bad.result(20)
+            assert torch.equal(after.result(20).outputs[0], torch.full((1, 3), 10.0))
+    finally:
+        gate.set()
         batcher.stop(5)
 
 

@@ -169,6 +169,113 @@ def test_requests_in_flight_cannot_together_decode_past_max_inflight_bytes() -> 
         channel.close()
 
 
+_SECOND_OPEN = threading.Event()
+_SECOND_ENTERED = threading.Event()
+
+
+def _second_gate(x: torch.Tensor) -> torch.Tensor:
+    """Rows marked with x[:, 0] >= 500 wait for the second gate; the others pass the first one."""
+    if bool((x[:, 0] >= 500).any()):
+        _SECOND_ENTERED.set()
+        if not _SECOND_OPEN.wait(timeout=30):
+            raise RuntimeError("the test never opened the second gate")
+        return x
+    return _gate(x)
+
+
+torch.fx.wrap("_second_gate")
+
+
+class TwoGated(Gated):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(_second_gate(x) * 2.0)
+
+
+def _marked(seed: int) -> np.ndarray:
+    x = _rows(1, seed)
+    x[:, 0] = 1000.0
+    return x
+
+
+def test_a_request_timing_out_in_the_queue_leaves_it_and_gives_back_its_bytes() -> None:
+    from splitdnn import codec
+
+    mib = 1 << 20
+    frame = codec.encode(np.zeros((mib // 16, 4), dtype=np.float32), "zstd")  # 1 MiB decoded
+    kw = {"max_concurrency": 2, "max_message_bytes": mib, "max_decoded_bytes": mib}
+    with _server(**kw, max_inflight_bytes=2 * mib + mib // 2) as server, ThreadPoolExecutor(1) as pool:
+        stub, channel = _stub(server.address)
+        registry = server.metrics.registry
+        with _gate_closed():
+            blocker = pool.submit(_infer, stub, _rows(1, 0), timeout=30)
+            assert _ENTERED.wait(20)
+            held = registry.get_sample_value("splitdnn_inflight_bytes")
+            request = serde.build_infer_request("gated", {"x": frame})
+            late = lambda: stub.ModelInfer(request, timeout=0.3)  # noqa: E731
+            for _ in range(6):  # each fits when it arrives; before, the queue kept every one of them
+                assert _code(late) == grpc.StatusCode.DEADLINE_EXCEEDED
+                _wait_for(lambda: registry.get_sample_value("splitdnn_in_flight") == 1)
+                assert server.queue_depth == 0
+                assert registry.get_sample_value("splitdnn_inflight_bytes") == held
+        assert np.array_equal(blocker.result(30).outputs["output"], _expected(server, _rows(1, 0)))
+        failed = {"model": "gated", "code": "DEADLINE_EXCEEDED"}
+        assert registry.get_sample_value("splitdnn_failures_total", failed) == 6
+        channel.close()
+
+
+def test_a_request_timing_out_while_its_batch_runs_keeps_its_slot_until_the_batch_ends() -> None:
+    models = (ModelSpec("gated", module=TwoGated(), input_shapes=((1, 4),)),)
+    _SECOND_OPEN.clear()
+    _SECOND_ENTERED.clear()
+    with _server(models=models, max_concurrency=2) as server, ThreadPoolExecutor(2) as pool:
+        stub, channel = _stub(server.address)
+        registry = server.metrics.registry
+        sample = lambda name: registry.get_sample_value(name)  # noqa: E731
+        try:
+            with _gate_closed():
+                blocker = pool.submit(_infer, stub, _rows(1, 0), timeout=30)  # inline, at the first gate
+                assert _ENTERED.wait(20)
+                late = pool.submit(_infer, stub, _marked(1), timeout=1.0)  # queued behind it
+                _wait_for(lambda: server.queue_depth == 1)
+            blocker.result(30)  # the worker now runs `late`, held at the second gate
+            assert _SECOND_ENTERED.wait(20)
+            with pytest.raises(grpc.RpcError) as info:
+                late.result(30)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            failed = {"model": "gated", "code": "DEADLINE_EXCEEDED"}
+            _wait_for(lambda: registry.get_sample_value("splitdnn_failures_total", failed) == 1)
+            # its handler has answered, but the batch still computes on its tensors: still counted
+            assert sample("splitdnn_in_flight") == 1 and sample("splitdnn_inflight_bytes") > 0
+            queued = pool.submit(_infer, stub, _rows(1, 2), timeout=30)  # the second slot
+            _wait_for(lambda: server.queue_depth == 1)
+            code = _code(lambda: _infer(stub, _rows(1, 3), timeout=30))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # max_concurrency=2: both slots taken
+        finally:
+            _SECOND_OPEN.set()
+        assert np.array_equal(queued.result(30).outputs["output"], _expected(server, _rows(1, 2)))
+        _wait_for(lambda: sample("splitdnn_in_flight") == 0 and sample("splitdnn_inflight_bytes") == 0)
+        assert np.array_equal(
+            _infer(stub, _rows(1, 4), timeout=30).outputs["output"], _expected(server, _rows(1, 4))
+        )
+        channel.close()
+
+
+def test_a_lone_request_finishing_past_its_deadline_is_counted_as_late() -> None:
+    with _server() as server, ThreadPoolExecutor(1) as pool:
+        stub, channel = _stub(server.address)
+        with _gate_closed():
+            late = pool.submit(_infer, stub, _rows(1, 0), timeout=0.5)  # runs inline: on its handler
+            assert _ENTERED.wait(20)
+            with pytest.raises(grpc.RpcError) as info:
+                late.result(30)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        registry = server.metrics.registry
+        failed = {"model": "gated", "code": "DEADLINE_EXCEEDED"}
+        _wait_for(lambda: registry.get_sample_value("splitdnn_failures_total", failed) == 1)
+        assert registry.get_sample_value("splitdnn_response_bytes_total", {"model": "gated"}) == 0
+        channel.close()
+
+
 def test_deadline_is_honoured_and_the_server_goes_on() -> None:
     with _server() as server:
         stub, channel = _stub(server.address)
