@@ -341,6 +341,7 @@ def test_fp16_and_bf16_keep_non_finite_values():
         (np.zeros(3, np.int32), "int8", "cannot encode dtype int32"),
         (np.array([1.0, np.nan], np.float32), "int8", "need finite values"),
         (np.array([[1.0, np.inf]], np.float32), "int8c", "need finite values"),
+        (np.array([-3e38, 3e38], np.float32), "int8", r"span \[-3e\+38, 3e\+38\], too wide for float32"),
         (
             np.zeros(3, np.float32),
             "zstd+int8",
@@ -430,6 +431,14 @@ ZSTD = ((b"raw", b""), (b"zstd", b"\x03"))
             "expected finite lo and scale >= 0",
         ),
         (_header(stages=((b"int8", struct.pack("<ff", 0.0, -1.0)),), payload=bytes(2)), "scale >= 0"),
+        (  # finite in float64, but code 255 * scale overflows the float32 the decoder computes in
+            _header(stages=((b"int8", struct.pack("<ff", 0.0, 1.7e36)),), payload=bytes(2)),
+            r"lo \+ 255 \* scale overflows float32",
+        ),
+        (
+            _header(stages=((b"int4", struct.pack("<ff", -3.0e38, 4.4e37)),), payload=bytes(1)),
+            r"lo \+ 15 \* scale overflows float32",
+        ),
         (_header(stages=((b"int8", b"\0" * 4),), payload=bytes(2)), "expects 8 parameter bytes, found 4"),
         (
             _header(dims=(1, 2), stages=((b"int8c", struct.pack("<I", 3) + bytes(16)),), payload=bytes(2)),

@@ -279,6 +279,13 @@ def _quantize(x: np.ndarray, lo, inv, levels: int) -> np.ndarray:
     return buf.astype(np.uint8)
 
 
+def _finite_range(lo: float, scale: float, levels: int) -> bool:
+    """Whether decoding (``codes * scale + lo`` in float32, codes up to ``levels``) stays finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = np.float32(levels) * np.float32(scale)
+        return bool(np.isfinite(span) and np.isfinite(np.float32(lo) + span))
+
+
 def _dequantize(codes: np.ndarray, lo, scale) -> np.ndarray:
     out = np.multiply(codes, scale, dtype=_F32)
     out += lo
@@ -319,6 +326,11 @@ class AffineCodec(ValueCodec):
             return _AFFINE.pack(0.0, 0.0), b""
         lo, hi, _, _ = _range(x, clip, self.bits)
         lo32, scale32, inv = _affine_scale(lo, hi, self.levels)
+        if not _finite_range(float(lo32), float(scale32), self.levels):
+            raise CodecError(
+                f"codec {self.name!r}: the values span [{lo:g}, {hi:g}], too wide for float32 arithmetic "
+                f"(lo + {self.levels} * scale overflows); use a lossless codec or bf16 for this tensor"
+            )
         codes = _quantize(x, lo32, inv, self.levels)  # (n,) uint8
         return _AFFINE.pack(lo32, scale32), _pack(codes, self.bits)
 
@@ -329,7 +341,7 @@ class AffineCodec(ValueCodec):
             raise CodecError(
                 f"codec {self.name!r}: expected finite lo and scale >= 0, found {lo!r}, {scale!r}"
             )
-        if not math.isfinite(lo + self.levels * scale):
+        if not _finite_range(lo, scale, self.levels):
             raise CodecError(f"codec {self.name!r}: range lo + {self.levels} * scale overflows float32")
         return -(-math.prod(shape) // self.per_byte)
 

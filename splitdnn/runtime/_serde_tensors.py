@@ -222,6 +222,11 @@ def tensors_from_proto(
             budget.take(nbytes, name)
             arr = np.frombuffer(data, dtype=dtype).reshape(shape)
             arr.flags.writeable = False  # a view of the message: whoever writes must copy first
+            if dtype == np.bool_ and arr.size and int(arr.view(np.uint8).max()) > 1:
+                raise WireError(
+                    f"{where} tensor {show(name)} is BOOL but holds byte value "
+                    f"{int(arr.view(np.uint8).max())}; BOOL raw contents are one byte per value, 0 or 1"
+                )
         else:
             arr = _from_contents(t, shape, n, dtype, has_contents, budget, where)
         if t.datatype == "BF16":
@@ -280,7 +285,9 @@ def _from_contents(
                 f"{where} tensor {show(t.name)} is {t.datatype} but sets contents.{other.name}; use "
                 f"contents.{field_name}"
             )
-    budget.take(n * dtype.itemsize, t.name, allocates=True)
+    # narrow integers are read through the proto field's own width first (int8 values as int32)
+    wide_itemsize = np.dtype(_FIELD_DTYPE[field_name]).itemsize if dtype.kind in "iu" else dtype.itemsize
+    budget.take(n * max(dtype.itemsize, wide_itemsize), t.name, allocates=True)
     if dtype.kind in "iu" and n:
         # the proto field's own width (int32, int64, uint32): every value fits, then check the range
         wide = np.asarray(values, dtype=_FIELD_DTYPE[field_name])

@@ -257,6 +257,21 @@ def test_typed_contents_refusals() -> None:
             serde.parse_infer_request(msg, max_decoded_bytes=CAP)
 
 
+def test_raw_bool_tensors_hold_only_zeros_and_ones() -> None:
+    ok = serde.parse_infer_request(_raw("BOOL", [3], b"\x00\x01\x01"), max_decoded_bytes=CAP)
+    assert ok.inputs["x"].tolist() == [False, True, True]
+    with pytest.raises(WireError, match="BOOL but holds byte value 255; BOOL raw contents are one byte"):
+        serde.parse_infer_request(_raw("BOOL", [3], b"\x00\x02\xff"), max_decoded_bytes=CAP)
+
+
+def test_narrow_typed_integers_count_the_width_they_are_read_at() -> None:
+    msg = v2_pb.ModelInferRequest(model_name="m")
+    msg.inputs.add(name="x", datatype="INT8", shape=[1000]).contents.int_contents.extend([1] * 1000)
+    with pytest.raises(WireError, match="decodes to 4000 bytes"):  # read as int32 before narrowing
+        serde.parse_infer_request(msg, max_decoded_bytes=3999)
+    assert serde.parse_infer_request(msg, max_decoded_bytes=4000).inputs["x"].dtype == np.int8
+
+
 def test_decoded_size_is_capped_over_the_whole_message() -> None:
     a = np.zeros((64, 64), np.float32)  # 16 KiB each
     with pytest.raises(WireError, match="at most 20000 bytes in all"):
