@@ -428,6 +428,9 @@ class TailServer:
             except WireError as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             writable = tail.writes_inputs and served.device.type == "cpu"  # else a copy is made anyway
+            for name in tail.inputs if writable else ():
+                if not data.inputs[name].flags.writeable:  # a view of the message: copied next
+                    lease.hold.take(data.inputs[name].nbytes, f"a copy of tensor {name!r}")
             tensors = [
                 from_numpy(data.inputs[n], bfloat16=n in data.bfloat16, writable=writable)
                 for n in tail.inputs

@@ -276,6 +276,29 @@ def test_a_lone_request_finishing_past_its_deadline_is_counted_as_late() -> None
         channel.close()
 
 
+class InplaceGated(Gated):
+    """Writes into its input, so the server computes on a copy of the request's bytes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(_gate(x.mul_(2.0)))
+
+
+def test_the_copy_of_a_request_that_a_tail_writes_into_counts_as_held() -> None:
+    x = _rows(64, 0)  # 1 KiB of raw contents
+    message = serde.build_infer_request("gated", {"x": x}).ByteSize()
+    models = (ModelSpec("gated", module=InplaceGated(), input_shapes=((1, 4),)),)
+    with _server(models=models) as server, ThreadPoolExecutor(1) as pool:
+        stub, channel = _stub(server.address)
+        assert server._models["gated"].tail(frozenset({"x"})).writes_inputs
+        with _gate_closed():
+            done = pool.submit(_infer, stub, x, timeout=30)
+            assert _ENTERED.wait(20)
+            held = server.metrics.registry.get_sample_value("splitdnn_inflight_bytes")
+        assert np.array_equal(done.result(30).outputs["output"], _expected(server, x))
+        channel.close()
+    assert held == message + x.nbytes  # the message, and the copy the tail computes on
+
+
 def test_deadline_is_honoured_and_the_server_goes_on() -> None:
     with _server() as server:
         stub, channel = _stub(server.address)
