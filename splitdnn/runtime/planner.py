@@ -364,6 +364,9 @@ class Planner:
         re-plan that finds a plan ``margin`` faster is then enough.
         """
         before, self.link = self.link, link
+        now = self._clock()
+        for key in [k for k, h in self._holds.items() if now >= h.until_s]:
+            del self._holds[key]  # run out: replan_due said so once, and this re-plan answers it
         current = self.price(self.plan, link)
         if self._forced_tiers is not None:
             self.plan = current

@@ -400,6 +400,10 @@ def test_a_replan_is_due_only_when_it_could_change_something() -> None:
     assert not held.replan_due(fast, tolerance=0.02)
     clock.t += 61.0
     assert held.replan_due(fast, tolerance=0.02)
+    # ... and once only: the re-plan drops the hold, also when the held plan is no longer the best
+    mid = Link(10.0, rtt_ms=20.0)
+    held.replan(mid)
+    assert not held.replan_due(mid, tolerance=0.02) and not held._holds
     for bad in (-0.1, 1.0, "2 %"):
         with pytest.raises(ConfigError, match="tolerance must be a fraction in"):
             planner.replan_due(fast, tolerance=bad)  # type: ignore[arg-type]
