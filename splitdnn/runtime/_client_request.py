@@ -25,10 +25,11 @@ import torch
 
 from splitdnn import codec as _codec
 from splitdnn import graph
-from splitdnn.errors import PlanError, ServerUnavailableError, WireError
+from splitdnn.errors import ConfigError, DeadlineError, PlanError, WireError
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown
 from splitdnn.runtime._client_rpc import is_transient, model_infer, translate_rpc_error
+from splitdnn.runtime.planner import remote_ms as planner_remote_ms
 from splitdnn.schema import Plan
 
 if TYPE_CHECKING:
@@ -313,8 +314,8 @@ class Run:
         self.sent = tuple(send)
         self.codecs = tuple(codec_of.get(n, "raw") for n in self.sent)
 
-        remote_ms = plan.cost.total_ms - plan.cost.compute_ms[0]
-        if remote_ms > c.timeout_s * 1e3 and c.fallback_local:
+        remote_ms = planner_remote_ms(plan)
+        if remote_ms > c.timeout_s * 1e3 and c.fallback_local:  # a forced plan (others are never chosen)
             return self._finish_locally(
                 inputs, values, f"the remote part is predicted to take {remote_ms:.0f} ms, over the "
                 f"{c.timeout_s * 1e3:.0f} ms deadline",
@@ -328,6 +329,14 @@ class Run:
         )  # fmt: skip
         self.bytes_sent = len(request)
         self.client_ms = (time.perf_counter() - t) * 1e3
+        cap, whose = c.message_cap()
+        if len(request) > cap:  # refused for certain: gRPC would say RESOURCE_EXHAUSTED
+            raise ConfigError(
+                f"the request for plan {self.plan.strategy!r} (boundary {list(self.sent)[:3]}, codecs "
+                f"{list(self.codecs)[:3]}) is {len(request)} bytes, over the {whose} max_message_bytes="
+                f"{cap}; raise it (SplitClient(max_message_bytes=...), splitdnn serve --max-message-mib) "
+                f"or allow codecs that send less"
+            )
         t_rpc = time.perf_counter()
         give_up_s = None
         try:
@@ -352,8 +361,14 @@ class Run:
                 )  # fmt: skip
             err = translate_rpc_error(exc, f"ModelInfer({c.model_name!r})")
             self.network_ms = (time.perf_counter() - t_rpc) * 1e3
-            if isinstance(err, ServerUnavailableError):
+            if c.closed:
+                raise ConfigError(
+                    f"the client was closed while request {self.sent[:3]} waited for the server ({err.code})"
+                ) from exc
+            if is_transient(err):  # unreachable, too slow or overloaded: leave it alone for a while
                 c._mark_down()
+            if isinstance(err, DeadlineError):  # no answer in timeout_s: as slow a link as that, at least
+                c._observe(self.bytes_sent, 0, self.network_ms, overdue=True)
             if c.fallback_local and is_transient(err):
                 return self._finish_locally(inputs, values, f"{err.code}: {err.details or err}"[:200])
             raise err from exc

@@ -25,7 +25,14 @@ from splitdnn.errors import (
     ServerUnavailableError,
 )
 
-__all__ = ["is_transient", "make_channel", "model_infer", "read_pem", "translate_rpc_error"]
+__all__ = [
+    "is_over_size_cap",
+    "is_transient",
+    "make_channel",
+    "model_infer",
+    "read_pem",
+    "translate_rpc_error",
+]
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -68,6 +75,14 @@ def translate_rpc_error(exc: grpc.RpcError, what: str) -> RemoteError:
     code = exc.code() if hasattr(exc, "code") else None
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     details = (exc.details() if hasattr(exc, "details") else "") or ""
+    if name == "RESOURCE_EXHAUSTED" and "message larger than max" in details:  # a cap, either end
+        return RemoteError(
+            f"{what}: a message is over a size cap ({details}); raise max_message_bytes on the client "
+            f"(SplitClient(max_message_bytes=...)) or on the server (splitdnn serve --max-message-mib), "
+            f"or allow codecs that send less",
+            code=name,
+            details=details,
+        )
     entry = _TRANSLATIONS.get(name)
     if name == "FAILED_PRECONDITION" and not any(w in details.lower() for w in _MISMATCH_WORDS):
         entry = None  # another precondition: no more specific class than RemoteError
@@ -78,8 +93,18 @@ def translate_rpc_error(exc: grpc.RpcError, what: str) -> RemoteError:
 
 
 def is_transient(exc: RemoteError) -> bool:
-    """Whether a failed request may succeed later (unreachable, too slow, overloaded): fall back."""
-    return isinstance(exc, _TRANSIENT) or exc.code == "RESOURCE_EXHAUSTED"
+    """Whether a failed request may succeed later (unreachable, too slow, overloaded): fall back.
+
+    Not a message over either end's size cap (gRPC says RESOURCE_EXHAUSTED for that too): the same
+    request would be refused again, so it is a configuration to fix, raised."""
+    if exc.code == "RESOURCE_EXHAUSTED":
+        return not is_over_size_cap(exc)
+    return isinstance(exc, _TRANSIENT)
+
+
+def is_over_size_cap(exc: RemoteError) -> bool:
+    """A RESOURCE_EXHAUSTED that gRPC gave for a message over ``max_message_bytes`` (either end)."""
+    return exc.code == "RESOURCE_EXHAUSTED" and "message larger than max" in (exc.details or "")
 
 
 def read_pem(value: bytes | str | Path | None, what: str) -> bytes | None:

@@ -259,5 +259,8 @@ class LinkProber:
             self.failures += 1
             if not self._closed:
                 self._note(f"link probe failed: {err}"[:300])
+        except ValueError:  # grpc: "Cannot invoke RPC on closed channel!" -- close() came in between
+            if not self._closed:
+                raise
         finally:
             self._last_end = self._clock()

@@ -247,6 +247,8 @@ class SplitClient:
         self.requests = 0
         self.fallbacks = 0
         self._remote_in_flight = 0  # requests of this client waiting for the server's answer
+        self._server_max_message: int | None = None  # the server's cap, from GetModelInfo
+        self.closed = False
         # sets of boundary names the server has answered for (it has built and cached their tail)
         self._answered_cuts: set[frozenset[str]] = set()
         self.notes: list[str] = []  # what the client assumed (shown by describe())
@@ -313,7 +315,9 @@ class SplitClient:
         self.device_profile, self.server_profile = device, server
         self.planner = Planner(
             device, server, self.estimator.link, privacy_floor=self.privacy_floor,
-            unsendable=_unsendable(self.traced), **planning,
+            unsendable=_unsendable(self.traced),
+            # a remote part predicted over the deadline would always finish locally: never chosen
+            max_remote_ms=self.timeout_s * 1e3 if self.fallback_local else None, **planning,
         )  # fmt: skip
 
     def _unreachable(self, timeout_s: float) -> None:
@@ -355,6 +359,7 @@ class SplitClient:
                 info = serde.parse_model_info(msg)
                 check_model_info(info, self.traced, self.weights_digest, self.address)
                 profile = info.profile
+                self._server_max_message = info.max_message_bytes or None
             for _ in range(2):  # the first may still pay for the connection's set-up
                 rtt = self.ping()
             self._observe_ping(rtt)
@@ -420,6 +425,8 @@ class SplitClient:
         ``threads`` limits torch's threads while a request computes on the device (see the module
         docstring for how overlapping requests share that setting).
         """
+        if self.closed:
+            raise ConfigError("this SplitClient is closed; create a new one to run more requests")
         if len(inputs) != len(self._placeholders):
             raise ConfigError(
                 f"model {self.traced.name!r} takes {len(self._placeholders)} input(s) "
@@ -443,7 +450,11 @@ class SplitClient:
             if plan.strategy == "edge-only":
                 out = run.local(inputs, reason="")
             elif down and self.fallback_local:
-                out = run.local(inputs, reason="the server was unreachable; retrying it later")
+                out = run.local(
+                    inputs,
+                    reason="the server failed a recent request (unreachable, overloaded or too "
+                    "slow); retrying it later",
+                )
             else:
                 out = run.remote(inputs)
         finally:
@@ -459,6 +470,7 @@ class SplitClient:
 
     def close(self) -> None:
         """Stop probing and close the channel; the client cannot be used afterwards."""
+        self.closed = True
         if self._prober is not None:
             self._prober.close(timeout=0.0)  # no new probes
         self._channel.close()  # cancels a probe in flight
@@ -493,6 +505,13 @@ class SplitClient:
                         self._pieces.pop(next(iter(self._pieces)))
                     self._pieces[key] = pieces
         return pieces
+
+    def message_cap(self) -> tuple[int, str]:
+        """The largest request both ends accept, and whose cap it is ("client's" or "server's")."""
+        server = self._server_max_message
+        if server is not None and server < self.max_message_bytes:
+            return server, "server's"
+        return self.max_message_bytes, "client's"
 
     def _mark_down(self) -> None:
         with self._lock:

@@ -54,6 +54,7 @@ __all__ = [
     "LinkSample",
     "Planner",
     "plan_key",
+    "remote_ms",
     "scale_profile",
 ]
 
@@ -225,6 +226,12 @@ def _codec_result(profile: Profile, node: str, spec: str) -> CodecResult | None:
         return None
 
 
+def remote_ms(plan: Plan) -> float:
+    """The part of ``plan``'s predicted latency after the device's compute: encoding, transfers,
+    the server's compute (0 for edge-only)."""
+    return max(0.0, plan.cost.total_ms - plan.cost.compute_ms[0])
+
+
 class Planner:
     """Chooses and keeps the two-tier plan a client runs (see the module docstring).
 
@@ -258,6 +265,7 @@ class Planner:
         unsendable: Collection[str] = (),
         accuracy_table: AccuracyTable | str | Path | None = None,
         max_accuracy_loss: float | None = None,
+        max_remote_ms: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(device, Profile) or not isinstance(server, Profile):
@@ -287,6 +295,11 @@ class Planner:
         )  # fmt: skip
         self.unsendable = frozenset(unsendable)
         self.tensor_cost = _guarded(best_codec, self.unsendable) if self.unsendable else best_codec
+        if max_remote_ms is not None and not (
+            isinstance(max_remote_ms, (int, float)) and math.isfinite(max_remote_ms) and max_remote_ms > 0
+        ):
+            raise ConfigError(f"max_remote_ms must be a finite number > 0 or None, found {max_remote_ms!r}")
+        self.max_remote_ms = max_remote_ms
         self.force = force
         self._forced_tiers = self._forced(force) if force is not None else None
         self._pending = 0
@@ -316,8 +329,12 @@ class Planner:
         )  # fmt: skip
 
     def best(self, link: Link) -> Plan:
-        """The solver's optimal plan under ``link`` (codecs chosen with the cut)."""
-        return solver.solve(self.profiles, [link], constraints=self.constraints, tensor_cost=self.tensor_cost)
+        """The solver's optimal plan under ``link`` (codecs chosen with the cut); edge-only instead
+        when its remote part is predicted over ``max_remote_ms`` (the client's deadline)."""
+        plan = solver.solve(self.profiles, [link], constraints=self.constraints, tensor_cost=self.tensor_cost)
+        if self.max_remote_ms is not None and remote_ms(plan) > self.max_remote_ms:
+            return solver.edge_only(self.profiles, [link], tensor_cost=self.tensor_cost)
+        return plan
 
     def baseline(self, kind: str, link: Link | None = None) -> Plan:
         """The edge-only or cloud-only plan under ``link`` (default: the current one), best codec.

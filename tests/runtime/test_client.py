@@ -529,6 +529,94 @@ def test_grpc_errors_are_translated(code: grpc.StatusCode, details: str, cls: ty
     assert is_transient(err) == (code in transient)
 
 
+def test_a_message_over_a_size_cap_is_a_configuration_error_not_an_overload() -> None:
+    over = translate_rpc_error(
+        _FakeRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (45734 vs. 16384)"
+        ),
+        "ModelInfer('m')",
+    )
+    assert not is_transient(over) and "over a size cap" in str(over) and "--max-message-mib" in str(over)
+    busy = translate_rpc_error(
+        _FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server already has max_concurrency=64"), "m"
+    )
+    assert is_transient(busy)
+
+
+def test_a_request_over_either_ends_message_cap_raises_before_it_is_sent(served) -> None:
+    server, models = served
+    s = models["alexnet"]  # a (1, 3, 64, 64) fp32 input: 49 KB raw
+    with _client(server, s, force_boundary="cloud", codecs=["raw"], max_message_bytes=40 << 10) as c:
+        with pytest.raises(ConfigError, match=r"over the client's max_message_bytes=40960; raise it"):
+            c.infer(s.x)
+        assert c.fallbacks == 0
+    small = TailServer(ServerConfig(models=(_spec("alexnet"),), max_message_bytes=32 << 10)).start()
+    try:
+        with SplitClient(small.address, s.traced, device_profile=s.device, force_boundary="cloud",
+                         codecs=["raw"], link=Link(100.0, rtt_ms=1.0)) as c:  # fmt: skip
+            with pytest.raises(ConfigError, match=r"over the server's max_message_bytes=32768"):
+                c.infer(s.x)
+    finally:
+        small.stop(0)
+
+
+_SLOW = threading.Event()
+
+
+def _maybe_slow(x: torch.Tensor) -> torch.Tensor:
+    if _SLOW.is_set():
+        time.sleep(0.4)
+    return x
+
+
+torch.fx.wrap("_maybe_slow")
+
+
+class _Sluggish(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(_maybe_slow(x))
+
+
+def test_no_answer_within_the_deadline_backs_off_and_slows_the_link_estimate() -> None:
+    _SLOW.clear()
+    spec = ModelSpec("sluggish", module=_Sluggish(), input_shapes=((1, 4),))
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        traced = server.served_model("sluggish")
+        x = torch.randn(1, 4)
+        with torch.inference_mode():
+            ref = traced.module(x)
+        kw = {"device_profile": _profile(traced), "link": Link(100.0, rtt_ms=1.0)}
+        with SplitClient(server.address, traced, force_boundary="cloud", timeout_s=0.15, **kw) as c:
+            before = c.estimator.link.uplink_mbps
+            _SLOW.set()  # from now on the server (and a local run) takes 0.4 s
+            try:
+                assert torch.equal(c.infer(x), ref)
+                b = _last(c)
+                assert b.local and "DEADLINE_EXCEEDED" in b.fallback and b.bytes_sent > 0
+                assert c.estimator.link.uplink_mbps < before / 10  # taken as a slow link, at least
+                t = time.perf_counter()
+                assert torch.equal(c.infer(x), ref)  # backed off: straight to the device
+                b = _last(c)
+                assert b.local and b.bytes_sent == 0 and "retrying it later" in b.fallback
+                assert time.perf_counter() - t < 1.0
+            finally:
+                _SLOW.clear()
+
+
+def test_a_closed_client_refuses_requests_clearly(served) -> None:
+    server, models = served
+    c = _client(server, models["alexnet"], force_boundary="cloud")
+    c.infer(models["alexnet"].x)
+    c.close()
+    with pytest.raises(ConfigError, match="this SplitClient is closed; create a new one"):
+        c.infer(models["alexnet"].x)
+
+
 @pytest.mark.parametrize("threads", [1, None])
 def test_emulation_multiplies_the_device_work_not_time_spent_waiting(threads: int | None) -> None:
     """With one device thread the padding follows the thread's CPU time: a device-side step that

@@ -20,6 +20,7 @@ from splitdnn.runtime.planner import (
     LinkEstimator,
     Planner,
     plan_key,
+    remote_ms,
     scale_profile,
 )
 from splitdnn.schema import CodecResult, Link, Profile
@@ -320,6 +321,20 @@ def test_a_step_needs_one_confirmation() -> None:
     near = Link(1.5, rtt_ms=20.0)  # edge-only 120 ms against 125 ms: under the margin
     keeper = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 3, None))
     assert not keeper.replan(near, step=True).switched
+
+
+def test_a_plan_whose_remote_part_is_over_the_deadline_is_never_chosen() -> None:
+    device, server = _profiles()
+    link = Link(10.0, rtt_ms=20.0)
+    split = Planner(device, server, link).plan
+    assert split.boundary_nodes == ("b",) and remote_ms(split) > 20.0
+    # a client with a 20 ms deadline would finish that split on the device every time
+    capped = Planner(device, server, link, max_remote_ms=20.0)
+    assert capped.plan.strategy == "edge-only" and remote_ms(capped.plan) == 0.0
+    assert Planner(device, server, link, max_remote_ms=remote_ms(split) + 1).plan.boundary_nodes == ("b",)
+    for bad in (0, -1.0, float("nan"), "20"):
+        with pytest.raises(ConfigError, match="max_remote_ms must be a finite number > 0 or None"):
+            Planner(device, server, link, max_remote_ms=bad)  # type: ignore[arg-type]
 
 
 def test_urgent_margin_switches_at_once() -> None:
