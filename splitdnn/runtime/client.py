@@ -248,6 +248,7 @@ class SplitClient:
         self.fallbacks = 0
         self._remote_in_flight = 0  # requests of this client waiting for the server's answer
         self._server_max_message: int | None = None  # the server's cap, from GetModelInfo
+        self._info_pending = False  # GetModelInfo not answered at start (server down): ask on first answer
         self.closed = False
         # sets of boundary names the server has answered for (it has built and cached their tail)
         self._answered_cuts: set[frozenset[str]] = set()
@@ -313,11 +314,17 @@ class SplitClient:
         )
         self.notes.extend(notes)
         self.device_profile, self.server_profile = device, server
-        self.planner = Planner(
-            device, server, self.estimator.link, privacy_floor=self.privacy_floor,
+        self._planning = planning
+        self._server_speedup = server_speedup
+        self._server_profile_given = server_profile is not None
+        self.planner = self._make_planner(server, self.estimator.link)
+
+    def _make_planner(self, server: Profile, link: Link) -> Planner:
+        return Planner(
+            self.device_profile, server, link, privacy_floor=self.privacy_floor,
             unsendable=_unsendable(self.traced),
             # a remote part predicted over the deadline would always finish locally: never chosen
-            max_remote_ms=self.timeout_s * 1e3 if self.fallback_local else None, **planning,
+            max_remote_ms=self.timeout_s * 1e3 if self.fallback_local else None, **self._planning,
         )  # fmt: skip
 
     def _unreachable(self, timeout_s: float) -> None:
@@ -350,6 +357,7 @@ class SplitClient:
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
                     self._unreachable(timeout_s)  # raises, or marks the server down
+                    self._info_pending = True
                     return None
                 info_err = translate_rpc_error(exc, f"GetModelInfo({self.model_name!r})")
                 if info_err.code != "UNIMPLEMENTED":  # a stock v2 server: plan without splitdnn.v1
@@ -368,7 +376,44 @@ class SplitClient:
                 raise
             self.notes.append(f"{err}; running locally until it answers")
             self._mark_down()
+            self._info_pending = profile is None and self._server_max_message is None
         return profile
+
+    def _catch_up_with_server(self) -> None:
+        """The server, unreachable at construction, has answered a request: check its model now and,
+        unless a server profile was given, plan with the profile it publishes from here on."""
+        with self._lock:
+            if not self._info_pending:
+                return
+            self._info_pending = False
+        try:
+            msg = self._sd.GetModelInfo(
+                serde.build_model_info_request(self.model_name), timeout=min(self.timeout_s, 5.0),
+                metadata=self._metadata,
+            )  # fmt: skip
+        except grpc.RpcError as exc:
+            err = translate_rpc_error(exc, f"GetModelInfo({self.model_name!r})")
+            if is_transient(err):
+                with self._lock:
+                    self._info_pending = True  # ask again after the next answer
+                return
+            if err.code != "UNIMPLEMENTED":
+                raise err from exc
+            return
+        info = serde.parse_model_info(msg)
+        check_model_info(info, self.traced, self.weights_digest, self.address)
+        self._server_max_message = info.max_message_bytes or None
+        if self._server_profile_given:
+            return
+        server, source, _ = choose_server_profile(
+            None, info.profile, self.device_profile, self._server_speedup
+        )
+        if server is not info.profile:
+            return  # none published, or for other input shapes: the estimate stays
+        planner = self._make_planner(server, self.estimator.link)
+        with self._lock:
+            self.server_profile, self.server_profile_source, self.planner = server, source, planner
+        self._note(f"the server answered after start-up: planning with its profile ({server.describe()})")
 
     # public ---------------------------------------------------------------------------------------
 
@@ -459,6 +504,8 @@ class SplitClient:
                 out = run.remote(inputs)
         finally:
             self.last_breakdown = breakdown = run.breakdown()
+        if self._info_pending and not breakdown.local:
+            self._catch_up_with_server()
         if not breakdown.fallback:  # it ran as the plan says: a measurement of the plan
             with self._lock:
                 decision = self.planner.observe_latency(plan, breakdown.total_ms)
@@ -517,6 +564,7 @@ class SplitClient:
         with self._lock:
             self._down_until = time.monotonic() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+            self._answered_cuts.clear()  # a server back from a restart builds its tails afresh
 
     def _mark_up(self, answered: Sequence[str] = ()) -> None:
         """The server answered (a request with the boundary tensors ``answered``: their tail is built)."""

@@ -419,7 +419,9 @@ def test_a_server_that_starts_after_the_client_is_used_once_it_answers() -> None
         f"127.0.0.1:{port}", traced, device_profile=device, force_boundary=cut, connect_timeout_s=0.2
     ) as client:
         assert torch.equal(client.infer(x), ref) and _last(client).local
-        with TailServer(ServerConfig(models=(spec,), port=port)):
+        assert client.server_profile_source.startswith("estimated")
+        published = scale_profile(device, 10.0)
+        with TailServer(ServerConfig(models=(spec,), port=port, profiles={"alexnet": published})):
             end = time.monotonic() + 20.0
             while _last(client).local:
                 assert time.monotonic() < end, "the client never went back to the server"
@@ -427,6 +429,10 @@ def test_a_server_that_starts_after_the_client_is_used_once_it_answers() -> None
                 assert torch.equal(client.infer(x), ref)
             b = _last(client)
             assert b.boundary == (cut,) and b.bytes_sent > 0 and b.server_compute_ms > 0
+            # its first answer: the client checks the server's model and plans with its profile now
+            assert client.server_profile_source == "the server's (GetModelInfo)"
+            assert client.server_profile.total == published.total
+            assert torch.equal(client.infer(x), ref) and not _last(client).local
 
 
 def test_token_is_required_and_sent() -> None:
