@@ -32,11 +32,12 @@ def _token(args: argparse.Namespace) -> str | None:
     """The bearer token from ``--token-file`` (first line) or ``$SPLITDNN_TOKEN``; None for neither."""
     if args.token_file:
         try:
-            text = Path(args.token_file).read_text(encoding="utf-8")
-        except OSError as exc:
+            with Path(args.token_file).open("rb") as f:
+                text = f.read(1 << 16).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(
-                f"cannot read the token file {args.token_file!r}: {exc.strerror or exc}; "
-                "give a readable file holding the token on its first line"
+                f"cannot read the token file {args.token_file!r}: {getattr(exc, 'strerror', None) or exc}; "
+                "give a readable text file holding the token on its first line"
             ) from exc
         token = text.strip().splitlines()[0].strip() if text.strip() else ""
         if not token:
@@ -44,6 +45,20 @@ def _token(args: argparse.Namespace) -> str | None:
         return token
     token = os.environ.get(TOKEN_ENV, "").strip()
     return token or None
+
+
+def check_output_file(text: str, what: str, suffixes: Sequence[str] = ()) -> Path:
+    """``text`` as a file to write, checked before any work is done (ConfigError otherwise)."""
+    path = Path(text)
+    if not text or path.is_dir():
+        raise ConfigError(f"{what} must be a file path, found {text!r}; name a file to write")
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {what} {text!r}: folder {str(path.parent)!r} does not exist")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(
+            f"{what} {text!r} must end in {' or '.join(suffixes)} (the format follows the name)"
+        )
+    return path
 
 
 def _name_path(text: str) -> tuple[str, str]:
@@ -173,11 +188,24 @@ def _read_input(path: str | None, shape: Sequence[int]) -> Any:
         return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise ConfigError(
             f"cannot read the input {path!r} as a .npy array ({exc}); save it with numpy.save"
         ) from exc
-    return torch.from_numpy(np.ascontiguousarray(array))
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        raise ConfigError(f"the input {path!r} is an .npz archive; save one array with numpy.save")
+    want = tuple(shape)
+    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
+        raise ConfigError(
+            f"the input {path!r} holds {array.dtype} values; the model takes float32 (save it with "
+            f"x.astype(numpy.float32))"
+        )
+    if array.ndim != len(want) or array.shape[1:] != want[1:] or array.shape[0] < 1:
+        raise ConfigError(
+            f"the input {path!r} has shape {list(array.shape)}; the model was traced for {list(want)} "
+            f"(any batch size >= 1 first); pass --input-shape to match it"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -189,6 +217,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.requests < 1:
         raise ConfigError(f"--requests must be at least 1, found {args.requests}")
     shape = args.input_shape or default_input_shape(args.model)
+    x = _read_input(args.input, shape)  # before the client connects and profiles: fail fast
+    if args.output is not None:
+        check_output_file(args.output, "--output")
     tls = bool(args.tls or args.tls_ca or args.tls_cert)
     if not args.malloc_defaults:
         from splitdnn.runtime.memory import keep_freed_memory
@@ -219,7 +250,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         force_boundary=args.force,
     )
     with client:
-        x = _read_input(args.input, shape)
         if not args.json:
             print(client.describe(), flush=True)
         rows = []
@@ -232,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"#{i + 1}: {format_breakdown(b)}", flush=True)
         summary = _summary(y)
-        if args.output:
+        if args.output is not None:
             _save_output(args.output, y)
         totals = [b.total_ms for b in rows]
         if args.json:
@@ -255,12 +285,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _save_output(path: str, y: Any) -> None:
-    """Write the last output as a ``.npy`` file (the first tensor of a tuple output)."""
+    """Write the last output in ``.npy`` format to exactly ``path`` (the first tensor of a tuple output)."""
     import numpy as np
 
     first = y[0] if isinstance(y, (tuple, list)) else y
     try:
-        np.save(path, first.detach().cpu().numpy(), allow_pickle=False)
+        with open(path, "wb") as f:  # np.save(name) would append ".npy" to any other name
+            np.save(f, first.detach().cpu().numpy(), allow_pickle=False)
     except OSError as exc:
         raise ConfigError(f"cannot write the output to {path!r}: {exc.strerror or exc}") from exc
 
@@ -313,6 +344,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.no_grid and not args.change:
         raise ConfigError("--no-grid leaves nothing to run; give --change SCHEDULE or drop --no-grid")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise ConfigError(f"--out-dir {str(args.out_dir)!r} is a file; name a folder for the results")
     from splitdnn.runtime.memory import keep_freed_memory
 
     keep_freed_memory()  # before profiling: its in-process server sets it anyway, for the whole process
@@ -400,10 +433,19 @@ def _bench_command(args: argparse.Namespace) -> str:
 # parsers
 
 
-def _measurement_args(p: argparse.ArgumentParser, *, positive: Parse, nonneg: Parse, shape: Parse) -> None:
+def _measurement_args(
+    p: argparse.ArgumentParser,
+    *,
+    positive: Parse,
+    nonneg: Parse,
+    shape: Parse,
+    count: Callable[[int, int], Parse],
+) -> None:
     """The options `demo` and `bench` share: emulation, repeats, time budget, codec budget."""
-    p.add_argument("--device-threads", type=int, default=1, help="torch threads of the emulated device")
-    p.add_argument("--server-threads", type=int, default=0, help="default: torch's default")
+    p.add_argument(
+        "--device-threads", type=count(1, 1024), default=1, help="torch threads of the emulated device"
+    )
+    p.add_argument("--server-threads", type=count(0, 1024), default=0, help="default: torch's default")
     p.add_argument("--rtt-ms", type=nonneg, default=20.0, help="round trip added by the application")
     p.add_argument("--requests", type=int, default=5, help="timed requests per strategy and bandwidth")
     p.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
@@ -440,8 +482,17 @@ def _measurement_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, uplinks: Sequence[float]) -> None:
+def add_commands(
+    sub: Any,
+    *,
+    positive: Parse,
+    nonneg: Parse,
+    shape: Parse,
+    count: Callable[[int, int], Parse],
+    uplinks: Sequence[float],
+) -> None:
     """Register ``serve``, ``run``, ``demo`` and ``bench`` on the main parser's subparsers."""
+    threads = count(1, 1024)
     p = sub.add_parser(
         "serve",
         help="serve model tails over gRPC (Open Inference Protocol v2) until SIGTERM",
@@ -460,7 +511,7 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
         "Needed for module:callable models; requests may use other batch sizes",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=threads, metavar="N", help="torch intra-op threads (default: torch's)")
     p.add_argument(
         "--weights",
         type=_name_path,
@@ -550,7 +601,7 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     p.add_argument("--device-profile", metavar="FILE", help="this device's profile (default: profile now)")
     p.add_argument("--force", metavar="CUT", help="fixed plan: edge, cloud or a node name to cut after")
     p.add_argument("--slowdown", type=positive, default=1.0, help="emulate a slower device (pads head time)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads on this device")
+    p.add_argument("--threads", type=threads, metavar="N", help="torch intra-op threads on this device")
     p.add_argument("--timeout-s", type=positive, default=60.0, help="deadline of each request")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of running locally")
     p.add_argument("--privacy-floor", action="store_true", help="never send the raw input")
@@ -572,7 +623,7 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
         help="emulated device slowdown on top of --device-threads (default 8)",
     )
     p.add_argument("--uplink-mbps", type=positive, nargs="+", default=list(uplinks))
-    _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape)
+    _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape, count=count)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -585,7 +636,7 @@ def add_commands(sub: Any, *, positive: Parse, nonneg: Parse, shape: Parse, upli
     p.add_argument("--models", nargs="+", default=["resnet18"], metavar="MODEL", help="zoo models")
     p.add_argument("--uplink-mbps", type=positive, nargs="+", default=[0.13, 1.1, 5.85, 18.88, 100.0])
     p.add_argument("--slowdown", type=positive, nargs="+", default=[8.0], help="device slowdowns (>= 1)")
-    _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape)
+    _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape, count=count)
     p.add_argument(
         "--oracle-prune",
         type=_prune_factor,

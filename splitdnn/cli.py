@@ -13,10 +13,11 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
+from splitdnn._cli_runtime import check_output_file
 from splitdnn.calibrate import CALIBRATION_METHODS
 from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.schema import Link, PowerModel, load_profile
@@ -43,15 +44,36 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+_MAX_NUMBER = 1e9  # no option means anything above this (Mbit/s, ms, MiB, W, a slowdown, ...)
+
+
 def _number(text: str, *, allow_zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
-    if not ((value >= 0 if allow_zero else value > 0) and math.isfinite(value)):
+    if not ((value >= 0 if allow_zero else value > 0) and value <= _MAX_NUMBER):
         wanted = "a number >= 0" if allow_zero else "a positive number"
-        raise argparse.ArgumentTypeError(f"expected {wanted}, found {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {wanted} up to {_MAX_NUMBER:g}, found {text!r}")
     return value
+
+
+def _count(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in lo..hi."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, found {text!r}")
+        return value
+
+    return parse
+
+
+_threads = _count(1, 1024)  # torch's own limit is lower than it checks for: 100000 threads segfault
 
 
 def _positive(text: str) -> float:
@@ -338,6 +360,8 @@ def _sweep_values(lo: float, hi: float, points: int, log: bool) -> list[float]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from splitdnn import report, solver
 
+    if args.plot is not None:
+        check_output_file(args.plot, "--plot", (".png", ".pdf", ".svg"))
     profiles = _load_profiles(args)
     lo, hi = args.uplink_mbps
     values = _sweep_values(lo, hi, args.points, not args.linear)
@@ -417,6 +441,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         from splitdnn.runtime.memory import keep_freed_memory
 
         keep_freed_memory()
+    out = check_output_file(args.out, "--out")  # before minutes of profiling, not after
     traced = _trace(args)
     prof = profile_model(
         traced,
@@ -430,9 +455,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
         codec_nodes=args.codec_nodes,
         progress=not args.quiet,
     )
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
-        raise ConfigError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
     save_profile(prof, out)
     cal = prof.calibration
     print(prof.describe())
@@ -478,9 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--batch-size", type=int, metavar="B", help="batch size (overrides the shape's first dim)"
+            "--batch-size",
+            type=_count(1, 1 << 20),
+            metavar="B",
+            help="batch size (overrides the shape's first dim)",
         )
-        p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads while profiling")
+        p.add_argument("--threads", type=_threads, metavar="N", help="torch intra-op threads while profiling")
         p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
         p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -545,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from splitdnn import _cli_runtime
 
-    _cli_runtime.add_commands(sub, positive=_positive, nonneg=_nonneg, shape=_shape, uplinks=report_uplinks())
+    _cli_runtime.add_commands(
+        sub, positive=_positive, nonneg=_nonneg, shape=_shape, count=_count, uplinks=report_uplinks()
+    )
     return parser
 
 
@@ -564,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+    if args.log_level != "debug":  # gRPC's own log lines; splitdnn says what went wrong itself
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         return int(args.func(args))
     except SplitDNNError as exc:
@@ -574,6 +603,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except (Exception, SystemExit) as exc:  # an input splitdnn does not check yet, or a bug: one line
+        if isinstance(exc, SystemExit) and (exc.code is None or isinstance(exc.code, int)):
+            raise  # argparse's usage errors and explicit exits keep their status
+        if args.log_level == "debug":
+            raise
+        what = " ".join(str(exc).split())[:300] or "no message"
+        print(
+            f"{PROG}: error: unexpected {type(exc).__name__}: {what} (an input splitdnn does not check "
+            f"yet, or a bug; `splitdnn --log-level debug ...` shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

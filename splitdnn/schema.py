@@ -225,6 +225,14 @@ class Profile:
             raise ProfileError(f"slowdown must be a finite factor >= 1, found {self.slowdown}")
         if self.batch_size < 1:
             raise ProfileError(f"batch_size must be >= 1, found {self.batch_size}")
+        placeholders = sum(n.op == "placeholder" for n in self.nodes)
+        if len(self.input_shapes) != placeholders or any(
+            not shape or any(d < 1 for d in shape) for shape in self.input_shapes
+        ):
+            raise ProfileError(
+                f"input_shapes must hold one shape of dimensions >= 1 per placeholder node ({placeholders}), "
+                f"found {[list(t) for t in self.input_shapes]}"
+            )
         names: set[str] = set()
         for node in self.nodes:
             if node.name in names:
@@ -474,9 +482,13 @@ def _decode(tp: Any, value: Any, path: str, error: type[Exception]) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise error(f"{path}: expected a number, found {_kind(value)}")
-        if not math.isfinite(value):
-            raise error(f"{path}: expected a finite number, found {value}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer literal too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise error(f"{path}: expected a finite number, found {_kind(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise error(f"{path}: expected a string, found {_kind(value)}")
@@ -513,7 +525,7 @@ def profile_to_json(profile: Profile) -> str:
 def profile_from_json(text: str, *, source: str = "profile") -> Profile:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or an integer literal of thousands of digits
         raise ProfileError(
             f"{source} is not valid JSON ({exc}); expected a file written by `splitdnn profile`"
         ) from exc
@@ -537,6 +549,18 @@ def save_profile(profile: Profile, path: str | Path) -> None:
     Path(path).write_text(profile_to_json(profile), encoding="utf-8")
 
 
+_MAX_PROFILE_BYTES = 256 << 20  # the largest profile file read (ResNet-50's is ~0.3 MB)
+
+
+def _read_text_capped(path: Path, limit: int, what: str) -> str:
+    """A UTF-8 text file of at most ``limit`` bytes; ValueError if longer (``/dev/zero`` ends too)."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"the {what} is larger than {limit} bytes; is it the right file?")
+    return data.decode("utf-8")
+
+
 def load_profile(
     path: str | Path,
     *,
@@ -546,10 +570,10 @@ def load_profile(
     """Read and validate a profile; with ``fingerprint``, refuse a profile of another model."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = _read_text_capped(p, _MAX_PROFILE_BYTES, "profile")
     except FileNotFoundError as exc:
         raise ProfileError(f"profile {str(p)!r} does not exist; create one with `splitdnn profile`") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ProfileError(f"profile {str(p)!r} cannot be read: {exc}") from exc
     profile = profile_from_json(text, source=str(p))
     if fingerprint is not None and profile.fingerprint != fingerprint:

@@ -174,18 +174,95 @@ def test_profiles_of_different_models_are_refused(profiles, capsys, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv",
+    "argv, message",
     [
-        ["solve", "--device-profile", "a", "--server-profile", "b", "--uplink-mbps", "-3"],
-        ["sweep", "--device-profile", "a", "--server-profile", "b", "--uplink-mbps", "100:1"],
-        ["profile", "resnet18", "--input-shape", "1,3,x", "--out", "p.json"],
+        (["solve", "--device-profile", "a", "--server-profile", "b", "--uplink-mbps", "-3"], "positive"),
+        (["sweep", "--device-profile", "a", "--server-profile", "b", "--uplink-mbps", "100:1"], "ends below"),
+        (["profile", "resnet18", "--input-shape", "1,3,x", "--out", "p.json"], "expected a shape"),
+        # absurd magnitudes that once overflowed deep inside (OverflowError, a segfault in torch)
+        (
+            [
+                "solve",
+                "--device-profile",
+                "a",
+                "--server-profile",
+                "b",
+                "--uplink-mbps",
+                "5",
+                "--max-device-memory-mb",
+                "1e308",
+            ],
+            "up to 1e+09",
+        ),  # fmt: skip
+        (["profile", "resnet18", "--threads", "100000", "--out", "p.json"], "integer in 1..1024"),
+        (["profile", "resnet18", "--batch-size", "-1", "--out", "p.json"], "integer in 1..1048576"),
+        (["serve", "resnet18", "--max-message-mib", "1e20"], "up to 1e+09"),
+        (["demo", "--device-threads", "100000"], "integer in 1..1024"),
     ],
 )
-def test_bad_arguments_exit_2_with_usage(argv, capsys):
+def test_bad_arguments_exit_2_with_usage(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+
+
+def test_output_paths_are_checked_before_the_work(profiles, capsys, tmp_path):
+    code, _, err = run(capsys, "profile", "alexnet", "--out", str(tmp_path))  # a folder: before profiling
+    assert code == 1 and "--out must be a file path" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "profile", "alexnet", "--out", str(tmp_path / "no" / "p.json"))
+    assert code == 1 and "does not exist" in err
+    dev, srv = profiles
+    args = ["sweep", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "1:10"]
+    code, _, err = run(capsys, *args, "--plot", str(tmp_path / "p.txt"))  # matplotlib would refuse after
+    assert code == 1 and "must end in .png or .pdf or .svg" in err
+    code, _, err = run(capsys, *args, "--plot", str(tmp_path / "noext"))  # it would write noext.png
+    assert code == 1 and "must end in" in err
+
+
+def test_run_checks_its_input_file_before_connecting(capsys, tmp_path):
+    np = pytest.importorskip("numpy")
+    argv = ["run", "alexnet", "--server", "127.0.0.1:1", "--input-shape", "1,3,64,64", "--input"]
+    cases = [
+        (np.zeros((1, 3, 64, 64), np.float64), "holds float64 values; the model takes float32"),
+        (
+            np.zeros((1, 3, 32, 32), np.float32),
+            "has shape [1, 3, 32, 32]; the model was traced for [1, 3, 64, 64]",
+        ),
+        (np.zeros((3, 64, 64), np.float32), "has shape [3, 64, 64]"),
+        (np.zeros((0, 3, 64, 64), np.float32), "has shape [0, 3, 64, 64]"),
+    ]
+    for i, (array, message) in enumerate(cases):
+        path = tmp_path / f"x{i}.npy"
+        np.save(path, array)
+        code, _, err = run(capsys, *argv, str(path))
+        assert code == 1 and message in err and err.count("\n") == 1, err
+    np.savez(tmp_path / "x.npz", a=np.zeros(3))
+    code, _, err = run(capsys, *argv, str(tmp_path / "x.npz"))
+    assert code == 1 and "is an .npz archive" in err
+    big_endian = tmp_path / "be.npy"
+    np.save(big_endian, np.zeros((1, 3, 64, 64), ">f4"))
+    code, _, err = run(capsys, *argv, str(big_endian), "--server", "127.0.0.1:99999")
+    assert code == 1 and "port 1..65535" in err  # the float32 input passed; the address did not
+    for address in ("http://127.0.0.1:8001", "127.0.0.1", "127.0.0.1:abc"):
+        code, _, err = run(capsys, "run", "alexnet", "--server", address, "--input-shape", "1,3,64,64")
+        assert code == 1 and "address must be host:port" in err
+
+
+def test_an_error_splitdnn_does_not_check_is_still_one_line(profiles, capsys, monkeypatch):
+    import splitdnn.cli as cli
+
+    def boom(args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory:\nyou tried 1 PB")
+
+    monkeypatch.setattr(cli, "cmd_models", boom)
+    code, _, err = run(capsys, "models")
+    assert code == 1 and err.count("\n") == 1
+    assert "unexpected RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried 1 PB" in err
+    assert "--log-level debug" in err
+    with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):  # the traceback, for a bug report
+        main(["--log-level", "debug", "models"])
 
 
 def test_profile_errors_are_one_line(capsys, tmp_path):

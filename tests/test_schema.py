@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,11 @@ def test_describe_always_shows_emulation():
         (lambda d: d["nodes"].pop(), "exactly one output node"),
         (lambda d: d["nodes"].append(dict(d["nodes"][1])), "appears twice"),
         (lambda d: d["machine"].update(threads=True), "machine.threads: expected an integer"),
+        # hand edits that once got through, or out as OverflowError
+        (lambda d: d["nodes"][1].update(calibrated_ms=10**400), "nodes[1].calibrated_ms: expected a finite"),
+        (lambda d: d.update(input_shapes=[[1, 3, -224, 224]]), "input_shapes must hold one shape"),
+        (lambda d: d.update(input_shapes=[[]]), "input_shapes must hold one shape"),
+        (lambda d: d.update(input_shapes=[]), "input_shapes must hold one shape"),
     ],
 )
 def test_corrupt_profiles_are_refused_with_the_path_of_the_bad_value(mutate, message):
@@ -121,6 +127,15 @@ def test_not_json_and_missing_file(tmp_path):
             profile_from_json(deep)
     with pytest.raises(ProfileError, match="does not exist"):
         load_profile(tmp_path / "missing.json")
+    with pytest.raises(ProfileError, match="not valid JSON.*digits"):  # json's own limit: ValueError
+        profile_from_json('{"schema_version": 1' + "0" * 5000 + "}")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ProfileError, match="cannot be read"):
+        load_profile(binary)
+    if Path("/dev/zero").exists():  # endless: refused at the size cap instead of filling memory
+        with pytest.raises(ProfileError, match="larger than"):
+            load_profile("/dev/zero")
 
 
 def test_profile_of_another_model_is_refused(tmp_path):

@@ -336,6 +336,11 @@ def test_accuracy_table_of_another_model_or_a_half_budget_is_refused(tmp_path) -
     (tmp_path / "deep.json").write_text("[" * 100_000)
     with pytest.raises(ConfigError, match="too deeply"):
         load_accuracy_table(tmp_path / "deep.json")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe[]")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_accuracy_table(tmp_path / "binary.json")
+    with pytest.raises(ConfigError, match="'loss_pts' must be a finite number"):  # not OverflowError
+        accuracy_table_from_dict(_table(profiles, [[("conv", "int8+zstd", 10**400)]]))
 
 
 def test_is_lossless_reads_the_value_stage() -> None:

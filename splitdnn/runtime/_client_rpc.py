@@ -109,14 +109,21 @@ def is_over_size_cap(exc: RemoteError) -> bool:
 
 def read_pem(value: bytes | str | Path | None, what: str) -> bytes | None:
     """PEM bytes given as bytes or as a file path (None stays None)."""
-    if value is None or isinstance(value, bytes):
-        return value
-    try:
-        return Path(value).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the {what} {str(value)!r}: {exc}; pass a PEM file path or bytes"
-        ) from exc
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        data = value
+    else:
+        try:
+            data = Path(value).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the {what} {str(value)!r}: {exc}; pass a PEM file path or bytes"
+            ) from exc
+    if b"-----BEGIN " not in data:  # else gRPC fails the handshake later, as if the server were down
+        shown = "the bytes given" if isinstance(value, bytes) else repr(str(value))
+        raise ConfigError(f"the {what} ({shown}) is not PEM (no '-----BEGIN' line); pass a PEM file")
+    return data
 
 
 def make_channel(

@@ -39,6 +39,21 @@ def check_number(what: str, value: object, *, low: float, unit: str) -> None:
         raise ConfigError(f"{what} must be a finite {unit} {bound}, found {value!r}")
 
 
+_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+def check_address(address: str) -> None:
+    """``host:port`` with a port 1..65535, or a gRPC target with a scheme (ConfigError otherwise)."""
+    if address.startswith(_TARGET_SCHEMES):
+        return
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(
+            f"address must be host:port with a port 1..65535 (or a gRPC target such as "
+            f"ipv4:10.0.0.1:8001,10.0.0.2:8001 or dns:///tails.example:8001), found {address!r}"
+        )
+
+
 def check_int(what: str, value: object, low: int, high: int | None = None) -> None:
     """ConfigError unless ``value`` is an integer in ``low..high`` (no upper bound when None)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):

@@ -29,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "PathOrPem",
     "ServerConfig",
+    "check_token",
     "device_of",
     "host_port",
     "load_served",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 PathOrPem = str | os.PathLike[str] | bytes
+_GRPC_MAX_MESSAGE = (1 << 31) - 1  # gRPC keeps message sizes in a C int
 DEFAULT_INFLIGHT_BYTES = 1 << 30  # ServerConfig.max_inflight_bytes when it is None (and large enough)
 
 # --------------------------------------------------------------------------------------------------
@@ -109,6 +111,11 @@ class ServerConfig:
         object.__setattr__(self, "profiles", MappingProxyType(dict(self.profiles)))
         _positive_int("max_batch_size", self.max_batch_size)
         _positive_int("max_message_bytes", self.max_message_bytes)
+        if self.max_message_bytes > _GRPC_MAX_MESSAGE:
+            raise ConfigError(
+                f"max_message_bytes must be at most {_GRPC_MAX_MESSAGE} (gRPC's limit, 2 GiB - 1), found "
+                f"{self.max_message_bytes}; lower it (--max-message-mib at most 2047)"
+            )
         _positive_int("max_concurrency", self.max_concurrency)
         _positive_int("max_decoded_bytes", self.max_decoded_bytes)
         _positive_int("tail_cache_size", self.tail_cache_size)
@@ -145,6 +152,7 @@ class ServerConfig:
             raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key for the server too")
         if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
             raise ConfigError("token must be a non-empty string or None")
+        check_token(self.token)
 
     @property
     def inflight_limit(self) -> int:
@@ -154,19 +162,34 @@ class ServerConfig:
         return max(DEFAULT_INFLIGHT_BYTES, self.max_message_bytes + self.max_decoded_bytes)
 
 
+def check_token(token: str | None) -> None:
+    """A bearer token travels as an HTTP/2 header value: printable ASCII only (ConfigError)."""
+    if token is not None and not all(" " <= c <= "~" for c in token):
+        raise ConfigError(
+            "the token must be printable ASCII (it travels in an HTTP header); it holds other characters"
+        )
+
+
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, found {value!r}")
 
 
 def read_pem(value: PathOrPem, what: str) -> bytes:
-    """PEM bytes given directly, or read from a file path."""
+    """PEM bytes given directly, or read from a file path; ConfigError unless it holds a PEM block."""
     if isinstance(value, bytes):
-        return value
-    try:
-        return Path(value).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} {str(value)!r}: {exc.strerror}; pass a PEM file") from exc
+        data = value
+    else:
+        try:
+            data = Path(value).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the {what} {str(value)!r}: {exc.strerror}; pass a PEM file"
+            ) from exc
+    if b"-----BEGIN " not in data:
+        shown = "the bytes given" if isinstance(value, bytes) else repr(str(value))
+        raise ConfigError(f"the {what} ({shown}) is not PEM (no '-----BEGIN' line); pass a PEM file")
+    return data
 
 
 # --------------------------------------------------------------------------------------------------

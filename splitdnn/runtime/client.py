@@ -92,6 +92,7 @@ from splitdnn.runtime._client_request import Pieces, Run
 from splitdnn.runtime._client_request import unsendable as _unsendable  # tests use it from here
 from splitdnn.runtime._client_rpc import is_transient, make_channel, translate_rpc_error
 from splitdnn.runtime._client_setup import (
+    check_address,
     check_int,
     check_model_info,
     check_number,
@@ -99,6 +100,7 @@ from splitdnn.runtime._client_setup import (
     profile_device,
     resolve_model,
 )
+from splitdnn.runtime._config import check_token
 from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
@@ -197,10 +199,11 @@ class SplitClient:
     ) -> None:
         if not isinstance(address, str) or not address:
             raise ConfigError(f"address must be 'host:port' (or a gRPC target), found {address!r}")
+        check_address(address)
         check_number("timeout_s", timeout_s, low=0, unit="number of seconds")
         check_number("connect_timeout_s", connect_timeout_s, low=0, unit="number of seconds")
         check_int("retries (gRPC's maximum attempts)", retries, 1, 5)
-        check_int("max_message_bytes", max_message_bytes, 1024)
+        check_int("max_message_bytes", max_message_bytes, 1024, (1 << 31) - 1)  # gRPC: a C int
         check_number("emulate_slowdown (1 = no emulation)", emulate_slowdown, low=1, unit="factor")
         if threads is not None:
             check_int("threads (None: all)", threads, 1)
@@ -227,6 +230,7 @@ class SplitClient:
         self.weights_digest = weights_digest(self.traced.module)
         self.model_name = model_name or self.traced.name
         self._placeholders = tuple(n.name for n in self.traced.nodes if n.op == "placeholder")
+        check_token(token)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = make_channel(
             address, secure=tls or any(v is not None for v in (root_cert, client_cert, client_key)),
@@ -289,6 +293,8 @@ class SplitClient:
     ) -> None:
         """Connect, settle the profiles and make the planner (``planning``: the Planner's options)."""
         self.estimator = LinkEstimator(link)
+        if device_profile is not None:
+            self._check_device_profile(device_profile)  # before waiting for the server
         fetched: Profile | None = None
         if planning["force"] != "edge":
             fetched = self._connect(connect_timeout_s)
@@ -299,11 +305,6 @@ class SplitClient:
             )
             device_profile = profile_device(self.traced, self.threads, self.emulate_slowdown, profile_repeats)
         device = device_profile
-        if device.fingerprint != self.traced.fingerprint:
-            raise ProfileMismatchError(
-                f"the device profile is of model {device.model!r} (fingerprint {device.fingerprint[:12]}), "
-                f"not of {self.traced.name!r} ({self.traced.fingerprint[:12]}); profile this model"
-            )
         if abs(device.slowdown - self.emulate_slowdown) > 1e-9:
             self.notes.append(
                 f"the device profile was measured with slowdown x{device.slowdown:g} but the client "
@@ -318,6 +319,20 @@ class SplitClient:
         self._server_speedup = server_speedup
         self._server_profile_given = server_profile is not None
         self.planner = self._make_planner(server, self.estimator.link)
+
+    def _check_device_profile(self, device: Profile) -> None:
+        """A given device profile must be of this model at the traced input shapes."""
+        if device.fingerprint != self.traced.fingerprint:
+            raise ProfileMismatchError(
+                f"the device profile is of model {device.model!r} (fingerprint {device.fingerprint[:12]}), "
+                f"not of {self.traced.name!r} ({self.traced.fingerprint[:12]}); profile this model"
+            )
+        if device.input_shapes != self.traced.input_shapes:
+            raise ProfileMismatchError(
+                f"the device profile was measured for input shapes {[list(t) for t in device.input_shapes]}, "
+                f"the client traced the model for {[list(t) for t in self.traced.input_shapes]}: its "
+                f"timings and tensor sizes would be wrong; profile at this shape or pass input_shape="
+            )
 
     def _make_planner(self, server: Profile, link: Link) -> Planner:
         return Planner(

@@ -209,7 +209,10 @@ class TailServer:
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {address}: {exc}; is the port in use?") from exc
+            hint = "are the TLS certificate and key a matching PEM pair?" if cfg.tls_cert is not None else ""
+            raise ConfigError(
+                f"cannot listen on {address}: {exc}; is the port in use or the host wrong? {hint}".rstrip()
+            ) from exc
         if not port:
             raise ConfigError(f"cannot listen on {address}; is the port in use or the host wrong?")
         self._port = port
@@ -357,6 +360,14 @@ class TailServer:
                 raise ProfileMismatchError(
                     f"the profile for {name!r} has fingerprint {profile.fingerprint[:12]}, the served model "
                     f"{served.fingerprint[:12]}; profile this model (splitdnn profile {name})"
+                )
+            traced_shapes = served.traced.input_shapes
+            if profile.input_shapes != traced_shapes:
+                raise ProfileMismatchError(
+                    f"the profile for {name!r} was measured for input shapes "
+                    f"{[list(t) for t in profile.input_shapes]}, the server traces it for "
+                    f"{[list(t) for t in traced_shapes]} (clients of this shape would plan with wrong "
+                    f"times); profile at the served shape, or serve with --input-shape to match"
                 )
 
     def _model(self, name: str, version: str) -> ServedModel:

@@ -91,13 +91,32 @@ class AccuracyTable:
             )
 
 
+_MAX_TABLE_BYTES = 64 << 20  # tables are kilobytes; this refuses /dev/zero and the like
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
 def load_accuracy_table(path: str | Path) -> AccuracyTable:
     """Read a table written by ``scripts/bench_accuracy.py --json``; ConfigError says what is wrong."""
     source = str(path)
     try:
-        text = Path(path).read_text()
+        with Path(path).open("rb") as f:
+            raw = f.read(_MAX_TABLE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read accuracy table {source}: {exc.strerror or exc}") from exc
+    if len(raw) > _MAX_TABLE_BYTES:
+        raise ConfigError(
+            f"accuracy table {source} is larger than {_MAX_TABLE_BYTES} bytes; is it the right file?"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"accuracy table {source} is not UTF-8 text ({exc}); expected JSON") from exc
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -150,7 +169,7 @@ def accuracy_table_from_dict(data: Any, *, source: str = "") -> AccuracyTable:
                 raise ConfigError(
                     f"{at}: 'cut' and 'spec' must be non-empty strings, found {cut!r}, {spec!r}"
                 )
-            if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not _finite(loss):
                 raise ConfigError(f"{at}: 'loss_pts' must be a finite number of points, found {loss!r}")
             node = input_node if cut == INPUT_CUT else cut
             per = worst.setdefault(node, {})

@@ -99,7 +99,7 @@ def test_run_through_a_served_model_equals_the_local_model(
         "--no-fallback",
         "--json",
         "--output",
-        str(tmp_path / "y.npy"),
+        str(tmp_path / "y.out"),
         "--uplink-mbps",
         "1000",
     ]
@@ -114,7 +114,7 @@ def test_run_through_a_served_model_equals_the_local_model(
         assert all(not r["local"] and r["bytes_sent"] > 0 for r in doc["requests"])
     with torch.no_grad():
         expected = build_zoo_model("alexnet")(x).numpy()
-    assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
+    assert np.array_equal(np.load(tmp_path / "y.out"), expected)  # written to exactly that name
 
 
 def test_run_without_the_token_is_one_line_error(

@@ -31,6 +31,7 @@ from splitdnn.errors import (
     ConfigError,
     DeadlineError,
     ModelMismatchError,
+    ProfileMismatchError,
     RemoteError,
     ServerUnavailableError,
 )
@@ -588,6 +589,20 @@ def test_no_answer_within_the_deadline_backs_off_and_slows_the_link_estimate() -
                 assert b.local and b.bytes_sent == 0 and "retrying it later" in b.fallback
         finally:
             _RELEASE.set()
+
+
+def test_a_device_profile_of_another_input_shape_is_refused(served) -> None:
+    server, models = served
+    s = models["alexnet"]
+    other = graph.trace(s.traced.module, torch.randn(2, *ZOO["alexnet"].test_input_shape), name="alexnet")
+    with pytest.raises(
+        ProfileMismatchError, match=r"measured for input shapes \[\[1, 3, .*traced the model for \[\[2, 3"
+    ):
+        SplitClient(server.address, other, device_profile=s.device, force_boundary="cloud")
+    with pytest.raises(ConfigError, match="the token must be printable ASCII"):
+        _client(server, s, token="caf\u00e9")
+    with pytest.raises(ConfigError, match=r"the root certificate \(the bytes given\) is not PEM"):
+        _client(server, s, root_cert=b"garbage")
 
 
 def test_a_closed_client_refuses_requests_clearly(served) -> None:
