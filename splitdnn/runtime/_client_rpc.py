@@ -24,13 +24,13 @@ from splitdnn.errors import (
     RemoteError,
     ServerUnavailableError,
 )
+from splitdnn.runtime._credentials import read_pem
 
 __all__ = [
     "is_over_size_cap",
     "is_transient",
     "make_channel",
     "model_infer",
-    "read_pem",
     "translate_rpc_error",
 ]
 
@@ -107,25 +107,6 @@ def is_over_size_cap(exc: RemoteError) -> bool:
     return exc.code == "RESOURCE_EXHAUSTED" and "message larger than max" in (exc.details or "")
 
 
-def read_pem(value: bytes | str | Path | None, what: str) -> bytes | None:
-    """PEM bytes given as bytes or as a file path (None stays None)."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        data = value
-    else:
-        try:
-            data = Path(value).read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the {what} {str(value)!r}: {exc}; pass a PEM file path or bytes"
-            ) from exc
-    if b"-----BEGIN " not in data:  # else gRPC fails the handshake later, as if the server were down
-        shown = "the bytes given" if isinstance(value, bytes) else repr(str(value))
-        raise ConfigError(f"the {what} ({shown}) is not PEM (no '-----BEGIN' line); pass a PEM file")
-    return data
-
-
 def make_channel(
     address: str,
     *,
@@ -173,9 +154,9 @@ def make_channel(
     if (client_cert is None) != (client_key is None):
         raise ConfigError("mTLS needs both client_cert and client_key (PEM); pass both or neither")
     creds = grpc.ssl_channel_credentials(
-        root_certificates=read_pem(root_cert, "root certificate"),
-        private_key=read_pem(client_key, "client key"),
-        certificate_chain=read_pem(client_cert, "client certificate"),
+        root_certificates=None if root_cert is None else read_pem(root_cert, "root certificate"),
+        private_key=None if client_key is None else read_pem(client_key, "client key"),
+        certificate_chain=None if client_cert is None else read_pem(client_cert, "client certificate"),
     )
     return grpc.secure_channel(address, creds, options=options)
 

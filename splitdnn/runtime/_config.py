@@ -7,10 +7,8 @@ and tracing of the served models.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -21,6 +19,7 @@ from splitdnn._measure import check_cuda_index
 from splitdnn.errors import ConfigError
 from splitdnn.graph import trace
 from splitdnn.models import ZOO, load_model
+from splitdnn.runtime._credentials import PathOrPem, check_token, read_pem
 from splitdnn.runtime._tail import ServedModel
 from splitdnn.schema import Profile
 
@@ -36,7 +35,6 @@ __all__ = [
     "read_pem",
 ]
 
-PathOrPem = str | os.PathLike[str] | bytes
 _GRPC_MAX_MESSAGE = (1 << 31) - 1  # gRPC keeps message sizes in a C int
 DEFAULT_INFLIGHT_BYTES = 1 << 30  # ServerConfig.max_inflight_bytes when it is None (and large enough)
 
@@ -162,34 +160,9 @@ class ServerConfig:
         return max(DEFAULT_INFLIGHT_BYTES, self.max_message_bytes + self.max_decoded_bytes)
 
 
-def check_token(token: str | None) -> None:
-    """A bearer token travels as an HTTP/2 header value: printable ASCII only (ConfigError)."""
-    if token is not None and not all(" " <= c <= "~" for c in token):
-        raise ConfigError(
-            "the token must be printable ASCII (it travels in an HTTP header); it holds other characters"
-        )
-
-
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, found {value!r}")
-
-
-def read_pem(value: PathOrPem, what: str) -> bytes:
-    """PEM bytes given directly, or read from a file path; ConfigError unless it holds a PEM block."""
-    if isinstance(value, bytes):
-        data = value
-    else:
-        try:
-            data = Path(value).read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the {what} {str(value)!r}: {exc.strerror}; pass a PEM file"
-            ) from exc
-    if b"-----BEGIN " not in data:
-        shown = "the bytes given" if isinstance(value, bytes) else repr(str(value))
-        raise ConfigError(f"the {what} ({shown}) is not PEM (no '-----BEGIN' line); pass a PEM file")
-    return data
 
 
 # --------------------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ from splitdnn.runtime._client_setup import (
     profile_device,
     resolve_model,
 )
-from splitdnn.runtime._config import check_token
+from splitdnn.runtime._credentials import check_token
 from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
