@@ -361,14 +361,8 @@ class TailServer:
                     f"the profile for {name!r} has fingerprint {profile.fingerprint[:12]}, the served model "
                     f"{served.fingerprint[:12]}; profile this model (splitdnn profile {name})"
                 )
-            traced_shapes = served.traced.input_shapes
-            if profile.input_shapes != traced_shapes:
-                raise ProfileMismatchError(
-                    f"the profile for {name!r} was measured for input shapes "
-                    f"{[list(t) for t in profile.input_shapes]}, the server traces it for "
-                    f"{[list(t) for t in traced_shapes]} (clients of this shape would plan with wrong "
-                    f"times); profile at the served shape, or serve with --input-shape to match"
-                )
+            # its input shapes may differ from the ones traced here: the tails serve any shape the
+            # model takes, and a client uses the profile only when it is for its own input shapes
 
     def _model(self, name: str, version: str) -> ServedModel:
         served = self._models.get(name)
