@@ -141,7 +141,9 @@ class SplitClient:
     Profiles: ``device_profile`` (default: profiled now, with ``threads`` and ``emulate_slowdown``,
     which takes seconds: pass a saved one); ``server_profile`` (default: the server's own, fetched
     with GetModelInfo; when it has none, the device profile divided by ``server_speedup``, default
-    the device's emulation factor: "this machine, not emulated").
+    the device's emulation factor: "this machine, not emulated"; a server unreachable at
+    construction is asked once it first answers a request, and its profile replaces the estimate).
+    A given ``device_profile`` must be of this model at the traced input shapes.
 
     Plan: ``link`` is the initial link estimate; ``codecs`` the allowed codec specs (None: every codec
     the profiles measured) within ``max_error`` (on relative MSE; None: 0 = lossless, or no such

@@ -246,7 +246,8 @@ class Planner:
     readers stay on the device). ``force``: "edge", "cloud" or a compute node name to cut after; a
     forced plan is never replaced, only re-priced. ``unsendable``: nodes whose value is not a single
     tensor (a tuple, a Python number): they are priced out of every plan, and a forced plan that
-    would send one is refused.
+    would send one is refused. ``max_remote_ms``: a plan whose part after the device's compute is
+    predicted longer (the client's deadline) is never chosen; edge-only is, instead.
     """
 
     def __init__(
