@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("debug", "info", "warning", "error"),
         default="warning",
         help="log records shown on stderr (default warning; info: also what a server does, such as "
-        "serving and profiling at start; debug: also every request it refuses, with status and reason)",
+        "serving and profiling at start; debug: also every request it refuses, with status and reason, "
+        "gRPC's own log lines (TLS handshakes, connections), and tracebacks of unexpected errors)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

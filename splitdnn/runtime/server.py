@@ -487,10 +487,12 @@ class TailServer:
         shapes: Mapping[str, list[int]],
         lease: RequestLease,
     ) -> BatchResult:
-        late = Abort(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"model {served.name!r} did not finish within the request's deadline; allow more time",
-        )
+        def late() -> Abort:
+            return Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"model {served.name!r} did not finish within the request's deadline; allow more time",
+            )
+
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 1e8 else max(0.0, remaining)
         future = job.future
@@ -500,15 +502,15 @@ class TailServer:
             batcher = self._batcher
             if batcher is None or not batcher.withdraw(job):  # a batch is running it: its tensors are
                 lease.release_when_done(future)  # in use, so its slot and bytes stay taken until then
-            raise late from None
+            raise late() from None
         except futures.CancelledError:
             if _past(context):
-                raise late from None
+                raise late() from None
             raise Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
         except Exception as exc:
             raise compute_error(exc, served, shapes) from exc
         if _past(context):  # it ran (alone, on this thread) past the deadline: nobody takes the answer
-            raise late
+            raise late()
         return result
 
 
