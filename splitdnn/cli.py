@@ -564,7 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="the optimal plan and the baselines over a range of bandwidths")
     _add_plan_options(p)
     p.add_argument("--uplink-mbps", type=_range, required=True, metavar="LOW:HIGH")
-    p.add_argument("--points", type=int, default=13, help="bandwidths in the range (default 13)")
+    p.add_argument(
+        "--points", type=_count(1, 10_000), default=13,
+        help="bandwidths in the range (default 13; 1: LOW alone)",
+    )  # fmt: skip
     p.add_argument("--linear", action="store_true", help="space points linearly (default: logarithmically)")
     p.add_argument("--plot", metavar="PNG", help="plot latency against bandwidth (needs matplotlib)")
     p.set_defaults(func=cmd_sweep)

@@ -198,6 +198,8 @@ def test_profiles_of_different_models_are_refused(profiles, capsys, tmp_path):
         (["profile", "resnet18", "--batch-size", "-1", "--out", "p.json"], "integer in 1..1048576"),
         (["serve", "resnet18", "--max-message-mib", "1e20"], "up to 1e+09"),
         (["demo", "--device-threads", "100000"], "integer in 1..1024"),
+        ("sweep --device-profile a --server-profile b --uplink-mbps 1:10 --points 1e9".split(), "an integer"),
+        ("sweep --device-profile a --server-profile b --uplink-mbps 1:10 --points 99999".split(), "1..10000"),
     ],
 )
 def test_bad_arguments_exit_2_with_usage(argv, message, capsys):
