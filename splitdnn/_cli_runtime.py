@@ -26,6 +26,7 @@ from splitdnn.schema import load_profile
 TOKEN_ENV = "SPLITDNN_TOKEN"
 
 Parse = Callable[[str], Any]
+MAX_THREADS = 1024  # torch's own limit is lower than it checks for: 100000 threads segfault
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -443,9 +444,9 @@ def _measurement_args(
 ) -> None:
     """The options `demo` and `bench` share: emulation, repeats, time budget, codec budget."""
     p.add_argument(
-        "--device-threads", type=count(1, 1024), default=1, help="torch threads of the emulated device"
+        "--device-threads", type=count(1, MAX_THREADS), default=1, help="torch threads of the emulated device"
     )
-    p.add_argument("--server-threads", type=count(0, 1024), default=0, help="default: torch's default")
+    p.add_argument("--server-threads", type=count(0, MAX_THREADS), default=0, help="default: torch's default")
     p.add_argument("--rtt-ms", type=nonneg, default=20.0, help="round trip added by the application")
     p.add_argument("--requests", type=int, default=5, help="timed requests per strategy and bandwidth")
     p.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
@@ -492,7 +493,7 @@ def add_commands(
     uplinks: Sequence[float],
 ) -> None:
     """Register ``serve``, ``run``, ``demo`` and ``bench`` on the main parser's subparsers."""
-    threads = count(1, 1024)
+    threads = count(1, MAX_THREADS)
     p = sub.add_parser(
         "serve",
         help="serve model tails over gRPC (Open Inference Protocol v2) until SIGTERM",

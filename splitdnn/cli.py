@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from splitdnn._cli_runtime import check_output_file
+from splitdnn._cli_runtime import MAX_THREADS, check_output_file
 from splitdnn.calibrate import CALIBRATION_METHODS
 from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.schema import Link, PowerModel, load_profile
@@ -73,7 +73,7 @@ def _count(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
-_threads = _count(1, 1024)  # torch's own limit is lower than it checks for: 100000 threads segfault
+_threads = _count(1, MAX_THREADS)
 
 
 def _positive(text: str) -> float:

@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -44,7 +43,6 @@ class BatchResult:
     queue_s: float  # from submit to the start of its batch
     compute_s: float  # the batch's run time
     batch_size: int  # jobs in the batch
-    index: int = 0  # this job's place in its batch (0: the first; count batches once, at index 0)
 
 
 @dataclass(eq=False)
@@ -218,37 +216,29 @@ class Batcher:
             for j in jobs:
                 if j.is_active():
                     self._run_alone(j, time.perf_counter(), queued_from=start)
-                else:  # its client gave up while the batch ran: no run for nobody
+                else:  # its client gave up while the batch ran: nobody waits for a run
                     _gone(j)
             return
         compute = time.perf_counter() - start
         for i, j in enumerate(jobs):
-            result = BatchResult([p[i] for p in pieces], start - j.submitted, compute, len(jobs), i)
-            _resolve(j.future, result)
+            result = BatchResult([p[i] for p in pieces], start - j.submitted, compute, len(jobs))
+            j.future.set_result(result)  # running since its batch took it: nobody could cancel it
 
     def _run_alone(self, job: Job, start: float, queued_from: float | None = None) -> None:
         try:
             outputs = [o.cpu() for o in job.run(job.inputs)]
         except Exception as exc:  # handed to the request's handler, which maps it to a status
-            _fail(job.future, exc)
+            job.future.set_exception(exc)
             return
         except BaseException as exc:  # SystemExit & co. from a tail must not end the worker thread
-            _fail(job.future, RuntimeError(f"the tail raised {type(exc).__name__}: {exc}"))
+            job.future.set_exception(RuntimeError(f"the tail raised {type(exc).__name__}: {exc}"))
             return
         queue_s = (queued_from if queued_from is not None else start) - job.submitted
-        _resolve(job.future, BatchResult(outputs, queue_s, time.perf_counter() - start, 1))
+        job.future.set_result(BatchResult(outputs, queue_s, time.perf_counter() - start, 1))
 
 
 class _NotRowwise(Exception):
     """The outputs of a batch do not have one row per input row, so they cannot be split by job."""
-
-
-def _resolve(future: Future[Any], result: Any) -> None:
-    future.set_result(result)  # running since its batch took it: nobody could cancel it
-
-
-def _fail(future: Future[Any], exc: BaseException) -> None:
-    future.set_exception(exc)
 
 
 def _gone(job: Job) -> None:

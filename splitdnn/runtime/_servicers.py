@@ -40,7 +40,6 @@ __all__ = [
     "Abort",
     "InferenceServicer",
     "InflightBytes",
-    "InflightHold",
     "RequestLease",
     "SplitServicer",
     "TokenInterceptor",
@@ -72,10 +71,10 @@ class InflightBytes:
     """The server-wide budget of bytes that requests in flight hold (``ServerConfig.max_inflight_bytes``).
 
     Each ModelInfer request takes its message's size when it starts and the size of every tensor it
-    decodes into new memory before decoding it, and gives it all back when it has been answered. Past
-    the limit a request is refused with RESOURCE_EXHAUSTED (transient: clients back off and retry or
-    run locally), so many requests that each pass ``max_decoded_bytes`` (say, small zstd frames of
-    large zero tensors) cannot together decode more than the server can hold.
+    decodes into new memory before decoding it, and gives it all back when it has been answered
+    (:class:`RequestLease`). Past the limit a request is refused with RESOURCE_EXHAUSTED (transient:
+    clients back off and retry or run locally), so many requests that each pass ``max_decoded_bytes``
+    (say, small zstd frames of large zero tensors) cannot together decode more than the server can hold.
     """
 
     def __init__(self, limit: int) -> None:
@@ -83,45 +82,27 @@ class InflightBytes:
         self.used = 0
         self._lock = threading.Lock()
 
-    def hold(self) -> InflightHold:
-        """A new request's share, empty; ``release()`` it when the request has been answered."""
-        return InflightHold(self)
-
-
-class InflightHold:
-    """What one request holds of an :class:`InflightBytes` budget."""
-
-    __slots__ = ("_budget", "held")
-
-    def __init__(self, budget: InflightBytes) -> None:
-        self._budget = budget
-        self.held = 0
-
     def take(self, nbytes: int, what: str) -> None:
-        b = self._budget
-        with b._lock:
-            if b.used + nbytes > b.limit:
-                used = b.used
-            else:
-                b.used += nbytes
-                self.held += nbytes
+        with self._lock:
+            used = self.used
+            if used + nbytes <= self.limit:
+                self.used = used + nbytes
                 return
         raise Abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"{what} needs {nbytes} bytes, but requests in flight already hold {used} of the server's "
-            f"max_inflight_bytes={b.limit}; retry with backoff, or start the server with a higher "
+            f"max_inflight_bytes={self.limit}; retry with backoff, or start the server with a higher "
             f"--max-inflight-mib",
         )
 
-    def release(self) -> None:
-        with self._budget._lock:
-            self._budget.used -= self.held
-        self.held = 0
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes
 
 
 class RequestLease:
     """What one ModelInfer request holds while the server works on it: a concurrency slot (acquired
-    by the caller), the ``in_flight`` gauge and its share of the in-flight byte budget.
+    by the caller), the ``in_flight`` gauge and its bytes of the in-flight budget (:meth:`take`).
 
     Released once: when the handler returns, or -- for a request whose deadline passed while a batch
     was running it -- when that batch ends (:meth:`release_when_done`), because its tensors are in use
@@ -130,11 +111,16 @@ class RequestLease:
 
     def __init__(self, server: TailServer) -> None:
         self._s = server
-        self.hold = server._inflight.hold()
+        self._held = 0
         self._deferred = False
         self._released = False
         self._lock = threading.Lock()
         server.metrics.in_flight.inc()
+
+    def take(self, nbytes: int, what: str) -> None:
+        """Hold ``nbytes`` more of the budget (``what`` names them if refused: Abort)."""
+        self._s._inflight.take(nbytes, what)
+        self._held += nbytes
 
     def release_when_done(self, future: Future[Any]) -> None:
         self._deferred = True
@@ -150,7 +136,7 @@ class RequestLease:
             if self._released:
                 return
             self._released = True
-        self.hold.release()
+        self._s._inflight.give(self._held)
         self._s.metrics.in_flight.dec()
         self._s._slots.release()
 
@@ -247,7 +233,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
         lease = RequestLease(s)
         try:
-            lease.hold.take(wire.nbytes, "the request's message")
+            lease.take(wire.nbytes, "the request's message")
             response = s._infer(wire, context, lease)
         except Abort as a:
             s.metrics.failures.labels(label, a.code.name).inc()

@@ -384,7 +384,7 @@ class TailServer:
     ) -> bytes:
         """One ModelInfer call (request read, response serialized); raises Abort for every refusal.
 
-        Each decoded tensor is taken from ``lease``'s share of the in-flight byte budget before it is
+        Each decoded tensor is taken from the in-flight byte budget through ``lease`` before it is
         allocated; a request that times out while its batch runs leaves ``lease`` to that batch."""
         served = self._model(request.model_name, request.model_version)
         batcher = self._batcher
@@ -395,7 +395,7 @@ class TailServer:
         try:
             try:
                 data = serde.parse_infer_request(
-                    request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=lease.hold.take
+                    request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=lease.take
                 )
             except (WireError, CodecError) as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
@@ -435,7 +435,7 @@ class TailServer:
             writable = tail.writes_inputs and served.device.type == "cpu"  # else a copy is made anyway
             for name in tail.inputs if writable else ():
                 if not data.inputs[name].flags.writeable:  # a view of the message: copied next
-                    lease.hold.take(data.inputs[name].nbytes, f"a copy of tensor {name!r}")
+                    lease.take(data.inputs[name].nbytes, f"a copy of tensor {name!r}")
             tensors = [
                 from_numpy(data.inputs[n], bfloat16=n in data.bfloat16, writable=writable)
                 for n in tail.inputs
