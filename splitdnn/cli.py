@@ -153,7 +153,8 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         "--codecs",
         metavar="LIST",
         help="codecs the plan may use for boundary tensors, e.g. zstd,int8+zstd (default: every codec "
-        "measured in the profiles; 'raw' or 'none' sends raw tensors, the plans without codecs)",
+        "measured in the profiles; 'raw' or 'none' sends raw tensors, the plans without codecs); a lossy "
+        "codec named here needs a --max-error that admits it",
     )
     p.add_argument(
         "--max-error",
@@ -230,7 +231,7 @@ def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
     """``allowed``, ``max_error``, ``metric`` (and the accuracy budget) for
     :func:`splitdnn.solver.codec_tensor_cost`, or ``{}`` when no codec can be used (raw tensors: the
     fast path, exactly the plans without codecs)."""
-    from splitdnn.solver import load_accuracy_table, measured_codecs
+    from splitdnn.solver import load_accuracy_table, measured_codecs, unusable_codecs
 
     if (args.accuracy_table is None) != (args.max_accuracy_loss is None):
         raise ConfigError(
@@ -250,6 +251,14 @@ def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
             raise ConfigError(
                 f"--codecs {', '.join(missing)}: not measured in the profiles (measured: "
                 f"{', '.join(measured) or 'none'}); profile with `splitdnn profile --codecs ...`"
+            )
+        max_error = _max_error(args)
+        unusable = unusable_codecs(profiles, allowed, max_error=max_error, metric=args.error_metric)
+        if unusable:
+            zero = " (unset, --max-error is 0: lossless codecs only)" if args.max_error is None else ""
+            raise ConfigError(
+                f"--codecs: {'; '.join(unusable)}{zero}, so the plan could never use it; raise "
+                f"--max-error (--error-metric {args.error_metric}) or leave the codec out of --codecs"
             )
     accuracy = {}
     if args.accuracy_table is not None:

@@ -450,6 +450,16 @@ def test_max_error_keeps_lossy_codecs_within_the_budget(codec_profiles, capsys):
         "--codecs", "bf16",
     )  # fmt: skip
     assert code == 1 and "not measured" in err
+    # a lossy codec named with no budget that admits it would never be used: said, not ignored
+    for budget in ((), ("--max-error", "1e-5")):
+        code, _, err = run(
+            capsys, "solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5.85",
+            "--codecs", "zstd,int8+zstd", *budget,
+        )  # fmt: skip
+        assert code == 1 and "int8+zstd's smallest measured relative MSE is 0.00012, over the error" in err
+        assert ("lossless codecs only" in err) == (not budget) and "raise --max-error" in err
+    with_budget = _solve_json(capsys, dev, srv, "--codecs", "zstd,int8+zstd", "--max-error", "1e-3")
+    assert list(with_budget["codecs"].values()) == ["int8+zstd"]
     code, out, err = run(
         capsys, "sweep", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "1:10",
         "--points", "2", "--max-error", "1e-3", "--json",

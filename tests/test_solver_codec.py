@@ -22,6 +22,7 @@ from splitdnn.solver import (
     measured_codecs,
     solve,
     sweep,
+    unusable_codecs,
 )
 from splitdnn.solver._problem import Graph, Problem
 from splitdnn.solver.synthetic import SynthNode, make_profiles
@@ -119,6 +120,23 @@ def test_the_cheapest_allowed_codec_within_budget_is_chosen() -> None:
     why = explain_codec(hop, max_error=1e-3)
     assert (why.codec, why.wire_bytes, why.error, why.max_error) == ("int8+zstd", 20_000, 1e-4, 1e-3)
     assert why.candidates == 3  # raw, zstd, int8 (int4 is over budget)
+
+
+def test_codecs_that_no_plan_could_use_are_named_with_why() -> None:
+    profiles = _toy()
+    # measured on conv only: int8's rel MSE is 1e-4, int4's 5e-3
+    assert unusable_codecs(profiles, ["raw", "zstd", "int8+zstd"], max_error=1e-3) == []
+    assert unusable_codecs(profiles, ["int8+zstd"], max_error=None) == []
+    why = unusable_codecs(profiles, ["zstd", "int8+zstd", "int4+zstd", "bf16"], max_error=0.0)
+    assert why == [
+        "int8+zstd's smallest measured relative MSE is 0.0001, over the error budget 0",
+        "int4+zstd's smallest measured relative MSE is 0.005, over the error budget 0",
+        "bf16 was not measured in the profiles",
+    ]
+    # the budget is on the metric asked for: int8's max abs error is 0.01
+    assert unusable_codecs(profiles, ["int8+zstd"], max_error=0.05, metric="max_abs") == []
+    why = unusable_codecs(profiles, ["int8+zstd"], max_error=1e-3, metric="max_abs")
+    assert why == ["int8+zstd's smallest measured max abs error is 0.01, over the error budget 0.001"]
 
 
 @FAST

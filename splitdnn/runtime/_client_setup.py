@@ -133,12 +133,24 @@ def choose_server_profile(
     return scale_profile(device, factor), source, [*notes, f"server profile {source}"]
 
 
-def profile_device(traced: graph.TracedModel, threads: int | None, slowdown: float, repeats: int) -> Profile:
-    """A quick profile of this machine (emulating ``slowdown``), with the codecs the client may use."""
+#: the codecs a client's quick profile measures when the caller names none
+QUICK_PROFILE_CODECS = ("raw", "zstd", "int8+zstd")
+
+
+def profile_device(
+    traced: graph.TracedModel,
+    threads: int | None,
+    slowdown: float,
+    repeats: int,
+    codecs: Sequence[str] | None = None,
+) -> Profile:
+    """A quick profile of this machine (emulating ``slowdown``), measuring the codecs the client may
+    use (``codecs``; None: :data:`QUICK_PROFILE_CODECS`)."""
     from splitdnn.profiler import profile_model
     from splitdnn.runtime._client_request import emulation_clock
 
     return profile_model(
         traced, threads=threads, slowdown=slowdown, warmup=1, repeats=repeats, progress=False,
-        codec_nodes="chain", codecs=("raw", "zstd", "int8+zstd"), timer=emulation_clock(threads, slowdown),
+        codec_nodes="chain", timer=emulation_clock(threads, slowdown),
+        codecs=QUICK_PROFILE_CODECS if codecs is None else tuple(dict.fromkeys(("raw", *codecs))),
     )  # fmt: skip

@@ -209,6 +209,8 @@ class SplitClient:
         check_number("emulate_slowdown (1 = no emulation)", emulate_slowdown, low=1, unit="factor")
         if threads is not None:
             check_int("threads (None: all)", threads, 1)
+        if isinstance(codecs, str):
+            raise ConfigError(f"codecs must be a sequence of codec specs, found the string {codecs!r}")
         if force_boundary is not None and privacy_floor and force_boundary == "cloud":
             raise ConfigError(
                 "force_boundary='cloud' sends the raw input, which privacy_floor=True forbids; drop one"
@@ -305,7 +307,9 @@ class SplitClient:
                 f"device profiled at start-up ({self.threads or 'all'} thread(s), slowdown "
                 f"x{self.emulate_slowdown:g}); pass device_profile= to skip this"
             )
-            device_profile = profile_device(self.traced, self.threads, self.emulate_slowdown, profile_repeats)
+            device_profile = profile_device(
+                self.traced, self.threads, self.emulate_slowdown, profile_repeats, planning["codecs"]
+            )
         device = device_profile
         if abs(device.slowdown - self.emulate_slowdown) > 1e-9:
             self.notes.append(

@@ -294,6 +294,14 @@ class Planner:
             self.profiles, allowed=None if codecs is None else tuple(codecs), max_error=max_error,
             metric=metric, accuracy=accuracy_table, max_accuracy_loss=max_accuracy_loss,
         )  # fmt: skip
+        if codecs is not None:
+            unusable = solver.unusable_codecs(self.profiles, codecs, max_error=max_error, metric=metric)
+            if unusable:
+                raise ConfigError(
+                    f"codecs={list(codecs)}: {'; '.join(unusable)}, so no plan could use it; measure it "
+                    "in the device profile (splitdnn profile --codecs) and give a max_error that admits "
+                    "it, or leave it out"
+                )
         self.unsendable = frozenset(unsendable)
         self.tensor_cost = _guarded(best_codec, self.unsendable) if self.unsendable else best_codec
         if max_remote_ms is not None and not (

@@ -45,6 +45,7 @@ from splitdnn.solver._codec import (
     codec_tensor_cost,
     explain_codec,
     measured_codecs,
+    unusable_codecs,
 )
 from splitdnn.solver._problem import (
     OBJECTIVES,
@@ -77,6 +78,7 @@ __all__ = [
     "is_lossless",
     "load_accuracy_table",
     "measured_codecs",
+    "unusable_codecs",
     "raw_tensor_cost",
     "solve",
     "sweep",

@@ -30,7 +30,14 @@ from splitdnn.schema import CodecResult, NodeProfile, Profile
 from splitdnn.solver._accuracy import AccuracyTable, check_budget
 from splitdnn.solver._problem import TensorCostFn, TensorHop, WireCost, derived
 
-__all__ = ["ERROR_METRICS", "CodecChoice", "codec_tensor_cost", "explain_codec", "measured_codecs"]
+__all__ = [
+    "ERROR_METRICS",
+    "CodecChoice",
+    "codec_tensor_cost",
+    "explain_codec",
+    "measured_codecs",
+    "unusable_codecs",
+]
 
 #: what ``max_error`` bounds: relative MSE, max abs error, or cosine distance (1 - cosine)
 ERROR_METRICS = ("rel_mse", "max_abs", "cosine")
@@ -68,6 +75,41 @@ def measured_codecs(profiles: Sequence[Profile]) -> tuple[str, ...]:
             for c in n.codecs:
                 seen.setdefault(c.spec, None)
     return tuple(seen)
+
+
+def unusable_codecs(
+    profiles: Sequence[Profile], specs: Sequence[str], *, max_error: float | None, metric: str = "rel_mse"
+) -> list[str]:
+    """Why each of ``specs`` could never be chosen with these profiles, one phrase per such codec.
+
+    A codec is unusable when no node of ``profiles`` measured it, or when every measurement's
+    ``metric`` exceeds ``max_error`` (None: no budget). ``raw`` is always usable. The tensor cost
+    silently leaves such codecs out, which is what a library caller may want; a user who named the
+    codec asked for it, and is told.
+    """
+    smallest: dict[str, float] = {}
+    for p in profiles:
+        for n in p.nodes:
+            for c in n.codecs:
+                err = error_of(c, metric)
+                if not err >= smallest.get(c.spec, math.inf):  # NaN-safe: keeps the smaller
+                    smallest[c.spec] = err
+    why = []
+    for spec in dict.fromkeys(specs):
+        if spec == "raw":
+            continue
+        if spec not in smallest:
+            why.append(f"{spec} was not measured in the profiles")
+        elif max_error is not None and not smallest[spec] <= max_error:
+            why.append(
+                f"{spec}'s smallest measured {_METRIC_LABEL[metric]} is {smallest[spec]:.3g}, over the "
+                f"error budget {max_error:g}"
+            )
+    return why
+
+
+#: how each error metric reads in a message
+_METRIC_LABEL = {"rel_mse": "relative MSE", "max_abs": "max abs error", "cosine": "1 - cosine"}
 
 
 def codec_tensor_cost(

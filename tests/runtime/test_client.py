@@ -336,6 +336,20 @@ def test_edge_only_never_calls_the_server(served) -> None:
     assert torch.equal(y, s.ref)
 
 
+def test_the_quick_device_profile_measures_the_codecs_named(served) -> None:
+    _, models = served
+    s = models["alexnet"]
+    kw: dict[str, Any] = {"force_boundary": "edge", "profile_repeats": 1, "probe_interval_s": None}
+    with SplitClient("127.0.0.1:1", s.traced, codecs=["fp16+zstd"], max_error=1e-2, **kw) as client:
+        measured = {c.spec for n in client.planner.profiles[0].nodes for c in n.codecs}
+    assert measured == {"raw", "fp16+zstd"}
+    # named with no budget that admits a lossy codec, it could never be used: refused, not ignored
+    with pytest.raises(ConfigError, match=r"fp16\+zstd's smallest measured relative MSE is .* over the"):
+        SplitClient("127.0.0.1:1", s.traced, codecs=["fp16+zstd"], **kw)
+    with pytest.raises(ConfigError, match="codecs must be a sequence of codec specs"):
+        SplitClient("127.0.0.1:1", s.traced, codecs="zstd", **kw)
+
+
 def test_fallback_to_local_when_the_server_stops() -> None:
     spec = _spec("alexnet")
     with TailServer(ServerConfig(models=(spec,), grace_s=0.0)) as server:

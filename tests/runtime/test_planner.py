@@ -596,6 +596,18 @@ def test_accuracy_budget_decides_the_lossy_codec(tmp_path: Path) -> None:
     assert codec(Planner(device, server, link, accuracy_table=path, max_accuracy_loss=0.5)) == "int8+zstd"
 
 
+def test_named_codecs_that_no_plan_could_use_are_refused() -> None:
+    device, server = _lossy_profiles()
+    link = Link(1.0, rtt_ms=10.0)
+    with pytest.raises(ConfigError, match=r"int8\+zstd's smallest measured relative MSE is 0.0001, over"):
+        Planner(device, server, link, codecs=("zstd", "int8+zstd"))  # default budget: lossless only
+    with pytest.raises(ConfigError, match="fp16 was not measured"):
+        Planner(device, server, link, codecs=("fp16",), max_error=1.0)
+    named = Planner(device, server, link, codecs=("zstd", "int8+zstd"), max_error=1e-3)
+    assert named.plan.boundary[0].codec == "int8+zstd"
+    assert Planner(device, server, link, codecs=("raw",)).plan.strategy == "edge-only"
+
+
 def test_accuracy_budget_refusals(tmp_path: Path) -> None:
     device, server = _lossy_profiles()
     link = Link(1.0, rtt_ms=10.0)
