@@ -28,7 +28,7 @@ from splitdnn import graph
 from splitdnn.errors import ConfigError, DeadlineError, PlanError, WireError
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown
-from splitdnn.runtime._client_rpc import is_transient, model_infer, translate_rpc_error
+from splitdnn.runtime._client_rpc import connection_state, is_transient, model_infer, translate_rpc_error
 from splitdnn.runtime.planner import remote_ms as planner_remote_ms
 from splitdnn.schema import Plan
 
@@ -350,7 +350,16 @@ class Run:
                     request, timeout=c.timeout_s if give_up_s is None else give_up_s, metadata=c._metadata
                 )
         except grpc.RpcError as exc:
-            if give_up_s is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # A deadline passed with the connection down: the server stopped or restarted while the
+            # request was out and gRPC's own retries were still reconnecting. That says nothing of
+            # the link's rate, so it is not taken as a slow transfer (which would read as a link
+            # fallen to a fraction of a Mbit/s until probes corrected it).
+            dropped = None
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                state = connection_state(c._channel)
+                if state is not None and state is not grpc.ChannelConnectivity.READY:
+                    dropped = state.name
+            if give_up_s is not None and dropped is None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 # no answer by the give-up time: the link fell (see _overdue_after_s)
                 waited_ms = (time.perf_counter() - t_rpc) * 1e3
                 self.network_ms = waited_ms
@@ -367,10 +376,17 @@ class Run:
                 ) from exc
             if is_transient(err):  # unreachable, too slow or overloaded: leave it alone for a while
                 c._mark_down()
-            if isinstance(err, DeadlineError):  # no answer in timeout_s: as slow a link as that, at least
+            if isinstance(err, DeadlineError) and dropped is None:
+                # no answer in timeout_s: as slow a link as that, at least
                 c._observe(self.bytes_sent, 0, self.network_ms, overdue=True)
             if c.fallback_local and is_transient(err):
-                return self._finish_locally(inputs, values, f"{err.code}: {err.details or err}"[:200])
+                why = f"{err.code}: {err.details or err}"
+                if dropped is not None:
+                    why = (
+                        f"no answer after {self.network_ms:.0f} ms and the connection to the server is "
+                        f"{dropped} (it stopped or restarted): {why}"
+                    )
+                return self._finish_locally(inputs, values, why[:200])
             raise err from exc
         rpc_ms = (time.perf_counter() - t_rpc) * 1e3
         c._mark_up(answered=self.sent)

@@ -27,6 +27,7 @@ from splitdnn.errors import (
 from splitdnn.runtime._credentials import read_pem
 
 __all__ = [
+    "connection_state",
     "is_over_size_cap",
     "is_transient",
     "make_channel",
@@ -178,3 +179,24 @@ def model_infer(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
         if call is None:
             call = _MODEL_INFER[channel] = channel.unary_unary(MODEL_INFER)
         return call
+
+
+def connection_state(channel: grpc.Channel) -> grpc.ChannelConnectivity | None:
+    """``channel``'s connectivity now, without trying to connect (None: this gRPC cannot say).
+
+    The public way, ``channel.subscribe``, starts a thread that polls the state every 0.2 s and that
+    ``close()`` then waits for; this asks the core once, through the channel's private handle, and
+    answers None where that handle is missing (a future gRPC, or an intercepted channel).
+    """
+    core = getattr(channel, "_channel", None)
+    check = getattr(core, "check_connectivity_state", None)
+    if check is None:
+        return None
+    try:
+        from grpc._common import CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY as states
+    except ImportError:  # pragma: no cover - a gRPC without the mapping
+        return None
+    try:
+        return states.get(check(False))
+    except Exception:  # noqa: BLE001 - a closed channel or a changed private API: unknown
+        return None

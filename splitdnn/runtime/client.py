@@ -43,7 +43,9 @@ What one :meth:`SplitClient.infer` does, and why:
    link: a link that falls while a request is out is acted on within that request, not after the
    slow transfer (``Run._overdue_after_s``, sent as the call's deadline; only while no other request
    of the client is waiting, when the wait could be the server's queue, and not for the first
-   request of a cut, which waits for the server to build that tail). Errors that mean
+   request of a cut, which waits for the server to build that tail). Not when the channel's
+   connection is down by then, though: a server that stopped or restarted while gRPC retried the
+   request says nothing of the link's rate; it is backed off from like an unreachable one. Errors that mean
    misconfiguration (credentials, a model or weights mismatch, a malformed request) are raised, never
    hidden by a local run. Every ``grpc.RpcError`` is translated into :mod:`splitdnn.errors`
    (``raise ... from``).
