@@ -16,6 +16,8 @@ if [[ ${FORCE:-0} != 1 ]]; then
         exit 3
     fi
 fi
-exec python -m splitdnn bench --models alexnet resnet18 mobilenet_v2 vgg16 resnet50 vit_tiny tiny_yolov2 \
+python=${PYTHON:-.venv/bin/python}  # the README's set-up installs splitdnn there
+[[ -x "$python" ]] || python=python
+exec "$python" -m splitdnn bench --models alexnet resnet18 mobilenet_v2 vgg16 resnet50 vit_tiny tiny_yolov2 \
     --uplink-mbps 0.13 1.1 5.85 18.88 100 --slowdown 8 4 --requests 5 --warmup 1 --rtt-ms 20 --device-threads 1 --server-threads 1 --profile-repeats 5 --budget-s 8 \
     --oracle-prune 1.5 --oracle-max-cuts 12 --link shaper --change step --out-dir "$OUT" "$@"

@@ -13,6 +13,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
     "$python" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints-cpu.txt)
-"${pip[@]}" "torch==2.13.0"
+# torch's version is pinned in constraints-cpu.txt alone. The pin does not choose the CPU build: on a
+# machine without a local CPU wheel, SPLITDNN_TORCH_INDEX=https://download.pytorch.org/whl/cpu takes
+# torch from PyTorch's CPU index instead of PyPI's (CUDA) build.
+if [[ -n "${SPLITDNN_TORCH_INDEX:-}" ]]; then
+    "${pip[@]}" --index-url "$SPLITDNN_TORCH_INDEX" torch
+else
+    "${pip[@]}" torch
+fi
 "${pip[@]}" -e ".[$extras]"
 "$venv/bin/python" -c "import torch, splitdnn; print(f'splitdnn {splitdnn.__version__} with torch {torch.__version__} in $venv')"

@@ -105,6 +105,29 @@ def malloc_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _serve_kwargs(items: Sequence[str], models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--kwarg [MODEL=]KEY=VALUE`` items as each served model's builder keyword arguments.
+
+    The MODEL prefix is recognised by being one of the served models; without it, the item is for the
+    only served model (with several, the prefix is required).
+    """
+    from splitdnn.models import parse_kwargs
+
+    per_model: dict[str, list[str]] = {}
+    for item in items:
+        model, sep, rest = item.partition("=")
+        if sep and model in models:
+            per_model.setdefault(model, []).append(rest)
+        elif len(models) == 1:
+            per_model.setdefault(models[0], []).append(item)
+        else:
+            raise ConfigError(
+                f"--kwarg {item!r}: with several models served, name the model it is for, "
+                f"MODEL=KEY=VALUE with MODEL one of {list(models)}"
+            )
+    return {m: parse_kwargs(kv) for m, kv in per_model.items()}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the tail of every named model until SIGTERM / SIGINT (graceful: in-flight requests finish)."""
     from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
@@ -119,8 +142,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--profile names {name!r}, which is not among the served models {args.models}")
         profiles[name] = load_profile(path)
     shapes = tuple(args.input_shape) if args.input_shape else None
+    kwargs = _serve_kwargs(args.kwarg or [], args.models)
     specs = tuple(
-        ModelSpec(m, weights=weights.get(m), input_shapes=shapes) if (m in weights or shapes) else m
+        ModelSpec(m, weights=weights.get(m), kwargs=kwargs.get(m, {}), input_shapes=shapes)
+        if (m in weights or m in kwargs or shapes)
+        else m
         for m in args.models
     )
     config = ServerConfig(
@@ -226,9 +252,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         from splitdnn.runtime.memory import keep_freed_memory
 
         keep_freed_memory()
+    model: Any = args.model
+    if args.weights is not None or args.kwarg:
+        from splitdnn.models import load_model, parse_kwargs
+
+        model, _ = load_model(args.model, kwargs=parse_kwargs(args.kwarg or []), weights=args.weights)
     client = SplitClient(
         args.server,
-        args.model,
+        model,
+        model_name=args.model,
         input_shape=shape,
         device_profile=load_profile(args.device_profile) if args.device_profile else None,
         link=Link(uplink_mbps=args.uplink_mbps, rtt_ms=args.rtt_ms),
@@ -521,6 +553,13 @@ def add_commands(
         help="weights for one served model (safetensors or a torch state dict)",
     )
     p.add_argument(
+        "--kwarg",
+        action="append",
+        metavar="[MODEL=]KEY=VALUE",
+        help="keyword argument for a module:callable model's builder, as for `splitdnn profile` "
+        "(MODEL= is needed when several models are served)",
+    )
+    p.add_argument(
         "--profile",
         type=_name_path,
         action="append",
@@ -564,6 +603,14 @@ def add_commands(
     )
     p.add_argument("model", metavar="MODEL", help="the model the server serves (zoo name or module:callable)")
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of `splitdnn serve`")
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="the weights the server loaded for MODEL (safetensors or state dict)",
+    )
+    p.add_argument(
+        "--kwarg", action="append", metavar="KEY=VALUE", help="keyword argument for a module:callable model"
+    )
     p.add_argument("--input", metavar="NPY", help="input array as a .npy file (default: seeded random)")
     p.add_argument("--input-shape", type=shape, metavar="SHAPE", help="input shape, batch first")
     p.add_argument("--requests", type=int, default=5, help="requests to send (default 5)")
@@ -571,7 +618,8 @@ def add_commands(
         "--uplink-mbps",
         type=positive,
         default=10.0,
-        help="initial uplink estimate; the client refines it from its own requests",
+        help="initial uplink estimate (default 10); the client's link probes at connect and its own "
+        "requests replace it",
     )
     p.add_argument("--rtt-ms", type=nonneg, default=20.0, help="initial round-trip estimate")
     p.add_argument(

@@ -351,6 +351,21 @@ def test_load_module_callable(user_module: str) -> None:
     assert isinstance(model.fc, nn.Linear)
 
 
+def test_a_callable_spec_builds_the_same_weights_every_time_without_touching_the_callers_rng(
+    user_module: str,
+) -> None:
+    """So an edge client and a tail server that build one spec without a weights file agree."""
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a, _ = load_model(f"{user_module}:build", kwargs={"width": 8})
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.rand(7)  # another process, in another random state
+    b, _ = load_model(f"{user_module}:build", kwargs={"width": 8})
+    assert all(
+        torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
 def test_load_callable_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "my_nets.py"
     path.write_text("from torch import nn\n\ndef tiny():\n    return nn.Linear(2, 3)\n")

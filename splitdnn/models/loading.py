@@ -9,6 +9,9 @@ Specs, tried in this order:
 - ``torchvision:NAME`` or a plain torchvision model name, when torchvision imports (never with
   downloaded weights).
 
+Every spec is built with torch's generator seeded (``ZOO_SEED``, the caller's random state left as
+it was), so two processes that build one spec without a weights file get the same weights.
+
 Weights are read from a ``.safetensors`` file or a torch file through ``torch.load(weights_only=True)``
 (nothing else is unpickled), and loaded with ``strict=True``. Every failure raises
 :class:`~splitdnn.errors.ModelLoadError` with a one-line message: what was expected, what was found,
@@ -22,7 +25,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 from splitdnn.errors import ConfigError, ModelLoadError
-from splitdnn.models.registry import ZOO, build_zoo_model, zoo_names
+from splitdnn.models.registry import ZOO, ZOO_SEED, build_zoo_model, zoo_names
 
 __all__ = ["load_model", "load_weights", "parse_kwargs", "read_state_dict"]
 
@@ -71,14 +74,23 @@ def load_model(
     elif ":" in spec:
         module_ref, _, attr = spec.rpartition(":")
         if module_ref == "torchvision":
-            model, display = _torchvision_model(attr, kw), f"torchvision:{attr}"
+            model, display = _seeded(_torchvision_model, attr, kw), f"torchvision:{attr}"
         else:
-            model, display = _callable_model(spec, module_ref, attr, kw), spec
+            model, display = _seeded(_callable_model, spec, module_ref, attr, kw), spec
     else:
-        model, display = _plain_name_model(spec, kw), f"torchvision:{spec}"
+        model, display = _seeded(_plain_name_model, spec, kw), f"torchvision:{spec}"
     if weights is not None:
         load_weights(model, weights, model_name=display)
     return model.eval(), display
+
+
+def _seeded(build: Callable[..., nn.Module], *args: Any) -> nn.Module:
+    """``build(*args)`` with torch's generator seeded as for the zoo, the caller's state untouched: two
+    processes that build one spec without a weights file (an edge client and a tail server) get the
+    same weights, unless the builder draws from another source of randomness."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ZOO_SEED)
+        return build(*args)
 
 
 def _callable_model(spec: str, module_ref: str, attr: str, kwargs: dict[str, Any]) -> nn.Module:

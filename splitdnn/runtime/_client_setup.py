@@ -61,13 +61,15 @@ def check_int(what: str, value: object, low: int, high: int | None = None) -> No
         raise ConfigError(f"{what} must be an integer {wanted}, found {value!r}")
 
 
-def resolve_model(model: Any, input_shape: Sequence[int] | None) -> graph.TracedModel:
-    """The traced model for the client's ``model`` argument (zoo name / spec, module or traced)."""
+def resolve_model(
+    model: Any, input_shape: Sequence[int] | None, name: str | None = None
+) -> graph.TracedModel:
+    """The traced model for the client's ``model`` argument (zoo name / spec, module or traced), named
+    ``name`` when a module is given (default: its class name)."""
     if isinstance(model, graph.TracedModel):
         return model
     from splitdnn.models import ZOO, default_input_shape, load_model
 
-    name = "model"
     if isinstance(model, str):
         spec = model
         module, name = load_model(spec)
@@ -75,7 +77,7 @@ def resolve_model(model: Any, input_shape: Sequence[int] | None) -> graph.Traced
             input_shape = default_input_shape(spec)
     elif isinstance(model, nn.Module):
         module = model.eval()
-        name = type(model).__name__.lower()
+        name = name or type(model).__name__.lower()
     else:
         raise ConfigError(
             f"model must be a zoo name or 'module:callable' spec, an nn.Module or a traced model, "

@@ -231,7 +231,7 @@ class SplitClient:
         self.emulate_slowdown = float(emulate_slowdown)
         self.threads = threads
         self.max_message_bytes = max_message_bytes
-        self.traced = resolve_model(model, input_shape)
+        self.traced = resolve_model(model, input_shape, model_name)
         # what the server checks against its own (~0.1 s per 100 MB of weights, once)
         self.weights_digest = weights_digest(self.traced.module)
         self.model_name = model_name or self.traced.name

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,33 +29,15 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`splitdnn serve alexnet` on a free port, token required; yields its address."""
-    token = tmp_path_factory.mktemp("token") / "token"
-    token.write_text("s3cret\n")
+@contextmanager
+def serving(*argv: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`splitdnn serve ARGV --port 0` in a subprocess; yields its address, stops it with SIGTERM."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "splitdnn",
-            "serve",
-            "alexnet",
-            "--port",
-            "0",
-            "--input-shape",
-            SHAPE,
-            "--token-file",
-            str(token),
-            "--grace-s",
-            "1",
-            "--tail-cache-size",
-            "4",
-        ],
+        [sys.executable, "-m", "splitdnn", "serve", *argv, "--port", "0", "--grace-s", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "SPLITDNN_TOKEN": ""},
+        env={**os.environ, "SPLITDNN_TOKEN": "", **(env or {})},
     )
     try:
         assert proc.stdout is not None
@@ -71,6 +54,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             raise
         assert proc.returncode == 0, err
         assert "stopped" in out
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`splitdnn serve alexnet` on a free port, token required; yields its address."""
+    token = tmp_path_factory.mktemp("token") / "token"
+    token.write_text("s3cret\n")
+    argv = ["alexnet", "--input-shape", SHAPE, "--token-file", str(token), "--tail-cache-size", "4"]
+    with serving(*argv) as address:
+        yield address
 
 
 @pytest.mark.parametrize("force", ["cloud", "features_5", None])
@@ -115,6 +108,61 @@ def test_run_through_a_served_model_equals_the_local_model(
     with torch.no_grad():
         expected = build_zoo_model("alexnet")(x).numpy()
     assert np.array_equal(np.load(tmp_path / "y.out"), expected)  # written to exactly that name
+
+
+MYMODS = """
+from torch import nn
+
+
+def tiny(width=4):
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2))
+"""
+
+
+def test_run_and_serve_a_module_callable_model_with_kwargs_and_weights(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's own-model path end to end: both ends build ``mymods:tiny(width=8)`` and load one
+    weights file; without the file the client's random weights are refused, not computed with."""
+    (tmp_path / "mymods.py").write_text(MYMODS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from mymods import tiny  # type: ignore[import-not-found]
+
+    torch.manual_seed(5)
+    model = tiny(width=8)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    np.save(tmp_path / "x.npy", x.numpy())
+    served = ["mymods:tiny", "--kwarg", "width=8", "--weights", f"mymods:tiny={tmp_path / 'w.pt'}"]
+    served += ["--input-shape", "1,4", "--no-self-profile"]
+    with serving(
+        *served, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    ) as address:
+        common = [
+            "run",
+            "mymods:tiny",
+            "--server",
+            address,
+            "--input-shape",
+            "1,4",
+            "--input",
+            str(tmp_path / "x.npy"),
+        ]
+        common += ["--kwarg", "width=8", "--force", "cloud", "--no-fallback", "--requests", "1", "--json"]
+        code, _, err = run(
+            capsys, *common, "--weights", str(tmp_path / "w.pt"), "--output", str(tmp_path / "y.npy")
+        )
+        assert code == 0, err
+        with torch.no_grad():
+            assert np.array_equal(np.load(tmp_path / "y.npy"), model(x).numpy())
+        code, _, err = run(capsys, *common)  # built from the seed, not from the server's weights file
+        assert code == 1 and "different parameter values" in err and err.count("\n") == 1, err
+    code, _, err = run(capsys, "serve", "mymods:tiny", "alexnet", "--kwarg", "width=8", "--port", "0")
+    assert code == 1 and "MODEL=KEY=VALUE with MODEL one of ['mymods:tiny', 'alexnet']" in err
+    code, _, err = run(
+        capsys, "run", "mymods:tiny", "--server", "127.0.0.1:1", "--kwarg", "8", "--input-shape", "1,4"
+    )
+    assert code == 1 and "expected key=value" in err
 
 
 def test_run_without_the_token_is_one_line_error(
