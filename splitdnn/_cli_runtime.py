@@ -105,6 +105,38 @@ def malloc_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _per_model(flag: str, pairs: Sequence[tuple[str, str]], models: Sequence[str]) -> dict[str, str]:
+    """``MODEL=FILE`` pairs as a dict, each naming a served model once."""
+    out: dict[str, str] = {}
+    for name, path in pairs:
+        if name not in models:
+            raise ConfigError(f"{flag} names {name!r}, which is not among the served models {list(models)}")
+        if name in out:
+            raise ConfigError(f"{flag} gives {name!r} twice ({out[name]!r} and {path!r}); keep one")
+        out[name] = path
+    return out
+
+
+def _serve_shapes(
+    items: Sequence[tuple[str, tuple[int, ...]]], models: Sequence[str]
+) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """``--input-shape [MODEL=]SHAPE`` items (MODEL "" when not given) as each served model's example
+    input shapes, one per input in order. One without MODEL= is for every model given none with it."""
+    named: dict[str, list[tuple[int, ...]]] = {}
+    plain: list[tuple[int, ...]] = []
+    for model, dims in items:
+        if model and model not in models:
+            raise ConfigError(
+                f"--input-shape {model}={','.join(map(str, dims))}: {model!r} is not among the served "
+                f"models {list(models)}"
+            )
+        (named.setdefault(model, []) if model else plain).append(dims)
+    out = {m: tuple(v) for m, v in named.items()}
+    if plain:
+        out.update({m: tuple(plain) for m in models if m not in named})
+    return out
+
+
 def _serve_kwargs(items: Sequence[str], models: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``--kwarg [MODEL=]KEY=VALUE`` items as each served model's builder keyword arguments.
 
@@ -132,20 +164,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the tail of every named model until SIGTERM / SIGINT (graceful: in-flight requests finish)."""
     from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
 
-    weights = dict(args.weights or [])
-    unknown = sorted(set(weights) - set(args.models))
-    if unknown:
-        raise ConfigError(f"--weights names {unknown}, which are not among the served models {args.models}")
-    profiles = {}
-    for name, path in args.profile or []:
-        if name not in args.models:
-            raise ConfigError(f"--profile names {name!r}, which is not among the served models {args.models}")
-        profiles[name] = load_profile(path)
-    shapes = tuple(args.input_shape) if args.input_shape else None
+    duplicates = sorted({m for m in args.models if args.models.count(m) > 1})
+    if duplicates:
+        raise ConfigError(f"{duplicates} named more than once; serve each model once")
+    weights = _per_model("--weights", args.weights or [], args.models)
+    profiles = {
+        name: load_profile(path)
+        for name, path in _per_model("--profile", args.profile or [], args.models).items()
+    }
+    shapes = _serve_shapes(args.input_shape or [], args.models)
     kwargs = _serve_kwargs(args.kwarg or [], args.models)
     specs = tuple(
-        ModelSpec(m, weights=weights.get(m), kwargs=kwargs.get(m, {}), input_shapes=shapes)
-        if (m in weights or m in kwargs or shapes)
+        ModelSpec(m, weights=weights.get(m), kwargs=kwargs.get(m, {}), input_shapes=shapes.get(m))
+        if (m in weights or m in kwargs or m in shapes)
         else m
         for m in args.models
     )
@@ -164,8 +195,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         profiles=profiles,
         grace_s=args.grace_s,
+        drain_s=args.drain_s,
         max_decoded_bytes=int(args.max_decoded_mib * (1 << 20)),
         max_inflight_bytes=None if args.max_inflight_mib is None else int(args.max_inflight_mib * (1 << 20)),
         tail_cache_size=args.tail_cache_size,
@@ -199,7 +232,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   f"profile of {name}: none; clients estimate this server's speed", flush=True)  # fmt: skip
         server.serve_forever()
     print("stopped", flush=True)
+    _exit_past_cancelled_requests()
     return 0
+
+
+def _exit_past_cancelled_requests() -> None:
+    """Exit now if requests cancelled at the end of the grace period are still computing.
+
+    gRPC cancels them for their clients, but their handler threads run the model to the end, and
+    Python joins those threads at exit: a stopped server would outlive its grace by a model's run (a
+    large batch: seconds). Nothing is left to answer, so the process exits without waiting.
+    """
+    import logging
+    import threading
+    import time
+
+    end = time.monotonic() + 0.5  # idle handler threads end at once: give them a moment
+    busy = [t for t in threading.enumerate() if t.name.startswith("splitdnn-rpc")]
+    for t in busy:
+        t.join(max(0.0, end - time.monotonic()))
+    busy = [t for t in busy if t.is_alive()]
+    if busy:
+        print(
+            f"{len(busy)} request(s) cancelled at the end of the grace period still computing: not "
+            f"waiting for them",
+            file=sys.stderr,
+            flush=True,
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -537,11 +599,12 @@ def add_commands(
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument(
         "--input-shape",
-        type=shape,
+        type=lambda text: (text.rpartition("=")[0], shape(text.rpartition("=")[2])),
         action="append",
-        metavar="SHAPE",
+        metavar="[MODEL=]SHAPE",
         help="example input shape to trace with, batch first (repeat per input; default: the zoo's). "
-        "Needed for module:callable models; requests may use other batch sizes",
+        "Needed for module:callable models; requests may use other batch sizes. Without MODEL= it is "
+        "for every served model not given one with MODEL=",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--threads", type=threads, metavar="N", help="torch intra-op threads (default: torch's)")
@@ -575,7 +638,19 @@ def add_commands(
     p.add_argument(
         "--metrics-port", type=int, metavar="P", help="Prometheus metrics over HTTP (0: a free port)"
     )
-    p.add_argument("--grace-s", type=nonneg, default=5.0, help="on SIGTERM: time in-flight requests get")
+    p.add_argument(
+        "--metrics-host", metavar="HOST",
+        help="bind address of the metrics endpoint, which has no token or TLS (default: --host)",
+    )  # fmt: skip
+    p.add_argument(
+        "--grace-s", type=nonneg, default=5.0,
+        help="on SIGTERM: time in-flight requests get (a second SIGTERM cancels them at once)",
+    )  # fmt: skip
+    p.add_argument(
+        "--drain-s", type=nonneg, default=0.0,
+        help="on SIGTERM: time between health NOT_SERVING and refusing new requests, for load balancers "
+        "to notice (default 0)",
+    )  # fmt: skip
     p.add_argument(
         "--tail-cache-size", type=int, default=64, metavar="N",
         help="tails kept per model, one per cut in use (default 64; see splitdnn_tail_builds_total)",

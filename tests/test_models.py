@@ -321,6 +321,9 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
             def broken():
                 raise RuntimeError("boom")
 
+            def exits():
+                raise SystemExit(3)
+
             NOT_CALLABLE = 7
             """
         )
@@ -399,6 +402,7 @@ def test_load_model_refuses_bad_specs(spec: str, fragments: list[str]) -> None:
         ("nothing_here", None, ["has no attribute 'nothing_here'", "build"]),
         ("not_a_model", None, ["return a torch.nn.Module", "found a int"]),
         ("broken", None, ["raised RuntimeError: boom"]),
+        ("exits", None, ["raised SystemExit: 3"]),  # not a silent exit of the whole process
         ("build", {"depth": 3}, ["raised TypeError", "depth"]),
         ("NOT_CALLABLE", None, ["callable", "found a int"]),
     ],

@@ -118,7 +118,9 @@ def _callable_model(spec: str, module_ref: str, attr: str, kwargs: dict[str, Any
         )
     try:
         model = obj(**kwargs)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a builder that exits is a builder that failed
         raise ModelLoadError(
             f"model spec {spec!r}: calling {attr}(**{kwargs!r}) raised {_brief(exc)}; check its "
             f"arguments (pass them as key=value)"

@@ -7,6 +7,8 @@ and tracing of the served models.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -57,6 +59,10 @@ class ModelSpec:
     @property
     def served_name(self) -> str:
         return self.name or self.spec
+
+
+#: the most requests a server may hold in flight (one handler thread each, at most)
+MAX_CONCURRENCY = 65536
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,11 @@ class ServerConfig:
                 f"{self.max_message_bytes}; lower it (--max-message-mib at most 2047)"
             )
         _positive_int("max_concurrency", self.max_concurrency)
+        if self.max_concurrency > MAX_CONCURRENCY:
+            raise ConfigError(
+                f"max_concurrency must be at most {MAX_CONCURRENCY} (each request in flight may hold a "
+                f"handler thread), found {self.max_concurrency}"
+            )
         _positive_int("max_decoded_bytes", self.max_decoded_bytes)
         _positive_int("tail_cache_size", self.tail_cache_size)
         if self.max_inflight_bytes is not None:
@@ -139,7 +150,7 @@ class ServerConfig:
         for name in ("max_queue_delay_ms", "grace_s", "drain_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
-                raise ConfigError(f"{name} must be a number >= 0, found {value!r}")
+                raise ConfigError(f"{name} must be a number in 0..1e6 (exclusive), found {value!r}")
         if self.max_connection_age_s is not None and not self.max_connection_age_s > 0:
             raise ConfigError(
                 f"max_connection_age_s must be > 0 or None, found {self.max_connection_age_s!r}"
@@ -194,6 +205,41 @@ def load_served(spec: str | ModelSpec, device: torch.device, tail_cache_size: in
 def host_port(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """ConfigError when ``host`` does not resolve or ``port`` is already listened on there.
+
+    A best-effort check before the models load (each takes seconds, a profile at start minutes), so
+    that a port in use is said at once; binding for real can still fail later (a race), and says so.
+    Port 0 (any free port) passes.
+    """
+    if not port:
+        return
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        found = socket.getaddrinfo(bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(
+            f"cannot listen on {host_port(host, port)} ({what}): the host {host!r} does not resolve "
+            f"({exc}); give an address of this machine, 127.0.0.1 or 0.0.0.0"
+        ) from exc
+    for family, kind, proto, _, addr in found:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+            )  # as servers bind: TIME_WAIT is no conflict
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"cannot listen on {host_port(host, port)} ({what}): the port is in use; stop "
+                        f"what listens there or pick another port (0: any free one)"
+                    ) from exc
+                # anything else (an address family this machine lacks, ...) is left to the real bind
 
 
 def device_of(spec: str) -> torch.device:

@@ -6,6 +6,9 @@ so clients cannot grow the label set)::
 
     splitdnn_requests_total{model}                 ModelInfer requests received
     splitdnn_failures_total{model,code}            requests answered with an error, by gRPC status name
+                                                   (calls without the token: UNAUTHENTICATED under
+                                                   <unknown>; a message over max_message_bytes is
+                                                   refused by gRPC itself, before any count)
     splitdnn_decode_seconds{model}                 validating and decoding a request (histogram)
     splitdnn_queue_seconds{model}                  waiting for a batch to start (histogram)
     splitdnn_compute_seconds{model}                running the batch a request was in (histogram)
@@ -18,6 +21,8 @@ so clients cannot grow the label set)::
     splitdnn_tail_builds_total{model}              tails built (cut not in the cache); a steady rise
                                                    means clients use more cuts than tail_cache_size
     splitdnn_cached_tails{model}                   tails in the cache now (gauge)
+
+Each served model's series exist from the start, at zero.
 """
 
 from __future__ import annotations
@@ -130,7 +135,10 @@ class ServerMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Expose the metrics over HTTP on ``host:port`` (0: a free port); returns the bound port."""
-        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bare = (
+            host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        )  # "[::]": http.server wants ::
+        self._http, self._thread = start_http_server(port, addr=bare, registry=self.registry)
         return int(self._http.server_port)
 
     def close(self) -> None:

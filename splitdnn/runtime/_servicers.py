@@ -25,7 +25,7 @@ from splitdnn import codec
 from splitdnn.errors import SplitDNNError, WireError
 from splitdnn.runtime import serde
 from splitdnn.runtime._batcher import BatcherStopped
-from splitdnn.runtime._metrics import UNKNOWN_MODEL
+from splitdnn.runtime._metrics import UNKNOWN_MODEL, ServerMetrics
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._tail import ServedModel
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "splitdnn_torch"  # v2 ModelMetadata.platform
 VERSION = "1"  # the one version of every served model; "" also selects it
 HEALTH_PREFIX = "/grpc.health.v1.Health/"  # reachable without the token (load balancer probes)
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,7 +81,12 @@ class InflightBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.requests = 0  # ModelInfer requests holding bytes now (RequestLease)
         self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.requests += 1
 
     def take(self, nbytes: int, what: str) -> None:
         with self._lock:
@@ -95,9 +101,11 @@ class InflightBytes:
             f"--max-inflight-mib",
         )
 
-    def give(self, nbytes: int) -> None:
+    def leave(self, nbytes: int) -> None:
+        """A request answered (or given up on) gives back the ``nbytes`` it took."""
         with self._lock:
             self.used -= nbytes
+            self.requests -= 1
 
 
 class RequestLease:
@@ -115,6 +123,7 @@ class RequestLease:
         self._deferred = False
         self._released = False
         self._lock = threading.Lock()
+        server._inflight.enter()
         server.metrics.in_flight.inc()
 
     def take(self, nbytes: int, what: str) -> None:
@@ -136,7 +145,7 @@ class RequestLease:
             if self._released:
                 return
             self._released = True
-        self._s._inflight.give(self._held)
+        self._s._inflight.leave(self._held)
         self._s.metrics.in_flight.dec()
         self._s._slots.release()
 
@@ -322,8 +331,9 @@ class SplitServicer(sd_grpc.SplitServiceServicer):
 class TokenInterceptor(grpc.ServerInterceptor):
     """Refuses every call without ``authorization: Bearer <token>`` (health checks excepted)."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: str, metrics: ServerMetrics | None = None) -> None:
+        self._expected = token.encode()
+        self._metrics = metrics
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
             context.abort(
@@ -345,6 +355,12 @@ class TokenInterceptor(grpc.ServerInterceptor):
         for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
             if key == "authorization":
                 got = value.encode() if isinstance(value, str) else bytes(value)
-                if hmac.compare_digest(got, self._expected):
+                scheme, _, credentials = got.strip().partition(b" ")
+                # the scheme is case-insensitive (RFC 7235), the token itself compared in constant time
+                if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._expected):
                     return continuation(handler_call_details)
+        if self._metrics is not None:  # refused before any servicer (and any model name) is read
+            if method == INFER_METHOD:
+                self._metrics.of(UNKNOWN_MODEL).requests.inc()
+            self._metrics.failures.labels(UNKNOWN_MODEL, "UNAUTHENTICATED").inc()
         return self._deny

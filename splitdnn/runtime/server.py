@@ -17,7 +17,8 @@ Served over one port (DESIGN sections 5, 6, 8):
 - ``splitdnn.v1.SplitService/GetModelInfo``: fingerprint, weights digest, the server's profile
   (given in ``profiles``, or measured at start with ``profile_at_start``, before the port opens),
   limits; ``Probe``: answers at once with the payload's size (clients measure the link with it).
-- ``grpc.health.v1.Health``: SERVING while up, NOT_SERVING from the start of a shutdown.
+- ``grpc.health.v1.Health``: SERVING while up, NOT_SERVING from the start of a shutdown; for the
+  server (``""``), each of the two services, and each served model by its v2 name.
 - Prometheus metrics over HTTP on ``metrics_port`` (see :mod:`splitdnn.runtime._metrics`).
 
 Status codes: NOT_FOUND (a model the server does not serve), INVALID_ARGUMENT (malformed request,
@@ -61,7 +62,15 @@ from splitdnn.errors import CodecError, ConfigError, ProfileMismatchError, WireE
 from splitdnn.graph import TracedModel
 from splitdnn.runtime import serde
 from splitdnn.runtime._batcher import Batcher, BatchResult, Job
-from splitdnn.runtime._config import ModelSpec, ServerConfig, device_of, host_port, load_served, read_pem
+from splitdnn.runtime._config import (
+    ModelSpec,
+    ServerConfig,
+    check_port_free,
+    device_of,
+    host_port,
+    load_served,
+    read_pem,
+)
 from splitdnn.runtime._metrics import ServerMetrics
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._servicers import (
@@ -111,6 +120,7 @@ class TailServer:
         self._metrics_port: int | None = None
         self._stopping = False
         self._stopped = threading.Event()
+        self._hurried = threading.Event()
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -155,11 +165,20 @@ class TailServer:
             setting = keep_freed_memory()
             if not setting:
                 log.info("malloc left as it is: %s", setting.reason)
+        # what can fail without a model fails before the models load (seconds to minutes each)
+        tls = self._read_tls()
+        check_port_free(cfg.host, cfg.port, "the gRPC port")
+        if cfg.metrics_port is not None:
+            check_port_free(cfg.metrics_host or cfg.host, cfg.metrics_port, "the metrics port")
         for spec in cfg.models:
             served = load_served(spec, device, cfg.tail_cache_size)
             if served.name in self._models:
-                raise ConfigError(f"two models are named {served.name!r}; give one a ModelSpec(name=...)")
+                raise ConfigError(
+                    f"two models are named {served.name!r}; serve each once (Python API: give one a "
+                    f"ModelSpec(name=...))"
+                )
             self._models[served.name] = served
+            self.metrics.of(served.name)  # its series exist from the start, at zero
         self._check_profiles()
         self._profiles = dict(cfg.profiles)
         if cfg.profile_at_start:
@@ -187,7 +206,7 @@ class TailServer:
         self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitdnn-rpc")
         server = grpc.server(
             self._executor,
-            interceptors=[TokenInterceptor(cfg.token)] if cfg.token else [],
+            interceptors=[TokenInterceptor(cfg.token, self.metrics)] if cfg.token else [],
             options=options,
             maximum_concurrent_rpcs=4 * workers,
         )
@@ -198,12 +217,10 @@ class TailServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = host_port(cfg.host, cfg.port)
         try:
-            if cfg.tls_cert is not None and cfg.tls_key is not None:
-                ca = read_pem(cfg.tls_client_ca, "client CA") if cfg.tls_client_ca is not None else None
+            if tls is not None:
+                key, cert, ca = tls
                 creds = grpc.ssl_server_credentials(
-                    [(read_pem(cfg.tls_key, "TLS key"), read_pem(cfg.tls_cert, "TLS certificate"))],
-                    root_certificates=ca,
-                    require_client_auth=ca is not None,
+                    [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
                 )
                 port = server.add_secure_port(address, creds)
             else:
@@ -228,14 +245,26 @@ class TailServer:
                 ) from exc
         server.start()
         self._server, self._unstarted = server, None
-        for name in ("", "inference.GRPCInferenceService", "splitdnn.v1.SplitService"):
+        # the server, its two services and each served model by its v2 name
+        for name in ("", "inference.GRPCInferenceService", "splitdnn.v1.SplitService", *self._models):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", ", ".join(self._models), self.address)
+
+    def _read_tls(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """The server's TLS key, certificate and client CA (PEM), or None for plaintext."""
+        cfg = self.config
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            return None
+        ca = read_pem(cfg.tls_client_ca, "client CA") if cfg.tls_client_ca is not None else None
+        return read_pem(cfg.tls_key, "TLS key"), read_pem(cfg.tls_cert, "TLS certificate"), ca
 
     def stop(self, grace: float | None = None) -> None:
         """Stop gracefully: health NOT_SERVING, refuse new requests, let in-flight ones finish.
 
         In-flight requests get ``grace`` seconds (default ``config.grace_s``), then are cancelled.
+        Once no ModelInfer request is in flight, what is left (health Watch streams, which never end
+        by themselves) is ended at once instead of at the end of the grace. :meth:`hurry` from another
+        thread (or a second SIGTERM under :meth:`serve_forever`) cancels the requests in flight too.
         Safe to call more than once.
         """
         with self._lock:
@@ -245,8 +274,14 @@ class TailServer:
         if self._health is not None:
             self._health.enter_graceful_shutdown()
         if self.config.drain_s > 0:
-            time.sleep(self.config.drain_s)
-        self._server.stop(self.config.grace_s if grace is None else grace).wait()
+            self._hurried.wait(self.config.drain_s)
+        done = self._server.stop(self.config.grace_s if grace is None else grace)
+        idle_polls = 0
+        while not done.wait(0.05):
+            idle_polls = idle_polls + 1 if self._inflight.requests == 0 else 0
+            if self._hurried.is_set() or idle_polls >= 2:  # idle twice: not a request between two steps
+                self._server.stop(None)
+                done.wait()
         if self._batcher is not None:
             self._batcher.stop(timeout=5)
         self._release_threads()
@@ -265,19 +300,34 @@ class TailServer:
         """Block until the server has stopped (or ``timeout`` s passed); True if it stopped."""
         return self._stopped.wait(timeout)
 
+    def hurry(self) -> None:
+        """Make a :meth:`stop` under way (or the next one) cancel the requests in flight now."""
+        self._hurried.set()
+
     def serve_forever(self) -> None:
-        """Start if needed, then serve until SIGTERM or SIGINT, and stop gracefully (main thread only)."""
+        """Start if needed, then serve until SIGTERM or SIGINT, and stop gracefully (main thread only).
+
+        A second signal while stopping cancels the requests still in flight (:meth:`hurry`)."""
         if self._server is None:
             self.start()
         stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if stop.is_set():
+                log.warning(
+                    "%s again while stopping: cancelling the requests in flight", signal.Signals(signum).name
+                )
+                self.hurry()
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while not stop.wait(0.5) and not self._stopped.is_set():
                 pass
+            self.stop()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.stop()
 
     # -- introspection -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -110,6 +111,11 @@ def test_run_through_a_served_model_equals_the_local_model(
     assert np.array_equal(np.load(tmp_path / "y.out"), expected)  # written to exactly that name
 
 
+def _importable(folder: Path) -> dict[str, str]:
+    """The environment entry that lets a subprocess import the modules in ``folder``."""
+    return {"PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 MYMODS = """
 from torch import nn
 
@@ -133,11 +139,10 @@ def test_run_and_serve_a_module_callable_model_with_kwargs_and_weights(
     torch.save(model.state_dict(), tmp_path / "w.pt")
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
     np.save(tmp_path / "x.npy", x.numpy())
-    served = ["mymods:tiny", "--kwarg", "width=8", "--weights", f"mymods:tiny={tmp_path / 'w.pt'}"]
-    served += ["--input-shape", "1,4", "--no-self-profile"]
-    with serving(
-        *served, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    ) as address:
+    # beside a zoo model: the shape and the kwarg are tiny's alone (alexnet keeps the zoo's shape)
+    served = ["mymods:tiny", "alexnet", "--kwarg", "mymods:tiny=width=8", "--input-shape", "mymods:tiny=1,4"]
+    served += ["--weights", f"mymods:tiny={tmp_path / 'w.pt'}", "--no-self-profile"]
+    with serving(*served, env=_importable(tmp_path)) as address:
         common = [
             "run",
             "mymods:tiny",
@@ -163,6 +168,84 @@ def test_run_and_serve_a_module_callable_model_with_kwargs_and_weights(
         capsys, "run", "mymods:tiny", "--server", "127.0.0.1:1", "--kwarg", "8", "--input-shape", "1,4"
     )
     assert code == 1 and "expected key=value" in err
+
+
+SLOWMODS = """
+import time
+
+import torch
+from torch import nn
+
+
+def _nap(x):
+    if x.shape[0] > 1:  # a batch of 2 computes for 30 s; the example input at start does not
+        time.sleep(30)
+    return x
+
+
+torch.fx.wrap("_nap")
+
+
+class Slow(nn.Module):
+    def forward(self, x):
+        return _nap(x) * 2
+"""
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_ends_serve_within_its_grace_while_a_request_computes(tmp_path: Path, signals: int) -> None:
+    """One SIGTERM: the request in flight gets --grace-s, then the process exits though the model
+    still computes (Python would join its thread: 30 s). A second SIGTERM cancels at once."""
+    from splitdnn.runtime import serde
+    from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+
+    (tmp_path / "slowmods.py").write_text(SLOWMODS)
+    grace = "1" if signals == 1 else "120"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitdnn", "serve", "slowmods:Slow", "--input-shape", "1,4", "--port", "0",
+         "--no-self-profile", "--grace-s", grace],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "SPLITDNN_TOKEN": "", **_importable(tmp_path)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        address = re.search(r"on (\S+:\d+) ", proc.stdout.readline())
+        assert address, proc.stderr.read() if proc.stderr else ""
+        channel = grpc.insecure_channel(address.group(1))
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        request = serde.build_infer_request("slowmods:Slow", {"x": np.zeros((2, 4), np.float32)})
+        reply = stub.ModelInfer.future(request, timeout=60)
+        time.sleep(1.0)  # the request is computing
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        took = time.monotonic() - t0
+        assert proc.returncode == 0, err
+        assert took < 10.0, took  # not the model's 30 s, nor a 120 s grace
+        assert "stopped" in out and "still computing: not waiting for them" in err
+        assert ("again while stopping" in err) == (signals == 2)
+        with pytest.raises(grpc.RpcError):
+            reply.result(timeout=10)
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_options_per_model_are_checked_before_serving(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "serve", "alexnet", "--weights", "alexnet=a.pt", "--weights", "alexnet=b.pt")
+    assert code == 1 and "--weights gives 'alexnet' twice ('a.pt' and 'b.pt')" in err
+    code, _, err = run(capsys, "serve", "alexnet", "resnet18", "--input-shape", "vgg16=1,3,64,64")
+    assert code == 1 and "'vgg16' is not among the served models" in err
+    code, _, err = run(capsys, "serve", "alexnet", "alexnet")
+    assert code == 1 and "['alexnet'] named more than once" in err
+    with pytest.raises(SystemExit):
+        main(["serve", "alexnet", "--input-shape", "alexnet=1,x"])
+    assert "expected a shape" in capsys.readouterr().err
 
 
 def test_run_without_the_token_is_one_line_error(

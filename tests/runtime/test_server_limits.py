@@ -7,11 +7,14 @@ inside the server, so every scenario is deterministic and needs no timing assump
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -368,6 +371,20 @@ def test_bearer_token() -> None:
             health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
             == health_pb2.HealthCheckResponse.SERVING
         )
+        # the scheme is case-insensitive (RFC 7235); the token is not
+        lower = (("authorization", "bearer s3cret"),)
+        assert _infer(stub, _rows(1, 0), timeout=10, metadata=lower).outputs["output"].shape == (1, 3)
+        upper = (("authorization", "Bearer S3CRET"),)
+        assert (
+            _code(lambda: _infer(stub, _rows(1, 0), timeout=10, metadata=upper))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        # refused before any servicer, and counted: 3 refusals of 5 ModelInfer requests
+        registry = server.metrics.registry
+        refused = {"model": "<unknown>", "code": "UNAUTHENTICATED"}
+        assert registry.get_sample_value("splitdnn_failures_total", refused) == 3
+        assert registry.get_sample_value("splitdnn_requests_total", {"model": "<unknown>"}) == 3
+        assert registry.get_sample_value("splitdnn_requests_total", {"model": "gated"}) == 2
         channel.close()
 
 
@@ -397,6 +414,54 @@ def test_graceful_stop_lets_in_flight_requests_finish() -> None:
     channel.close()
 
 
+def test_stop_ends_at_once_when_nothing_is_in_flight_even_with_a_health_watch_open() -> None:
+    """A health Watch stream never ends by itself, so gRPC waited out the whole grace for it."""
+    with _server(grace_s=20.0) as server:
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="gated"), timeout=60)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # per model, by its name
+        t0 = time.monotonic()
+        server.stop()
+        assert time.monotonic() - t0 < 5.0  # not the 20 s grace
+        statuses = []
+        with contextlib.suppress(grpc.RpcError):
+            statuses.extend(r.status for r in watch)
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+
+
+def test_hurry_cancels_the_requests_a_stop_is_waiting_for() -> None:
+    with _server(grace_s=30.0) as server, ThreadPoolExecutor(2) as pool:
+        stub, channel = _stub(server.address)
+        with _gate_closed():
+            in_flight = pool.submit(_infer, stub, _rows(1, 0), timeout=60)
+            assert _ENTERED.wait(20)
+            stopping = pool.submit(server.stop)
+            time.sleep(0.3)
+            assert not stopping.done()  # a request is in flight: the grace holds
+            server.hurry()
+            stopping.result(10)  # not the 30 s grace
+            cancelled = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)  # gRPC says either
+            assert _code(lambda: in_flight.result(10)) in cancelled
+        channel.close()
+
+
+def test_an_ipv6_host_in_brackets_serves_grpc_and_metrics_with_series_from_the_start() -> None:
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 here")
+    with _server(host="[::1]", metrics_port=0) as server:
+        url = f"http://{server.metrics_address}/metrics"
+        scrape = lambda: urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: E731
+        assert server.metrics_address is not None and server.metrics_address.startswith("[::1]:")
+        # every served model's series exist before its first request, at zero (dashboards show a rate)
+        assert 'splitdnn_requests_total{model="gated"} 0.0' in scrape()
+        stub, channel = _stub(server.address)
+        assert _infer(stub, _rows(1, 0), timeout=10).outputs["output"].shape == (1, 3)
+        assert 'splitdnn_requests_total{model="gated"} 1.0' in scrape()
+        channel.close()
+
+
 def _rpc_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name.startswith("splitdnn-rpc"))
 
@@ -419,10 +484,23 @@ def test_stopped_servers_leave_no_handler_threads() -> None:
 def test_a_port_in_use_is_a_config_error_and_leaves_nothing_running() -> None:
     with _server() as first:
         spec = ModelSpec("gated", module=Gated(), input_shapes=((1, 4),))
-        with pytest.raises(ConfigError, match="cannot listen"):
+        with pytest.raises(ConfigError, match=r"cannot listen on .* \(the gRPC port\): the port is in use"):
             TailServer(ServerConfig(models=(spec,), port=first.port)).start()
-        with pytest.raises(ConfigError, match="cannot serve metrics"):
+        with pytest.raises(ConfigError, match=r"\(the metrics port\): the port is in use"):
             TailServer(ServerConfig(models=(spec,), metrics_port=first.port)).start()
+        # said before any model loads (each takes seconds, a profile at start minutes): a model that
+        # cannot load is not even tried
+        with pytest.raises(ConfigError, match="the port is in use"):
+            TailServer(ServerConfig(models=("no_such_module_xyz:build",), port=first.port)).start()
+        with pytest.raises(ConfigError, match="TLS key"):
+            missing = "/nonexistent/key.pem"
+            TailServer(
+                ServerConfig(models=("no_such_module_xyz:build",), tls_cert=missing, tls_key=missing)
+            ).start()
+        with pytest.raises(ConfigError, match="does not resolve"):
+            TailServer(
+                ServerConfig(models=("no_such_module_xyz:build",), host="no-such-host.invalid", port=1)
+            ).start()
         stub, channel = _stub(first.address)
         assert _infer(stub, _rows(1, 0), timeout=10).outputs["output"].shape == (1, 3)
         channel.close()
