@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from splitdnn.runtime import memory
 
@@ -38,7 +39,11 @@ def test_tiny_run_writes_json_and_markdown(
         "--warmup-s", "0.1", "--tail-input", "32",
         "--json", str(out), "--md", str(md),
     ]  # fmt: skip
-    assert bench.main(argv) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(argv) == 0
+    finally:  # the script gives its client process 1 thread; later tests compare with a 2-thread server
+        torch.set_num_threads(threads)
     capsys.readouterr()
     data = json.loads(out.read_text())  # strict JSON: the script writes with allow_nan=False
     assert _finite(data)
