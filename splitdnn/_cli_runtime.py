@@ -299,13 +299,19 @@ def _read_input(path: str | None, shape: Sequence[int]) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Split inference through a running ``splitdnn serve``: plan, run, report each request's breakdown."""
-    from splitdnn.models import default_input_shape
+    from splitdnn.models import ZOO, default_input_shape, parse_kwargs
     from splitdnn.runtime.client import SplitClient, format_breakdown
     from splitdnn.schema import Link
 
     if args.requests < 1:
         raise ConfigError(f"--requests must be at least 1, found {args.requests}")
-    shape = args.input_shape or default_input_shape(args.model)
+    kwargs = parse_kwargs(args.kwarg or [])
+    if args.input_shape:
+        shape = args.input_shape
+    elif args.model in ZOO:  # at the size the kwargs give it (e.g. image_size=32), as the server traces it
+        shape = default_input_shape(args.model, kwargs=kwargs)
+    else:
+        shape = default_input_shape(args.model)  # refuses: a model outside the zoo needs --input-shape
     x = _read_input(args.input, shape)  # before the client connects and profiles: fail fast
     if args.output is not None:
         check_output_file(args.output, "--output")
@@ -315,14 +321,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         keep_freed_memory()
     model: Any = args.model
+    name = None  # the client names a model given by spec as the server does
     if args.weights is not None or args.kwarg:
-        from splitdnn.models import load_model, parse_kwargs
+        from splitdnn.models import load_model
 
-        model, _ = load_model(args.model, kwargs=parse_kwargs(args.kwarg or []), weights=args.weights)
+        model, name = load_model(args.model, kwargs=kwargs, weights=args.weights)
     client = SplitClient(
         args.server,
         model,
-        model_name=args.model,
+        model_name=name,
         input_shape=shape,
         device_profile=load_profile(args.device_profile) if args.device_profile else None,
         link=Link(uplink_mbps=args.uplink_mbps, rtt_ms=args.rtt_ms),

@@ -246,19 +246,14 @@ def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
         if not names:
             raise ConfigError("--codecs needs a list such as zstd,int8+zstd (or raw / none)")
         allowed = tuple(c for c in names if c not in ("raw", "none"))
-        missing = [c for c in allowed if c not in measured]
-        if missing:
-            raise ConfigError(
-                f"--codecs {', '.join(missing)}: not measured in the profiles (measured: "
-                f"{', '.join(measured) or 'none'}); profile with `splitdnn profile --codecs ...`"
-            )
-        max_error = _max_error(args)
-        unusable = unusable_codecs(profiles, allowed, max_error=max_error, metric=args.error_metric)
+        unusable = unusable_codecs(profiles, allowed, max_error=_max_error(args), metric=args.error_metric)
         if unusable:
             zero = " (unset, --max-error is 0: lossless codecs only)" if args.max_error is None else ""
             raise ConfigError(
-                f"--codecs: {'; '.join(unusable)}{zero}, so the plan could never use it; raise "
-                f"--max-error (--error-metric {args.error_metric}) or leave the codec out of --codecs"
+                f"--codecs: {'; '.join(unusable)}{zero}; no plan could use such a codec. Measured in the "
+                f"profiles: {', '.join(measured) or 'none'} (`splitdnn profile --codecs ...` measures "
+                f"more); raise --max-error (--error-metric {args.error_metric}) for a lossy one, or leave "
+                f"it out of --codecs"
             )
     accuracy = {}
     if args.accuracy_table is not None:

@@ -33,6 +33,21 @@ def _load_script(name: str) -> ModuleType:
     return module
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Any:
+    """Every test leaves torch's intra-op thread count as it found it: tests that compare a local
+    result with a server's bit for bit compute with the same count as the server process."""
+    try:
+        import torch
+    except ImportError:  # the solver's tests run without torch
+        yield
+        return
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def load_script() -> Callable[[str], ModuleType]:
     return _load_script

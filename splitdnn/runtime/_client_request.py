@@ -354,10 +354,12 @@ class Run:
             # request was out and gRPC's own retries were still reconnecting. That says nothing of
             # the link's rate, so it is not taken as a slow transfer (which would read as a link
             # fallen to a fraction of a Mbit/s until probes corrected it).
+            # (TRANSIENT_FAILURE: a connection attempt failed. Not IDLE or CONNECTING, which a
+            # connection closed for its age goes through while the server is well.)
             dropped = None
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
                 state = connection_state(c._channel)
-                if state is not None and state is not grpc.ChannelConnectivity.READY:
+                if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
                     dropped = state.name
             if give_up_s is not None and dropped is None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 # no answer by the give-up time: the link fell (see _overdue_after_s)

@@ -150,7 +150,7 @@ class ServerConfig:
         for name in ("max_queue_delay_ms", "grace_s", "drain_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
-                raise ConfigError(f"{name} must be a number in 0..1e6 (exclusive), found {value!r}")
+                raise ConfigError(f"{name} must be a number in [0, 1e6), found {value!r}")
         if self.max_connection_age_s is not None and not self.max_connection_age_s > 0:
             raise ConfigError(
                 f"max_connection_age_s must be > 0 or None, found {self.max_connection_age_s!r}"
@@ -207,6 +207,11 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def bare_host(host: str) -> str:
+    """``host`` without the brackets of an IPv6 literal ("[::]" -> "::"), as sockets take it."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def check_port_free(host: str, port: int, what: str) -> None:
     """ConfigError when ``host`` does not resolve or ``port`` is already listened on there.
 
@@ -216,7 +221,7 @@ def check_port_free(host: str, port: int, what: str) -> None:
     """
     if not port:
         return
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bare = bare_host(host)
     try:
         found = socket.getaddrinfo(bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
@@ -229,8 +234,8 @@ def check_port_free(host: str, port: int, what: str) -> None:
             sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
             )  # as servers bind: TIME_WAIT is no conflict
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if family == socket.AF_INET6:  # "::" is bound dual-stack (as gRPC does), the rest not
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr[0] == "::" else 1)
             try:
                 sock.bind(addr)
             except OSError as exc:

@@ -134,11 +134,9 @@ class ServerMetrics:
         self.registry.register(_TailCaches(read))
 
     def serve(self, host: str, port: int) -> int:
-        """Expose the metrics over HTTP on ``host:port`` (0: a free port); returns the bound port."""
-        bare = (
-            host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        )  # "[::]": http.server wants ::
-        self._http, self._thread = start_http_server(port, addr=bare, registry=self.registry)
+        """Expose the metrics over HTTP on ``host:port`` (0: a free port; an IPv6 host without
+        brackets); returns the bound port."""
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
         return int(self._http.server_port)
 
     def close(self) -> None:

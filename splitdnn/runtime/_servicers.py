@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import torch
+from grpc_health.v1 import health
 
 import splitdnn
 from splitdnn import codec
@@ -81,12 +82,7 @@ class InflightBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self.requests = 0  # ModelInfer requests holding bytes now (RequestLease)
         self._lock = threading.Lock()
-
-    def enter(self) -> None:
-        with self._lock:
-            self.requests += 1
 
     def take(self, nbytes: int, what: str) -> None:
         with self._lock:
@@ -101,11 +97,9 @@ class InflightBytes:
             f"--max-inflight-mib",
         )
 
-    def leave(self, nbytes: int) -> None:
-        """A request answered (or given up on) gives back the ``nbytes`` it took."""
+    def give(self, nbytes: int) -> None:
         with self._lock:
             self.used -= nbytes
-            self.requests -= 1
 
 
 class RequestLease:
@@ -123,7 +117,6 @@ class RequestLease:
         self._deferred = False
         self._released = False
         self._lock = threading.Lock()
-        server._inflight.enter()
         server.metrics.in_flight.inc()
 
     def take(self, nbytes: int, what: str) -> None:
@@ -145,7 +138,7 @@ class RequestLease:
             if self._released:
                 return
             self._released = True
-        self._s._inflight.leave(self._held)
+        self._s._inflight.give(self._held)
         self._s.metrics.in_flight.dec()
         self._s._slots.release()
 
@@ -328,6 +321,37 @@ class SplitServicer(sd_grpc.SplitServiceServicer):
         return serde.build_probe_response(serde.parse_probe_request(request))
 
 
+class ShutdownHealth(health.HealthServicer):
+    """grpc's health servicer, whose Watch streams a stop can end (:meth:`end_watches`)."""
+
+    def __init__(self) -> None:
+        self._streams: set[Callable[[Any], None]] = set()
+        self._streams_lock = threading.Lock()
+        super().__init__()
+
+    def Watch(self, request: Any, context: grpc.ServicerContext, send_response_callback: Any = None) -> Any:
+        if send_response_callback is not None:  # gRPC's non-blocking streams (how the server runs it)
+            with self._streams_lock:
+                self._streams.add(send_response_callback)
+            context.add_callback(lambda: self._forget(send_response_callback))
+        return super().Watch(request, context, send_response_callback)
+
+    def _forget(self, callback: Callable[[Any], None]) -> bool:
+        with self._streams_lock:
+            if callback not in self._streams:
+                return False
+            self._streams.discard(callback)
+            return True
+
+    def end_watches(self) -> None:
+        """End every open Watch stream with status OK (after the NOT_SERVING a shutdown sent)."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        for send in streams:
+            if self._forget(send):  # once: the stream's own close callback may race this
+                send(None)
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
     """Refuses every call without ``authorization: Bearer <token>`` (health checks excepted)."""
 
@@ -355,9 +379,9 @@ class TokenInterceptor(grpc.ServerInterceptor):
         for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
             if key == "authorization":
                 got = value.encode() if isinstance(value, str) else bytes(value)
-                scheme, _, credentials = got.strip().partition(b" ")
-                # the scheme is case-insensitive (RFC 7235), the token itself compared in constant time
-                if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._expected):
+                scheme, _, credentials = got.partition(b" ")
+                # the scheme is case-insensitive (RFC 7235); the token is compared as sent, in constant time
+                if scheme.lower() == b"bearer" and hmac.compare_digest(credentials, self._expected):
                     return continuation(handler_call_details)
         if self._metrics is not None:  # refused before any servicer (and any model name) is read
             if method == INFER_METHOD:

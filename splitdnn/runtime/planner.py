@@ -298,9 +298,9 @@ class Planner:
             unusable = solver.unusable_codecs(self.profiles, codecs, max_error=max_error, metric=metric)
             if unusable:
                 raise ConfigError(
-                    f"codecs={list(codecs)}: {'; '.join(unusable)}, so no plan could use it; measure it "
-                    "in the device profile (splitdnn profile --codecs) and give a max_error that admits "
-                    "it, or leave it out"
+                    f"codecs={list(codecs)}: {'; '.join(unusable)}; no plan could use such a codec. "
+                    "Measure it in the device profile (splitdnn profile --codecs) and give a max_error "
+                    "that admits it, or leave it out"
                 )
         self.unsendable = frozenset(unsendable)
         self.tensor_cost = _guarded(best_codec, self.unsendable) if self.unsendable else best_codec

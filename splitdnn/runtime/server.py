@@ -56,7 +56,7 @@ from concurrent import futures
 
 import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from splitdnn.errors import CodecError, ConfigError, ProfileMismatchError, WireError
 from splitdnn.graph import TracedModel
@@ -65,6 +65,7 @@ from splitdnn.runtime._batcher import Batcher, BatchResult, Job
 from splitdnn.runtime._config import (
     ModelSpec,
     ServerConfig,
+    bare_host,
     check_port_free,
     device_of,
     host_port,
@@ -79,6 +80,7 @@ from splitdnn.runtime._servicers import (
     InferenceServicer,
     InflightBytes,
     RequestLease,
+    ShutdownHealth,
     SplitServicer,
     TokenInterceptor,
     add_inference_servicer,
@@ -111,7 +113,7 @@ class TailServer:
         self._profiles: dict[str, Profile] = {}  # GetModelInfo's: the config's and those measured at start
         self._server: grpc.Server | None = None
         self._unstarted: grpc.Server | None = None  # created, maybe bound, not yet started
-        self._health: health.HealthServicer | None = None
+        self._health: ShutdownHealth | None = None
         self._batcher: Batcher | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
@@ -213,7 +215,7 @@ class TailServer:
         self._unstarted = server
         add_inference_servicer(InferenceServicer(self), server)
         sd_grpc.add_SplitServiceServicer_to_server(SplitServicer(self), server)
-        self._health = health.HealthServicer()
+        self._health = ShutdownHealth()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = host_port(cfg.host, cfg.port)
         try:
@@ -236,7 +238,7 @@ class TailServer:
         if cfg.metrics_port is not None:
             metrics_host = cfg.metrics_host or cfg.host
             try:
-                self._metrics_port = self.metrics.serve(metrics_host, cfg.metrics_port)
+                self._metrics_port = self.metrics.serve(bare_host(metrics_host), cfg.metrics_port)
             except OSError as exc:
                 self._port = 0
                 raise ConfigError(
@@ -262,9 +264,12 @@ class TailServer:
         """Stop gracefully: health NOT_SERVING, refuse new requests, let in-flight ones finish.
 
         In-flight requests get ``grace`` seconds (default ``config.grace_s``), then are cancelled.
-        Once no ModelInfer request is in flight, what is left (health Watch streams, which never end
-        by themselves) is ended at once instead of at the end of the grace. :meth:`hurry` from another
-        thread (or a second SIGTERM under :meth:`serve_forever`) cancels the requests in flight too.
+        Health Watch streams, which never end by themselves, are ended once they have been told
+        NOT_SERVING, so they do not hold the stop for the whole grace. :meth:`hurry` from another
+        thread (or a second SIGTERM under :meth:`serve_forever`) cancels the requests in flight. A
+        request whose message is still arriving when the stop begins may be refused by gRPC itself
+        (UNAVAILABLE: gRPC takes a call once its message has arrived, and takes no new ones); a
+        client retries it, or runs it locally. ``drain_s`` gives load balancers time to stop sending.
         Safe to call more than once.
         """
         with self._lock:
@@ -276,14 +281,17 @@ class TailServer:
         if self.config.drain_s > 0:
             self._hurried.wait(self.config.drain_s)
         done = self._server.stop(self.config.grace_s if grace is None else grace)
-        idle_polls = 0
+        if self._health is not None:
+            # each Watch stream has had its NOT_SERVING; ended now, as they never end by themselves
+            # and gRPC's graceful stop waits out its whole grace for any call still open
+            self._health.end_watches()
         while not done.wait(0.05):
-            idle_polls = idle_polls + 1 if self._inflight.requests == 0 else 0
-            if self._hurried.is_set() or idle_polls >= 2:  # idle twice: not a request between two steps
+            if self._hurried.is_set():
                 self._server.stop(None)
                 done.wait()
         if self._batcher is not None:
-            self._batcher.stop(timeout=5)
+            # what is still queued or running now has no client left (its call ended or was cancelled)
+            self._batcher.stop(timeout=0.5)
         self._release_threads()
         self.metrics.close()
         self._stopped.set()
@@ -324,10 +332,12 @@ class TailServer:
         try:
             while not stop.wait(0.5) and not self._stopped.is_set():
                 pass
-            self.stop()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            try:
+                self.stop()  # the handlers stay: a second signal hurries it
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     # -- introspection -----------------------------------------------------------------------------
 

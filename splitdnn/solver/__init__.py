@@ -78,8 +78,8 @@ __all__ = [
     "is_lossless",
     "load_accuracy_table",
     "measured_codecs",
-    "unusable_codecs",
     "raw_tensor_cost",
     "solve",
     "sweep",
+    "unusable_codecs",
 ]

@@ -91,9 +91,7 @@ def unusable_codecs(
     for p in profiles:
         for n in p.nodes:
             for c in n.codecs:
-                err = error_of(c, metric)
-                if not err >= smallest.get(c.spec, math.inf):  # NaN-safe: keeps the smaller
-                    smallest[c.spec] = err
+                smallest[c.spec] = min(error_of(c, metric), smallest.get(c.spec, math.inf))
     why = []
     for spec in dict.fromkeys(specs):
         if spec == "raw":

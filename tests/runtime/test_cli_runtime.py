@@ -179,6 +179,7 @@ from torch import nn
 
 def _nap(x):
     if x.shape[0] > 1:  # a batch of 2 computes for 30 s; the example input at start does not
+        open(__file__ + ".computing", "w").close()
         time.sleep(30)
     return x
 
@@ -215,7 +216,10 @@ def test_sigterm_ends_serve_within_its_grace_while_a_request_computes(tmp_path: 
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         request = serde.build_infer_request("slowmods:Slow", {"x": np.zeros((2, 4), np.float32)})
         reply = stub.ModelInfer.future(request, timeout=60)
-        time.sleep(1.0)  # the request is computing
+        end = time.monotonic() + 30
+        while not (tmp_path / "slowmods.py.computing").exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert (tmp_path / "slowmods.py.computing").exists()  # the request is computing
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         if signals == 2:

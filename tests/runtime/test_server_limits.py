@@ -417,7 +417,8 @@ def test_graceful_stop_lets_in_flight_requests_finish() -> None:
 def test_stop_ends_at_once_when_nothing_is_in_flight_even_with_a_health_watch_open() -> None:
     """A health Watch stream never ends by itself, so gRPC waited out the whole grace for it."""
     with _server(grace_s=20.0) as server:
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+        channel = grpc.insecure_channel(server.address)
+        health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service="gated"), timeout=60)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # per model, by its name
         t0 = time.monotonic()
@@ -427,6 +428,7 @@ def test_stop_ends_at_once_when_nothing_is_in_flight_even_with_a_health_watch_op
         with contextlib.suppress(grpc.RpcError):
             statuses.extend(r.status for r in watch)
         assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+        channel.close()
 
 
 def test_hurry_cancels_the_requests_a_stop_is_waiting_for() -> None:
