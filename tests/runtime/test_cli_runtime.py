@@ -240,6 +240,16 @@ def test_sigterm_ends_serve_within_its_grace_while_a_request_computes(tmp_path: 
             proc.wait()
 
 
+def test_run_sizes_a_zoo_model_by_its_kwargs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`serve vit_tiny --kwarg image_size=32` traces at 32 x 32; `run` with the same kwarg must too."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    argv = ["run", "vit_tiny", "--server", "127.0.0.1:1", "--input", str(tmp_path / "x.npy"), "--no-fallback"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and "traced for [1, 3, 224, 224]" in err  # checked before connecting
+    code, _, err = run(capsys, *argv, "--kwarg", "image_size=32", "--force", "cloud")
+    assert code == 1 and "traced for" not in err and "127.0.0.1:1" in err, err  # past the input check
+
+
 def test_serve_options_per_model_are_checked_before_serving(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "serve", "alexnet", "--weights", "alexnet=a.pt", "--weights", "alexnet=b.pt")
     assert code == 1 and "--weights gives 'alexnet' twice ('a.pt' and 'b.pt')" in err
