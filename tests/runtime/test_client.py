@@ -350,15 +350,19 @@ def test_the_quick_device_profile_measures_the_codecs_named(served) -> None:
         SplitClient("127.0.0.1:1", s.traced, codecs="zstd", **kw)
 
 
+def _alexnet_of(server: TailServer) -> tuple[graph.TracedModel, Profile, torch.Tensor, torch.Tensor, str]:
+    """The server's alexnet, a quick profile of it, an input, the local output, its fourth chain cut."""
+    traced = server.served_model("alexnet")
+    x = torch.randn(1, *ZOO["alexnet"].test_input_shape)
+    with torch.inference_mode():
+        ref = traced.module(x)
+    return traced, _profile(traced), x, ref, graph.chain_cuts(traced)[3]
+
+
 def test_fallback_to_local_when_the_server_stops() -> None:
     spec = _spec("alexnet")
     with TailServer(ServerConfig(models=(spec,), grace_s=0.0)) as server:
-        traced = server.served_model("alexnet")
-        device = _profile(traced)
-        x = torch.randn(1, *ZOO["alexnet"].test_input_shape)
-        with torch.inference_mode():
-            ref = traced.module(x)
-        cut = graph.chain_cuts(traced)[3]
+        traced, device, x, ref, cut = _alexnet_of(server)
         client = SplitClient(server.address, traced, device_profile=device, force_boundary=cut, retries=2)
         strict = SplitClient(
             server.address, traced, device_profile=device, force_boundary=cut, fallback_local=False
@@ -390,12 +394,7 @@ def test_a_server_stopping_mid_request_is_not_read_as_the_link_falling() -> None
     the link's rate. Before, the estimate fell from hundreds of Mbit/s to 0.8 (6 runs in 6)."""
     spec = _spec("alexnet")
     with TailServer(ServerConfig(models=(spec,), grace_s=0.0)) as server:
-        traced = server.served_model("alexnet")
-        device = _profile(traced)
-        x = torch.randn(1, *ZOO["alexnet"].test_input_shape)
-        with torch.inference_mode():
-            ref = traced.module(x)
-        cut = graph.chain_cuts(traced)[3]
+        traced, device, x, ref, cut = _alexnet_of(server)
         with SplitClient(
             server.address, traced, device_profile=device, server_profile=device, codecs=["raw"],
             link=Link(1000.0, rtt_ms=0.2), probe_interval_s=None, force_boundary=cut,
