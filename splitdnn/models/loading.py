@@ -24,6 +24,7 @@ import ast
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -42,9 +43,13 @@ _EXAMPLES = 3  # keys quoted in a mismatch message
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")  # where training checkpoints nest it
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours some libraries put in their messages
+
+
 def _brief(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message``, shortened, for one-line error messages."""
-    text = str(exc).strip().splitlines()
+    """``Type: first line of the message``, shortened and without terminal escapes, for one-line
+    error messages."""
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
     first = text[0] if text else ""
     if len(first) > limit:
         first = first[: limit - 3] + "..."
