@@ -230,6 +230,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             where = "given" if name in profiles else "measured at start"
             print(f"profile of {name}: {prof.describe()} ({where})" if prof else
                   f"profile of {name}: none; clients estimate this server's speed", flush=True)  # fmt: skip
+        if args.max_batch_size > 1:
+            for name, why in server.never_batched().items():
+                print(f"{name}: requests never batched together: {why}", flush=True)
         server.serve_forever()
     print("stopped", flush=True)
     _exit_past_cancelled_requests()

@@ -24,11 +24,13 @@ __all__ = [
     "MAX_DIM",
     "MAX_RANK",
     "PARAM_FRAMED",
+    "UNSUPPORTED_TENSOR_PARAMETERS",
     "Budget",
     "add_tensors",
     "check_shape",
     "datatype_of",
     "raw_view",
+    "refuse_extensions",
     "show",
     "tensors_from_proto",
 ]
@@ -163,6 +165,23 @@ class Budget:
         self.left -= nbytes
 
 
+#: tensor parameters of v2 extensions this server does not implement: refused, not ignored (a client
+#: asking for top-k labels or a shared-memory output would silently get something else)
+UNSUPPORTED_TENSOR_PARAMETERS = ("classification", "shared_memory_region", "shared_memory_byte_size",
+                                 "shared_memory_offset")  # fmt: skip
+
+
+def refuse_extensions(parameters: Collection[str], what: str) -> None:
+    """WireError when ``parameters`` (a tensor's) ask for a v2 extension this server lacks."""
+    asked = [k for k in UNSUPPORTED_TENSOR_PARAMETERS if k in parameters]
+    if asked:
+        extension = "classification" if asked[0] == "classification" else "shared-memory"
+        raise WireError(
+            f"{what} sets parameter {show(asked[0])}: the {extension} extension, which this server does "
+            f"not implement; send and receive the values in the message itself (raw or typed contents)"
+        )
+
+
 def tensors_from_proto(
     tensors: Sequence[Any],
     raw: Sequence[bytes | memoryview],
@@ -191,6 +210,7 @@ def tensors_from_proto(
             raise WireError(f"{where} tensor {i} has an empty name; name every tensor")
         if name in out:
             raise WireError(f"{where} names tensor {show(name)} twice; each tensor name must be unique")
+        refuse_extensions(t.parameters, f"{where} tensor {show(name)}")
         has_contents = t.HasField("contents")
         if raw and has_contents:
             raise WireError(
@@ -273,18 +293,18 @@ def _from_contents(
             f"{where} tensor {show(t.name)} is {t.datatype}, which v2 carries only as raw contents; "
             f"send it in raw_input_contents"
         )
+    for other, _desc in t.contents.ListFields() if has else ():  # first: the likelier mistake
+        if other.name != field_name:
+            raise WireError(
+                f"{where} tensor {show(t.name)} is {t.datatype} but sets contents.{other.name}; use "
+                f"contents.{field_name}"
+            )
     values = getattr(t.contents, field_name) if has else ()
     if len(values) != n:
         raise WireError(
             f"{where} tensor {show(t.name)} is {t.datatype}{list(shape)}: expected {n} value(s) in "
             f"contents.{field_name}, found {len(values)}"
         )
-    for other, _desc in t.contents.ListFields() if has else ():
-        if other.name != field_name:
-            raise WireError(
-                f"{where} tensor {show(t.name)} is {t.datatype} but sets contents.{other.name}; use "
-                f"contents.{field_name}"
-            )
     # narrow integers are read through the proto field's own width first (int8 values as int32)
     wide_itemsize = np.dtype(_FIELD_DTYPE[field_name]).itemsize if dtype.kind in "iu" else dtype.itemsize
     budget.take(n * max(dtype.itemsize, wide_itemsize), t.name, allocates=True)

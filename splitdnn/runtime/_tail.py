@@ -120,6 +120,54 @@ class _Recorder(torch.fx.Interpreter):
         return out
 
 
+def _one_row(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A fresh row shaped like ``t``'s first: random normal values, or random integers in its range."""
+    shape = (1, *t.shape[1:])
+    if t.is_floating_point():
+        return torch.randn(shape, generator=gen).to(t.dtype)
+    if t.dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=gen).bool()
+    high = int(t.max()) + 1 if t.numel() else 1
+    return torch.randint(0, max(high, 2), shape, generator=gen).to(t.dtype)
+
+
+def rows_independent(module: torch.nn.Module, example: Sequence[torch.Tensor]) -> tuple[bool, str]:
+    """Whether ``module`` computes each row of a batch from that row alone, and why not if not.
+
+    Dynamic batching stacks requests along the first dimension, which is exact (up to float rounding)
+    only for such models: a model that normalises over the batch, or mixes rows in any other way,
+    would answer each request with a result that depends on its neighbours. Checked once, on two
+    random rows: the batch of both against each alone (relative tolerance 1e-3: batched kernels round
+    differently). A model that cannot run the batch of two is not batchable either.
+    """
+    gen = torch.Generator().manual_seed(1)
+    rows = [[_one_row(t, gen) for t in example] for _ in range(2)]
+    try:
+        with torch.no_grad():
+            alone = [pytree.tree_leaves(module(*r)) for r in rows]
+            both = pytree.tree_leaves(module(*(torch.cat(pair) for pair in zip(*rows, strict=True))))
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not batch it
+        return False, f"it fails on a batch of 2 ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    for i, out in enumerate(both):
+        if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != 2:
+            return False, f"its output {i} is not batched along the first dimension"
+        for r in range(2):
+            single = alone[r][i]
+            if single.shape[1:] != out.shape[1:]:
+                return False, f"its output {i} changes shape with the batch size"
+            if out.is_floating_point():
+                scale = float(single.abs().max()) if single.numel() else 0.0
+                err = float((out[r : r + 1] - single).abs().max()) if single.numel() else 0.0
+                if not err <= 1e-3 * scale + 1e-6:
+                    return (
+                        False,
+                        f"a row's output {i} changes with the other rows of its batch (by {err:.3g})",
+                    )
+            elif not torch.equal(out[r : r + 1], single):
+                return False, f"a row's output {i} changes with the other rows of its batch"
+    return True, ""
+
+
 class ServedModel:
     """One traced model on one device, with its node metadata and a cache of tails."""
 
@@ -151,6 +199,8 @@ class ServedModel:
             TensorSpec(n, self.node_meta[n].datatype, (-1, *self.node_meta[n].shape[1:]))
             for n in self.input_names
         )
+        # whether requests may share a batch: only when a row's output does not depend on the others
+        self.batchable, self.batching_note = rows_independent(traced.module, traced.example_inputs)
         # once per served model, before the move to the device (hashing reads CPU bytes): ~0.1 s per 100 MB
         self.weights = weights_digest(traced.module)
         traced.module.to(device)

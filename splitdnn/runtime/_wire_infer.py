@@ -21,7 +21,14 @@ from google.protobuf.message import DecodeError
 from splitdnn.errors import WireError
 from splitdnn.runtime import _wire
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
-from splitdnn.runtime._serde_tensors import PARAM_FRAMED, Budget, add_tensors, show, tensors_from_proto
+from splitdnn.runtime._serde_tensors import (
+    PARAM_FRAMED,
+    Budget,
+    add_tensors,
+    refuse_extensions,
+    show,
+    tensors_from_proto,
+)
 
 __all__ = [
     "PARAM_BATCH_SIZE",
@@ -303,6 +310,8 @@ def parse_infer_request(
     if not msg.inputs:
         raise WireError("the request has no inputs; send the model input(s) or the boundary tensors of a cut")
     inputs, bf16 = tensors_from_proto(msg.inputs, raw, budget=budget, framed=framed, where="request")
+    for o in msg.outputs:
+        refuse_extensions(o.parameters, f"requested output {show(o.name)}")
     requested = tuple(o.name for o in msg.outputs)
     if len(set(requested)) != len(requested) or any(not o for o in requested):
         raise WireError(f"requested outputs must be distinct non-empty names, found {list(requested)[:8]}")

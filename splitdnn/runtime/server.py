@@ -33,9 +33,11 @@ bearer token), DEADLINE_EXCEEDED (the client's deadline passed while queued or r
 
 Dynamic batching (:mod:`splitdnn.runtime._batcher`): requests for the same model, cut and per-item
 shapes are concatenated along the batch dimension, up to ``max_batch_size`` rows, the oldest waiting at
-most ``max_queue_delay_ms`` while more requests are arriving. The tail runs on ``device`` under
-``torch.no_grad``; responses report ``splitdnn.queue_ms``, ``splitdnn.compute_ms``,
-``splitdnn.decode_ms`` and ``splitdnn.batch_size``.
+most ``max_queue_delay_ms`` while more requests are arriving. A model whose rows depend on each
+other (batch statistics, or anything that mixes rows; checked once at load on two random rows, see
+``_tail.rows_independent``) is never batched: :meth:`TailServer.never_batched` says which and why.
+The tail runs on ``device`` under ``torch.no_grad``; responses report ``splitdnn.queue_ms``,
+``splitdnn.compute_ms``, ``splitdnn.decode_ms`` and ``splitdnn.batch_size``.
 
 At start the server sets glibc's malloc thresholds for its process so that freed tensor-sized
 buffers are reused instead of faulted in again on every request (:mod:`splitdnn.runtime.memory`;
@@ -53,6 +55,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent import futures
+from typing import Any
 
 import grpc
 import torch
@@ -181,6 +184,8 @@ class TailServer:
                 )
             self._models[served.name] = served
             self.metrics.of(served.name)  # its series exist from the start, at zero
+            if not served.batchable and cfg.max_batch_size > 1:
+                log.info("model %r is never batched: %s", served.name, served.batching_note)
         self._check_profiles()
         self._profiles = dict(cfg.profiles)
         if cfg.profile_at_start:
@@ -375,6 +380,11 @@ class TailServer:
     def model_names(self) -> tuple[str, ...]:
         return tuple(self._models)
 
+    def never_batched(self) -> dict[str, str]:
+        """The served models whose requests are never batched together, with why (their rows depend
+        on each other, or they cannot run a batch of two; see ``_tail.rows_independent``)."""
+        return {n: m.batching_note for n, m in self._models.items() if not m.batchable}
+
     def served_model(self, name: str) -> TracedModel:
         """The traced model served as ``name`` (its weights are the ones the server computes with)."""
         try:
@@ -475,11 +485,15 @@ class TailServer:
                     f"parameter values: the split would compute garbage); load the same weights file on "
                     f"both ends (GetModelInfo gives the server's weights digest)",
                 )
-            if not full and data.fingerprint is None:
+            if not full and data.fingerprint is None:  # a stock v2 client's, with the wrong names
+                missing = [n for n in served.input_names if n not in data.inputs]
+                unknown = sorted(n for n in data.inputs if n not in served.input_names)
                 raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"a split request (inputs {sorted(data.inputs)[:6]}) must carry parameter "
-                    f"{serde.PARAM_FINGERPRINT} with the fingerprint of the model the client split",
+                    f"model {served.name!r} takes input(s) {list(served.input_names)} (see ModelMetadata); "
+                    f"the request has {sorted(data.inputs)[:6]} (missing {missing[:6]}, unknown "
+                    f"{unknown[:6]}). A split request, whose inputs are boundary tensors named by their "
+                    f"nodes, must carry parameter {serde.PARAM_FINGERPRINT}",
                 )
             unknown_out = [n for n in data.requested_outputs if n not in served.output_names]
             if unknown_out:
@@ -501,7 +515,13 @@ class TailServer:
                 for n in tail.inputs
             ]
             rows = int(tensors[0].shape[0])
-            key = (served.name, tail.inputs, tuple((t.dtype, tuple(t.shape[1:])) for t in tensors))
+            key: tuple[Any, ...] = (
+                served.name,
+                tail.inputs,
+                tuple((t.dtype, tuple(t.shape[1:])) for t in tensors),
+            )
+            if not served.batchable:  # its rows depend on each other: a key of its own, never batched
+                key += (object(),)
 
             def run(xs: Sequence[torch.Tensor], _tail: Tail = tail) -> list[torch.Tensor]:
                 return served.run(_tail, xs)

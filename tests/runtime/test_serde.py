@@ -248,7 +248,12 @@ def test_typed_contents_refusals() -> None:
         ("INT8", "int_contents", [1, 300], "do not fit INT8"),
         ("UINT8", "uint_contents", [1, 256], "do not fit UINT8"),
         ("FP16", "fp32_contents", [1.0, 2.0], "only as raw"),
-        ("FP32", "int_contents", [1, 2], "expected 2 value"),
+        (
+            "FP32",
+            "int_contents",
+            [1, 2],
+            "is FP32 but sets contents.int_contents; use contents.fp32_contents",
+        ),
     ]:
         msg = v2_pb.ModelInferRequest(model_name="m")
         t = msg.inputs.add(name="x", datatype=datatype, shape=[2])

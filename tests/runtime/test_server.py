@@ -191,6 +191,10 @@ def _bad_requests(live: Live) -> dict[str, tuple[v2_pb.ModelInferRequest, grpc.S
     req = serde.build_infer_request
     wrong_output = req("resnet18", {"x": x})
     wrong_output.outputs.add(name="logits")
+    top_k = req("resnet18", {"x": x})  # the classification extension: labels, not the tensor
+    top_k.outputs.add(name="output").parameters["classification"].int64_param = 3
+    shared = req("resnet18", {"x": x})  # the shared-memory extension
+    shared.inputs[0].parameters["shared_memory_region"].string_param = "region0"
     return {
         "unknown model": (req("resnet99", {"x": x}), grpc.StatusCode.NOT_FOUND),
         "unknown version": (req("resnet18", {"x": x}, model_version="7"), grpc.StatusCode.NOT_FOUND),
@@ -213,6 +217,8 @@ def _bad_requests(live: Live) -> dict[str, tuple[v2_pb.ModelInferRequest, grpc.S
         "other weights on a full request": (req("resnet18", {"x": x}, weights="0" * 32), F),
         "weights digest not a string": (_with_param(req("resnet18", {"x": x}), "splitdnn.weights", 7), inv),
         "unknown requested output": (wrong_output, inv),
+        "classification extension": (top_k, inv),
+        "shared-memory extension": (shared, inv),
         "oversize message": (
             req("resnet18", {"x": np.zeros((8, 3, 128, 128), np.float32)}),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -243,6 +249,18 @@ def test_error_messages_say_what_was_expected(live: Live) -> None:
     with pytest.raises(grpc.RpcError) as info:
         live.v2.ModelInfer(serde.build_infer_request("nope", {"x": x}), timeout=30)
     assert "alexnet" in info.value.details() and "resnet18" in info.value.details()
+    top_k = serde.build_infer_request("resnet18", {"x": x})
+    top_k.outputs.add(name="output").parameters["classification"].int64_param = 3
+    with pytest.raises(grpc.RpcError) as info:
+        live.v2.ModelInfer(top_k, timeout=30)
+    assert "requested output 'output' sets parameter 'classification': the classification extension" in (
+        info.value.details()
+    )
+    with pytest.raises(grpc.RpcError) as info:  # a stock v2 client with a wrong input name
+        live.v2.ModelInfer(serde.build_infer_request("resnet18", {"images": x}), timeout=30)
+    assert "takes input(s) ['x'] (see ModelMetadata); the request has ['images'] (missing ['x'], " in (
+        info.value.details()
+    )
 
 
 def test_weights_digest_is_checked_when_sent(live: Live) -> None:

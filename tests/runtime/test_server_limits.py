@@ -341,6 +341,43 @@ def test_dynamic_batching_and_a_bad_neighbour() -> None:
         channel.close()
 
 
+class Centred(nn.Module):
+    """(B, 4) -> (B, 4), each row minus the batch's mean: its rows depend on each other."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _gate(x) - x.mean(0, keepdim=True)
+
+
+def test_a_model_whose_rows_depend_on_each_other_is_never_batched() -> None:
+    """Stacking such requests would answer each with its neighbours' data mixed in (a reviewer's
+    model x - x.mean(0): 29 of 40 concurrent answers wrong, silently)."""
+    spec = ModelSpec("centred", module=Centred(), input_shapes=((1, 4),))
+    with _server(models=(spec,), max_batch_size=8) as server, ThreadPoolExecutor(4) as pool:
+        assert list(server.never_batched()) == ["centred"]
+        assert "changes with the other rows of its batch" in server.never_batched()["centred"]
+        stub, channel = _stub(server.address)
+
+        def call(x: np.ndarray) -> serde.InferResponseData:
+            reply = stub.ModelInfer(serde.build_infer_request("centred", {"x": x}), timeout=30)
+            return serde.parse_infer_response(reply, max_decoded_bytes=1 << 20)
+
+        inputs = [_rows(2, 0), _rows(1, 1), _rows(2, 2), _rows(3, 3)]
+        with _gate_closed():
+            futures = [pool.submit(call, inputs[0])]
+            assert _ENTERED.wait(20)
+            futures += [pool.submit(call, x) for x in inputs[1:]]
+            _wait_for(lambda: server.queue_depth == 3)  # would have been one batch of 6 rows
+        for x, future in zip(inputs, futures, strict=True):
+            got = future.result(30)
+            assert got.parameters[serde.PARAM_BATCH_SIZE] == 1
+            np.testing.assert_allclose(
+                got.outputs["output"], x - x.mean(0, keepdims=True), rtol=1e-5, atol=1e-6
+            )
+        channel.close()
+    with _server() as server:
+        assert server.never_batched() == {}  # a row-wise model is batched (test_dynamic_batching...)
+
+
 def test_batches_respect_max_batch_size() -> None:
     with _server(max_batch_size=2) as server, ThreadPoolExecutor(4) as pool:
         stub, channel = _stub(server.address)
