@@ -389,11 +389,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_tensor(y: Any) -> Any:
+    """``y`` itself, or the first leaf of a structured output (tuple, list, dict)."""
+    from torch.utils import _pytree as pytree
+
+    leaves = pytree.tree_leaves(y)
+    return leaves[0] if leaves else y
+
+
 def _save_output(path: str, y: Any) -> None:
-    """Write the last output in ``.npy`` format to exactly ``path`` (the first tensor of a tuple output)."""
+    """Write the last output in ``.npy`` format to exactly ``path`` (of a tuple or dict output, its
+    first tensor)."""
     import numpy as np
 
-    first = y[0] if isinstance(y, (tuple, list)) else y
+    first = _first_tensor(y)
     try:
         with open(path, "wb") as f:  # np.save(name) would append ".npy" to any other name
             np.save(f, first.detach().cpu().numpy(), allow_pickle=False)
@@ -405,8 +414,7 @@ def _summary(y: Any) -> dict[str, Any]:
     """A short description of a model output: shape and, for a score vector, the top classes."""
     import torch
 
-    if isinstance(y, (tuple, list)):
-        y = y[0]
+    y = _first_tensor(y)
     if not isinstance(y, torch.Tensor):
         return {"type": type(y).__name__}
     out: dict[str, Any] = {"shape": list(y.shape), "dtype": str(y.dtype).removeprefix("torch.")}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import numpy as np
 import torch
+from torch.utils import _pytree as pytree
 
 from splitdnn import codec as _codec
 from splitdnn import graph
@@ -130,21 +131,33 @@ def _from_numpy(array: np.ndarray, bfloat16: bool) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-#: unsendable() per traced module: it depends on the graph only, and each client asks for it
-_UNSENDABLE: weakref.WeakKeyDictionary[torch.nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
+#: what one run of a traced module shows (see _facts): per module, as each client asks for it
+_FACTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[frozenset[str], pytree.TreeSpec]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _facts(traced: graph.TracedModel) -> tuple[frozenset[str], pytree.TreeSpec]:
+    known = _FACTS.get(traced.module)
+    if known is None:
+        known = _FACTS[traced.module] = _run_once(traced)
+    return known
 
 
 def unsendable(traced: graph.TracedModel) -> frozenset[str]:
     """Nodes whose value is not one tensor (a tuple, a Python number), from one run on the example
     input: only tensors can cross the network, so no plan may cut right after these. Kept per traced
     module (one run of the model, ~70 ms for ResNet-50, per client otherwise)."""
-    known = _UNSENDABLE.get(traced.module)
-    if known is None:
-        known = _UNSENDABLE[traced.module] = _find_unsendable(traced)
-    return known
+    return _facts(traced)[0]
 
 
-def _find_unsendable(traced: graph.TracedModel) -> frozenset[str]:
+def output_structure(traced: graph.TracedModel) -> pytree.TreeSpec:
+    """How the model's output tensors nest (one tensor, a tuple, a dict...), from the same run: the
+    server sends them flat, and a remote answer is given back in the model's own structure."""
+    return _facts(traced)[1]
+
+
+def _run_once(traced: graph.TracedModel) -> tuple[frozenset[str], pytree.TreeSpec]:
     tensors: set[str] = set()
 
     class _Recorder(torch.fx.Interpreter):
@@ -155,12 +168,14 @@ def _find_unsendable(traced: graph.TracedModel) -> frozenset[str]:
             return value
 
     with torch.inference_mode():
-        _Recorder(traced.module).run(*(t.clone() for t in traced.example_inputs))
-    return frozenset(n.name for n in traced.nodes if n.op != "get_attr" and n.name not in tensors)
+        out = _Recorder(traced.module).run(*(t.clone() for t in traced.example_inputs))
+    unsent = frozenset(n.name for n in traced.nodes if n.op != "get_attr" and n.name not in tensors)
+    return unsent, pytree.tree_structure(out)
 
 
-def _output(data: serde.InferResponseData) -> Any:
-    """The model output from the response: one tensor (``output``) or a tuple (``output_0``...)."""
+def _output(data: serde.InferResponseData, structure: pytree.TreeSpec) -> Any:
+    """The model output from the response, in the model's own structure: the server names one tensor
+    ``output``, several ``output_0``... in the order of the model's (flattened) outputs."""
     outs = data.outputs
     if "output" in outs:
         return _from_numpy(outs["output"], "output" in data.bfloat16)
@@ -173,7 +188,12 @@ def _output(data: serde.InferResponseData) -> Any:
                 f"output_{len(outs) - 1}: is the server a splitdnn server of this model?"
             )
         items.append(_from_numpy(outs[name], name in data.bfloat16))
-    return tuple(items)
+    if structure.num_leaves != len(items):
+        raise WireError(
+            f"the server answered {len(items)} output tensors, the model returns {structure.num_leaves}: "
+            f"is the server a splitdnn server of this model?"
+        )
+    return pytree.tree_unflatten(items, structure)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,7 +414,7 @@ class Run:
         c._mark_up(answered=self.sent)
         t = time.perf_counter()
         data = serde.decode_infer_response(response, max_decoded_bytes=c.max_message_bytes)
-        out = _output(data)
+        out = _output(data, output_structure(c.traced))
         self.client_ms += (time.perf_counter() - t) * 1e3
         p = data.parameters
         self.queue_ms = serde.param_ms(p, serde.PARAM_QUEUE_MS)

@@ -250,6 +250,15 @@ def test_run_sizes_a_zoo_model_by_its_kwargs(capsys: pytest.CaptureFixture[str],
     assert code == 1 and "traced for" not in err and "127.0.0.1:1" in err, err  # past the input check
 
 
+def test_run_saves_and_summarises_the_first_tensor_of_a_structured_output(tmp_path: Path) -> None:
+    from splitdnn._cli_runtime import _save_output, _summary
+
+    y = {"logits": torch.tensor([[0.1, 0.7, 0.2]]), "box": (torch.zeros(2),)}
+    _save_output(str(tmp_path / "y"), y)
+    assert np.array_equal(np.load(tmp_path / "y"), y["logits"].numpy())
+    assert _summary(y) == {"shape": [1, 3], "dtype": "float32", "top": [1, 2, 0]}
+
+
 def test_serve_options_per_model_are_checked_before_serving(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "serve", "alexnet", "--weights", "alexnet=a.pt", "--weights", "alexnet=b.pt")
     assert code == 1 and "--weights gives 'alexnet' twice ('a.pt' and 'b.pt')" in err

@@ -328,6 +328,42 @@ def test_emulated_slowdown_is_padding_and_reported(served) -> None:
 # failures and security
 
 
+class _TwoHeads(torch.nn.Module):
+    """Returns a dict of two tensors: the server sends them flat, the client must give the dict back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Linear(4, 8)
+        self.cls, self.box = torch.nn.Linear(8, 3), torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.body(x))
+        return {"logits": self.cls(h), "box": (self.box(h), h.sum(1))}
+
+
+@pytest.mark.parametrize("force", ["cloud", "relu", "edge"])
+def test_a_structured_output_comes_back_in_the_models_structure(force: str) -> None:
+    """Before, a remote answer was a flat tuple while a local run gave the model's dict."""
+    model = _TwoHeads().eval()
+    spec = ModelSpec("two_heads", module=model, input_shapes=((1, 4),))
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        traced = server.served_model("two_heads")
+        device = _profile(traced)
+        x = torch.randn(2, 4)
+        with torch.inference_mode():
+            ref = model(x)
+        kw: dict[str, Any] = {"force_boundary": force, "fallback_local": False, "probe_interval_s": None}
+        with SplitClient(
+            server.address, traced, model_name="two_heads", device_profile=device, **kw
+        ) as client:
+            y = client.infer(x)
+            assert _last(client).local == (force == "edge")
+    assert isinstance(y, dict) and list(y) == ["logits", "box"] and isinstance(y["box"], tuple)
+    assert torch.equal(y["logits"], ref["logits"])
+    assert all(torch.equal(a, b) for a, b in zip(y["box"], ref["box"], strict=True))
+
+
 def test_edge_only_never_calls_the_server(served) -> None:
     _, models = served
     s = models["alexnet"]
