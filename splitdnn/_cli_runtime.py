@@ -390,11 +390,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _first_tensor(y: Any) -> Any:
-    """``y`` itself, or the first leaf of a structured output (tuple, list, dict)."""
+    """The first tensor of a structured output (tuple, list, dict), or ``y`` itself."""
+    import torch
     from torch.utils import _pytree as pytree
 
-    leaves = pytree.tree_leaves(y)
-    return leaves[0] if leaves else y
+    return next((leaf for leaf in pytree.tree_leaves(y) if isinstance(leaf, torch.Tensor)), y)
 
 
 def _save_output(path: str, y: Any) -> None:

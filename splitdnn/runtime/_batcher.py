@@ -55,6 +55,7 @@ class Job:
     run: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]  # the tail, same for every job of a key
     is_active: Callable[[], bool] = lambda: True  # False once the client gave up (deadline, cancel)
     label: str = ""  # what on_batch is told (the server: the model's name)
+    alone: bool = False  # never batched (a model whose rows depend on each other): runs without waiting
     future: Future[BatchResult] = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -97,7 +98,7 @@ class Batcher:
                 job.future.set_exception(BatcherStopped("the server is shutting down"))
                 return job.future
             job.submitted = time.perf_counter()
-            inline = not self._busy and not self._queue and self._arriving <= 0
+            inline = not self._busy and not self._queue and (self._arriving <= 0 or job.alone)
             if inline:  # alone and the worker idle: run here, saving two thread hand-offs
                 self._busy = True
                 job.future.set_running_or_notify_cancel()  # nobody else has the future yet
@@ -162,14 +163,14 @@ class Batcher:
                     self._cond.wait()
                     continue
                 head = self._queue[0]
-                batch = [j for j in self._queue if j.key == head.key]
+                batch = [head] if head.alone else [j for j in self._queue if j.key == head.key]
                 rows, chosen = 0, list[Job]()
                 for j in batch:
                     if chosen and rows + j.rows > self.max_batch_size:
                         break
                     chosen.append(j)
                     rows += j.rows
-                full = rows >= self.max_batch_size or len(chosen) < len(batch)
+                full = rows >= self.max_batch_size or len(chosen) < len(batch) or head.alone
                 left = head.submitted + self.max_queue_delay_s - time.perf_counter()
                 if full or left <= 0 or self._arriving <= 0 or self._stopping or self.max_batch_size == 1:
                     for j in chosen:

@@ -170,7 +170,20 @@ def _run_once(traced: graph.TracedModel) -> tuple[frozenset[str], pytree.TreeSpe
     with torch.inference_mode():
         out = _Recorder(traced.module).run(*(t.clone() for t in traced.example_inputs))
     unsent = frozenset(n.name for n in traced.nodes if n.op != "get_attr" and n.name not in tensors)
-    return unsent, pytree.tree_structure(out)
+    return unsent, pytree.tree_structure(_plain(out))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with fx's immutable containers (what an Interpreter returns) as the plain ``dict`` and
+    ``list`` that calling the module returns."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        items = [_plain(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
 
 
 def _output(data: serde.InferResponseData, structure: pytree.TreeSpec) -> Any:

@@ -180,7 +180,9 @@ def _positive_int(name: str, value: Any) -> None:
 # model loading
 
 
-def load_served(spec: str | ModelSpec, device: torch.device, tail_cache_size: int) -> ServedModel:
+def load_served(
+    spec: str | ModelSpec, device: torch.device, tail_cache_size: int, check_batching: bool = True
+) -> ServedModel:
     """Build (or take), trace and wrap one model to serve, named by ``name``, the zoo name or the spec."""
     ms = spec if isinstance(spec, ModelSpec) else ModelSpec(spec.strip())
     if ms.module is not None:
@@ -199,7 +201,7 @@ def load_served(spec: str | ModelSpec, device: torch.device, tail_cache_size: in
     gen = torch.Generator().manual_seed(0)
     example = tuple(torch.randn(s, generator=gen) for s in shapes)
     traced = trace(model, example, name=name)
-    return ServedModel(name, traced, device, tail_cache_size=tail_cache_size)
+    return ServedModel(name, traced, device, tail_cache_size=tail_cache_size, check_batching=check_batching)
 
 
 def host_port(host: str, port: int) -> str:

@@ -191,6 +191,8 @@ def tensors_from_proto(
     where: str,
 ) -> tuple[dict[str, np.ndarray], frozenset[str]]:
     """Decode v2 tensors (raw or typed contents; frames for ``framed`` names) into arrays."""
+    for i, t in enumerate(tensors):  # first: a shared-memory input has no raw entry, so counts mislead
+        refuse_extensions(t.parameters, f"{where} tensor {show(t.name) if t.name else i}")
     if raw and len(raw) != len(tensors):
         raise WireError(
             f"{where} has {len(tensors)} tensor(s) but {len(raw)} raw content entries; expected one raw "
@@ -210,7 +212,6 @@ def tensors_from_proto(
             raise WireError(f"{where} tensor {i} has an empty name; name every tensor")
         if name in out:
             raise WireError(f"{where} names tensor {show(name)} twice; each tensor name must be unique")
-        refuse_extensions(t.parameters, f"{where} tensor {show(name)}")
         has_contents = t.HasField("contents")
         if raw and has_contents:
             raise WireError(

@@ -309,9 +309,9 @@ def parse_infer_request(
     framed = frozenset(n for n in (_string_param(params, PARAM_FRAMED) or "").split(",") if n)
     if not msg.inputs:
         raise WireError("the request has no inputs; send the model input(s) or the boundary tensors of a cut")
-    inputs, bf16 = tensors_from_proto(msg.inputs, raw, budget=budget, framed=framed, where="request")
-    for o in msg.outputs:
+    for o in msg.outputs:  # before anything is decoded
         refuse_extensions(o.parameters, f"requested output {show(o.name)}")
+    inputs, bf16 = tensors_from_proto(msg.inputs, raw, budget=budget, framed=framed, where="request")
     requested = tuple(o.name for o in msg.outputs)
     if len(set(requested)) != len(requested) or any(not o for o in requested):
         raise WireError(f"requested outputs must be distinct non-empty names, found {list(requested)[:8]}")

@@ -55,7 +55,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent import futures
-from typing import Any
 
 import grpc
 import torch
@@ -77,6 +76,7 @@ from splitdnn.runtime._config import (
 )
 from splitdnn.runtime._metrics import ServerMetrics
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._serde_tensors import show
 from splitdnn.runtime._servicers import (
     VERSION,
     Abort,
@@ -176,7 +176,7 @@ class TailServer:
         if cfg.metrics_port is not None:
             check_port_free(cfg.metrics_host or cfg.host, cfg.metrics_port, "the metrics port")
         for spec in cfg.models:
-            served = load_served(spec, device, cfg.tail_cache_size)
+            served = load_served(spec, device, cfg.tail_cache_size, check_batching=cfg.max_batch_size > 1)
             if served.name in self._models:
                 raise ConfigError(
                     f"two models are named {served.name!r}; serve each once (Python API: give one a "
@@ -184,7 +184,7 @@ class TailServer:
                 )
             self._models[served.name] = served
             self.metrics.of(served.name)  # its series exist from the start, at zero
-            if not served.batchable and cfg.max_batch_size > 1:
+            if not served.batchable:
                 log.info("model %r is never batched: %s", served.name, served.batching_note)
         self._check_profiles()
         self._profiles = dict(cfg.profiles)
@@ -488,11 +488,12 @@ class TailServer:
             if not full and data.fingerprint is None:  # a stock v2 client's, with the wrong names
                 missing = [n for n in served.input_names if n not in data.inputs]
                 unknown = sorted(n for n in data.inputs if n not in served.input_names)
+                names = lambda ns: "[" + ", ".join(show(n) for n in ns[:6]) + "]"  # noqa: E731 - the client's, cut short
                 raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"model {served.name!r} takes input(s) {list(served.input_names)} (see ModelMetadata); "
-                    f"the request has {sorted(data.inputs)[:6]} (missing {missing[:6]}, unknown "
-                    f"{unknown[:6]}). A split request, whose inputs are boundary tensors named by their "
+                    f"the request has {names(sorted(data.inputs))} (missing {names(missing)}, unknown "
+                    f"{names(unknown)}). A split request, whose inputs are boundary tensors named by their "
                     f"nodes, must carry parameter {serde.PARAM_FINGERPRINT}",
                 )
             unknown_out = [n for n in data.requested_outputs if n not in served.output_names]
@@ -515,18 +516,15 @@ class TailServer:
                 for n in tail.inputs
             ]
             rows = int(tensors[0].shape[0])
-            key: tuple[Any, ...] = (
-                served.name,
-                tail.inputs,
-                tuple((t.dtype, tuple(t.shape[1:])) for t in tensors),
-            )
-            if not served.batchable:  # its rows depend on each other: a key of its own, never batched
-                key += (object(),)
+            key = (served.name, tail.inputs, tuple((t.dtype, tuple(t.shape[1:])) for t in tensors))
 
             def run(xs: Sequence[torch.Tensor], _tail: Tail = tail) -> list[torch.Tensor]:
                 return served.run(_tail, xs)
 
-            job = Job(key, tensors, rows, run, is_active=context.is_active, label=served.name)
+            job = Job(
+                key, tensors, rows, run, is_active=context.is_active, label=served.name,
+                alone=not served.batchable,  # its rows depend on each other: never batched
+            )  # fmt: skip
             decode_s = time.perf_counter() - t0
             series = self.metrics.of(served.name)
             series.decode.observe(decode_s)

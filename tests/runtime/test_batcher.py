@@ -57,6 +57,40 @@ def test_a_lone_job_runs_on_the_submitting_thread() -> None:
         batcher.stop(5)
 
 
+def test_a_job_that_is_never_batched_does_not_wait_for_company() -> None:
+    """Other requests arriving make a batchable job wait up to the queue delay for them; a job of a
+    model whose rows depend on each other (alone=True) gains nothing by waiting, and is never stacked
+    with another of its key."""
+
+    def alone(run: Recorder) -> Job:
+        job = _job(run)
+        job.alone = True
+        return job
+
+    batcher = Batcher(max_batch_size=8, max_queue_delay_s=2.0)
+    try:
+        run = Recorder()
+        batcher.arriving()  # another request is being decoded (never submitted in this test)
+        batcher.arriving()
+        future = batcher.submit(alone(run))
+        assert future.done() and future.result().queue_s < 0.5  # run at once, not after 2 s
+        busy = Recorder(gate=threading.Event())
+        with ThreadPoolExecutor(1) as pool:
+            batcher.arriving()
+            first = pool.submit(batcher.submit, alone(busy))  # inline on the pool's thread
+            assert busy.entered.wait(10)
+            for _ in range(2):
+                batcher.arriving()
+            futures = [batcher.submit(alone(run)) for _ in range(2)]  # queued behind it
+            assert busy.gate is not None
+            busy.gate.set()
+            first.result(10)
+            results = [f.result(1.5) for f in futures]  # not the 2 s delay, with one still arriving
+        assert [r.batch_size for r in results] == [1, 1]
+    finally:
+        batcher.stop(5)
+
+
 def test_a_lone_job_does_not_wake_the_idle_worker() -> None:
     """Nothing queued: waking the worker after an inline run would only make it compete for the
     interpreter lock with the request's handler (and find nothing to do)."""

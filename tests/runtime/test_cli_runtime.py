@@ -178,7 +178,7 @@ from torch import nn
 
 
 def _nap(x):
-    if x.shape[0] > 1:  # a batch of 2 computes for 30 s; the example input at start does not
+    if x.shape[0] > 2:  # a batch of 3 computes for 30 s; the runs at load (1 and 2 rows) do not
         open(__file__ + ".computing", "w").close()
         time.sleep(30)
     return x
@@ -214,7 +214,7 @@ def test_sigterm_ends_serve_within_its_grace_while_a_request_computes(tmp_path: 
         assert address, proc.stderr.read() if proc.stderr else ""
         channel = grpc.insecure_channel(address.group(1))
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        request = serde.build_infer_request("slowmods:Slow", {"x": np.zeros((2, 4), np.float32)})
+        request = serde.build_infer_request("slowmods:Slow", {"x": np.zeros((3, 4), np.float32)})
         reply = stub.ModelInfer.future(request, timeout=60)
         end = time.monotonic() + 30
         while not (tmp_path / "slowmods.py.computing").exists() and time.monotonic() < end:
@@ -253,9 +253,9 @@ def test_run_sizes_a_zoo_model_by_its_kwargs(capsys: pytest.CaptureFixture[str],
 def test_run_saves_and_summarises_the_first_tensor_of_a_structured_output(tmp_path: Path) -> None:
     from splitdnn._cli_runtime import _save_output, _summary
 
-    y = {"logits": torch.tensor([[0.1, 0.7, 0.2]]), "box": (torch.zeros(2),)}
+    y = (3, {"logits": torch.tensor([[0.1, 0.7, 0.2]]), "box": (torch.zeros(2),)})  # a number first
     _save_output(str(tmp_path / "y"), y)
-    assert np.array_equal(np.load(tmp_path / "y"), y["logits"].numpy())
+    assert np.array_equal(np.load(tmp_path / "y"), np.array([[0.1, 0.7, 0.2]], np.float32))
     assert _summary(y) == {"shape": [1, 3], "dtype": "float32", "top": [1, 2, 0]}
 
 

@@ -262,6 +262,22 @@ def test_typed_contents_refusals() -> None:
             serde.parse_infer_request(msg, max_decoded_bytes=CAP)
 
 
+def test_extensions_the_server_lacks_are_refused_before_anything_else() -> None:
+    # tritonclient sends a shared-memory input without a raw entry: the extension is named, not the count
+    msg = v2_pb.ModelInferRequest(model_name="m")
+    msg.inputs.add(name="x", datatype="FP32", shape=[2]).parameters["shared_memory_region"].string_param = "r"
+    msg.inputs.add(name="y", datatype="FP32", shape=[1])
+    msg.raw_input_contents.append(b"\0" * 4)
+    with pytest.raises(
+        WireError, match="request tensor 'x' sets parameter 'shared_memory_region': the shared-memory"
+    ):
+        serde.parse_infer_request(msg, max_decoded_bytes=CAP)
+    top_k = _raw("FP32", [1], b"\0" * 4)
+    top_k.outputs.add(name="output").parameters["classification"].int64_param = 2
+    with pytest.raises(WireError, match="requested output 'output' sets parameter 'classification'"):
+        serde.parse_infer_request(top_k, max_decoded_bytes=CAP)
+
+
 def test_raw_bool_tensors_hold_only_zeros_and_ones() -> None:
     ok = serde.parse_infer_request(_raw("BOOL", [3], b"\x00\x01\x01"), max_decoded_bytes=CAP)
     assert ok.inputs["x"].tolist() == [False, True, True]
