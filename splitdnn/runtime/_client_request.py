@@ -131,13 +131,20 @@ def _from_numpy(array: np.ndarray, bfloat16: bool) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-#: what one run of a traced module shows (see _facts): per module, as each client asks for it
-_FACTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[frozenset[str], pytree.TreeSpec]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass(frozen=True)
+class _Facts:
+    """What one run of a traced module on its example input shows."""
+
+    unsendable: frozenset[str]  # nodes whose value is not one tensor
+    structure: pytree.TreeSpec  # how its output tensors nest
+    names: tuple[str, ...]  # the v2 names the server gives them (serde.output_names)
 
 
-def _facts(traced: graph.TracedModel) -> tuple[frozenset[str], pytree.TreeSpec]:
+#: _Facts per traced module, as each client asks for them
+_FACTS: weakref.WeakKeyDictionary[torch.nn.Module, _Facts] = weakref.WeakKeyDictionary()
+
+
+def _facts(traced: graph.TracedModel) -> _Facts:
     known = _FACTS.get(traced.module)
     if known is None:
         known = _FACTS[traced.module] = _run_once(traced)
@@ -148,16 +155,10 @@ def unsendable(traced: graph.TracedModel) -> frozenset[str]:
     """Nodes whose value is not one tensor (a tuple, a Python number), from one run on the example
     input: only tensors can cross the network, so no plan may cut right after these. Kept per traced
     module (one run of the model, ~70 ms for ResNet-50, per client otherwise)."""
-    return _facts(traced)[0]
+    return _facts(traced).unsendable
 
 
-def output_structure(traced: graph.TracedModel) -> pytree.TreeSpec:
-    """How the model's output tensors nest (one tensor, a tuple, a dict...), from the same run: the
-    server sends them flat, and a remote answer is given back in the model's own structure."""
-    return _facts(traced)[1]
-
-
-def _run_once(traced: graph.TracedModel) -> tuple[frozenset[str], pytree.TreeSpec]:
+def _run_once(traced: graph.TracedModel) -> _Facts:
     tensors: set[str] = set()
 
     class _Recorder(torch.fx.Interpreter):
@@ -170,7 +171,9 @@ def _run_once(traced: graph.TracedModel) -> tuple[frozenset[str], pytree.TreeSpe
     with torch.inference_mode():
         out = _Recorder(traced.module).run(*(t.clone() for t in traced.example_inputs))
     unsent = frozenset(n.name for n in traced.nodes if n.op != "get_attr" and n.name not in tensors)
-    return unsent, pytree.tree_structure(_plain(out))
+    leaves = pytree.tree_leaves(out)
+    names = serde.output_names(out, lambda v: isinstance(v, torch.Tensor), len(leaves))
+    return _Facts(unsent, pytree.tree_structure(_plain(out)), names)
 
 
 def _plain(value: Any) -> Any:
@@ -186,27 +189,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _output(data: serde.InferResponseData, structure: pytree.TreeSpec) -> Any:
-    """The model output from the response, in the model's own structure: the server names one tensor
-    ``output``, several ``output_0``... in the order of the model's (flattened) outputs."""
+def _output(data: serde.InferResponseData, facts: _Facts) -> Any:
+    """The model output from the response, in the model's own structure (the server sends its tensors
+    flat, named by :func:`serde.output_names`: ``output``, a flat dict's keys, or ``output_0``...)."""
     outs = data.outputs
-    if "output" in outs:
-        return _from_numpy(outs["output"], "output" in data.bfloat16)
-    items = []
-    for i in range(len(outs)):
-        name = f"output_{i}"
-        if name not in outs:
-            raise WireError(
-                f"the server's response has outputs {sorted(outs)}; expected 'output' or output_0.."
-                f"output_{len(outs) - 1}: is the server a splitdnn server of this model?"
-            )
-        items.append(_from_numpy(outs[name], name in data.bfloat16))
-    if structure.num_leaves != len(items):
+    if sorted(outs) != sorted(facts.names):
         raise WireError(
-            f"the server answered {len(items)} output tensors, the model returns {structure.num_leaves}: "
-            f"is the server a splitdnn server of this model?"
+            f"the server's response has outputs {sorted(outs)[:8]}; this model's are "
+            f"{list(facts.names)[:8]}: is the server a splitdnn server of this model?"
         )
-    return pytree.tree_unflatten(items, structure)
+    items = [_from_numpy(outs[n], n in data.bfloat16) for n in facts.names]
+    return pytree.tree_unflatten(items, facts.structure)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -427,7 +420,7 @@ class Run:
         c._mark_up(answered=self.sent)
         t = time.perf_counter()
         data = serde.decode_infer_response(response, max_decoded_bytes=c.max_message_bytes)
-        out = _output(data, output_structure(c.traced))
+        out = _output(data, _facts(c.traced))
         self.client_ms += (time.perf_counter() - t) * 1e3
         p = data.parameters
         self.queue_ms = serde.param_ms(p, serde.PARAM_QUEUE_MS)

@@ -32,7 +32,7 @@ from splitdnn.errors import ConfigError, WireError
 from splitdnn.graph import TracedModel
 from splitdnn.runtime._inplace import may_write_inputs
 from splitdnn.runtime._weights import weights_digest
-from splitdnn.runtime.serde import TensorSpec, datatype_of
+from splitdnn.runtime.serde import TensorSpec, datatype_of, output_names
 from splitdnn.schema import COMPUTE_OPS
 
 __all__ = ["NodeMeta", "ServedModel", "Tail", "from_numpy", "to_numpy"]
@@ -199,8 +199,7 @@ class ServedModel:
                 f"model {name!r} returns {type(example_out).__name__} with non-tensor parts; a served model "
                 f"must return a tensor or a tuple/list/dict of tensors"
             )
-        single = isinstance(example_out, torch.Tensor)
-        self.output_names = ("output",) if single else tuple(f"output_{i}" for i in range(len(leaves)))
+        self.output_names = output_names(example_out, lambda v: isinstance(v, torch.Tensor), len(leaves))
         self.output_specs = tuple(
             TensorSpec(n, _V2_BY_TORCH.get(t.dtype, str(t.dtype)), (-1, *t.shape[1:]))
             for n, t in zip(self.output_names, leaves, strict=True)

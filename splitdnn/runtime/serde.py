@@ -32,7 +32,7 @@ accepted when sending).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,7 @@ __all__ = [
     "decode_infer_response",
     "encode_infer_request",
     "encode_infer_response",
+    "output_names",
     "parse_infer_request",
     "parse_infer_response",
     "parse_model_info",
@@ -136,6 +137,24 @@ class TensorSpec:
 
 # --------------------------------------------------------------------------------------------------
 # health and metadata (v2)
+
+
+def output_names(value: Any, is_tensor: Callable[[Any], bool], count: int) -> tuple[str, ...]:
+    """The v2 names of a model's ``count`` output tensors, given one output ``value`` of it.
+
+    One tensor is ``output``; a flat dict of tensors with string keys is named by its keys (what a
+    stock v2 client asks for by name); anything else ``output_0``, ``output_1``... in the order the
+    output flattens in. The server names what it sends this way, the client reads it back the same.
+    """
+    if is_tensor(value):
+        return ("output",)
+    if (
+        isinstance(value, dict)
+        and len(value) == count
+        and all(isinstance(k, str) and k and is_tensor(v) for k, v in value.items())
+    ):
+        return tuple(value)
+    return tuple(f"output_{i}" for i in range(count))
 
 
 def build_server_live(live: bool) -> v2_pb.ServerLiveResponse:

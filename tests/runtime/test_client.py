@@ -37,6 +37,7 @@ from splitdnn.errors import (
 )
 from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
+from splitdnn.runtime import serde
 from splitdnn.runtime._client_rpc import connection_state, is_transient
 from splitdnn.runtime.client import (
     Breakdown,
@@ -340,6 +341,47 @@ class _TwoHeads(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = torch.relu(self.body(x))
         return {"logits": self.cls(h), "box": [self.box(h), h.sum(1)]}
+
+
+class _Scores(torch.nn.Module):
+    """Returns a flat dict of tensors: v2 names its outputs by the keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.fc(x)
+        return {"logits": logits, "probs": torch.softmax(logits, 1)}
+
+
+def test_a_flat_dict_output_is_named_by_its_keys_for_v2_clients() -> None:
+    from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+
+    model = _Scores().eval()
+    spec = ModelSpec("scores", module=model, input_shapes=((1, 4),))
+    x = torch.randn(2, 4)
+    with torch.inference_mode():
+        ref = model(x)
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        channel = grpc.insecure_channel(server.address)
+        v2 = v2_grpc.GRPCInferenceServiceStub(channel)
+        meta = v2.ModelMetadata(serde.v2_pb.ModelMetadataRequest(name="scores"), timeout=10)
+        assert [t.name for t in serde.parse_model_metadata(meta)[2]] == ["logits", "probs"]
+        request = serde.build_infer_request("scores", {"x": x.numpy()})
+        request.outputs.add(name="probs")  # a stock client asks for one output by its name
+        got = serde.parse_infer_response(v2.ModelInfer(request, timeout=10), max_decoded_bytes=1 << 20)
+        assert list(got.outputs) == ["probs"] and np.allclose(got.outputs["probs"], ref["probs"].numpy())
+        channel.close()
+        traced = server.served_model("scores")
+        kw: dict[str, Any] = {"force_boundary": "cloud", "fallback_local": False, "probe_interval_s": None}
+        with SplitClient(
+            server.address, traced, model_name="scores", device_profile=_profile(traced), **kw
+        ) as c:
+            y = c.infer(x)
+    assert type(y) is dict and list(y) == ["logits", "probs"]
+    assert all(torch.equal(y[k], ref[k]) for k in ref)
 
 
 @pytest.mark.parametrize("force", ["cloud", "relu", "edge"])
