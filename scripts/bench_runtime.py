@@ -93,7 +93,6 @@ from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc  # noqa: E4
 
 ECHO_SERVICE = "splitdnn.bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
-MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MAX_MESSAGE = 64 << 20  # both directions, every channel and server here (ServerConfig's default)
 READY = "BENCH-READY "  # the child's one line on stdout, followed by JSON
 TAIL_MODEL = "resnet18"
@@ -386,7 +385,8 @@ def _overhead_for_size(
 
         return call
 
-    infer_bytes = channel.unary_unary(MODEL_INFER)  # bytes in, bytes out: serde does the messages
+    # bytes in, bytes out: serde does the messages
+    infer_bytes = channel.unary_unary(serde.MODEL_INFER_METHOD)
 
     def call_wire() -> None:
         t0 = time.perf_counter()

@@ -230,9 +230,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             where = "given" if name in profiles else "measured at start"
             print(f"profile of {name}: {prof.describe()} ({where})" if prof else
                   f"profile of {name}: none; clients estimate this server's speed", flush=True)  # fmt: skip
-        if args.max_batch_size > 1:
-            for name, why in server.never_batched().items():
-                print(f"{name}: requests never batched together: {why}", flush=True)
+        for name, why in server.never_batched().items():  # none when max_batch_size is 1: not checked
+            print(f"{name}: requests never batched together: {why}", flush=True)
         server.serve_forever()
     print("stopped", flush=True)
     _exit_past_cancelled_requests()
@@ -250,8 +249,10 @@ def _exit_past_cancelled_requests() -> None:
     import threading
     import time
 
+    from splitdnn.runtime.server import RPC_THREAD_PREFIX
+
     end = time.monotonic() + 0.5  # idle handler threads end at once: give them a moment
-    busy = [t for t in threading.enumerate() if t.name.startswith("splitdnn-rpc")]
+    busy = [t for t in threading.enumerate() if t.name.startswith(RPC_THREAD_PREFIX)]
     for t in busy:
         t.join(max(0.0, end - time.monotonic()))
     busy = [t for t in busy if t.is_alive()]
@@ -302,19 +303,16 @@ def _read_input(path: str | None, shape: Sequence[int]) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Split inference through a running ``splitdnn serve``: plan, run, report each request's breakdown."""
-    from splitdnn.models import ZOO, default_input_shape, parse_kwargs
+    from splitdnn.models import default_input_shape, parse_kwargs
     from splitdnn.runtime.client import SplitClient, format_breakdown
     from splitdnn.schema import Link
 
     if args.requests < 1:
         raise ConfigError(f"--requests must be at least 1, found {args.requests}")
     kwargs = parse_kwargs(args.kwarg or [])
-    if args.input_shape:
-        shape = args.input_shape
-    elif args.model in ZOO:  # at the size the kwargs give it (e.g. image_size=32), as the server traces it
-        shape = default_input_shape(args.model, kwargs=kwargs)
-    else:
-        shape = default_input_shape(args.model)  # refuses: a model outside the zoo needs --input-shape
+    # a zoo model at the size its kwargs give it (e.g. image_size=32), as the server traces it; a
+    # model outside the zoo is refused here without --input-shape
+    shape = args.input_shape or default_input_shape(args.model, kwargs=kwargs)
     x = _read_input(args.input, shape)  # before the client connects and profiles: fail fast
     if args.output is not None:
         check_output_file(args.output, "--output")

@@ -376,18 +376,15 @@ class Run:
                     request, timeout=c.timeout_s if give_up_s is None else give_up_s, metadata=c._metadata
                 )
         except grpc.RpcError as exc:
-            # A deadline passed with the connection down: the server stopped or restarted while the
-            # request was out and gRPC's own retries were still reconnecting. That says nothing of
-            # the link's rate, so it is not taken as a slow transfer (which would read as a link
-            # fallen to a fraction of a Mbit/s until probes corrected it).
-            # (TRANSIENT_FAILURE: a connection attempt failed. Not IDLE or CONNECTING, which a
-            # connection closed for its age goes through while the server is well.)
-            dropped = None
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                state = connection_state(c._channel)
-                if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-                    dropped = state.name
-            if give_up_s is not None and dropped is None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # A deadline passed with the connection down (TRANSIENT_FAILURE: a connection attempt
+            # failed; not IDLE or CONNECTING, which a connection closed for its age goes through while
+            # the server is well): the server stopped or restarted while gRPC's own retries were still
+            # reconnecting. That says nothing of the link's rate, so it is not taken as a slow
+            # transfer (which would read as a link fallen to a fraction of a Mbit/s).
+            late = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+            down = late and connection_state(c._channel) is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            dropped = "TRANSIENT_FAILURE" if down else None
+            if give_up_s is not None and late and dropped is None:
                 # no answer by the give-up time: the link fell (see _overdue_after_s)
                 waited_ms = (time.perf_counter() - t_rpc) * 1e3
                 self.network_ms = waited_ms

@@ -25,6 +25,7 @@ from splitdnn.errors import (
     ServerUnavailableError,
 )
 from splitdnn.runtime._credentials import read_pem
+from splitdnn.runtime.serde import MODEL_INFER_METHOD
 
 __all__ = [
     "connection_state",
@@ -35,7 +36,6 @@ __all__ = [
     "translate_rpc_error",
 ]
 
-MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 _SERVICES = ("inference.GRPCInferenceService", "splitdnn.v1.SplitService")
 _TRANSIENT = (ServerUnavailableError, DeadlineError)  # plus RESOURCE_EXHAUSTED, see is_transient
@@ -177,7 +177,7 @@ def model_infer(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
     with _MODEL_INFER_LOCK:
         call = _MODEL_INFER.get(channel)
         if call is None:
-            call = _MODEL_INFER[channel] = channel.unary_unary(MODEL_INFER)
+            call = _MODEL_INFER[channel] = channel.unary_unary(MODEL_INFER_METHOD)
         return call
 
 

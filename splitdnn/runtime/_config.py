@@ -233,9 +233,8 @@ def check_port_free(host: str, port: int, what: str) -> None:
         ) from exc
     for family, kind, proto, _, addr in found:
         with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-            )  # as servers bind: TIME_WAIT is no conflict
+            # as servers bind: a port in TIME_WAIT is no conflict
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # "::" is bound dual-stack (as gRPC does), the rest not
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr[0] == "::" else 1)
             try:

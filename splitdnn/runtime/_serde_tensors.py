@@ -173,6 +173,8 @@ UNSUPPORTED_TENSOR_PARAMETERS = ("classification", "shared_memory_region", "shar
 
 def refuse_extensions(parameters: Collection[str], what: str) -> None:
     """WireError when ``parameters`` (a tensor's) ask for a v2 extension this server lacks."""
+    if not parameters:  # the common case, on every tensor of every request
+        return
     asked = [k for k in UNSUPPORTED_TENSOR_PARAMETERS if k in parameters]
     if asked:
         extension = "classification" if asked[0] == "classification" else "shared-memory"

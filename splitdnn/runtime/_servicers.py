@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 PLATFORM = "splitdnn_torch"  # v2 ModelMetadata.platform
 VERSION = "1"  # the one version of every served model; "" also selects it
 HEALTH_PREFIX = "/grpc.health.v1.Health/"  # reachable without the token (load balancer probes)
-INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,7 +383,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
                 if scheme.lower() == b"bearer" and hmac.compare_digest(credentials, self._expected):
                     return continuation(handler_call_details)
         if self._metrics is not None:  # refused before any servicer (and any model name) is read
-            if method == INFER_METHOD:
+            if method == serde.MODEL_INFER_METHOD:
                 self._metrics.of(UNKNOWN_MODEL).requests.inc()
             self._metrics.failures.labels(UNKNOWN_MODEL, "UNAUTHENTICATED").inc()
         return self._deny

@@ -57,7 +57,8 @@ _V2_BY_TORCH = {
 }
 
 
-def _names(items: Sequence[str], limit: int = 6) -> str:
+def shown_names(items: Sequence[str], limit: int = 6) -> str:
+    """Names (maybe a client's), each quoted and cut short, the first ``limit`` of them, for a message."""
     shown = [repr(s if len(s) <= 60 else s[:60] + "...") for s in list(items)[:limit]]
     more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(shown) + more
@@ -120,17 +121,6 @@ class _Recorder(torch.fx.Interpreter):
         return out
 
 
-def _one_row(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A fresh row shaped like ``t``'s first: random normal values, or random integers in its range."""
-    shape = (1, *t.shape[1:])
-    if t.is_floating_point():
-        return torch.randn(shape, generator=gen).to(t.dtype)
-    if t.dtype == torch.bool:
-        return torch.randint(0, 2, shape, generator=gen).bool()
-    high = int(t.max()) + 1 if t.numel() else 1
-    return torch.randint(0, max(high, 2), shape, generator=gen).to(t.dtype)
-
-
 def rows_independent(module: torch.nn.Module, example: Sequence[torch.Tensor]) -> tuple[bool, str]:
     """Whether ``module`` computes each row of a batch from that row alone, and why not if not.
 
@@ -142,7 +132,8 @@ def rows_independent(module: torch.nn.Module, example: Sequence[torch.Tensor]) -
     A model that cannot run the batch of two is not batchable either.
     """
     gen = torch.Generator().manual_seed(1)
-    rows = [[_one_row(t, gen) for t in example] for _ in range(2)]
+    # fresh rows shaped like the example's (which load_served draws from a normal distribution too)
+    rows = [[torch.randn((1, *t.shape[1:]), generator=gen).to(t.dtype) for t in example] for _ in range(2)]
     try:
         with torch.no_grad():
             alone = [pytree.tree_leaves(module(*r)) for r in rows]
@@ -238,11 +229,11 @@ class ServedModel:
             not_tensor = [n for n in unknown if n in self._graph_nodes]
             if not_tensor:
                 raise WireError(
-                    f"input(s) {_names(not_tensor)} of model {self.name!r} do not produce a tensor (a "
+                    f"input(s) {shown_names(not_tensor)} of model {self.name!r} do not produce a tensor (a "
                     f"parameter, the output, or a non-tensor value); cut at tensor-valued nodes"
                 )
             raise WireError(
-                f"model {self.name!r} has no node(s) {_names(unknown)}; name inputs after the model's "
+                f"model {self.name!r} has no node(s) {shown_names(unknown)}; name inputs after the model's "
                 f"inputs {list(self.input_names)} or the producer nodes of your cut's boundary tensors "
                 f"(is the client splitting another model?)"
             )
@@ -318,16 +309,16 @@ class ServedModel:
                 stack.extend(n.all_input_nodes)
         if missing:
             raise WireError(
-                f"model {self.name!r}: the tail from inputs {_names(sorted(provided))} also needs model "
-                f"input(s) {_names(sorted(missing))}, which the request does not provide; send every "
+                f"model {self.name!r}: the tail from inputs {shown_names(sorted(provided))} also needs model "
+                f"input(s) {shown_names(sorted(missing))}, which the request does not provide; send every "
                 f"boundary tensor of the cut (every value the head computes and the tail reads)"
             )
         unused = sorted(provided - used)
         if unused:
             raise WireError(
-                f"model {self.name!r}: input(s) {_names(unused)} are not read by the tail that computes the "
-                f"output from the other inputs (they lie before another input on every path); send only "
-                f"the boundary tensors of your cut"
+                f"model {self.name!r}: input(s) {shown_names(unused)} are not read by the tail that "
+                f"computes the output from the other inputs (they lie before another input on every "
+                f"path); send only the boundary tensors of your cut"
             )
         order = sorted(provided, key=self._position.__getitem__)
         graph = Graph()

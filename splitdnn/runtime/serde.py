@@ -67,6 +67,7 @@ __all__ = [
     "DATATYPES",
     "MAX_DIM",
     "MAX_RANK",
+    "MODEL_INFER_METHOD",
     "PARAM_BATCH_SIZE",
     "PARAM_COMPUTE_MS",
     "PARAM_DECODE_MS",
@@ -137,6 +138,11 @@ class TensorSpec:
 
 # --------------------------------------------------------------------------------------------------
 # health and metadata (v2)
+
+
+#: the full gRPC method path of v2 ModelInfer (the client calls it at the bytes level; the server's
+#: token interceptor counts refusals of it)
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def output_names(value: Any, is_tensor: Callable[[Any], bool], count: int) -> tuple[str, ...]:

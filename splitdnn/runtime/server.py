@@ -76,7 +76,6 @@ from splitdnn.runtime._config import (
 )
 from splitdnn.runtime._metrics import ServerMetrics
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
-from splitdnn.runtime._serde_tensors import show
 from splitdnn.runtime._servicers import (
     VERSION,
     Abort,
@@ -89,13 +88,16 @@ from splitdnn.runtime._servicers import (
     add_inference_servicer,
     compute_error,
 )
-from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, to_numpy
+from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, shown_names, to_numpy
 from splitdnn.runtime.memory import keep_freed_memory
 from splitdnn.schema import Profile
 
 __all__ = ["ModelSpec", "ServerConfig", "TailServer"]
 
 log = logging.getLogger(__name__)
+
+#: the name prefix of the gRPC handler threads (a request that runs alone runs on one)
+RPC_THREAD_PREFIX = "splitdnn-rpc"
 
 _EXTRA_WORKERS = 8  # threads beyond max_concurrency, for health, metadata and rejecting overflow
 
@@ -210,7 +212,7 @@ class TailServer:
             # requests running when a connection ages out get the same grace as a shutdown
             options.append(("grpc.max_connection_age_grace_ms", int(cfg.grace_s * 1000)))
         workers = cfg.max_concurrency + _EXTRA_WORKERS
-        self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitdnn-rpc")
+        self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=RPC_THREAD_PREFIX)
         server = grpc.server(
             self._executor,
             interceptors=[TokenInterceptor(cfg.token, self.metrics)] if cfg.token else [],
@@ -488,19 +490,20 @@ class TailServer:
             if not full and data.fingerprint is None:  # a stock v2 client's, with the wrong names
                 missing = [n for n in served.input_names if n not in data.inputs]
                 unknown = sorted(n for n in data.inputs if n not in served.input_names)
-                names = lambda ns: "[" + ", ".join(show(n) for n in ns[:6]) + "]"  # noqa: E731 - the client's, cut short
                 raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"model {served.name!r} takes input(s) {list(served.input_names)} (see ModelMetadata); "
-                    f"the request has {names(sorted(data.inputs))} (missing {names(missing)}, unknown "
-                    f"{names(unknown)}). A split request, whose inputs are boundary tensors named by their "
-                    f"nodes, must carry parameter {serde.PARAM_FINGERPRINT}",
+                    f"the request has [{shown_names(sorted(data.inputs))}] (missing "
+                    f"[{shown_names(missing)}], unknown [{shown_names(unknown)}]). A split request, whose "
+                    f"inputs are boundary tensors named by their nodes, must carry parameter "
+                    f"{serde.PARAM_FINGERPRINT}",
                 )
             unknown_out = [n for n in data.requested_outputs if n not in served.output_names]
             if unknown_out:
                 raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"model {served.name!r} has outputs {list(served.output_names)}, not {unknown_out[:6]}",
+                    f"model {served.name!r} has outputs {list(served.output_names)}, not "
+                    f"[{shown_names(unknown_out)}]",
                 )
             try:
                 served.check_inputs(data.inputs, data.bfloat16)

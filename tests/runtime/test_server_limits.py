@@ -31,7 +31,7 @@ from torch import nn
 from splitdnn.errors import ConfigError
 from splitdnn.runtime import serde
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
-from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+from splitdnn.runtime.server import RPC_THREAD_PREFIX, ModelSpec, ServerConfig, TailServer
 
 _OPEN = threading.Event()
 _OPEN.set()
@@ -502,7 +502,7 @@ def test_an_ipv6_host_in_brackets_serves_grpc_and_metrics_with_series_from_the_s
 
 
 def _rpc_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("splitdnn-rpc"))
+    return sum(1 for t in threading.enumerate() if t.name.startswith(RPC_THREAD_PREFIX))
 
 
 def test_stopped_servers_leave_no_handler_threads() -> None:
