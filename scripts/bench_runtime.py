@@ -21,7 +21,11 @@ Issue 4 asks for two numbers, both measured here on one machine (client and serv
      the codec's own speed is ``bench_codec.py``'s business); the server decodes it (``decode_ms``)
      and answers raw fp32;
    - ``SplitClient``: ``SplitClient.infer`` with ``force_boundary="cloud"`` and the raw codec (torch
-     tensor in and out, plan bookkeeping and the link estimator included).
+     tensor in and out, plan bookkeeping and the link estimator included);
+   - ``floor``: what any split runtime must add to the echo, with no protocol at all: the client
+     copies the tensor into the request's bytes, the server computes ``x * 1`` (numpy) and copies the
+     result into the answer's bytes (generic unary gRPC, no messages, no checks). The goal's room
+     above it is what is left for a protocol's parsing, checks and bookkeeping.
 
    The tensor is ReLU(N(0, 1)) fp32 of 64 KiB, 1 MiB and 4 MiB (``(1, 256, n / 1024)``). The variants
    run interleaved (one call of each per repeat, the order rotated every repeat) after warm-up; per
@@ -93,6 +97,7 @@ from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc  # noqa: E4
 
 ECHO_SERVICE = "splitdnn.bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+FLOOR_METHOD = f"/{ECHO_SERVICE}/Floor"
 MAX_MESSAGE = 64 << 20  # both directions, every channel and server here (ServerConfig's default)
 READY = "BENCH-READY "  # the child's one line on stdout, followed by JSON
 TAIL_MODEL = "resnet18"
@@ -167,6 +172,12 @@ class _BareV2(v2_grpc.GRPCInferenceServiceServicer):
         return response
 
 
+def _floor(request: bytes, context: grpc.ServicerContext) -> bytes:
+    """The least a split server does with a request: the tail (``x * 1``) and its output copied into
+    the answer's bytes."""
+    return (np.frombuffer(request, dtype=np.float32) * 1).tobytes()
+
+
 def serve_child(cfg: dict[str, Any]) -> int:
     """Run the echo server and the tail servers until stdin closes; print their addresses first."""
     import torch
@@ -179,8 +190,12 @@ def serve_child(cfg: dict[str, Any]) -> int:
         options=_channel_options(),
     )
     handler = grpc.method_handlers_generic_handler(
-        ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
-    )  # no (de)serializers: the request is bytes, the response the same bytes object
+        ECHO_SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+            "Floor": grpc.unary_unary_rpc_method_handler(_floor),
+        },
+    )  # no (de)serializers: the request is bytes, the echo's response the same bytes object
     echo.add_generic_rpc_handlers((handler,))
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(_BareV2(), echo)
     echo_port = echo.add_insecure_port("127.0.0.1:0")
@@ -342,6 +357,7 @@ def _overhead_for_size(
 
     echo_channel = grpc.insecure_channel(info["echo"], options=_channel_options())
     echo = echo_channel.unary_unary(ECHO_METHOD)  # bytes in, bytes out
+    floor = echo_channel.unary_unary(FLOOR_METHOD)
     channel = grpc.insecure_channel(info["overhead"], options=_channel_options())
     stub = v2_grpc.GRPCInferenceServiceStub(channel)
     bare = v2_grpc.GRPCInferenceServiceStub(echo_channel)
@@ -362,6 +378,11 @@ def _overhead_for_size(
         out = echo(payload, timeout=60)
         if len(out) != len(payload):
             raise RuntimeError(f"the echo answered {len(out)} bytes for {len(payload)}")
+
+    def call_floor() -> None:
+        out = floor(x.tobytes(), timeout=60)  # the client's one copy of the tensor into the request
+        if np.frombuffer(out, dtype=np.float32).nbytes != nbytes:
+            raise RuntimeError(f"the floor answered {len(out)} bytes for {nbytes}")
 
     def v2_call(label: str, value: np.ndarray | bytes, target: Any) -> Callable[[], None]:
         def call() -> None:
@@ -417,6 +438,7 @@ def _overhead_for_size(
 
     variants: dict[str, Callable[[], None]] = {
         "echo": call_echo,
+        "floor": call_floor,
         "v2_bare": v2_call("v2_bare", x, bare),
         "v2_raw": v2_call("v2_raw", x, stub),
         "v2_wire": call_wire,
@@ -768,7 +790,8 @@ def _overhead_table(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         for label, v in row["variants"].items():
             w = v["wall_ms"]
-            name = {"echo": "raw gRPC echo", "v2_bare": "bare v2 echo (no splitdnn server)",
+            name = {"echo": "raw gRPC echo", "floor": "floor: copy in, `x * 1`, copy out (no protocol)",
+                    "v2_bare": "bare v2 echo (no splitdnn server)",
                     "v2_raw": "v2 raw fp32 (stock protobuf client)",
                     "v2_wire": "**v2 raw fp32, splitdnn wire client**",
                     "v2_zstd": f"v2 zstd frame ({row['zstd_frame_bytes']:,} B)",
@@ -810,8 +833,12 @@ def _attribution(rows: list[dict[str, Any]]) -> list[str]:
         echo, bare, raw = (v[k]["wall_ms"]["median"] for k in ("echo", "v2_bare", "v2_raw"))
         srv = v["v2_raw"].get("server_ms_median", {})
         reported = sum(srv.get(k, 0.0) for k in ("queue", "compute", "decode"))
+        floor = (
+            f"the floor (copy in, `x * 1`, copy out) +{v['floor']['wall_ms']['median'] - echo:.2f} ms; "
+            if "floor" in v else ""
+        )  # fmt: skip
         text = (
-            f"- {_size(row['bytes'])}: raw echo {echo:.2f} ms; v2 protobuf messages instead of bytes "
+            f"- {_size(row['bytes'])}: raw echo {echo:.2f} ms; {floor}v2 protobuf messages instead of bytes "
             f"+{bare - echo:.2f} ms (bare v2 echo, client build + parse "
             f"{v['v2_bare']['client_build_ms_median'] + v['v2_bare']['client_parse_ms_median']:.2f}); "
             f"splitdnn's server {raw - bare:+.2f} ms, of which it reports {reported:.2f} ms as queue + "
@@ -857,7 +884,9 @@ def to_markdown(result: dict[str, Any]) -> str:
             "bytes-level `ModelInfer` + `serde.decode_infer_response`, what SplitClient does (the same "
             "messages; raw contents appended and read as views, not copied by protobuf). Bare v2 echo: "
             "the same client calls, answered by a plain v2 servicer that copies the raw input to the "
-            "output (protobuf messages, no splitdnn server). zstd: the "
+            "output (protobuf messages, no splitdnn server). Floor: the least any split runtime adds to "
+            "the echo, with no protocol: the client copies the tensor into the request's bytes, the "
+            "server computes `x * 1` (numpy) and copies the result into its answer. zstd: the "
             "request carries a zstd frame (encoded once, outside the timing), the answer is raw fp32. "
             'SplitClient: `infer()` with `force_boundary="cloud"`, raw codec.',
             "",
@@ -959,6 +988,12 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"({o['ratio']:.2f}×, v2 raw, ratio of medians)."
         )
     bare = next((r for r in result["overhead"] if r["bytes"] == GOAL_SIZE), None)
+    if bare is not None and "floor" in bare["variants"] and "overhead_1MiB_v2_raw" in g:
+        lines.append(
+            f"  The floor (copy in, `x * 1`, copy out, no protocol) is "
+            f"{bare['variants']['floor']['ratio_of_medians']:.2f}×: the room the goal leaves above it is "
+            f"what a protocol's parsing, checks and bookkeeping may take."
+        )
     if "overhead_1MiB_v2_raw" in g and bare is not None and "v2_bare" in bare["variants"]:
         lines.append(
             f"  A bare v2 servicer with no splitdnn code is "

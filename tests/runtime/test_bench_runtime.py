@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,13 +57,15 @@ def test_tiny_run_writes_json_and_markdown(
     for rows in (data["overhead"], data["overhead_malloc_defaults"]):
         (row,) = rows
         assert row["bytes"] == 4096 and row["shape"] == [1, 256, 4] and row["repeats"] == 3
-        assert set(row["variants"]) == {"echo", "v2_bare", "v2_raw", "v2_zstd"}
+        assert set(row["variants"]) == {"echo", "floor", "v2_bare", "v2_raw", "v2_zstd"}
         for label, v in row["variants"].items():
             assert v["wall_ms"]["p10"] <= v["wall_ms"]["median"] <= v["wall_ms"]["p90"]
             assert v["minor_faults_per_call_mean"]["client"] >= 0  # counted in both processes (Linux)
             assert v["minor_faults_per_call_mean"]["server"] >= 0
             if label != "echo":
-                assert v["ratio_of_medians"] > 0 and v["rpc_ms"]["median"] > 0
+                assert v["ratio_of_medians"] > 0
+            if label not in ("echo", "floor"):  # the floor's call is all it does: no stub call apart
+                assert v["rpc_ms"]["median"] > 0
         for label in ("v2_raw", "v2_zstd"):  # the tail server reports its times
             assert set(row["variants"][label]["server_ms_median"]) == {"queue", "compute", "decode"}
 
@@ -76,6 +79,7 @@ def test_tiny_run_writes_json_and_markdown(
     text = md.read_text()
     assert "cores**" in text and "One machine" in text
     assert "raw gRPC echo" in text and "max_batch_size 4" in text
+    assert "floor: copy in, `x * 1`, copy out" in text
     assert "glibc's malloc defaults in both processes" in text and "page faults client / server" in text
 
 
@@ -85,3 +89,11 @@ def test_shapes_and_validation(bench: Any) -> None:
         bench.shape_of(1000)
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "4096,8192", "--repeats", "1,2,3"])
+
+
+def test_the_floor_answers_the_tails_output(bench: Any) -> None:
+    x = np.arange(-8, 8, dtype=np.float32).reshape(1, 4, 4) / 3
+    out = bench._floor(x.tobytes(), None)
+    assert isinstance(out, bytes) and out == (x * 1).tobytes()
+    with pytest.raises(ValueError):  # not whole fp32 elements: the call fails instead of answering
+        bench._floor(b"\x00" * 6, None)
