@@ -330,6 +330,50 @@ def test_fp16_and_bf16_keep_non_finite_values():
         encode(x, "fp16")
 
 
+@pytest.mark.parametrize("bits", [0xFFFFFFFF, 0x7FFFFFFF, 0x7FFF8000, 0xFFFF8000, 0x7F800001, 0xFFC00000])
+def test_bf16_keeps_every_nan_a_nan(bits):
+    # a NaN whose payload rounds up carried into the sign bit and came back as 0.0 / -0.0, but only in
+    # a tensor with no other special value (memset 0xFF leaves 0xFFFFFFFF)
+    x = np.array([1.0, 2.0], np.float32)
+    x.view(np.uint32)[1] = bits
+    out = decode(encode(x, "bf16"))
+    assert out[0] == 1.0 and np.isnan(out[1]), out
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 3.4e38, 1.5])
+def test_bf16_encodes_a_rank_0_array(value):
+    out = decode(encode(np.array(value, np.float32), "bf16"))
+    assert out.shape == ()
+    if np.isnan(value):
+        assert np.isnan(out)
+    elif np.isinf(value):
+        assert out == value
+    else:
+        assert np.isfinite(out) and abs(out - value) <= error_bound("bf16", np.array(value, np.float32))
+
+
+def test_bf16_frames_take_a_bfloat16_dtype_flagged_as_bfloat16():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16)
+    assert decode(encode(x, "raw", bfloat16=True)).tobytes() == x.tobytes()
+
+
+def test_a_subclass_of_ndarray_is_encoded_as_its_plain_array_and_a_masked_one_refused():
+    m = np.matrix([[1.0, 2.0]], dtype=np.float32)
+    out = decode(encode(m, "raw"))
+    assert type(out) is np.ndarray and out.shape == (1, 2) and out.tolist() == [[1.0, 2.0]]
+    with pytest.raises(CodecError, match="masked array; fill it first"):
+        encode(np.ma.masked_array(np.ones(2, np.float32), mask=[0, 1]), "raw")
+
+
+@pytest.mark.parametrize("cap", [None, -1, 1.5, True, "10"])
+def test_decode_refuses_a_cap_that_is_not_a_byte_count(cap):
+    frame = encode(np.zeros(3, np.float32), "raw")
+    for call in (decode, describe):
+        with pytest.raises(CodecError, match="max_decoded_bytes must be an integer >= 0"):
+            call(frame, max_decoded_bytes=cap)
+
+
 # ------------------------------------------------------------------------------------ encode errors
 
 
@@ -342,6 +386,11 @@ def test_fp16_and_bf16_keep_non_finite_values():
         (np.array([1.0, np.nan], np.float32), "int8", "need finite values"),
         (np.array([[1.0, np.inf]], np.float32), "int8c", "need finite values"),
         (np.array([-3e38, 3e38], np.float32), "int8", r"span \[-3e\+38, 3e\+38\], too wide for float32"),
+        (
+            np.array([[[1.0]], [[-3e38]], [[3e38]]], np.float32).reshape(1, 1, 3),
+            "int8c",
+            r"channel 0 spans \[-3e\+38, 3e\+38\], too wide for float32",
+        ),
         (
             np.zeros(3, np.float32),
             "zstd+int8",
@@ -444,7 +493,10 @@ ZSTD = ((b"raw", b""), (b"zstd", b"\x03"))
             _header(dims=(1, 2), stages=((b"int8c", struct.pack("<I", 3) + bytes(16)),), payload=bytes(2)),
             "int8c' expects 20 parameter bytes, found 20|3 channels in params, shape\\[1\\] is 2",
         ),
-        (_header(stages=((b"raw", b""), (b"shuffle", b"\x03")), payload=bytes(8)), r"a multiple of 3"),
+        (
+            _header(stages=((b"raw", b""), (b"shuffle", b"\x03")), payload=bytes(8)),
+            r"8 bytes are not whole elements of 3 bytes",
+        ),
         (
             _header(stages=ZSTD, payload=b"abcd"),
             "must start with the zstd frame magic 28b52ffd, found 61626364",
@@ -709,3 +761,20 @@ def test_zstd_auto_threads_only_from_the_threshold(monkeypatch):
     assert _builtin._auto_threads(10 * _builtin.ZSTD_MT_MIN_BYTES) == 1
     assert _builtin._zstd_options(None) == (3, 1) and _builtin._zstd_options("3t2") == (3, 2)
     assert _builtin._zstd_options("-5tauto") == (-5, None) and _builtin._zstd_options("t8") == (3, 8)
+
+
+def test_measuring_codecs_decodes_each_frame_up_to_the_arrays_own_size(monkeypatch):
+    # decode's default cap (256 MiB) once dropped every codec of a bigger boundary tensor silently;
+    # here a 1 KiB default stands in for it, on a 4 KiB array
+    from splitdnn.codec import _measure
+
+    real = _measure.decode
+    monkeypatch.setattr(
+        _measure,
+        "decode",
+        lambda frame, max_decoded_bytes=1024: real(frame, max_decoded_bytes=max_decoded_bytes),
+    )
+    x = np.linspace(-1, 1, 1024, dtype=np.float32)
+    results = codec.measure(x, ["raw", "zstd", "int8"])
+    assert [r.spec for r in results] == ["raw", "zstd", "int8"]
+    assert results[0].rel_mse == 0.0 and results[0].wire_bytes > x.nbytes

@@ -122,15 +122,18 @@ class Bf16Codec(ValueCodec):
     def encode(self, array: np.ndarray, arg: str | None) -> tuple[bytes, Buffer]:
         if arg is not None:
             raise CodecError(f"codec 'bf16' takes no argument, got {arg!r}")
-        u = array.view(np.uint32)
+        u = array.reshape(-1).view(np.uint32)  # (n,): a 0-d array too
         r = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
         r >>= np.uint32(16)
         out = r.astype("<u2")
-        special = (out & np.uint16(0x7F80)) == np.uint16(0x7F80)  # exponent all ones after rounding
-        if special.any():
-            nan = np.isnan(array)
-            overflow = special & np.isfinite(array)
+        # from the input's bits, not the rounded ones: rounding a NaN with a high payload carries into
+        # the sign bit (0x7FFFFFFF -> -0.0), and that is neither special nor NaN any more
+        magnitude = u & np.uint32(0x7FFFFFFF)
+        nan = magnitude > np.uint32(0x7F800000)
+        overflow = ((out & np.uint16(0x7F80)) == np.uint16(0x7F80)) & (magnitude < np.uint32(0x7F800000))
+        if nan.any():
             out[nan] = 0x7FC0
+        if overflow.any():  # finite values rounded up to inf: the largest finite bfloat16, same sign
             out[overflow] = (out[overflow] & np.uint16(0x8000)) | np.uint16(0x7F7F)
         return b"", _as_bytes(out)
 
@@ -415,7 +418,16 @@ class Int8ChannelCodec(ValueCodec):
                 "integer codecs need finite values; found NaN or inf (use 'raw', 'zstd' or 'fp16')"
             )
         lo = np.minimum(xmin, 0).astype(_F32)
-        scale = ((np.maximum(xmax, 0) - lo) / np.float32(self.levels)).astype(_F32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = ((np.maximum(xmax, 0).astype(np.float64) - lo) / self.levels).astype(_F32)
+            top = lo + np.float32(self.levels) * scale
+        if not (np.isfinite(scale).all() and np.isfinite(top).all()):  # what decoding checks, too
+            c_bad = int(np.flatnonzero(~(np.isfinite(scale) & np.isfinite(top)))[0])
+            raise CodecError(
+                f"codec 'int8c': channel {c_bad} spans [{float(xmin[c_bad]):g}, {float(xmax[c_bad]):g}], too "
+                f"wide for float32 arithmetic (lo + {self.levels} * scale overflows); use a lossless codec "
+                f"or bf16 for this tensor"
+            )
         codes = _quantize(x, lo[None, :, None], _inverse_scales(scale)[None, :, None], self.levels)
         return _COUNT.pack(c) + lo.tobytes() + scale.tobytes(), _as_bytes(codes)
 
@@ -488,10 +500,12 @@ class ShuffleCodec(ByteCodec):
         if len(params) != 1 or not 1 <= params[0] <= 16:
             raise CodecError(f"codec 'shuffle': expected 1 parameter byte in 1..16, found {bytes(params)!r}")
         itemsize = params[0]
-        if len(data) != expected_nbytes or expected_nbytes % itemsize:
+        if len(data) != expected_nbytes:
+            raise CodecError(f"codec 'shuffle': expected {expected_nbytes} bytes, found {len(data)}")
+        if expected_nbytes % itemsize:
             raise CodecError(
-                f"codec 'shuffle': expected {expected_nbytes} bytes (a multiple of {itemsize}), "
-                f"found {len(data)}"
+                f"codec 'shuffle': {expected_nbytes} bytes are not whole elements of {itemsize} bytes, "
+                f"as its parameter says"
             )
         return np.frombuffer(data, np.uint8).reshape(itemsize, -1).T.tobytes()
 

@@ -103,10 +103,11 @@ def _check_chain(codecs: list[ValueCodec | ByteCodec], where: str) -> None:
 def _dtype_code(array: np.ndarray, bfloat16: bool) -> tuple[int, np.ndarray]:
     """The frame dtype code and a C-contiguous little-endian array to store."""
     dt = array.dtype
-    if bfloat16 or dt.name == "bfloat16":  # ml_dtypes' bfloat16, or uint16 bit patterns flagged by the caller
-        if dt.itemsize != 2 or (bfloat16 and dt.kind != "u"):
+    native = dt.name == "bfloat16"  # ml_dtypes' bfloat16
+    if bfloat16 or native:  # or uint16 bit patterns flagged by the caller
+        if dt.itemsize != 2 or not (native or dt.kind == "u"):
             raise CodecError(f"bfloat16 frames take uint16 bit patterns (or a bfloat16 dtype), got {dt}")
-        if dt.kind == "u":  # uint16 bit patterns, possibly big-endian: convert values, not bytes
+        if not native:  # uint16 bit patterns, possibly big-endian: convert values, not bytes
             return 3, array.astype("<u2", order="C", copy=False)
         return 3, array.astype(dt, order="C", copy=False).view("<u2")  # a native bfloat16 dtype
     name = "bool" if dt.kind == "b" else dt.newbyteorder("=").name
@@ -125,6 +126,11 @@ def encode(array: np.ndarray, spec: str = "raw", *, bfloat16: bool = False) -> b
     """
     if not isinstance(array, np.ndarray):
         raise CodecError(f"encode takes a numpy.ndarray, got {type(array).__name__}")
+    if isinstance(array, np.ma.MaskedArray):  # its mask would be lost
+        raise CodecError(
+            "encode takes a plain numpy.ndarray, got a masked array; fill it first (array.filled(...))"
+        )
+    array = np.asarray(array)  # a subclass (np.matrix keeps 2 dimensions through reshape) as a plain array
     stages = parse_spec(spec)
     code, arr = _dtype_code(array, bfloat16)
     if arr.ndim > MAX_RANK:
@@ -177,6 +183,8 @@ class _Reader:
 
 
 def _parse(frame: Buffer, max_decoded_bytes: int):
+    if isinstance(max_decoded_bytes, bool) or not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 0:
+        raise CodecError(f"max_decoded_bytes must be an integer >= 0, found {max_decoded_bytes!r}")
     try:
         buf = memoryview(frame).cast("B")
     except TypeError as exc:
