@@ -101,6 +101,10 @@ class TracedModel:
     method: str  # "fx" or "export"
     nodes: tuple[GraphNode, ...]  # topological (graph) order
     fingerprint: str  # see fingerprint()
+    # the graph holds only for the example inputs' shapes: torch.export specializes every shape
+    # (branches on a size, sizes baked into views) and its guards are dropped, as pieces see other
+    # inputs; check_input_shapes refuses other shapes where a model input enters (pieces, the runtime)
+    static_shapes: bool = False
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +128,31 @@ class TracedModel:
     def compute_nodes(self) -> tuple[GraphNode, ...]:
         """The nodes a plan assigns to tiers (call_module, call_function, call_method)."""
         return tuple(n for n in self.nodes if n.op in COMPUTE_OPS)
+
+    def check_input_shapes(self, shapes: Sequence[Sequence[int]]) -> None:
+        """ConfigError unless a model with ``static_shapes`` gets its example inputs' shapes (in order)."""
+        if self.static_shapes:
+            StaticShapes(self.name, self.input_shapes).check(shapes)
+
+
+class StaticShapes:
+    """Refuses inputs of other shapes than a graph was captured at (also a forward pre-hook; picklable)."""
+
+    def __init__(self, name: str, shapes: tuple[tuple[int, ...], ...]) -> None:
+        self.name, self.shapes = name, shapes
+
+    def check(self, shapes: Sequence[Sequence[int]]) -> None:
+        found = tuple(tuple(int(d) for d in s) for s in shapes)
+        if found != self.shapes:
+            raise ConfigError(
+                f"model {self.name!r} was captured by torch.export, whose graph holds only for the "
+                f"example input shape(s) {[list(s) for s in self.shapes]}, found "
+                f"{[list(s) for s in found]}; trace it with inputs of this shape, or make it traceable "
+                f"by torch.fx (no branches or loops on sizes) to run it at any batch size"
+            )
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.check([getattr(a, "shape", ()) for a in args])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +214,10 @@ def trace(
         GraphNode(n.name, n.op, _target_str(n), tuple(i.name for i in n.all_input_nodes))
         for n in gm.graph.nodes
     )
-    return TracedModel(name, gm, inputs, method, nodes, fingerprint(gm))
+    static = method == "export"
+    if static:  # the whole traced module refuses other shapes; pieces check theirs (graph.split)
+        gm.register_forward_pre_hook(StaticShapes(name, tuple(tuple(t.shape) for t in inputs)))
+    return TracedModel(name, gm, inputs, method, nodes, fingerprint(gm), static_shapes=static)
 
 
 def _input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:

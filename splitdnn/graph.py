@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.fx import Graph, GraphModule, Node
 
+from splitdnn._aliasing import classify
 from splitdnn._capture import GraphNode, TracedModel, _names, fingerprint, release_source_when_freed, trace
 from splitdnn.errors import ConfigError, PlanError
 from splitdnn.schema import COMPUTE_OPS, Plan
@@ -84,6 +85,8 @@ class Piece:
     inputs: tuple[str, ...]  # producer nodes it reads from earlier tiers (the model inputs, tier 0)
     outputs: tuple[str, ...]  # producer nodes it hands on; empty for the last piece
     is_last: bool  # the last piece returns the model's output instead of named values
+    # the model whose inputs the first piece takes, when its graph holds only for their example shapes
+    static_inputs_of: TracedModel | None = field(default=None, repr=False)
 
     def __call__(self, values: Mapping[str, Any]) -> dict[str, Any] | Any:
         """Run on ``values`` (by producer node name; extra names are ignored).
@@ -96,6 +99,8 @@ class Piece:
                 f"the tier-{self.tier} piece needs value(s) {_names(missing)}, found only "
                 f"{_names(sorted(values))}; pass the outputs of the previous piece"
             )
+        if self.static_inputs_of is not None:
+            self.static_inputs_of.check_input_shapes([getattr(values[n], "shape", ()) for n in self.inputs])
         result = self.module(*(values[n] for n in self.inputs))
         if self.is_last:
             return result
@@ -231,25 +236,70 @@ def _mutated_inputs(node: Node, root: nn.Module) -> list[Node]:
     return []
 
 
+def _alias_groups(traced: TracedModel) -> dict[Node, list[Node]]:
+    """Each value node's group of values that may share its memory (views, in-place results, and the
+    results of ops not known to return a fresh tensor, with their arguments; conservative)."""
+    parent: dict[Node, Node] = {}
+
+    def find(n: Node) -> Node:
+        while parent.get(n, n) is not n:
+            parent[n] = n = parent.get(parent[n], parent[n])
+        return n
+
+    modules = dict(traced.module.named_modules())
+    nodes = [n for n in traced.module.graph.nodes if n.op != "output"]
+    for n in nodes:
+        if n.op in COMPUTE_OPS and classify(n, modules) != "fresh":
+            for a in n.all_input_nodes:
+                if a.op != "get_attr":
+                    parent[find(n)] = find(a)
+    groups: dict[Node, list[Node]] = {}
+    for n in nodes:
+        groups.setdefault(find(n), []).append(n)
+    return {n: groups[find(n)] for n in nodes}
+
+
 def _check_inplace_order(traced: TracedModel, full: Mapping[str, int]) -> None:
-    """Refuse plans that run a reader of a value on the other side of its in-place modification."""
+    """Refuse plans under which an in-place modification would be seen differently than in the model.
+
+    Pieces hand values on as copies, so memory shared by a value and its views holds on one tier only.
+    Refused: a node reading a value (or a value sharing its memory) on another tier than the node that
+    modifies it in place, when that makes it see the value before the change instead of after, or
+    after instead of before; and two values sharing memory reaching, as separate copies, the tier
+    that modifies one of them (the change would miss the other).
+    """
     graph_nodes = list(traced.module.graph.nodes)
+    mutations = [
+        (m, v) for m in graph_nodes if m.op in COMPUTE_OPS for v in _mutated_inputs(m, traced.module)
+    ]
+    if not mutations:
+        return
     pos = {n.name: i for i, n in enumerate(graph_nodes)}
-    for m in graph_nodes:
-        if m.op not in COMPUTE_OPS:
-            continue
-        for v in _mutated_inputs(m, traced.module):
-            for r in v.users:
+    groups = _alias_groups(traced)
+    dst = _readers(traced, full)
+    for m, v in mutations:
+        group = groups.get(v, [v])
+        for g in group:
+            for r in g.users:
                 if r is m or r.name not in full:
                     continue
                 before = pos[r.name] < pos[m.name]
                 if (before and full[r.name] > full[m.name]) or (not before and full[r.name] < full[m.name]):
                     when = "before" if before else "after"
+                    shared = "" if g is v else f" (which shares memory with {v.name!r})"
                     raise PlanError(
-                        f"node {r.name!r} on tier {full[r.name]} reads {v.name!r} {when} node "
+                        f"node {r.name!r} on tier {full[r.name]} reads {g.name!r}{shared} {when} node "
                         f"{m.name!r} on tier {full[m.name]} modifies it in place: the plan would change "
                         f"the value it sees; put {r.name!r} and {m.name!r} on one tier"
                     )
+        t = full[m.name]
+        arriving = [g.name for g in group if g.name in full and full[g.name] < t <= dst.get(g.name, -1)]
+        if len(arriving) > 1:
+            raise PlanError(
+                f"node {m.name!r} on tier {t} modifies {v.name!r} in place, but {_names(arriving)} share "
+                f"memory in the model and would reach tier {t} as separate copies, so the change would "
+                f"miss some of them; cut before {_names(arriving)} are computed, or after {m.name!r}"
+            )
 
 
 def _readers(traced: TracedModel, full: Mapping[str, int]) -> dict[str, int]:
@@ -306,7 +356,8 @@ def split(traced: TracedModel, plan: Plan | Mapping[str, int]) -> list[Piece]:
         inputs = placeholders if t == 0 else tuple(p for p in order if full[p] < t <= dst[p])
         outputs = () if t == last else tuple(p for p in order if full[p] <= t < dst[p])
         module = _piece_module(traced, full, t, inputs, outputs, is_last=t == last)
-        pieces.append(Piece(t, module, inputs, outputs, t == last))
+        static = traced if t == 0 and traced.static_shapes else None
+        pieces.append(Piece(t, module, inputs, outputs, t == last, static))
     return pieces
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 from resources import fx_sources  # noqa: E402
 from torch import nn  # noqa: E402
 
+from splitdnn._capture import StaticShapes  # noqa: E402
 from splitdnn.errors import ConfigError, PlanError, TraceError  # noqa: E402
 from splitdnn.graph import (  # noqa: E402
     GraphNode,
@@ -706,6 +707,63 @@ def test_export_fallback_gives_the_same_kind_of_graph() -> None:
         assert same(run_pieces(head_tail(traced, cut), x), ref)
     check_composes(traced, random_ideal(traced, random.Random(0), 3), (x,), ref)
     assert fingerprint(traced.module) == trace(model, x).fingerprint
+
+
+def test_an_export_captured_model_refuses_other_input_shapes() -> None:
+    # export specialises the graph to the example's shapes (here: the branch taken at batch 2) and its
+    # guards are dropped; at batch 1 the graph computed the batch-2 branch, silently
+    torch.manual_seed(0)
+    model, x = ShapeBranch().eval(), torch.randn(2, 4)
+    traced = trace(model, x, name="shape_branch")
+    assert traced.static_shapes and not trace(Chain().eval(), torch.randn(2, 3, 8, 8)).static_shapes
+    other = torch.randn(1, 4)
+    message = (
+        r"captured by torch.export, whose graph holds only for the example input shape\(s\) \[\[2, 4\]\]"
+    )
+    with pytest.raises(ConfigError, match=message + r", found \[\[1, 4\]\]"):
+        traced.module(other)
+    pieces = head_tail(traced, chain_cuts(traced)[0])
+    with pytest.raises(ConfigError, match=message):
+        run_pieces(pieces, other)
+    with pytest.raises(ConfigError, match=message):
+        traced.check_input_shapes([(1, 4)])
+    traced.check_input_shapes([(2, 4)])
+    assert same(run_pieces(pieces, x), model(x))
+    hook = pickle.loads(pickle.dumps(StaticShapes("m", ((2, 4),))))  # a module-level class: picklable
+    with pytest.raises(ConfigError, match=r"found \[\[1, 4\]\]"):
+        hook(traced.module, (other,))
+
+
+class AliasInPlace(nn.Module):
+    """An in-place change through a view: the base tensor sees it, in the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        v = h.view(-1)
+        v.mul_(3)
+        return h + 1
+
+
+def test_an_in_place_change_through_a_view_is_not_split_from_the_viewed_tensor() -> None:
+    torch.manual_seed(0)
+    model, x = AliasInPlace().eval(), torch.randn(2, 4)
+    traced = trace(model, x, name="alias")
+    ref = model(x.clone())
+    assert [n.name for n in traced.compute_nodes()] == ["fc", "view", "mul_", "add"]
+    # cut after the view: 'fc' and 'view' would reach tier 1 as two copies, and mul_ changes only one
+    with pytest.raises(
+        PlanError, match=r"'mul_' on tier 1 modifies 'view' in place, but \['fc', 'view'\] share"
+    ):
+        head_tail(traced, "view")
+    for cut in ["fc", "mul_"]:  # the other cuts hand on one tensor, and copies of it compose exactly
+        head, tail = head_tail(traced, cut)
+        with torch.no_grad():
+            sent = {k: v.clone() for k, v in head({"x": x.clone()}).items()}
+            assert same(tail(sent), ref)
 
 
 def test_wrong_example_inputs_raise_config_error() -> None:

@@ -191,19 +191,26 @@ class ServedModel:
                 f"must return a tensor or a tuple/list/dict of tensors"
             )
         self.output_names = output_names(example_out, lambda v: isinstance(v, torch.Tensor), len(leaves))
+
+        def spec_shape(shape: Sequence[int]) -> tuple[int, ...]:  # any batch (-1) unless shapes are fixed
+            return tuple(shape) if traced.static_shapes else (-1, *shape[1:])
+
         self.output_specs = tuple(
-            TensorSpec(n, _V2_BY_TORCH.get(t.dtype, str(t.dtype)), (-1, *t.shape[1:]))
+            TensorSpec(n, _V2_BY_TORCH.get(t.dtype, str(t.dtype)), spec_shape(t.shape))
             for n, t in zip(self.output_names, leaves, strict=True)
         )
         self.input_specs = tuple(
-            TensorSpec(n, self.node_meta[n].datatype, (-1, *self.node_meta[n].shape[1:]))
+            TensorSpec(n, self.node_meta[n].datatype, spec_shape(self.node_meta[n].shape))
             for n in self.input_names
         )
         # whether requests may share a batch: only when a row's output does not depend on the others
         # (not checked, three more runs of the model, where nothing is batched: max_batch_size 1)
-        self.batchable, self.batching_note = (
-            rows_independent(traced.module, traced.example_inputs) if check_batching else (True, "")
-        )
+        if traced.static_shapes:  # a batch has other shapes than the graph holds for
+            self.batchable, self.batching_note = False, "it was captured by torch.export at fixed shapes"
+        else:
+            self.batchable, self.batching_note = (
+                rows_independent(traced.module, traced.example_inputs) if check_batching else (True, "")
+            )
         # once per served model, before the move to the device (hashing reads CPU bytes): ~0.1 s per 100 MB
         self.weights = weights_digest(traced.module)
         traced.module.to(device)
@@ -251,6 +258,12 @@ class ServedModel:
                 raise WireError(
                     f"input {name!r} of model {self.name!r}: expected rank {len(meta.shape)} (shape like "
                     f"{[-1, *meta.shape[1:]]}), found shape {list(arr.shape)}"
+                )
+            if self.traced.static_shapes and tuple(arr.shape) != meta.shape:
+                raise WireError(
+                    f"input {name!r} of model {self.name!r}: expected shape {list(meta.shape)}, found "
+                    f"{list(arr.shape)}; this model was captured by torch.export, whose graph holds only "
+                    f"for the shapes it was traced at"
                 )
             if arr.ndim == 0 or arr.shape[0] < 1:
                 raise WireError(

@@ -503,6 +503,7 @@ class SplitClient:
         for i, x in enumerate(inputs):
             if not isinstance(x, torch.Tensor):
                 raise ConfigError(f"input {i} must be a torch.Tensor, found {type(x).__name__}")
+        self.traced.check_input_shapes([x.shape for x in inputs])  # an export-captured model's graph
         t0 = time.perf_counter()
         with self._lock:
             plan = self.planner.plan

@@ -378,6 +378,38 @@ def test_a_model_whose_rows_depend_on_each_other_is_never_batched() -> None:
         assert server.never_batched() == {}  # a row-wise model is batched (test_dynamic_batching...)
 
 
+class SizeBranch(nn.Module):
+    """A branch on the batch size: torch.fx cannot trace it, torch.export fixes the example's branch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.shape[0] > 1 else x - 100
+
+
+def test_an_export_captured_model_runs_only_at_its_traced_shapes() -> None:
+    """Its graph is the example's branch: at another batch size (a client's, or a batch of requests) it
+    answered that branch's formula, silently (a reviewer's model: h * 2 where the model gives h - 100)."""
+    spec = ModelSpec("branch", module=SizeBranch(), input_shapes=((2, 4),))
+    with _server(models=(spec,), max_batch_size=8) as server:
+        assert server.served_model("branch").static_shapes
+        assert "captured by torch.export at fixed shapes" in server.never_batched()["branch"]
+        stub, channel = _stub(server.address)
+        meta = stub.ModelMetadata(serde.v2_pb.ModelMetadataRequest(name="branch"), timeout=10)
+        assert list(meta.inputs[0].shape) == [2, 4] and list(meta.outputs[0].shape) == [2, 4]
+
+        def call(x: np.ndarray) -> serde.InferResponseData:
+            reply = stub.ModelInfer(serde.build_infer_request("branch", {"x": x}), timeout=30)
+            return serde.parse_infer_response(reply, max_decoded_bytes=1 << 20)
+
+        x = _rows(2, 0)
+        np.testing.assert_array_equal(call(x).outputs["output"], x * 2)
+        with pytest.raises(grpc.RpcError) as info:
+            call(_rows(1, 1))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expected shape [2, 4], found [1, 4]" in info.value.details()
+        assert "captured by torch.export" in info.value.details()
+        channel.close()
+
+
 def test_batches_respect_max_batch_size() -> None:
     with _server(max_batch_size=2) as server, ThreadPoolExecutor(4) as pool:
         stub, channel = _stub(server.address)
