@@ -158,6 +158,13 @@ def compute_error(exc: BaseException, served: ServedModel, shapes: Mapping[str, 
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"model {served.name!r} ran out of device memory on inputs {dict(shapes)}; send a smaller batch",
         )
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)  # torch's CPU allocator
+    ):
+        return Abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"model {served.name!r} ran out of memory on inputs {dict(shapes)}; send a smaller batch",
+        )
     if isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and not isinstance(
         exc, SplitDNNError
     ):

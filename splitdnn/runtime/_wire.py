@@ -17,11 +17,11 @@ accepts, with the same content (``tests/runtime/test_wire.py`` fuzzes this again
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from splitdnn.errors import WireError
 
-__all__ = ["MAX_LENGTH", "append_field", "split_field"]
+__all__ = ["MAX_LENGTH", "append_field", "over_limit", "split_field"]
 
 #: longest length-delimited entry taken on the fast path (protobuf's own limit is 2 GiB - 1)
 MAX_LENGTH = 2**31 - 1
@@ -106,6 +106,66 @@ def split_field(data: bytes | bytearray | memoryview, number: int) -> tuple[byte
     if end > kept_from:
         keep.append(buf[kept_from:end])
     return b"".join(keep), slices
+
+
+def over_limit(
+    data: bytes | memoryview, limits: Mapping[int, int], max_fields: int
+) -> tuple[int, int] | None:
+    """The first top-level field number of a serialized message seen more than ``limits[number]``
+    times, as ``(number, limit)``; ``(0, max_fields)`` past ``max_fields`` fields in all; else None.
+
+    Walks any valid encoding (padded varints, groups), so no encoding gets around it, and stops at the
+    first field over a limit: a message of millions of tiny entries costs a few thousand steps here,
+    instead of millions of parsed sub-messages (protobuf's parser allocates each). Stops silently at
+    anything malformed, which protobuf's parser then refuses.
+    """
+    buf = memoryview(data).cast("B")
+    end = len(buf)
+    counts: dict[int, int] = {}
+    pos = fields = depth = 0
+    while pos < end:
+        got = _varint(buf, pos, end)
+        if got is None:
+            return None
+        tag, pos = got
+        field, wire_type = tag >> 3, tag & 7
+        if field == 0:
+            return None
+        if wire_type == 4:  # end of a group
+            depth -= 1
+            if depth < 0:
+                return None
+            continue
+        if depth == 0:
+            fields += 1
+            if fields > max_fields:
+                return 0, max_fields
+            n = counts[field] = counts.get(field, 0) + 1
+            limit = limits.get(field)
+            if limit is not None and n > limit:
+                return field, limit
+        if wire_type == 0:
+            got = _varint(buf, pos, end)
+            if got is None:
+                return None
+            pos = got[1]
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == _WIRE_LEN:
+            got = _varint(buf, pos, end)
+            if got is None:
+                return None
+            length, pos = got
+            pos += length
+        elif wire_type == 3:  # start of a group: its fields are not top-level ones
+            depth += 1
+            if depth > 100:  # protobuf's own recursion limit
+                return None
+        else:
+            return None
+    return None
 
 
 def _varint_bytes(value: int) -> bytes:

@@ -64,6 +64,21 @@ _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 ParamValue = str | int | float | bool
 _RAW_INPUT_FIELD = v2_pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number  # 7
 _RAW_OUTPUT_FIELD = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number  # 6
+MAX_TENSORS = 4096  # inputs, outputs (requested or answered) of one message
+MAX_PARAMETERS = 1024  # parameters of one message
+_REQUEST_FIELDS = v2_pb.ModelInferRequest.DESCRIPTOR.fields_by_name
+_RESPONSE_FIELDS = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name
+#: entries per top-level field checked before protobuf parses a message (each entry it parses costs
+#: a sub-message: 32 MiB of empty inputs took 5 GB and a minute); field number -> (name, limit)
+_REQUEST_LIMITS = {
+    _REQUEST_FIELDS[name].number: (name, limit)
+    for name, limit in (("inputs", MAX_TENSORS), ("outputs", MAX_TENSORS), ("parameters", MAX_PARAMETERS))
+}
+_RESPONSE_LIMITS = {
+    _RESPONSE_FIELDS[name].number: (name, limit)
+    for name, limit in (("outputs", MAX_TENSORS), ("parameters", MAX_PARAMETERS))
+}
+_MAX_FIELDS = 3 * MAX_TENSORS + MAX_PARAMETERS + 64  # top-level fields of any valid message, and more
 #: parameters build_infer_request sets from its own arguments
 _ARGUMENT_PARAMS = frozenset({PARAM_FINGERPRINT, PARAM_FRAMED, PARAM_WEIGHTS})
 
@@ -257,10 +272,20 @@ def encode_infer_request(
     return _wire.append_field(msg.SerializeToString(), _RAW_INPUT_FIELD, raw)
 
 
-def _read(data: bytes, message: Any, field: int, what: str) -> tuple[Any, list[Any]]:
+def _read(
+    data: bytes, message: Any, field: int, what: str, limits: Mapping[int, tuple[str, int]]
+) -> tuple[Any, list[Any]]:
     """``data`` parsed into ``message`` but for bytes field ``field``, returned apart (views if it can)."""
     if not isinstance(data, bytes):
         raise WireError(f"expected a serialized {what} as bytes, found {type(data).__name__}")
+    over = _wire.over_limit(data, {n: limit for n, (_, limit) in limits.items()}, _MAX_FIELDS)
+    if over is not None:
+        number, limit = over
+        entries = f"{limits[number][0]!r} entries" if number else "top-level fields"
+        raise WireError(
+            f"the {what} has more than {limit} {entries}; a message carries at most {MAX_TENSORS} "
+            f"inputs and outputs and {MAX_PARAMETERS} parameters"
+        )
     split = _wire.split_field(data, field)
     try:
         if split is None:  # not the plain layout: protobuf parses it all, as any v2 server would
@@ -280,7 +305,9 @@ def read_infer_request(data: bytes) -> InferRequestWire:
 
     Accepts exactly the bytes protobuf accepts, with the same content; anything else is a WireError.
     """
-    msg, raw = _read(data, v2_pb.ModelInferRequest(), _RAW_INPUT_FIELD, "inference.ModelInferRequest")
+    msg, raw = _read(
+        data, v2_pb.ModelInferRequest(), _RAW_INPUT_FIELD, "inference.ModelInferRequest", _REQUEST_LIMITS
+    )
     return InferRequestWire(msg, raw, len(data))
 
 
@@ -302,19 +329,27 @@ def parse_infer_request(
         raw, wire_bytes = msg.raw_input_contents, -1
     else:
         raise WireError(f"expected an inference.ModelInferRequest, found {type(msg).__name__}")
+    _check_counts(msg, "request")
     budget = Budget(max_decoded_bytes, reserve)
     params = _params_from(msg.parameters, "request")
     fingerprint = _string_param(params, PARAM_FINGERPRINT)
     weights = _string_param(params, PARAM_WEIGHTS)
-    framed = frozenset(n for n in (_string_param(params, PARAM_FRAMED) or "").split(",") if n)
+    framed_text = _string_param(params, PARAM_FRAMED) or ""
+    if len(framed_text) > 4096 + sum(len(t.name) + 1 for t in msg.inputs):  # not millions of names
+        raise WireError(
+            f"parameter {PARAM_FRAMED} ({len(framed_text)} characters) is longer than the names of the "
+            f"request's {len(msg.inputs)} input(s); list only names of framed inputs"
+        )
+    framed = frozenset(n for n in framed_text.split(",") if n)
     if not msg.inputs:
         raise WireError("the request has no inputs; send the model input(s) or the boundary tensors of a cut")
-    for o in msg.outputs:  # before anything is decoded
+    requested = tuple(o.name for o in msg.outputs)
+    if len(set(requested)) != len(requested) or any(not o for o in requested):  # before anything is decoded
+        shown = ", ".join(show(o) for o in requested[:8]) + (", ..." if len(requested) > 8 else "")
+        raise WireError(f"requested outputs must be distinct non-empty names, found [{shown}]")
+    for o in msg.outputs:
         refuse_extensions(o.parameters, f"requested output {show(o.name)}")
     inputs, bf16 = tensors_from_proto(msg.inputs, raw, budget=budget, framed=framed, where="request")
-    requested = tuple(o.name for o in msg.outputs)
-    if len(set(requested)) != len(requested) or any(not o for o in requested):
-        raise WireError(f"requested outputs must be distinct non-empty names, found {list(requested)[:8]}")
     return InferRequestData(
         model_name=msg.model_name,
         model_version=msg.model_version,
@@ -383,13 +418,25 @@ def parse_infer_response(msg: v2_pb.ModelInferResponse, *, max_decoded_bytes: in
 
 def decode_infer_response(data: bytes, *, max_decoded_bytes: int) -> InferResponseData:
     """:func:`parse_infer_response` of a serialized response; outputs are read-only views of ``data``."""
-    msg, raw = _read(data, v2_pb.ModelInferResponse(), _RAW_OUTPUT_FIELD, "inference.ModelInferResponse")
+    msg, raw = _read(
+        data, v2_pb.ModelInferResponse(), _RAW_OUTPUT_FIELD, "inference.ModelInferResponse", _RESPONSE_LIMITS
+    )
     return _response_data(msg, raw, len(data), max_decoded_bytes)
+
+
+def _check_counts(msg: Any, what: str) -> None:
+    """WireError past the entry limits (:func:`_read` checks them before parsing; this, for messages
+    a stock stub parsed)."""
+    for name, limit in (("inputs", MAX_TENSORS), ("outputs", MAX_TENSORS), ("parameters", MAX_PARAMETERS)):
+        n = len(getattr(msg, name, ()))
+        if n > limit:
+            raise WireError(f"the {what} has {n} {name!r} entries; at most {limit} are accepted")
 
 
 def _response_data(
     msg: v2_pb.ModelInferResponse, raw: Sequence[bytes | memoryview], nbytes: int, max_decoded_bytes: int
 ) -> InferResponseData:
+    _check_counts(msg, "response")
     budget = Budget(max_decoded_bytes)
     params = _params_from(msg.parameters, "response")
     outputs, bf16 = tensors_from_proto(msg.outputs, raw, budget=budget, framed=(), where="response")

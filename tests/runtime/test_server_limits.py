@@ -695,3 +695,21 @@ def test_module_callable_models_need_an_input_shape() -> None:
         )
         assert list(reply.outputs[0].shape) == [1, 1000]
         channel.close()
+
+
+def test_running_out_of_host_memory_is_resource_exhausted_not_a_bad_shape() -> None:
+    from types import SimpleNamespace
+
+    from splitdnn.runtime._servicers import compute_error
+
+    served: Any = SimpleNamespace(name="m", traced=SimpleNamespace(input_shapes=((1, 4),)))
+    oom = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"
+    )
+    for exc in (oom, MemoryError()):
+        abort = compute_error(exc, served, {"x": [1, 4]})
+        assert abort.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "ran out of memory" in abort.message
+    assert (
+        compute_error(RuntimeError("size mismatch"), served, {"x": [1, 4]}).code
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -268,3 +270,51 @@ def test_server_answers_stock_and_wire_clients_alike_and_refuses_garbage() -> No
             np.testing.assert_array_equal(again.outputs["output"], x * 2.0)  # still serving
         finally:
             channel.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# entry limits, checked before protobuf parses a message
+
+
+def test_over_limit_counts_top_level_entries_in_any_encoding() -> None:
+    empty_input = b"\x2a\x00"  # field 5 (inputs), length 0
+    assert _wire.over_limit(empty_input * 3, {5: 3}, 100) is None
+    assert _wire.over_limit(empty_input * 4, {5: 3}, 100) == (5, 3)
+    padded = b"\xaa\x80\x00\x00"  # the same tag and length as over-long varints: valid protobuf
+    assert _wire.over_limit(padded * 4, {5: 3}, 100) == (5, 3)
+    group = b"\x0b" + empty_input * 10 + b"\x0c"  # field 1 as a group: its insides are not top-level
+    assert _wire.over_limit(group + empty_input, {5: 3}, 100) is None
+    assert _wire.over_limit(b"\x08\x01" * 101, {}, 100) == (0, 100)  # fields in all
+    assert _wire.over_limit(b"\x2a\x05ab", {5: 0}, 100) == (5, 0)  # counted before its body is read
+    for malformed in (b"\x00\x00", b"\x0c", b"\x2f", b"\x2a"):  # field 0, stray end, wire type 7, cut
+        assert _wire.over_limit(malformed, {5: 5}, 100) is None
+
+
+def test_a_message_of_countless_empty_entries_is_refused_before_it_is_parsed() -> None:
+    """32 MiB of empty inputs took 5 GB and a minute through protobuf; here a few thousand steps."""
+    for field, name in ((b"\x2a\x00", "inputs"), (b"\x32\x00", "outputs"), (b"\x22\x00", "parameters")):
+        data = field * 500_000  # 1 MB
+        t0 = time.perf_counter()
+        with pytest.raises(WireError, match=f"more than [0-9]+ '{name}' entries"):
+            serde.read_infer_request(data)
+        assert time.perf_counter() - t0 < 1.0
+    with pytest.raises(WireError, match="more than [0-9]+ top-level fields"):
+        serde.read_infer_request(b"\x7a\x00" * 100_000)  # unknown field 15, empty
+    with pytest.raises(WireError, match="more than 1024 'parameters' entries"):
+        serde.decode_infer_response(b"\x22\x00" * 2000, max_decoded_bytes=CAP)
+    msg = v2_pb.ModelInferResponse(outputs=[v2_pb.ModelInferResponse.InferOutputTensor()] * 5000)
+    with pytest.raises(WireError, match="has 5000 'outputs' entries; at most 4096"):
+        serde.parse_infer_response(msg, max_decoded_bytes=CAP)
+
+
+def test_a_long_framed_list_and_long_duplicate_output_names_are_cut_short() -> None:
+    x = np.zeros((1, 2), np.float32)
+    msg = serde.build_infer_request("m", {"x": x}, parameters={"a": 1})
+    msg.parameters[serde.PARAM_FRAMED].string_param = "x," * 100_000
+    with pytest.raises(WireError, match="splitdnn.framed .200000 characters. is longer than the names"):
+        serde.parse_infer_request(msg, max_decoded_bytes=CAP)
+    msg = serde.build_infer_request("m", {"x": x})
+    msg.outputs.extend([v2_pb.ModelInferRequest.InferRequestedOutputTensor(name="y" * 20_000)] * 9)
+    with pytest.raises(WireError) as info:
+        serde.parse_infer_request(msg, max_decoded_bytes=CAP)
+    assert "requested outputs must be distinct" in str(info.value) and len(str(info.value)) < 1000
