@@ -325,24 +325,37 @@ class TailServer:
         A second signal while stopping cancels the requests still in flight (:meth:`hurry`)."""
         if self._server is None:
             self.start()
-        stop = threading.Event()
+        # The handler only appends: it runs in the main thread between two bytecodes, maybe while that
+        # thread holds an Event's or logging's lock, and taking one there again would deadlock (seen
+        # once: serve ignored SIGTERM for good). A watcher thread acts on a second signal instead.
+        signals: list[int] = []
+        done = threading.Event()
 
         def on_signal(signum: int, _frame: object) -> None:
-            if stop.is_set():
-                log.warning(
-                    "%s again while stopping: cancelling the requests in flight", signal.Signals(signum).name
-                )
-                self.hurry()
-            stop.set()
+            signals.append(signum)
+
+        def watch() -> None:
+            while not done.wait(0.1):
+                if len(signals) > 1:
+                    log.warning(
+                        "%s again while stopping: cancelling the requests in flight",
+                        signal.Signals(signals[1]).name,
+                    )
+                    self.hurry()
+                    return
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        watcher = threading.Thread(target=watch, name="splitdnn-signals", daemon=True)
+        watcher.start()
         try:
-            while not stop.wait(0.5) and not self._stopped.is_set():
+            while not signals and not self._stopped.wait(0.2):
                 pass
         finally:
             try:
                 self.stop()  # the handlers stay: a second signal hurries it
             finally:
+                done.set()
+                watcher.join()
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 

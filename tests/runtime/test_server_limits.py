@@ -683,6 +683,43 @@ def test_sigterm_stops_gracefully() -> None:
             proc.wait()
 
 
+_SERVE_HELD_LOCKS = """
+import signal, threading
+from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+server = TailServer(ServerConfig(models=(ModelSpec("resnet18", input_shapes=((1, 3, 32, 32),)),))).start()
+handlers, real_signal = {}, signal.signal
+def spy(sig, handler):
+    handlers[sig] = handler
+    return real_signal(sig, handler)
+signal.signal = spy
+held = []  # locks the handler takes: the main thread may hold them when a signal arrives
+real_set, real_hurry = threading.Event.set, TailServer.hurry
+def in_handler():
+    import inspect
+    return any(f.function == "on_signal" for f in inspect.stack())
+threading.Event.set = lambda self: (held.append("Event.set") if in_handler() else None, real_set(self))[1]
+TailServer.hurry = lambda self: (held.append("hurry") if in_handler() else None, real_hurry(self))[1]
+def fire():  # both signals, straight into the handler, as a signal would run it
+    while signal.SIGTERM not in handlers:
+        threading.Event().wait(0.01)
+    handlers[signal.SIGTERM](signal.SIGTERM, None)
+    handlers[signal.SIGTERM](signal.SIGTERM, None)
+threading.Thread(target=fire).start()
+server.serve_forever()
+print("held", held, "hurried", server._hurried.is_set(), flush=True)
+"""
+
+
+def test_the_signal_handler_takes_no_lock() -> None:
+    """A handler runs in the main thread between two bytecodes, maybe inside Event.wait holding its
+    lock; one that set an Event there deadlocked `serve` for good (seen once under load)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SERVE_HELD_LOCKS], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "held [] hurried True"  # the second signal still hurries, off the handler
+
+
 def test_module_callable_models_need_an_input_shape() -> None:
     spec = "splitdnn.models.resnet:resnet18"
     with pytest.raises(ConfigError, match="input_shapes"):
