@@ -102,8 +102,10 @@ def emulation_clock(threads: int | None, slowdown: float) -> Callable[[], float]
 
 @contextmanager
 def device_compute(threads: int | None) -> Iterator[None]:
-    """Device-side compute: the (shared, reference-counted) thread limit, inference mode."""
-    with _THREADS.limit(threads), torch.inference_mode():
+    """Device-side compute: the (shared, reference-counted) thread limit, no autograd. Not inference
+    mode: its tensors refuse in-place changes and autograd later, and an app would get them from local
+    runs only (a remote answer is a plain tensor), depending on the plan of the moment."""
+    with _THREADS.limit(threads), torch.no_grad():
         yield
 
 

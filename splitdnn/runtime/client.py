@@ -500,9 +500,16 @@ class SplitClient:
                 f"model {self.traced.name!r} takes {len(self._placeholders)} input(s) "
                 f"{list(self._placeholders)}, found {len(inputs)}"
             )
-        for i, x in enumerate(inputs):
+        for i, (x, example) in enumerate(zip(inputs, self.traced.example_inputs, strict=True)):
             if not isinstance(x, torch.Tensor):
                 raise ConfigError(f"input {i} must be a torch.Tensor, found {type(x).__name__}")
+            # here, not wherever the plan of the moment runs it: one error type whatever the plan
+            if x.dtype != example.dtype or x.ndim != example.ndim or x.ndim == 0 or x.shape[0] < 1:
+                raise ConfigError(
+                    f"input {i} of model {self.traced.name!r}: expected a {example.dtype} tensor of rank "
+                    f"{example.ndim} with a batch of at least 1 (traced at shape {list(example.shape)}), "
+                    f"found {x.dtype} of shape {list(x.shape)}; convert it first"
+                )
         self.traced.check_input_shapes([x.shape for x in inputs])  # an export-captured model's graph
         t0 = time.perf_counter()
         with self._lock:
@@ -585,8 +592,13 @@ class SplitClient:
         return self.max_message_bytes, "client's"
 
     def _mark_down(self) -> None:
+        """A request failed for the server's sake: back off. Requests failing within one back-off (the
+        ones in flight when the outage began) share it; the next one doubles only if a later try fails."""
         with self._lock:
-            self._down_until = time.monotonic() + self._backoff_s
+            now = time.monotonic()
+            if now < self._down_until:
+                return
+            self._down_until = now + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
             self._answered_cuts.clear()  # a server back from a restart builds its tails afresh
 

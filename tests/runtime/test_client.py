@@ -407,6 +407,36 @@ def test_a_structured_output_comes_back_in_the_models_structure(force: str) -> N
     assert all(torch.equal(a, b) for a, b in zip(y["box"], ref["box"], strict=True))
 
 
+@pytest.mark.parametrize("force", ["edge", "cloud", "cut"])
+def test_the_output_is_a_plain_tensor_wherever_it_was_computed(served, force: str) -> None:
+    """Local runs gave inference-mode tensors (in-place changes and autograd refused), remote ones
+    plain tensors: an app's y.add_(1) broke whenever the plan moved to the device."""
+    server, models = served
+    s = models["alexnet"]
+    cuts = graph.chain_cuts(s.traced)
+    with _client(server, s, force_boundary=cuts[len(cuts) // 2] if force == "cut" else force) as client:
+        y = client.infer(s.x)
+        assert _last(client).local == (force == "edge")
+        assert not y.is_inference() and not y.requires_grad
+        y.add_(1)  # writable, its own memory
+        assert torch.equal(y, s.ref + 1)
+
+
+@pytest.mark.parametrize("force", ["edge", "cloud", "cut"])
+def test_inputs_of_another_dtype_or_rank_get_one_error_whatever_the_plan(served, force: str) -> None:
+    """They raised torch's RuntimeError on the device, a CodecError or an INVALID_ARGUMENT RemoteError
+    on the server: an app could not catch one type, as the plan moves at run time."""
+    server, models = served
+    s = models["alexnet"]
+    cuts = graph.chain_cuts(s.traced)
+    with _client(server, s, force_boundary=cuts[len(cuts) // 2] if force == "cut" else force) as client:
+        for bad in (s.x.double(), s.x[0], s.x[:0], s.x.to(torch.int64)):
+            with pytest.raises(ConfigError, match=r"input 0 of model 'alexnet': expected a torch.float32"):
+                client.infer(bad)
+        assert client.requests == 0
+        assert torch.equal(client.infer(s.x), s.ref)
+
+
 def test_edge_only_never_calls_the_server(served) -> None:
     _, models = served
     s = models["alexnet"]
@@ -510,6 +540,22 @@ def test_unreachable_at_start_runs_locally_or_raises(served) -> None:
         SplitClient(
             "127.0.0.1:1", s.traced, device_profile=s.device, connect_timeout_s=0.2, fallback_local=False
         )
+
+
+def test_requests_failing_in_one_outage_share_one_back_off(served) -> None:
+    """Six requests in flight when a server went down pushed the back-off to 30 s: the app ran locally
+    for 29 s after the server was back. A back-off grows only when a try after it fails again."""
+    _, models = served
+    s = models["alexnet"]
+    with SplitClient("127.0.0.1:1", s.traced, device_profile=s.device, connect_timeout_s=0.2) as client:
+        first = client._down_until - time.monotonic()  # the failed connect backed off once
+        assert 0 < first <= 1.0
+        for _ in range(5):  # the others of the same outage
+            client._mark_down()
+        assert client._down_until - time.monotonic() <= first
+        client._down_until = 0.0  # the back-off ran out; the next try fails too
+        client._mark_down()
+        assert 1.0 < client._down_until - time.monotonic() <= 2.0
 
 
 def test_connecting_starts_no_connectivity_polling_thread(served) -> None:
