@@ -16,6 +16,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from splitdnn._cli_runtime import MAX_THREADS, check_output_file
 from splitdnn.calibrate import CALIBRATION_METHODS
@@ -84,13 +85,44 @@ def _nonneg(text: str) -> float:
     return _number(text, allow_zero=True)
 
 
+_MIN_MBPS = 1e-6  # 1 bit/s: slower gives times no float holds (--json printed Infinity)
+
+
+def _mbps(text: str) -> float:
+    value = _positive(text)
+    if value < _MIN_MBPS:
+        raise argparse.ArgumentTypeError(
+            f"expected a bandwidth of at least {_MIN_MBPS:g} Mbit/s, found {text!r}"
+        )
+    return value
+
+
+def _mbps_or_zero(text: str) -> float:
+    return 0.0 if _nonneg(text) == 0 else _mbps(text)
+
+
+def _json_text(value: Any) -> str:
+    """Strict JSON: a non-finite number (a zero-time profile's throughput) as null, never Infinity."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=1, sort_keys=True, allow_nan=False)
+
+
 def _range(text: str) -> tuple[float, float]:
     lo_text, sep, hi_text = text.partition(":")
     if not sep:
         raise argparse.ArgumentTypeError(
             f"expected a range LOW:HIGH in Mbit/s such as 0.1:1000, found {text!r}"
         )
-    lo, hi = _positive(lo_text), _positive(hi_text)
+    lo, hi = _mbps(lo_text), _mbps(hi_text)
     if hi < lo:
         raise argparse.ArgumentTypeError(f"range {text!r} ends below its start; write LOW:HIGH")
     return lo, hi
@@ -118,10 +150,10 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         help="profile of an edge server between device and cloud: makes a three-tier plan",
     )
     p.add_argument("--rtt-ms", type=_nonneg, default=0.0, help="round-trip time of the uplink (ms)")
-    p.add_argument("--downlink-mbps", type=_nonneg, default=0.0, help="downlink (0 = same as uplink)")
+    p.add_argument("--downlink-mbps", type=_mbps_or_zero, default=0.0, help="downlink (0 = same as uplink)")
     p.add_argument(
         "--backhaul-mbps",
-        type=_positive,
+        type=_mbps,
         default=1000.0,
         help="edge server -> cloud bandwidth for three-tier plans (default 1000)",
     )
@@ -135,7 +167,10 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         help="device power in watts while computing, sending and idle (default 2.0,1.0,0.3)",
     )
     p.add_argument(
-        "--max-device-memory-mb", type=_positive, metavar="MB", help="cap on the head's memory on the device"
+        "--max-device-memory-mb",
+        type=_positive,
+        metavar="MiB",
+        help="cap on the head's memory on the device, in MiB (2**20 bytes)",
     )
     p.add_argument(
         "--keep-input-on-device",
@@ -248,7 +283,11 @@ def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
         allowed = tuple(c for c in names if c not in ("raw", "none"))
         unusable = unusable_codecs(profiles, allowed, max_error=_max_error(args), metric=args.error_metric)
         if unusable:
-            zero = " (unset, --max-error is 0: lossless codecs only)" if args.max_error is None else ""
+            zero = (
+                " (unset, --max-error is 0: lossless codecs only)"
+                if args.max_error is None and args.max_accuracy_loss is None
+                else ""
+            )
             raise ConfigError(
                 f"--codecs: {'; '.join(unusable)}{zero}; no plan could use such a codec. Measured in the "
                 f"profiles: {', '.join(measured) or 'none'} (`splitdnn profile --codecs ...` measures "
@@ -344,7 +383,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         out["max_error"] = _max_error(args)
         out["error_metric"] = args.error_metric
         out["accuracy_budget"] = _accuracy_json(plan, opts)
-        print(json.dumps(out, indent=1, sort_keys=True))
+        print(_json_text(out))
     else:
         print(report.format_plan(plan, edge, cloud, profiles, codec_notes=notes))
     return 0
@@ -392,7 +431,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         out["error_metric"] = args.error_metric
         if opts.get("accuracy") is not None:
             out["accuracy_budget"] = [_accuracy_json(p.plan, opts) for p in points]
-        print(json.dumps(out, indent=1, sort_keys=True))
+        print(_json_text(out))
     else:
         for p in profiles:
             print(f"profile: {p.describe()}")
@@ -562,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("solve", help="the optimal plan for one link, beside edge-only and cloud-only")
     _add_plan_options(p)
-    p.add_argument("--uplink-mbps", type=_positive, required=True, metavar="X")
+    p.add_argument("--uplink-mbps", type=_mbps, required=True, metavar="X")
     p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("sweep", help="the optimal plan and the baselines over a range of bandwidths")

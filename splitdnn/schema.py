@@ -146,6 +146,11 @@ class NodeProfile:
     def __post_init__(self) -> None:
         if self.op not in NODE_OPS:
             raise ProfileError(f"node {self.name!r}: op must be one of {NODE_OPS}, found {self.op!r}")
+        if self.op in ("placeholder", "get_attr") and self.inputs:  # the solver reads no edges into them
+            raise ProfileError(
+                f"node {self.name!r} is a {self.op} but reads {list(self.inputs)[:4]}; model inputs and "
+                f"parameters read no other node (is the profile edited by hand?)"
+            )
         if self.output_bytes < 0 or self.param_bytes < 0:
             raise ProfileError(f"node {self.name!r}: byte counts must be >= 0")
         _check_finite_nonneg(f"node {self.name!r} calibrated_ms", self.calibrated_ms)

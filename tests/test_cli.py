@@ -200,6 +200,13 @@ def test_profiles_of_different_models_are_refused(profiles, capsys, tmp_path):
         (["demo", "--device-threads", "100000"], "integer in 1..1024"),
         ("sweep --device-profile a --server-profile b --uplink-mbps 1:10 --points 1e9".split(), "an integer"),
         ("sweep --device-profile a --server-profile b --uplink-mbps 1:10 --points 99999".split(), "1..10000"),
+        # bandwidths so small that times overflowed: --json printed Infinity, which is not JSON
+        ("solve --device-profile a --server-profile b --uplink-mbps 1e-310".split(), "at least 1e-06 Mbit/s"),
+        ("sweep --device-profile a --server-profile b --uplink-mbps 1e-9:1".split(), "at least 1e-06 Mbit/s"),
+        (
+            "solve --device-profile a --server-profile b --uplink-mbps 5 --downlink-mbps 1e-9".split(),
+            "at least",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_usage(argv, message, capsys):
@@ -521,6 +528,12 @@ def test_accuracy_budget_chooses_codecs_by_measured_top1_loss(codec_profiles, tm
         "--points", "2", "--accuracy-table", table, "--max-accuracy-loss", "1", "--json",
     )  # fmt: skip
     assert code == 0, err
+    # a codec never measured: no word of --max-error, which an accuracy budget replaces
+    code1, _, err1 = run(
+        capsys, "solve", "--device-profile", dev, "--server-profile", srv, "--uplink-mbps", "5.85",
+        "--accuracy-table", table, "--max-accuracy-loss", "1000", "--codecs", "int2+zstd",
+    )  # fmt: skip
+    assert code1 == 1 and "int2+zstd" in err1 and "--max-error is 0" not in err1
     sweep = json.loads(out)
     assert all(set(p["codecs"].values()) <= {"int8+zstd", "zstd", "raw"} for p in sweep["points"])
     assert len(sweep["accuracy_budget"]) == 2
@@ -552,3 +565,12 @@ def test_accuracy_tables_that_do_not_fit_are_refused(codec_profiles, tmp_path, c
         capsys, *base, "--accuracy-table", str(tmp_path / "none.json"), "--max-accuracy-loss", "1"
     )
     assert code == 1 and "cannot read accuracy table" in err
+
+
+def test_json_output_is_strict_json() -> None:
+    from splitdnn.cli import _json_text
+
+    text = _json_text({"a": float("inf"), "b": [1.5, float("nan")], "c": {"d": -float("inf")}, "e": 2})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+        "a": None, "b": [1.5, None], "c": {"d": None}, "e": 2,
+    }  # fmt: skip

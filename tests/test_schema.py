@@ -100,6 +100,8 @@ def test_describe_always_shows_emulation():
         (lambda d: d.update(input_shapes=[[1, 3, -224, 224]]), "input_shapes must hold one shape"),
         (lambda d: d.update(input_shapes=[[]]), "input_shapes must hold one shape"),
         (lambda d: d.update(input_shapes=[]), "input_shapes must hold one shape"),
+        # a get_attr reading a node: the solver drops such edges, and values reached the server unsent
+        (lambda d: d["nodes"][2].update(op="get_attr"), "is a get_attr but reads ['fc1']"),
     ],
 )
 def test_corrupt_profiles_are_refused_with_the_path_of_the_bad_value(mutate, message):

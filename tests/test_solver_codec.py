@@ -122,6 +122,24 @@ def test_the_cheapest_allowed_codec_within_budget_is_chosen() -> None:
     assert why.candidates == 3  # raw, zstd, int8 (int4 is over budget)
 
 
+def test_an_exact_decode_is_lossless_under_the_cosine_metric() -> None:
+    """Profiles store an exact decode's cosine as 0.9999999999999998 for a third of the nodes: under
+    the default budget of 0 the cosine metric dropped zstd there (a 9 % worse cut, reviewer's)."""
+    profiles = _toy()
+
+    def rounded(p: Profile) -> Profile:
+        def one(c):  # type: ignore[no-untyped-def]
+            return dataclasses.replace(c, cosine=0.9999999999999998) if c.max_abs_error == 0 else c
+
+        nodes = tuple(dataclasses.replace(n, codecs=tuple(one(c) for c in n.codecs)) for n in p.nodes)
+        return dataclasses.replace(p, nodes=nodes)
+
+    hop = _hop([rounded(p) for p in profiles], "conv", 5.85)
+    assert (
+        codec_tensor_cost([rounded(p) for p in profiles], max_error=0.0, metric="cosine")(hop).codec == "zstd"
+    )
+
+
 def test_codecs_that_no_plan_could_use_are_named_with_why() -> None:
     profiles = _toy()
     # measured on conv only: int8's rel MSE is 1e-4, int4's 5e-3
