@@ -227,11 +227,13 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load_profiles(args: argparse.Namespace) -> list:
+    from splitdnn import codec
     from splitdnn.schema import check_same_model
 
     paths = [args.device_profile] + ([args.edge_profile] if args.edge_profile else []) + [args.server_profile]
     profiles = [load_profile(p) for p in paths]
     check_same_model(profiles)
+    codec.check_profile_codecs(profiles)
     return profiles
 
 

@@ -574,3 +574,19 @@ def test_json_output_is_strict_json() -> None:
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
         "a": None, "b": [1.5, None], "c": {"d": None}, "e": 2,
     }  # fmt: skip
+
+
+def test_a_profile_listing_an_unknown_codec_is_refused(codec_profiles, tmp_path, capsys):
+    """A plan chose it ("nosuchcodec") and the first request would fail to encode."""
+    dev, srv = codec_profiles
+    data = json.loads(open(dev).read())
+    node = next(n for n in data["nodes"] if n["codecs"])
+    node["codecs"][0]["spec"] = "nosuchcodec"
+    bad = tmp_path / "dev.json"
+    bad.write_text(json.dumps(data))
+    code, _, err = run(
+        capsys, "solve", "--device-profile", str(bad), "--server-profile", srv, "--uplink-mbps", "5"
+    )
+    assert (
+        code == 1 and "lists codec 'nosuchcodec'" in err and "unknown codec" in err and err.count("\n") == 1
+    )

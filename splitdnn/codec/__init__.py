@@ -91,7 +91,7 @@ from splitdnn.codec._frame import (
     encode,
     error_bound,
 )
-from splitdnn.codec._measure import DEFAULT_CODECS, measure, parse_codec_list
+from splitdnn.codec._measure import DEFAULT_CODECS, check_profile_codecs, measure, parse_codec_list
 from splitdnn.codec._registry import ByteCodec, ValueCodec, known_codecs, register_codec, unregister_codec
 from splitdnn.errors import CodecError
 
@@ -110,6 +110,7 @@ __all__ = [
     "CodecError",
     "FrameInfo",
     "ValueCodec",
+    "check_profile_codecs",
     "decode",
     "describe",
     "encode",

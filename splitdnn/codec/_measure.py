@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from splitdnn.codec._frame import decode, encode
-from splitdnn.errors import CodecError, ConfigError
-from splitdnn.schema import CodecResult
+from splitdnn.codec._frame import decode, encode, parse_spec
+from splitdnn.errors import CodecError, ConfigError, ProfileError
+from splitdnn.schema import CodecResult, Profile
 
-__all__ = ["DEFAULT_CODECS", "measure", "parse_codec_list"]
+__all__ = ["DEFAULT_CODECS", "check_profile_codecs", "measure", "parse_codec_list"]
 
 #: what the profiler measures by default on every candidate boundary tensor
 DEFAULT_CODECS = ("raw", "zstd", "fp16+zstd", "int8+zstd", "int4+zstd")
@@ -42,6 +42,25 @@ def check_specs(specs: Sequence[str]) -> None:
             raise ConfigError(f"codec {spec!r} cannot be used: {exc}") from exc
     if len(set(specs)) != len(specs):
         raise ConfigError(f"codec list {list(specs)} names a codec twice")
+
+
+def check_profile_codecs(profiles: Sequence[Profile]) -> None:
+    """ProfileError when a profile lists a codec this splitdnn cannot use: a plan would choose it, and
+    the first request would fail to encode (a profile edited by hand, or from a build with more codecs)."""
+    seen: set[str] = set()
+    for p in profiles:
+        for n in p.nodes:
+            for c in n.codecs:
+                if c.spec in seen:
+                    continue
+                seen.add(c.spec)
+                try:
+                    parse_spec(c.spec)
+                except CodecError as exc:
+                    raise ProfileError(
+                        f"profile of {p.model!r} lists codec {c.spec!r} on node {n.name!r}, which this "
+                        f"splitdnn cannot use ({exc}); measure the profile again with `splitdnn profile`"
+                    ) from exc
 
 
 def measure(

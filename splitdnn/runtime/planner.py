@@ -40,7 +40,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitdnn import solver
+from splitdnn import codec, solver
 from splitdnn.errors import ConfigError, PlanError
 from splitdnn.runtime._estimator import LinkEstimator, LinkSample, check_positive
 from splitdnn.schema import CodecResult, LatencyStats, Link, NodeProfile, Plan, Profile
@@ -276,6 +276,7 @@ class Planner:
         if isinstance(codecs, str):
             raise ConfigError(f"codecs must be a sequence of codec specs, found the string {codecs!r}")
         self.profiles = (device, server)
+        codec.check_profile_codecs(self.profiles)  # a server's published profile too
         solver.evaluate(self.profiles, [link], {n.name: 0 for n in device.compute_nodes})  # checks
         self.hysteresis = hysteresis if hysteresis is not None else Hysteresis()
         base = constraints if constraints is not None else Constraints()

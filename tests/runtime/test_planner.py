@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitdnn.errors import ConfigError, InfeasibleError, PlanError
+from splitdnn.errors import ConfigError, InfeasibleError, PlanError, ProfileError
 from splitdnn.runtime._estimator import _theil_sen
 from splitdnn.runtime.planner import (
     Hysteresis,
@@ -261,6 +261,19 @@ def _profiles(with_codec: bool = False) -> tuple[Profile, Profile]:
 
         device, server = add(device), add(server)
     return device, server
+
+
+def test_a_published_profile_with_a_codec_this_build_lacks_is_refused() -> None:
+    device, server = _profiles(with_codec=True)
+    odd = CodecResult("zstd+lz9", 1_000, 1.0, 0.5, 0.0, 0.0, 1.0)
+    server = dataclasses.replace(
+        server,
+        nodes=tuple(dataclasses.replace(n, codecs=(odd,)) if n.name == "b" else n for n in server.nodes),
+    )
+    with pytest.raises(
+        ProfileError, match="lists codec 'zstd\\+lz9' on node 'b', which this splitdnn cannot use"
+    ):
+        Planner(device, server, Link(10.0, rtt_ms=20.0))
 
 
 def test_planner_picks_the_solver_plan_per_bandwidth() -> None:
