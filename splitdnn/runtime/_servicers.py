@@ -45,6 +45,7 @@ __all__ = [
     "SplitServicer",
     "TokenInterceptor",
     "add_inference_servicer",
+    "add_servicer",
     "compute_error",
 ]
 
@@ -274,19 +275,76 @@ class _Registration:
         self.handlers[service] = dict(handlers)
 
 
+def add_servicer(
+    register: Callable[[Any, Any], None],
+    servicer: Any,
+    server: grpc.Server,
+    bytes_level: Mapping[str, Callable[[bytes, grpc.ServicerContext], bytes]] | None = None,
+) -> None:
+    """Register ``servicer`` with its generated ``register`` function, the requests parsed here.
+
+    gRPC answers a request its deserializer cannot parse with INTERNAL and logs a traceback (a bug, by
+    our statuses, and a way to flood the log); here each handler parses its own request and answers
+    INVALID_ARGUMENT. ``bytes_level`` replaces handlers by bytes-in, bytes-out ones (ModelInfer: its
+    raw contents stay views, see :mod:`splitdnn.runtime.serde`).
+    """
+    record = _Registration()
+    register(servicer, record)
+    for service, handlers in record.handlers.items():
+        handlers = {name: _parsing_here(service, name, h) for name, h in handlers.items()}
+        for name, behavior in (bytes_level or {}).items():
+            handlers[name] = grpc.unary_unary_rpc_method_handler(behavior)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        server.add_registered_method_handlers(service, handlers)
+
+
+def _parsing_here(service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    parse = handler.request_deserializer
+    if parse is None or handler.request_streaming:
+        return handler
+
+    def request(data: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the request is malformed
+            log.debug("%s/%s: a request protobuf cannot parse: %s", service, method, exc)
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request ({len(data)} bytes) is not a valid {service}.{method} message; send the "
+                f"service's request message",
+            )
+
+    if handler.response_streaming:
+        streams = handler.unary_stream
+
+        def stream(data: bytes, context: grpc.ServicerContext, *callback: Any) -> Any:
+            return streams(request(data, context), context, *callback)
+
+        # gRPC's non-blocking streams (health Watch): it passes a send callback to a behavior so marked
+        for attr in ("experimental_non_blocking", "experimental_thread_pool"):
+            if hasattr(streams, attr):
+                setattr(stream, attr, getattr(streams, attr))
+        return grpc.unary_stream_rpc_method_handler(stream, response_serializer=handler.response_serializer)
+    answers = handler.unary_unary
+    return grpc.unary_unary_rpc_method_handler(
+        lambda data, context: answers(request(data, context), context),
+        response_serializer=handler.response_serializer,
+    )
+
+
 def add_inference_servicer(servicer: InferenceServicer, server: grpc.Server) -> None:
-    """The generated registration of inference.GRPCInferenceService, but ModelInfer bytes-level.
+    """inference.GRPCInferenceService with ModelInfer bytes-level (see :func:`add_servicer`).
 
     Its handler has no (de)serializers: the servicer gets the request's bytes and answers bytes, and
     ``serde`` converts them with the raw contents as views (one copy of each tensor per direction
     instead of three). Stock clients see the same protocol: the bytes are the same messages.
     """
-    record = _Registration()
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, record)
-    ((service, handlers),) = record.handlers.items()
-    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    add_servicer(
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server,
+        servicer,
+        server,
+        {"ModelInfer": servicer.ModelInfer},
+    )
 
 
 class SplitServicer(sd_grpc.SplitServiceServicer):

@@ -86,6 +86,7 @@ from splitdnn.runtime._servicers import (
     SplitServicer,
     TokenInterceptor,
     add_inference_servicer,
+    add_servicer,
     compute_error,
 )
 from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, shown_names, to_numpy
@@ -221,9 +222,9 @@ class TailServer:
         )
         self._unstarted = server
         add_inference_servicer(InferenceServicer(self), server)
-        sd_grpc.add_SplitServiceServicer_to_server(SplitServicer(self), server)
+        add_servicer(sd_grpc.add_SplitServiceServicer_to_server, SplitServicer(self), server)
         self._health = ShutdownHealth()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        add_servicer(health_pb2_grpc.add_HealthServicer_to_server, self._health, server)
         address = host_port(cfg.host, cfg.port)
         try:
             if tls is not None:

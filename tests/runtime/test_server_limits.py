@@ -750,3 +750,36 @@ def test_running_out_of_host_memory_is_resource_exhausted_not_a_bad_shape() -> N
         compute_error(RuntimeError("size mismatch"), served, {"x": [1, 4]}).code
         == grpc.StatusCode.INVALID_ARGUMENT
     )
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/inference.GRPCInferenceService/ModelMetadata",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/splitdnn.v1.SplitService/GetModelInfo",
+        "/splitdnn.v1.SplitService/Probe",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    ],
+)
+def test_a_request_protobuf_cannot_parse_is_invalid_argument_on_every_method(method: str, caplog) -> None:
+    """gRPC's own deserializer answered INTERNAL and logged an ERROR traceback per call."""
+    with _server() as server:
+        channel = grpc.insecure_channel(server.address)
+        garbage = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, a length past the end
+        call = channel.unary_stream(method) if method.endswith("Watch") else channel.unary_unary(method)
+        with caplog.at_level("ERROR"), pytest.raises(grpc.RpcError) as info:
+            result = call(garbage, timeout=10)
+            if method.endswith("Watch"):
+                next(iter(result))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not a valid" in info.value.details()
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+        # and the server serves valid requests of the same method
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+        channel.close()
