@@ -426,8 +426,8 @@ class TokenInterceptor(grpc.ServerInterceptor):
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
             context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' with the "
-                "server's token",
+                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' once, with "
+                "the server's token",
             )
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
@@ -440,13 +440,13 @@ class TokenInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method  # type: ignore[attr-defined]
         if method.startswith(HEALTH_PREFIX):
             return continuation(handler_call_details)
-        for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
-            if key == "authorization":
-                got = value.encode() if isinstance(value, str) else bytes(value)
-                scheme, _, credentials = got.partition(b" ")
-                # the scheme is case-insensitive (RFC 7235); the token is compared as sent, in constant time
-                if scheme.lower() == b"bearer" and hmac.compare_digest(credentials, self._expected):
-                    return continuation(handler_call_details)
+        sent = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]  # type: ignore[attr-defined]
+        if len(sent) == 1:  # several: one call must not try several tokens
+            got = sent[0].encode() if isinstance(sent[0], str) else bytes(sent[0])
+            scheme, _, credentials = got.partition(b" ")
+            # the scheme is case-insensitive (RFC 7235); the token is compared as sent, in constant time
+            if scheme.lower() == b"bearer" and hmac.compare_digest(credentials, self._expected):
+                return continuation(handler_call_details)
         if self._metrics is not None:  # refused before any servicer (and any model name) is read
             if method == serde.MODEL_INFER_METHOD:
                 self._metrics.of(UNKNOWN_MODEL).requests.inc()

@@ -231,6 +231,12 @@ class ServedModel:
 
         All inputs must agree on the batch (first) dimension, which must be at least 1.
         """
+        output = [n for n in arrays if n in self._graph_nodes and self._graph_nodes[n].op == "output"]
+        if output:
+            raise WireError(
+                f"input {output[0]!r} names the output node of model {self.name!r}, which no cut sends; "
+                f"name the producer nodes of your cut's boundary tensors"
+            )
         unknown = [n for n in arrays if n not in self.node_meta]
         if unknown:
             not_tensor = [n for n in unknown if n in self._graph_nodes]

@@ -452,6 +452,11 @@ class TailServer:
 
     def _model(self, name: str, version: str) -> ServedModel:
         served = self._models.get(name)
+        if not name:
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request names no model (empty model_name); this server serves {sorted(self._models)}",
+            )
         if served is None:
             shown = name if len(name) <= 60 else name[:60] + "..."
             raise Abort(
@@ -489,7 +494,7 @@ class TailServer:
             if data.fingerprint is not None and data.fingerprint != served.fingerprint:
                 raise Abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"the client split a model with fingerprint {data.fingerprint[:12]}, but this server's "
+                    f"the client split a model with fingerprint {data.fingerprint[:12]!r}, but this server's "
                     f"{served.name!r} has fingerprint {served.fingerprint[:12]}; use the same model "
                     f"definition on both sides (GetModelInfo gives the server's)",
                 )

@@ -453,6 +453,12 @@ def test_bearer_token() -> None:
         refused = {"model": "<unknown>", "code": "UNAUTHENTICATED"}
         assert registry.get_sample_value("splitdnn_failures_total", refused) == 3
         assert registry.get_sample_value("splitdnn_requests_total", {"model": "<unknown>"}) == 3
+        # one call cannot try several tokens: the right one among others is refused too
+        several = (("authorization", "Bearer nope"), ("authorization", "Bearer s3cret"))
+        assert (
+            _code(lambda: _infer(stub, _rows(1, 0), timeout=10, metadata=several))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
         assert registry.get_sample_value("splitdnn_requests_total", {"model": "gated"}) == 2
         channel.close()
 
@@ -782,4 +788,27 @@ def test_a_request_protobuf_cannot_parse_is_invalid_argument_on_every_method(met
             health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
             == health_pb2.HealthCheckResponse.SERVING
         )
+        channel.close()
+
+
+def test_a_request_naming_no_model_is_invalid_argument() -> None:
+    with _server() as server:
+        stub, channel = _stub(server.address)
+        request = serde.build_infer_request("", {"x": _rows(1, 0)})
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "names no model (empty model_name); this server serves ['gated']" in info.value.details()
+        channel.close()
+
+
+def test_the_output_node_is_not_a_cut_input() -> None:
+    with _server() as server:
+        stub, channel = _stub(server.address)
+        fingerprint = server.served_model("gated").fingerprint
+        request = serde.build_infer_request("gated", {"output": _rows(1, 0)}, fingerprint=fingerprint)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "names the output node of model 'gated', which no cut sends" in info.value.details()
         channel.close()
