@@ -84,6 +84,13 @@ def translate_rpc_error(exc: grpc.RpcError, what: str) -> RemoteError:
             code=name,
             details=details,
         )
+    if name == "UNAVAILABLE" and is_handshake_failure(details):  # not transient: a setting to fix
+        return AuthenticationError(
+            f"{what}: the TLS handshake with the server failed ({details}); check the CA the client "
+            f"trusts (root_cert), its certificate for mutual TLS, and that both ends use TLS or neither",
+            code=name,
+            details=details,
+        )
     entry = _TRANSLATIONS.get(name)
     if name == "FAILED_PRECONDITION" and not any(w in details.lower() for w in _MISMATCH_WORDS):
         entry = None  # another precondition: no more specific class than RemoteError
@@ -91,6 +98,11 @@ def translate_rpc_error(exc: grpc.RpcError, what: str) -> RemoteError:
         return RemoteError(f"{what}: the server answered {name}: {details}", code=name, details=details)
     cls, meaning, fix = entry
     return cls(f"{what}: {meaning} ({name}: {details or 'no details'}); {fix}", code=name, details=details)
+
+
+def is_handshake_failure(details: str) -> bool:
+    """gRPC's UNAVAILABLE details for a TLS handshake that failed (wrong CA, TLS to a plaintext port)."""
+    return "handshake failed" in details.lower()
 
 
 def is_transient(exc: RemoteError) -> bool:

@@ -83,6 +83,7 @@ from torch import nn
 
 from splitdnn import graph
 from splitdnn.errors import (
+    AuthenticationError,
     ConfigError,
     ProfileMismatchError,
     RemoteError,
@@ -363,6 +364,18 @@ class SplitClient:
         self.notes.append(f"{err}; running locally until it answers")
         self._mark_down()
 
+    def _raise_if_handshake_fails(self) -> None:
+        """After a first call that waited in vain: one that does not wait says why the channel fails
+        (``wait_for_ready`` hides it), and a failed TLS handshake is raised as AuthenticationError."""
+        try:
+            self._sd.GetModelInfo(
+                serde.build_model_info_request(self.model_name), timeout=1.0, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            err = translate_rpc_error(exc, f"connecting to {self.address}")
+            if isinstance(err, AuthenticationError):
+                raise err from None
+
     def _connect(self, timeout_s: float) -> Profile | None:
         """Reach the server: check the model, fetch its profile, measure the RTT. None: no profile.
 
@@ -379,6 +392,7 @@ class SplitClient:
                 )  # fmt: skip
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                    self._raise_if_handshake_fails()  # a setting to fix, never hidden by local runs
                     self._unreachable(timeout_s)  # raises, or marks the server down
                     self._info_pending = True
                     return None

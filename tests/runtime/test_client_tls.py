@@ -9,7 +9,7 @@ import torch
 from tls_certs import make_certs
 
 from splitdnn import graph
-from splitdnn.errors import ServerUnavailableError
+from splitdnn.errors import AuthenticationError, ServerUnavailableError
 from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
 from splitdnn.runtime.client import SplitClient
@@ -53,3 +53,21 @@ def test_mutual_tls_with_token(tmp_path: Path) -> None:
                 server.address, traced, device_profile=device, token="t0ken", root_cert=c["ca"],
                 fallback_local=False, connect_timeout_s=1.0,
             )  # fmt: skip
+
+
+def test_a_failed_tls_handshake_is_raised_not_run_locally() -> None:
+    """A wrong CA, or TLS to a plaintext port, waited out the connect timeout and then ran every request
+    locally, silently (or said "the server is down"): the handshake error was only in gRPC's log."""
+    c, other = make_certs(), make_certs()
+    shape = (1, *ZOO["alexnet"].test_input_shape)
+    torch.manual_seed(0)
+    spec = ModelSpec("alexnet", module=build_zoo_model("alexnet"), input_shapes=(shape,))
+    with TailServer(ServerConfig(models=(spec,), tls_cert=c["server_cert"], tls_key=c["server_key"])) as tls:
+        traced = tls.served_model("alexnet")
+        for fallback in (True, False):
+            with pytest.raises(AuthenticationError, match="TLS handshake with the server failed"):
+                SplitClient(tls.address, traced, root_cert=other["ca"], connect_timeout_s=1.0,
+                            fallback_local=fallback, input_shape=shape)  # fmt: skip
+    with TailServer(ServerConfig(models=(spec,))) as plain:
+        with pytest.raises(AuthenticationError, match="both ends use TLS or neither"):
+            SplitClient(plain.address, traced, root_cert=c["ca"], connect_timeout_s=1.0)
