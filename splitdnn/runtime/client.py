@@ -260,6 +260,7 @@ class SplitClient:
         self._remote_in_flight = 0  # requests of this client waiting for the server's answer
         self._server_max_message: int | None = None  # the server's cap, from GetModelInfo
         self._info_pending = False  # GetModelInfo not answered at start (server down): ask on first answer
+        self._catch_up_due = False  # ... and a link probe's ping has been answered since
         self.closed = False
         # sets of boundary names the server has answered for (it has built and cached their tail)
         self._answered_cuts: set[frozenset[str]] = set()
@@ -422,7 +423,7 @@ class SplitClient:
         with self._lock:
             if not self._info_pending:
                 return
-            self._info_pending = False
+            self._info_pending = self._catch_up_due = False
         try:
             msg = self._sd.GetModelInfo(
                 serde.build_model_info_request(self.model_name), timeout=min(self.timeout_s, 5.0),
@@ -549,8 +550,8 @@ class SplitClient:
                 out = run.remote(inputs)
         finally:
             self.last_breakdown = breakdown = run.breakdown()
-        if self._info_pending and not breakdown.local:
-            self._catch_up_with_server()
+        if self._info_pending and (not breakdown.local or self._catch_up_due):  # edge-only: a probe's
+            self._catch_up_with_server()  # answer is the only one it gets
         if not breakdown.fallback:  # it ran as the plan says: a measurement of the plan
             with self._lock:
                 decision = self.planner.observe_latency(plan, breakdown.total_ms)
@@ -685,6 +686,7 @@ class SplitClient:
 
     def _observe_ping(self, rtt_ms: float) -> None:
         with self._lock:
+            self._catch_up_due = self._info_pending  # the server answers: check its model next request
             self.estimator.observe_ping(rtt_ms)
             self._last_observed = time.monotonic()
             if not hasattr(self, "planner"):  # pings at construction come before the first plan

@@ -612,6 +612,32 @@ def test_a_server_that_starts_after_the_client_is_used_once_it_answers() -> None
             assert torch.equal(client.infer(x), ref) and not _last(client).local
 
 
+def test_a_server_that_starts_after_an_edge_only_client_is_checked_once_a_probe_reaches_it() -> None:
+    """Edge-only (the server's speed estimated as the device's), the client sends no request, so it
+    never asked the server for its model and profile: it stayed edge-only against a server 10x faster."""
+    spec = _spec("alexnet")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert spec.module is not None and spec.input_shapes is not None
+    traced = graph.trace(spec.module, torch.zeros(spec.input_shapes[0]), name="alexnet")
+    x = torch.randn(spec.input_shapes[0])
+    device = _profile(traced)
+    with SplitClient(f"127.0.0.1:{port}", traced, device_profile=device, connect_timeout_s=0.2) as client:
+        client.infer(x)
+        assert client.planner.plan.strategy == "edge-only" and client.server_profile_source.startswith(
+            "estimated"
+        )
+        published = scale_profile(device, 10.0)
+        with TailServer(ServerConfig(models=(spec,), port=port, profiles={"alexnet": published})):
+            end = time.monotonic() + 20.0
+            while client.server_profile_source != "the server's (GetModelInfo)":
+                assert time.monotonic() < end, "the client never asked the server that came up"
+                time.sleep(0.1)
+                client.infer(x)
+            assert client.server_profile.total == published.total
+
+
 def test_token_is_required_and_sent() -> None:
     spec = _spec("alexnet")
     with TailServer(ServerConfig(models=(spec,), token="s3cret")) as server:
