@@ -13,6 +13,7 @@ from solver_helpers import dag_cases, same, value
 from splitdnn.errors import ConfigError
 from splitdnn.schema import CodecResult, Link, Profile, profile_from_json, profile_to_json
 from splitdnn.solver import (
+    OVER_CAP_BYTES,
     TensorHop,
     brute_force,
     cloud_only,
@@ -120,6 +121,21 @@ def test_the_cheapest_allowed_codec_within_budget_is_chosen() -> None:
     why = explain_codec(hop, max_error=1e-3)
     assert (why.codec, why.wire_bytes, why.error, why.max_error) == ("int8+zstd", 20_000, 1e-4, 1e-3)
     assert why.candidates == 3  # raw, zstd, int8 (int4 is over budget)
+
+
+def test_a_message_cap_keeps_only_the_codecs_whose_frame_fits() -> None:
+    profiles = _toy()
+    hop = _hop(profiles, "conv", 5.85)
+    fast = _hop(profiles, "conv", 10_000.0)  # raw (100 kB) is the cheapest here, without a cap
+    assert codec_tensor_cost(profiles, max_error=0.0)(fast).codec == "raw"
+    capped = codec_tensor_cost(profiles, max_error=0.0, max_wire_bytes=60_000)
+    assert capped(fast).codec == "zstd" and capped(fast).wire_bytes <= 60_000
+    assert codec_tensor_cost(profiles, max_wire_bytes=9_001)(hop).codec == "int4+zstd"  # 9001 B fits
+    over = codec_tensor_cost(profiles, max_wire_bytes=100)(hop)
+    assert over.wire_bytes == OVER_CAP_BYTES  # nothing fits: no plan sends it
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="max_wire_bytes must be an integer >= 0"):
+            codec_tensor_cost(profiles, max_wire_bytes=bad)
 
 
 def test_an_exact_decode_is_lossless_under_the_cosine_metric() -> None:

@@ -349,7 +349,8 @@ class SplitClient:
             self.device_profile, server, link, privacy_floor=self.privacy_floor,
             unsendable=_unsendable(self.traced),
             # a remote part predicted over the deadline would always finish locally: never chosen
-            max_remote_ms=self.timeout_s * 1e3 if self.fallback_local else None, **self._planning,
+            max_remote_ms=self.timeout_s * 1e3 if self.fallback_local else None,
+            max_message_bytes=self.message_cap()[0], **self._planning,
         )  # fmt: skip
 
     def _unreachable(self, timeout_s: float) -> None:

@@ -66,6 +66,7 @@ _HOLD_MOVE = 1.5
 
 #: what a value that cannot cross the network (a tuple, a Python int) is priced at: no plan picks it
 _UNSENDABLE_BYTES = 1 << 50
+_HEADER_BYTES = 16 << 10  # a request's fields besides its tensors' bytes (names, shapes, parameters)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +249,10 @@ class Planner:
     tensor (a tuple, a Python number): they are priced out of every plan, and a forced plan that
     would send one is refused. ``max_remote_ms``: a plan whose part after the device's compute is
     predicted longer (the client's deadline) is never chosen; edge-only is, instead.
+    ``max_message_bytes``: the smaller of both ends' message caps; a boundary tensor is sent only with
+    a codec whose frame fits (less a margin for the request's other fields), and a value nothing fits
+    is priced out of every plan (a cut sending several tensors is checked one tensor at a time). Not
+    for a forced plan: the client refuses its request, if over a cap, with a ConfigError.
     """
 
     def __init__(
@@ -267,6 +272,7 @@ class Planner:
         accuracy_table: AccuracyTable | str | Path | None = None,
         max_accuracy_loss: float | None = None,
         max_remote_ms: float | None = None,
+        max_message_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(device, Profile) or not isinstance(server, Profile):
@@ -291,9 +297,24 @@ class Planner:
         if max_error is None and accuracy_table is None:
             max_error = 0.0  # lossless only, unless an accuracy budget says which lossy codecs may go
         self.max_error = max_error
+        if max_message_bytes is not None and (
+            isinstance(max_message_bytes, bool)
+            or not isinstance(max_message_bytes, int)
+            or max_message_bytes < 1
+        ):
+            raise ConfigError(
+                f"max_message_bytes must be an integer >= 1 or None, found {max_message_bytes!r}"
+            )
+        # a forced plan is the caller's: priced as it is, its request is refused with a clear error
+        wire_cap = (
+            None
+            if max_message_bytes is None or force is not None
+            else max(0, max_message_bytes - _HEADER_BYTES)
+        )
         best_codec = solver.codec_tensor_cost(
             self.profiles, allowed=None if codecs is None else tuple(codecs), max_error=max_error,
             metric=metric, accuracy=accuracy_table, max_accuracy_loss=max_accuracy_loss,
+            max_wire_bytes=wire_cap,
         )  # fmt: skip
         if codecs is not None:
             unusable = solver.unusable_codecs(self.profiles, codecs, max_error=max_error, metric=metric)

@@ -41,6 +41,7 @@ from splitdnn.solver._api import (
 from splitdnn.solver._chain import chain_cuts
 from splitdnn.solver._codec import (
     ERROR_METRICS,
+    OVER_CAP_BYTES,
     CodecChoice,
     codec_tensor_cost,
     explain_codec,
@@ -60,6 +61,7 @@ __all__ = [
     "ERROR_METRICS",
     "METHODS",
     "OBJECTIVES",
+    "OVER_CAP_BYTES",
     "AccuracyTable",
     "CodecChoice",
     "Constraints",

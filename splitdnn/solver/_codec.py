@@ -59,6 +59,10 @@ class CodecChoice:
     accuracy_table: str = ""  # where the accuracy table came from
 
 
+#: the wire bytes of a hop no allowed codec fits under ``max_wire_bytes``: priced so no plan sends it
+OVER_CAP_BYTES = 1 << 50
+
+
 def error_of(result: CodecResult, metric: str) -> float:
     if metric == "rel_mse":
         return result.rel_mse
@@ -120,6 +124,7 @@ def codec_tensor_cost(
     metric: str = "rel_mse",
     accuracy: AccuracyTable | None = None,
     max_accuracy_loss: float | None = None,
+    max_wire_bytes: int | None = None,
 ) -> TensorCostFn:
     """A tensor cost that picks, per hop, the cheapest allowed codec within the error budget.
 
@@ -129,8 +134,13 @@ def codec_tensor_cost(
     ``max_accuracy_loss`` (together): only codecs whose measured top-1 loss at the hop's node is within
     that many points, or lossless ones. The hop's sender and receiver profiles provide the
     measurements, so ``profiles`` is only used to check the options (and that ``accuracy`` was
-    measured on their model).
+    measured on their model). ``max_wire_bytes``: only codecs (raw included) whose frame fits, as a
+    message size cap demands; a hop nothing fits is priced at :data:`OVER_CAP_BYTES`, so no plan sends it.
     """
+    if max_wire_bytes is not None and (
+        isinstance(max_wire_bytes, bool) or not isinstance(max_wire_bytes, int) or max_wire_bytes < 0
+    ):
+        raise ConfigError(f"max_wire_bytes must be an integer >= 0 or None, found {max_wire_bytes!r}")
     if metric not in ERROR_METRICS:
         raise ConfigError(f"unknown error metric {metric!r}; expected one of {', '.join(ERROR_METRICS)}")
     if max_error is not None and (
@@ -159,7 +169,14 @@ def codec_tensor_cost(
                 memo.clear()
             hit = (hop.sender, hop.receiver, _candidates(hop, allow, max_error, metric, acc))
             memo[key] = hit
-        return _cheapest(hop, hit[2])[0]
+        if max_wire_bytes is None:
+            return _cheapest(hop, hit[2])[0]
+        fits = tuple(c for c in hit[2] if c[1] <= max_wire_bytes)
+        if hop.nbytes <= max_wire_bytes:
+            return _cheapest(hop, fits)[0]
+        if not fits:
+            return WireCost(OVER_CAP_BYTES, 0.0, 0.0, "raw")
+        return _cheapest(hop, fits, raw=False)[0]
 
     return cost
 
@@ -211,14 +228,17 @@ def _candidates(
     return tuple(found)
 
 
-def _cheapest(hop: TensorHop, candidates: tuple[_Candidate, ...]) -> tuple[WireCost, float, float]:
-    """``(cost, encode + uplink + decode ms, error)`` of the cheapest of raw and ``candidates``.
+def _cheapest(
+    hop: TensorHop, candidates: tuple[_Candidate, ...], *, raw: bool = True
+) -> tuple[WireCost, float, float]:
+    """``(cost, encode + uplink + decode ms, error)`` of the cheapest of raw (unless ``raw`` is False:
+    then ``candidates`` must not be empty) and ``candidates``.
 
     Ties go to fewer bytes, then the smaller error, then the spec's name: a fixed order, so every
     solver sees the same choice.
     """
     uplink_ms = hop.link.uplink_ms
-    best_key = (uplink_ms(hop.nbytes), hop.nbytes, 0.0, "raw")
+    best_key = (uplink_ms(hop.nbytes), hop.nbytes, 0.0, "raw") if raw else (math.inf, 0, 0.0, "")
     best: _Candidate | None = None
     for c in candidates:
         spec, wire, enc, dec, err = c

@@ -638,6 +638,27 @@ def test_a_server_that_starts_after_an_edge_only_client_is_checked_once_a_probe_
             assert client.server_profile.total == published.total
 
 
+def test_the_plan_fits_the_servers_message_cap(served) -> None:
+    """The client learned a 40 KiB cap from GetModelInfo, yet planned cloud-only with a 49 KB request:
+    every infer() raised, though a split sending a few KB fits."""
+    _, models = served
+    s = models["alexnet"]
+    spec = _spec("alexnet")
+    with TailServer(
+        ServerConfig(models=(spec,), max_message_bytes=40 << 10, profiles={"alexnet": s.server})
+    ) as server:
+        fast = Link(1000.0, rtt_ms=1.0)  # so fast that sending the input would be best, but it is 49 KB
+        with SplitClient(
+            server.address, server.served_model("alexnet"), device_profile=s.device, link=fast
+        ) as client:
+            assert client.message_cap() == (40 << 10, "server's")
+            plan = client.planner.plan
+            assert plan.strategy != "cloud-only", plan.describe()
+            assert all(b.wire_bytes <= 40 << 10 for b in plan.boundary)
+            y = client.infer(s.x)
+            assert torch.equal(y, s.ref) and not _last(client).local
+
+
 def test_token_is_required_and_sent() -> None:
     spec = _spec("alexnet")
     with TailServer(ServerConfig(models=(spec,), token="s3cret")) as server:
