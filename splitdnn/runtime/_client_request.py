@@ -211,10 +211,11 @@ def _output(data: serde.InferResponseData, facts: _Facts) -> Any:
 class Run:
     """The bookkeeping of one infer() call: times, bytes, and the local and remote paths."""
 
-    def __init__(self, client: SplitClient, plan: Plan, t0: float) -> None:
+    def __init__(self, client: SplitClient, plan: Plan, t0: float, scale: float = 1.0) -> None:
         self.c = client
         self.plan = plan
         self.t0 = t0
+        self.scale = scale  # the request's rows over the profiles' batch: predictions grow with it
         self.head_ms = self.encode_ms = self.tail_ms = self.client_ms = self.padding_ms = 0.0
         self._owed_ms = 0.0  # device padding not slept yet (see _timed_device's defer)
         self.network_ms = self.queue_ms = self.compute_ms = self.decode_ms = 0.0
@@ -323,8 +324,8 @@ class Run:
         """
         if values is None and self.plan.strategy != "cloud-only":
             return None
-        remote_ms = self._remote_ms()
-        local_ms = self.c.device_profile.total.median_ms - self.plan.cost.compute_ms[0]
+        remote_ms = self._remote_ms() * self.scale  # a batch of 48 takes longer than the profile's 1
+        local_ms = (self.c.device_profile.total.median_ms - self.plan.cost.compute_ms[0]) * self.scale
         return max(2.0 * remote_ms, remote_ms + _OVERDUE_MIN_MS, remote_ms + max(0.0, local_ms)) / 1e3
 
     def remote(self, inputs: Sequence[torch.Tensor]) -> Any:
@@ -393,7 +394,7 @@ class Run:
                 c._observe(self.bytes_sent, 0, waited_ms, overdue=True)
                 return self._finish_locally(
                     inputs, values, f"no answer after {waited_ms:.0f} ms (predicted "
-                    f"{self._remote_ms():.0f} ms): the link fell; finished on the device",
+                    f"{self._remote_ms() * self.scale:.0f} ms): the link fell; finished on the device",
                 )  # fmt: skip
             err = translate_rpc_error(exc, f"ModelInfer({c.model_name!r})")
             self.network_ms = (time.perf_counter() - t_rpc) * 1e3

@@ -537,7 +537,9 @@ class SplitClient:
         # a cloud-only request 26% slower in the bench grid). Never waits: the probe has its own thread.
         if self._prober is not None and not down and plan.strategy == "edge-only":
             self._prober.maybe_start(edge_only=True, last_observed=self._last_observed)
-        run = Run(self, plan, t0)
+        # predictions are for the profiles' batch; a request of more rows takes longer, about in proportion
+        scale = max(1.0, int(inputs[0].shape[0]) / max(1, self.device_profile.batch_size))
+        run = Run(self, plan, t0, scale)
         try:
             if plan.strategy == "edge-only":
                 out = run.local(inputs, reason="")
@@ -555,7 +557,7 @@ class SplitClient:
             self._catch_up_with_server()  # answer is the only one it gets
         if not breakdown.fallback:  # it ran as the plan says: a measurement of the plan
             with self._lock:
-                decision = self.planner.observe_latency(plan, breakdown.total_ms)
+                decision = self.planner.observe_latency(plan, breakdown.total_ms / scale)
                 if decision is not None:
                     self.last_decision = decision
             if decision is not None:

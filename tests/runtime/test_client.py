@@ -659,6 +659,23 @@ def test_the_plan_fits_the_servers_message_cap(served) -> None:
             assert torch.equal(y, s.ref) and not _last(client).local
 
 
+def test_a_batch_larger_than_the_profiles_is_not_given_up_as_a_fallen_link(served) -> None:
+    """Its remote part was predicted at the profile's batch of 1 and given up after about 65 ms as "the
+    link fell", then computed again on the device, on every request."""
+    server, models = served
+    s = models["alexnet"]
+    cuts = graph.chain_cuts(s.traced)
+    x = s.x.repeat(256, 1, 1, 1)
+    with torch.no_grad():
+        ref = s.traced.module(x)
+    with _client(server, s, force_boundary=cuts[len(cuts) // 2]) as client:
+        for _ in range(3):
+            y = client.infer(x)
+            b = _last(client)
+            assert not b.local and not b.fallback, b.fallback
+            torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_token_is_required_and_sent() -> None:
     spec = _spec("alexnet")
     with TailServer(ServerConfig(models=(spec,), token="s3cret")) as server:
