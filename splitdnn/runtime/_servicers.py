@@ -14,7 +14,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -280,25 +280,31 @@ def add_servicer(
     servicer: Any,
     server: grpc.Server,
     bytes_level: Mapping[str, Callable[[bytes, grpc.ServicerContext], bytes]] | None = None,
+    thread_pool: ThreadPoolExecutor | None = None,
 ) -> None:
     """Register ``servicer`` with its generated ``register`` function, the requests parsed here.
 
     gRPC answers a request its deserializer cannot parse with INTERNAL and logs a traceback (a bug, by
     our statuses, and a way to flood the log); here each handler parses its own request and answers
     INVALID_ARGUMENT. ``bytes_level`` replaces handlers by bytes-in, bytes-out ones (ModelInfer: its
-    raw contents stay views, see :mod:`splitdnn.runtime.serde`).
+    raw contents stay views, see :mod:`splitdnn.runtime.serde`). ``thread_pool``: where the parsed
+    handlers run instead of the server's pool (``bytes_level`` ones stay there): gRPC holds a worker
+    while a request's message arrives, so calls that never send one can fill the server's pool, and
+    health checks and metadata stay answered from a pool of their own.
     """
     record = _Registration()
     register(servicer, record)
     for service, handlers in record.handlers.items():
-        handlers = {name: _parsing_here(service, name, h) for name, h in handlers.items()}
+        handlers = {name: _parsing_here(service, name, h, thread_pool) for name, h in handlers.items()}
         for name, behavior in (bytes_level or {}).items():
             handlers[name] = grpc.unary_unary_rpc_method_handler(behavior)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         server.add_registered_method_handlers(service, handlers)
 
 
-def _parsing_here(service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _parsing_here(
+    service: str, method: str, handler: grpc.RpcMethodHandler, thread_pool: ThreadPoolExecutor | None
+) -> grpc.RpcMethodHandler:
     parse = handler.request_deserializer
     if parse is None or handler.request_streaming:
         return handler
@@ -324,15 +330,22 @@ def _parsing_here(service: str, method: str, handler: grpc.RpcMethodHandler) -> 
         for attr in ("experimental_non_blocking", "experimental_thread_pool"):
             if hasattr(streams, attr):
                 setattr(stream, attr, getattr(streams, attr))
+        if thread_pool is not None:
+            stream.experimental_thread_pool = thread_pool  # type: ignore[attr-defined]
         return grpc.unary_stream_rpc_method_handler(stream, response_serializer=handler.response_serializer)
     answers = handler.unary_unary
-    return grpc.unary_unary_rpc_method_handler(
-        lambda data, context: answers(request(data, context), context),
-        response_serializer=handler.response_serializer,
-    )
+
+    def answer(data: bytes, context: grpc.ServicerContext) -> Any:
+        return answers(request(data, context), context)
+
+    if thread_pool is not None:
+        answer.experimental_thread_pool = thread_pool  # type: ignore[attr-defined]  # read by gRPC's server
+    return grpc.unary_unary_rpc_method_handler(answer, response_serializer=handler.response_serializer)
 
 
-def add_inference_servicer(servicer: InferenceServicer, server: grpc.Server) -> None:
+def add_inference_servicer(
+    servicer: InferenceServicer, server: grpc.Server, thread_pool: ThreadPoolExecutor | None = None
+) -> None:
     """inference.GRPCInferenceService with ModelInfer bytes-level (see :func:`add_servicer`).
 
     Its handler has no (de)serializers: the servicer gets the request's bytes and answers bytes, and
@@ -344,6 +357,7 @@ def add_inference_servicer(servicer: InferenceServicer, server: grpc.Server) -> 
         servicer,
         server,
         {"ModelInfer": servicer.ModelInfer},
+        thread_pool=thread_pool,
     )
 
 

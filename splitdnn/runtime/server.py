@@ -100,7 +100,8 @@ log = logging.getLogger(__name__)
 #: the name prefix of the gRPC handler threads (a request that runs alone runs on one)
 RPC_THREAD_PREFIX = "splitdnn-rpc"
 
-_EXTRA_WORKERS = 8  # threads beyond max_concurrency, for health, metadata and rejecting overflow
+_EXTRA_WORKERS = 8  # threads beyond max_concurrency, for rejecting overflow
+_CONTROL_WORKERS = 8  # a pool of its own for health, metadata, GetModelInfo and Probe (see add_servicer)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,6 +123,7 @@ class TailServer:
         self._health: ShutdownHealth | None = None
         self._batcher: Batcher | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
+        self._control: futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._inflight = InflightBytes(config.inflight_limit)
         self._port = 0
@@ -214,6 +216,9 @@ class TailServer:
             options.append(("grpc.max_connection_age_grace_ms", int(cfg.grace_s * 1000)))
         workers = cfg.max_concurrency + _EXTRA_WORKERS
         self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=RPC_THREAD_PREFIX)
+        self._control = control = futures.ThreadPoolExecutor(
+            _CONTROL_WORKERS, thread_name_prefix="splitdnn-control"
+        )
         server = grpc.server(
             self._executor,
             interceptors=[TokenInterceptor(cfg.token, self.metrics)] if cfg.token else [],
@@ -221,10 +226,12 @@ class TailServer:
             maximum_concurrent_rpcs=4 * workers,
         )
         self._unstarted = server
-        add_inference_servicer(InferenceServicer(self), server)
-        add_servicer(sd_grpc.add_SplitServiceServicer_to_server, SplitServicer(self), server)
+        add_inference_servicer(InferenceServicer(self), server, control)
+        add_servicer(
+            sd_grpc.add_SplitServiceServicer_to_server, SplitServicer(self), server, thread_pool=control
+        )
         self._health = ShutdownHealth()
-        add_servicer(health_pb2_grpc.add_HealthServicer_to_server, self._health, server)
+        add_servicer(health_pb2_grpc.add_HealthServicer_to_server, self._health, server, thread_pool=control)
         address = host_port(cfg.host, cfg.port)
         try:
             if tls is not None:
@@ -308,9 +315,10 @@ class TailServer:
         """Let the handler threads go (grpc leaves its executor running): a process that starts and
         stops servers would otherwise keep every server's threads. A handler still running (stopped
         without grace) finishes on its own; nothing waits for it."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        for pool in (self._executor, self._control):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._control = None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout`` s passed); True if it stopped."""

@@ -812,3 +812,44 @@ def test_the_output_node_is_not_a_cut_input() -> None:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "names the output node of model 'gated', which no cut sends" in info.value.details()
         channel.close()
+
+
+def test_calls_that_never_send_their_request_leave_health_and_metadata_answered() -> None:
+    """gRPC holds a worker while a unary request's message arrives: max_concurrency + 8 calls that
+    never send one filled the pool, and health checks and GetModelInfo timed out with everything else."""
+    from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+
+    held = threading.Event()
+
+    def never() -> Iterator[bytes]:
+        held.wait(30)
+        return
+        yield b""
+
+    with _server(max_concurrency=2) as server:
+        channels = [grpc.insecure_channel(server.address) for _ in range(2)]
+        idle = [
+            channels[i % 2].stream_unary(serde.MODEL_INFER_METHOD).future(never(), timeout=30)
+            for i in range(2 + 8 + 2)
+        ]
+        try:
+            time.sleep(1.0)  # every ModelInfer worker now waits for a message
+            channel = grpc.insecure_channel(server.address)
+            health = health_pb2_grpc.HealthStub(channel)
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
+            sd_grpc.SplitServiceStub(channel).GetModelInfo(serde.build_model_info_request("gated"), timeout=5)
+            meta = v2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+                serde.v2_pb.ModelMetadataRequest(name="gated"), timeout=5
+            )
+            assert meta.name == "gated"
+            channel.close()
+        finally:
+            held.set()
+            for f in idle:
+                with contextlib.suppress(Exception):
+                    f.result(30)
+            for c in channels:
+                c.close()
