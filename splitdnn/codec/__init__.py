@@ -90,6 +90,7 @@ from splitdnn.codec._frame import (
     describe,
     encode,
     error_bound,
+    parse_spec,
 )
 from splitdnn.codec._measure import DEFAULT_CODECS, check_profile_codecs, measure, parse_codec_list
 from splitdnn.codec._registry import ByteCodec, ValueCodec, known_codecs, register_codec, unregister_codec
@@ -118,6 +119,7 @@ __all__ = [
     "known_codecs",
     "measure",
     "parse_codec_list",
+    "parse_spec",
     "register_codec",
     "unregister_codec",
 ]

@@ -494,6 +494,8 @@ class SplitClient:
 
     def ping(self) -> float:
         """Round-trip time of an empty ServerLive RPC, in ms."""
+        if self.closed:
+            raise ConfigError("this SplitClient is closed; create a new one to reach the server")
         t0 = time.perf_counter()
         try:
             self._v2.ServerLive(v2_pb.ServerLiveRequest(), timeout=self.timeout_s, metadata=self._metadata)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitdnn import codec, solver
-from splitdnn.errors import ConfigError, PlanError
+from splitdnn.errors import CodecError, ConfigError, PlanError
 from splitdnn.runtime._estimator import LinkEstimator, LinkSample, check_positive
 from splitdnn.schema import CodecResult, LatencyStats, Link, NodeProfile, Plan, Profile
 from splitdnn.solver import AccuracyTable, Constraints, TensorCostFn, TensorHop, WireCost
@@ -317,6 +317,12 @@ class Planner:
             max_wire_bytes=wire_cap,
         )  # fmt: skip
         if codecs is not None:
+            for spec in codecs:  # a name no build knows, before "not measured" (which says: measure it)
+                if spec not in ("raw", "none"):
+                    try:
+                        codec.parse_spec(spec)
+                    except CodecError as exc:
+                        raise ConfigError(f"codecs={list(codecs)}: {exc}") from exc
             unusable = solver.unusable_codecs(self.profiles, codecs, max_error=max_error, metric=metric)
             if unusable:
                 raise ConfigError(

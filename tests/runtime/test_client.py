@@ -530,6 +530,15 @@ def test_connection_state_is_read_without_a_polling_thread_or_unknown() -> None:
     assert connection_state(object()) is None  # type: ignore[arg-type]
 
 
+def test_ping_after_close_is_a_config_error(served) -> None:
+    server, models = served
+    client = _client(server, models["alexnet"])
+    assert client.ping() > 0
+    client.close()
+    with pytest.raises(ConfigError, match="this SplitClient is closed"):
+        client.ping()
+
+
 def test_unreachable_at_start_runs_locally_or_raises(served) -> None:
     _, models = served
     s = models["alexnet"]

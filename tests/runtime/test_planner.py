@@ -276,6 +276,12 @@ def test_a_published_profile_with_a_codec_this_build_lacks_is_refused() -> None:
         Planner(device, server, Link(10.0, rtt_ms=20.0))
 
 
+def test_an_unknown_codec_name_is_said_to_be_unknown() -> None:
+    device, server = _profiles(with_codec=True)
+    with pytest.raises(ConfigError, match="unknown codec 'nosuch'; known codecs"):
+        Planner(device, server, Link(10.0), codecs=["zstd", "nosuch"])
+
+
 def test_planner_picks_the_solver_plan_per_bandwidth() -> None:
     device, server = _profiles()
     slow = Planner(device, server, Link(0.01, rtt_ms=20.0))
