@@ -417,6 +417,11 @@ class Run:
                 return self._finish_locally(inputs, values, why[:200])
             raise err from exc
         rpc_ms = (time.perf_counter() - t_rpc) * 1e3
+        if len(response) > c.max_message_bytes:  # gRPC's own receive cap is wider (control replies)
+            raise ConfigError(
+                f"the server's answer is {len(response)} bytes, over the client's max_message_bytes="
+                f"{c.max_message_bytes}; raise it (SplitClient(max_message_bytes=...)) or send fewer rows"
+            )
         c._mark_up(answered=self.sent)
         t = time.perf_counter()
         data = serde.decode_infer_response(response, max_decoded_bytes=c.max_message_bytes)

@@ -25,7 +25,7 @@ from splitdnn.errors import (
     ServerUnavailableError,
 )
 from splitdnn.runtime._credentials import read_pem
-from splitdnn.runtime.serde import MODEL_INFER_METHOD
+from splitdnn.runtime.serde import CONTROL_MESSAGE_BYTES, MODEL_INFER_METHOD
 
 __all__ = [
     "connection_state",
@@ -76,7 +76,7 @@ def translate_rpc_error(exc: grpc.RpcError, what: str) -> RemoteError:
     code = exc.code() if hasattr(exc, "code") else None
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     details = (exc.details() if hasattr(exc, "details") else "") or ""
-    if name == "RESOURCE_EXHAUSTED" and "message larger than max" in details:  # a cap, either end
+    if name == "RESOURCE_EXHAUSTED" and _over_cap(details):  # a cap, either end
         return RemoteError(
             f"{what}: a message is over a size cap ({details}); raise max_message_bytes on the client "
             f"(SplitClient(max_message_bytes=...)) or on the server (splitdnn serve --max-message-mib), "
@@ -117,7 +117,12 @@ def is_transient(exc: RemoteError) -> bool:
 
 def is_over_size_cap(exc: RemoteError) -> bool:
     """A RESOURCE_EXHAUSTED that gRPC gave for a message over ``max_message_bytes`` (either end)."""
-    return exc.code == "RESOURCE_EXHAUSTED" and "message larger than max" in (exc.details or "")
+    return exc.code == "RESOURCE_EXHAUSTED" and _over_cap(exc.details or "")
+
+
+def _over_cap(details: str) -> bool:
+    """gRPC's words for a message over a cap, or the server's for an answer over its own."""
+    return "message larger than max" in details or "max_message_bytes=" in details
 
 
 def make_channel(
@@ -151,7 +156,9 @@ def make_channel(
     }
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        # ModelInfer answers are checked against max_message_bytes by the client; the others (the
+        # server's profile in GetModelInfo: 0.3 MB for ResNet-50) may be larger than a small cap
+        ("grpc.max_receive_message_length", max(max_message_bytes, CONTROL_MESSAGE_BYTES)),
         ("grpc.enable_retries", 1 if retries > 1 else 0),
         ("grpc.service_config", json.dumps(config)),
         # gRPC retries only what it buffered; the default per-RPC buffer is 256 KiB, smaller than

@@ -64,6 +64,7 @@ from splitdnn.runtime._wire_infer import (
 from splitdnn.schema import Profile, profile_from_json, profile_to_json
 
 __all__ = [
+    "CONTROL_MESSAGE_BYTES",
     "DATATYPES",
     "MAX_DIM",
     "MAX_RANK",
@@ -143,6 +144,10 @@ class TensorSpec:
 #: the full gRPC method path of v2 ModelInfer (the client calls it at the bytes level; the server's
 #: token interceptor counts refusals of it)
 MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+#: gRPC's message caps for replies other than ModelInfer's are at least this on both ends (the server's
+#: profile in GetModelInfo is 0.3 MB for ResNet-50): ModelInfer messages are checked against
+#: max_message_bytes by splitdnn itself, so a small cap does not cut off the control replies
+CONTROL_MESSAGE_BYTES = 16 << 20
 
 
 def output_names(value: Any, is_tensor: Callable[[Any], bool], count: int) -> tuple[str, ...]:

@@ -207,7 +207,9 @@ class TailServer:
         )
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            # ModelInfer answers are checked against max_message_bytes by the servicer; the others (the
+            # profile in GetModelInfo: 0.3 MB for ResNet-50) may be larger than a small cap
+            ("grpc.max_send_message_length", max(cfg.max_message_bytes, serde.CONTROL_MESSAGE_BYTES)),
             ("grpc.so_reuseport", 0),
         ]
         if cfg.max_connection_age_s is not None:
@@ -573,7 +575,7 @@ class TailServer:
             outputs[name], is_bf16 = to_numpy(tensor)
             if is_bf16:
                 bf16.add(name)
-        return serde.encode_infer_response(
+        response = serde.encode_infer_response(
             served.name,
             data.request_id,
             outputs,
@@ -586,6 +588,14 @@ class TailServer:
             bfloat16=bf16,
             model_version=VERSION,
         )
+        if len(response) > self.config.max_message_bytes:  # checked here: gRPC's own cap is wider
+            raise Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the answer of model {served.name!r} is {len(response)} bytes, over the server's "
+                f"max_message_bytes={self.config.max_message_bytes}; send a smaller batch, request fewer "
+                f"outputs, or start the server with a higher --max-message-mib",
+            )
+        return response
 
     def _await(
         self,

@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tls_certs import make_certs
 from torch import nn
 
-from splitdnn.errors import ConfigError
+from splitdnn.errors import ConfigError, RemoteError
 from splitdnn.runtime import serde
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime.server import RPC_THREAD_PREFIX, ModelSpec, ServerConfig, TailServer
@@ -853,3 +853,46 @@ def test_calls_that_never_send_their_request_leave_health_and_metadata_answered(
                     f.result(30)
             for c in channels:
                 c.close()
+
+
+class Widen(nn.Module):
+    """(B, 4) -> (B, 400): answers a hundred times the bytes it is sent."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, 100)
+
+
+@pytest.mark.filterwarnings("ignore:profile of .wide.:RuntimeWarning")  # a model of microseconds
+def test_a_small_message_cap_bounds_model_answers_but_not_the_profile_reply() -> None:
+    """Under a cap smaller than its profile (4 KiB against this model's 4.7 KB) GetModelInfo failed; an
+    answer over the cap failed in gRPC after the whole compute, counted as a success."""
+    from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+    from splitdnn.runtime.client import SplitClient
+
+    spec = ModelSpec("wide", module=Widen(), input_shapes=((1, 4),))
+    with _server(models=(spec,), max_message_bytes=4 << 10, profile_at_start=True) as server:
+        channel = grpc.insecure_channel(
+            server.address, options=[("grpc.max_receive_message_length", 64 << 20)]
+        )
+        info = sd_grpc.SplitServiceStub(channel).GetModelInfo(
+            serde.build_model_info_request("wide"), timeout=30
+        )
+        assert info.ByteSize() > 4 << 10  # the profile is larger than the cap, and still answered
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        ok = stub.ModelInfer(serde.build_infer_request("wide", {"x": _rows(2, 0)}), timeout=10)
+        assert list(ok.outputs[0].shape) == [2, 400]
+        with pytest.raises(grpc.RpcError) as too_big:
+            stub.ModelInfer(serde.build_infer_request("wide", {"x": _rows(20, 0)}), timeout=10)
+        assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over the server's max_message_bytes=4096" in too_big.value.details()
+        failed = {"model": "wide", "code": "RESOURCE_EXHAUSTED"}
+        assert server.metrics.registry.get_sample_value("splitdnn_failures_total", failed) == 1
+        channel.close()
+        traced = server.served_model("wide")
+        with SplitClient(server.address, traced, max_message_bytes=4 << 10, force_boundary="cloud") as client:
+            assert client.server_profile_source == "the server's (GetModelInfo)"  # 4 KiB on this end too
+            with pytest.raises(
+                RemoteError, match="over a size cap.*over the server's max_message_bytes=4096"
+            ):
+                client.infer(torch.from_numpy(_rows(20, 0)))  # the same request would fail again: raised
+            assert client.fallbacks == 0
