@@ -154,10 +154,10 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backhaul-mbps",
         type=_mbps,
-        default=1000.0,
-        help="edge server -> cloud bandwidth for three-tier plans (default 1000)",
+        default=None,
+        help="edge server -> cloud bandwidth for three-tier plans (default 1000; needs --edge-profile)",
     )
-    p.add_argument("--backhaul-rtt-ms", type=_nonneg, default=0.0)
+    p.add_argument("--backhaul-rtt-ms", type=_nonneg, default=None, help="(default 0; needs --edge-profile)")
     p.add_argument("--objective", choices=("latency", "energy", "throughput"), default="latency")
     p.add_argument(
         "--power",
@@ -240,7 +240,13 @@ def _load_profiles(args: argparse.Namespace) -> list:
 def _links(args: argparse.Namespace, uplink_mbps: float) -> list[Link]:
     links = [Link(uplink_mbps, args.downlink_mbps, args.rtt_ms)]
     if args.edge_profile:
-        links.append(Link(args.backhaul_mbps, 0.0, args.backhaul_rtt_ms))
+        mbps = 1000.0 if args.backhaul_mbps is None else args.backhaul_mbps
+        links.append(Link(mbps, 0.0, args.backhaul_rtt_ms or 0.0))
+    elif args.backhaul_mbps is not None or args.backhaul_rtt_ms is not None:  # silently unused before
+        raise ConfigError(
+            "--backhaul-mbps and --backhaul-rtt-ms describe the edge server's link to the cloud: "
+            "give --edge-profile too (a three-tier plan), or leave them out"
+        )
     return links
 
 
@@ -282,6 +288,8 @@ def _codec_options(args: argparse.Namespace, profiles: Sequence) -> dict:
         names = [c.strip() for c in args.codecs.split(",") if c.strip()]
         if not names:
             raise ConfigError("--codecs needs a list such as zstd,int8+zstd (or raw / none)")
+        if "none" in names and len(names) > 1:
+            raise ConfigError(f"--codecs {args.codecs}: 'none' means raw tensors only; give it alone")
         allowed = tuple(c for c in names if c not in ("raw", "none"))
         unusable = unusable_codecs(profiles, allowed, max_error=_max_error(args), metric=args.error_metric)
         if unusable:

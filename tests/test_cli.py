@@ -356,6 +356,16 @@ def test_three_tier_solve_through_an_edge_server(tmp_path, capsys):
     data = json.loads(out)
     assert data["plan"]["num_tiers"] == 3
     assert max(data["plan"]["tiers"].values()) == 2  # the fc layer belongs on the fast cloud
+    # without an edge profile the backhaul options describe nothing: refused, not ignored
+    for option in ("--backhaul-mbps", "--backhaul-rtt-ms"):
+        two = ["--device-profile", paths[0], "--server-profile", paths[2]]
+        code, _, err = run(capsys, "solve", *two, "--uplink-mbps", "100", option, "10")
+        assert code == 1 and "give --edge-profile too" in err
+    code, _, err = run(
+        capsys, "solve", "--device-profile", paths[0], "--server-profile", paths[2], "--uplink-mbps", "100",
+        "--codecs", "none,int8+zstd",
+    )  # fmt: skip
+    assert code == 1 and "'none' means raw tensors only; give it alone" in err
 
 
 def test_untraceable_model_and_missing_cuda_are_one_line_errors(capsys, tmp_path, monkeypatch):
