@@ -353,6 +353,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         force_boundary=args.force,
     )
     with client:
+        x = x.to(client.traced.example_inputs[0].dtype)  # a float16 / bfloat16 model: its own precision
         if not args.json:
             print(client.describe(), flush=True)
         rows = []

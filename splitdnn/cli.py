@@ -473,16 +473,12 @@ def _input_shape(model_spec: str, given: Sequence[tuple[int, ...]] | None, batch
 
 
 def _trace(args: argparse.Namespace):
-    import torch
-
-    from splitdnn.graph import trace
+    from splitdnn.graph import example_inputs, trace
     from splitdnn.models import load_model, parse_kwargs
 
     model, name = load_model(args.model, kwargs=parse_kwargs(args.kwarg or []), weights=args.weights)
     shapes = _input_shape(args.model, args.input_shape, args.batch_size)
-    gen = torch.Generator().manual_seed(0)
-    inputs = tuple(torch.randn(s, generator=gen) for s in shapes)
-    return trace(model, inputs, name=name)
+    return trace(model, example_inputs(model, shapes), name=name)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

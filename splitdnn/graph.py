@@ -43,9 +43,11 @@ __all__ = [
     "TracedModel",
     "boundary",
     "chain_cuts",
+    "example_inputs",
     "check_tiers",
     "fingerprint",
     "head_tail",
+    "input_dtype",
     "run_pieces",
     "split",
     "trace",
@@ -394,6 +396,25 @@ def _piece_module(
     module = release_source_when_freed(GraphModule(traced.module, graph, class_name))
     module.training = traced.module.training
     return module
+
+
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a model's inputs should have: its first floating parameter's (or buffer's), float32
+    without any. A float16 or bfloat16 model is traced, profiled and served at its own precision."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def example_inputs(
+    model: nn.Module, shapes: Sequence[Sequence[int]], *, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Seeded N(0, 1) inputs of ``shapes`` (batch included) in ``model``'s :func:`input_dtype`; for a
+    float32 model the very values ``torch.randn`` draws from ``seed``, so fingerprints stay as they were."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = input_dtype(model)
+    return tuple(torch.randn(tuple(int(d) for d in s), generator=gen).to(dtype) for s in shapes)
 
 
 def run_pieces(pieces: Sequence[Piece], *inputs: torch.Tensor) -> Any:

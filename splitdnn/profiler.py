@@ -488,9 +488,7 @@ def profile(
     shape = tuple(input_shape)
     if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
         raise ConfigError(f"input_shape must be positive integers, batch first, found {shape}")
-    gen = torch.Generator().manual_seed(seed)
-    example = torch.randn(shape, generator=gen)
-    traced = graph.trace(module, (example,), name=name)
+    traced = graph.trace(module, graph.example_inputs(module, [shape], seed=seed), name=name)
     return profile_model(traced, **options)
 
 

@@ -26,8 +26,10 @@ from splitdnn.graph import (  # noqa: E402
     boundary,
     chain_cuts,
     check_tiers,
+    example_inputs,
     fingerprint,
     head_tail,
+    input_dtype,
     run_pieces,
     split,
     trace,
@@ -837,3 +839,12 @@ def test_fingerprint_tracks_structure_not_weights() -> None:
     assert trace(Net(stride=2), x).fingerprint != a.fingerprint  # a layer's setting
     assert trace(Net(skip=True), x).fingerprint != a.fingerprint  # an edge
     assert trace(Net(), torch.randn(2, 3, 16, 16)).fingerprint == a.fingerprint  # input shape is separate
+
+
+def test_example_inputs_take_the_models_precision() -> None:
+    half = nn.Linear(4, 2).to(torch.float16)
+    (x,) = example_inputs(half, [(3, 4)])
+    assert x.dtype == torch.float16 and x.shape == (3, 4)
+    assert input_dtype(nn.ReLU()) == torch.float32  # no parameters: float32
+    (y,) = example_inputs(nn.Linear(4, 2), [(3, 4)])
+    assert torch.equal(y, torch.randn((3, 4), generator=torch.Generator().manual_seed(0)))  # as before

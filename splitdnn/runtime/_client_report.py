@@ -82,10 +82,10 @@ def run_requests(
     if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
         raise ConfigError(f"requests must be an integer >= 1, found {requests!r}")
     gen = torch.Generator().manual_seed(seed)
-    shapes = [tuple(t.shape) for t in client.traced.example_inputs]
+    kinds = [(tuple(t.shape), t.dtype) for t in client.traced.example_inputs]
     found = []
     for i in range(requests):
-        inputs = [torch.randn(shape, generator=gen) for shape in shapes]
+        inputs = [torch.randn(shape, generator=gen).to(dtype) for shape, dtype in kinds]
         client.infer(*inputs)
         b = client.last_breakdown
         if b is None:  # infer() always sets it; this keeps the type checker and -O honest

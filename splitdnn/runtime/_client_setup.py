@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from splitdnn import graph
@@ -89,8 +88,7 @@ def resolve_model(
             f"e.g. (1, 3, 224, 224)"
         )
     shape = tuple(int(d) for d in input_shape)
-    gen = torch.Generator().manual_seed(0)
-    return graph.trace(module, torch.randn(shape, generator=gen), name=name)
+    return graph.trace(module, graph.example_inputs(module, [shape]), name=name)
 
 
 def check_model_info(info: ModelInfoData, traced: graph.TracedModel, weights: str, address: str) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from splitdnn._measure import check_cuda_index
 from splitdnn.errors import ConfigError
-from splitdnn.graph import trace
+from splitdnn.graph import example_inputs, trace
 from splitdnn.models import ZOO, load_model
 from splitdnn.runtime._credentials import PathOrPem, check_token, read_pem
 from splitdnn.runtime._tail import ServedModel
@@ -198,9 +198,7 @@ def load_served(
                 f"ModelSpec({ms.spec!r}, input_shapes=((1, 3, 224, 224),)) (--input-shape on the CLI)"
             )
         shapes = ((1, *ZOO[ms.spec].input_shape_for(ms.kwargs)),)
-    gen = torch.Generator().manual_seed(0)
-    example = tuple(torch.randn(s, generator=gen) for s in shapes)
-    traced = trace(model, example, name=name)
+    traced = trace(model, example_inputs(model, shapes), name=name)
     return ServedModel(name, traced, device, tail_cache_size=tail_cache_size, check_batching=check_batching)
 
 

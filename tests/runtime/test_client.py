@@ -685,6 +685,29 @@ def test_a_batch_larger_than_the_profiles_is_not_given_up_as_a_fallen_link(serve
             torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_is_served_and_split_at_its_precision(dtype: torch.dtype) -> None:
+    """Tracing drew float32 examples: a float16 model could not be served or given to the client."""
+    torch.manual_seed(0)
+    model = build_zoo_model("alexnet").eval().to(dtype)
+    shape = (1, *ZOO["alexnet"].test_input_shape)
+    spec = ModelSpec("alexnet", module=model, input_shapes=(shape,))
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        traced = server.served_model("alexnet")
+        assert traced.example_inputs[0].dtype == dtype
+        client_side = SplitClient(
+            server.address, model, input_shape=shape, force_boundary=graph.chain_cuts(traced)[3]
+        )
+        with client_side as client:
+            assert client.traced.fingerprint == traced.fingerprint
+            x = torch.randn(shape).to(dtype)
+            with torch.no_grad():
+                ref = model(x)
+            y = client.infer(x)
+            assert y.dtype == dtype and not _last(client).local
+            torch.testing.assert_close(y, ref)
+
+
 def test_token_is_required_and_sent() -> None:
     spec = _spec("alexnet")
     with TailServer(ServerConfig(models=(spec,), token="s3cret")) as server:
