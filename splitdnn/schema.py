@@ -542,6 +542,10 @@ def profile_from_json(text: str, *, source: str = "profile") -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: expected a JSON object, found {_kind(data)}")
     version = data.get("schema_version")
+    if version == str(PROFILE_SCHEMA_VERSION):  # '1' for 1: a hand edit, not another version
+        raise ProfileError(
+            f"{source}: schema_version must be the integer {version}, found the string {version!r}"
+        )
     if version != PROFILE_SCHEMA_VERSION:
         raise ProfileMismatchError(
             f"{source} has schema_version {version!r}, this splitdnn reads version "

@@ -102,6 +102,10 @@ def test_describe_always_shows_emulation():
         (lambda d: d.update(input_shapes=[]), "input_shapes must hold one shape"),
         # a get_attr reading a node: the solver drops such edges, and values reached the server unsent
         (lambda d: d["nodes"][2].update(op="get_attr"), "is a get_attr but reads ['fc1']"),
+        (
+            lambda d: d.update(schema_version="1"),
+            "schema_version must be the integer 1, found the string '1'",
+        ),
     ],
 )
 def test_corrupt_profiles_are_refused_with_the_path_of_the_bad_value(mutate, message):
