@@ -80,27 +80,10 @@ def split_field(data: bytes | bytearray | memoryview, number: int) -> tuple[byte
         field, wire_type = tag >> 3, tag & 7
         if field == 0 or tag > 0xFFFFFFFF or tag == wanted:  # tag == wanted: a padded tag
             return None
-        if wire_type == 0:
-            got = _varint(buf, pos, end)
-            if got is None:
-                return None
-            pos = got[1]
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        elif wire_type == _WIRE_LEN:
-            got = _varint(buf, pos, end)
-            if got is None:
-                return None
-            length, pos = got
-            if length > end - pos:
-                return None
-            pos += length
-        else:  # groups (3, 4) and the invalid wire types 6, 7: protobuf decides
+        after = _skip(buf, pos, end, wire_type)
+        if after is None:  # truncated, groups (3, 4), the invalid wire types 6, 7: protobuf decides
             return None
-        if pos > end:
-            return None
+        pos = after
     if not slices:
         return data if isinstance(data, bytes) else bytes(buf), slices
     if end > kept_from:
@@ -144,27 +127,33 @@ def over_limit(
             limit = limits.get(field)
             if limit is not None and n > limit:
                 return field, limit
-        if wire_type == 0:
-            got = _varint(buf, pos, end)
-            if got is None:
-                return None
-            pos = got[1]
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        elif wire_type == _WIRE_LEN:
-            got = _varint(buf, pos, end)
-            if got is None:
-                return None
-            length, pos = got
-            pos += length
-        elif wire_type == 3:  # start of a group: its fields are not top-level ones
+        if wire_type == 3:  # start of a group: its fields are not top-level ones
             depth += 1
             if depth > 100:  # protobuf's own recursion limit
                 return None
-        else:
+            continue
+        after = _skip(buf, pos, end, wire_type)
+        if after is None:
             return None
+        pos = after
+    return None
+
+
+def _skip(buf: memoryview, pos: int, end: int, wire_type: int) -> int | None:
+    """The position after the value of ``wire_type`` (0, 1, 2 or 5) at ``pos``; None when it is cut
+    short, or of another wire type (groups and the invalid 6, 7: the caller decides)."""
+    if wire_type == 0:
+        got = _varint(buf, pos, end)
+        return None if got is None else got[1]
+    if wire_type in (1, 5):
+        pos += 8 if wire_type == 1 else 4
+        return pos if pos <= end else None
+    if wire_type == _WIRE_LEN:
+        got = _varint(buf, pos, end)
+        if got is None:
+            return None
+        length, pos = got
+        return pos + length if length <= end - pos else None
     return None
 
 

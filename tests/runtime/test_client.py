@@ -587,16 +587,21 @@ def test_connecting_starts_no_connectivity_polling_thread(served) -> None:
             client.close()
 
 
-def test_a_server_that_starts_after_the_client_is_used_once_it_answers() -> None:
-    """Down at construction (local), then a server comes up on that address: within the client's
-    back-off (1 s, doubling) and gRPC's reconnect back-off (at most 2 s) requests go remote again."""
+def _alexnet_for_a_later_server() -> tuple[ModelSpec, int, graph.TracedModel, torch.Tensor]:
+    """alexnet's spec, a free port no server listens on yet, the model traced here and an input."""
     spec = _spec("alexnet")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     assert spec.module is not None and spec.input_shapes is not None
     traced = graph.trace(spec.module, torch.zeros(spec.input_shapes[0]), name="alexnet")
-    x = torch.randn(spec.input_shapes[0])
+    return spec, port, traced, torch.randn(spec.input_shapes[0])
+
+
+def test_a_server_that_starts_after_the_client_is_used_once_it_answers() -> None:
+    """Down at construction (local), then a server comes up on that address: within the client's
+    back-off (1 s, doubling) and gRPC's reconnect back-off (at most 2 s) requests go remote again."""
+    spec, port, traced, x = _alexnet_for_a_later_server()
     with torch.inference_mode():
         ref = traced.module(x)
     cut = graph.chain_cuts(traced)[3]
@@ -624,13 +629,7 @@ def test_a_server_that_starts_after_the_client_is_used_once_it_answers() -> None
 def test_a_server_that_starts_after_an_edge_only_client_is_checked_once_a_probe_reaches_it() -> None:
     """Edge-only (the server's speed estimated as the device's), the client sends no request, so it
     never asked the server for its model and profile: it stayed edge-only against a server 10x faster."""
-    spec = _spec("alexnet")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    assert spec.module is not None and spec.input_shapes is not None
-    traced = graph.trace(spec.module, torch.zeros(spec.input_shapes[0]), name="alexnet")
-    x = torch.randn(spec.input_shapes[0])
+    spec, port, traced, x = _alexnet_for_a_later_server()
     device = _profile(traced)
     with SplitClient(f"127.0.0.1:{port}", traced, device_profile=device, connect_timeout_s=0.2) as client:
         client.infer(x)

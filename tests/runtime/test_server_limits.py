@@ -792,26 +792,28 @@ def test_a_request_protobuf_cannot_parse_is_invalid_argument_on_every_method(met
 
 
 def test_a_request_naming_no_model_is_invalid_argument() -> None:
+    _refused(
+        serde.build_infer_request("", {"x": _rows(1, 0)}),
+        "names no model (empty model_name); this server serves ['gated']",
+    )
+
+
+def _refused(request: Any, message: str) -> None:
+    """``request`` to a fresh 'gated' server gets INVALID_ARGUMENT saying ``message``."""
     with _server() as server:
         stub, channel = _stub(server.address)
-        request = serde.build_infer_request("", {"x": _rows(1, 0)})
         with pytest.raises(grpc.RpcError) as info:
             stub.ModelInfer(request, timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "names no model (empty model_name); this server serves ['gated']" in info.value.details()
+        assert message in info.value.details()
         channel.close()
 
 
 def test_the_output_node_is_not_a_cut_input() -> None:
     with _server() as server:
-        stub, channel = _stub(server.address)
         fingerprint = server.served_model("gated").fingerprint
-        request = serde.build_infer_request("gated", {"output": _rows(1, 0)}, fingerprint=fingerprint)
-        with pytest.raises(grpc.RpcError) as info:
-            stub.ModelInfer(request, timeout=10)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "names the output node of model 'gated', which no cut sends" in info.value.details()
-        channel.close()
+    request = serde.build_infer_request("gated", {"output": _rows(1, 0)}, fingerprint=fingerprint)
+    _refused(request, "names the output node of model 'gated', which no cut sends")
 
 
 def test_calls_that_never_send_their_request_leave_health_and_metadata_answered() -> None:
