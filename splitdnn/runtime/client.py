@@ -139,7 +139,9 @@ class SplitClient:
     ``model``: a zoo name or ``module:callable`` spec, an ``nn.Module`` or a traced model; it must be
     the model the server serves, with the same weights (the fingerprint checks the structure, the
     weights digest the values). ``input_shape`` (batch first) traces a module or spec (default: the
-    zoo's shape, batch 1).
+    zoo's shape, batch 1). A module is put in eval mode (the caller's object: the client computes
+    inference) and traced at its parameters' precision (float16 / bfloat16 inputs for such a model).
+    ``infer`` takes inputs of the traced dtype and rank, any batch of at least 1.
 
     Profiles: ``device_profile`` (default: profiled now, with ``threads`` and ``emulate_slowdown``,
     which takes seconds: pass a saved one); ``server_profile`` (default: the server's own, fetched
@@ -162,8 +164,9 @@ class SplitClient:
     Network: ``token`` (bearer), TLS with ``tls=True`` or any of ``root_cert`` / ``client_cert`` +
     ``client_key`` (PEM bytes or paths; mTLS with the pair) and ``tls_server_name`` (override the
     name checked in the server certificate); ``timeout_s`` per request; ``retries`` attempts on
-    UNAVAILABLE; ``max_message_bytes`` caps both directions; ``fallback_local`` finishes requests on
-    the device when the server cannot.
+    UNAVAILABLE; ``max_message_bytes`` caps both directions of ModelInfer (the planner sends no tensor
+    that cannot fit the smaller of both ends' caps); ``fallback_local`` finishes requests on the device
+    when the server cannot (not when a setting is wrong: a failed TLS handshake, a message over a cap).
     """
 
     def __init__(
