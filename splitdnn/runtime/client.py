@@ -93,7 +93,7 @@ from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown, format_breakdown, run_requests
 from splitdnn.runtime._client_request import Pieces, Run
 from splitdnn.runtime._client_request import unsendable as _unsendable  # tests use it from here
-from splitdnn.runtime._client_rpc import is_transient, make_channel, translate_rpc_error
+from splitdnn.runtime._client_rpc import is_over_size_cap, is_transient, make_channel, translate_rpc_error
 from splitdnn.runtime._client_setup import (
     check_address,
     check_int,
@@ -445,17 +445,19 @@ class SplitClient:
         info = serde.parse_model_info(msg)
         check_model_info(info, self.traced, self.weights_digest, self.address)
         self._server_max_message = info.max_message_bytes or None
-        if self._server_profile_given:
-            return
-        server, source, _ = choose_server_profile(
-            None, info.profile, self.device_profile, self._server_speedup
-        )
-        if server is not info.profile:
-            return  # none published, or for other input shapes: the estimate stays
+        server, source = self.server_profile, self.server_profile_source
+        if not self._server_profile_given:
+            published, published_source, _ = choose_server_profile(
+                None, info.profile, self.device_profile, self._server_speedup
+            )
+            if published is info.profile:  # else none published, or for other shapes: the estimate stays
+                server, source = published, published_source
+        # rebuilt whatever the profile: the server's message cap is known only now
         planner = self._make_planner(server, self.estimator.link)
         with self._lock:
             self.server_profile, self.server_profile_source, self.planner = server, source, planner
-        self._note(f"the server answered after start-up: planning with its profile ({server.describe()})")
+        if server is info.profile:
+            self._note(f"the server answered after start-up: planning with its profile ({server.describe()})")
 
     # public ---------------------------------------------------------------------------------------
 
@@ -555,7 +557,18 @@ class SplitClient:
                     "slow); retrying it later",
                 )
             else:
-                out = run.remote(inputs)
+                try:
+                    out = run.remote(inputs)
+                except RemoteError as err:
+                    if not (self._info_pending and is_over_size_cap(err)):
+                        raise
+                    # a server that came up after start-up, with a cap smaller than ours: learn it,
+                    # plan again with it, and run the request once more under the new plan
+                    self.last_breakdown = run.breakdown()
+                    self._catch_up_with_server()
+                    if self._info_pending:  # not reached after all
+                        raise
+                    return self.infer(*inputs)
         finally:
             self.last_breakdown = breakdown = run.breakdown()
         if self._info_pending and (not breakdown.local or self._catch_up_due):  # edge-only: a probe's

@@ -707,6 +707,32 @@ def test_a_half_precision_model_is_served_and_split_at_its_precision(dtype: torc
             torch.testing.assert_close(y, ref)
 
 
+def test_a_late_servers_message_cap_reaches_the_planner(served) -> None:
+    """With server_profile given, the cap a server that came up late published was stored but never
+    planned with, and a first request over it raised before the client could learn it: every infer()
+    raised. Now the refused request teaches the client the cap, and it runs again under a plan that fits."""
+    _, models = served
+    s = models["alexnet"]  # its profiles were measured on random inputs: zstd does not shrink them
+    spec = _spec("alexnet")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fast = Link(1000.0, rtt_ms=1.0)  # sending the 49 KB input would be best, were it allowed
+    with SplitClient(
+        f"127.0.0.1:{port}", s.traced, device_profile=s.device, server_profile=s.server, link=fast,
+        connect_timeout_s=0.2,
+    ) as client:  # fmt: skip
+        assert client.plan.strategy == "cloud-only"
+        with TailServer(ServerConfig(models=(spec,), port=port, max_message_bytes=40 << 10)):
+            end = time.monotonic() + 20.0
+            while client.message_cap()[1] != "server's" or _last(client).local:
+                assert time.monotonic() < end, "the client never learned the server's cap"
+                time.sleep(0.1)
+                y = client.infer(s.x)  # never raises: the refused request runs again under the new plan
+            assert torch.equal(y, s.ref) and client.plan.strategy != "cloud-only"
+            assert all(b.wire_bytes <= 40 << 10 for b in client.plan.boundary)
+
+
 def test_token_is_required_and_sent() -> None:
     spec = _spec("alexnet")
     with TailServer(ServerConfig(models=(spec,), token="s3cret")) as server:
