@@ -289,8 +289,9 @@ def add_servicer(
     INVALID_ARGUMENT. ``bytes_level`` replaces handlers by bytes-in, bytes-out ones (ModelInfer: its
     raw contents stay views, see :mod:`splitdnn.runtime.serde`). ``thread_pool``: where the parsed
     handlers run instead of the server's pool (``bytes_level`` ones stay there): gRPC holds a worker
-    while a request's message arrives, so calls that never send one can fill the server's pool, and
-    health checks and metadata stay answered from a pool of their own.
+    while a request's message arrives, so ModelInfer calls that never send one can fill the server's
+    pool; health checks and metadata are then still answered from their own (which calls to them that
+    never send can fill in turn: only a proxy with request timeouts bounds that).
     """
     record = _Registration()
     register(servicer, record)

@@ -282,7 +282,9 @@ class Planner:
         if isinstance(codecs, str):
             raise ConfigError(f"codecs must be a sequence of codec specs, found the string {codecs!r}")
         self.profiles = (device, server)
-        codec.check_profile_codecs(self.profiles)  # a server's published profile too
+        # the device's: plans pick codecs from the sender's measurements, so one only a (newer) server
+        # lists is never chosen, and need not be known here
+        codec.check_profile_codecs([device])
         solver.evaluate(self.profiles, [link], {n.name: 0 for n in device.compute_nodes})  # checks
         self.hysteresis = hysteresis if hysteresis is not None else Hysteresis()
         base = constraints if constraints is not None else Constraints()
