@@ -18,10 +18,11 @@ accepts, with the same content (``tests/runtime/test_wire.py`` fuzzes this again
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from splitdnn.errors import WireError
 
-__all__ = ["MAX_LENGTH", "append_field", "over_limit", "split_field"]
+__all__ = ["MAX_LENGTH", "Limit", "append_field", "over_limit", "split_field"]
 
 #: longest length-delimited entry taken on the fast path (protobuf's own limit is 2 GiB - 1)
 MAX_LENGTH = 2**31 - 1
@@ -91,11 +92,22 @@ def split_field(data: bytes | bytearray | memoryview, number: int) -> tuple[byte
     return b"".join(keep), slices
 
 
+@dataclass(frozen=True)
+class Limit:
+    """At most ``count`` entries of a field in one message; ``inner``: limits inside each entry (the
+    field is then a message: its entries are walked too)."""
+
+    name: str
+    count: int
+    inner: Mapping[int, Limit] | None = None
+
+
 def over_limit(
-    data: bytes | memoryview, limits: Mapping[int, int], max_fields: int
-) -> tuple[int, int] | None:
-    """The first top-level field number of a serialized message seen more than ``limits[number]``
-    times, as ``(number, limit)``; ``(0, max_fields)`` past ``max_fields`` fields in all; else None.
+    data: bytes | memoryview, limits: Mapping[int, Limit], max_fields: int
+) -> tuple[str, int] | None:
+    """The first field of a serialized message seen more often than its :class:`Limit` allows, as its
+    path (``"inputs.contents.bytes_contents"``) and limit; ``("fields", max_fields)`` past
+    ``max_fields`` fields in one message (or sub-message walked); else None.
 
     Walks any valid encoding (padded varints, groups), so no encoding gets around it, and stops at the
     first field over a limit: a message of millions of tiny entries costs a few thousand steps here,
@@ -103,9 +115,14 @@ def over_limit(
     anything malformed, which protobuf's parser then refuses.
     """
     buf = memoryview(data).cast("B")
-    end = len(buf)
+    return _over(buf, 0, len(buf), limits, max_fields, "")
+
+
+def _over(
+    buf: memoryview, pos: int, end: int, limits: Mapping[int, Limit], max_fields: int, path: str
+) -> tuple[str, int] | None:
     counts: dict[int, int] = {}
-    pos = fields = depth = 0
+    fields = depth = 0
     while pos < end:
         got = _varint(buf, pos, end)
         if got is None:
@@ -119,15 +136,15 @@ def over_limit(
             if depth < 0:
                 return None
             continue
+        limit = limits.get(field) if depth == 0 else None
         if depth == 0:
             fields += 1
             if fields > max_fields:
-                return 0, max_fields
+                return f"{path}fields", max_fields
             n = counts[field] = counts.get(field, 0) + 1
-            limit = limits.get(field)
-            if limit is not None and n > limit:
-                return field, limit
-        if wire_type == 3:  # start of a group: its fields are not top-level ones
+            if limit is not None and n > limit.count:
+                return f"{path}{limit.name}", limit.count
+        if wire_type == 3:  # start of a group: its fields are not this message's
             depth += 1
             if depth > 100:  # protobuf's own recursion limit
                 return None
@@ -135,6 +152,12 @@ def over_limit(
         after = _skip(buf, pos, end, wire_type)
         if after is None:
             return None
+        if limit is not None and limit.inner is not None and wire_type == _WIRE_LEN:
+            body = _varint(buf, pos, end)
+            assert body is not None  # _skip read it
+            inner = _over(buf, body[1], after, limit.inner, max_fields, f"{path}{limit.name}.")
+            if inner is not None:
+                return inner
         pos = after
     return None
 

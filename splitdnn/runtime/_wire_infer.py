@@ -70,13 +70,19 @@ _REQUEST_FIELDS = v2_pb.ModelInferRequest.DESCRIPTOR.fields_by_name
 _RESPONSE_FIELDS = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name
 #: entries per top-level field checked before protobuf parses a message (each entry it parses costs
 #: a sub-message: 32 MiB of empty inputs took 5 GB and a minute); field number -> (name, limit)
+_L = _wire.Limit
+_PARAMETERS = _L("parameters", MAX_PARAMETERS)
+#: inside one tensor: its shape (one packed entry, or one per dimension), parameters, and typed
+#: contents, of which bytes_contents is the field whose entries cost a sub-object each
+_TENSOR = {3: _L("shape", 64), 4: _PARAMETERS, 5: _L("contents", 1, {8: _L("bytes_contents", MAX_TENSORS)})}
 _REQUEST_LIMITS = {
-    _REQUEST_FIELDS[name].number: (name, limit)
-    for name, limit in (("inputs", MAX_TENSORS), ("outputs", MAX_TENSORS), ("parameters", MAX_PARAMETERS))
+    _REQUEST_FIELDS["parameters"].number: _PARAMETERS,
+    _REQUEST_FIELDS["inputs"].number: _L("inputs", MAX_TENSORS, _TENSOR),
+    _REQUEST_FIELDS["outputs"].number: _L("outputs", MAX_TENSORS, {2: _PARAMETERS}),
 }
 _RESPONSE_LIMITS = {
-    _RESPONSE_FIELDS[name].number: (name, limit)
-    for name, limit in (("outputs", MAX_TENSORS), ("parameters", MAX_PARAMETERS))
+    _RESPONSE_FIELDS["parameters"].number: _PARAMETERS,
+    _RESPONSE_FIELDS["outputs"].number: _L("outputs", MAX_TENSORS, _TENSOR),
 }
 _MAX_FIELDS = 3 * MAX_TENSORS + MAX_PARAMETERS + 64  # top-level fields of any valid message, and more
 #: parameters build_infer_request sets from its own arguments
@@ -273,15 +279,15 @@ def encode_infer_request(
 
 
 def _read(
-    data: bytes, message: Any, field: int, what: str, limits: Mapping[int, tuple[str, int]]
+    data: bytes, message: Any, field: int, what: str, limits: Mapping[int, _wire.Limit]
 ) -> tuple[Any, list[Any]]:
     """``data`` parsed into ``message`` but for bytes field ``field``, returned apart (views if it can)."""
     if not isinstance(data, bytes):
         raise WireError(f"expected a serialized {what} as bytes, found {type(data).__name__}")
-    over = _wire.over_limit(data, {n: limit for n, (_, limit) in limits.items()}, _MAX_FIELDS)
+    over = _wire.over_limit(data, limits, _MAX_FIELDS)
     if over is not None:
-        number, limit = over
-        entries = f"{limits[number][0]!r} entries" if number else "top-level fields"
+        where, limit = over
+        entries = "fields in one message" if where.endswith("fields") else f"{where!r} entries"
         raise WireError(
             f"the {what} has more than {limit} {entries}; a message carries at most {MAX_TENSORS} "
             f"inputs and outputs and {MAX_PARAMETERS} parameters"
