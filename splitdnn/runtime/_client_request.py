@@ -403,7 +403,7 @@ class Run:
                     f"the client was closed while request {self.sent[:3]} waited for the server ({err.code})"
                 ) from exc
             if is_transient(err):  # unreachable, too slow or overloaded: leave it alone for a while
-                c._mark_down()
+                c._mark_down(sent_at=time.monotonic() - self.network_ms / 1e3)
             if isinstance(err, DeadlineError) and dropped is None:
                 # no answer in timeout_s: as slow a link as that, at least
                 c._observe(self.bytes_sent, 0, self.network_ms, overdue=True)

@@ -70,6 +70,7 @@ in :mod:`~splitdnn.runtime._client_rpc`, the breakdown record and its reporting 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -93,7 +94,13 @@ from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown, format_breakdown, run_requests
 from splitdnn.runtime._client_request import Pieces, Run
 from splitdnn.runtime._client_request import unsendable as _unsendable  # tests use it from here
-from splitdnn.runtime._client_rpc import is_over_size_cap, is_transient, make_channel, translate_rpc_error
+from splitdnn.runtime._client_rpc import (
+    connection_state,
+    is_over_size_cap,
+    is_transient,
+    make_channel,
+    translate_rpc_error,
+)
 from splitdnn.runtime._client_setup import (
     check_address,
     check_int,
@@ -166,7 +173,10 @@ class SplitClient:
     name checked in the server certificate); ``timeout_s`` per request; ``retries`` attempts on
     UNAVAILABLE; ``max_message_bytes`` caps both directions of ModelInfer (the planner sends no tensor
     that cannot fit the smaller of both ends' caps); ``fallback_local`` finishes requests on the device
-    when the server cannot (not when a setting is wrong: a failed TLS handshake, a message over a cap).
+    when the server cannot (not when a setting is wrong: a message over a cap, or a TLS handshake that
+    fails on this end, i.e. a CA the server's certificate does not match or TLS to a plaintext port; a
+    plaintext client at a TLS port, or a server refusing this client's certificate, looks like an
+    unreachable server from here).
     """
 
     def __init__(
@@ -253,6 +263,7 @@ class SplitClient:
         self._lock = threading.Lock()  # estimator, planner, pieces, back-off, counters, notes
         self._build_lock = threading.Lock()  # one thread splits the model for a new plan
         self._down_until = 0.0
+        self._marked_down_at = -math.inf  # when the current back-off began
         self._backoff_s = _BACKOFF_START_S
         self._last_observed = time.monotonic()  # newest link observation (request, ping or probe)
         self._prober: LinkProber | None = None
@@ -369,13 +380,16 @@ class SplitClient:
         self.notes.append(f"{err}; running locally until it answers")
         self._mark_down()
 
-    def _raise_if_handshake_fails(self) -> None:
-        """After a first call that waited in vain: one that does not wait says why the channel fails
+    def _raise_if_handshake_fails(self, timeout_s: float) -> None:
+        """After a first call that waited in vain on a failing channel: one that does not wait says why
         (``wait_for_ready`` hides it), and a failed TLS handshake is raised as AuthenticationError."""
+        if connection_state(self._channel) is not grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return  # still connecting (a slow or silent server): nothing to learn
         try:
             self._sd.GetModelInfo(
-                serde.build_model_info_request(self.model_name), timeout=1.0, metadata=self._metadata
-            )
+                serde.build_model_info_request(self.model_name), timeout=min(1.0, timeout_s),
+                metadata=self._metadata,
+            )  # fmt: skip
         except grpc.RpcError as exc:
             err = translate_rpc_error(exc, f"connecting to {self.address}")
             if isinstance(err, AuthenticationError):
@@ -397,7 +411,7 @@ class SplitClient:
                 )  # fmt: skip
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                    self._raise_if_handshake_fails()  # a setting to fix, never hidden by local runs
+                    self._raise_if_handshake_fails(timeout_s)  # a setting to fix, never hidden
                     self._unreachable(timeout_s)  # raises, or marks the server down
                     self._info_pending = True
                     return None
@@ -627,13 +641,16 @@ class SplitClient:
             return server, "server's"
         return self.max_message_bytes, "client's"
 
-    def _mark_down(self) -> None:
-        """A request failed for the server's sake: back off. Requests failing within one back-off (the
-        ones in flight when the outage began) share it; the next one doubles only if a later try fails."""
+    def _mark_down(self, sent_at: float | None = None) -> None:
+        """A request failed for the server's sake: back off. Requests sent before the last back-off
+        began (``sent_at``, ``time.monotonic()``; the ones in flight when the outage began, failing one
+        by one at their deadlines) or failing within it share it; it doubles only when a request sent
+        after it fails too."""
         with self._lock:
             now = time.monotonic()
-            if now < self._down_until:
+            if now < self._down_until or (sent_at is not None and sent_at < self._marked_down_at):
                 return
+            self._marked_down_at = now
             self._down_until = now + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
             self._answered_cuts.clear()  # a server back from a restart builds its tails afresh

@@ -562,8 +562,11 @@ def test_requests_failing_in_one_outage_share_one_back_off(served) -> None:
         for _ in range(5):  # the others of the same outage
             client._mark_down()
         assert client._down_until - time.monotonic() <= first
-        client._down_until = 0.0  # the back-off ran out; the next try fails too
-        client._mark_down()
+        # a request sent before that back-off began, failing at its own deadline after it ran out
+        client._down_until = 0.0
+        client._mark_down(sent_at=client._marked_down_at - 0.5)
+        assert client._down_until == 0.0  # the same outage: no new back-off, no doubling
+        client._mark_down(sent_at=time.monotonic())  # sent after it: the server still fails
         assert 1.0 < client._down_until - time.monotonic() <= 2.0
 
 
