@@ -136,7 +136,9 @@ class TracedModel:
 
 
 class StaticShapes:
-    """Refuses inputs of other shapes than a graph was captured at (also a forward pre-hook; picklable)."""
+    """Refuses inputs of other shapes than a graph was captured at; also the traced module's forward
+    pre-hook. A copy of the module (deepcopy, pickle, torch.save) loses the hook, as torch copies a
+    GraphModule without its hooks: ``TracedModel.check_input_shapes`` is what splitdnn itself calls."""
 
     def __init__(self, name: str, shapes: tuple[tuple[int, ...], ...]) -> None:
         self.name, self.shapes = name, shapes

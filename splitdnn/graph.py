@@ -298,7 +298,7 @@ def _check_inplace_order(traced: TracedModel, full: Mapping[str, int]) -> None:
         arriving = [g.name for g in group if g.name in full and full[g.name] < t <= dst.get(g.name, -1)]
         if len(arriving) > 1:
             raise PlanError(
-                f"node {m.name!r} on tier {t} modifies {v.name!r} in place, but {_names(arriving)} share "
+                f"node {m.name!r} on tier {t} modifies {v.name!r} in place, but {_names(arriving)} may share "
                 f"memory in the model and would reach tier {t} as separate copies, so the change would "
                 f"miss some of them; cut before {_names(arriving)} are computed, or after {m.name!r}"
             )

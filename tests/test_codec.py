@@ -366,7 +366,12 @@ def test_a_subclass_of_ndarray_is_encoded_as_its_plain_array_and_a_masked_one_re
         encode(np.ma.masked_array(np.ones(2, np.float32), mask=[0, 1]), "raw")
 
 
-@pytest.mark.parametrize("cap", [None, -1, 1.5, True, "10"])
+def test_decode_takes_a_numpy_integer_cap():
+    frame = encode(np.zeros(3, np.float32), "raw")
+    assert decode(frame, max_decoded_bytes=np.int64(100)).shape == (3,)
+
+
+@pytest.mark.parametrize("cap", [None, -1, 1.5, True, "10", np.int64(-1)])
 def test_decode_refuses_a_cap_that_is_not_a_byte_count(cap):
     frame = encode(np.zeros(3, np.float32), "raw")
     for call in (decode, describe):

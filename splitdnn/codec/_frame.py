@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import re
 import struct
 from collections.abc import Callable
@@ -183,7 +184,13 @@ class _Reader:
 
 
 def _parse(frame: Buffer, max_decoded_bytes: int):
-    if isinstance(max_decoded_bytes, bool) or not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 0:
+    try:  # any integer (numpy's too), not a bool, a float or None
+        if isinstance(max_decoded_bytes, bool):
+            raise TypeError
+        max_decoded_bytes = operator.index(max_decoded_bytes)
+    except TypeError:
+        raise CodecError(f"max_decoded_bytes must be an integer >= 0, found {max_decoded_bytes!r}") from None
+    if max_decoded_bytes < 0:
         raise CodecError(f"max_decoded_bytes must be an integer >= 0, found {max_decoded_bytes!r}")
     try:
         buf = memoryview(frame).cast("B")

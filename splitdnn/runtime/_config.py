@@ -76,7 +76,7 @@ class ServerConfig:
     threads: int | None = None  # torch intra-op threads (process-wide); None: torch's default
     max_batch_size: int = 8  # rows per dynamic batch; 1 disables batching
     max_queue_delay_ms: float = 2.0  # longest wait of a request for batch company
-    max_message_bytes: int = 64 << 20  # gRPC receive and send cap, each message
+    max_message_bytes: int = 64 << 20  # each ModelInfer request and answer (other replies: >= 16 MiB)
     max_concurrency: int = 64  # ModelInfer requests in flight; more get RESOURCE_EXHAUSTED
     # bytes all requests in flight hold at once: each one's message plus what it decodes to (frames,
     # typed contents); a request past it gets RESOURCE_EXHAUSTED. None: DEFAULT_INFLIGHT_BYTES, or

@@ -541,10 +541,10 @@ class SplitClient:
             if not isinstance(x, torch.Tensor):
                 raise ConfigError(f"input {i} must be a torch.Tensor, found {type(x).__name__}")
             # here, not wherever the plan of the moment runs it: one error type whatever the plan
-            if x.dtype != example.dtype or x.ndim != example.ndim or x.ndim == 0 or x.shape[0] < 1:
+            if x.dtype != example.dtype or x.ndim != example.ndim or (x.ndim and x.shape[0] < 1):
                 raise ConfigError(
                     f"input {i} of model {self.traced.name!r}: expected a {example.dtype} tensor of rank "
-                    f"{example.ndim} with a batch of at least 1 (traced at shape {list(example.shape)}), "
+                    f"{example.ndim}, a batch of at least 1 first (traced at shape {list(example.shape)}), "
                     f"found {x.dtype} of shape {list(x.shape)}; convert it first"
                 )
         self.traced.check_input_shapes([x.shape for x in inputs])  # an export-captured model's graph

@@ -357,13 +357,13 @@ class TailServer:
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         watcher = threading.Thread(target=watch, name="splitdnn-signals", daemon=True)
-        watcher.start()
         try:
             while not signals and not self._stopped.wait(0.2):
                 pass
         finally:
+            watcher.start()  # only now can a second signal come: it hurries the stop below
             try:
-                self.stop()  # the handlers stay: a second signal hurries it
+                self.stop()  # the handlers stay
             finally:
                 done.set()
                 watcher.join()

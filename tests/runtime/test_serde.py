@@ -432,3 +432,13 @@ def test_mutated_requests_raise_only_wire_or_codec_errors(
         serde.parse_infer_request(msg, max_decoded_bytes=4096)
     except (WireError, CodecError):
         pass
+
+
+def test_an_ml_dtypes_bfloat16_array_flagged_bfloat16_is_bf16_as_codec_frames_take_it() -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from splitdnn.runtime._serde_tensors import datatype_of
+
+    x = np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16)
+    assert datatype_of(x, bfloat16=True) == datatype_of(x) == "BF16"
+    with pytest.raises(WireError, match="BF16 tensors are uint16 bit patterns"):
+        datatype_of(np.zeros(2, np.int16), bfloat16=True)
