@@ -1005,7 +1005,9 @@ def test_clients_opened_and_closed_and_a_long_run_leak_nothing(served) -> None:
                     assert torch.equal(long_lived.infer(s.x), s.ref)
     more = g.more
     assert more["threads"] <= 2 and more["fds"] <= 4, g  # a leak: one per session
-    assert more["objects"] < 200, g
+    # once in several runs the long-lived client re-plans inside the block (its link estimate moved):
+    # a new plan and its records, ~800 objects, bounded; 6 leaking sessions were 3,806
+    assert more["objects"] < 1500, g
     assert g.held < 512 << 10, f"{g.held} bytes allocated by 6 sessions and 60 requests are still held"
     assert more["rss_mib"] < 64, g
 
