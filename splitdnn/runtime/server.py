@@ -346,13 +346,15 @@ class TailServer:
             signals.append(signum)
 
         def watch() -> None:
-            while not done.wait(0.1):
+            while True:  # looks first: both signals may have come before it started
                 if len(signals) > 1:
                     log.warning(
                         "%s again while stopping: cancelling the requests in flight",
                         signal.Signals(signals[1]).name,
                     )
                     self.hurry()
+                    return
+                if done.wait(0.1):
                     return
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -361,7 +363,7 @@ class TailServer:
             while not signals and not self._stopped.wait(0.2):
                 pass
         finally:
-            watcher.start()  # only now can a second signal come: it hurries the stop below
+            watcher.start()  # a second signal, before or during the stop below, hurries it
             try:
                 self.stop()  # the handlers stay
             finally:
