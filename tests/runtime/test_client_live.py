@@ -299,7 +299,9 @@ def test_one_client_from_eight_threads(live: Live, threads: int | None) -> None:
 
     def work(i: int) -> list[bool]:
         start.wait()
-        return [torch.equal(client.infer(inputs[i]), refs[i]) for _ in range(4)]
+        # close, not equal: the server batches concurrent requests, and a batched GEMM rounds a few
+        # last bits differently (1e-8 relative); another input's output differs entirely
+        return [torch.allclose(client.infer(inputs[i]), refs[i], rtol=1e-4, atol=1e-5) for _ in range(4)]
 
     try:
         with live.client(force_boundary=cut, threads=threads) as client, ThreadPoolExecutor(8) as pool:
