@@ -561,6 +561,7 @@ class SplitClient:
         # predictions are for the profiles' batch; a request of more rows takes longer, about in proportion
         scale = max(1.0, int(inputs[0].shape[0]) / max(1, self.device_profile.batch_size))
         run = Run(self, plan, t0, scale)
+        again = False
         try:
             if plan.strategy == "edge-only":
                 out = run.local(inputs, reason="")
@@ -578,13 +579,14 @@ class SplitClient:
                         raise
                     # a server that came up after start-up, with a cap smaller than ours: learn it,
                     # plan again with it, and run the request once more under the new plan
-                    self.last_breakdown = run.breakdown()
                     self._catch_up_with_server()
                     if self._info_pending:  # not reached after all
                         raise
-                    return self.infer(*inputs)
+                    again = True
         finally:
             self.last_breakdown = breakdown = run.breakdown()
+        if again:  # the refused run tells the planner nothing
+            return self.infer(*inputs)
         if self._info_pending and (not breakdown.local or self._catch_up_due):  # edge-only: a probe's
             self._catch_up_with_server()  # answer is the only one it gets
         if not breakdown.fallback:  # it ran as the plan says: a measurement of the plan

@@ -734,6 +734,8 @@ def test_a_late_servers_message_cap_reaches_the_planner(served) -> None:
                 y = client.infer(s.x)  # never raises: the refused request runs again under the new plan
             assert torch.equal(y, s.ref) and client.plan.strategy != "cloud-only"
             assert all(b.wire_bytes <= 40 << 10 for b in client.plan.boundary)
+            b = _last(client)  # the run that answered, not the refused one before it
+            assert not b.local and not b.fallback and b.boundary == client.plan.boundary_nodes
 
 
 def test_token_is_required_and_sent() -> None:
