@@ -26,6 +26,8 @@ __all__ = ["MAX_LENGTH", "Limit", "append_field", "over_limit", "split_field"]
 
 #: longest length-delimited entry taken on the fast path (protobuf's own limit is 2 GiB - 1)
 MAX_LENGTH = 2**31 - 1
+#: most entries of the split field taken on the fast path (one view object each)
+MAX_ENTRIES = 4096
 _WIRE_LEN = 2  # wire type of length-delimited fields (bytes, strings, messages)
 
 
@@ -41,13 +43,16 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int] | None:
     return None
 
 
-def split_field(data: bytes | bytearray | memoryview, number: int) -> tuple[bytes, list[memoryview]] | None:
+def split_field(
+    data: bytes | bytearray | memoryview, number: int, max_entries: int = MAX_ENTRIES
+) -> tuple[bytes, list[memoryview]] | None:
     """Cut the entries of length-delimited field ``number`` out of a serialized message.
 
     Returns ``(rest, slices)``: ``rest`` holds every other top-level field in its original order (a
     valid serialization of the same message without field ``number``), ``slices`` the entries of
     field ``number`` as views of ``data``, in order; ``data`` must not change while they live. None
-    when the fast path does not apply (see the module docstring): parse ``data`` whole instead.
+    when the fast path does not apply (see the module docstring), or past ``max_entries`` entries (a
+    view each): parse ``data`` whole instead.
     """
     if not 1 <= number <= 15:  # one-byte tags only: the fast path compares the tag byte
         raise WireError(f"split_field takes field numbers 1..15, found {number}")
@@ -71,6 +76,8 @@ def split_field(data: bytes | bytearray | memoryview, number: int) -> tuple[byte
                 return None
             if start > kept_from:
                 keep.append(buf[kept_from:start])
+            if len(slices) == max_entries:
+                return None
             slices.append(buf[body : body + length])
             pos = kept_from = body + length
             continue

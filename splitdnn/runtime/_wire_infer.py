@@ -85,6 +85,7 @@ _RESPONSE_LIMITS = {
     _RESPONSE_FIELDS["outputs"].number: _L("outputs", MAX_TENSORS, _TENSOR),
 }
 _MAX_FIELDS = 3 * MAX_TENSORS + MAX_PARAMETERS + 64  # top-level fields of any valid message, and more
+_SCAN_FROM_BYTES = 1024  # a message part smaller than this holds at most 512 entries: not walked
 #: parameters build_infer_request sets from its own arguments
 _ARGUMENT_PARAMS = frozenset({PARAM_FINGERPRINT, PARAM_FRAMED, PARAM_WEIGHTS})
 
@@ -284,7 +285,11 @@ def _read(
     """``data`` parsed into ``message`` but for bytes field ``field``, returned apart (views if it can)."""
     if not isinstance(data, bytes):
         raise WireError(f"expected a serialized {what} as bytes, found {type(data).__name__}")
-    over = _wire.over_limit(data, limits, _MAX_FIELDS)
+    split = _wire.split_field(data, field, MAX_TENSORS)
+    # what protobuf parses next: a few hundred bytes for splitdnn's own requests, too few entries to
+    # matter (the counts are checked after parsing), so the walk is skipped on their path
+    parsed = data if split is None else split[0]
+    over = _wire.over_limit(parsed, limits, _MAX_FIELDS) if len(parsed) > _SCAN_FROM_BYTES else None
     if over is not None:
         where, limit = over
         entries = "fields in one message" if where.endswith("fields") else f"{where!r} entries"
@@ -292,7 +297,6 @@ def _read(
             f"the {what} has more than {limit} {entries}; a message carries at most {MAX_TENSORS} "
             f"inputs and outputs and {MAX_PARAMETERS} parameters"
         )
-    split = _wire.split_field(data, field)
     try:
         if split is None:  # not the plain layout: protobuf parses it all, as any v2 server would
             message.ParseFromString(data)

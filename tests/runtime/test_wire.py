@@ -328,3 +328,14 @@ def test_a_long_framed_list_and_long_duplicate_output_names_are_cut_short() -> N
     with pytest.raises(WireError) as info:
         serde.parse_infer_request(msg, max_decoded_bytes=CAP)
     assert "requested outputs must be distinct" in str(info.value) and len(str(info.value)) < 1000
+
+
+def test_split_field_takes_at_most_max_entries_on_its_fast_path() -> None:
+    """One view object per entry: past the cap it leaves the message to protobuf (whose entry counts
+    are checked before and after it parses)."""
+    data = b"\x3a\x01x" * 5
+    rest, slices = _wire.split_field(data, 7, max_entries=5)
+    assert rest == b"" and [bytes(v) for v in slices] == [b"x"] * 5
+    assert _wire.split_field(data, 7, max_entries=4) is None
+    with pytest.raises(WireError, match="more than 13376 fields in one message"):
+        serde.read_infer_request(b"\x3a\x00" * 100_000)  # 100,000 empty raw_input_contents
