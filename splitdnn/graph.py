@@ -21,6 +21,7 @@ a piece) and :class:`~splitdnn.errors.PlanError` (a plan that is not a valid par
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import operator
 import re
@@ -401,10 +402,8 @@ def _piece_module(
 def input_dtype(model: nn.Module) -> torch.dtype:
     """The dtype a model's inputs should have: its first floating parameter's (or buffer's), float32
     without any. A float16 or bfloat16 model is traced, profiled and served at its own precision."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
+    tensors = itertools.chain(model.parameters(), model.buffers())  # stops at the first floating one
+    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
 
 
 def example_inputs(
