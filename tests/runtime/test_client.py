@@ -720,9 +720,11 @@ def test_a_late_servers_message_cap_reaches_the_planner(served) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    fast = Link(1000.0, rtt_ms=1.0)  # sending the 49 KB input would be best, were it allowed
+    # a server 100x the device and a 10 Gbit/s link: sending the 49 KB input is best by far (with the
+    # fixture's 10x and 1 Gbit/s a quick profile's noise sometimes made a split best), were it allowed
+    fast, server = Link(10_000.0, rtt_ms=1.0), scale_profile(s.device, 100.0)
     with SplitClient(
-        f"127.0.0.1:{port}", s.traced, device_profile=s.device, server_profile=s.server, link=fast,
+        f"127.0.0.1:{port}", s.traced, device_profile=s.device, server_profile=server, link=fast,
         connect_timeout_s=0.2,
     ) as client:  # fmt: skip
         assert client.plan.strategy == "cloud-only"
