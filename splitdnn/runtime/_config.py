@@ -96,6 +96,9 @@ class ServerConfig:
     grace_s: float = 5.0  # stop(): time in-flight requests get to finish
     drain_s: float = 0.0  # stop(): time between health NOT_SERVING and refusing new requests
     max_connection_age_s: float | None = 300.0  # close connections this old so clients re-balance
+    # a call whose request message has not fully arrived this long after its start is ended
+    # (DEADLINE_EXCEEDED): each such call holds a handler thread. None: no limit but the call's deadline
+    receive_timeout_s: float | None = 30.0
     metrics_host: str | None = None  # metrics bind address; default: host
     # glibc malloc keeps freed tensor-sized buffers mapped (process-wide; splitdnn.runtime.memory)
     keep_freed_memory: bool = True
@@ -151,10 +154,14 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
                 raise ConfigError(f"{name} must be a number in [0, 1e6), found {value!r}")
-        if self.max_connection_age_s is not None and not self.max_connection_age_s > 0:
-            raise ConfigError(
-                f"max_connection_age_s must be > 0 or None, found {self.max_connection_age_s!r}"
-            )
+        for name in ("max_connection_age_s", "receive_timeout_s"):
+            value = getattr(self, name)  # gRPC takes the age in int32 milliseconds: under 24 days
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6
+            ):
+                raise ConfigError(
+                    f"{name} must be a number of seconds in (0, 1e6) or None (no limit), found {value!r}"
+                )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both tls_cert and tls_key (PEM); pass both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -18,6 +18,10 @@ so clients cannot grow the label set)::
     splitdnn_in_flight                             ModelInfer requests being served now (gauge)
     splitdnn_inflight_bytes                        bytes those requests hold: messages and decoded
                                                    tensors, against max_inflight_bytes (gauge)
+    splitdnn_receive_timeouts_total{method}        calls of any method ended because their request
+                                                   message did not arrive within receive_timeout_s
+                                                   (slow or stalled clients); ModelInfer ones also
+                                                   count as DEADLINE_EXCEEDED failures under <unknown>
     splitdnn_tail_builds_total{model}              tails built (cut not in the cache); a steady rise
                                                    means clients use more cuts than tail_cache_size
     splitdnn_cached_tails{model}                   tails in the cache now (gauge)
@@ -113,6 +117,12 @@ class ServerMetrics:
         self.inflight_bytes = Gauge(
             "splitdnn_inflight_bytes",
             "bytes that requests in flight hold (messages and decoded tensors; max_inflight_bytes)",
+            registry=r,
+        )
+        self.receive_timeouts = Counter(
+            "splitdnn_receive_timeouts",
+            "calls ended because their request message did not arrive within receive_timeout_s",
+            ["method"],
             registry=r,
         )
         self._series: dict[str, ModelSeries] = {}

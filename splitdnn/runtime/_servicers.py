@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from splitdnn.runtime._batcher import BatcherStopped
 from splitdnn.runtime._metrics import UNKNOWN_MODEL, ServerMetrics
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._receive import ReceiveWatch
 from splitdnn.runtime._tail import ServedModel
 
 if TYPE_CHECKING:
@@ -279,38 +280,58 @@ def add_servicer(
     register: Callable[[Any, Any], None],
     servicer: Any,
     server: grpc.Server,
+    watch: ReceiveWatch,
     bytes_level: Mapping[str, Callable[[bytes, grpc.ServicerContext], bytes]] | None = None,
     thread_pool: ThreadPoolExecutor | None = None,
 ) -> None:
-    """Register ``servicer`` with its generated ``register`` function, the requests parsed here.
+    """Register ``servicer`` with its generated ``register`` function, the requests received and
+    parsed here.
 
-    gRPC answers a request its deserializer cannot parse with INTERNAL and logs a traceback (a bug, by
-    our statuses, and a way to flood the log); here each handler parses its own request and answers
-    INVALID_ARGUMENT. ``bytes_level`` replaces handlers by bytes-in, bytes-out ones (ModelInfer: its
-    raw contents stay views, see :mod:`splitdnn.runtime.serde`). ``thread_pool``: where the parsed
-    handlers run instead of the server's pool (``bytes_level`` ones stay there): gRPC holds a worker
-    while a request's message arrives, so ModelInfer calls that never send one can fill the server's
-    pool; health checks and metadata are then still answered from their own (which calls to them that
-    never send can fill in turn: only a proxy with request timeouts bounds that).
+    Each method is registered as receiving a stream and takes its one message through ``watch``,
+    which ends calls whose message does not arrive in time (:mod:`splitdnn.runtime._receive`): gRPC
+    holds a worker thread from a call's headers on. gRPC answers a request its deserializer cannot
+    parse with INTERNAL and logs a traceback (a bug, by our statuses, and a way to flood the log);
+    here each handler parses its own request and answers INVALID_ARGUMENT. ``bytes_level`` replaces
+    handlers by bytes-in, bytes-out ones (ModelInfer: its raw contents stay views, see
+    :mod:`splitdnn.runtime.serde`). ``thread_pool``: where the parsed handlers run instead of the
+    server's pool (``bytes_level`` ones stay there), so that health checks and metadata are answered
+    while ModelInfer calls fill the server's pool.
     """
     record = _Registration()
     register(servicer, record)
     for service, handlers in record.handlers.items():
-        handlers = {name: _parsing_here(service, name, h, thread_pool) for name, h in handlers.items()}
+        handlers = {name: _parsing_here(service, name, h, watch, thread_pool) for name, h in handlers.items()}
         for name, behavior in (bytes_level or {}).items():
-            handlers[name] = grpc.unary_unary_rpc_method_handler(behavior)
+            handlers[name] = _received_here(f"/{service}/{name}", behavior, watch)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         server.add_registered_method_handlers(service, handlers)
 
 
+def _received_here(
+    method: str, behavior: Callable[[bytes, grpc.ServicerContext], bytes], watch: ReceiveWatch
+) -> grpc.RpcMethodHandler:
+    """A bytes-in, bytes-out unary ``behavior`` whose message arrives through ``watch``."""
+
+    def answer(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        return behavior(watch.receive(requests, context, method), context)
+
+    return grpc.stream_unary_rpc_method_handler(answer)
+
+
 def _parsing_here(
-    service: str, method: str, handler: grpc.RpcMethodHandler, thread_pool: ThreadPoolExecutor | None
+    service: str,
+    method: str,
+    handler: grpc.RpcMethodHandler,
+    watch: ReceiveWatch,
+    thread_pool: ThreadPoolExecutor | None,
 ) -> grpc.RpcMethodHandler:
     parse = handler.request_deserializer
     if parse is None or handler.request_streaming:
         return handler
+    full_name = f"/{service}/{method}"
 
-    def request(data: bytes, context: grpc.ServicerContext) -> Any:
+    def request(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+        data = watch.receive(requests, context, full_name)
         try:
             return parse(data)
         except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the request is malformed
@@ -324,8 +345,8 @@ def _parsing_here(
     if handler.response_streaming:
         streams = handler.unary_stream
 
-        def stream(data: bytes, context: grpc.ServicerContext, *callback: Any) -> Any:
-            return streams(request(data, context), context, *callback)
+        def stream(requests: Iterator[bytes], context: grpc.ServicerContext, *callback: Any) -> Any:
+            return streams(request(requests, context), context, *callback)
 
         # gRPC's non-blocking streams (health Watch): it passes a send callback to a behavior so marked
         for attr in ("experimental_non_blocking", "experimental_thread_pool"):
@@ -333,19 +354,22 @@ def _parsing_here(
                 setattr(stream, attr, getattr(streams, attr))
         if thread_pool is not None:
             stream.experimental_thread_pool = thread_pool  # type: ignore[attr-defined]
-        return grpc.unary_stream_rpc_method_handler(stream, response_serializer=handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(stream, response_serializer=handler.response_serializer)
     answers = handler.unary_unary
 
-    def answer(data: bytes, context: grpc.ServicerContext) -> Any:
-        return answers(request(data, context), context)
+    def answer(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+        return answers(request(requests, context), context)
 
     if thread_pool is not None:
         answer.experimental_thread_pool = thread_pool  # type: ignore[attr-defined]  # read by gRPC's server
-    return grpc.unary_unary_rpc_method_handler(answer, response_serializer=handler.response_serializer)
+    return grpc.stream_unary_rpc_method_handler(answer, response_serializer=handler.response_serializer)
 
 
 def add_inference_servicer(
-    servicer: InferenceServicer, server: grpc.Server, thread_pool: ThreadPoolExecutor | None = None
+    servicer: InferenceServicer,
+    server: grpc.Server,
+    watch: ReceiveWatch,
+    thread_pool: ThreadPoolExecutor | None = None,
 ) -> None:
     """inference.GRPCInferenceService with ModelInfer bytes-level (see :func:`add_servicer`).
 
@@ -357,6 +381,7 @@ def add_inference_servicer(
         v2_grpc.add_GRPCInferenceServiceServicer_to_server,
         servicer,
         server,
+        watch,
         {"ModelInfer": servicer.ModelInfer},
         thread_pool=thread_pool,
     )
@@ -438,14 +463,15 @@ class TokenInterceptor(grpc.ServerInterceptor):
         self._expected = token.encode()
         self._metrics = metrics
 
-        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+        def deny(requests: Any, context: grpc.ServicerContext) -> Any:  # answers before the message
             context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' once, with "
                 "the server's token",
             )
 
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        # receives a stream, which it never reads: a unary handler would wait for the message first
+        self._deny = grpc.stream_unary_rpc_method_handler(deny)
 
     def intercept_service(
         self,

@@ -74,8 +74,9 @@ from splitdnn.runtime._config import (
     load_served,
     read_pem,
 )
-from splitdnn.runtime._metrics import ServerMetrics
+from splitdnn.runtime._metrics import UNKNOWN_MODEL, ServerMetrics
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._receive import ReceiveWatch
 from splitdnn.runtime._servicers import (
     VERSION,
     Abort,
@@ -132,6 +133,7 @@ class TailServer:
         self._stopped = threading.Event()
         self._hurried = threading.Event()
         self._lock = threading.Lock()
+        self._watch = ReceiveWatch(config.receive_timeout_s, on_timeout=self._receive_timed_out)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -228,12 +230,14 @@ class TailServer:
             maximum_concurrent_rpcs=4 * workers,
         )
         self._unstarted = server
-        add_inference_servicer(InferenceServicer(self), server, control)
-        add_servicer(
-            sd_grpc.add_SplitServiceServicer_to_server, SplitServicer(self), server, thread_pool=control
-        )
+        watch = self._watch
+        add_inference_servicer(InferenceServicer(self), server, watch, control)
+        split = SplitServicer(self)
+        add_servicer(sd_grpc.add_SplitServiceServicer_to_server, split, server, watch, thread_pool=control)
         self._health = ShutdownHealth()
-        add_servicer(health_pb2_grpc.add_HealthServicer_to_server, self._health, server, thread_pool=control)
+        add_servicer(
+            health_pb2_grpc.add_HealthServicer_to_server, self._health, server, watch, thread_pool=control
+        )
         address = host_port(cfg.host, cfg.port)
         try:
             if tls is not None:
@@ -264,6 +268,7 @@ class TailServer:
                 ) from exc
         server.start()
         self._server, self._unstarted = server, None
+        watch.start()
         # the server, its two services and each served model by its v2 name
         for name in ("", "inference.GRPCInferenceService", "splitdnn.v1.SplitService", *self._models):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -284,9 +289,10 @@ class TailServer:
         Health Watch streams, which never end by themselves, are ended once they have been told
         NOT_SERVING, so they do not hold the stop for the whole grace. :meth:`hurry` from another
         thread (or a second SIGTERM under :meth:`serve_forever`) cancels the requests in flight. A
-        request whose message is still arriving when the stop begins may be refused by gRPC itself
-        (UNAVAILABLE: gRPC takes a call once its message has arrived, and takes no new ones); a
-        client retries it, or runs it locally. ``drain_s`` gives load balancers time to stop sending.
+        request is in flight from its call's start, so one whose message is still arriving when the
+        stop begins is answered too if the message arrives within the grace; calls started after
+        the stop are refused (UNAVAILABLE), and a client retries them elsewhere or runs them locally.
+        ``drain_s`` gives load balancers time to stop sending.
         Safe to call more than once.
         """
         with self._lock:
@@ -309,6 +315,7 @@ class TailServer:
         if self._batcher is not None:
             # what is still queued or running now has no client left (its call ended or was cancelled)
             self._batcher.stop(timeout=0.5)
+        self._watch.stop()
         self._release_threads()
         self.metrics.close()
         self._stopped.set()
@@ -321,6 +328,13 @@ class TailServer:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         self._executor = self._control = None
+
+    def _receive_timed_out(self, method: str) -> None:
+        """A call of ``method`` was ended without its request message (see ReceiveWatch)."""
+        self.metrics.receive_timeouts.labels(method).inc()
+        if method == serde.MODEL_INFER_METHOD:  # which model it was for is unknown: no message
+            self.metrics.of(UNKNOWN_MODEL).requests.inc()
+            self.metrics.failures.labels(UNKNOWN_MODEL, "DEADLINE_EXCEEDED").inc()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout`` s passed); True if it stopped."""

@@ -489,6 +489,30 @@ def test_graceful_stop_lets_in_flight_requests_finish() -> None:
     channel.close()
 
 
+def test_a_request_whose_message_is_still_arriving_when_a_stop_begins_is_answered() -> None:
+    """A call is in flight from its start: one still sending its message gets the grace too."""
+    server = TailServer(ServerConfig(models=(ModelSpec("gated", module=Gated(), input_shapes=((1, 4),)),)))
+    server.start()
+    channel = grpc.insecure_channel(server.address)
+    release, x = threading.Event(), _rows(1, 0)
+    request = serde.build_infer_request("gated", {"x": x}).SerializeToString()
+
+    def late() -> Iterator[bytes]:
+        release.wait(20)
+        yield request
+
+    call = channel.stream_unary(serde.MODEL_INFER_METHOD).future(late(), timeout=30)
+    _wait_for(lambda: server._watch.waiting == 1)  # its handler waits for the message
+    with ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(server.stop, 20.0)
+        _wait_for(lambda: not server.ready)
+        release.set()
+        reply = serde.decode_infer_response(call.result(30), max_decoded_bytes=1 << 20)
+        stopping.result(30)
+    assert np.array_equal(reply.outputs["output"], _expected(server, x))
+    channel.close()
+
+
 def test_stop_ends_at_once_when_nothing_is_in_flight_even_with_a_health_watch_open() -> None:
     """A health Watch stream never ends by itself, so gRPC waited out the whole grace for it."""
     with _server(grace_s=20.0) as server:
@@ -595,6 +619,12 @@ def test_config_is_validated() -> None:
         ({"models": ("resnet18",), "max_message_bytes": 1 << 31}, "at most 2147483647"),
         ({"models": ("resnet18",), "token": "s\u00e9same"}, "the token must be printable ASCII"),
         ({"models": ("resnet18",), "max_inflight_bytes": 300 << 20}, r"cannot hold one largest request"),
+        ({"models": ("resnet18",), "receive_timeout_s": 0}, r"receive_timeout_s must be .* \(0, 1e6\)"),
+        ({"models": ("resnet18",), "receive_timeout_s": float("nan")}, "receive_timeout_s must be"),
+        ({"models": ("resnet18",), "receive_timeout_s": "30"}, "receive_timeout_s must be"),
+        ({"models": ("resnet18",), "receive_timeout_s": True}, "receive_timeout_s must be"),
+        # gRPC takes the age in int32 milliseconds: infinity failed at start with OverflowError
+        ({"models": ("resnet18",), "max_connection_age_s": float("inf")}, "max_connection_age_s must be"),
     ]
     for kw, match in cases:
         with pytest.raises(ConfigError, match=match):
@@ -855,6 +885,104 @@ def test_calls_that_never_send_their_request_leave_health_and_metadata_answered(
                     f.result(30)
             for c in channels:
                 c.close()
+
+
+def _never_sends(held: threading.Event) -> Iterator[bytes]:
+    """A request stream that sends nothing until ``held`` is set (or 30 s), then closes."""
+    held.wait(30)
+    return
+    yield b""
+
+
+def _sample(server: TailServer, name: str, **labels: str) -> float:
+    return server.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_call_that_never_sends_its_message_is_ended_at_the_receive_timeout() -> None:
+    """Before, it held a handler thread until its own deadline (none here) or the connection aged out."""
+    held = threading.Event()
+    with _server(receive_timeout_s=0.5) as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                channel.stream_unary(serde.MODEL_INFER_METHOD)(_never_sends(held), timeout=30)
+            waited = time.monotonic() - started
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no complete request message within 0.5 s" in info.value.details()
+            assert "--receive-timeout-s" in info.value.details()
+            assert 0.4 < waited < 5.0
+            method = serde.MODEL_INFER_METHOD
+            assert _sample(server, "splitdnn_receive_timeouts_total", method=method) == 1.0
+            failures = {"model": "<unknown>", "code": "DEADLINE_EXCEEDED"}
+            assert _sample(server, "splitdnn_failures_total", **failures) == 1.0
+            # a call that sends its message at once is answered as before
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            assert _infer(stub, _rows(2, 0), timeout=10).outputs["output"].shape == (2, 3)
+            assert _sample(server, "splitdnn_receive_timeouts_total", method=method) == 1.0
+        finally:
+            held.set()
+            channel.close()
+
+
+def test_calls_that_never_send_their_message_give_every_pool_back() -> None:
+    """More idle calls than the ModelInfer pool (max_concurrency + 8) and the control pool (8) have
+    threads: before the receive timeout, inference and health checks both waited for them."""
+    held = threading.Event()
+    check = "/grpc.health.v1.Health/Check"
+    with _server(max_concurrency=2, receive_timeout_s=1.0) as server:
+        channels = [grpc.insecure_channel(server.address) for _ in range(2)]
+        idle = [
+            channels[i % 2].stream_unary(serde.MODEL_INFER_METHOD).future(_never_sends(held), timeout=30)
+            for i in range(2 + 8 + 2)
+        ]
+        checks = [channels[i % 2].stream_unary(check) for i in range(10)]
+        idle += [c.future(_never_sends(held), timeout=30) for c in checks]
+        channel = grpc.insecure_channel(server.address)
+        try:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            assert _infer(stub, _rows(1, 0), timeout=15).outputs["output"].shape == (1, 3)
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=15)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            codes = {_code(lambda f=f: f.result(30)) for f in idle}
+            assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}
+            assert _sample(server, "splitdnn_receive_timeouts_total", method=check) == 10.0
+        finally:
+            held.set()
+            channel.close()
+            for c in channels:
+                c.close()
+
+
+def test_a_call_that_closes_without_a_message_is_refused_by_name() -> None:
+    with _server() as server:
+        channel = grpc.insecure_channel(server.address)
+        for method in (serde.MODEL_INFER_METHOD, "/inference.GRPCInferenceService/ServerLive"):
+            with pytest.raises(grpc.RpcError) as info:
+                channel.stream_unary(method)(iter(()), timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"{method} takes exactly one request message" in info.value.details()
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        assert _infer(stub, _rows(1, 0), timeout=10).outputs["output"].shape == (1, 3)
+        channel.close()
+
+
+def test_a_call_without_the_token_is_refused_before_its_message_arrives() -> None:
+    """The refusal waited for the request message first: calls without the token that never sent one
+    held handler threads like any other."""
+    held = threading.Event()
+    with _server(token="s3cret") as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                channel.stream_unary(serde.MODEL_INFER_METHOD)(_never_sends(held), timeout=20)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert time.monotonic() - started < 10  # the receive timeout (30 s) did not end it
+        finally:
+            held.set()
+            channel.close()
 
 
 class Widen(nn.Module):

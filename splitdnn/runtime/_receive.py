@@ -1,0 +1,139 @@
+"""A time limit on a call's request message: calls that never finish sending give their thread back.
+
+gRPC's synchronous server hands a call to a worker thread as soon as the call's headers arrive, and
+for a unary method that thread then waits for the request message with no limit but the call's own
+deadline (which the client chooses, or leaves out). A client that opens calls and sends their
+messages slowly, or never, holds one worker per call: enough of them and no request is served until
+the connections age out (``max_connection_age_s``, then ``grace_s``).
+
+So every method is registered here as one that receives a stream (the bytes on the wire are the
+same: a unary client sends one message and half-closes): its handler starts before the message
+arrives, registers the call with a :class:`ReceiveWatch`, and takes the one message. The watch's
+thread ends every call whose message has not arrived within ``receive_timeout_s`` with
+DEADLINE_EXCEEDED and a message saying so; the waiting handler then returns its worker.
+
+This bounds how long one call holds a worker, not how many a client may open: a client that keeps
+opening calls still ties up the pool, a timeout at a time. A proxy in front (request timeouts,
+connections per client) is the remedy for that (README, "What the limits leave unbounded").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+__all__ = ["ReceiveWatch"]
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 1.0  # the watch looks at least this often (sooner for a shorter timeout)
+_WARN_EVERY_S = 60.0  # at most one warning per minute about calls ended (a stalled client may open many)
+
+
+class ReceiveWatch:
+    """Ends calls whose request message has not arrived within ``timeout_s`` (None: no limit).
+
+    ``on_timeout(method)`` is called for each call ended (metrics); ``method`` is the full method
+    name. Thread-safe; :meth:`start` and :meth:`stop` bracket the server's life.
+    """
+
+    def __init__(self, timeout_s: float | None, on_timeout: Callable[[str], None] | None = None) -> None:
+        self.timeout_s = timeout_s
+        self._on_timeout = on_timeout
+        self._waiting: dict[grpc.ServicerContext, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ended_since_warning = 0
+        self._warned_at = -_WARN_EVERY_S
+
+    def start(self) -> None:
+        if self.timeout_s is None or self._thread is not None:
+            return
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._watch, name="splitdnn-receive-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
+
+    @property
+    def waiting(self) -> int:
+        """Calls whose handler waits for their request message now."""
+        return len(self._waiting)
+
+    def receive(self, requests: Iterator[Any], context: grpc.ServicerContext, method: str) -> Any:
+        """The call's one request message, within the time limit (else gRPC raises and the call ends)."""
+        if self.timeout_s is not None:
+            with self._lock:
+                self._waiting[context] = (time.monotonic() + self.timeout_s, method)
+        try:
+            return next(requests)
+        except StopIteration:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{method} takes exactly one request message, and the call closed without sending one; "
+                f"call it as a unary method",
+            )
+        finally:
+            if self.timeout_s is not None:
+                with self._lock:
+                    self._waiting.pop(context, None)
+
+    def _watch(self) -> None:
+        assert self.timeout_s is not None
+        poll = min(_POLL_S, self.timeout_s / 4)
+        wait = poll
+        while not self._stopped.wait(wait):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [(ctx, method) for ctx, (due, method) in self._waiting.items() if due <= now]
+                for ctx, _ in overdue:
+                    del self._waiting[ctx]
+                first_due = min((due for due, _ in self._waiting.values()), default=None)
+            for ctx, method in overdue:
+                self._end(ctx, method)
+            wait = poll if first_due is None else min(poll, max(0.0, first_due - time.monotonic()))
+
+    def _end(self, context: grpc.ServicerContext, method: str) -> None:
+        message = (
+            f"the server received no complete request message within {self.timeout_s:g} s of the call's "
+            f"start (its receive timeout); send the message at once, over a faster link, or ask the "
+            f"operator for a longer --receive-timeout-s"
+        )
+        log.debug("%s: ended, no request message within %g s", method, self.timeout_s)
+        _cancel(context, grpc.StatusCode.DEADLINE_EXCEEDED, message)
+        if self._on_timeout is not None:
+            self._on_timeout(method)
+        self._ended_since_warning += 1
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY_S:
+            log.warning(
+                "%d call(s) ended without their request message after %g s (slow or stalled clients; "
+                "see splitdnn_receive_timeouts_total)",
+                self._ended_since_warning,
+                self.timeout_s,
+            )
+            self._warned_at, self._ended_since_warning = now, 0
+
+
+def _cancel(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    """End the call from another thread, with ``code`` and ``message`` for the client.
+
+    gRPC Python's public ``cancel()`` ends it as CANCELLED, which a client reads as "the server went
+    away"; the call object under the context can end it with a status of our choosing (gRPC core's
+    cancel-with-status, safe from any thread). Where that is missing (another gRPC version), the
+    public cancel still frees the worker."""
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    try:
+        call.cancel(code.value[0], message)  # type: ignore[union-attr]
+    except (AttributeError, TypeError):
+        context.cancel()
