@@ -49,6 +49,7 @@ __all__ = [
     "fingerprint",
     "head_tail",
     "input_dtype",
+    "modifies_in_place",
     "run_pieces",
     "split",
     "trace",
@@ -237,6 +238,12 @@ def _mutated_inputs(node: Node, root: nn.Module) -> list[Node]:
     ):
         return first
     return []
+
+
+def modifies_in_place(traced: TracedModel) -> bool:
+    """Whether some node of the model changes a tensor in place: only then can :func:`check_tiers`
+    refuse a downward-closed plan (the profiles, and so the solver, do not show such changes)."""
+    return any(_mutated_inputs(n, traced.module) for n in traced.module.graph.nodes if n.op in COMPUTE_OPS)
 
 
 def _alias_groups(traced: TracedModel) -> dict[Node, list[Node]]:

@@ -75,6 +75,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +363,8 @@ class SplitClient:
         return Planner(
             self.device_profile, server, link, privacy_floor=self.privacy_floor,
             unsendable=_unsendable(self.traced),
+            # in-place changes the solver does not see may make its plan unrunnable: checked
+            check=partial(graph.check_tiers, self.traced) if graph.modifies_in_place(self.traced) else None,
             # a remote part predicted over the deadline would always finish locally: never chosen
             max_remote_ms=self.timeout_s * 1e3 if self.fallback_local else None,
             max_message_bytes=self.message_cap()[0], **self._planning,

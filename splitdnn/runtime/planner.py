@@ -36,12 +36,12 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from splitdnn import codec, solver
-from splitdnn.errors import CodecError, ConfigError, PlanError
+from splitdnn.errors import CodecError, ConfigError, InfeasibleError, PlanError
 from splitdnn.runtime._estimator import LinkEstimator, LinkSample, check_positive
 from splitdnn.schema import CodecResult, LatencyStats, Link, NodeProfile, Plan, Profile
 from splitdnn.solver import AccuracyTable, Constraints, TensorCostFn, TensorHop, WireCost
@@ -249,7 +249,11 @@ class Planner:
     tensor (a tuple, a Python number): they are priced out of every plan, and a forced plan that
     would send one is refused. ``max_remote_ms``: a plan whose part after the device's compute is
     predicted longer (the client's deadline) is never chosen; edge-only is, instead.
-    ``max_message_bytes``: the smaller of both ends' message caps; a boundary tensor is sent only with
+    ``check``: raises PlanError for a plan the model cannot run split (``graph.check_tiers`` on the
+    traced model, whose in-place changes the profiles do not show): when the solver's plan is refused,
+    the best plan the check accepts among the cuts in graph order is chosen instead (edge-only always
+    is one), and a forced plan it refuses is a ConfigError. ``max_message_bytes``: the smaller of both
+    ends' message caps; a boundary tensor is sent only with
     a codec whose frame fits (less a margin for the request's other fields), and a value nothing fits
     is priced out of every plan (a cut sending several tensors is checked one tensor at a time). Not
     for a forced plan: the client refuses its request, if over a cap, with a ConfigError.
@@ -269,6 +273,7 @@ class Planner:
         constraints: Constraints | None = None,
         force: str | None = None,
         unsendable: Collection[str] = (),
+        check: Callable[[Mapping[str, int]], object] | None = None,
         accuracy_table: AccuracyTable | str | Path | None = None,
         max_accuracy_loss: float | None = None,
         max_remote_ms: float | None = None,
@@ -339,6 +344,7 @@ class Planner:
         ):
             raise ConfigError(f"max_remote_ms must be a finite number > 0 or None, found {max_remote_ms!r}")
         self.max_remote_ms = max_remote_ms
+        self.check = check
         self.force = force
         self._forced_tiers = self._forced(force) if force is not None else None
         self._pending = 0
@@ -371,9 +377,42 @@ class Planner:
         """The solver's optimal plan under ``link`` (codecs chosen with the cut); edge-only instead
         when its remote part is predicted over ``max_remote_ms`` (the client's deadline)."""
         plan = solver.solve(self.profiles, [link], constraints=self.constraints, tensor_cost=self.tensor_cost)
+        if self.check is not None and self._refused(plan.tiers) is not None:
+            plan = self._best_accepted(link)
         if self.max_remote_ms is not None and remote_ms(plan) > self.max_remote_ms:
             return solver.edge_only(self.profiles, [link], tensor_cost=self.tensor_cost)
         return plan
+
+    def _refused(self, tiers: Mapping[str, int]) -> PlanError | None:
+        """Why ``check`` refuses ``tiers`` (None: accepted, or no check)."""
+        if self.check is None:
+            return None
+        try:
+            self.check(tiers)
+        except PlanError as exc:
+            return exc
+        return None
+
+    def _best_accepted(self, link: Link) -> Plan:
+        """The fastest plan ``check`` accepts among the cuts in graph order (from cloud-only to
+        edge-only), for when the solver's optimum is refused: not proven optimal (``exact`` False)."""
+        compute = [n.name for n in self.profiles[0].compute_nodes]
+        best: Plan | None = None
+        for k in range(len(compute) + 1):
+            tiers = {n: 0 if i < k else 1 for i, n in enumerate(compute)}
+            if self._refused(tiers) is not None:
+                continue
+            try:
+                plan = solver.evaluate(
+                    self.profiles, [link], tiers, constraints=self.constraints, tensor_cost=self.tensor_cost
+                )
+            except (PlanError, InfeasibleError):  # the privacy floor, a memory cap
+                continue
+            if best is None or plan.cost.total_ms < best.cost.total_ms:
+                best = plan
+        if best is None:  # edge-only is always accepted and allowed: a check that refuses it is wrong
+            raise PlanError("the plan check refuses every cut in graph order, edge-only included")
+        return dataclasses.replace(best, exact=False)
 
     def baseline(self, kind: str, link: Link | None = None) -> Plan:
         """The edge-only or cloud-only plan under ``link`` (default: the current one), best codec.
@@ -556,12 +595,16 @@ class Planner:
         if self.force == "edge":
             return self.baseline("edge", link)
         try:
-            return solver.evaluate(
+            plan = solver.evaluate(
                 self.profiles, [link], self._forced_tiers, constraints=self.constraints,
                 tensor_cost=self.tensor_cost,
             )  # fmt: skip
         except PlanError as exc:
             raise ConfigError(f"force_boundary={self.force!r} is not allowed here: {exc}") from exc
+        refused = self._refused(plan.tiers)
+        if refused is not None:
+            raise ConfigError(f"force_boundary={self.force!r} cannot run split: {refused}")
+        return plan
 
     def _forced(self, force: str) -> dict[str, int]:
         device = self.profiles[0]

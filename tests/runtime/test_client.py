@@ -329,6 +329,63 @@ def test_emulated_slowdown_is_padding_and_reported(served) -> None:
 # failures and security
 
 
+class _AliasInPlace(torch.nn.Module):
+    """Changes its hidden tensor in place through a view, which the profiles do not show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        v = h.view(-1)
+        v.mul_(3)
+        return h + 1
+
+
+def _timed(profile: Profile, ms: dict[str, float]) -> Profile:
+    nodes = tuple(
+        dataclasses.replace(n, calibrated_ms=ms.get(n.name, n.calibrated_ms)) for n in profile.nodes
+    )
+    return dataclasses.replace(profile, nodes=nodes)
+
+
+@pytest.mark.filterwarnings("ignore:profile of .alias.:RuntimeWarning")  # a model of microseconds
+def test_a_cut_the_model_cannot_run_split_is_never_chosen() -> None:
+    """The solver's optimum here (cut after 'view') sends 'fc' and its view as two copies, and the
+    in-place change on the server would reach only one: the client planned it, and every infer()
+    raised PlanError. Now it runs the best cut the plan check accepts."""
+    from splitdnn import solver
+
+    torch.manual_seed(0)
+    model = _AliasInPlace().eval()
+    x = torch.randn(1, 4)
+    with torch.no_grad():
+        ref = model(x.clone())
+    base = _profile(graph.trace(model, x, name="alias"))
+    device = _timed(base, {"fc": 0.01, "view": 0.01, "mul_": 500.0, "add": 1000.0})
+    server = _timed(base, {"fc": 1000.0, "view": 1000.0, "mul_": 0.01, "add": 0.01})
+    link = Link(100.0, rtt_ms=1.0)
+    assert set(solver.solve([device, server], [link]).head()) == {"fc", "view"}
+    spec = ModelSpec("alias", module=model, input_shapes=((1, 4),))
+    kw: dict[str, Any] = {
+        "model_name": "alias",
+        "device_profile": device,
+        "link": link,
+        "probe_interval_s": None,
+    }
+    with TailServer(ServerConfig(models=(spec,), profiles={"alias": server})) as srv:
+        traced = srv.served_model("alias")
+        with SplitClient(srv.address, traced, fallback_local=False, **kw) as client:
+            y = client.infer(x)
+            # cut after 'fc' (1000 ms on the server) and edge-only (1500) are slower
+            assert set(client.plan.head()) == {"fc", "view", "mul_"} and not client.plan.exact
+            assert not _last(client).local
+        with pytest.raises(ConfigError, match=r"force_boundary='view' cannot run split: .*'mul_' on tier 1"):
+            SplitClient(srv.address, traced, force_boundary="view", **kw)
+    assert torch.equal(y, ref)
+
+
 class _TwoHeads(torch.nn.Module):
     """Returns a dict of two tensors: the server sends them flat, the client must give the dict back."""
 
