@@ -360,11 +360,21 @@ class Run:
         self.client_ms = (time.perf_counter() - t) * 1e3
         cap, whose = c.message_cap()
         if len(request) > cap:  # refused for certain: gRPC would say RESOURCE_EXHAUSTED
-            raise ConfigError(
+            over = (
                 f"the request for plan {self.plan.strategy!r} (boundary {list(self.sent)[:3]}, codecs "
-                f"{list(self.codecs)[:3]}) is {len(request)} bytes, over the {whose} max_message_bytes="
-                f"{cap}; raise it (SplitClient(max_message_bytes=...), splitdnn serve --max-message-mib) "
-                f"or allow codecs that send less"
+                f"{list(self.codecs)[:3]}) is {len(request)} bytes, over the {whose} max_message_bytes={cap}"
+            )
+            if not c.planner.forced and self.scale <= 1:  # the profile predicted smaller frames
+                with c._lock:  # (a batch larger than the profile's may be over where one row is not)
+                    c.planner.avoid(
+                        plan, f"a request of it was {len(request)} bytes, over the {cap}-byte cap"
+                    )
+                over += "; this cut is not planned again"
+            if not c.planner.forced and c.fallback_local:
+                return self._finish_locally(inputs, values, over)
+            raise ConfigError(
+                f"{over}; raise it (SplitClient(max_message_bytes=...), splitdnn serve --max-message-mib), "
+                f"send fewer rows, or allow codecs that send less"
             )
         t_rpc = time.perf_counter()
         give_up_s = None

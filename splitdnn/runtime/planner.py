@@ -250,13 +250,14 @@ class Planner:
     would send one is refused. ``max_remote_ms``: a plan whose part after the device's compute is
     predicted longer (the client's deadline) is never chosen; edge-only is, instead.
     ``check``: raises PlanError for a plan the model cannot run split (``graph.check_tiers`` on the
-    traced model, whose in-place changes the profiles do not show): when the solver's plan is refused,
-    the best plan the check accepts among the cuts in graph order is chosen instead (edge-only always
-    is one), and a forced plan it refuses is a ConfigError. ``max_message_bytes``: the smaller of both
-    ends' message caps; a boundary tensor is sent only with
-    a codec whose frame fits (less a margin for the request's other fields), and a value nothing fits
-    is priced out of every plan (a cut sending several tensors is checked one tensor at a time). Not
-    for a forced plan: the client refuses its request, if over a cap, with a ConfigError.
+    traced model, whose in-place changes the profiles do not show); a forced plan it refuses is a
+    ConfigError. ``max_message_bytes``: the smaller of both ends' message caps; a boundary tensor is
+    sent only with a codec whose frame fits (less a margin for the request's other fields), a value
+    nothing fits is priced out of every plan, and a cut whose tensors together are predicted over the
+    cap is not chosen. Not for a forced plan: the client refuses its request, if over a cap, with a
+    ConfigError. When the solver's optimum cannot run for one of these reasons (or :meth:`avoid` was
+    told so), the fastest plan that can among the cuts in graph order is chosen instead (edge-only
+    always can).
     """
 
     def __init__(
@@ -345,6 +346,8 @@ class Planner:
             raise ConfigError(f"max_remote_ms must be a finite number > 0 or None, found {max_remote_ms!r}")
         self.max_remote_ms = max_remote_ms
         self.check = check
+        self._wire_cap = wire_cap  # None without a cap, or for a forced plan
+        self._avoided: dict[frozenset[str], str] = {}  # cuts whose request was over a cap: why
         self.force = force
         self._forced_tiers = self._forced(force) if force is not None else None
         self._pending = 0
@@ -377,41 +380,62 @@ class Planner:
         """The solver's optimal plan under ``link`` (codecs chosen with the cut); edge-only instead
         when its remote part is predicted over ``max_remote_ms`` (the client's deadline)."""
         plan = solver.solve(self.profiles, [link], constraints=self.constraints, tensor_cost=self.tensor_cost)
-        if self.check is not None and self._refused(plan.tiers) is not None:
+        if self._unfit(plan) is not None:
             plan = self._best_accepted(link)
         if self.max_remote_ms is not None and remote_ms(plan) > self.max_remote_ms:
             return solver.edge_only(self.profiles, [link], tensor_cost=self.tensor_cost)
         return plan
 
-    def _refused(self, tiers: Mapping[str, int]) -> PlanError | None:
+    def avoid(self, plan: Plan, why: str) -> None:
+        """Never choose ``plan``'s cut again (its request turned out over a message cap: the profile
+        predicted its frames smaller); if it is the current plan, switch to the best other one now."""
+        head = plan_key(plan)[0]
+        self._avoided[head] = why
+        if plan_key(self.plan)[0] == head and self._forced_tiers is None:
+            self._switch_to(self.best(self.link), None)
+
+    def _refused(self, tiers: Mapping[str, int]) -> str | None:
         """Why ``check`` refuses ``tiers`` (None: accepted, or no check)."""
         if self.check is None:
             return None
         try:
             self.check(tiers)
         except PlanError as exc:
-            return exc
+            return str(exc)
         return None
 
+    def _unfit(self, plan: Plan) -> str | None:
+        """Why ``plan`` cannot run although the solver allows it (None: it can): the model refuses
+        it (``check``), its tensors together are predicted over the message cap (the solver checks
+        each tensor alone), or a request of it was over the cap (:meth:`avoid`)."""
+        head = frozenset(n for n, t in plan.tiers.items() if t == 0)
+        if head in self._avoided:
+            return self._avoided[head]
+        if self._wire_cap is not None and plan.boundary_bytes > self._wire_cap:
+            return (
+                f"its {len(plan.boundary)} boundary tensors together are predicted at {plan.boundary_bytes} "
+                f"bytes, over the {self._wire_cap} a request may carry"
+            )
+        return self._refused(plan.tiers)
+
     def _best_accepted(self, link: Link) -> Plan:
-        """The fastest plan ``check`` accepts among the cuts in graph order (from cloud-only to
-        edge-only), for when the solver's optimum is refused: not proven optimal (``exact`` False)."""
+        """The fastest plan that can run among the cuts in graph order (from cloud-only to
+        edge-only), for when the solver's optimum cannot (:meth:`_unfit`): not proven optimal
+        (``exact`` False). Edge-only sends nothing and every check accepts it."""
         compute = [n.name for n in self.profiles[0].compute_nodes]
         best: Plan | None = None
         for k in range(len(compute) + 1):
             tiers = {n: 0 if i < k else 1 for i, n in enumerate(compute)}
-            if self._refused(tiers) is not None:
-                continue
             try:
                 plan = solver.evaluate(
                     self.profiles, [link], tiers, constraints=self.constraints, tensor_cost=self.tensor_cost
                 )
             except (PlanError, InfeasibleError):  # the privacy floor, a memory cap
                 continue
-            if best is None or plan.cost.total_ms < best.cost.total_ms:
+            if self._unfit(plan) is None and (best is None or plan.cost.total_ms < best.cost.total_ms):
                 best = plan
-        if best is None:  # edge-only is always accepted and allowed: a check that refuses it is wrong
-            raise PlanError("the plan check refuses every cut in graph order, edge-only included")
+        if best is None:
+            raise PlanError("no cut in graph order can run, edge-only included (a plan check refuses it)")
         return dataclasses.replace(best, exact=False)
 
     def baseline(self, kind: str, link: Link | None = None) -> Plan:
@@ -601,7 +625,7 @@ class Planner:
             )  # fmt: skip
         except PlanError as exc:
             raise ConfigError(f"force_boundary={self.force!r} is not allowed here: {exc}") from exc
-        refused = self._refused(plan.tiers)
+        refused = self._refused(plan.tiers)  # the cap: its request is refused, if over, when built
         if refused is not None:
             raise ConfigError(f"force_boundary={self.force!r} cannot run split: {refused}")
         return plan

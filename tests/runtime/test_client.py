@@ -727,6 +727,46 @@ def test_the_plan_fits_the_servers_message_cap(served) -> None:
             assert torch.equal(y, s.ref) and not _last(client).local
 
 
+def _zstd_claims(profile: Profile, node: str, wire_bytes: int) -> Profile:
+    """``profile`` with ``node``'s zstd frame measured at ``wire_bytes`` (as on an all-zero input)."""
+    nodes = tuple(
+        dataclasses.replace(
+            n,
+            codecs=tuple(
+                dataclasses.replace(c, wire_bytes=wire_bytes) if c.spec == "zstd" else c for c in n.codecs
+            ),
+        )  # fmt: skip
+        if n.name == node
+        else n
+        for n in profile.nodes
+    )
+    return dataclasses.replace(profile, nodes=nodes)
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_a_cut_whose_request_turns_out_over_the_cap_is_not_planned_again(served, fallback: bool) -> None:
+    """The device profile predicts a 1 kB zstd frame of the input (measured on zeros, say); the real one
+    is 45 kB, over the server's 40 KiB cap. Every infer() raised ConfigError on the same plan."""
+    _, models = served
+    s = models["alexnet"]
+    device = _zstd_claims(s.device, "x", 1_000)
+    spec = ModelSpec("alexnet", module=s.traced.module, input_shapes=((1, *ZOO["alexnet"].test_input_shape),))
+    config = ServerConfig(models=(spec,), max_message_bytes=40 << 10, profiles={"alexnet": s.server})
+    with TailServer(config) as server:
+        fast = Link(1000.0, rtt_ms=1.0)
+        kw: dict[str, Any] = {"device_profile": device, "link": fast, "probe_interval_s": None}
+        with SplitClient(server.address, s.traced, codecs=["zstd"], fallback_local=fallback, **kw) as client:
+            assert client.plan.strategy == "cloud-only" and client.plan.boundary[0].codec == "zstd"
+            if fallback:
+                assert torch.equal(client.infer(s.x), s.ref)
+                assert _last(client).local and "this cut is not planned again" in _last(client).fallback
+            else:
+                with pytest.raises(ConfigError, match=r"over the server's max_message_bytes=40960; this cut"):
+                    client.infer(s.x)
+            assert client.plan.strategy != "cloud-only"
+            assert torch.equal(client.infer(s.x), s.ref) and not _last(client).local
+
+
 def test_a_batch_larger_than_the_profiles_is_not_given_up_as_a_fallen_link(served) -> None:
     """Its remote part was predicted at the profile's batch of 1 and given up after about 65 ms as "the
     link fell", then computed again on the device, on every request."""

@@ -289,6 +289,46 @@ def test_an_unknown_codec_name_is_said_to_be_unknown() -> None:
         Planner(device, server, Link(10.0), codecs=["zstd", "nosuch"])
 
 
+def _two_tensor_cut() -> tuple[Profile, Profile]:
+    """p -> (b1, b2: 30 kB each) -> c1 (10 kB) -> c2: the best cut sends b1 and b2 (device runs p, b1
+    and b2 fast, the server c1 and c2); the next best sends c1 (the device runs c1 too, 50 ms)."""
+    nodes = [
+        SynthNode("x", "placeholder", nbytes=100_000),
+        SynthNode("p", inputs=("x",), nbytes=100_000),
+        SynthNode("b1", inputs=("p",), nbytes=30_000),
+        SynthNode("b2", inputs=("p",), nbytes=30_000),
+        SynthNode("c1", inputs=("b1", "b2"), nbytes=10_000),
+        SynthNode("c2", inputs=("c1",), nbytes=1_000),
+        SynthNode("output", "output", inputs=("c2",), nbytes=1_000),
+    ]
+    ms = [[0, 1, 1, 1, 50, 1000, 0], [0, 1000, 1000, 1000, 1, 1, 0]]
+    device, server = make_profiles(nodes, tier_ms=ms)
+    return device, server
+
+
+def test_a_cut_whose_tensors_together_are_over_the_message_cap_is_not_chosen() -> None:
+    """Each tensor was checked against the cap alone: the planner chose a cut whose 60 kB request the
+    64 KiB cap (48 KiB for tensors) refuses, and every infer() raised."""
+    device, server = _two_tensor_cut()
+    link = Link(100.0, rtt_ms=1.0)
+    assert set(Planner(device, server, link).plan.boundary_nodes) == {"b1", "b2"}
+    capped = Planner(device, server, link, max_message_bytes=64 << 10)
+    assert capped.plan.boundary_nodes == ("c1",) and not capped.plan.exact
+    # a cap each tensor is over is priced in the solver as before (exact)
+    small = Planner(device, server, link, max_message_bytes=(16 << 10) + 5_000)
+    assert small.plan.strategy == "edge-only"
+
+
+def test_a_cut_told_to_be_avoided_is_left_for_the_best_other_one() -> None:
+    device, server = _two_tensor_cut()
+    planner = Planner(device, server, Link(100.0, rtt_ms=1.0))
+    first = planner.plan
+    planner.avoid(first, "a request of it was over the cap")
+    assert planner.plan.boundary_nodes == ("c1",) and planner.switches == 1
+    assert planner.replan(Link(100.0, rtt_ms=1.0)).plan.boundary_nodes == ("c1",)
+    assert planner.best(Link(1000.0, rtt_ms=1.0)).boundary_nodes != first.boundary_nodes
+
+
 def test_planner_picks_the_solver_plan_per_bandwidth() -> None:
     device, server = _profiles()
     slow = Planner(device, server, Link(0.01, rtt_ms=20.0))
