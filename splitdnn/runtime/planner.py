@@ -391,6 +391,8 @@ class Planner:
         predicted its frames smaller); if it is the current plan, switch to the best other one now."""
         head = plan_key(plan)[0]
         self._avoided[head] = why
+        if self._trial is not None and plan_key(self._trial.previous)[0] == head:
+            self._trial = None  # never reverted to
         if plan_key(self.plan)[0] == head and self._forced_tiers is None:
             self._switch_to(self.best(self.link), None)
 
