@@ -91,6 +91,7 @@ from splitdnn.errors import (
     RemoteError,
     ServerUnavailableError,
 )
+from splitdnn.runtime import _tls_probe as tls_probe
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown, format_breakdown, run_requests
 from splitdnn.runtime._client_request import Pieces, Run
@@ -111,11 +112,12 @@ from splitdnn.runtime._client_setup import (
     profile_device,
     resolve_model,
 )
-from splitdnn.runtime._credentials import check_token
+from splitdnn.runtime._credentials import check_token, read_pem
 from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._tls_probe import TlsSettings
 from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.planner import Decision, Hysteresis, LinkEstimator, Planner, plan_key
 from splitdnn.schema import Link, Plan, Profile
@@ -172,12 +174,13 @@ class SplitClient:
     Network: ``token`` (bearer), TLS with ``tls=True`` or any of ``root_cert`` / ``client_cert`` +
     ``client_key`` (PEM bytes or paths; mTLS with the pair) and ``tls_server_name`` (override the
     name checked in the server certificate); ``timeout_s`` per request; ``retries`` attempts on
-    UNAVAILABLE; ``max_message_bytes`` caps both directions of ModelInfer (the planner sends no tensor
-    that cannot fit the smaller of both ends' caps); ``fallback_local`` finishes requests on the device
-    when the server cannot (not when a setting is wrong: a message over a cap, or a TLS handshake that
-    fails on this end, i.e. a CA the server's certificate does not match or TLS to a plaintext port; a
-    plaintext client at a TLS port, or a server refusing this client's certificate, looks like an
-    unreachable server from here).
+    UNAVAILABLE; ``max_message_bytes`` caps both directions of ModelInfer (the planner sends no request
+    predicted over the smaller of both ends' caps, and drops a cut whose request turned out over it);
+    ``fallback_local`` finishes requests on the device when the server cannot (not when a setting is
+    wrong: a TLS mistake is an AuthenticationError at construction, whether gRPC names it (a CA the
+    server's certificate does not match, TLS to a plaintext port) or only sees the connection closed
+    (a plaintext client at a TLS port, a server refusing this client's certificate: a TLS connection
+    of its own then tells which, see ``_tls_probe``)).
     """
 
     def __init__(
@@ -253,11 +256,18 @@ class SplitClient:
         self._placeholders = tuple(n.name for n in self.traced.nodes if n.op == "placeholder")
         check_token(token)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        secure = tls or any(v is not None for v in (root_cert, client_cert, client_key))
         self._channel = make_channel(
-            address, secure=tls or any(v is not None for v in (root_cert, client_cert, client_key)),
-            root_cert=root_cert, client_cert=client_cert, client_key=client_key,
+            address, secure=secure, root_cert=root_cert, client_cert=client_cert, client_key=client_key,
             server_name=tls_server_name, retries=retries, max_message_bytes=max_message_bytes,
         )  # fmt: skip
+        # what tls_probe.diagnose needs, should the server turn out unreachable (checked: make_channel)
+        self._tls_settings = TlsSettings(
+            secure,
+            None if client_cert is None else read_pem(client_cert, "client certificate"),
+            None if client_key is None else read_pem(client_key, "client key"),
+            tls_server_name,
+        )
         self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
         self._sd = sd_grpc.SplitServiceStub(self._channel)
         self._pieces: dict[Any, Pieces] = {}
@@ -397,6 +407,16 @@ class SplitClient:
             err = translate_rpc_error(exc, f"connecting to {self.address}")
             if isinstance(err, AuthenticationError):
                 raise err from None
+            if err.code == "UNAVAILABLE":  # what gRPC cannot tell from a server that is down
+                t = self._tls_settings
+                why = tls_probe.diagnose(
+                    self.address, secure=t.secure, client_cert=t.client_cert, client_key=t.client_key,
+                    server_name=t.server_name, timeout_s=min(2.0, max(timeout_s, 0.5)),
+                )  # fmt: skip
+                if why is not None:
+                    raise AuthenticationError(
+                        f"connecting to {self.address}: {why}", code=err.code, details=err.details
+                    ) from None
 
     def _connect(self, timeout_s: float) -> Profile | None:
         """Reach the server: check the model, fetch its profile, measure the RTT. None: no profile.

@@ -47,12 +47,26 @@ def test_mutual_tls_with_token(tmp_path: Path) -> None:
             assert torch.equal(client.infer(x), ref)
             b = client.last_breakdown
             assert b is not None and not b.local and b.boundary == (cut,)
-        # no client certificate: the handshake fails, the server is unreachable for this client
-        with pytest.raises(ServerUnavailableError, match="cannot connect"):
+        # these looked like a server that is down ("cannot connect ... within 1 s"), or ran locally
+        other = make_certs()
+        kw = {"device_profile": device, "token": "t0ken", "connect_timeout_s": 1.0}
+        for fallback in (True, False):
+            with pytest.raises(AuthenticationError, match="requires a client certificate .* sends none"):
+                SplitClient(server.address, traced, root_cert=c["ca"], fallback_local=fallback, **kw)
+        with pytest.raises(AuthenticationError, match="does not trust this client's; pass one signed by"):
             SplitClient(
-                server.address, traced, device_profile=device, token="t0ken", root_cert=c["ca"],
-                fallback_local=False, connect_timeout_s=1.0,
+                server.address, traced, root_cert=c["ca"], client_cert=other["client_cert"],
+                client_key=other["client_key"], **kw,
             )  # fmt: skip
+        with pytest.raises(
+            AuthenticationError,
+            match=r"speaks TLS and requires a client certificate \(mutual TLS\), but this client connects "
+            r"in plaintext; pass root_cert=.* with client_cert= and client_key=",
+        ):
+            SplitClient(server.address, traced, **kw)
+    # a server that is really down is still said to be unreachable
+    with pytest.raises(ServerUnavailableError, match="cannot connect"):
+        SplitClient(server.address, traced, root_cert=c["ca"], fallback_local=False, **kw)
 
 
 def test_a_failed_tls_handshake_is_raised_not_run_locally() -> None:
@@ -68,6 +82,8 @@ def test_a_failed_tls_handshake_is_raised_not_run_locally() -> None:
             with pytest.raises(AuthenticationError, match="TLS handshake with the server failed"):
                 SplitClient(tls.address, traced, root_cert=other["ca"], connect_timeout_s=1.0,
                             fallback_local=fallback, input_shape=shape)  # fmt: skip
+        with pytest.raises(AuthenticationError, match="speaks TLS, but this client connects in plaintext"):
+            SplitClient(tls.address, traced, connect_timeout_s=1.0, input_shape=shape)
     with TailServer(ServerConfig(models=(spec,))) as plain:
         with pytest.raises(AuthenticationError, match="both ends use TLS or neither"):
             SplitClient(plain.address, traced, root_cert=c["ca"], connect_timeout_s=1.0)

@@ -1,0 +1,149 @@
+"""Why a server the client cannot reach may be a TLS setting, not a server down (stdlib only).
+
+gRPC reports two TLS mistakes exactly as it reports a server that is down ("Socket closed"): a
+plaintext client at a TLS port (the server drops the cleartext), and a server that wants a client
+certificate this client does not send or the server does not trust (it completes the handshake, then
+closes the connection without a word). A wrong CA, and TLS to a plaintext port, gRPC does name
+("handshake failed"; see ``_client_rpc.is_handshake_failure``).
+
+:func:`diagnose` connects once with Python's own TLS to tell these apart: it is run only after a
+first call failed, never on the request path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = ["TlsSettings", "diagnose"]
+
+# HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server answers with its own
+# SETTINGS; one refusing this client's certificate closes the connection instead
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How a client connects, as far as :func:`diagnose` needs to know."""
+
+    secure: bool  # TLS
+    client_cert: bytes | None  # PEM, for mutual TLS
+    client_key: bytes | None
+    server_name: str | None  # the name its certificate is checked against, if not the host's
+
+
+def diagnose(
+    address: str,
+    *,
+    secure: bool,
+    client_cert: bytes | None = None,
+    client_key: bytes | None = None,
+    server_name: str | None = None,
+    timeout_s: float = 2.0,
+) -> str | None:
+    """What TLS mistake keeps this client from ``address``, in words, or None (none found: the
+    server is down, unreachable, or the address is not one plain ``host:port``).
+
+    ``secure``: the client connects with TLS; ``client_cert`` / ``client_key``: its certificate for
+    mutual TLS (PEM). The server's certificate is not verified here (gRPC does that, and names a
+    failure itself): only what the server does with this client's connection is looked at.
+    """
+    target = _host_port(address)
+    if target is None:
+        return None
+    host, port = target
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError:
+        return None  # nothing listens there, or it cannot be reached: not a TLS matter
+    with raw, _context(client_cert if secure else None, client_key if secure else None) as ctx:
+        if ctx is None:
+            return None
+        try:
+            tls = ctx.wrap_socket(raw, server_hostname=server_name or host)
+        except (ssl.SSLError, OSError):
+            return None  # not TLS there: gRPC says so for a TLS client; a plaintext one is right
+        with tls:
+            answered = _answers_http2(tls, timeout_s)
+    if not secure:
+        wants = "" if answered else " and requires a client certificate (mutual TLS)"
+        return (
+            f"the server at {address} speaks TLS{wants}, but this client connects in plaintext; pass "
+            f"root_cert= (the CA of the server's certificate; `splitdnn run --tls-ca`)"
+            + ("" if answered else " with client_cert= and client_key= (--tls-cert, --tls-key)")
+        )
+    if answered:
+        return None
+    if client_cert is None:
+        return (
+            f"the server at {address} closed the connection after the TLS handshake: it requires a client "
+            f"certificate (mutual TLS) and this client sends none; pass client_cert= and client_key= "
+            f"(--tls-cert, --tls-key) signed by the CA the server trusts"
+        )
+    return (
+        f"the server at {address} closed the connection after the TLS handshake: it requires a client "
+        f"certificate (mutual TLS) and does not trust this client's; pass one signed by the CA the "
+        f"server was started with (splitdnn serve --tls-client-ca)"
+    )
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port``, ``[v6]:port``, ``dns:///host:port`` or a one-address ``ipv4:``/``ipv6:`` target."""
+    for prefix in ("dns:///", "ipv4:", "ipv6:"):
+        if address.startswith(prefix):
+            address = address[len(prefix) :]
+            break
+    if "," in address or "/" in address:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+@contextlib.contextmanager
+def _context(client_cert: bytes | None, client_key: bytes | None) -> Iterator[ssl.SSLContext | None]:
+    """A client TLS context offering HTTP/2 that verifies nothing, with the client's certificate if
+    any (None if it cannot be loaded: gRPC would not have loaded it either)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    if client_cert is None or client_key is None:
+        yield ctx
+        return
+    # the ssl module loads a certificate chain from files only: a private directory, removed at once
+    folder = tempfile.mkdtemp(prefix="splitdnn-tls-")
+    try:
+        cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+        for path, data in ((cert, client_cert), (key, client_key)):
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                f.write(data)
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError):
+            yield None
+            return
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    yield ctx
+
+
+def _answers_http2(tls: ssl.SSLSocket, timeout_s: float) -> bool:
+    """Whether the server goes on with HTTP/2 on this connection (False: it closed it at once)."""
+    tls.settimeout(timeout_s)
+    try:
+        tls.sendall(_H2_PREFACE)
+        return bool(tls.recv(9))
+    except TimeoutError:
+        return True  # it keeps the connection open: not the refusal looked for
+    except (ssl.SSLError, OSError):
+        return False
