@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,22 @@ def test_a_failed_tls_handshake_is_raised_not_run_locally() -> None:
     with TailServer(ServerConfig(models=(spec,))) as plain:
         with pytest.raises(AuthenticationError, match="both ends use TLS or neither"):
             SplitClient(plain.address, traced, root_cert=c["ca"], connect_timeout_s=1.0)
+
+
+def test_the_tls_probe_reads_plain_addresses_and_finds_nothing_where_tls_is_not_the_matter() -> None:
+    from splitdnn.runtime._tls_probe import _host_port, diagnose
+
+    assert _host_port("localhost:8001") == ("localhost", 8001)
+    assert _host_port("[::1]:8001") == ("::1", 8001)
+    assert _host_port("dns:///server:9") == ("server", 9)
+    assert _host_port("ipv4:10.0.0.1:5") == ("10.0.0.1", 5)
+    for several in ("ipv4:10.0.0.1:5,10.0.0.2:5", "unix:/tmp/s", "server", "server:http"):
+        assert _host_port(several) is None and diagnose(several, secure=False) is None
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert diagnose(f"127.0.0.1:{free}", secure=False, timeout_s=0.5) is None
+    torch.manual_seed(0)
+    spec = ModelSpec("lin", module=torch.nn.Linear(4, 3), input_shapes=((1, 4),))
+    with TailServer(ServerConfig(models=(spec,))) as plain:  # not TLS: a plaintext client is right
+        assert diagnose(plain.address, secure=False, timeout_s=0.5) is None
