@@ -671,9 +671,9 @@ def add_commands(
     )  # fmt: skip
     p.add_argument(
         "--receive-timeout-s", type=positive, default=30.0, metavar="S",
-        help="end a call whose request message has not fully arrived S seconds after it started "
-        "(DEADLINE_EXCEEDED), so stalled or very slow clients do not hold handler threads; at the "
-        "default 30 s a 64 MiB message needs 18 Mbit/s (default 30)",
+        help="end a call whose request message has not fully arrived S seconds after its handler "
+        "started (DEADLINE_EXCEEDED), so stalled or very slow clients do not hold handler threads; at "
+        "the default 30 s a 64 MiB message needs 18 Mbit/s (default 30; at least 0.1)",
     )  # fmt: skip
     p.add_argument(
         "--tail-cache-size", type=int, default=64, metavar="N",

@@ -154,13 +154,14 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
                 raise ConfigError(f"{name} must be a number in [0, 1e6), found {value!r}")
-        for name in ("max_connection_age_s", "receive_timeout_s"):
+        for name, low in (("max_connection_age_s", 0.0), ("receive_timeout_s", 0.1)):
             value = getattr(self, name)  # gRPC takes the age in int32 milliseconds: under 24 days
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < 1e6
             ):
                 raise ConfigError(
-                    f"{name} must be a number of seconds in (0, 1e6) or None (no limit), found {value!r}"
+                    f"{name} must be a number of seconds in ({low:g}, 1e6) or None (no limit), found "
+                    f"{value!r}"
                 )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both tls_cert and tls_key (PEM); pass both or neither")

@@ -1,16 +1,18 @@
 """A time limit on a call's request message: calls that never finish sending give their thread back.
 
-gRPC's synchronous server hands a call to a worker thread as soon as the call's headers arrive, and
-for a unary method that thread then waits for the request message with no limit but the call's own
-deadline (which the client chooses, or leaves out). A client that opens calls and sends their
-messages slowly, or never, holds one worker per call: enough of them and no request is served until
-the connections age out (``max_connection_age_s``, then ``grace_s``).
+gRPC's synchronous server hands a call to a worker thread as soon as the call's headers arrive (and
+a worker is free), and for a unary method that thread then waits for the request message with no
+limit but the call's own deadline (which the client chooses, or leaves out). A client that opens
+calls and sends their messages slowly, or never, holds one worker per call: enough of them and no
+request is served until the connections age out (``max_connection_age_s``, then ``grace_s``).
 
 So every method is registered here as one that receives a stream (the bytes on the wire are the
 same: a unary client sends one message and half-closes): its handler starts before the message
 arrives, registers the call with a :class:`ReceiveWatch`, and takes the one message. The watch's
-thread ends every call whose message has not arrived within ``receive_timeout_s`` with
-DEADLINE_EXCEEDED and a message saying so; the waiting handler then returns its worker.
+thread ends every call whose message has not arrived within ``receive_timeout_s`` of its handler's
+start with DEADLINE_EXCEEDED and a message saying so; the waiting handler then returns its worker.
+Whichever of the watch and the handler takes the call's entry first decides: a message arriving as
+the watch ends its call is not served (the call is counted and answered as timed out, once).
 
 This bounds how long one call holds a worker, not how many a client may open: a client that keeps
 opening calls still ties up the pool, a timeout at a time. A proxy in front (request timeouts,
@@ -32,6 +34,7 @@ __all__ = ["ReceiveWatch"]
 log = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # the watch looks at least this often (sooner for a shorter timeout)
+_MIN_POLL_S = 0.01
 _WARN_EVERY_S = 60.0  # at most one warning per minute about calls ended (a stalled client may open many)
 
 
@@ -72,25 +75,40 @@ class ReceiveWatch:
 
     def receive(self, requests: Iterator[Any], context: grpc.ServicerContext, method: str) -> Any:
         """The call's one request message, within the time limit (else gRPC raises and the call ends)."""
-        if self.timeout_s is not None:
+        if self.timeout_s is None:
+            return self._one(requests, context, method)
+        with self._lock:
+            self._waiting[context] = (time.monotonic() + self.timeout_s, method)
+        try:
+            message = self._one(requests, context, method)
+        finally:
             with self._lock:
-                self._waiting[context] = (time.monotonic() + self.timeout_s, method)
+                mine = self._waiting.pop(context, None) is not None
+        if not mine:  # the watch took the call as its message arrived: it is timed out, not served
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._message())
+        return message
+
+    @staticmethod
+    def _one(requests: Iterator[Any], context: grpc.ServicerContext, method: str) -> Any:
         try:
             return next(requests)
         except StopIteration:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{method} takes exactly one request message, and the call closed without sending one; "
-                f"call it as a unary method",
+                f"send exactly one",
             )
-        finally:
-            if self.timeout_s is not None:
-                with self._lock:
-                    self._waiting.pop(context, None)
+
+    def _message(self) -> str:
+        return (
+            f"the server received no complete request message within {self.timeout_s:g} s of starting "
+            f"to handle the call (its receive timeout); send the message at once, over a faster link, "
+            f"or ask the operator for a longer --receive-timeout-s"
+        )
 
     def _watch(self) -> None:
         assert self.timeout_s is not None
-        poll = min(_POLL_S, self.timeout_s / 4)
+        poll = max(_MIN_POLL_S, min(_POLL_S, self.timeout_s / 4))
         wait = poll
         while not self._stopped.wait(wait):
             now = time.monotonic()
@@ -100,17 +118,15 @@ class ReceiveWatch:
                     del self._waiting[ctx]
                 first_due = min((due for due, _ in self._waiting.values()), default=None)
             for ctx, method in overdue:
-                self._end(ctx, method)
+                try:
+                    self._end(ctx, method)
+                except Exception:  # noqa: BLE001 - the watch must outlive any one call
+                    log.exception("ending %s after its receive timeout failed", method)
             wait = poll if first_due is None else min(poll, max(0.0, first_due - time.monotonic()))
 
     def _end(self, context: grpc.ServicerContext, method: str) -> None:
-        message = (
-            f"the server received no complete request message within {self.timeout_s:g} s of the call's "
-            f"start (its receive timeout); send the message at once, over a faster link, or ask the "
-            f"operator for a longer --receive-timeout-s"
-        )
         log.debug("%s: ended, no request message within %g s", method, self.timeout_s)
-        _cancel(context, grpc.StatusCode.DEADLINE_EXCEEDED, message)
+        _cancel(context, grpc.StatusCode.DEADLINE_EXCEEDED, self._message())
         if self._on_timeout is not None:
             self._on_timeout(method)
         self._ended_since_warning += 1
@@ -135,5 +151,6 @@ def _cancel(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) 
     call = getattr(getattr(context, "_rpc_event", None), "call", None)
     try:
         call.cancel(code.value[0], message)  # type: ignore[union-attr]
-    except (AttributeError, TypeError):
+    except (AttributeError, TypeError, ValueError):
+        log.debug("gRPC's call object cannot be cancelled with a status here: cancelled plainly")
         context.cancel()

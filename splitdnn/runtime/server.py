@@ -267,8 +267,8 @@ class TailServer:
                     f"pick another metrics port (0: any free port)"
                 ) from exc
         server.start()
+        watch.start()  # before the server is published: a stop() from now on stops the watch too
         self._server, self._unstarted = server, None
-        watch.start()
         # the server, its two services and each served model by its v2 name
         for name in ("", "inference.GRPCInferenceService", "splitdnn.v1.SplitService", *self._models):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
