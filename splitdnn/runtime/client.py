@@ -377,7 +377,9 @@ class SplitClient:
             check=partial(graph.check_tiers, self.traced) if graph.modifies_in_place(self.traced) else None,
             # a remote part predicted over the deadline would always finish locally: never chosen
             max_remote_ms=self.timeout_s * 1e3 if self.fallback_local else None,
-            max_message_bytes=self.message_cap()[0], **self._planning,
+            max_message_bytes=self.message_cap()[0],
+            # a planner replacing another keeps away from the cuts whose request was over a cap
+            avoided=self.planner.avoided if hasattr(self, "planner") else None, **self._planning,
         )  # fmt: skip
 
     def _unreachable(self, timeout_s: float) -> None:

@@ -35,6 +35,7 @@ from splitdnn.solver._api import (
     cloud_only,
     edge_only,
     evaluate,
+    ranked,
     solve,
     sweep,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "is_lossless",
     "load_accuracy_table",
     "measured_codecs",
+    "ranked",
     "raw_tensor_cost",
     "solve",
     "sweep",

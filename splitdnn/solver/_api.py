@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from splitdnn.errors import ConfigError, InfeasibleError, PlanError
@@ -24,6 +24,7 @@ __all__ = [
     "cloud_only",
     "edge_only",
     "evaluate",
+    "ranked",
     "solve",
     "sweep",
 ]
@@ -115,6 +116,39 @@ def evaluate(
     if found:
         raise PlanError("the plan violates its constraints: " + "; ".join(found))
     return make_plan(problem, tier, objective, power, exact=False)
+
+
+def ranked(
+    profiles: Sequence[Profile],
+    links: Sequence[Link],
+    candidates: Sequence[Mapping[str, int]],
+    *,
+    objective: str = "latency",
+    power: PowerModel | None = None,
+    constraints: Constraints | None = None,
+    tensor_cost: TensorCostFn | None = None,
+) -> Iterator[Plan]:
+    """The plans among ``candidates`` (assignments as for :func:`evaluate`), best first.
+
+    Candidates that are not valid plans or break ``constraints`` are skipped. The problem is built
+    once and every candidate priced once; a :class:`~splitdnn.schema.Plan` is made only for those
+    taken from the iterator, so a caller looking for the best one with a property the solver does
+    not know pays for the few it looks at.
+    """
+    problem = _checked_problem(profiles, links, objective, constraints, power, tensor_cost)
+    scored = []
+    for i, tiers in enumerate(candidates):
+        try:
+            tier = _checked_assignment(problem, tiers)
+        except PlanError:
+            continue
+        if violations(problem, tier, constraints):
+            continue
+        cost, _ = evaluate_assignment(problem, tier, power)
+        scored.append((objective_value(cost, objective), i, tier))
+    scored.sort(key=lambda item: (item[0], item[1]))
+    for _, _, tier in scored:
+        yield make_plan(problem, tier, objective, power, exact=False)
 
 
 def brute_force(
