@@ -20,6 +20,7 @@ from splitdnn.solver import (
     chain_cuts,
     cloud_only,
     edge_only,
+    evaluate,
     solve,
     sweep,
 )
@@ -139,6 +140,23 @@ def test_a_split_wins_where_the_activation_shrinks() -> None:
     assert plan.strategy == "split" and plan.boundary_nodes == ("shrink",) and plan.exact
     for method in solver.METHODS:
         assert same(value(solve(profiles, [Link(10.0, rtt_ms=5.0)], method=method)), value(plan))
+
+
+def test_ranked_gives_the_valid_candidates_best_first_priced_as_evaluate_does() -> None:
+    profiles = RESNET
+    compute = [n.name for n in profiles[0].compute_nodes]
+    link = Link(20.0, rtt_ms=5.0)
+    ends = range(0, len(compute) + 1, 7)
+    candidates = [{n: 0 if i < k else 1 for i, n in enumerate(compute)} for k in ends]
+    bad = {**candidates[1], compute[0]: 1, compute[1]: 0}  # not downward closed: skipped
+    keep = Constraints(keep_input_on_device=True)  # cloud-only breaks it: skipped
+    plans = list(solver.ranked(profiles, [link], [bad, *candidates], constraints=keep))
+    assert len(plans) == len(candidates) - 1 and all(not p.exact for p in plans)
+    totals = [p.cost.total_ms for p in plans]
+    assert totals == sorted(totals)
+    for plan in plans:
+        alone = evaluate(profiles, [link], plan.tiers, constraints=keep)
+        assert same(plan.cost.total_ms, alone.cost.total_ms)
 
 
 def test_energy_objective_avoids_the_radio_when_it_is_expensive() -> None:
