@@ -356,10 +356,9 @@ class Run:
             c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=uuid.uuid4().hex[:16],
             bfloat16=bf16, weights=c.weights_digest,
         )  # fmt: skip
-        self.bytes_sent = len(request)
         self.client_ms = (time.perf_counter() - t) * 1e3
         cap, whose = c.message_cap()
-        if len(request) > cap:  # refused for certain: gRPC would say RESOURCE_EXHAUSTED
+        if len(request) > cap:  # refused for certain: gRPC would say RESOURCE_EXHAUSTED (and not sent)
             over = (
                 f"the request for plan {self.plan.strategy!r} (boundary {list(self.sent)[:3]}, codecs "
                 f"{list(self.codecs)[:3]}) is {len(request)} bytes, over the {whose} max_message_bytes={cap}"
@@ -370,12 +369,15 @@ class Run:
                         plan, f"a request of it was {len(request)} bytes, over the {cap}-byte cap"
                     )
                 over += "; this cut is not planned again"
+            elif self.scale > 1:
+                over += f"; the batch is {self.scale:g}x the profile's: send fewer rows per request"
             if not c.planner.forced and c.fallback_local:
                 return self._finish_locally(inputs, values, over)
             raise ConfigError(
                 f"{over}; raise it (SplitClient(max_message_bytes=...), splitdnn serve --max-message-mib), "
                 f"send fewer rows, or allow codecs that send less"
             )
+        self.bytes_sent = len(request)
         t_rpc = time.perf_counter()
         give_up_s = None
         try:

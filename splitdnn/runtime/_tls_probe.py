@@ -13,6 +13,7 @@ first call failed, never on the request path.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -21,7 +22,9 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["TlsSettings", "diagnose"]
+__all__ = ["Diagnosis", "TlsSettings", "diagnose"]
+
+log = logging.getLogger(__name__)
 
 # HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server answers with its own
 # SETTINGS; one refusing this client's certificate closes the connection instead
@@ -38,6 +41,14 @@ class TlsSettings:
     server_name: str | None  # the name its certificate is checked against, if not the host's
 
 
+@dataclass(frozen=True)
+class Diagnosis:
+    """A TLS mistake found, in words; ``certain`` False where another cause looks the same."""
+
+    message: str
+    certain: bool
+
+
 def diagnose(
     address: str,
     *,
@@ -46,14 +57,29 @@ def diagnose(
     client_key: bytes | None = None,
     server_name: str | None = None,
     timeout_s: float = 2.0,
-) -> str | None:
-    """What TLS mistake keeps this client from ``address``, in words, or None (none found: the
-    server is down, unreachable, or the address is not one plain ``host:port``).
+) -> Diagnosis | None:
+    """What TLS mistake keeps this client from ``address``, or None (none found: the server is
+    down, unreachable, or the address is not one plain ``host:port``). Best effort: never raises.
 
     ``secure``: the client connects with TLS; ``client_cert`` / ``client_key``: its certificate for
     mutual TLS (PEM). The server's certificate is not verified here (gRPC does that, and names a
     failure itself): only what the server does with this client's connection is looked at.
     """
+    try:
+        return _diagnose(address, secure, client_cert, client_key, server_name, timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a diagnosis that fails finds nothing (a bad host name...)
+        log.debug("TLS diagnosis of %s failed: %s: %s", address, type(exc).__name__, exc)
+        return None
+
+
+def _diagnose(
+    address: str,
+    secure: bool,
+    client_cert: bytes | None,
+    client_key: bytes | None,
+    server_name: str | None,
+    timeout_s: float,
+) -> Diagnosis | None:
     target = _host_port(address)
     if target is None:
         return None
@@ -63,33 +89,47 @@ def diagnose(
     except OSError:
         return None  # nothing listens there, or it cannot be reached: not a TLS matter
     with raw, _context(client_cert if secure else None, client_key if secure else None) as ctx:
-        if ctx is None:
-            return None
+        if isinstance(ctx, str):
+            return Diagnosis(
+                f"this client's certificate and key cannot be loaded as a matching, unencrypted PEM pair "
+                f"({ctx}); gRPC cannot use them either: pass the certificate and its key unencrypted",
+                certain=True,
+            )
         try:
             tls = ctx.wrap_socket(raw, server_hostname=server_name or host)
-        except (ssl.SSLError, OSError):
-            return None  # not TLS there: gRPC says so for a TLS client; a plaintext one is right
-        with tls:
-            answered = _answers_http2(tls, timeout_s)
+        except ssl.SSLError as exc:
+            if "ALERT" not in str(exc.reason or "").upper():
+                return None  # not TLS there: gRPC says so for a TLS client; a plaintext one is right
+            answered = False  # TLS 1.2: the server refuses the handshake for the certificate, with an alert
+        else:
+            with tls:
+                answered = _answers_http2(tls, timeout_s)
     if not secure:
         wants = "" if answered else " and requires a client certificate (mutual TLS)"
-        return (
-            f"the server at {address} speaks TLS{wants}, but this client connects in plaintext; pass "
-            f"root_cert= (the CA of the server's certificate; `splitdnn run --tls-ca`)"
-            + ("" if answered else " with client_cert= and client_key= (--tls-cert, --tls-key)")
+        return Diagnosis(
+            f"the server at {address} speaks TLS{wants}, but this client connects in plaintext; connect "
+            f"with TLS: root_cert= (the CA of the server's certificate; `splitdnn run --tls-ca`), or "
+            f"tls=True (--tls) for a certificate from a public CA"
+            + ("" if answered else ", with client_cert= and client_key= (--tls-cert, --tls-key)"),
+            certain=True,
         )
     if answered:
         return None
+    # a TLS proxy whose backend is down closes the same way: likely, not certain
+    closed = f"the server at {address} closed the connection right after the TLS handshake"
+    proxy = "(or it is a TLS proxy whose backend is down)"
     if client_cert is None:
-        return (
-            f"the server at {address} closed the connection after the TLS handshake: it requires a client "
-            f"certificate (mutual TLS) and this client sends none; pass client_cert= and client_key= "
-            f"(--tls-cert, --tls-key) signed by the CA the server trusts"
+        return Diagnosis(
+            f"{closed}: most likely it requires a client certificate (mutual TLS) and this client sends "
+            f"none {proxy}; pass client_cert= and client_key= (--tls-cert, --tls-key) signed by the CA "
+            f"the server trusts",
+            certain=False,
         )
-    return (
-        f"the server at {address} closed the connection after the TLS handshake: it requires a client "
-        f"certificate (mutual TLS) and does not trust this client's; pass one signed by the CA the "
-        f"server was started with (splitdnn serve --tls-client-ca)"
+    return Diagnosis(
+        f"{closed}: most likely it requires a client certificate (mutual TLS) and does not trust this "
+        f"client's {proxy}; pass one signed by the CA the server was started with (splitdnn serve "
+        f"--tls-client-ca)",
+        certain=False,
     )
 
 
@@ -110,9 +150,9 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 
 @contextlib.contextmanager
-def _context(client_cert: bytes | None, client_key: bytes | None) -> Iterator[ssl.SSLContext | None]:
+def _context(client_cert: bytes | None, client_key: bytes | None) -> Iterator[ssl.SSLContext | str]:
     """A client TLS context offering HTTP/2 that verifies nothing, with the client's certificate if
-    any (None if it cannot be loaded: gRPC would not have loaded it either)."""
+    any; instead, why that certificate and key cannot be loaded."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -122,19 +162,19 @@ def _context(client_cert: bytes | None, client_key: bytes | None) -> Iterator[ss
         return
     # the ssl module loads a certificate chain from files only: a private directory, removed at once
     folder = tempfile.mkdtemp(prefix="splitdnn-tls-")
+    problem = None
     try:
         cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
         for path, data in ((cert, client_cert), (key, client_key)):
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
                 f.write(data)
-        try:
-            ctx.load_cert_chain(cert, key)
-        except (ssl.SSLError, OSError):
-            yield None
-            return
+        try:  # an empty password: an encrypted key fails here instead of prompting on the terminal
+            ctx.load_cert_chain(cert, key, password=lambda: b"")
+        except ssl.SSLError as exc:
+            problem = str(exc.reason or exc)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    yield ctx
+    yield ctx if problem is None else problem
 
 
 def _answers_http2(tls: ssl.SSLSocket, timeout_s: float) -> bool:

@@ -179,8 +179,10 @@ class SplitClient:
     ``fallback_local`` finishes requests on the device when the server cannot (not when a setting is
     wrong: a TLS mistake is an AuthenticationError at construction, whether gRPC names it (a CA the
     server's certificate does not match, TLS to a plaintext port) or only sees the connection closed
-    (a plaintext client at a TLS port, a server refusing this client's certificate: a TLS connection
-    of its own then tells which, see ``_tls_probe``)).
+    (a plaintext client at a TLS port: a TLS connection of its own then tells, see ``_tls_probe``).
+    A server closing the connection right after the handshake most likely refuses this client's
+    certificate, or lack of one, but may be a TLS proxy whose backend is down: raised without
+    ``fallback_local``, a note with it).
     """
 
     def __init__(
@@ -411,14 +413,16 @@ class SplitClient:
                 raise err from None
             if err.code == "UNAVAILABLE":  # what gRPC cannot tell from a server that is down
                 t = self._tls_settings
-                why = tls_probe.diagnose(
+                found = tls_probe.diagnose(
                     self.address, secure=t.secure, client_cert=t.client_cert, client_key=t.client_key,
                     server_name=t.server_name, timeout_s=min(2.0, max(timeout_s, 0.5)),
                 )  # fmt: skip
-                if why is not None:
+                if found is not None and (found.certain or not self.fallback_local):
                     raise AuthenticationError(
-                        f"connecting to {self.address}: {why}", code=err.code, details=err.details
+                        f"connecting to {self.address}: {found.message}", code=err.code, details=err.details
                     ) from None
+                if found is not None:  # likely, not certain: run locally meanwhile, and say why
+                    self.notes.append(f"connecting to {self.address}: {found.message}")
 
     def _connect(self, timeout_s: float) -> Profile | None:
         """Reach the server: check the model, fetch its profile, measure the RTT. None: no profile.

@@ -760,6 +760,7 @@ def test_a_cut_whose_request_turns_out_over_the_cap_is_not_planned_again(served,
             if fallback:
                 assert torch.equal(client.infer(s.x), s.ref)
                 assert _last(client).local and "this cut is not planned again" in _last(client).fallback
+                assert _last(client).bytes_sent == 0  # refused before it was sent
             else:
                 with pytest.raises(ConfigError, match=r"over the server's max_message_bytes=40960; this cut"):
                     client.infer(s.x)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,21 +52,39 @@ def test_mutual_tls_with_token(tmp_path: Path) -> None:
             assert b is not None and not b.local and b.boundary == (cut,)
         # these looked like a server that is down ("cannot connect ... within 1 s"), or ran locally
         other = make_certs()
-        kw = {"device_profile": device, "token": "t0ken", "connect_timeout_s": 1.0}
-        for fallback in (True, False):
-            with pytest.raises(AuthenticationError, match="requires a client certificate .* sends none"):
-                SplitClient(server.address, traced, root_cert=c["ca"], fallback_local=fallback, **kw)
-        with pytest.raises(AuthenticationError, match="does not trust this client's; pass one signed by"):
+        kw: dict[str, Any] = {"device_profile": device, "token": "t0ken", "connect_timeout_s": 1.0}
+        sends_none = "most likely it requires a client certificate .* sends none"
+        with pytest.raises(AuthenticationError, match=sends_none):
+            SplitClient(server.address, traced, root_cert=c["ca"], fallback_local=False, **kw)
+        # a TLS proxy whose backend is down closes the same way: with a fallback, noted, run locally
+        with SplitClient(server.address, traced, root_cert=c["ca"], **kw) as local:
+            assert any(re.search(sends_none, n) for n in local.notes), local.notes
+            assert torch.equal(local.infer(x), ref) and local.last_breakdown.local  # type: ignore[union-attr]
+        with pytest.raises(AuthenticationError, match="does not trust this client's .*; pass one signed by"):
             SplitClient(
                 server.address, traced, root_cert=c["ca"], client_cert=other["client_cert"],
-                client_key=other["client_key"], **kw,
+                client_key=other["client_key"], fallback_local=False, **kw,
             )  # fmt: skip
-        with pytest.raises(
-            AuthenticationError,
-            match=r"speaks TLS and requires a client certificate \(mutual TLS\), but this client connects "
-            r"in plaintext; pass root_cert=.* with client_cert= and client_key=",
-        ):
-            SplitClient(server.address, traced, **kw)
+        for fallback in (True, False):  # certain: raised whatever the fallback
+            with pytest.raises(
+                AuthenticationError,
+                match=r"speaks TLS and requires a client certificate \(mutual TLS\), but this client "
+                r"connects in plaintext; connect with TLS: root_cert=.*, with client_cert= and client_key=",
+            ):
+                SplitClient(server.address, traced, fallback_local=fallback, **kw)
+        # an encrypted key: gRPC fails as if the server were down (and Python's ssl would prompt)
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(c["client_key"], password=None)
+        locked = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )  # fmt: skip
+        with pytest.raises(AuthenticationError, match="cannot be loaded as a matching, unencrypted PEM pair"):
+            SplitClient(
+                server.address, traced, root_cert=c["ca"], client_cert=c["client_cert"], client_key=locked,
+                **kw,
+            )  # fmt: skip
     # a server that is really down is still said to be unreachable
     with pytest.raises(ServerUnavailableError, match="cannot connect"):
         SplitClient(server.address, traced, root_cert=c["ca"], fallback_local=False, **kw)
@@ -99,6 +119,8 @@ def test_the_tls_probe_reads_plain_addresses_and_finds_nothing_where_tls_is_not_
     assert _host_port("ipv4:10.0.0.1:5") == ("10.0.0.1", 5)
     for several in ("ipv4:10.0.0.1:5,10.0.0.2:5", "unix:/tmp/s", "server", "server:http"):
         assert _host_port(several) is None and diagnose(several, secure=False) is None
+    # a name Python cannot even encode (IDNA) raised UnicodeError out of SplitClient's construction
+    assert diagnose("a..b:8001", secure=False, timeout_s=0.5) is None
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
@@ -107,3 +129,42 @@ def test_the_tls_probe_reads_plain_addresses_and_finds_nothing_where_tls_is_not_
     spec = ModelSpec("lin", module=torch.nn.Linear(4, 3), input_shapes=((1, 4),))
     with TailServer(ServerConfig(models=(spec,))) as plain:  # not TLS: a plaintext client is right
         assert diagnose(plain.address, secure=False, timeout_s=0.5) is None
+
+
+def test_a_tls_1_2_server_refusing_the_handshake_for_a_certificate_is_diagnosed(tmp_path: Path) -> None:
+    """TLS 1.2 asks for the client's certificate inside the handshake, which then fails with an alert:
+    that read as "not TLS here" and found nothing."""
+    import ssl
+    import threading
+
+    from splitdnn.runtime._tls_probe import diagnose
+
+    c = make_certs()
+    (tmp_path / "cert.pem").write_bytes(c["server_cert"])
+    (tmp_path / "key.pem").write_bytes(c["server_key"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    ctx.load_verify_locations(cadata=c["ca"].decode())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            try:
+                ctx.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        found = diagnose(f"127.0.0.1:{port}", secure=True, timeout_s=2.0)
+        assert found is not None and not found.certain and "sends none" in found.message
+        plain = diagnose(f"127.0.0.1:{port}", secure=False, timeout_s=2.0)
+        assert plain is not None and plain.certain and "requires a client certificate" in plain.message
+    finally:
+        thread.join(timeout=5)
+        listener.close()
