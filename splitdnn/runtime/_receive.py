@@ -22,6 +22,7 @@ connections per client) is the remedy for that (README, "What the limits leave u
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,7 +54,7 @@ class ReceiveWatch:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._ended_since_warning = 0
-        self._warned_at = -_WARN_EVERY_S
+        self._warned_at = -math.inf
 
     def start(self) -> None:
         if self.timeout_s is None or self._thread is not None:
