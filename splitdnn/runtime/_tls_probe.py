@@ -95,14 +95,21 @@ def _diagnose(
                 f"({ctx}); gRPC cannot use them either: pass the certificate and its key unencrypted",
                 certain=True,
             )
-        try:
-            tls = ctx.wrap_socket(raw, server_hostname=server_name or host)
-        except ssl.SSLError as exc:
-            if "ALERT" not in str(exc.reason or "").upper():
-                return None  # not TLS there: gRPC says so for a TLS client; a plaintext one is right
-            answered = False  # TLS 1.2: the server refuses the handshake for the certificate, with an alert
-        else:
-            with tls:
+        # the handshake is asked for explicitly: wrap_socket skips it on a socket the peer already
+        # closed (a proxy whose backend is down), which then read as a TLS server refusing us
+        tls = ctx.wrap_socket(raw, server_hostname=server_name or host, do_handshake_on_connect=False)
+        with tls:
+            try:
+                tls.do_handshake()
+            except ssl.SSLError as exc:
+                if "ALERT" not in str(exc.reason or "").upper():
+                    return None  # not TLS there: gRPC says so for a TLS client; a plaintext one is right
+                answered = False  # TLS 1.2: the server refuses the handshake for the certificate
+            except OSError:
+                return None  # closed before any TLS: a server (or a proxy's backend) that is down
+            else:
+                if tls.version() is None:
+                    return None
                 answered = _answers_http2(tls, timeout_s)
     if not secure:
         wants = "" if answered else " and requires a client certificate (mutual TLS)"

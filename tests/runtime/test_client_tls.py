@@ -125,6 +125,13 @@ def test_the_tls_probe_reads_plain_addresses_and_finds_nothing_where_tls_is_not_
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     assert diagnose(f"127.0.0.1:{free}", secure=False, timeout_s=0.5) is None
+    # a proxy whose backend is down accepts, then closes: that was read as a TLS server refusing us
+    from splitdnn.runtime.shaper import ShapedLink
+
+    with ShapedLink(f"127.0.0.1:{free}", uplink_mbps=100.0, rtt_ms=1.0) as proxy:
+        for _ in range(3):
+            assert diagnose(proxy.address, secure=False, timeout_s=0.5) is None
+            assert diagnose(proxy.address, secure=True, timeout_s=0.5) is None
     torch.manual_seed(0)
     spec = ModelSpec("lin", module=torch.nn.Linear(4, 3), input_shapes=((1, 4),))
     with TailServer(ServerConfig(models=(spec,))) as plain:  # not TLS: a plaintext client is right
