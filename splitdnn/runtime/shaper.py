@@ -20,6 +20,10 @@ The model of the link, per direction (uplink = client -> server, downlink = serv
 - **Latency**: ``rtt_ms / 2`` one-way delay, applied as *pipeline* latency: a piece leaves the bucket at
   time t and is delivered at t + delay, while the next piece is already being shaped. So a transfer of
   B bytes takes ``B / rate + rtt / 2``, like a real link, not ``pieces * delay``.
+- **Pacing**: a waiting sender is granted what has accrued once a quarter of the burst has, and while
+  bytes wait the bucket keeps what accrues past the burst (up to 0.1 s of traffic), so a reader woken
+  late catches up instead of losing the rate. The link's threads need the interpreter lock: a
+  pure-Python thread busy in the same process slows them (docs/bench.md, "Links", has the numbers).
 - **What is counted**: TCP payload bytes (what the application sends), not wire bytes; kernel ``tc tbf``
   (:mod:`splitdnn.runtime.netns`) also counts TCP/IP headers, so the same setting gives ~4% less goodput.
 - **Order and close**: bytes are delivered in order; a half-close (FIN) travels through the link with
@@ -71,6 +75,13 @@ MIN_BURST_BYTES = 1500
 #: The burst is this much time of traffic at the current rate: small enough that a transfer is shaped
 #: from its first bytes, large enough that a fast link (1000 Mbit/s -> 625 kB) is not woken per packet.
 BURST_S = 0.005
+#: A waiting sender is granted as soon as this fraction of the burst has accrued, so a reader woken a
+#: little late sends what accrued meanwhile instead of finding a full bucket that lost the rest.
+_PIECE_OF_BURST = 4
+#: While bytes wait, tokens accrue past the burst by up to this much time of traffic: a reader woken
+#: late (another Python thread holding the interpreter lock for its 5 ms switch interval) catches up,
+#: as a real link keeps sending its queue; an idle link still banks only the burst.
+_CATCH_UP_S = 0.1
 #: How long the proxy waits for the real server to accept a connection before dropping the client.
 _CONNECT_TIMEOUT_S = 10.0
 #: How long closing the link waits for each of its threads after shutting its sockets down.
@@ -104,9 +115,12 @@ class TokenBucket:
 
     Kept apart from sockets and threads so that the shaping rule can be tested exactly with a fake clock.
     Tokens are bytes; they accrue at ``rate_mbps * 1e6 / 8`` per second up to ``burst_bytes``. The bucket
-    starts full. :meth:`grant` hands out whole pieces of at most ``burst_bytes`` (so a request larger
-    than the bucket can always be served, piece by piece) or says how long to wait. Not thread-safe: the
-    link calls it under its own lock.
+    starts full. :meth:`grant` hands out what has accrued, up to what is asked, once at least a piece
+    (a quarter of the burst, or what is asked if less) has, or says how long to wait for one. While a
+    sender waits (it asked for more than it got), tokens accrue past the burst by up to
+    :data:`_CATCH_UP_S` of traffic, so a sender woken late catches up instead of losing the rate: the
+    bytes granted by time t never exceed ``burst_bytes + rate * t``. Not thread-safe: the link calls it
+    under its own lock.
     """
 
     def __init__(
@@ -117,6 +131,7 @@ class TokenBucket:
         self._burst = self._check_burst(burst_bytes, self._rate_mbps)
         self._tokens = float(self._burst)
         self._stamp = clock()
+        self._waiting_since: float | None = None  # a sender asked for more than it got (catch-up)
 
     @staticmethod
     def _check_burst(burst_bytes: int | None, rate_mbps: float) -> int:
@@ -150,7 +165,10 @@ class TokenBucket:
     def _refill(self, now: float) -> None:
         # A clock that goes backwards (it should not: monotonic) must not drain the bucket.
         if now > self._stamp:
-            self._tokens = min(float(self._burst), self._tokens + (now - self._stamp) * self.bytes_per_s)
+            cap = float(self._burst)
+            if self._waiting_since is not None:  # a backlog: what accrued while it waited is its due
+                cap += self.bytes_per_s * _CATCH_UP_S
+            self._tokens = min(cap, self._tokens + (now - self._stamp) * self.bytes_per_s)
             self._stamp = now
 
     def set_rate(self, rate_mbps: float, *, burst_bytes: int | None = None) -> None:
@@ -161,23 +179,35 @@ class TokenBucket:
         self._rate_mbps = rate
         self._burst = burst
         self._tokens = min(self._tokens, float(burst))
+        self._waiting_since = None
 
     def grant(self, want: int) -> tuple[int, float]:
         """Try to send ``want`` bytes now.
 
-        Returns ``(granted, wait_s)``: either ``granted = min(want, burst_bytes) > 0`` bytes were taken
-        from the bucket and may be sent now (``wait_s == 0``), or ``granted == 0`` and the caller should
-        ask again after ``wait_s`` seconds, when that piece will be covered.
+        Returns ``(granted, wait_s)``: either ``0 < granted <= want`` bytes (all that has accrued, up
+        to ``want``) were taken from the bucket and may be sent now (``wait_s == 0``), or ``granted ==
+        0`` and the caller should ask again after ``wait_s`` seconds, when a piece will be covered.
         """
         if isinstance(want, bool) or not isinstance(want, int) or want < 1:
             raise ConfigError(f"grant() needs a byte count >= 1, found {want!r}")
-        self._refill(self._clock())
-        piece = min(want, self._burst)
+        now = self._clock()
+        if self._waiting_since is not None and now - self._stamp > _CATCH_UP_S + self._piece_s():
+            self._waiting_since = None  # asked again long after it was due: the link sat idle
+        self._refill(now)
+        piece = min(want, max(1, self._burst // _PIECE_OF_BURST))
         # A tolerance of a millionth of a byte absorbs float rounding after an exact wait.
         if self._tokens + 1e-6 >= piece:
-            self._tokens -= piece
-            return piece, 0.0
+            granted = min(want, max(piece, int(self._tokens + 1e-6)))
+            self._tokens = max(0.0, self._tokens - granted)
+            self._waiting_since = (self._waiting_since or now) if granted < want else None
+            return granted, 0.0
+        if self._waiting_since is None:
+            self._waiting_since = now
         return 0, (piece - self._tokens) / self.bytes_per_s
+
+    def _piece_s(self) -> float:
+        """The time a piece takes to accrue."""
+        return max(1, self._burst // _PIECE_OF_BURST) / self.bytes_per_s
 
 
 def _parse_target(target: object) -> tuple[str, int]:
