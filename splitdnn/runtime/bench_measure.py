@@ -11,6 +11,7 @@ client, :func:`measure_interleaved` for several side by side.
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch
 from splitdnn.runtime.client import SplitClient
 
 __all__ = ["Timing", "measure", "measure_interleaved", "requests_within"]
+
+_PROBE_WAIT_S = 30.0  # the longest wait for a client's background link probe between requests
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,9 @@ def measure_interleaved(
     On a shared, noisy machine a slow minute then hits every strategy alike instead of whichever
     happened to be running, so ratios between strategies stay meaningful (DESIGN section 7). Each
     client gets its own :func:`requests_within` count at its own prediction; the warm-up rounds all
-    come first. The order within a round rotates, so no strategy always runs right after another.
+    come first. The order within a round is a permutation seeded by the round's number (the same in
+    every run), so no strategy always runs right after another; a client's background link probe
+    finishes before the next client's request.
     """
     keys = list(clients)
     predicted = {k: clients[k].plan.cost.total_ms for k in keys}
@@ -126,6 +131,9 @@ def measure_interleaved(
                 if b is None:  # pragma: no cover - infer() always sets it
                     raise RuntimeError("SplitClient.infer() finished without a breakdown")
                 rows[k].append(b)
+                # an edge-only request may start a link probe in the background: the clients share
+                # one link, so the next client's request must not cross it (it did, by up to 30 ms)
+                clients[k].wait_for_probe(_PROBE_WAIT_S)
     out = {}
     for k in keys:
         bs = rows[k]
@@ -144,5 +152,9 @@ def measure_interleaved(
 
 
 def _rotated(keys: list[str], r: int) -> list[str]:
-    k = r % len(keys) if keys else 0
-    return keys[k:] + keys[:k]
+    """Round ``r``'s order: the first round as given, then a permutation seeded by ``r``."""
+    if r == 0:
+        return list(keys)
+    order = list(keys)
+    random.Random(r).shuffle(order)
+    return order

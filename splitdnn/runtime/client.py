@@ -540,6 +540,11 @@ class SplitClient:
         """Link probes started so far (0 when probing is off)."""
         return self._prober.probes if self._prober is not None else 0
 
+    def wait_for_probe(self, timeout: float | None = None) -> bool:
+        """Wait for the link probe in flight, if any (an edge-only ``infer`` may start one in the
+        background); True when none is running. For measurements that share the link with others."""
+        return self._prober.wait(timeout) if self._prober is not None else True
+
     def ping(self) -> float:
         """Round-trip time of an empty ServerLive RPC, in ms."""
         if self.closed:

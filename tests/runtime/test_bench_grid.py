@@ -331,3 +331,47 @@ def test_the_refresh_alternates_device_and_server_runs_spread_over_its_span(
     timed = [t for t, _ in calls[2::2]]
     assert timed[-1] - timed[0] >= 0.55  # the 4 rounds span 0.6 s, not a burst of back-to-back runs
     assert all(b - a >= 0.18 for a, b in itertools.pairwise(timed))
+
+
+class _Recorder:
+    """Stands in for a SplitClient in measure_interleaved: logs its requests and probe waits."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        from types import SimpleNamespace
+
+        self.name, self.log = name, log
+        self.plan = SimpleNamespace(cost=SimpleNamespace(total_ms=1.0), strategy="split")
+        self.last_breakdown: Any = None
+
+    def infer(self, x: Any) -> None:
+        from types import SimpleNamespace
+
+        self.log.append(f"infer {self.name}")
+        self.last_breakdown = SimpleNamespace(
+            total_ms=1.0, strategy="split", fallback="", bytes_sent=0, boundary=(), codecs=(),
+            predicted_ms=1.0,
+        )  # fmt: skip
+
+    def wait_for_probe(self, timeout: float | None = None) -> bool:
+        self.log.append(f"probe-wait {self.name}")
+        return True
+
+
+def test_interleaved_requests_wait_for_each_probe_and_vary_their_order() -> None:
+    """A client's background link probe crossed the next client's request on the shared link, and the
+    order only rotated, so the same strategy followed splitdnn in most rounds."""
+    from splitdnn.runtime.bench_measure import measure_interleaved
+
+    log: list[str] = []
+    clients = {k: _Recorder(k, log) for k in "abcd"}
+    timings = measure_interleaved(clients, None, 0, 8, 1e6)  # type: ignore[arg-type]
+    assert all(len(t.samples_ms) == 8 for t in timings.values())
+    for i, entry in enumerate(log):
+        if entry.startswith("infer"):
+            assert log[i + 1] == f"probe-wait {entry.split()[1]}"  # before anyone else's request
+    rounds = [[e.split()[1] for e in log if e.startswith("infer")][r * 4 : r * 4 + 4] for r in range(8)]
+    followers = {rnd[rnd.index("a") + 1] for rnd in rounds if rnd.index("a") < 3}
+    assert len(followers) > 1 and len({tuple(r) for r in rounds}) > 2
+    again: list[str] = []
+    measure_interleaved({k: _Recorder(k, again) for k in "abcd"}, None, 0, 8, 1e6)  # type: ignore[arg-type]
+    assert [e for e in again if e.startswith("infer")] == [e for e in log if e.startswith("infer")]
