@@ -92,7 +92,10 @@ def _record(cell: CellResult, strategy: str, config: BenchConfig, link_name: str
     if strategy == "splitdnn":
         best = cell.runs["oracle"]
         # the oracle's winner runs the very cut splitdnn ran: any regret is then run-to-run noise
-        rec["same_cut_as_oracle"] = (best.plan, best.cut) == (run.plan, run.cut)
+        # (codecs included: the same cut with another codec is another choice, not noise)
+        rec["same_cut_as_oracle"] = cut_key(best.plan, best.cut, best.codecs) == cut_key(
+            run.plan, run.cut, run.codecs
+        )
         rec["switches"] = run.switches
         rec["estimate_mbps"] = _num(run.estimate_mbps)
         rec["predicted_live_ms"] = (

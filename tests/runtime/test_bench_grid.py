@@ -375,3 +375,32 @@ def test_interleaved_requests_wait_for_each_probe_and_vary_their_order() -> None
     again: list[str] = []
     measure_interleaved({k: _Recorder(k, again) for k in "abcd"}, None, 0, 8, 1e6)  # type: ignore[arg-type]
     assert [e for e in again if e.startswith("infer")] == [e for e in log if e.startswith("infer")]
+
+
+def test_the_same_cut_with_another_codec_is_not_the_oracles_cut() -> None:
+    """A regret over the goal on the oracle's cut is called noise; the cut was compared without its
+    codecs, so splitdnn's zstd beside the oracle's raw on the same tensor was called noise too."""
+    from splitdnn.runtime.bench import CutRun, StrategyRun, _best_measured
+
+    def timing(
+        ms: float, samples: tuple[float, ...], cut: tuple[str, ...] = (), codecs: tuple[str, ...] = ()
+    ) -> Timing:
+        return Timing(ms, samples, "split" if cut else "edge-only", boundary=cut, codecs=codecs,
+                      bytes_sent=(1,) * len(samples))  # fmt: skip
+
+    runs = {
+        "edge-only": StrategyRun("edge-only", 200, timing(200, (200, 201, 202))),
+        "cloud-raw": StrategyRun("cloud-raw", 300, timing(300, (300,)), "cloud-only", ("x",), ("raw",)),
+        "cloud-lossless": StrategyRun(
+            "cloud-lossless", 300, timing(300, (300,)), "cloud-only", ("x",), ("zstd",)
+        ),
+        "splitdnn": StrategyRun(
+            "splitdnn", 100, timing(100, (110, 111, 112), ("f5",), ("zstd",)), "split", ("f5",), ("zstd",)
+        ),
+    }
+    cuts = (CutRun("f5", "chain", 101, timing(101, (100, 101, 102), ("f5",), ("raw",)), ("f5",), ("raw",)),)
+    runs["oracle"] = _best_measured(tuple(runs.values()), cuts)
+    cell = CellResult("alexnet", 8.0, 5.85, runs, cuts)
+    doc = bench_document([cell], BenchConfig(models=("alexnet",), uplinks_mbps=(5.85,)))
+    mine = next(r for r in doc["records"] if r["strategy"] == "splitdnn")
+    assert mine["regret"] > 1.05 and mine["same_cut_as_oracle"] is False
