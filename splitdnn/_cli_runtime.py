@@ -11,12 +11,16 @@ Secrets never go on the command line (where ``ps`` shows them): the bearer token
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -457,8 +461,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.no_grid and not args.change:
         raise ConfigError("--no-grid leaves nothing to run; give --change SCHEDULE or drop --no-grid")
-    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
-        raise ConfigError(f"--out-dir {str(args.out_dir)!r} is a file; name a folder for the results")
+    _check_writable_dir(Path(args.out_dir))  # before minutes of measurements, not after them
     from splitdnn.runtime.memory import keep_freed_memory
 
     keep_freed_memory()  # before profiling: its in-process server sets it anyway, for the whole process
@@ -478,22 +481,57 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from splitdnn.runtime.bench_change import parse_schedule
 
         schedule = parse_schedule(args.change)  # checked before the grid spends minutes
-    cells = [] if args.no_grid else run_bench(config, progress=not args.quiet, out=sys.stdout)
-    if args.change:
-        from splitdnn.runtime.bench_change import run_change
+    with _sigterm_interrupts():  # a batch scheduler's SIGTERM cleans up as Ctrl-C does (namespaces, servers)
+        cells = [] if args.no_grid else run_bench(config, progress=not args.quiet, out=sys.stdout)
+        if args.change:
+            from splitdnn.runtime.bench_change import run_change
 
-        change = run_change(
-            config.models[0], schedule, duration_s=args.change_duration_s, slowdown=config.slowdowns[0],
-            rtt_ms=config.rtt_ms, input_shape=config.input_shape, max_error=config.max_error,
-            device_threads=config.device_threads, server_threads=config.server_threads,
-            profile_repeats=config.profile_repeats, progress=not args.quiet, out=sys.stdout,
-        )  # fmt: skip
+            change = run_change(
+                config.models[0], schedule, duration_s=args.change_duration_s,
+                slowdown=config.slowdowns[0], rtt_ms=config.rtt_ms, input_shape=config.input_shape,
+                max_error=config.max_error, device_threads=config.device_threads,
+                server_threads=config.server_threads, profile_repeats=config.profile_repeats,
+                progress=not args.quiet, out=sys.stdout,
+            )  # fmt: skip
     command = _bench_command(args)
     doc = bench_document(cells, config, change=change, command=command)
     paths = write_results(doc, args.out_dir, plots=not args.no_plots)
     print(format_markdown(doc), flush=True)
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     return 0
+
+
+def _check_writable_dir(path: Path) -> None:
+    """Create ``path`` if needed and make sure a file can be written in it (ConfigError otherwise)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out-dir {str(path)!r} is a file; name a folder for the results")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".splitdnn-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--out-dir {str(path)!r} cannot hold the results: {exc.strerror or exc}; name a folder "
+            f"this user can write"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt in the main thread, so that what a Ctrl-C tears down
+    (network namespaces, server processes, temporary folders) is torn down for a SIGTERM too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _prune_factor(text: str) -> float:
@@ -507,22 +545,29 @@ def _prune_factor(text: str) -> float:
     return value
 
 
+def _exact(value: float) -> str:
+    """A number as the shortest text that reads back to it (``:g`` kept 6 digits: 0.1234567 became
+    0.123457 in the recorded command)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def _bench_command(args: argparse.Namespace) -> str:
     """The command that reproduces this run, every setting spelled out (recorded with the results)."""
     import shlex
 
     def nums(values: Sequence[float]) -> str:
-        return " ".join(f"{v:g}" for v in values)
+        return " ".join(_exact(v) for v in values)
 
     parts = [
         "splitdnn bench",
         f"--models {' '.join(args.models)}",
         f"--uplink-mbps {nums(args.uplink_mbps)}",
         f"--slowdown {nums(args.slowdown)}",
-        f"--requests {args.requests} --warmup {args.warmup} --rtt-ms {args.rtt_ms:g}",
+        f"--requests {args.requests} --warmup {args.warmup} --rtt-ms {_exact(args.rtt_ms)}",
         f"--device-threads {args.device_threads}",
-        f"--profile-repeats {args.profile_repeats} --budget-s {args.budget_s:g}",
-        f"--oracle-prune {args.oracle_prune:g} --oracle-max-cuts {args.oracle_max_cuts}",
+        f"--profile-repeats {args.profile_repeats} --budget-s {_exact(args.budget_s)}",
+        f"--oracle-prune {_exact(args.oracle_prune)} --oracle-max-cuts {args.oracle_max_cuts}",
         f"--refresh-runs {args.refresh_runs} --refresh-pool {args.refresh_pool}",
         f"--link {args.link}",
     ]
@@ -531,11 +576,11 @@ def _bench_command(args: argparse.Namespace) -> str:
     if args.input_shape:
         parts.append("--input-shape " + ",".join(str(d) for d in args.input_shape))
     if args.max_error:
-        parts.append(f"--max-error {args.max_error:g}")
+        parts.append(f"--max-error {_exact(args.max_error)}")
     if args.change:
         parts.append(f"--change {shlex.quote(args.change)}")
         if args.change_duration_s:
-            parts.append(f"--change-duration-s {args.change_duration_s:g}")
+            parts.append(f"--change-duration-s {_exact(args.change_duration_s)}")
     if args.no_grid:
         parts.append("--no-grid")
     parts.append(f"--out-dir {shlex.quote(str(args.out_dir))}")

@@ -161,6 +161,34 @@ def test_cli_refuses_before_measuring(capsys: pytest.CaptureFixture[str], tmp_pa
     with pytest.raises(SystemExit):
         main(["bench", "--oracle-prune", "0.5"])
     assert "expected a factor >= 1 or 'inf'" in capsys.readouterr().err
+    # a folder that cannot be made: refused before measuring (it failed after the whole grid)
+    (tmp_path / "file").write_text("x")
+    started = time.monotonic()
+    assert main(["bench", "--models", "alexnet", "--out-dir", str(tmp_path / "file" / "sub")]) == 1
+    assert "cannot hold the results" in capsys.readouterr().err and time.monotonic() - started < 10
+
+
+def test_the_recorded_command_keeps_every_digit_and_sigterm_interrupts_the_run() -> None:
+    import argparse
+    import os
+    import signal
+
+    from splitdnn._cli_runtime import _bench_command, _sigterm_interrupts
+
+    args = argparse.Namespace(
+        models=["alexnet"], uplink_mbps=[0.1234567, 5.85], slowdown=[8.0], requests=5, warmup=1,
+        rtt_ms=20.0, device_threads=1, profile_repeats=3, budget_s=30.0, oracle_prune=math.inf,
+        oracle_max_cuts=12, refresh_runs=5, refresh_pool=3, link="shaper", server_threads=None,
+        max_error=None, input_shape=None, change=None, no_grid=False, out_dir="results",
+    )  # fmt: skip
+    command = _bench_command(args)
+    assert "--uplink-mbps 0.1234567 5.85" in command and "--oracle-prune inf" in command
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):  # what Ctrl-C tears down, SIGTERM now does too
+        with _sigterm_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
 
 
 def test_profiles_are_rescaled_to_a_fresh_run_before_each_cell() -> None:
