@@ -383,7 +383,8 @@ def format_change_markdown(change: Mapping[str, Any]) -> str:
     lines = [
         f"## Bandwidth change: {change['model']} x{change['slowdown']:g}, schedule {change['schedule']}",
         "",
-        f"{change['requests']} request(s) back to back over {change['duration_s']:.1f} s; "
+        f"{change['requests']} request(s) back to back over {change['duration_s']:.1f} s, through the "
+        f"{change.get('link', 'in-process token-bucket shaper')} (whatever the grid's --link); "
         f"{change['failures']} failed, {change['fallbacks']} finished locally (fallback); "
         f"{change['switches']} plan switch(es).",
         "",

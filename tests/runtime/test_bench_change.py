@@ -15,7 +15,7 @@ import pytest
 
 from splitdnn.errors import ConfigError
 from splitdnn.runtime.bench_change import DEFAULT_CHANGE, parse_schedule, run_change
-from splitdnn.runtime.bench_report import plot_change
+from splitdnn.runtime.bench_report import format_change_markdown, plot_change
 from splitdnn.runtime.shaper import RateSchedule
 
 
@@ -45,6 +45,8 @@ def test_a_bandwidth_step_fails_no_request(tmp_path: Path) -> None:
     assert isinstance(result["goal"]["met"], bool)
     path = plot_change(result, tmp_path / "change.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+    # the link it ran through is said (a --link netns grid did not say its change ran on the shaper)
+    assert "through the in-process token-bucket shaper" in format_change_markdown(result)
 
 
 def test_schedules_parse(tmp_path: Path) -> None:
