@@ -465,6 +465,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from splitdnn.runtime.memory import keep_freed_memory
 
     keep_freed_memory()  # before profiling: its in-process server sets it anyway, for the whole process
+    import datetime
+
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     config = BenchConfig(
         models=tuple(args.models),
         uplinks_mbps=tuple(args.uplink_mbps),
@@ -494,7 +497,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 progress=not args.quiet, out=sys.stdout,
             )  # fmt: skip
     command = _bench_command(args)
-    doc = bench_document(cells, config, change=change, command=command)
+    doc = bench_document(cells, config, change=change, command=command, started_utc=started)
     paths = write_results(doc, args.out_dir, plots=not args.no_plots)
     print(format_markdown(doc), flush=True)
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)

@@ -23,10 +23,12 @@ Definitions (latencies are medians of the timed requests, in ms):
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import platform
 import statistics
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,9 @@ def _cut_record(cell: CellResult, cut: CutRun) -> dict[str, Any]:
         "measured_ms": _num(t.median_ms) if ok and t is not None else None,
         "p90_ms": _num(t.p90_ms) if ok and t is not None else None,
         "bytes_sent": t.median_bytes_sent if ok and t is not None else None,
+        # every timing: with the other runs of the same cut (records' samples_ms) they give the pooled
+        # medians that regret is computed from, so it can be recomputed from this file alone
+        "samples_ms": [round(v, 3) for v in t.samples_ms] if ok and t is not None else [],
         "note": cut.note,
     }
 
@@ -162,8 +167,48 @@ def _mape(records: Sequence[Mapping[str, Any]]) -> float | None:
     return statistics.fmean(errs) if errs else None
 
 
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _code_state() -> dict[str, Any]:
+    """The splitdnn measured: its version, and the git commit and uncommitted files of its checkout
+    (None where it is not one)."""
+    import splitdnn
+
+    root = Path(splitdnn.__file__).resolve().parent.parent
+
+    def git(*argv: str) -> str | None:
+        try:
+            run = subprocess.run(
+                ["git", "--no-optional-locks", *argv], cwd=root, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return run.stdout if run.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "splitdnn": getattr(splitdnn, "__version__", None),
+        "git_head": head.strip() if head else None,
+        "uncommitted": sorted(line[3:] for line in status.splitlines() if line) if status else [],
+    }
+
+
 def _machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+    }
     try:
         import torch
 
@@ -177,14 +222,32 @@ def _machine() -> dict[str, Any]:
     return info
 
 
+def _link_parameters(link: str) -> dict[str, Any]:
+    """The emulated link's fixed settings (its bucket depth; the kernel's queue for netns)."""
+    from splitdnn.runtime import shaper
+
+    params: dict[str, Any] = {
+        "burst": f"{shaper.BURST_S * 1e3:g} ms of traffic, at least {shaper.MIN_BURST_BYTES} bytes",
+        "rtt": "half added each way by a delay line (ShapedLink)",
+    }
+    if link == "netns":
+        params["tbf"] = (
+            "tc tbf on each veth end: burst 5 ms of traffic (at least 2 frames), latency "
+            f"{os.environ.get('SDNN_TBF_LATENCY_MS', '400')} ms (scripts/netns_link.sh)"
+        )
+    return params
+
+
 def bench_document(
     cells: Sequence[CellResult],
     config: BenchConfig,
     *,
     change: Mapping[str, Any] | None = None,
     command: str = "",
+    started_utc: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of a run (module docstring): settings, records, cuts, MAPE, goals."""
+    """The JSON document of a run (module docstring): settings, records, cuts, MAPE, goals, and
+    what was run where (the code's git state, the machine, when: ``started_utc``, and now)."""
     link_name = "in-process token-bucket shaper" if config.link == "shaper" else "veth + tc tbf (netns)"
     strategies = ("edge-only", "cloud-raw", "cloud-lossless", "splitdnn", "oracle")
     records = [_record(c, s, config, config.link) for c in cells for s in strategies]
@@ -248,9 +311,17 @@ def bench_document(
             "oracle_max_cuts": config.oracle_max_cuts,
             "refresh_runs": config.refresh_runs,
             "refresh_pool": config.refresh_pool,
+            "profile_repeats": config.profile_repeats,
+            "dag_points": config.dag_points,
+            "device_threads": config.device_threads,
+            "server_threads": config.server_threads,
+            "link_parameters": _link_parameters(config.link),
             "input": "seeded random fp32 (torch.randn): lossless codecs gain little on it",
         },
         "machine": _machine(),
+        "code": _code_state(),
+        "started_utc": started_utc,
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "profile_notes": sorted({n for c in cells for n in c.notes}),
         "records": records,
         "mape": _num(mape),

@@ -432,3 +432,12 @@ def test_the_same_cut_with_another_codec_is_not_the_oracles_cut() -> None:
     doc = bench_document([cell], BenchConfig(models=("alexnet",), uplinks_mbps=(5.85,)))
     mine = next(r for r in doc["records"] if r["strategy"] == "splitdnn")
     assert mine["regret"] > 1.05 and mine["same_cut_as_oracle"] is False
+    # what a published table rests on is in the file: the cut's own samples (regret is recomputed
+    # from pooled samples), the code, the machine, when, and the link's fixed settings
+    json.dumps(doc, allow_nan=False)
+    (cut,) = doc["cuts"]
+    assert cut["samples_ms"] == [100.0, 101.0, 102.0]
+    assert doc["code"]["splitdnn"] and "git_head" in doc["code"] and "uncommitted" in doc["code"]
+    assert doc["machine"]["hostname"] and "cpu_model" in doc["machine"]
+    assert doc["finished_utc"].endswith("+00:00") and "started_utc" in doc
+    assert doc["settings"]["profile_repeats"] == 3 and "burst" in doc["settings"]["link_parameters"]
