@@ -456,7 +456,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measured partition experiments: the grid and/or a bandwidth-change run; results into --out-dir."""
-    from splitdnn.runtime.bench import BenchConfig, run_bench
+    from splitdnn.runtime.bench import BenchConfig, CellResult, run_bench
     from splitdnn.runtime.bench_report import bench_document, format_markdown, write_results
 
     if args.no_grid and not args.change:
@@ -484,8 +484,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from splitdnn.runtime.bench_change import parse_schedule
 
         schedule = parse_schedule(args.change)  # checked before the grid spends minutes
+    partial = Path(args.out_dir) / PARTIAL_RESULTS
+    partial.unlink(missing_ok=True)
+
+    def keep(cell: CellResult) -> None:  # each cell as soon as it is measured: an interrupt loses none
+        from splitdnn.runtime.bench_netns import cell_to_dict
+
+        with partial.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(cell_to_dict(cell)) + "\n")
+
     with _sigterm_interrupts():  # a batch scheduler's SIGTERM cleans up as Ctrl-C does (namespaces, servers)
-        cells = [] if args.no_grid else run_bench(config, progress=not args.quiet, out=sys.stdout)
+        try:
+            cells = []
+            if not args.no_grid:
+                cells = run_bench(config, progress=not args.quiet, out=sys.stdout, on_cell=keep)
+        except KeyboardInterrupt:
+            if partial.exists():
+                print(
+                    f"interrupted: the cells measured so far are in {partial} (one JSON per line)",
+                    file=sys.stderr,
+                )
+            raise
         if args.change:
             from splitdnn.runtime.bench_change import run_change
 
@@ -499,9 +518,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     command = _bench_command(args)
     doc = bench_document(cells, config, change=change, command=command, started_utc=started)
     paths = write_results(doc, args.out_dir, plots=not args.no_plots)
+    partial.unlink(missing_ok=True)  # all of it is in bench.json now
     print(format_markdown(doc), flush=True)
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     return 0
+
+
+#: the cells of a `splitdnn bench` run so far, one JSON object per line, in --out-dir until bench.json is
+#: written (``splitdnn.runtime.bench_netns.cell_from_dict`` reads each back)
+PARTIAL_RESULTS = "bench.partial.jsonl"
 
 
 def _check_writable_dir(path: Path) -> None:

@@ -437,10 +437,17 @@ def _rematch(
 # the grid
 
 
-def run_bench(config: BenchConfig, *, progress: bool = False, out: TextIO | None = None) -> list[CellResult]:
+def run_bench(
+    config: BenchConfig,
+    *,
+    progress: bool = False,
+    out: TextIO | None = None,
+    on_cell: Callable[[CellResult], None] | None = None,
+) -> list[CellResult]:
     """Measure the grid of ``config`` (module docstring); print progress to ``out`` when asked.
 
-    Returns one :class:`CellResult` per model, slowdown and uplink, in that order.
+    Returns one :class:`CellResult` per model, slowdown and uplink, in that order; ``on_cell`` gets
+    each as soon as it is measured (the CLI saves them, so an interrupted run keeps what it measured).
     :func:`splitdnn.runtime.bench_report.bench_document` turns them into the JSON document.
     """
     stream = out if out is not None else sys.stdout
@@ -452,10 +459,10 @@ def run_bench(config: BenchConfig, *, progress: bool = False, out: TextIO | None
     if config.link == "netns":
         from splitdnn.runtime.bench_netns import run_netns_grid
 
-        return run_netns_grid(config, say)
+        return run_netns_grid(config, say, on_cell)
     cells: list[CellResult] = []
     for model in config.models:
-        cells.extend(_run_model_in_process(config, model, say))
+        cells.extend(_run_model_in_process(config, model, say, on_cell))
     return cells
 
 
@@ -624,7 +631,12 @@ def refresh_profiles(
     return _rescaled(device, fd, "device"), _rescaled(server, fs, "server"), (fd, fs)
 
 
-def _run_model_in_process(config: BenchConfig, model: str, say: Callable[[str], None]) -> list[CellResult]:
+def _run_model_in_process(
+    config: BenchConfig,
+    model: str,
+    say: Callable[[str], None],
+    on_cell: Callable[[CellResult], None] | None = None,
+) -> list[CellResult]:
     from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
     from splitdnn.runtime.shaper import ShapedLink
 
@@ -648,6 +660,8 @@ def _run_model_in_process(config: BenchConfig, model: str, say: Callable[[str], 
                     device, server_now, scale = refresh_profiles(prepared, config, slowdown, drift=drift)
                     cell = measure_cell(link.address, served, device, server_now, uplink, slowdown, config, x)
                     cells.append(replace(cell, notes=prepared.notes, profile_scale=scale))
+                    if on_cell is not None:
+                        on_cell(cells[-1])
                     say(format_cell_line(cell, time.perf_counter() - started))
     return cells
 

@@ -140,7 +140,9 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.wait(timeout=15)
 
 
-def run_netns_grid(config: BenchConfig, say: Callable[[str], None]) -> list[CellResult]:
+def run_netns_grid(
+    config: BenchConfig, say: Callable[[str], None], on_cell: Callable[[CellResult], None] | None = None
+) -> list[CellResult]:
     """The grid of ``config`` over a veth + tbf link (module docstring); root only (ConfigError otherwise)."""
     from splitdnn.runtime.netns import NetnsLink, unavailable_reason
     from splitdnn.schema import save_profile
@@ -187,6 +189,8 @@ def run_netns_grid(config: BenchConfig, say: Callable[[str], None]) -> list[Cell
                             save_profile(server, work / "server.json")
                             cell = _run_cell(link, work, model, slowdown, uplink, config, say)
                             cells.append(replace(cell, notes=prepared.notes, profile_scale=scale))
+                            if on_cell is not None:
+                                on_cell(cells[-1])
                 finally:
                     _stop(proc)
     return cells

@@ -405,6 +405,44 @@ def test_interleaved_requests_wait_for_each_probe_and_vary_their_order() -> None
     assert [e for e in again if e.startswith("infer")] == [e for e in log if e.startswith("infer")]
 
 
+def _one_cell() -> CellResult:
+    from splitdnn.runtime.bench import StrategyRun
+
+    t = Timing(200.0, (200.0, 201.0), "edge-only", bytes_sent=(0, 0))
+    runs = {s: StrategyRun(s, 200.0, t) for s in ("edge-only", "cloud-raw", "cloud-lossless", "splitdnn")}
+    runs["oracle"] = StrategyRun("oracle", 200.0, t)
+    return CellResult("alexnet", 8.0, 5.85, runs, ())
+
+
+def test_an_interrupted_run_keeps_the_cells_it_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Results were written only at the end: an interrupt after hours of cells left nothing."""
+    from splitdnn.runtime import bench as bench_module
+    from splitdnn.runtime.bench_netns import cell_from_dict
+
+    def two_then_interrupted(config: Any, *, on_cell: Any, **kw: Any) -> list[CellResult]:
+        on_cell(_one_cell())
+        on_cell(_one_cell())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_module, "run_bench", two_then_interrupted)
+    assert main(["bench", "--models", "alexnet", "--out-dir", str(tmp_path), "--no-plots"]) == 130
+    lines = (tmp_path / "bench.partial.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and cell_from_dict(json.loads(lines[0])).model == "alexnet"
+    assert "the cells measured so far are in" in capsys.readouterr().err
+
+    def two(config: Any, *, on_cell: Any, **kw: Any) -> list[CellResult]:
+        cells = [_one_cell(), _one_cell()]
+        for c in cells:
+            on_cell(c)
+        return cells
+
+    monkeypatch.setattr(bench_module, "run_bench", two)
+    assert main(["bench", "--models", "alexnet", "--out-dir", str(tmp_path), "--no-plots", "--quiet"]) == 0
+    assert (tmp_path / "bench.json").exists() and not (tmp_path / "bench.partial.jsonl").exists()
+
+
 def test_the_same_cut_with_another_codec_is_not_the_oracles_cut() -> None:
     """A regret over the goal on the oracle's cut is called noise; the cut was compared without its
     codecs, so splitdnn's zstd beside the oracle's raw on the same tensor was called noise too."""
