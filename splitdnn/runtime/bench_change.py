@@ -152,11 +152,15 @@ def run_change(
                         ok, error = False, f"{type(exc).__name__}: {exc}"[:300]
                     end = time.monotonic() - t_start
                     b = client.last_breakdown
+                    # the plan the request ran (a probe may switch plans between reading it and infer)
+                    strategy, cut = plan.strategy, list(plan.boundary_nodes)
+                    if b is not None and ok and b.strategy:
+                        strategy, cut = b.strategy, list(b.boundary)
                     records.append({
                         "start_s": round(start, 4), "end_s": round(end, 4),
                         "latency_ms": round((end - start) * 1e3, 3), "uplink_mbps": schedule.rate_at(start),
-                        "strategy": plan.strategy, "cut": list(plan.boundary_nodes),
-                        "cut_label": _label(plan),
+                        "strategy": strategy, "cut": cut,
+                        "cut_label": strategy if strategy in ("edge-only", "cloud-only") else ",".join(cut),
                         "predicted_ms": round(plan.cost.total_ms, 3), "ok": ok, "error": error,
                         "fallback": b.fallback if b is not None and ok else "",
                         "bytes_sent": b.bytes_sent if b is not None and ok else 0,

@@ -48,6 +48,9 @@ def _positive_floats(name: str, values: object, example: str) -> tuple[float, ..
     return tuple(out)
 
 
+MAX_RTT_MS = 10_000.0  # the longest round trip a bench emulates
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What :func:`run_bench` measures and how; validated on construction (ConfigError)."""
@@ -111,6 +114,11 @@ class BenchConfig:
             ok = not isinstance(value, bool) and isinstance(value, (int, float))
             if not ok or not (value >= low) or (name != "oracle_prune" and not math.isfinite(value)):
                 raise ConfigError(f"{name} must be a number >= {low:g}, found {value!r}")
+        if self.rtt_ms > MAX_RTT_MS:  # a typo (1e9) made every request wait for ever, silently
+            raise ConfigError(
+                f"rtt_ms must be at most {MAX_RTT_MS:g} (10 s; a geostationary satellite is ~600), found "
+                f"{self.rtt_ms!r}"
+            )
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
             if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):

@@ -144,6 +144,7 @@ def test_cells_survive_the_process_boundary(
         ({"link": "wifi"}, "link must be one of shaper, netns, found 'wifi'"),
         ({"refresh_runs": -1}, "refresh_runs must be an integer >= 0, found -1"),
         ({"refresh_pool": 0}, "refresh_pool must be an integer >= 1, found 0"),
+        ({"rtt_ms": 1e9}, r"rtt_ms must be at most 10000 \(10 s"),
     ],
 )
 def test_bad_configs_are_refused(kwargs: dict[str, Any], match: str) -> None:
