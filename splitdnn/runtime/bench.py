@@ -312,7 +312,8 @@ def _best_measured(runs: Sequence[StrategyRun], cuts: Sequence[CutRun]) -> Strat
             sent += c.timing.bytes_sent
     plan, cut, codecs = key
     timing = Timing(predicted, pooled[key], plan, bytes_sent=tuple(sent), boundary=cut, codecs=codecs)
-    return StrategyRun("oracle", predicted, timing, plan, cut, codecs, source=" + ".join(sources))
+    source = " + ".join(dict.fromkeys(sources))  # once each ("edge-only" is a strategy and a cut's label)
+    return StrategyRun("oracle", predicted, timing, plan, cut, codecs, source=source)
 
 
 def measure_cell(
@@ -673,8 +674,8 @@ def format_cell_line(cell: CellResult, seconds: float) -> str:
     pooled = pool_cuts(tuple(r.values()), cell.cuts).get(cut_key(mine.plan, mine.cut, mine.codecs))
     if mine.switches:
         pooled = mine.timing.samples_ms
-    regret = (
-        f"regret {Timing(0.0, pooled).median_ms / best.median_ms:.3f}"
+    regret = (  # over every run of splitdnn's cut in the cell, not only its own requests shown before it
+        f"regret {Timing(0.0, pooled).median_ms / best.median_ms:.3f} (its cut's pooled runs)"
         if pooled and best.measured
         else "regret -"
     )

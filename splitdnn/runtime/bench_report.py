@@ -606,6 +606,9 @@ def write_results(doc: Mapping[str, Any], out_dir: str | Path, *, plots: bool = 
             f"cannot write results to {str(out)!r}: {exc}; choose a writable --out-dir"
         ) from exc
     if plots:
+        # the plots of an earlier run in this folder (other models, a change run) would pass for this one's
+        for stale in [*out.glob("bench_*_x*.png"), out / "change.png"]:
+            stale.unlink(missing_ok=True)
         if doc["records"]:
             paths += plot_grid(doc, out)
         if "change" in doc:

@@ -120,6 +120,10 @@ def run_demo(
         raise ConfigError(
             f"the demo runs zoo models; expected one of {', '.join(sorted(ZOO))}, found {model!r}"
         )
+    if isinstance(slowdown, bool) or not isinstance(slowdown, (int, float)) or not 1 <= slowdown < math.inf:
+        raise ConfigError(  # before the model is built and profiled (it was found only when profiling)
+            f"slowdown must be a finite factor >= 1 (1 = no device emulation), found {slowdown!r}"
+        )
     started = time.perf_counter()
 
     def say(text: str) -> None:

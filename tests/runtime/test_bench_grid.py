@@ -444,6 +444,21 @@ def test_an_interrupted_run_keeps_the_cells_it_measured(
     assert (tmp_path / "bench.json").exists() and not (tmp_path / "bench.partial.jsonl").exists()
 
 
+def test_the_oracle_names_each_source_once_and_old_plots_are_not_left_behind(tmp_path: Path) -> None:
+    from splitdnn.runtime.bench import CutRun, _best_measured
+
+    cell = _one_cell()
+    edge = CutRun("edge-only", "edge", 200.0, Timing(200.0, (199.0, 200.0), "edge-only", bytes_sent=(0, 0)))
+    oracle = _best_measured(tuple(r for k, r in cell.runs.items() if k != "oracle"), (edge,))
+    assert oracle.source == "edge-only"  # it was "edge-only + edge-only": a strategy and a cut label
+    for stale in ("bench_vgg16_x8.png", "change.png"):  # an earlier run's, in the same folder
+        (tmp_path / stale).write_bytes(b"old")
+    doc = bench_document([cell], BenchConfig(models=("alexnet",), uplinks_mbps=(5.85,)))
+    paths = write_results(doc, tmp_path, plots=True)
+    assert not (tmp_path / "bench_vgg16_x8.png").exists() and not (tmp_path / "change.png").exists()
+    assert tmp_path / "bench_alexnet_x8.png" in paths
+
+
 def test_the_same_cut_with_another_codec_is_not_the_oracles_cut() -> None:
     """A regret over the goal on the oracle's cut is called noise; the cut was compared without its
     codecs, so splitdnn's zstd beside the oracle's raw on the same tensor was called noise too."""

@@ -55,3 +55,28 @@ def test_predicted_only_entries_are_marked() -> None:
     assert "35000 (predicted)" in text and "(predicted)" in text.splitlines()[2]
     assert math.isnan(Timing(1.0).median_ms)
     assert edge.text() == "410 [402-418] n=3"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"slowdown": 0.5}, r"slowdown must be a finite factor >= 1 .*found 0.5"),
+        ({"slowdown": float("inf")}, "slowdown must be a finite factor"),
+        ({"uplinks_mbps": [0.0]}, "uplinks_mbps must be positive"),
+        ({"model": "nope"}, "the demo runs zoo models"),
+        ({"requests": 0}, "requests must be an integer >= 1"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(
+    kwargs: dict[str, object], match: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slowdown under 1 was found only after the model was built and profiling began."""
+    import splitdnn.models
+    from splitdnn.errors import ConfigError
+
+    def no_build(*args: object, **kw: object) -> None:
+        raise AssertionError("the model was built before the settings were checked")
+
+    monkeypatch.setattr(splitdnn.models, "build_zoo_model", no_build)
+    with pytest.raises(ConfigError, match=match):
+        run_demo(**kwargs, out=io.StringIO())  # type: ignore[arg-type]
