@@ -57,6 +57,23 @@ def test_predicted_only_entries_are_marked() -> None:
     assert edge.text() == "410 [402-418] n=3"
 
 
+def test_the_sent_column_is_measured_where_requests_ran() -> None:
+    """It showed the plan's predicted bytes, beside measured latencies."""
+    edge = Timing(400.0, (400.0, 410.0, 420.0), "edge-only")
+    ran = Timing(300.0, (300.0, 310.0), "split", bytes_sent=(197_000, 199_000), boundary=("f",))
+
+    def row(chosen: Timing) -> DemoRow:
+        return DemoRow(
+            uplink_mbps=18.88, rtt_ms=20.0, strategy="split", boundary=("f",), codecs=("zstd",),
+            wire_bytes=150_000, chosen=chosen, edge_only=edge, cloud_only=edge, link_estimate=None,
+            switches=0,
+        )  # fmt: skip
+
+    measured = format_demo([row(ran)]).splitlines()[2]
+    assert "193.4 KiB" in measured and "146.5 KiB" not in measured  # 198 000 B, the median of the two
+    assert "146.5 KiB (pred)" in format_demo([row(Timing(300.0))]).splitlines()[2]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
