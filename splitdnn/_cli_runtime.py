@@ -471,6 +471,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         models=tuple(args.models),
         uplinks_mbps=tuple(args.uplink_mbps),
+        downlink_factor=args.downlink_factor,
         slowdowns=tuple(args.slowdown),
         oracle_prune=args.oracle_prune,
         oracle_max_cuts=args.oracle_max_cuts,
@@ -591,6 +592,7 @@ def _bench_command(args: argparse.Namespace) -> str:
         "splitdnn bench",
         f"--models {' '.join(args.models)}",
         f"--uplink-mbps {nums(args.uplink_mbps)}",
+        *([f"--downlink-factor {_exact(args.downlink_factor)}"] if args.downlink_factor is not None else []),
         f"--slowdown {nums(args.slowdown)}",
         f"--requests {args.requests} --warmup {args.warmup} --rtt-ms {_exact(args.rtt_ms)}",
         f"--device-threads {args.device_threads}",
@@ -856,6 +858,11 @@ def add_commands(
     )
     p.add_argument("--models", nargs="+", default=["resnet18"], metavar="MODEL", help="zoo models")
     p.add_argument("--uplink-mbps", type=positive, nargs="+", default=[0.13, 1.1, 5.85, 18.88, 100.0])
+    p.add_argument(
+        "--downlink-factor", type=positive, metavar="F",
+        help="downlink = F x uplink in every cell (default: the same as the uplink), e.g. 4 for a link "
+        "whose answers come back four times faster than requests go",
+    )  # fmt: skip
     p.add_argument("--slowdown", type=positive, nargs="+", default=[8.0], help="device slowdowns (>= 1)")
     _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape, count=count)
     p.add_argument(

@@ -205,7 +205,10 @@ def _candidates(ctx: _CellContext, base: SplitClient) -> list[tuple[str, str, Pl
     n = ctx.config.dag_points
     for i in range(n):
         mbps = 10 ** (lo + (hi - lo) * i / (n - 1))
-        best = planner.best(Link(mbps, rtt_ms=ctx.link.rtt_ms))
+        best = planner.best(
+            Link(mbps, downlink_mbps=mbps * ctx.link.effective_downlink_mbps / ctx.link.uplink_mbps,
+                 rtt_ms=ctx.link.rtt_ms)
+        )  # fmt: skip
         key = plan_key(best)[0]
         if key in seen:
             continue
@@ -332,7 +335,7 @@ def measure_cell(
     All clients are made first, then measured round-robin (:func:`measure_interleaved`), so the
     strategies and the oracle's candidates meet the same machine load.
     """
-    ctx = _CellContext(address, traced, device, server, Link(uplink_mbps, rtt_ms=config.rtt_ms), slowdown,
+    ctx = _CellContext(address, traced, device, server, config.link_at(uplink_mbps), slowdown,
                        config, x)  # fmt: skip
     lossless_non_raw = tuple(c for c in LOSSLESS_CODECS if c != "raw")
     settings: dict[str, dict[str, Any]] = {
@@ -653,10 +656,14 @@ def _run_model_in_process(
     with TailServer(server_config) as server:
         served = server.served_model(model)
         up0 = config.uplinks_mbps[0]
-        with ShapedLink(server.address, uplink_mbps=up0, downlink_mbps=None, rtt_ms=config.rtt_ms) as link:
+        with ShapedLink(
+            server.address, uplink_mbps=up0, downlink_mbps=config.downlink_of(up0), rtt_ms=config.rtt_ms
+        ) as link:
             for slowdown in config.slowdowns:
                 for uplink in config.uplinks_mbps:
-                    link.set_rates(uplink_mbps=uplink, downlink_mbps=None, rtt_ms=config.rtt_ms)
+                    link.set_rates(
+                        uplink_mbps=uplink, downlink_mbps=config.downlink_of(uplink), rtt_ms=config.rtt_ms
+                    )
                     started = time.perf_counter()
                     device, server_now, scale = refresh_profiles(prepared, config, slowdown, drift=drift)
                     cell = measure_cell(link.address, served, device, server_now, uplink, slowdown, config, x)

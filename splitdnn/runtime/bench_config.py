@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from splitdnn.errors import ConfigError
+from splitdnn.schema import Link
 
 __all__ = [
     "BASELINES",
@@ -56,7 +57,8 @@ class BenchConfig:
     """What :func:`run_bench` measures and how; validated on construction (ConfigError)."""
 
     models: tuple[str, ...] = ("resnet18",)  # zoo names
-    uplinks_mbps: tuple[float, ...] = BENCH_UPLINKS_MBPS  # Mbit/s; downlink = uplink
+    uplinks_mbps: tuple[float, ...] = BENCH_UPLINKS_MBPS  # Mbit/s
+    downlink_factor: float | None = None  # downlink = this x the uplink; None: the same as the uplink
     slowdowns: tuple[float, ...] = (8.0,)  # device emulation factors (>= 1): sleep pads device compute
     requests: int = 5  # timed requests per strategy and cell
     warmup: int = 1  # untimed requests first
@@ -114,6 +116,14 @@ class BenchConfig:
             ok = not isinstance(value, bool) and isinstance(value, (int, float))
             if not ok or not (value >= low) or (name != "oracle_prune" and not math.isfinite(value)):
                 raise ConfigError(f"{name} must be a number >= {low:g}, found {value!r}")
+        factor = self.downlink_factor
+        if factor is not None and (
+            isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf
+        ):
+            raise ConfigError(
+                f"downlink_factor must be a positive finite number (downlink = factor x uplink) or None "
+                f"(the same as the uplink), found {factor!r}"
+            )
         if self.rtt_ms > MAX_RTT_MS:  # a typo (1e9) made every request wait for ever, silently
             raise ConfigError(
                 f"rtt_ms must be at most {MAX_RTT_MS:g} (10 s; a geostationary satellite is ~600), found "
@@ -134,6 +144,14 @@ class BenchConfig:
     def codecs(self) -> tuple[str, ...]:
         """The codecs profiled: lossless ones, plus the lossy ones when there is an error budget."""
         return LOSSLESS_CODECS + (LOSSY_CODECS if self.max_error > 0 else ())
+
+    def downlink_of(self, uplink_mbps: float) -> float:
+        """The downlink rate that goes with ``uplink_mbps``."""
+        return uplink_mbps if self.downlink_factor is None else uplink_mbps * self.downlink_factor
+
+    def link_at(self, uplink_mbps: float) -> Link:
+        """The nominal link of a cell at ``uplink_mbps``: its downlink and the RTT."""
+        return Link(uplink_mbps, downlink_mbps=self.downlink_of(uplink_mbps), rtt_ms=self.rtt_ms)
 
     def shape_of(self, model: str) -> tuple[int, ...]:
         from splitdnn.models import default_input_shape

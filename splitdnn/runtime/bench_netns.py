@@ -165,8 +165,9 @@ def run_netns_grid(
             for s, prof in devices.items():
                 save_profile(prof, work / f"device_x{s:g}.json")
             shape = "x".join(str(d) for d in x.shape)
+            up0 = config.uplinks_mbps[0]
             with NetnsLink(
-                config.uplinks_mbps[0], edge_ns=f"sdnn-be{pid}", server_ns=f"sdnn-bs{pid}"
+                up0, downlink_mbps=config.downlink_of(up0), edge_ns=f"sdnn-be{pid}", server_ns=f"sdnn-bs{pid}"
             ) as link:
                 argv = [
                     sys.executable, "-m", "splitdnn", "serve", model, "--host", link.server_ip,
@@ -182,7 +183,7 @@ def run_netns_grid(
                     _wait_for_server(proc, _SERVER_START_S)
                     for slowdown in config.slowdowns:
                         for uplink in config.uplinks_mbps:
-                            link.set_rate(uplink)
+                            link.set_rate(uplink, config.downlink_of(uplink))
                             # the same CPUs in every namespace: the driver re-times for the cell
                             device, server, scale = refresh_profiles(prepared, config, slowdown, drift=drift)
                             save_profile(device, work / f"device_x{slowdown:g}.json")

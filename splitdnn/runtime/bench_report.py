@@ -293,7 +293,10 @@ def bench_document(
             "models": list(config.models),
             "input_shapes": {m: list(config.shape_of(m)) for m in config.models},
             "uplinks_mbps": list(config.uplinks_mbps),
-            "downlink": "same as uplink",
+            "downlink": "same as uplink"
+            if config.downlink_factor is None
+            else f"{config.downlink_factor:g} x uplink",
+            "downlink_factor": config.downlink_factor,
             "rtt_ms": config.rtt_ms,
             "slowdowns": list(config.slowdowns),
             "device": f"emulated: {config.device_threads} thread(s), device compute padded with sleep to "
@@ -349,7 +352,8 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
     lines = [
         "# splitdnn bench results",
         "",
-        f"Link: {s['link']}, RTT {s['rtt_ms']:g} ms, downlink = uplink. Device: {s['device']}. "
+        f"Link: {s['link']}, RTT {s['rtt_ms']:g} ms, downlink {s.get('downlink', 'same as uplink')}. "
+        f"Device: {s['device']}. "
         f"Server: {s['server']}. {s['requests']} timed request(s) after {s['warmup']} warm-up per strategy "
         f"and cell; budget {s['budget_s']:g} s per strategy. Input: {s['input']}.",
         "",

@@ -181,9 +181,10 @@ def test_the_recorded_command_keeps_every_digit_and_sigterm_interrupts_the_run()
         rtt_ms=20.0, device_threads=1, profile_repeats=3, budget_s=30.0, oracle_prune=math.inf,
         oracle_max_cuts=12, refresh_runs=5, refresh_pool=3, link="shaper", server_threads=None,
         max_error=None, input_shape=None, change=None, no_grid=False, out_dir="results",
+        downlink_factor=4.0,
     )  # fmt: skip
     command = _bench_command(args)
-    assert "--uplink-mbps 0.1234567 5.85" in command and "--oracle-prune inf" in command
+    assert "--uplink-mbps 0.1234567 5.85 --downlink-factor 4" in command and "--oracle-prune inf" in command
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):  # what Ctrl-C tears down, SIGTERM now does too
         with _sigterm_interrupts():
@@ -495,3 +496,37 @@ def test_the_same_cut_with_another_codec_is_not_the_oracles_cut() -> None:
     assert doc["machine"]["hostname"] and "cpu_model" in doc["machine"]
     assert doc["finished_utc"].endswith("+00:00") and "started_utc" in doc
     assert doc["settings"]["profile_repeats"] == 3 and "burst" in doc["settings"]["link_parameters"]
+
+
+def test_a_downlink_factor_shapes_and_prices_every_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The downlink was always the uplink's rate (0.25 s for 4 KB of logits at 0.13 Mbit/s)."""
+    from splitdnn.runtime import bench as bench_module
+    from splitdnn.runtime.shaper import ShapedLink
+    from splitdnn.schema import Link
+
+    config = BenchConfig(models=("alexnet",), uplinks_mbps=(1.0, 5.0), downlink_factor=4.0, **TINY)  # type: ignore[arg-type]
+    assert config.link_at(5.0) == Link(5.0, downlink_mbps=20.0, rtt_ms=2.0)
+    assert BenchConfig().link_at(5.0).effective_downlink_mbps == 5.0
+    for bad in (0, -1.0, math.inf, True, "4"):
+        with pytest.raises(ConfigError, match="downlink_factor must be a positive finite number"):
+            BenchConfig(downlink_factor=bad)  # type: ignore[arg-type]
+    shaped: list[tuple[float, float]] = []
+    real_set_rates = ShapedLink.set_rates
+
+    def set_rates(self: ShapedLink, **kw: Any) -> None:
+        shaped.append((kw["uplink_mbps"], kw["downlink_mbps"]))
+        real_set_rates(self, **kw)
+
+    monkeypatch.setattr(ShapedLink, "set_rates", set_rates)
+
+    def unchanged(prepared: Any, config: BenchConfig, slowdown: float, drift: Any = None) -> Any:
+        return prepared.devices[slowdown], prepared.server, (1.0, 1.0)
+
+    monkeypatch.setattr(bench_module, "refresh_profiles", unchanged)
+    monkeypatch.setattr(bench_module, "measure_cell", lambda *a, **kw: _one_cell())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run_bench(config)
+    assert shaped == [(1.0, 4.0), (5.0, 20.0)]
+    doc = bench_document([_one_cell()], config)
+    assert doc["settings"]["downlink"] == "4 x uplink" and "downlink 4 x uplink" in format_markdown(doc)
