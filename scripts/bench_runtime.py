@@ -688,14 +688,9 @@ def measure_batching(
 def machine_info() -> dict[str, Any]:
     import torch
 
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from splitdnn._measure import cpu_model
+
+    model = cpu_model()
     mem_gib = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -720,21 +715,14 @@ def machine_info() -> dict[str, Any]:
 
 def code_state() -> dict[str, Any]:
     """Which code was measured: git HEAD, files changed since, and a hash of every runtime module."""
-
-    def git(*argv: str) -> str:
-        try:
-            run = subprocess.run(
-                ["git", "--no-optional-locks", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return run.stdout.rstrip() if run.returncode == 0 else ""  # porcelain lines start with a space
-
     import hashlib
 
+    from splitdnn._measure import git_state
+
+    state = git_state(ROOT)
     return {
-        "git_head": git("rev-parse", "HEAD").strip(),
-        "uncommitted": sorted(line[3:] for line in git("status", "--porcelain").splitlines() if line),
+        "git_head": state["git_head"] or "",
+        "uncommitted": state["uncommitted"],
         "runtime_sha256_12": {
             p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12]
             for p in sorted((ROOT / "splitdnn" / "runtime").glob("*.py"))

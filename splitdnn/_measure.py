@@ -10,6 +10,7 @@ import dataclasses
 import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -340,6 +341,31 @@ def target_str(target: Any) -> str:
     if isinstance(target, str):
         return target
     return fx.node._get_qualified_name(target) if callable(target) else str(target)
+
+
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """Which code a measurement ran: the git commit of the checkout at ``root`` (default: the one
+    this splitdnn is imported from) and its uncommitted files (``git status --porcelain``, untracked
+    ones too); ``git_head`` None where it is not a checkout or git is missing."""
+    import subprocess
+
+    where = root if root is not None else Path(__file__).resolve().parent.parent
+
+    def git(*argv: str) -> str | None:
+        try:
+            run = subprocess.run(
+                ["git", "--no-optional-locks", *argv], cwd=where, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return run.stdout.rstrip() if run.returncode == 0 else None  # porcelain lines start with a space
+
+    head = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") or ""
+    return {
+        "git_head": head.strip() if head else None,
+        "uncommitted": sorted(line[3:] for line in status.splitlines() if line),
+    }
 
 
 def cpu_model() -> str:

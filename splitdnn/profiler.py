@@ -106,6 +106,7 @@ __all__ = [
     "ProfileRun",
     "ProgressArg",
     "Timer",
+    "check_slowdown",
     "machine_info",
     "measure_cuts",
     "profile",
@@ -532,6 +533,11 @@ def _check_options(*, device: str, threads: int | None, warmup: int, repeats: in
         raise ConfigError(f"repeats must be an integer >= 1 (timed runs per measurement), found {repeats!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"warmup must be an integer >= 0 (untimed runs first), found {warmup!r}")
+    check_slowdown(slowdown)
+
+
+def check_slowdown(slowdown: object) -> None:
+    """A device-emulation factor: finite and >= 1 (ConfigError otherwise)."""
     if (
         isinstance(slowdown, bool)
         or not isinstance(slowdown, (int, float))

@@ -154,15 +154,10 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
                 raise ConfigError(f"{name} must be a number in [0, 1e6), found {value!r}")
-        for name, low in (("max_connection_age_s", 0.0), ("receive_timeout_s", 0.1)):
-            value = getattr(self, name)  # gRPC takes the age in int32 milliseconds: under 24 days
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < 1e6
-            ):
-                raise ConfigError(
-                    f"{name} must be a number of seconds in ({low:g}, 1e6) or None (no limit), found "
-                    f"{value!r}"
-                )
+        # gRPC takes the age in int32 milliseconds (under 24 days); a watch for a receive timeout under
+        # 0.1 s would spin
+        _seconds_or_none("max_connection_age_s", self.max_connection_age_s, 0.0, low_allowed=False)
+        _seconds_or_none("receive_timeout_s", self.receive_timeout_s, 0.1, low_allowed=True)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both tls_cert and tls_key (PEM); pass both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -177,6 +172,16 @@ class ServerConfig:
         if self.max_inflight_bytes is not None:
             return self.max_inflight_bytes
         return max(DEFAULT_INFLIGHT_BYTES, self.max_message_bytes + self.max_decoded_bytes)
+
+
+def _seconds_or_none(name: str, value: Any, low: float, *, low_allowed: bool) -> None:
+    """None, or a number of seconds from ``low`` (itself allowed or not) to under 1e6."""
+    if value is None:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value < 1e6
+    if not (ok and (value >= low if low_allowed else value > low)):
+        span = f"{'[' if low_allowed else '('}{low:g}, 1e6)"
+        raise ConfigError(f"{name} must be a number of seconds in {span} or None (no limit), found {value!r}")
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -139,6 +139,13 @@ class ServerMetrics:
             series = self._series[model] = ModelSeries(*(f.labels(model) for f in families))
         return series
 
+    def refused_unknown(self, code: str, *, model_infer: bool) -> None:
+        """A call refused before any model name was read: a failure with ``code`` under
+        :data:`UNKNOWN_MODEL`, and for ModelInfer (``model_infer``) a request too."""
+        if model_infer:
+            self.of(UNKNOWN_MODEL).requests.inc()
+        self.failures.labels(UNKNOWN_MODEL, code).inc()
+
     def track_tails(self, read: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
         """Expose ``read()`` (model -> (tails built, tails cached)) at every scrape."""
         self.registry.register(_TailCaches(read))

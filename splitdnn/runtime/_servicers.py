@@ -224,8 +224,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         try:
             wire = serde.read_infer_request(request)
         except WireError as exc:
-            s.metrics.of(UNKNOWN_MODEL).requests.inc()
-            s.metrics.failures.labels(UNKNOWN_MODEL, "INVALID_ARGUMENT").inc()
+            s.metrics.refused_unknown("INVALID_ARGUMENT", model_infer=True)
             log.debug("ModelInfer refused, INVALID_ARGUMENT: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         served = s._models.get(wire.model_name)
@@ -489,7 +488,5 @@ class TokenInterceptor(grpc.ServerInterceptor):
             if scheme.lower() == b"bearer" and hmac.compare_digest(credentials, self._expected):
                 return continuation(handler_call_details)
         if self._metrics is not None:  # refused before any servicer (and any model name) is read
-            if method == serde.MODEL_INFER_METHOD:
-                self._metrics.of(UNKNOWN_MODEL).requests.inc()
-            self._metrics.failures.labels(UNKNOWN_MODEL, "UNAUTHENTICATED").inc()
+            self._metrics.refused_unknown("UNAUTHENTICATED", model_infer=method == serde.MODEL_INFER_METHOD)
         return self._deny

@@ -22,23 +22,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Diagnosis", "TlsSettings", "diagnose"]
+from splitdnn.errors import ConfigError
+from splitdnn.runtime.shaper import _parse_target
+
+__all__ = ["Diagnosis", "diagnose"]
 
 log = logging.getLogger(__name__)
 
 # HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server answers with its own
 # SETTINGS; one refusing this client's certificate closes the connection instead
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """How a client connects, as far as :func:`diagnose` needs to know."""
-
-    secure: bool  # TLS
-    client_cert: bytes | None  # PEM, for mutual TLS
-    client_key: bytes | None
-    server_name: str | None  # the name its certificate is checked against, if not the host's
 
 
 @dataclass(frozen=True)
@@ -141,19 +134,18 @@ def _diagnose(
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
-    """``host:port``, ``[v6]:port``, ``dns:///host:port`` or a one-address ``ipv4:``/``ipv6:`` target."""
+    """``host:port``, ``[v6]:port``, ``dns:///host:port`` or a one-address ``ipv4:``/``ipv6:`` target
+    (the shaper's target parser, after gRPC's scheme); None for anything else."""
     for prefix in ("dns:///", "ipv4:", "ipv6:"):
         if address.startswith(prefix):
             address = address[len(prefix) :]
             break
-    if "," in address or "/" in address:
+    if "," in address or "/" in address:  # several addresses, a unix socket: not one host to probe
         return None
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    try:
+        return _parse_target(address)
+    except ConfigError:
         return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
 
 
 @contextlib.contextmanager

@@ -205,10 +205,7 @@ def _candidates(ctx: _CellContext, base: SplitClient) -> list[tuple[str, str, Pl
     n = ctx.config.dag_points
     for i in range(n):
         mbps = 10 ** (lo + (hi - lo) * i / (n - 1))
-        best = planner.best(
-            Link(mbps, downlink_mbps=mbps * ctx.link.effective_downlink_mbps / ctx.link.uplink_mbps,
-                 rtt_ms=ctx.link.rtt_ms)
-        )  # fmt: skip
+        best = planner.best(ctx.config.link_at(mbps))
         key = plan_key(best)[0]
         if key in seen:
             continue

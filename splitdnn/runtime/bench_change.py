@@ -19,6 +19,7 @@ import math
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -59,9 +60,11 @@ def parse_schedule(text: str) -> RateSchedule:
 
 
 def _label(plan: Plan) -> str:
-    if plan.strategy in ("edge-only", "cloud-only"):
-        return plan.strategy
-    return ",".join(plan.boundary_nodes)
+    return _cut_label(plan.strategy, plan.boundary_nodes)
+
+
+def _cut_label(strategy: str, boundary: Sequence[str]) -> str:
+    return strategy if strategy in ("edge-only", "cloud-only") else ",".join(boundary)
 
 
 def run_change(
@@ -153,15 +156,15 @@ def run_change(
                     end = time.monotonic() - t_start
                     b = client.last_breakdown
                     # the plan the request ran (a probe may switch plans between reading it and infer)
-                    strategy, cut = plan.strategy, list(plan.boundary_nodes)
+                    strategy, cut, predicted = plan.strategy, list(plan.boundary_nodes), plan.cost.total_ms
                     if b is not None and ok and b.strategy:
-                        strategy, cut = b.strategy, list(b.boundary)
+                        strategy, cut, predicted = b.strategy, list(b.boundary), b.predicted_ms
                     records.append({
                         "start_s": round(start, 4), "end_s": round(end, 4),
                         "latency_ms": round((end - start) * 1e3, 3), "uplink_mbps": schedule.rate_at(start),
                         "strategy": strategy, "cut": cut,
-                        "cut_label": strategy if strategy in ("edge-only", "cloud-only") else ",".join(cut),
-                        "predicted_ms": round(plan.cost.total_ms, 3), "ok": ok, "error": error,
+                        "cut_label": _cut_label(strategy, cut),
+                        "predicted_ms": round(predicted, 3), "ok": ok, "error": error,
                         "fallback": b.fallback if b is not None and ok else "",
                         "bytes_sent": b.bytes_sent if b is not None and ok else 0,
                         "estimate_mbps": round(client.link.uplink_mbps, 4),

@@ -28,11 +28,11 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from splitdnn._measure import cpu_model, git_state
 from splitdnn.errors import ConfigError
 from splitdnn.plots import save_figure
 from splitdnn.report import format_bytes, format_table
@@ -167,45 +167,17 @@ def _mape(records: Sequence[Mapping[str, Any]]) -> float | None:
     return statistics.fmean(errs) if errs else None
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def _code_state() -> dict[str, Any]:
-    """The splitdnn measured: its version, and the git commit and uncommitted files of its checkout
-    (None where it is not one)."""
+    """The splitdnn measured: its version, and its checkout's git state (``_measure.git_state``)."""
     import splitdnn
 
-    root = Path(splitdnn.__file__).resolve().parent.parent
-
-    def git(*argv: str) -> str | None:
-        try:
-            run = subprocess.run(
-                ["git", "--no-optional-locks", *argv], cwd=root, capture_output=True, text=True, timeout=30
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return run.stdout if run.returncode == 0 else None
-
-    head = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "splitdnn": getattr(splitdnn, "__version__", None),
-        "git_head": head.strip() if head else None,
-        "uncommitted": sorted(line[3:] for line in status.splitlines() if line) if status else [],
-    }
+    return {"splitdnn": splitdnn.__version__, **git_state()}
 
 
 def _machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "hostname": platform.node(),
         "python": platform.python_version(),
     }
@@ -231,10 +203,7 @@ def _link_parameters(link: str) -> dict[str, Any]:
         "rtt": "half added each way by a delay line (ShapedLink)",
     }
     if link == "netns":
-        params["tbf"] = (
-            "tc tbf on each veth end: burst 5 ms of traffic (at least 2 frames), latency "
-            f"{os.environ.get('SDNN_TBF_LATENCY_MS', '400')} ms (scripts/netns_link.sh)"
-        )
+        params["tbf"] = "tc tbf on each veth end, as scripts/netns_link.sh sets it up (its header)"
     return params
 
 
@@ -459,7 +428,8 @@ def format_change_markdown(change: Mapping[str, Any]) -> str:
         f"## Bandwidth change: {change['model']} x{change['slowdown']:g}, schedule {change['schedule']}",
         "",
         f"{change['requests']} request(s) back to back over {change['duration_s']:.1f} s, through the "
-        f"{change.get('link', 'in-process token-bucket shaper')} (whatever the grid's --link); "
+        f"{change.get('link', 'in-process token-bucket shaper')} with downlink = uplink (whatever the "
+        f"grid's --link and --downlink-factor); "
         f"{change['failures']} failed, {change['fallbacks']} finished locally (fallback); "
         f"{change['switches']} plan switch(es).",
         "",

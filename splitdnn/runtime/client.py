@@ -117,7 +117,6 @@ from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
-from splitdnn.runtime._tls_probe import TlsSettings
 from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.planner import Decision, Hysteresis, LinkEstimator, Planner, plan_key
 from splitdnn.schema import Link, Plan, Profile
@@ -256,6 +255,10 @@ class SplitClient:
         self.weights_digest = weights_digest(self.traced.module)
         self.model_name = model_name or self.traced.name
         self._placeholders = tuple(n.name for n in self.traced.nodes if n.op == "placeholder")
+        # in-place changes the solver does not see may make its plan unrunnable: its plans are checked
+        self._plan_check = (
+            partial(graph.check_tiers, self.traced) if graph.modifies_in_place(self.traced) else None
+        )
         check_token(token)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         secure = tls or any(v is not None for v in (root_cert, client_cert, client_key))
@@ -263,13 +266,13 @@ class SplitClient:
             address, secure=secure, root_cert=root_cert, client_cert=client_cert, client_key=client_key,
             server_name=tls_server_name, retries=retries, max_message_bytes=max_message_bytes,
         )  # fmt: skip
-        # what tls_probe.diagnose needs, should the server turn out unreachable (checked: make_channel)
-        self._tls_settings = TlsSettings(
-            secure,
-            None if client_cert is None else read_pem(client_cert, "client certificate"),
-            None if client_key is None else read_pem(client_key, "client key"),
-            tls_server_name,
-        )
+        # what tells a TLS mistake from a server that is down, should it turn out unreachable (the
+        # PEMs were checked by make_channel)
+        self._diagnose_tls = partial(
+            tls_probe.diagnose, address, secure=secure, server_name=tls_server_name,
+            client_cert=None if client_cert is None else read_pem(client_cert, "client certificate"),
+            client_key=None if client_key is None else read_pem(client_key, "client key"),
+        )  # fmt: skip
         self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
         self._sd = sd_grpc.SplitServiceStub(self._channel)
         self._pieces: dict[Any, Pieces] = {}
@@ -375,8 +378,7 @@ class SplitClient:
         return Planner(
             self.device_profile, server, link, privacy_floor=self.privacy_floor,
             unsendable=_unsendable(self.traced),
-            # in-place changes the solver does not see may make its plan unrunnable: checked
-            check=partial(graph.check_tiers, self.traced) if graph.modifies_in_place(self.traced) else None,
+            check=self._plan_check,
             # a remote part predicted over the deadline would always finish locally: never chosen
             max_remote_ms=self.timeout_s * 1e3 if self.fallback_local else None,
             max_message_bytes=self.message_cap()[0],
@@ -412,11 +414,7 @@ class SplitClient:
             if isinstance(err, AuthenticationError):
                 raise err from None
             if err.code == "UNAVAILABLE":  # what gRPC cannot tell from a server that is down
-                t = self._tls_settings
-                found = tls_probe.diagnose(
-                    self.address, secure=t.secure, client_cert=t.client_cert, client_key=t.client_key,
-                    server_name=t.server_name, timeout_s=min(2.0, max(timeout_s, 0.5)),
-                )  # fmt: skip
+                found = self._diagnose_tls(timeout_s=min(2.0, max(timeout_s, 0.5)))
                 if found is not None and (found.certain or not self.fallback_local):
                     raise AuthenticationError(
                         f"connecting to {self.address}: {found.message}", code=err.code, details=err.details

@@ -103,7 +103,7 @@ def run_demo(
     profiling (they must be of this model and input shape).
     """
     from splitdnn.models import ZOO, build_zoo_model, default_input_shape
-    from splitdnn.profiler import profile_model
+    from splitdnn.profiler import check_slowdown, profile_model
     from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
     from splitdnn.runtime.shaper import ShapedLink
 
@@ -120,10 +120,7 @@ def run_demo(
         raise ConfigError(
             f"the demo runs zoo models; expected one of {', '.join(sorted(ZOO))}, found {model!r}"
         )
-    if isinstance(slowdown, bool) or not isinstance(slowdown, (int, float)) or not 1 <= slowdown < math.inf:
-        raise ConfigError(  # before the model is built and profiled (it was found only when profiling)
-            f"slowdown must be a finite factor >= 1 (1 = no device emulation), found {slowdown!r}"
-        )
+    check_slowdown(slowdown)  # before the model is built and profiled (it was found only when profiling)
     started = time.perf_counter()
 
     def say(text: str) -> None:

@@ -190,8 +190,12 @@ class Decision:
 
 def plan_key(plan: Plan) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
     """What identifies a plan for the runtime: the device-side nodes and each boundary codec."""
-    head = frozenset(n for n, t in plan.tiers.items() if t == 0)
-    return head, tuple((b.node, b.codec) for b in plan.boundary)
+    return _device_side(plan.tiers), tuple((b.node, b.codec) for b in plan.boundary)
+
+
+def _device_side(tiers: Mapping[str, int]) -> frozenset[str]:
+    """The nodes a plan runs on the device (tier 0): what identifies its cut."""
+    return frozenset(n for n, t in tiers.items() if t == 0)
 
 
 def _fixed_codecs(codecs: dict[str, str], fallback: TensorCostFn) -> TensorCostFn:
@@ -414,7 +418,7 @@ class Planner:
         depend on the link (a check is ~1 ms for a 150-node model)."""
         if self.check is None:
             return None
-        head = frozenset(n for n, t in tiers.items() if t == 0)
+        head = _device_side(tiers)
         if head not in self._checked:
             try:
                 self.check(tiers)
@@ -428,7 +432,7 @@ class Planner:
         """Why ``plan`` cannot run although the solver allows it (None: it can): the model refuses
         it (``check``), its tensors together are predicted over the message cap (the solver checks
         each tensor alone), or a request of it was over the cap (:meth:`avoid`)."""
-        head = frozenset(n for n, t in plan.tiers.items() if t == 0)
+        head = _device_side(plan.tiers)
         if head in self._avoided:
             return self._avoided[head]
         if self._wire_cap is not None and plan.boundary_bytes > self._wire_cap:
@@ -458,7 +462,7 @@ class Planner:
         ):
             why = self._unfit(plan)
             if why is None:
-                return dataclasses.replace(plan, exact=False)
+                return plan  # priced, not proven optimal: exact is False
             unfit.append(f"{plan.strategy} {list(plan.boundary_nodes)[:3]}: {why}")
         raise PlanError(  # edge-only broke the constraints (a device memory cap), or the check refused it
             f"no plan can run: the solver's optimum cannot, nor can any cut in graph order under the "

@@ -74,7 +74,7 @@ from splitdnn.runtime._config import (
     load_served,
     read_pem,
 )
-from splitdnn.runtime._metrics import UNKNOWN_MODEL, ServerMetrics
+from splitdnn.runtime._metrics import ServerMetrics
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._receive import ReceiveWatch
 from splitdnn.runtime._servicers import (
@@ -333,8 +333,7 @@ class TailServer:
         """A call of ``method`` was ended without its request message (see ReceiveWatch)."""
         self.metrics.receive_timeouts.labels(method).inc()
         if method == serde.MODEL_INFER_METHOD:  # which model it was for is unknown: no message
-            self.metrics.of(UNKNOWN_MODEL).requests.inc()
-            self.metrics.failures.labels(UNKNOWN_MODEL, "DEADLINE_EXCEEDED").inc()
+            self.metrics.refused_unknown("DEADLINE_EXCEEDED", model_infer=True)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout`` s passed); True if it stopped."""

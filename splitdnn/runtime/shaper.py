@@ -131,7 +131,7 @@ class TokenBucket:
         self._burst = self._check_burst(burst_bytes, self._rate_mbps)
         self._tokens = float(self._burst)
         self._stamp = clock()
-        self._waiting_since: float | None = None  # a sender asked for more than it got (catch-up)
+        self._backlog = False  # a sender asked for more than it got: tokens may accrue past the burst
 
     @staticmethod
     def _check_burst(burst_bytes: int | None, rate_mbps: float) -> int:
@@ -166,7 +166,7 @@ class TokenBucket:
         # A clock that goes backwards (it should not: monotonic) must not drain the bucket.
         if now > self._stamp:
             cap = float(self._burst)
-            if self._waiting_since is not None:  # a backlog: what accrued while it waited is its due
+            if self._backlog:  # what accrued while bytes waited is their due
                 cap += self.bytes_per_s * _CATCH_UP_S
             self._tokens = min(cap, self._tokens + (now - self._stamp) * self.bytes_per_s)
             self._stamp = now
@@ -179,7 +179,7 @@ class TokenBucket:
         self._rate_mbps = rate
         self._burst = burst
         self._tokens = min(self._tokens, float(burst))
-        self._waiting_since = None
+        self._backlog = False
 
     def grant(self, want: int) -> tuple[int, float]:
         """Try to send ``want`` bytes now.
@@ -191,23 +191,19 @@ class TokenBucket:
         if isinstance(want, bool) or not isinstance(want, int) or want < 1:
             raise ConfigError(f"grant() needs a byte count >= 1, found {want!r}")
         now = self._clock()
-        if self._waiting_since is not None and now - self._stamp > _CATCH_UP_S + self._piece_s():
-            self._waiting_since = None  # asked again long after it was due: the link sat idle
+        piece = max(1, self._burst // _PIECE_OF_BURST)
+        if self._backlog and now - self._stamp > _CATCH_UP_S + piece / self.bytes_per_s:
+            self._backlog = False  # asked again long after it was due: the link sat idle
         self._refill(now)
-        piece = min(want, max(1, self._burst // _PIECE_OF_BURST))
+        piece = min(want, piece)
         # A tolerance of a millionth of a byte absorbs float rounding after an exact wait.
         if self._tokens + 1e-6 >= piece:
             granted = min(want, max(piece, int(self._tokens + 1e-6)))
             self._tokens = max(0.0, self._tokens - granted)
-            self._waiting_since = (self._waiting_since or now) if granted < want else None
+            self._backlog = granted < want
             return granted, 0.0
-        if self._waiting_since is None:
-            self._waiting_since = now
+        self._backlog = True
         return 0, (piece - self._tokens) / self.bytes_per_s
-
-    def _piece_s(self) -> float:
-        """The time a piece takes to accrue."""
-        return max(1, self._burst // _PIECE_OF_BURST) / self.bytes_per_s
 
 
 def _parse_target(target: object) -> tuple[str, int]:

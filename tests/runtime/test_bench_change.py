@@ -46,7 +46,8 @@ def test_a_bandwidth_step_fails_no_request(tmp_path: Path) -> None:
     path = plot_change(result, tmp_path / "change.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     # the link it ran through is said (a --link netns grid did not say its change ran on the shaper)
-    assert "through the in-process token-bucket shaper" in format_change_markdown(result)
+    said = format_change_markdown(result)
+    assert "through the in-process token-bucket shaper with downlink = uplink" in said
 
 
 def test_schedules_parse(tmp_path: Path) -> None:

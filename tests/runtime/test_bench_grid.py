@@ -484,7 +484,8 @@ def test_the_same_cut_with_another_codec_is_not_the_oracles_cut() -> None:
     cuts = (CutRun("f5", "chain", 101, timing(101, (100, 101, 102), ("f5",), ("raw",)), ("f5",), ("raw",)),)
     runs["oracle"] = _best_measured(tuple(runs.values()), cuts)
     cell = CellResult("alexnet", 8.0, 5.85, runs, cuts)
-    doc = bench_document([cell], BenchConfig(models=("alexnet",), uplinks_mbps=(5.85,)))
+    started = "2020-01-01T00:00:00+00:00"
+    doc = bench_document([cell], BenchConfig(models=("alexnet",), uplinks_mbps=(5.85,)), started_utc=started)
     mine = next(r for r in doc["records"] if r["strategy"] == "splitdnn")
     assert mine["regret"] > 1.05 and mine["same_cut_as_oracle"] is False
     # what a published table rests on is in the file: the cut's own samples (regret is recomputed
@@ -492,10 +493,18 @@ def test_the_same_cut_with_another_codec_is_not_the_oracles_cut() -> None:
     json.dumps(doc, allow_nan=False)
     (cut,) = doc["cuts"]
     assert cut["samples_ms"] == [100.0, 101.0, 102.0]
-    assert doc["code"]["splitdnn"] and "git_head" in doc["code"] and "uncommitted" in doc["code"]
-    assert doc["machine"]["hostname"] and "cpu_model" in doc["machine"]
-    assert doc["finished_utc"].endswith("+00:00") and "started_utc" in doc
-    assert doc["settings"]["profile_repeats"] == 3 and "burst" in doc["settings"]["link_parameters"]
+    import subprocess
+
+    import splitdnn
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(splitdnn.__file__).parent, capture_output=True, text=True
+    )
+    if head.returncode == 0:  # a checkout (CI's clone is one)
+        assert doc["code"]["git_head"] == head.stdout.strip()
+    assert doc["code"]["splitdnn"] == splitdnn.__version__
+    assert doc["machine"]["hostname"] and doc["machine"]["cpu_model"]
+    assert doc["started_utc"] == started and doc["finished_utc"] > started
 
 
 def test_a_downlink_factor_shapes_and_prices_every_cell(monkeypatch: pytest.MonkeyPatch) -> None:
