@@ -12,7 +12,11 @@ Needs CUDA; ``scripts/device_check.sh`` runs it on a lent GPU machine. For each 
    ``--requests`` requests each after ``--warmup``. Per request: the client's wall time, the
    server's reported compute (the tail with the copies to and from the GPU and the synchronisation
    included) and the rest (head, network, parsing). Beside it, the same tail run in this process on
-   the GPU (the input copied up, the output copied back), timed the same way.
+   the GPU (the input copied up, the output copied back), timed the same way three ways: back to
+   back; after an idle sleep as long as the plan's median rest (the GPU waits that long between a
+   client's requests); and right after the head has run on the CPU, as a client's request follows
+   it. Where the server's compute exceeds the back-to-back tail, these say whether the idle GPU or
+   the CPU work before each request accounts for it.
 3. Each split output against the CPU model: relative L2 error (TF32 kernels do not reproduce the
    CPU's sums bit for bit).
 
@@ -118,12 +122,17 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     computes.append(b.server_compute_ms)
                     errs.append(_rel_err(y, ref))
                 boundary = b.boundary
+            rest = [w - c for w, c in zip(walls, computes, strict=True)]
+            gap_s = float(np.median(rest)) / 1e3
             local = _local_tail_ms(served, traced, x, force, args)
+            idle = _local_tail_ms(served, traced, x, force, args, gap_s=gap_s)
+            after_head = _local_tail_ms(served, traced, x, force, args, head_first=True)
             out["plans"].append(
                 {"force": force, "boundary": list(boundary), "bytes_sent": b.bytes_sent,
                  "wall_ms": _spread(walls), "server_compute_ms": _spread(computes),
-                 "rest_ms": _spread([w - c for w, c in zip(walls, computes, strict=True)]),
-                 "local_gpu_tail_ms": _spread(local), "max_rel_err": max(errs)}
+                 "rest_ms": _spread(rest), "local_gpu_tail_ms": _spread(local),
+                 "local_gpu_tail_after_idle_ms": _spread(idle),
+                 "local_gpu_tail_after_head_ms": _spread(after_head), "max_rel_err": max(errs)}
             )  # fmt: skip
     return out
 
@@ -134,23 +143,34 @@ def _local_tail_ms(
     x: torch.Tensor,
     force: str,
     args: argparse.Namespace,
+    *,
+    gap_s: float = 0.0,
+    head_first: bool = False,
 ) -> list[float]:
-    """The tail after ``force`` run here on the GPU: inputs copied up, output back, synchronised (ms)."""
+    """The tail after ``force`` run here on the GPU: inputs copied up, output back, synchronised (ms).
+
+    ``gap_s``: sleep that long (the GPU idle) before each run; ``head_first``: run the head on the
+    CPU before each run (untimed), as a client does before its request."""
     model_inputs = {n.name: x for n in traced.nodes if n.op == "placeholder"}  # the zoo's: one
     if force == "cloud":
-        inputs = model_inputs
+
+        def head(values: dict[str, Any]) -> dict[str, Any]:
+            return values
 
         def run(values: dict[str, Any]) -> Any:
             return served.module(*values.values())
     else:
         head, run = graph.head_tail(traced, force)[0], graph.head_tail(served, force)[1]
-        with torch.inference_mode():
-            inputs = head(model_inputs)
     samples = []
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
+        inputs = head(model_inputs)
         for i in range(args.warmup + args.requests):
+            if head_first:
+                inputs = head(model_inputs)
             sync()
+            if gap_s > 0:
+                time.sleep(gap_s)
             t = time.perf_counter()
             moved = {k: v.to(args.device, non_blocking=True) for k, v in inputs.items()}
             y = run(moved)
@@ -166,8 +186,8 @@ def to_table(results: list[dict[str, Any]]) -> str:
 
     lines = [
         "| model | GPU fused ms | GPU calibration MAPE | CPU fused ms | plan | sent B | wall ms "
-        "| server compute ms | rest ms | local GPU tail ms | max rel err |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server compute ms | rest ms | local GPU tail ms | after idle ms | after head ms | max rel err |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         if "error" in r:
@@ -179,6 +199,7 @@ def to_table(results: list[dict[str, Any]]) -> str:
                 f"| {r['model']} | {g['fused_ms']:.2f} | {g['calibration']['mape_pct']:.1f} % | "
                 f"{r['cpu_fused_ms']:.1f} | {p['force']} | {p['bytes_sent']:,} | {q(p['wall_ms'])} | "
                 f"{q(p['server_compute_ms'])} | {q(p['rest_ms'])} | {q(p['local_gpu_tail_ms'])} | "
+                f"{q(p['local_gpu_tail_after_idle_ms'])} | {q(p['local_gpu_tail_after_head_ms'])} | "
                 f"{p['max_rel_err']:.1e} |"
             )
     return "\n".join(lines)

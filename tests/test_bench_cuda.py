@@ -32,7 +32,8 @@ def test_the_whole_path_runs_with_the_server_on_the_cpu(bench, tmp_path, capsys)
     assert cloud["boundary"] == ["x"] and split["boundary"] == [split["force"]]
     assert split["bytes_sent"] > 0 and cloud["bytes_sent"] > 0
     for p in r["plans"]:
-        for key in ("wall_ms", "server_compute_ms", "rest_ms", "local_gpu_tail_ms"):
+        keys = ("wall_ms", "server_compute_ms", "rest_ms", "local_gpu_tail_ms")
+        for key in (*keys, "local_gpu_tail_after_idle_ms", "local_gpu_tail_after_head_ms"):
             q = p[key]
             assert 0 < q["p10"] <= q["median"] <= q["p90"], (key, q)
         assert p["server_compute_ms"]["median"] < p["wall_ms"]["median"]
@@ -67,3 +68,29 @@ def test_without_cuda_it_says_so(bench, monkeypatch, capsys):
 )
 def test_bad_arguments_are_refused(bench, usage_error, argv, message):
     assert message in usage_error(bench.parse_args, argv)
+
+
+def test_the_local_tail_sleeps_the_gap_before_each_run_and_reruns_the_head_when_asked(bench, monkeypatch):
+    from splitdnn import graph
+    from splitdnn.models.registry import build_zoo_model
+
+    module = build_zoo_model("alexnet", **bench.ZOO["alexnet"].test_kwargs).eval()
+    x = torch.randn(1, *bench.ZOO["alexnet"].test_input_shape)
+    traced = graph.trace(module, x, name="alexnet")
+    cut = graph.chain_cuts(traced)[2]
+    args = bench.parse_args(["--device", "cpu", "--requests", "3", "--warmup", "1"])
+    slept: list[float] = []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    assert len(bench._local_tail_ms(traced, traced, x, cut, args, gap_s=0.004)) == 3
+    assert slept == [0.004] * 4  # before every run, the warm-up's too
+    heads = []
+    real = graph.head_tail
+
+    def counting(model, boundary):
+        head, tail = real(model, boundary)
+        return (lambda values: heads.append(1) or head(values)), tail
+
+    monkeypatch.setattr(bench.graph, "head_tail", counting)
+    slept.clear()
+    assert len(bench._local_tail_ms(traced, traced, x, cut, args, head_first=True)) == 3
+    assert slept == [] and len(heads) == 1 + 4  # once up front, then before each of the 4 runs
