@@ -358,8 +358,13 @@ class ServedModel:
         return Tail(tuple(order), module, num, may_write_inputs(module))
 
     def run(self, tail: Tail, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Run ``tail`` on ``inputs`` (its input order) on this model's device; the output leaves."""
-        with torch.no_grad():
+        """Run ``tail`` on ``inputs`` (its input order) on this model's device; the output leaves.
+
+        Under ``torch.inference_mode``, as the profiler measures: it skips autograd's view and
+        version bookkeeping that ``no_grad`` keeps (ViT-Tiny's whole model on an H200, launch-bound,
+        took 1.26x as long under ``no_grad``; ``docs/benchmarks.md``). The outputs only ever become
+        the answer's bytes, so that they are inference tensors is never seen."""
+        with torch.inference_mode():
             out = tail.module(*(t.to(self.device, non_blocking=True) for t in inputs))
         leaves = pytree.tree_leaves(out)
         if len(leaves) != len(self.output_names) or not all(isinstance(t, torch.Tensor) for t in leaves):

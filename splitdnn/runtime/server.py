@@ -36,7 +36,7 @@ shapes are concatenated along the batch dimension, up to ``max_batch_size`` rows
 most ``max_queue_delay_ms`` while more requests are arriving. A model whose rows depend on each
 other (batch statistics, or anything that mixes rows; checked once at load on two random rows, see
 ``_tail.rows_independent``) is never batched: :meth:`TailServer.never_batched` says which and why.
-The tail runs on ``device`` under ``torch.no_grad``; responses report ``splitdnn.queue_ms``,
+The tail runs on ``device`` under ``torch.inference_mode``; responses report ``splitdnn.queue_ms``,
 ``splitdnn.compute_ms``, ``splitdnn.decode_ms`` and ``splitdnn.batch_size``.
 
 At start the server sets glibc's malloc thresholds for its process so that freed tensor-sized
