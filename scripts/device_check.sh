@@ -12,7 +12,7 @@
 #      machine's 16 cores, beside the numbers of this project's 2-core machine.
 # Results go to $OUT (the device tool brings them back), else to the first argument or /tmp/device-check.
 # The wheels, fetched once where PyPI is reachable (the GPU machine's python is 3.12):
-#     echo /.whl/ >> .git/info/exclude
+#     mkdir -p .git/info && echo /.whl/ >> .git/info/exclude
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 #         grpcio==1.85.1 protobuf==7.36.2 zstandard==0.25.0 grpcio-health-checking==1.85.1
