@@ -511,7 +511,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             change = run_change(
                 config.models[0], schedule, duration_s=args.change_duration_s,
-                slowdown=config.slowdowns[0], rtt_ms=config.rtt_ms, input_shape=config.input_shape,
+                slowdown=config.slowdowns[0], rtt_ms=config.rtt_ms, downlink_factor=config.downlink_factor,
+                input_shape=config.input_shape,
                 max_error=config.max_error, device_threads=config.device_threads,
                 server_threads=config.server_threads, profile_repeats=config.profile_repeats,
                 progress=not args.quiet, out=sys.stdout,
@@ -860,8 +861,8 @@ def add_commands(
     p.add_argument("--uplink-mbps", type=positive, nargs="+", default=[0.13, 1.1, 5.85, 18.88, 100.0])
     p.add_argument(
         "--downlink-factor", type=positive, metavar="F",
-        help="downlink = F x uplink in every cell (default: the same as the uplink), e.g. 4 for a link "
-        "whose answers come back four times faster than requests go",
+        help="downlink = F x uplink in every cell and every --change step (default: the same as the "
+        "uplink), e.g. 4 for a link whose answers come back four times faster than requests go",
     )  # fmt: skip
     p.add_argument("--slowdown", type=positive, nargs="+", default=[8.0], help="device slowdowns (>= 1)")
     _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape, count=count)

@@ -42,6 +42,16 @@ def _check_rate(name: str, value: object) -> float:
     return rate
 
 
+def check_downlink_factor(value: object) -> float:
+    """A positive finite downlink factor (downlink = factor x uplink), or a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(
+            f"downlink_factor must be a positive finite number (downlink = factor x uplink) or None "
+            f"(the same as the uplink), found {value!r}"
+        )
+    return float(value)
+
+
 @dataclass(frozen=True)
 class RateStep:
     """From ``time_s`` seconds after the schedule starts, the uplink runs at ``uplink_mbps`` Mbit/s."""
@@ -181,17 +191,31 @@ class RateSchedule:
         link: ShapedLink,
         *,
         downlink_mbps: float | None = None,
+        downlink_factor: float | None = None,
         on_step: Callable[[RateStep], None] | None = None,
     ) -> SchedulePlayer:
         """Replay the schedule on ``link`` in a background thread; returns the started player.
 
-        ``downlink_mbps``: None means the downlink follows the uplink (as in :class:`ShapedLink`), a number
-        fixes it. ``on_step`` is called (in the player thread) after each step is applied, e.g. to log the
-        time of a bandwidth change next to per-request latencies.
+        The downlink: with neither argument it follows the uplink (as in :class:`ShapedLink`);
+        ``downlink_mbps`` fixes it; ``downlink_factor`` makes it that many times each step's uplink.
+        ``on_step`` is called (in the player thread) after each step is applied, e.g. to log the time of
+        a bandwidth change next to per-request latencies.
         """
+        if downlink_mbps is not None and downlink_factor is not None:
+            raise ConfigError(
+                f"give downlink_mbps (a fixed downlink) or downlink_factor (a multiple of each step's "
+                f"uplink), not both; found {downlink_mbps!r} and {downlink_factor!r}"
+            )
         if downlink_mbps is not None:
             _check_rate("downlink_mbps", downlink_mbps)
-        player = SchedulePlayer(self, link, downlink_mbps=downlink_mbps, on_step=on_step)
+        if downlink_factor is not None:
+            for step in self.steps:  # every rate it will set, checked before the thread starts
+                _check_rate(
+                    "downlink_factor x uplink_mbps", step.uplink_mbps * check_downlink_factor(downlink_factor)
+                )
+        player = SchedulePlayer(
+            self, link, downlink_mbps=downlink_mbps, downlink_factor=downlink_factor, on_step=on_step
+        )
         player.start()
         return player
 
@@ -216,11 +240,13 @@ class SchedulePlayer:
         link: ShapedLink,
         *,
         downlink_mbps: float | None = None,
+        downlink_factor: float | None = None,
         on_step: Callable[[RateStep], None] | None = None,
     ) -> None:
         self.schedule = schedule
         self.link = link
         self.downlink_mbps = downlink_mbps
+        self.downlink_factor = downlink_factor
         self.on_step = on_step
         self.applied: list[tuple[float, RateStep]] = []
         self.started_at: float | None = None
@@ -243,7 +269,10 @@ class SchedulePlayer:
                     return
                 if self._stop.is_set():
                     return
-                self.link.set_rates(s.uplink_mbps, self.downlink_mbps)
+                down = self.downlink_mbps
+                if self.downlink_factor is not None:
+                    down = s.uplink_mbps * self.downlink_factor
+                self.link.set_rates(s.uplink_mbps, down)
                 self.applied.append((time.monotonic(), s))
                 if self.on_step is not None:
                     self.on_step(s)

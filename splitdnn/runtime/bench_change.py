@@ -27,7 +27,7 @@ from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.runtime.bench import BenchConfig, prepare_model
 from splitdnn.runtime.planner import Hysteresis
 from splitdnn.runtime.shaper import RateSchedule
-from splitdnn.schema import Link, Plan
+from splitdnn.schema import Plan
 
 __all__ = ["DEFAULT_CHANGE", "parse_schedule", "run_change"]
 
@@ -74,6 +74,7 @@ def run_change(
     duration_s: float | None = None,
     slowdown: float = 8.0,
     rtt_ms: float = 20.0,
+    downlink_factor: float | None = None,
     input_shape: tuple[int, ...] | None = None,
     max_error: float = 0.0,
     device_threads: int = 1,
@@ -87,7 +88,8 @@ def run_change(
     """Run the bandwidth-change experiment (module docstring); returns its JSON-able record.
 
     ``duration_s`` defaults to the last step's time plus 5 s. The client starts with the schedule's
-    first rate as its link estimate, after one untimed warm-up request.
+    first rate as its link estimate, after one untimed warm-up request. ``downlink_factor``: the
+    downlink is shaped (and the targets priced) at that many times each step's uplink; None, the same.
     """
     if not isinstance(schedule, RateSchedule):
         raise ConfigError(f"schedule must be a RateSchedule, found {type(schedule).__name__}")
@@ -110,8 +112,8 @@ def run_change(
         raise ConfigError(f"timeout_s must be a number of seconds > 0, found {timeout_s!r}")
     config = BenchConfig(
         models=(model,), uplinks_mbps=(schedule.steps[0].uplink_mbps,), slowdowns=(slowdown,), rtt_ms=rtt_ms,
-        input_shape=input_shape, max_error=max_error, device_threads=device_threads,
-        server_threads=server_threads, profile_repeats=profile_repeats,
+        downlink_factor=downlink_factor, input_shape=input_shape, max_error=max_error,
+        device_threads=device_threads, server_threads=server_threads, profile_repeats=profile_repeats,
     )  # fmt: skip
     stream = out if out is not None else sys.stdout
 
@@ -132,17 +134,19 @@ def run_change(
     records: list[dict[str, Any]] = []
     with (
         TailServer(server_config) as server,
-        ShapedLink(server.address, uplink_mbps=first, rtt_ms=rtt_ms) as link,
+        ShapedLink(
+            server.address, uplink_mbps=first, downlink_mbps=config.downlink_of(first), rtt_ms=rtt_ms
+        ) as link,
     ):
         client = SplitClient(
             link.address, server.served_model(model), device_profile=devices[slowdown],
-            server_profile=server_prof, link=Link(first, rtt_ms=rtt_ms), max_error=max_error,
+            server_profile=server_prof, link=config.link_at(first), max_error=max_error,
             emulate_slowdown=slowdown, threads=device_threads, timeout_s=timeout_s, hysteresis=hysteresis,
         )  # fmt: skip
         with client:
             client.infer(x)  # warm-up: connection, piece cache
             say(f"bandwidth change on {model}: {schedule!r} over {duration:g} s ...")
-            player = schedule.play(link)
+            player = schedule.play(link, downlink_factor=downlink_factor)
             t_start = player.started_at if player.started_at is not None else time.monotonic()
             try:
                 while (now := time.monotonic()) - t_start < duration:
@@ -172,7 +176,7 @@ def run_change(
             finally:
                 player.stop()
             applied = [(t - t_start, s) for t, s in player.applied]
-            targets = {s.uplink_mbps: _label(client.planner.best(Link(s.uplink_mbps, rtt_ms=rtt_ms)))
+            targets = {s.uplink_mbps: _label(client.planner.best(config.link_at(s.uplink_mbps)))
                        for s in schedule.steps}  # fmt: skip
             switches = client.planner.switches
     steps = _steps(schedule, applied, targets, records, duration)
@@ -190,6 +194,8 @@ def run_change(
         "slowdown": slowdown,
         "rtt_ms": rtt_ms,
         "link": "in-process token-bucket shaper",
+        "downlink": "same as uplink" if downlink_factor is None else f"{downlink_factor:g} x uplink",
+        "downlink_factor": downlink_factor,
         "schedule": repr(schedule),
         "schedule_steps": [{"at_s": s.time_s, "mbps": s.uplink_mbps} for s in schedule.steps],
         "duration_s": duration,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from splitdnn.errors import ConfigError
+from splitdnn.runtime._schedule import check_downlink_factor
 from splitdnn.schema import Link
 
 __all__ = [
@@ -116,14 +117,8 @@ class BenchConfig:
             ok = not isinstance(value, bool) and isinstance(value, (int, float))
             if not ok or not (value >= low) or (name != "oracle_prune" and not math.isfinite(value)):
                 raise ConfigError(f"{name} must be a number >= {low:g}, found {value!r}")
-        factor = self.downlink_factor
-        if factor is not None and (
-            isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf
-        ):
-            raise ConfigError(
-                f"downlink_factor must be a positive finite number (downlink = factor x uplink) or None "
-                f"(the same as the uplink), found {factor!r}"
-            )
+        if self.downlink_factor is not None:
+            check_downlink_factor(self.downlink_factor)
         if self.rtt_ms > MAX_RTT_MS:  # a typo (1e9) made every request wait for ever, silently
             raise ConfigError(
                 f"rtt_ms must be at most {MAX_RTT_MS:g} (10 s; a geostationary satellite is ~600), found "

@@ -422,14 +422,20 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _change_downlink(change: Mapping[str, Any]) -> str:
+    """How the change run's downlink followed its uplink (records before the factor: the same)."""
+    factor = change.get("downlink_factor")
+    return "uplink" if factor is None else f"{factor:g} x uplink"
+
+
 def format_change_markdown(change: Mapping[str, Any]) -> str:
     """The bandwidth-change run: the schedule, per step the re-plan delay, failures."""
     lines = [
         f"## Bandwidth change: {change['model']} x{change['slowdown']:g}, schedule {change['schedule']}",
         "",
         f"{change['requests']} request(s) back to back over {change['duration_s']:.1f} s, through the "
-        f"{change.get('link', 'in-process token-bucket shaper')} with downlink = uplink (whatever the "
-        f"grid's --link and --downlink-factor); "
+        f"{change.get('link', 'in-process token-bucket shaper')} with downlink = "
+        f"{_change_downlink(change)} (whatever the grid's --link); "
         f"{change['failures']} failed, {change['fallbacks']} finished locally (fallback); "
         f"{change['switches']} plan switch(es).",
         "",

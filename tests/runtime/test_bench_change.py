@@ -50,6 +50,37 @@ def test_a_bandwidth_step_fails_no_request(tmp_path: Path) -> None:
     assert "through the in-process token-bucket shaper with downlink = uplink" in said
 
 
+def test_a_downlink_factor_shapes_and_prices_the_downlink_at_every_step(monkeypatch) -> None:
+    from splitdnn.runtime import shaper
+
+    rates: list[tuple[float, float]] = []  # (uplink, downlink) of the link at start and at every step
+    real_init, real_set = shaper.ShapedLink.__init__, shaper.ShapedLink.set_rates
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        rates.append((self.uplink_mbps, self.downlink_mbps))
+
+    def set_rates(self, uplink_mbps, downlink_mbps=None, rtt_ms=None):
+        real_set(self, uplink_mbps, downlink_mbps, rtt_ms)
+        rates.append((self.uplink_mbps, self.downlink_mbps))
+
+    monkeypatch.setattr(shaper.ShapedLink, "__init__", init)
+    monkeypatch.setattr(shaper.ShapedLink, "set_rates", set_rates)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = run_change(
+            "alexnet", RateSchedule.step(50.0, 0.3, at_s=0.5), duration_s=1.2, slowdown=1.5, rtt_ms=2.0,
+            downlink_factor=4.0, input_shape=(1, 3, 64, 64), profile_repeats=1,
+        )  # fmt: skip
+    assert rates == [(50.0, 200.0), (50.0, 200.0), (0.3, 1.2)]  # before: downlink = uplink throughout
+    assert result["failures"] == 0 and result["downlink_factor"] == 4.0
+    assert "through the in-process token-bucket shaper with downlink = 4 x uplink" in format_change_markdown(
+        result
+    )
+    with pytest.raises(ConfigError, match="downlink_factor must be a positive finite number"):
+        run_change("alexnet", RateSchedule.step(5.0, 1.0, at_s=1.0), downlink_factor=0.0)
+
+
 def test_schedules_parse(tmp_path: Path) -> None:
     assert [(s.time_s, s.uplink_mbps) for s in parse_schedule("step").steps] == list(DEFAULT_CHANGE)
     one = parse_schedule("18.88:1.1@5")

@@ -574,3 +574,18 @@ def test_schedule_plays_on_a_link(echo_server: str) -> None:
         assert link.downlink_mbps in (7.0, 12.0)
         with pytest.raises(ConfigError, match="downlink_mbps"):
             schedule.play(link, downlink_mbps=0.0)
+
+
+def test_a_schedule_with_a_downlink_factor_moves_the_downlink_with_each_step(echo_server: str) -> None:
+    schedule = RateSchedule([(0, 2.0), (0.1, 30.0)])
+    with ShapedLink(echo_server, uplink_mbps=100.0) as link:
+        player = schedule.play(link, downlink_factor=4.0)
+        player.join(5)
+        assert player.done and player.error is None
+        assert (link.uplink_mbps, link.downlink_mbps) == (30.0, 120.0)
+        with pytest.raises(ConfigError, match="not both"):
+            schedule.play(link, downlink_mbps=7.0, downlink_factor=4.0)
+        for bad in (0.0, -1.0, math.inf, True, "4"):
+            with pytest.raises(ConfigError, match="downlink_factor must be a positive finite number"):
+                schedule.play(link, downlink_factor=bad)  # type: ignore[arg-type]
+        assert (link.uplink_mbps, link.downlink_mbps) == (30.0, 120.0)  # refused before any step
