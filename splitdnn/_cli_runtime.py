@@ -204,6 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grace_s=args.grace_s,
         drain_s=args.drain_s,
         receive_timeout_s=args.receive_timeout_s,
+        max_receiving_per_peer=args.max_receiving_per_peer,
         max_decoded_bytes=int(args.max_decoded_mib * (1 << 20)),
         max_inflight_bytes=None if args.max_inflight_mib is None else int(args.max_inflight_mib * (1 << 20)),
         tail_cache_size=args.tail_cache_size,
@@ -750,6 +751,12 @@ def add_commands(
         help="end a call whose request message has not fully arrived S seconds after its handler "
         "started (DEADLINE_EXCEEDED), so stalled or very slow clients do not hold handler threads; at "
         "the default 30 s a 64 MiB message needs 18 Mbit/s (default 30; at least 0.1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-receiving-per-peer", type=count(1, 1 << 20), default=None, metavar="N",
+        help="at most N calls from one client address may be waiting for their request message at once; "
+        "one more is refused at once (RESOURCE_EXHAUSTED), so one stalled client cannot hold every handler "
+        "thread (default: no cap; clients behind one NAT or proxy share an address)",
     )  # fmt: skip
     p.add_argument(
         "--tail-cache-size", type=int, default=64, metavar="N",

@@ -99,6 +99,9 @@ class ServerConfig:
     # a call whose request message has not fully arrived this long after its start is ended
     # (DEADLINE_EXCEEDED): each such call holds a handler thread. None: no limit but the call's deadline
     receive_timeout_s: float | None = 30.0
+    # at most this many calls from one peer address wait for their request message at once; one more
+    # is RESOURCE_EXHAUSTED at once. None: no cap (clients behind one NAT or proxy share an address)
+    max_receiving_per_peer: int | None = None
     metrics_host: str | None = None  # metrics bind address; default: host
     # glibc malloc keeps freed tensor-sized buffers mapped (process-wide; splitdnn.runtime.memory)
     keep_freed_memory: bool = True
@@ -142,6 +145,8 @@ class ServerConfig:
                 )
         if self.threads is not None:
             _positive_int("threads", self.threads)
+        if self.max_receiving_per_peer is not None:
+            _positive_int("max_receiving_per_peer", self.max_receiving_per_peer)
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be an integer 0..65535 (0: any free port), found {self.port!r}")
         if self.metrics_port is not None and (

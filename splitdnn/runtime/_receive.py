@@ -14,9 +14,11 @@ start with DEADLINE_EXCEEDED and a message saying so; the waiting handler then r
 Whichever of the watch and the handler takes the call's entry first decides: a message arriving as
 the watch ends its call is not served (the call is counted and answered as timed out, once).
 
-This bounds how long one call holds a worker, not how many a client may open: a client that keeps
-opening calls still ties up the pool, a timeout at a time. A proxy in front (request timeouts,
-connections per client) is the remedy for that (README, "What the limits leave unbounded").
+This bounds how long one call holds a worker, not how many a client may open. ``max_per_peer``
+bounds that too: at most that many calls from one peer address may wait for their message at once,
+and one more is answered RESOURCE_EXHAUSTED at once, before it takes a worker for long. Off by
+default: clients behind one NAT or proxy share an address, and a proxy in front (request timeouts,
+connections per client) is the remedy there (README, "What the limits leave unbounded").
 """
 
 from __future__ import annotations
@@ -39,16 +41,39 @@ _MIN_POLL_S = 0.01
 _WARN_EVERY_S = 60.0  # at most one warning per minute about calls ended (a stalled client may open many)
 
 
-class ReceiveWatch:
-    """Ends calls whose request message has not arrived within ``timeout_s`` (None: no limit).
+def peer_host(peer: str) -> str:
+    """The address part of gRPC's ``context.peer()``: ``ipv4:10.0.0.7:5123`` -> ``10.0.0.7``,
+    ``ipv6:[::1]:5123`` -> ``::1``; anything else (``unix:/path``) whole."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1 : rest.find("]")] if "]" in rest else rest
+    return peer
 
-    ``on_timeout(method)`` is called for each call ended (metrics); ``method`` is the full method
-    name. Thread-safe; :meth:`start` and :meth:`stop` bracket the server's life.
+
+class ReceiveWatch:
+    """Ends calls whose request message has not arrived within ``timeout_s`` (None: no limit), and
+    refuses a peer's call past ``max_per_peer`` calls of that peer waiting for theirs (None: no cap).
+
+    ``on_timeout(method)`` is called for each call ended and ``on_refused(method)`` for each refused
+    (metrics); ``method`` is the full method name. Thread-safe; :meth:`start` and :meth:`stop`
+    bracket the server's life.
     """
 
-    def __init__(self, timeout_s: float | None, on_timeout: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        timeout_s: float | None,
+        on_timeout: Callable[[str], None] | None = None,
+        *,
+        max_per_peer: int | None = None,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.timeout_s = timeout_s
+        self.max_per_peer = max_per_peer
         self._on_timeout = on_timeout
+        self._on_refused = on_refused
+        self._per_peer: dict[str, int] = {}  # calls waiting for their message, by peer address
         self._waiting: dict[grpc.ServicerContext, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -75,7 +100,40 @@ class ReceiveWatch:
         return len(self._waiting)
 
     def receive(self, requests: Iterator[Any], context: grpc.ServicerContext, method: str) -> Any:
-        """The call's one request message, within the time limit (else gRPC raises and the call ends)."""
+        """The call's one request message, within the time limit (else gRPC raises and the call ends);
+        RESOURCE_EXHAUSTED at once if its peer already has ``max_per_peer`` calls waiting."""
+        if self.max_per_peer is None:
+            return self._receive(requests, context, method)
+        peer = self._admit(context, method)
+        try:
+            return self._receive(requests, context, method)
+        finally:
+            with self._lock:
+                left = self._per_peer.pop(peer) - 1
+                if left:
+                    self._per_peer[peer] = left
+
+    def _admit(self, context: grpc.ServicerContext, method: str) -> str:
+        assert self.max_per_peer is not None
+        peer = peer_host(context.peer())
+        with self._lock:
+            waiting = self._per_peer.get(peer, 0)
+            if waiting < self.max_per_peer:
+                self._per_peer[peer] = waiting + 1
+                return peer
+        if self._on_refused is not None:
+            self._on_refused(method)
+        log.debug("%s from %s refused: %d call(s) of that peer wait for their message", method, peer, waiting)
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"this client's address ({peer}) already has {waiting} call(s) open that have not sent their "
+            f"request message, the most one address may have (max_receiving_per_peer="
+            f"{self.max_per_peer}); send each call's message at once, or ask the operator for a higher "
+            f"--max-receiving-per-peer",
+        )
+        raise AssertionError("context.abort returned")  # it raises; for type checkers
+
+    def _receive(self, requests: Iterator[Any], context: grpc.ServicerContext, method: str) -> Any:
         if self.timeout_s is None:
             return self._one(requests, context, method)
         with self._lock:

@@ -27,8 +27,10 @@ FAILED_PRECONDITION (fingerprint of another model, or ``splitdnn.weights`` namin
 the served ones: same architecture, different values; requests without it, as from stock v2 clients,
 are accepted), RESOURCE_EXHAUSTED (more than ``max_concurrency`` requests in flight, a message over
 ``max_message_bytes``, or a request that would take the bytes held by requests in flight -- their
-messages and decoded tensors -- past ``max_inflight_bytes``), UNAUTHENTICATED (missing or wrong
-bearer token), DEADLINE_EXCEEDED (the client's deadline passed while queued or running), INTERNAL
+messages and decoded tensors -- past ``max_inflight_bytes``, or a call past
+``max_receiving_per_peer`` calls of its address still waiting for their message), UNAUTHENTICATED
+(missing or wrong bearer token), DEADLINE_EXCEEDED (the client's deadline passed while queued or
+running, or the request message did not arrive within ``receive_timeout_s``), INTERNAL
 (a bug; the message says what failed). A bad request never affects any other one.
 
 Dynamic batching (:mod:`splitdnn.runtime._batcher`): requests for the same model, cut and per-item
@@ -133,7 +135,10 @@ class TailServer:
         self._stopped = threading.Event()
         self._hurried = threading.Event()
         self._lock = threading.Lock()
-        self._watch = ReceiveWatch(config.receive_timeout_s, on_timeout=self._receive_timed_out)
+        self._watch = ReceiveWatch(
+            config.receive_timeout_s, on_timeout=self._receive_timed_out,
+            max_per_peer=config.max_receiving_per_peer, on_refused=self._receive_refused,
+        )  # fmt: skip
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -334,6 +339,10 @@ class TailServer:
         self.metrics.receive_timeouts.labels(method).inc()
         if method == serde.MODEL_INFER_METHOD:  # which model it was for is unknown: no message
             self.metrics.refused_unknown("DEADLINE_EXCEEDED", model_infer=True)
+
+    def _receive_refused(self, method: str) -> None:
+        """A call of ``method`` was refused: its peer had max_receiving_per_peer calls waiting."""
+        self.metrics.refused_unknown("RESOURCE_EXHAUSTED", model_infer=method == serde.MODEL_INFER_METHOD)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout`` s passed); True if it stopped."""

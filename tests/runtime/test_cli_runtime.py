@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -269,6 +270,29 @@ def test_serve_options_per_model_are_checked_before_serving(capsys: pytest.Captu
     with pytest.raises(SystemExit):
         main(["serve", "alexnet", "--input-shape", "alexnet=1,x"])
     assert "expected a shape" in capsys.readouterr().err
+
+
+def test_serve_passes_its_limits_to_the_server(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from splitdnn.errors import ConfigError
+    from splitdnn.runtime import server as server_module
+
+    configs: list[Any] = []
+
+    def captured(config: Any) -> None:
+        configs.append(config)
+        raise ConfigError("stopped before serving")
+
+    monkeypatch.setattr(server_module, "TailServer", captured)
+    argv = ("serve", "alexnet", "--no-self-profile", "--receive-timeout-s", "7")
+    code, _, err = run(capsys, *argv, "--max-receiving-per-peer", "3")
+    assert code == 1 and "stopped before serving" in err
+    code, _, _ = run(capsys, *argv)
+    assert [(c.receive_timeout_s, c.max_receiving_per_peer) for c in configs] == [(7.0, 3), (7.0, None)]
+    with pytest.raises(SystemExit):
+        main(["serve", "alexnet", "--max-receiving-per-peer", "0"])
+    assert "expected an integer in 1..1048576, found '0'" in capsys.readouterr().err
 
 
 def test_run_without_the_token_is_one_line_error(

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from splitdnn.runtime._receive import ReceiveWatch
+from splitdnn.runtime._receive import ReceiveWatch, peer_host
 
 
 class _Aborted(Exception):
@@ -21,7 +21,8 @@ class _Aborted(Exception):
 class _Context:
     """What ReceiveWatch touches of gRPC's server context: abort, and the call object under it."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: str = "ipv4:127.0.0.1:50000") -> None:
+        self._peer = peer
         self.cancelled = threading.Event()
         self.status: tuple[Any, str] | None = None
         self._rpc_event = SimpleNamespace(call=SimpleNamespace(cancel=self._cancel_with))
@@ -32,6 +33,9 @@ class _Context:
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _Aborted(code, details)
+
+    def peer(self) -> str:
+        return self._peer
 
 
 def _soon(predicate: Any) -> bool:
@@ -105,3 +109,65 @@ def test_without_a_timeout_there_is_no_watch_and_one_message_is_taken() -> None:
     with pytest.raises(_Aborted, match="takes exactly one request message"):
         watch.receive(iter(()), _Context(), "/s/M")  # type: ignore[arg-type]
     watch.stop()
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("ipv4:10.0.0.7:5123", "10.0.0.7"),
+        ("ipv6:[2001:db8::1]:443", "2001:db8::1"),
+        ("ipv6:[::ffff:127.0.0.1]:80", "::ffff:127.0.0.1"),
+        ("unix:/run/splitdnn.sock", "unix:/run/splitdnn.sock"),
+        ("ipv6:[::1", "[::1"),
+        ("", ""),
+    ],
+)
+def test_a_peer_is_its_address_without_the_port(peer: str, host: str) -> None:
+    assert peer_host(peer) == host
+
+
+@pytest.mark.parametrize("timeout_s", [None, 5.0])
+def test_a_peer_past_its_calls_waiting_for_their_message_is_refused_and_others_are_not(
+    timeout_s: float | None,
+) -> None:
+    refused: list[str] = []
+    watch = ReceiveWatch(timeout_s, max_per_peer=2, on_refused=refused.append)
+    watch.start()
+    release = [threading.Event() for _ in range(2)]
+    answers: list[Any] = []
+    stalled = [
+        threading.Thread(
+            target=lambda e=e: answers.append(
+                watch.receive(_after(e, b"late"), _Context("ipv4:10.0.0.7:1"), "/s/M")
+            )
+        )
+        for e in release
+    ]
+    try:
+        for t in stalled:
+            t.start()
+        assert _soon(lambda: watch._per_peer == {"10.0.0.7": 2})
+        with pytest.raises(_Aborted) as info:  # a third from that address, on another port
+            watch.receive(_after(release[0], b"x"), _Context("ipv4:10.0.0.7:2"), "/s/M")  # type: ignore[arg-type]
+        assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (
+            "(10.0.0.7) already has 2 call(s) open that have not sent their request message"
+            in info.value.args[1]
+        )
+        assert "--max-receiving-per-peer" in info.value.args[1] and refused == ["/s/M"]
+        ready = threading.Event()
+        ready.set()  # another address is served meanwhile
+        assert watch.receive(_after(ready, b"b"), _Context("ipv6:[::1]:3"), "/s/M") == b"b"  # type: ignore[arg-type]
+        release[0].set()  # one of the two sends its message: the address may open one more
+        assert _soon(lambda: watch._per_peer == {"10.0.0.7": 1})
+        assert watch.receive(_after(ready, b"c"), _Context("ipv4:10.0.0.7:4"), "/s/M") == b"c"  # type: ignore[arg-type]
+        with pytest.raises(_Aborted, match="takes exactly one request message"):  # a refusal after
+            watch.receive(iter(()), _Context("ipv4:10.0.0.7:5"), "/s/M")  # type: ignore[arg-type]  # admission
+        assert watch._per_peer == {"10.0.0.7": 1} and refused == ["/s/M"]  # ... gives its place back
+    finally:
+        for e in release:
+            e.set()
+        for t in stalled:
+            t.join(10)
+        watch.stop()
+    assert sorted(answers) == [b"late", b"late"] and watch._per_peer == {}

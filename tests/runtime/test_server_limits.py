@@ -625,6 +625,12 @@ def test_config_is_validated() -> None:
         ({"models": ("resnet18",), "receive_timeout_s": True}, "receive_timeout_s must be"),
         # gRPC takes the age in int32 milliseconds: infinity failed at start with OverflowError
         ({"models": ("resnet18",), "max_connection_age_s": float("inf")}, "max_connection_age_s must be"),
+        (
+            {"models": ("resnet18",), "max_receiving_per_peer": 0},
+            "max_receiving_per_peer must be an integer >= 1",
+        ),
+        ({"models": ("resnet18",), "max_receiving_per_peer": True}, "max_receiving_per_peer must be"),
+        ({"models": ("resnet18",), "max_receiving_per_peer": 2.0}, "max_receiving_per_peer must be"),
     ]
     for kw, match in cases:
         with pytest.raises(ConfigError, match=match):
@@ -1026,3 +1032,39 @@ def test_a_small_message_cap_bounds_model_answers_but_not_the_profile_reply() ->
             ):
                 client.infer(torch.from_numpy(_rows(20, 0)))  # the same request would fail again: raised
             assert client.fallbacks == 0
+
+
+def test_an_address_past_max_receiving_per_peer_is_refused_at_once_while_another_is_served() -> None:
+    """One client's stalled calls held handler threads, a receive timeout at a time, however many it
+    opened. Two peers here: the server listens on both stacks, one channel comes over IPv4, one over IPv6."""
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 here")
+    held = threading.Event()
+    method = serde.MODEL_INFER_METHOD
+    with _server(host="[::]", max_receiving_per_peer=2, receive_timeout_s=20.0) as server:
+        v4 = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        v6 = grpc.insecure_channel(f"[::1]:{server.port}")
+        try:
+            idle = [v4.stream_unary(method).future(_never_sends(held), timeout=30) for _ in range(2)]
+            _wait_for(lambda: server._watch.waiting == 2)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                v4.stream_unary(method)(_never_sends(held), timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "(max_receiving_per_peer=2)" in info.value.details()
+            assert time.monotonic() - started < 5  # at once, not at the receive timeout
+            failures = {"model": "<unknown>", "code": "RESOURCE_EXHAUSTED"}
+            assert _sample(server, "splitdnn_failures_total", **failures) == 1.0
+            other = v2_grpc.GRPCInferenceServiceStub(v6)  # another address is served meanwhile
+            assert _infer(other, _rows(1, 0), timeout=10).outputs["output"].shape == (1, 3)
+            held.set()  # the two stalled calls close without a message
+            assert {_code(lambda f=f: f.result(30)) for f in idle} == {grpc.StatusCode.INVALID_ARGUMENT}
+            stub = v2_grpc.GRPCInferenceServiceStub(v4)
+            assert _infer(stub, _rows(2, 1), timeout=10).outputs["output"].shape == (2, 3)
+            assert _sample(server, "splitdnn_failures_total", **failures) == 1.0
+        finally:
+            held.set()
+            v4.close()
+            v6.close()
