@@ -247,8 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append({"model": name, "error": traceback.format_exc()})
             print(results[-1]["error"], file=sys.stderr)
         print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    from splitdnn._measure import git_state
+
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "no GPU (--device cpu)"
-    env = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda}
+    env = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "args": vars(args),
+           "code": git_state()}  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "results": results}, f, indent=1)

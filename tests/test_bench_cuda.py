@@ -7,6 +7,8 @@ server on the CPU): a GPU session then spends its minutes measuring, not finding
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,7 +24,10 @@ def test_the_whole_path_runs_with_the_server_on_the_cpu(bench, tmp_path, capsys)
     argv = ["--models", "alexnet", "--requests", "3", "--warmup", "1", "--repeats", "2", "--device", "cpu"]
     argv += ["--test-input"]
     assert bench.main([*argv, "--json", str(out)]) == 0
-    result = json.loads(out.read_text())["results"]
+    doc = json.loads(out.read_text())
+    assert doc["env"]["args"]["requests"] == 3 and doc["env"]["args"]["repeats"] == 2
+    assert "git_head" in doc["env"]["code"]  # None outside a checkout
+    result = doc["results"]
     assert [r["model"] for r in result] == ["alexnet"] and "error" not in result[0]
     r = result[0]
     assert r["gpu_profile"]["fused_ms"] > 0 and r["gpu_profile"]["calibration"]["cuts_checked"] >= 1
@@ -80,7 +85,8 @@ def test_the_local_tail_sleeps_the_gap_before_each_run_and_reruns_the_head_when_
     cut = graph.chain_cuts(traced)[2]
     args = bench.parse_args(["--device", "cpu", "--requests", "3", "--warmup", "1"])
     slept: list[float] = []
-    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    # the script's own clock and sleep only (time.sleep is process-wide: other threads sleep too)
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=time.perf_counter, sleep=slept.append))
     assert len(bench._local_tail_ms(traced, traced, x, cut, args, gap_s=0.004)) == 3
     assert slept == [0.004] * 4  # before every run, the warm-up's too
     heads = []

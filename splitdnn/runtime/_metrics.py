@@ -22,6 +22,10 @@ so clients cannot grow the label set)::
                                                    message did not arrive within receive_timeout_s
                                                    (slow or stalled clients); ModelInfer ones also
                                                    count as DEADLINE_EXCEEDED failures under <unknown>
+    splitdnn_receive_refused_total{method}         calls refused at once because their client's address
+                                                   already had max_receiving_per_peer calls waiting for
+                                                   their message; ModelInfer ones also count as
+                                                   RESOURCE_EXHAUSTED failures under <unknown>
     splitdnn_tail_builds_total{model}              tails built (cut not in the cache); a steady rise
                                                    means clients use more cuts than tail_cache_size
     splitdnn_cached_tails{model}                   tails in the cache now (gauge)
@@ -122,6 +126,12 @@ class ServerMetrics:
         self.receive_timeouts = Counter(
             "splitdnn_receive_timeouts",
             "calls ended because their request message did not arrive within receive_timeout_s",
+            ["method"],
+            registry=r,
+        )
+        self.receive_refused = Counter(
+            "splitdnn_receive_refused",
+            "calls refused because their address already had max_receiving_per_peer calls waiting",
             ["method"],
             registry=r,
         )

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 
@@ -42,13 +43,17 @@ _WARN_EVERY_S = 60.0  # at most one warning per minute about calls ended (a stal
 
 
 def peer_host(peer: str) -> str:
-    """The address part of gRPC's ``context.peer()``: ``ipv4:10.0.0.7:5123`` -> ``10.0.0.7``,
-    ``ipv6:[::1]:5123`` -> ``::1``; anything else (``unix:/path``) whole."""
+    """The address part of gRPC's ``context.peer()``: ``ipv4:10.0.0.7:5123`` -> ``10.0.0.7``;
+    ``ipv6:%5B::1%5D:5123`` (gRPC percent-encodes the brackets; a zone id is dropped) -> ``::1``;
+    anything else whole (gRPC names every Unix-socket peer just ``unix:``: they share one address)."""
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":
         return rest.rpartition(":")[0] or rest
-    if kind == "ipv6" and rest.startswith("["):
-        return rest[1 : rest.find("]")] if "]" in rest else rest
+    if kind == "ipv6":
+        rest = unquote(rest)
+        if rest.startswith("[") and "]" in rest:
+            return rest[1 : rest.index("]")].partition("%")[0]
+        return rest
     return peer
 
 
@@ -56,9 +61,11 @@ class ReceiveWatch:
     """Ends calls whose request message has not arrived within ``timeout_s`` (None: no limit), and
     refuses a peer's call past ``max_per_peer`` calls of that peer waiting for theirs (None: no cap).
 
-    ``on_timeout(method)`` is called for each call ended and ``on_refused(method)`` for each refused
-    (metrics); ``method`` is the full method name. Thread-safe; :meth:`start` and :meth:`stop`
-    bracket the server's life.
+    The cap counts per peer and per ``pool_of(method)`` (the server passes which thread pool serves
+    the method, so that a client's uploads in flight never refuse its health checks); by default all
+    methods are one pool. ``on_timeout(method)`` is called for each call ended and
+    ``on_refused(method)`` for each refused (metrics); ``method`` is the full method name.
+    Thread-safe; :meth:`start` and :meth:`stop` bracket the server's life.
     """
 
     def __init__(
@@ -68,12 +75,15 @@ class ReceiveWatch:
         *,
         max_per_peer: int | None = None,
         on_refused: Callable[[str], None] | None = None,
+        pool_of: Callable[[str], str] | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.max_per_peer = max_per_peer
         self._on_timeout = on_timeout
         self._on_refused = on_refused
-        self._per_peer: dict[str, int] = {}  # calls waiting for their message, by peer address
+        self._pool_of = pool_of
+        # calls waiting for their message, by (peer address, pool)
+        self._per_peer: dict[tuple[str, str], int] = {}
         self._waiting: dict[grpc.ServicerContext, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -104,30 +114,32 @@ class ReceiveWatch:
         RESOURCE_EXHAUSTED at once if its peer already has ``max_per_peer`` calls waiting."""
         if self.max_per_peer is None:
             return self._receive(requests, context, method)
-        peer = self._admit(context, method)
+        key = self._admit(context, method)
         try:
             return self._receive(requests, context, method)
         finally:
             with self._lock:
-                left = self._per_peer.pop(peer) - 1
+                left = self._per_peer.pop(key) - 1
                 if left:
-                    self._per_peer[peer] = left
+                    self._per_peer[key] = left
 
-    def _admit(self, context: grpc.ServicerContext, method: str) -> str:
+    def _admit(self, context: grpc.ServicerContext, method: str) -> tuple[str, str]:
         assert self.max_per_peer is not None
         peer = peer_host(context.peer())
+        key = (peer, self._pool_of(method) if self._pool_of is not None else "")
         with self._lock:
-            waiting = self._per_peer.get(peer, 0)
+            waiting = self._per_peer.get(key, 0)
             if waiting < self.max_per_peer:
-                self._per_peer[peer] = waiting + 1
-                return peer
+                self._per_peer[key] = waiting + 1
+                return key
         if self._on_refused is not None:
             self._on_refused(method)
         log.debug("%s from %s refused: %d call(s) of that peer wait for their message", method, peer, waiting)
+        which = f" for {key[1]}" if key[1] else ""
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"this client's address ({peer}) already has {waiting} call(s) open that have not sent their "
-            f"request message, the most one address may have (max_receiving_per_peer="
+            f"this client's address ({peer}) already has {waiting} call(s){which} open that have not sent "
+            f"their request message, the most one address may have (max_receiving_per_peer="
             f"{self.max_per_peer}); send each call's message at once, or ask the operator for a higher "
             f"--max-receiving-per-peer",
         )

@@ -18,7 +18,8 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,11 @@ class _Recorder(torch.fx.Interpreter):
         return out
 
 
-def rows_independent(module: torch.nn.Module, example: Sequence[torch.Tensor]) -> tuple[bool, str]:
+def rows_independent(
+    module: torch.nn.Module,
+    example: Sequence[torch.Tensor],
+    grad_mode: Callable[[], AbstractContextManager[Any]] = torch.inference_mode,
+) -> tuple[bool, str]:
     """Whether ``module`` computes each row of a batch from that row alone, and why not if not.
 
     Dynamic batching stacks requests along the first dimension, which is exact (up to float rounding)
@@ -135,7 +140,7 @@ def rows_independent(module: torch.nn.Module, example: Sequence[torch.Tensor]) -
     # fresh rows shaped like the example's (which load_served draws from a normal distribution too)
     rows = [[torch.randn((1, *t.shape[1:]), generator=gen).to(t.dtype) for t in example] for _ in range(2)]
     try:
-        with torch.no_grad():
+        with grad_mode():
             alone = [pytree.tree_leaves(module(*r)) for r in rows]
             both = pytree.tree_leaves(module(*(torch.cat(pair) for pair in zip(*rows, strict=True))))
     except Exception as exc:  # noqa: BLE001 - any failure means: do not batch it
@@ -180,9 +185,23 @@ class ServedModel:
         self.device = device
         self.tail_cache_size = max(1, tail_cache_size)
         self.input_names = tuple(n.name for n in traced.nodes if n.op == "placeholder")
+        # tails run under inference mode, as the profiler measures them, unless the model cannot: one
+        # that takes gradients inside its forward (enable_grad, autograd.grad) runs under no_grad
+        self.grad_mode: Callable[[], AbstractContextManager[Any]] = torch.inference_mode
+        self.grad_mode_note = ""
         recorder = _Recorder(traced.module)
-        with torch.no_grad():
-            example_out = recorder.run(*(t.clone() for t in traced.example_inputs))
+        try:
+            with torch.inference_mode():
+                example_out = recorder.run(*(t.clone() for t in traced.example_inputs))
+        except Exception as exc:  # noqa: BLE001 - retried below; a model failing both ways raises there
+            self.grad_mode = torch.no_grad
+            self.grad_mode_note = (
+                f"it runs under torch.no_grad, not torch.inference_mode, where it fails "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+            )
+            recorder = _Recorder(traced.module)
+            with torch.no_grad():
+                example_out = recorder.run(*(t.clone() for t in traced.example_inputs))
         self.node_meta: Mapping[str, NodeMeta] = recorder.meta
         leaves = pytree.tree_leaves(example_out)
         if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
@@ -209,7 +228,9 @@ class ServedModel:
             self.batchable, self.batching_note = False, "it was captured by torch.export at fixed shapes"
         else:
             self.batchable, self.batching_note = (
-                rows_independent(traced.module, traced.example_inputs) if check_batching else (True, "")
+                rows_independent(traced.module, traced.example_inputs, self.grad_mode)
+                if check_batching
+                else (True, "")
             )
         # once per served model, before the move to the device (hashing reads CPU bytes): ~0.1 s per 100 MB
         self.weights = weights_digest(traced.module)
@@ -363,8 +384,10 @@ class ServedModel:
         Under ``torch.inference_mode``, as the profiler measures: it skips autograd's view and
         version bookkeeping that ``no_grad`` keeps (ViT-Tiny's whole model on an H200, launch-bound,
         took 1.26x as long under ``no_grad``; ``docs/benchmarks.md``). The outputs only ever become
-        the answer's bytes, so that they are inference tensors is never seen."""
-        with torch.inference_mode():
+        the answer's bytes, so that they are inference tensors is never seen. A model that failed
+        under it at load (gradients taken inside its forward) runs under ``no_grad``:
+        :attr:`grad_mode_note` says so."""
+        with self.grad_mode():
             out = tail.module(*(t.to(self.device, non_blocking=True) for t in inputs))
         leaves = pytree.tree_leaves(out)
         if len(leaves) != len(self.output_names) or not all(isinstance(t, torch.Tensor) for t in leaves):

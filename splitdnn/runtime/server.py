@@ -107,6 +107,12 @@ _EXTRA_WORKERS = 8  # threads beyond max_concurrency, for rejecting overflow
 _CONTROL_WORKERS = 8  # a pool of its own for health, metadata, GetModelInfo and Probe (see add_servicer)
 
 
+def _pool_of(method: str) -> str:
+    """Which handler pool serves ``method``: a client's calls waiting for their message are capped
+    per pool (max_receiving_per_peer), so its uploads in flight never refuse its health checks."""
+    return "ModelInfer" if method == serde.MODEL_INFER_METHOD else "health, metadata and probes"
+
+
 # --------------------------------------------------------------------------------------------------
 # the server
 
@@ -137,7 +143,7 @@ class TailServer:
         self._lock = threading.Lock()
         self._watch = ReceiveWatch(
             config.receive_timeout_s, on_timeout=self._receive_timed_out,
-            max_per_peer=config.max_receiving_per_peer, on_refused=self._receive_refused,
+            max_per_peer=config.max_receiving_per_peer, on_refused=self._receive_refused, pool_of=_pool_of,
         )  # fmt: skip
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -198,6 +204,8 @@ class TailServer:
             self.metrics.of(served.name)  # its series exist from the start, at zero
             if not served.batchable:
                 log.info("model %r is never batched: %s", served.name, served.batching_note)
+            if served.grad_mode_note:
+                log.info("model %r: %s", served.name, served.grad_mode_note)
         self._check_profiles()
         self._profiles = dict(cfg.profiles)
         if cfg.profile_at_start:
@@ -224,6 +232,15 @@ class TailServer:
             # requests running when a connection ages out get the same grace as a shutdown
             options.append(("grpc.max_connection_age_grace_ms", int(cfg.grace_s * 1000)))
         workers = cfg.max_concurrency + _EXTRA_WORKERS
+        cap = cfg.max_receiving_per_peer
+        pools = (("ModelInfer", workers), ("health, metadata and probes", _CONTROL_WORKERS))
+        unbounded = [f"{name} ({n} threads)" for name, n in pools if cap is not None and cap >= n]
+        if unbounded:
+            log.warning(
+                "max_receiving_per_peer=%s lets one client address hold every handler thread of %s: it "
+                "bounds nothing there; set it lower to keep threads for other clients",
+                cap, " and ".join(unbounded),
+            )  # fmt: skip
         self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=RPC_THREAD_PREFIX)
         self._control = control = futures.ThreadPoolExecutor(
             _CONTROL_WORKERS, thread_name_prefix="splitdnn-control"
@@ -342,7 +359,9 @@ class TailServer:
 
     def _receive_refused(self, method: str) -> None:
         """A call of ``method`` was refused: its peer had max_receiving_per_peer calls waiting."""
-        self.metrics.refused_unknown("RESOURCE_EXHAUSTED", model_infer=method == serde.MODEL_INFER_METHOD)
+        self.metrics.receive_refused.labels(method).inc()
+        if method == serde.MODEL_INFER_METHOD:
+            self.metrics.refused_unknown("RESOURCE_EXHAUSTED", model_infer=True)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout`` s passed); True if it stopped."""

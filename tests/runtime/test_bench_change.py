@@ -81,6 +81,26 @@ def test_a_downlink_factor_shapes_and_prices_the_downlink_at_every_step(monkeypa
         run_change("alexnet", RateSchedule.step(5.0, 1.0, at_s=1.0), downlink_factor=0.0)
 
 
+def test_bench_change_takes_the_grids_downlink_factor(tmp_path: Path, monkeypatch) -> None:
+    from splitdnn.cli import main
+    from splitdnn.runtime import bench_change
+
+    given: list[dict[str, object]] = []
+
+    def captured(model: str, schedule: RateSchedule, **kw: object) -> dict[str, object]:
+        given.append({"model": model, **kw})
+        raise ConfigError("stopped before measuring")
+
+    monkeypatch.setattr(bench_change, "run_change", captured)
+    argv = ["bench", "--models", "alexnet", "--change", "5:1@1", "--no-grid", "--out-dir", str(tmp_path)]
+    assert main([*argv, "--downlink-factor", "4", "--rtt-ms", "3"]) == 1
+    assert main(argv) == 1
+    assert [(g["model"], g["downlink_factor"], g["rtt_ms"]) for g in given] == [
+        ("alexnet", 4.0, 3.0),
+        ("alexnet", None, 20.0),
+    ]
+
+
 def test_schedules_parse(tmp_path: Path) -> None:
     assert [(s.time_s, s.uplink_mbps) for s in parse_schedule("step").steps] == list(DEFAULT_CHANGE)
     one = parse_schedule("18.88:1.1@5")

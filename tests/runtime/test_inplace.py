@@ -141,8 +141,9 @@ class _LinearToBf16(nn.Module):
 
 
 def test_the_tail_runs_in_inference_mode_and_its_outputs_still_become_answers() -> None:
-    """As the profiler measures (no_grad kept autograd's view and version bookkeeping: 1.07-1.26x
-    slower on an H200); the answer's path (batch split, bf16 bits, numpy) reads inference tensors."""
+    """As the profiler measures (no_grad kept autograd's view and version bookkeeping: ViT-Tiny's
+    whole model 1.26x slower on an H200); the answer's path (batch split, bf16 bits, numpy) reads
+    inference tensors."""
     traced = trace(_LinearToBf16().eval(), torch.zeros(1, 8))
     served = ServedModel("m", traced, torch.device("cpu"))
     tail = served.tail(frozenset(served.input_names))
@@ -159,6 +160,42 @@ def test_the_tail_runs_in_inference_mode_and_its_outputs_still_become_answers() 
     assert bits_are_bf16 and np.array_equal(
         bits, ref.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     )
+
+
+def _gradient_of_energy(x: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        y = x.detach().requires_grad_()
+        (g,) = torch.autograd.grad((y**2).sum(), y)
+    return g
+
+
+torch.fx.wrap("_gradient_of_energy")
+
+
+class _GradientInForward(nn.Module):
+    """Takes a gradient inside its forward: inference mode refuses that, no_grad allows it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(_gradient_of_energy(x))
+
+
+def test_a_model_that_takes_gradients_in_its_forward_is_served_under_no_grad() -> None:
+    """It loaded (the load-time runs were under no_grad) and then failed every request."""
+    module = _GradientInForward().eval()
+    traced = trace(module, torch.zeros(1, 4))
+    served = ServedModel("m", traced, torch.device("cpu"))
+    assert served.grad_mode is torch.no_grad and "not torch.inference_mode" in served.grad_mode_note
+    assert served.batchable  # its rows are still computed independently: checked in the same mode
+    x = torch.linspace(-1, 1, 8).reshape(2, 4)
+    (out,) = served.run(served.tail(frozenset(served.input_names)), [x])
+    with torch.no_grad():
+        assert torch.allclose(out, module.fc(2 * x))
+    plain = ServedModel("p", trace(nn.Linear(4, 4).eval(), torch.zeros(1, 4)), torch.device("cpu"))
+    assert plain.grad_mode is torch.inference_mode and plain.grad_mode_note == ""
 
 
 def test_from_numpy_shares_read_only_memory_only_when_asked() -> None:

@@ -115,9 +115,12 @@ def test_without_a_timeout_there_is_no_watch_and_one_message_is_taken() -> None:
     ("peer", "host"),
     [
         ("ipv4:10.0.0.7:5123", "10.0.0.7"),
+        ("ipv6:%5B::1%5D:37656", "::1"),  # what gRPC 1.85 gives: the brackets percent-encoded
+        ("ipv6:%5B2001:db8::1%5D:443", "2001:db8::1"),
+        ("ipv6:%5Bfe80::1%25eth0%5D:80", "fe80::1"),  # a zone id is the same address
         ("ipv6:[2001:db8::1]:443", "2001:db8::1"),
         ("ipv6:[::ffff:127.0.0.1]:80", "::ffff:127.0.0.1"),
-        ("unix:/run/splitdnn.sock", "unix:/run/splitdnn.sock"),
+        ("unix:", "unix:"),  # every Unix-socket peer: one address
         ("ipv6:[::1", "[::1"),
         ("", ""),
     ],
@@ -146,7 +149,7 @@ def test_a_peer_past_its_calls_waiting_for_their_message_is_refused_and_others_a
     try:
         for t in stalled:
             t.start()
-        assert _soon(lambda: watch._per_peer == {"10.0.0.7": 2})
+        assert _soon(lambda: watch._per_peer == {("10.0.0.7", ""): 2})
         with pytest.raises(_Aborted) as info:  # a third from that address, on another port
             watch.receive(_after(release[0], b"x"), _Context("ipv4:10.0.0.7:2"), "/s/M")  # type: ignore[arg-type]
         assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -159,11 +162,11 @@ def test_a_peer_past_its_calls_waiting_for_their_message_is_refused_and_others_a
         ready.set()  # another address is served meanwhile
         assert watch.receive(_after(ready, b"b"), _Context("ipv6:[::1]:3"), "/s/M") == b"b"  # type: ignore[arg-type]
         release[0].set()  # one of the two sends its message: the address may open one more
-        assert _soon(lambda: watch._per_peer == {"10.0.0.7": 1})
+        assert _soon(lambda: watch._per_peer == {("10.0.0.7", ""): 1})
         assert watch.receive(_after(ready, b"c"), _Context("ipv4:10.0.0.7:4"), "/s/M") == b"c"  # type: ignore[arg-type]
         with pytest.raises(_Aborted, match="takes exactly one request message"):  # a refusal after
             watch.receive(iter(()), _Context("ipv4:10.0.0.7:5"), "/s/M")  # type: ignore[arg-type]  # admission
-        assert watch._per_peer == {"10.0.0.7": 1} and refused == ["/s/M"]  # ... gives its place back
+        assert watch._per_peer == {("10.0.0.7", ""): 1} and refused == ["/s/M"]  # ... gives its place back
     finally:
         for e in release:
             e.set()
@@ -171,3 +174,27 @@ def test_a_peer_past_its_calls_waiting_for_their_message_is_refused_and_others_a
             t.join(10)
         watch.stop()
     assert sorted(answers) == [b"late", b"late"] and watch._per_peer == {}
+
+
+def test_the_cap_counts_each_pool_of_a_peer_apart() -> None:
+    """A client uploading its requests is not refused its health checks (they have a pool of their own)."""
+    watch = ReceiveWatch(
+        None, max_per_peer=1, pool_of=lambda method: "infer" if method == "/v2/Infer" else "other"
+    )
+    release = threading.Event()
+    ctx = _Context("ipv6:%5B::1%5D:1")
+    upload = threading.Thread(target=lambda: watch.receive(_after(release, b"big"), ctx, "/v2/Infer"))  # type: ignore[arg-type]
+    upload.start()
+    try:
+        assert _soon(lambda: watch._per_peer == {("::1", "infer"): 1})
+        ready = threading.Event()
+        ready.set()
+        check = watch.receive(_after(ready, b"ok"), _Context("ipv6:%5B::1%5D:2"), "/health/Check")  # type: ignore[arg-type]
+        assert check == b"ok"
+        with pytest.raises(_Aborted) as info:
+            watch.receive(_after(ready, b"x"), _Context("ipv6:%5B::1%5D:3"), "/v2/Infer")  # type: ignore[arg-type]
+        assert "(::1) already has 1 call(s) for infer open" in info.value.args[1]
+    finally:
+        release.set()
+        upload.join(10)
+    assert watch._per_peer == {}

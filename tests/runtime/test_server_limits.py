@@ -1059,6 +1059,10 @@ def test_an_address_past_max_receiving_per_peer_is_refused_at_once_while_another
             assert _sample(server, "splitdnn_failures_total", **failures) == 1.0
             other = v2_grpc.GRPCInferenceServiceStub(v6)  # another address is served meanwhile
             assert _infer(other, _rows(1, 0), timeout=10).outputs["output"].shape == (1, 3)
+            # and the same address's health checks: they are served by a pool of their own
+            reply = health_pb2_grpc.HealthStub(v4).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert _sample(server, "splitdnn_receive_refused_total", method=method) == 1.0
             held.set()  # the two stalled calls close without a message
             assert {_code(lambda f=f: f.result(30)) for f in idle} == {grpc.StatusCode.INVALID_ARGUMENT}
             stub = v2_grpc.GRPCInferenceServiceStub(v4)
@@ -1068,3 +1072,29 @@ def test_an_address_past_max_receiving_per_peer_is_refused_at_once_while_another
             held.set()
             v4.close()
             v6.close()
+
+
+def test_max_receiving_per_peer_holds_for_a_client_on_several_ipv6_connections() -> None:
+    """gRPC writes IPv6 peers percent-encoded (ipv6:%5B::1%5D:port): each connection counted apart."""
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 here")
+    held = threading.Event()
+    method = serde.MODEL_INFER_METHOD
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own per channel
+    with _server(host="[::1]", max_receiving_per_peer=1, receive_timeout_s=20.0) as server:
+        channels = [grpc.insecure_channel(server.address, options=own) for _ in range(2)]
+        try:
+            first = channels[0].stream_unary(method).future(_never_sends(held), timeout=30)
+            _wait_for(lambda: server._watch.waiting == 1)
+            with pytest.raises(grpc.RpcError) as info:
+                channels[1].stream_unary(method)(_never_sends(held), timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "address (::1) already has 1 call(s) for ModelInfer open" in info.value.details()
+            held.set()
+            assert _code(lambda: first.result(30)) == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
+            held.set()
+            for c in channels:
+                c.close()
