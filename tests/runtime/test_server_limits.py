@@ -546,11 +546,15 @@ def test_hurry_cancels_the_requests_a_stop_is_waiting_for() -> None:
         channel.close()
 
 
-def test_an_ipv6_host_in_brackets_serves_grpc_and_metrics_with_series_from_the_start() -> None:
+def _needs_ipv6() -> None:
     try:
         socket.socket(socket.AF_INET6).close()
     except OSError:
         pytest.skip("no IPv6 here")
+
+
+def test_an_ipv6_host_in_brackets_serves_grpc_and_metrics_with_series_from_the_start() -> None:
+    _needs_ipv6()
     with _server(host="[::1]", metrics_port=0) as server:
         url = f"http://{server.metrics_address}/metrics"
         scrape = lambda: urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: E731
@@ -1037,10 +1041,7 @@ def test_a_small_message_cap_bounds_model_answers_but_not_the_profile_reply() ->
 def test_an_address_past_max_receiving_per_peer_is_refused_at_once_while_another_is_served() -> None:
     """One client's stalled calls held handler threads, a receive timeout at a time, however many it
     opened. Two peers here: the server listens on both stacks, one channel comes over IPv4, one over IPv6."""
-    try:
-        socket.socket(socket.AF_INET6).close()
-    except OSError:
-        pytest.skip("no IPv6 here")
+    _needs_ipv6()
     held = threading.Event()
     method = serde.MODEL_INFER_METHOD
     with _server(host="[::]", max_receiving_per_peer=2, receive_timeout_s=20.0) as server:
@@ -1076,10 +1077,7 @@ def test_an_address_past_max_receiving_per_peer_is_refused_at_once_while_another
 
 def test_max_receiving_per_peer_holds_for_a_client_on_several_ipv6_connections() -> None:
     """gRPC writes IPv6 peers percent-encoded (ipv6:%5B::1%5D:port): each connection counted apart."""
-    try:
-        socket.socket(socket.AF_INET6).close()
-    except OSError:
-        pytest.skip("no IPv6 here")
+    _needs_ipv6()
     held = threading.Event()
     method = serde.MODEL_INFER_METHOD
     own = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own per channel
