@@ -43,6 +43,7 @@ __all__ = [
     "SplitDNNError",
     "TraceError",
     "WireError",
+    "first_line",
 ]
 
 
@@ -113,3 +114,10 @@ class AuthenticationError(RemoteError):
 
 class ModelMismatchError(RemoteError):
     """The server serves a different model (fingerprint) from the one the client traced and split."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 500 characters) for another message, or its
+    type's name where the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:500] if lines else type(exc).__name__

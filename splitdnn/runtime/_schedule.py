@@ -209,10 +209,9 @@ class RateSchedule:
         if downlink_mbps is not None:
             _check_rate("downlink_mbps", downlink_mbps)
         if downlink_factor is not None:
+            factor = check_downlink_factor(downlink_factor)
             for step in self.steps:  # every rate it will set, checked before the thread starts
-                _check_rate(
-                    "downlink_factor x uplink_mbps", step.uplink_mbps * check_downlink_factor(downlink_factor)
-                )
+                _check_rate("downlink_factor x uplink_mbps", step.uplink_mbps * factor)
         player = SchedulePlayer(
             self, link, downlink_mbps=downlink_mbps, downlink_factor=downlink_factor, on_step=on_step
         )

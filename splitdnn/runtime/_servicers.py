@@ -23,7 +23,7 @@ from grpc_health.v1 import health
 
 import splitdnn
 from splitdnn import codec
-from splitdnn.errors import SplitDNNError, WireError
+from splitdnn.errors import SplitDNNError, WireError, first_line
 from splitdnn.runtime import serde
 from splitdnn.runtime._batcher import BatcherStopped
 from splitdnn.runtime._metrics import UNKNOWN_MODEL, ServerMetrics
@@ -142,11 +142,6 @@ class RequestLease:
         self._s._inflight.give(self._held)
         self._s.metrics.in_flight.dec()
         self._s._slots.release()
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:500] if lines else type(exc).__name__
 
 
 def compute_error(exc: BaseException, served: ServedModel, shapes: Mapping[str, list[int]]) -> Abort:

@@ -29,7 +29,7 @@ from torch.fx import Graph, GraphModule, Node
 from torch.utils import _pytree as pytree
 
 from splitdnn._capture import release_source_when_freed
-from splitdnn.errors import ConfigError, WireError
+from splitdnn.errors import ConfigError, WireError, first_line
 from splitdnn.graph import TracedModel
 from splitdnn.runtime._inplace import may_write_inputs
 from splitdnn.runtime._weights import weights_digest
@@ -144,7 +144,7 @@ def rows_independent(
             alone = [pytree.tree_leaves(module(*r)) for r in rows]
             both = pytree.tree_leaves(module(*(torch.cat(pair) for pair in zip(*rows, strict=True))))
     except Exception as exc:  # noqa: BLE001 - any failure means: do not batch it
-        return False, f"it fails on a batch of 2 ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        return False, f"it fails on a batch of 2 ({type(exc).__name__}: {first_line(exc)[:120]})"
     for i, out in enumerate(both):
         if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != 2:
             return False, f"its output {i} is not batched along the first dimension"
@@ -197,7 +197,7 @@ class ServedModel:
             self.grad_mode = torch.no_grad
             self.grad_mode_note = (
                 f"it runs under torch.no_grad, not torch.inference_mode, where it fails "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+                f"({type(exc).__name__}: {first_line(exc)[:120]})"
             )
             recorder = _Recorder(traced.module)
             with torch.no_grad():

@@ -194,7 +194,7 @@ def run_change(
         "slowdown": slowdown,
         "rtt_ms": rtt_ms,
         "link": "in-process token-bucket shaper",
-        "downlink": "same as uplink" if downlink_factor is None else f"{downlink_factor:g} x uplink",
+        "downlink": config.downlink_text,
         "downlink_factor": downlink_factor,
         "schedule": repr(schedule),
         "schedule_steps": [{"at_s": s.time_s, "mbps": s.uplink_mbps} for s in schedule.steps],

@@ -144,6 +144,11 @@ class BenchConfig:
         """The downlink rate that goes with ``uplink_mbps``."""
         return uplink_mbps if self.downlink_factor is None else uplink_mbps * self.downlink_factor
 
+    @property
+    def downlink_text(self) -> str:
+        """How the downlink follows the uplink, as the results say it."""
+        return "same as uplink" if self.downlink_factor is None else f"{self.downlink_factor:g} x uplink"
+
     def link_at(self, uplink_mbps: float) -> Link:
         """The nominal link of a cell at ``uplink_mbps``: its downlink and the RTT."""
         return Link(uplink_mbps, downlink_mbps=self.downlink_of(uplink_mbps), rtt_ms=self.rtt_ms)

@@ -262,9 +262,7 @@ def bench_document(
             "models": list(config.models),
             "input_shapes": {m: list(config.shape_of(m)) for m in config.models},
             "uplinks_mbps": list(config.uplinks_mbps),
-            "downlink": "same as uplink"
-            if config.downlink_factor is None
-            else f"{config.downlink_factor:g} x uplink",
+            "downlink": config.downlink_text,
             "downlink_factor": config.downlink_factor,
             "rtt_ms": config.rtt_ms,
             "slowdowns": list(config.slowdowns),

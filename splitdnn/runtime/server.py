@@ -107,10 +107,13 @@ _EXTRA_WORKERS = 8  # threads beyond max_concurrency, for rejecting overflow
 _CONTROL_WORKERS = 8  # a pool of its own for health, metadata, GetModelInfo and Probe (see add_servicer)
 
 
+_INFER_POOL, _CONTROL_POOL = "ModelInfer", "health, metadata and probes"  # the two handler pools
+
+
 def _pool_of(method: str) -> str:
     """Which handler pool serves ``method``: a client's calls waiting for their message are capped
     per pool (max_receiving_per_peer), so its uploads in flight never refuse its health checks."""
-    return "ModelInfer" if method == serde.MODEL_INFER_METHOD else "health, metadata and probes"
+    return _INFER_POOL if method == serde.MODEL_INFER_METHOD else _CONTROL_POOL
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,7 +236,7 @@ class TailServer:
             options.append(("grpc.max_connection_age_grace_ms", int(cfg.grace_s * 1000)))
         workers = cfg.max_concurrency + _EXTRA_WORKERS
         cap = cfg.max_receiving_per_peer
-        pools = (("ModelInfer", workers), ("health, metadata and probes", _CONTROL_WORKERS))
+        pools = ((_INFER_POOL, workers), (_CONTROL_POOL, _CONTROL_WORKERS))
         unbounded = [f"{name} ({n} threads)" for name, n in pools if cap is not None and cap >= n]
         if unbounded:
             log.warning(

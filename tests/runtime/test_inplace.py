@@ -218,3 +218,17 @@ def test_sharing_read_only_memory_prints_no_warning() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "not writable" not in done.stderr
+
+
+def test_a_model_failing_a_batch_with_an_empty_message_is_not_batched_and_still_loads() -> None:
+    """rows_independent read the first line of the failure's message and raised IndexError on ''."""
+    from splitdnn.runtime._tail import rows_independent
+
+    class OneRowOnly(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] != 1:
+                raise RuntimeError()
+            return x + 1
+
+    batchable, why = rows_independent(OneRowOnly(), [torch.zeros(1, 4)])
+    assert not batchable and why == "it fails on a batch of 2 (RuntimeError: RuntimeError)"
