@@ -59,7 +59,7 @@ from splitdnn.runtime.bench_config import (
 )
 from splitdnn.runtime.bench_measure import Timing, measure_interleaved, requests_within
 from splitdnn.runtime.client import SplitClient
-from splitdnn.runtime.planner import Hysteresis, plan_key, scale_profile
+from splitdnn.runtime.planner import Hysteresis, plan_key, prefix_tiers, scale_profile
 from splitdnn.schema import Link, Plan, Profile
 
 __all__ = [
@@ -173,12 +173,6 @@ def _over_budget(predicted_ms: float, budget_s: float) -> str:
     )
 
 
-def _prefix_tiers(compute: Sequence[str], after: str) -> dict[str, int]:
-    """The assignment of ``force_boundary=after``: compute nodes up to ``after`` on the device."""
-    pos = compute.index(after)
-    return {n: 0 if i <= pos else 1 for i, n in enumerate(compute)}
-
-
 def _candidates(ctx: _CellContext, base: SplitClient) -> list[tuple[str, str, Plan]]:
     """Every oracle candidate as ``(label, kind, plan priced under the nominal link)``."""
     planner = base.planner
@@ -193,7 +187,7 @@ def _candidates(ctx: _CellContext, base: SplitClient) -> list[tuple[str, str, Pl
         if node not in compute or node == compute[-1]:
             continue
         try:
-            tiers = _prefix_tiers(compute, node)
+            tiers = prefix_tiers(compute, compute.index(node) + 1)  # force_boundary=node
             plan = solver.evaluate(
                 profiles, [ctx.link], tiers, constraints=planner.constraints, tensor_cost=planner.tensor_cost
             )

@@ -119,21 +119,26 @@ def measure_interleaved(
     predicted = {k: clients[k].plan.cost.total_ms for k in keys}
     counts = {k: requests_within(predicted[k], warmup, requests, budget_s) for k in keys}
     rows: dict[str, list[Any]] = {k: [] for k in keys}
+
+    def one(k: str) -> None:
+        clients[k].infer(x)
+        # an edge-only request may start a link probe in the background: the clients share one
+        # link, so the next client's request must not cross it (it did, by up to 30 ms); the last
+        # warm-up request's probe, the first timed one
+        clients[k].wait_for_probe(_PROBE_WAIT_S)
+
     for r in range(max((w for w, _ in counts.values()), default=0)):
-        for k in _rotated(keys, r):
+        for k in _shuffled(keys, r):
             if counts[k][0] > r:
-                clients[k].infer(x)
+                one(k)
     for r in range(max((n for _, n in counts.values()), default=0)):
-        for k in _rotated(keys, r):
+        for k in _shuffled(keys, r):
             if counts[k][1] > r:
-                clients[k].infer(x)
+                one(k)
                 b = clients[k].last_breakdown
                 if b is None:  # pragma: no cover - infer() always sets it
                     raise RuntimeError("SplitClient.infer() finished without a breakdown")
                 rows[k].append(b)
-                # an edge-only request may start a link probe in the background: the clients share
-                # one link, so the next client's request must not cross it (it did, by up to 30 ms)
-                clients[k].wait_for_probe(_PROBE_WAIT_S)
     out = {}
     for k in keys:
         bs = rows[k]
@@ -151,7 +156,7 @@ def measure_interleaved(
     return out
 
 
-def _rotated(keys: list[str], r: int) -> list[str]:
+def _shuffled(keys: list[str], r: int) -> list[str]:
     """Round ``r``'s order: the first round as given, then a permutation seeded by ``r``."""
     if r == 0:
         return list(keys)

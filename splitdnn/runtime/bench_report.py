@@ -26,13 +26,12 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import platform
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from splitdnn._measure import cpu_model, git_state
+from splitdnn._measure import git_state
 from splitdnn.errors import ConfigError
 from splitdnn.plots import save_figure
 from splitdnn.report import format_bytes, format_table
@@ -175,18 +174,16 @@ def _code_state() -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "hostname": platform.node(),
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
+    from splitdnn.profiler import machine_info
 
-        info["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover - the bench itself needs torch
-        pass
+    m = machine_info()
+    info: dict[str, Any] = {
+        "cpus": m.cpu_count,
+        "cpu_model": m.processor,
+        "hostname": m.hostname,
+        "python": m.python,
+        "torch": m.torch,
+    }
     try:
         info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:  # pragma: no cover - not on every platform

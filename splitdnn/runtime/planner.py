@@ -193,6 +193,12 @@ def plan_key(plan: Plan) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
     return _device_side(plan.tiers), tuple((b.node, b.codec) for b in plan.boundary)
 
 
+def prefix_tiers(compute: Sequence[str], k: int) -> dict[str, int]:
+    """The assignment that runs the first ``k`` compute nodes (graph order) on the device and the
+    rest on the server: 0 is cloud-only, ``len(compute)`` edge-only."""
+    return {name: 0 if i < k else 1 for i, name in enumerate(compute)}
+
+
 def _device_side(tiers: Mapping[str, int]) -> frozenset[str]:
     """The nodes a plan runs on the device (tier 0): what identifies its cut."""
     return frozenset(n for n, t in tiers.items() if t == 0)
@@ -354,6 +360,7 @@ class Planner:
         self.max_remote_ms = max_remote_ms
         self.check = check
         self._checked: dict[frozenset[str], str | None] = {}  # check's verdict per cut (_refused)
+        self._prefixes: list[dict[str, int]] | None = None  # _best_accepted's candidates, once built
         self._wire_cap = wire_cap  # None without a cap, or for a forced plan
         # cuts whose request was over a cap: why (a rebuilt planner is given its predecessor's)
         self._avoided: dict[frozenset[str], str] = dict(avoided or {})
@@ -406,19 +413,18 @@ class Planner:
         Edge-only sends nothing and is never avoided."""
         if not plan.boundary:
             return
-        head = plan_key(plan)[0]
+        head = _device_side(plan.tiers)
         self._avoided[head] = why
-        if self._trial is not None and plan_key(self._trial.previous)[0] == head:
+        if self._trial is not None and _device_side(self._trial.previous.tiers) == head:
             self._trial = None  # never reverted to
-        if plan_key(self.plan)[0] == head and self._forced_tiers is None:
+        if _device_side(self.plan.tiers) == head and not self.forced:
             self._switch_to(self.best(self.link), None)
 
-    def _refused(self, tiers: Mapping[str, int]) -> str | None:
-        """Why ``check`` refuses ``tiers`` (None: accepted, or no check); kept per cut, as it does not
-        depend on the link (a check is ~1 ms for a 150-node model)."""
+    def _refused(self, tiers: Mapping[str, int], head: frozenset[str]) -> str | None:
+        """Why ``check`` refuses ``tiers`` (None: accepted, or no check); kept per cut (``head``, its
+        device side), as it does not depend on the link (a check is ~1 ms for a 150-node model)."""
         if self.check is None:
             return None
-        head = _device_side(tiers)
         if head not in self._checked:
             try:
                 self.check(tiers)
@@ -440,7 +446,7 @@ class Planner:
                 f"its {len(plan.boundary)} boundary tensors together are predicted at {plan.boundary_bytes} "
                 f"bytes, over the {self._wire_cap} a request may carry"
             )
-        return self._refused(plan.tiers)
+        return self._refused(plan.tiers, head)
 
     def _best_accepted(self, link: Link) -> Plan:
         """The fastest plan that can run among the cuts in graph order (cloud-only to edge-only; for
@@ -448,17 +454,18 @@ class Planner:
         spaced ones), for when the solver's optimum cannot (:meth:`_unfit`): not proven optimal
         (``exact`` False). Edge-only sends nothing: no cap or avoidance applies, and every plan
         check accepts it. About 20 ms for ResNet-50's 175 nodes here, against 1.5 ms for a solve."""
-        compute = [n.name for n in self.profiles[0].compute_nodes]
-        n = len(compute)
-        ends: Collection[int] = range(n + 1)
-        if n > _MAX_PREFIXES:
-            position = {name: i for i, name in enumerate(compute)}
-            spaced = {round(i * n / _MAX_PREFIXES) for i in range(_MAX_PREFIXES + 1)}
-            ends = sorted(spaced | {position[c] + 1 for c in solver.chain_cuts(self.profiles[0])})
-        candidates = [{name: 0 if i < k else 1 for i, name in enumerate(compute)} for k in ends]
+        if self._prefixes is None:  # the cuts depend on the profiles only: built once
+            compute = [n.name for n in self.profiles[0].compute_nodes]
+            n = len(compute)
+            ends: Collection[int] = range(n + 1)
+            if n > _MAX_PREFIXES:
+                position = {name: i for i, name in enumerate(compute)}
+                spaced = {round(i * n / _MAX_PREFIXES) for i in range(_MAX_PREFIXES + 1)}
+                ends = sorted(spaced | {position[c] + 1 for c in solver.chain_cuts(self.profiles[0])})
+            self._prefixes = [prefix_tiers(compute, k) for k in ends]
         unfit = []
         for plan in solver.ranked(
-            self.profiles, [link], candidates, constraints=self.constraints, tensor_cost=self.tensor_cost
+            self.profiles, [link], self._prefixes, constraints=self.constraints, tensor_cost=self.tensor_cost
         ):
             why = self._unfit(plan)
             if why is None:
@@ -656,7 +663,9 @@ class Planner:
             )  # fmt: skip
         except PlanError as exc:
             raise ConfigError(f"force_boundary={self.force!r} is not allowed here: {exc}") from exc
-        refused = self._refused(plan.tiers)  # the cap: its request is refused, if over, when built
+        refused = self._refused(
+            plan.tiers, _device_side(plan.tiers)
+        )  # the cap: its request is refused, if over, when built
         if refused is not None:
             raise ConfigError(f"force_boundary={self.force!r} cannot run split: {refused}")
         return plan
@@ -665,7 +674,7 @@ class Planner:
         device = self.profiles[0]
         compute = [n.name for n in device.compute_nodes]
         if force in FORCED_CHOICES:
-            return {n: 0 if force == "edge" else 1 for n in compute}
+            return prefix_tiers(compute, len(compute) if force == "edge" else 0)
         if not isinstance(force, str) or force not in compute or force == compute[-1]:
             cuts = solver.chain_cuts(device)
             raise ConfigError(
@@ -673,5 +682,4 @@ class Planner:
                 f"than the last to cut after, found {force!r}; chain cuts: {', '.join(cuts[:8])}"
                 f"{', ...' if len(cuts) > 8 else ''}"
             )
-        pos = compute.index(force)
-        return {n: 0 if i <= pos else 1 for i, n in enumerate(compute)}
+        return prefix_tiers(compute, compute.index(force) + 1)
