@@ -12,14 +12,12 @@ first call failed, never on the request path.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import socket
 import ssl
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from splitdnn.errors import ConfigError
@@ -81,7 +79,8 @@ def _diagnose(
         raw = socket.create_connection((host, port), timeout=timeout_s)
     except OSError:
         return None  # nothing listens there, or it cannot be reached: not a TLS matter
-    with raw, _context(client_cert if secure else None, client_key if secure else None) as ctx:
+    ctx = _context(client_cert if secure else None, client_key if secure else None)
+    with raw:
         if isinstance(ctx, str):
             return Diagnosis(
                 f"this client's certificate and key cannot be loaded as a matching, unencrypted PEM pair "
@@ -148,8 +147,7 @@ def _host_port(address: str) -> tuple[str, int] | None:
         return None
 
 
-@contextlib.contextmanager
-def _context(client_cert: bytes | None, client_key: bytes | None) -> Iterator[ssl.SSLContext | str]:
+def _context(client_cert: bytes | None, client_key: bytes | None) -> ssl.SSLContext | str:
     """A client TLS context offering HTTP/2 that verifies nothing, with the client's certificate if
     any; instead, why that certificate and key cannot be loaded."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -157,8 +155,7 @@ def _context(client_cert: bytes | None, client_key: bytes | None) -> Iterator[ss
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2"])
     if client_cert is None or client_key is None:
-        yield ctx
-        return
+        return ctx
     # the ssl module loads a certificate chain from files only: a private directory, removed at once
     folder = tempfile.mkdtemp(prefix="splitdnn-tls-")
     problem = None
@@ -173,7 +170,7 @@ def _context(client_cert: bytes | None, client_key: bytes | None) -> Iterator[ss
             problem = str(exc.reason or exc)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    yield ctx if problem is None else problem
+    return ctx if problem is None else problem
 
 
 def _answers_http2(tls: ssl.SSLSocket, timeout_s: float) -> bool:

@@ -262,16 +262,17 @@ class SplitClient:
         check_token(token)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         secure = tls or any(v is not None for v in (root_cert, client_cert, client_key))
+        # read once, for the channel and for the TLS diagnosis below
+        client_cert = None if client_cert is None else read_pem(client_cert, "client certificate")
+        client_key = None if client_key is None else read_pem(client_key, "client key")
         self._channel = make_channel(
             address, secure=secure, root_cert=root_cert, client_cert=client_cert, client_key=client_key,
             server_name=tls_server_name, retries=retries, max_message_bytes=max_message_bytes,
         )  # fmt: skip
-        # what tells a TLS mistake from a server that is down, should it turn out unreachable (the
-        # PEMs were checked by make_channel)
+        # what tells a TLS mistake from a server that is down, should it turn out unreachable
         self._diagnose_tls = partial(
             tls_probe.diagnose, address, secure=secure, server_name=tls_server_name,
-            client_cert=None if client_cert is None else read_pem(client_cert, "client certificate"),
-            client_key=None if client_key is None else read_pem(client_key, "client key"),
+            client_cert=client_cert, client_key=client_key,
         )  # fmt: skip
         self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
         self._sd = sd_grpc.SplitServiceStub(self._channel)
