@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.runtime.bench import BenchConfig, prepare_model
 from splitdnn.runtime.planner import Hysteresis
-from splitdnn.runtime.shaper import RateSchedule
+from splitdnn.runtime.shaper import LINK_NAME, RateSchedule
 from splitdnn.schema import Plan
 
 __all__ = ["DEFAULT_CHANGE", "parse_schedule", "run_change"]
@@ -193,7 +193,7 @@ def run_change(
         "input_shape": list(x.shape),
         "slowdown": slowdown,
         "rtt_ms": rtt_ms,
-        "link": "in-process token-bucket shaper",
+        "link": LINK_NAME,
         "downlink": config.downlink_text,
         "downlink_factor": downlink_factor,
         "schedule": repr(schedule),

@@ -37,6 +37,7 @@ from splitdnn.plots import save_figure
 from splitdnn.report import format_bytes, format_table
 from splitdnn.runtime.bench import BenchConfig, CellResult, CutRun, StrategyRun, cut_key, pool_cuts
 from splitdnn.runtime.bench_measure import Timing
+from splitdnn.runtime.shaper import LINK_NAME
 
 __all__ = [
     "GOALS",
@@ -195,12 +196,15 @@ def _link_parameters(link: str) -> dict[str, Any]:
     """The emulated link's fixed settings (its bucket depth; the kernel's queue for netns)."""
     from splitdnn.runtime import shaper
 
-    params: dict[str, Any] = {
-        "burst": f"{shaper.BURST_S * 1e3:g} ms of traffic, at least {shaper.MIN_BURST_BYTES} bytes",
-        "rtt": "half added each way by a delay line (ShapedLink)",
-    }
-    if link == "netns":
-        params["tbf"] = "tc tbf on each veth end, as scripts/netns_link.sh sets it up (its header)"
+    params: dict[str, Any] = {"rtt": "half added each way by a delay line (ShapedLink)"}
+    if link == "netns":  # the shaper only delays there: the kernel's tbf shapes
+        params["burst"] = "5 ms of traffic, at least 3028 bytes (tc tbf, scripts/netns_link.sh)"
+        params["tbf"] = (
+            "tc tbf on each veth end, its queue SDNN_TBF_LATENCY_MS deep (default 400 ms), as "
+            "scripts/netns_link.sh sets it up (its header)"
+        )
+    else:
+        params["burst"] = f"{shaper.BURST_S * 1e3:g} ms of traffic, at least {shaper.MIN_BURST_BYTES} bytes"
     return params
 
 
@@ -214,7 +218,7 @@ def bench_document(
 ) -> dict[str, Any]:
     """The JSON document of a run (module docstring): settings, records, cuts, MAPE, goals, and
     what was run where (the code's git state, the machine, when: ``started_utc``, and now)."""
-    link_name = "in-process token-bucket shaper" if config.link == "shaper" else "veth + tc tbf (netns)"
+    link_name = LINK_NAME if config.link == "shaper" else "veth + tc tbf (netns)"
     strategies = ("edge-only", "cloud-raw", "cloud-lossless", "splitdnn", "oracle")
     records = [_record(c, s, config, config.link) for c in cells for s in strategies]
     cuts = [_cut_record(c, k) for c in cells for k in c.cuts]
@@ -429,7 +433,7 @@ def format_change_markdown(change: Mapping[str, Any]) -> str:
         f"## Bandwidth change: {change['model']} x{change['slowdown']:g}, schedule {change['schedule']}",
         "",
         f"{change['requests']} request(s) back to back over {change['duration_s']:.1f} s, through the "
-        f"{change.get('link', 'in-process token-bucket shaper')} with downlink = "
+        f"{change.get('link', LINK_NAME)} with downlink = "
         f"{_change_downlink(change)} (whatever the grid's --link); "
         f"{change['failures']} failed, {change['fallbacks']} finished locally (fallback); "
         f"{change['switches']} plan switch(es).",

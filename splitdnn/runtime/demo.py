@@ -105,7 +105,7 @@ def run_demo(
     from splitdnn.models import ZOO, build_zoo_model, default_input_shape
     from splitdnn.profiler import check_slowdown, profile_model
     from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
-    from splitdnn.runtime.shaper import ShapedLink
+    from splitdnn.runtime.shaper import LINK_NAME, ShapedLink
 
     stream = out if out is not None else sys.stdout
     uplinks = [float(u) for u in uplinks_mbps]
@@ -165,7 +165,7 @@ def run_demo(
         say(f"profile: {server_prof.describe()}")
         with ShapedLink(server.address, uplink_mbps=uplinks[0], downlink_mbps=None, rtt_ms=rtt_ms) as shaper:
             say(
-                f"link: in-process token-bucket shaper at {shaper.address} (splitdnn.runtime.shaper), "
+                f"link: {LINK_NAME} at {shaper.address} (splitdnn.runtime.shaper), "
                 f"RTT {rtt_ms:g} ms, downlink = uplink; codecs: "
                 + ("lossless only" if max_error == 0 else f"error budget {max_error:g} (rel MSE)")
                 + "; cloud-only baseline: input losslessly compressed (raw or zstd)"

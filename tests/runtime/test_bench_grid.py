@@ -539,3 +539,18 @@ def test_a_downlink_factor_shapes_and_prices_every_cell(monkeypatch: pytest.Monk
     assert shaped == [(1.0, 4.0), (5.0, 20.0)]
     doc = bench_document([_one_cell()], config)
     assert doc["settings"]["downlink"] == "4 x uplink" and "downlink 4 x uplink" in format_markdown(doc)
+
+
+def test_the_link_parameters_recorded_are_those_of_the_link_that_ran() -> None:
+    """A netns run recorded the in-process shaper's burst, which only delays there."""
+    import re
+
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "netns_link.sh").read_text()
+    rule = re.search(r"b = r \* 1e6 / 8 \* ([0-9.]+); if \(b < ([0-9]+)\)", script)
+    assert rule is not None, "netns_link.sh's burst rule moved: update bench_report._link_parameters"
+    seconds, floor = float(rule.group(1)), int(rule.group(2))
+    netns = bench_document([_one_cell()], BenchConfig(link="netns"))["settings"]["link_parameters"]
+    assert netns["burst"].startswith(f"{seconds * 1e3:g} ms of traffic, at least {floor} bytes (tc tbf")
+    assert "SDNN_TBF_LATENCY_MS" in netns["tbf"]
+    shaped = bench_document([_one_cell()], BenchConfig(link="shaper"))["settings"]["link_parameters"]
+    assert shaped["burst"] == "5 ms of traffic, at least 1500 bytes" and "tbf" not in shaped
