@@ -491,6 +491,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         keep_freed_memory()
     out = check_output_file(args.out, "--out")  # before minutes of profiling, not after
+    if args.back_to_back and args.slowdown == 1.0:
+        raise ConfigError(
+            "--back-to-back only changes an emulated profile (fused pieces are timed back to back "
+            "without one); pass --slowdown F > 1 with it, or leave it out"
+        )
     traced = _trace(args)
     prof = profile_model(
         traced,
@@ -503,6 +508,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         codecs=parse_codec_list(args.codecs) if args.codecs is not None else None,
         codec_nodes=args.codec_nodes,
         progress=not args.quiet,
+        emulated_idle=False if args.back_to_back else None,
     )
     save_profile(prof, out)
     cal = prof.calibration
@@ -578,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="F",
         help="device emulation: multiply every time by F >= 1 (recorded in the profile)",
+    )
+    p.add_argument(
+        "--back-to-back",
+        action="store_true",
+        help="with --slowdown: time the fused pieces back to back, not each after the idle the "
+        "emulation pads that work with (the default: an emulated device computes after idling)",
     )
     p.add_argument(
         "--calibration",

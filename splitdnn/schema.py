@@ -49,6 +49,10 @@ __all__ = [
 ]
 
 PROFILE_SCHEMA_VERSION = 1
+#: field metadata key: :func:`to_dict` leaves the field out while it holds its default (a field
+#: added after a schema shipped, so that earlier readers, which refuse unknown fields, still read
+#: every record that does not use it)
+OMIT_DEFAULT = "splitdnn.omit_default"
 
 #: fx node kinds. ``placeholder`` nodes are the model's inputs (they live on the device),
 #: ``get_attr`` nodes are parameters/buffers (free, replicated into every piece that reads them),
@@ -219,6 +223,10 @@ class Profile:
     nodes: tuple[NodeProfile, ...]  # in topological (fx graph) order
     created_utc: str  # ISO 8601
     notes: str = ""
+    #: its fused pieces (anchors, checks) were each timed after the idle the device emulation pads
+    #: that work with, as an emulated request runs (``profile_model(emulated_idle=...)``); written
+    #: only when true, so that readers from before it still read every other profile
+    emulated_idle: bool = dataclasses.field(default=False, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         if self.schema_version != PROFILE_SCHEMA_VERSION:
@@ -270,6 +278,7 @@ class Profile:
         m = self.machine
         where = m.accelerator or m.processor or m.platform
         emu = f", emulated device slowdown x{self.slowdown:g}" if self.slowdown != 1.0 else ""
+        emu += " (timed after its padding's idle)" if self.emulated_idle else ""
         return (
             f"{self.model} batch {self.batch_size} on {m.device} ({where}), {m.threads} thread(s){emu}: "
             f"{self.total.median_ms:.2f} ms fused"
@@ -394,7 +403,11 @@ T = TypeVar("T")
 def to_dict(obj: Any) -> Any:
     """Convert a record (and everything inside it) to plain JSON-ready Python values."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get(OMIT_DEFAULT) and getattr(obj, f.name) == f.default)
+        }
     if isinstance(obj, Mapping):
         return {str(k): to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):

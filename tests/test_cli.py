@@ -600,3 +600,25 @@ def test_a_profile_listing_an_unknown_codec_is_refused(codec_profiles, tmp_path,
     assert (
         code == 1 and "lists codec 'nosuchcodec'" in err and "unknown codec" in err and err.count("\n") == 1
     )
+
+
+def test_profile_back_to_back_reaches_the_profiler_and_needs_a_slowdown(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import splitdnn.profiler as profiler
+    from splitdnn.errors import ConfigError
+
+    out = str(tmp_path / "p.json")
+    code, _, err = run(capsys, "profile", "alexnet", "--back-to-back", "--out", out)
+    assert code == 1 and "--back-to-back only changes an emulated profile" in err and err.count("\n") == 1
+    asked = []
+
+    def fake(traced, **kw):
+        asked.append(kw["emulated_idle"])
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(profiler, "profile_model", fake)
+    argv = ["profile", "alexnet", "--input-shape", "1,3,64,64", "--slowdown", "4", "--out", out]
+    for extra in ((), ("--back-to-back",)):
+        code, _, err = run(capsys, *argv, *extra)
+        assert code == 1 and "stop here" in err
+    assert asked == [None, False]  # None: the profiler's default, after the idle when emulating

@@ -602,3 +602,122 @@ def test_the_in_run_encoder_is_the_clients_send_step(monkeypatch: pytest.MonkeyP
     assert calls[0].flags["C_CONTIGUOUS"] and np.array_equal(calls[0], t.numpy())
     with pytest.raises(CodecError, match="float32"):
         _encoder("zstd")(torch.ones(3, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------------------------------
+# device emulation: fused pieces timed after the idle the emulation pads their work with
+
+
+def test_time_each_sleeps_the_emulations_padding_before_each_timed_call() -> None:
+    from splitdnn._measure import time_each
+
+    clock = VirtualClock()
+    costs = [1e-3, 3e-3]  # seconds of work per call of each function
+    calls: list[int] = []
+
+    def piece(i: int) -> Callable[[], None]:
+        def run() -> None:
+            calls.append(i)
+            clock.now += costs[i] * (2 if len(calls) <= 2 else 1)  # the warm-up calls cost twice
+
+        return run
+
+    slept: list[float] = []
+    samples = time_each(
+        [piece(0), piece(1)], warmup=1, repeats=2, timer=clock, sync=lambda: None,
+        idle_factor=7.0, sleep=slept.append,
+    )  # fmt: skip
+    assert samples == [pytest.approx([1e-3, 1e-3]), pytest.approx([3e-3, 3e-3])]
+    # each timed call follows 7x that function's previous call: the warm-up's for the first round
+    assert slept == pytest.approx([14e-3, 42e-3, 7e-3, 21e-3])
+
+    slept.clear()
+    readings = 0
+
+    def counting() -> float:
+        nonlocal readings
+        readings += 1
+        return clock()
+
+    fns = [piece(0), piece(1)]
+    time_each(fns, warmup=3, repeats=2, timer=counting, sync=lambda: None, sleep=slept.append)
+    assert slept == [] and readings == 2 * 2 * 2  # back to back: the warm-up is not even timed
+
+
+def test_an_emulated_profile_times_its_fused_pieces_after_the_padding_idle(
+    chain: graph.TracedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that computes slower after an idle (as cores on some hosts do): the emulated profile
+    prices that regime, a back-to-back profile does not."""
+    import splitdnn._measure as measure
+
+    clock = VirtualClock()
+    cost = charge(chain, clock)
+    idle = {"cold": False, "sleeps": 0}
+
+    def sleep(seconds: float) -> None:
+        assert seconds > 0
+        idle["cold"] = True
+        idle["sleeps"] += 1
+
+    def first_node_after_idle(*_: Any) -> None:  # the first node of a piece after an idle: +10 ms
+        if idle["cold"]:
+            idle["cold"] = False
+            clock.now += 10e-3
+
+    for module in chain.module.modules():
+        if not list(module.children()):
+            module.register_forward_pre_hook(first_node_after_idle)
+    monkeypatch.setattr(measure.time, "sleep", sleep)
+    whole = sum(cost.values())
+
+    emulated = profile_model_run(chain, timer=clock, slowdown=4.0, codecs=(), **FAST).profile
+    assert emulated.emulated_idle and idle["sleeps"] > 0
+    assert emulated.total.median_ms == pytest.approx(4 * (whole + 10))
+    assert sum(n.calibrated_ms for n in emulated.compute_nodes) == pytest.approx(4 * (whole + 10))
+    assert "timed after its padding's idle" in emulated.describe()
+
+    idle["sleeps"] = 0
+    back = profile_model_run(chain, timer=clock, slowdown=4.0, codecs=(), emulated_idle=False, **FAST).profile
+    assert not back.emulated_idle and idle["sleeps"] == 0
+    assert back.total.median_ms == pytest.approx(4 * whole)
+    plain = profile_model_run(chain, timer=clock, codecs=(), **FAST).profile  # no emulation, no idle
+    assert not plain.emulated_idle and idle["sleeps"] == 0
+    assert "padding" not in plain.describe()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"emulated_idle": True}, "needs a device emulation"),
+        ({"emulated_idle": True, "slowdown": 1.0}, "needs a device emulation"),
+        ({"emulated_idle": "yes", "slowdown": 2.0}, "must be None"),
+        ({"emulated_idle": 1, "slowdown": 2.0}, "must be None"),
+    ],
+)
+def test_emulated_idle_refuses_what_means_nothing(
+    chain: graph.TracedModel, kwargs: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        profile_model(chain, codecs=(), **FAST, **kwargs)
+
+
+def test_the_emulated_idle_flag_is_saved_only_when_set(chain: graph.TracedModel) -> None:
+    """Written only when true: readers from before the field refuse unknown fields, and still read
+    every profile that does not use it."""
+    import dataclasses
+    import json
+
+    from splitdnn.schema import to_dict
+
+    prof = profile_model(chain, timer=VirtualClock(), codecs=(), **FAST)
+    assert "emulated_idle" not in to_dict(prof)
+    assert profile_from_json(profile_to_json(prof)) == prof
+    marked = dataclasses.replace(prof, emulated_idle=True)
+    text = profile_to_json(marked)
+    assert json.loads(text)["emulated_idle"] is True
+    assert profile_from_json(text).emulated_idle
+    data = json.loads(text)
+    data["emulated_idle"] = "true"
+    with pytest.raises(Exception, match="emulated_idle"):
+        profile_from_json(json.dumps(data))
