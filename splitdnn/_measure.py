@@ -204,46 +204,62 @@ def time_each(
     timer: Timer,
     sync: Callable[[], None],
     tick: Callable[[], None] | None = None,
-    idle_factor: float = 0.0,
-    sleep: Callable[[float], None] | None = None,
 ) -> list[list[float]]:
     """Seconds per call of each function: ``warmup`` untimed calls each, then ``repeats`` rounds
     timing every function once per round (round-robin, so drift on a shared machine hits all alike).
-    ``tick`` is called after the warm-up and after every round.
-
-    ``idle_factor`` f > 0: before each timed call, ``sleep`` f times that function's previous call
-    (by ``timer``; its last warm-up call for the first round; ``sleep`` defaults to
-    :func:`time.sleep`), so that each call starts after the
-    idle the device emulation pads the same work with ((slowdown - 1) x the work): an emulated
-    device's request starts on a core that has idled that long, which on some hosts computes
-    markedly slower than back to back (``docs/benchmarks.md``, "idle gaps")."""
-    pause = time.sleep if sleep is None else sleep
-    previous = [0.0] * len(fns)
-    for i, fn in enumerate(fns):
+    ``tick`` is called after the warm-up and after every round."""
+    for fn in fns:
         for _ in range(warmup):
-            if idle_factor <= 0:
-                fn()
-                continue
-            t0 = timer()
             fn()
-            sync()
-            previous[i] = timer() - t0
     sync()
     if tick:
         tick()
     samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            if idle_factor > 0 and previous[i] > 0:
-                pause(idle_factor * previous[i])
             t0 = timer()
             fn()
             sync()
-            previous[i] = timer() - t0
-            samples[i].append(previous[i])
+            samples[i].append(timer() - t0)
         if tick:
             tick()
     return samples
+
+
+def time_after_idle(
+    fn: Callable[[], Any],
+    *,
+    idle_factor: float,
+    warmup: int,
+    repeats: int,
+    timer: Timer,
+    sync: Callable[[], None],
+    sleep: Callable[[float], None] | None = None,
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of ``fn`` back to back, and after an idle: ``repeats`` rounds (after
+    ``warmup`` untimed calls), each one call right after the previous, then one after sleeping
+    ``idle_factor`` x the work just timed (``sleep`` defaults to :func:`time.sleep`).
+
+    The device emulation pads each piece of work with (slowdown - 1) x that work of sleep, so an
+    emulated request starts on a core that has idled for most of the last one; on some hosts that
+    computes markedly slower (``docs/benchmarks.md``, "idle gaps"). Alternating the two kinds
+    round by round lets drift hit both alike."""
+    pause = time.sleep if sleep is None else sleep
+    for _ in range(warmup):
+        fn()
+    sync()
+    back, idle = [], []
+    for _ in range(repeats):
+        t0 = timer()
+        fn()
+        sync()
+        back.append(timer() - t0)
+        pause(idle_factor * back[-1])
+        t0 = timer()
+        fn()
+        sync()
+        idle.append(timer() - t0)
+    return back, idle
 
 
 @dataclass

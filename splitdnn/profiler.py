@@ -35,14 +35,15 @@ tests can drive the whole procedure with a virtual clock.
 
 Device emulation: an emulated device (``slowdown`` f > 1) pads each piece of work with a sleep of
 (f - 1) x that work (``SplitClient(emulate_slowdown=f)``), so its every request starts on a core that
-has just idled for most of the request. On some hosts that computes markedly slower than back to back:
-ResNet-18 on one thread of this project's Intel Xeon machine took 1.21-1.23x its back-to-back time
-(thread CPU time) after a 300 ms sleep, and the demo's edge-only plan measured 1.22x its prediction.
-So by default (``emulated_idle``) an emulated profile times each fused piece of the ``anchors`` and
-``check`` stages after that same idle: the calibrated times, to which the per-node times are fitted,
-are then those of the regime the emulated device runs in. The ``nodes`` stage stays back to back
-(the fit rescales it), and the profile records ``emulated_idle``. It costs f x the fused pieces'
-time: about 4 s more for ResNet-18 at slowdown 8 and 3 repeats.
+has just idled for most of the last one. On some hosts that computes markedly slower than back to
+back: ResNet-18 on one thread of this project's Intel Xeon machine took 1.21-1.26x its back-to-back
+CPU time after a 300-400 ms sleep, heads and the whole model alike, and the demo's edge-only plan
+measured 1.22x its prediction. So by default (``emulated_idle``) an emulated profile first times the
+whole model alternately back to back and after the idle its padding leaves (``idle`` stage) and
+multiplies every compute time it stores (nodes, anchors, checks, ``total``; not the codecs' times:
+the encode follows the head back to back) by the ratio of the two medians, ``idle_factor``, which it
+records. Timing every fused piece after its own idle instead was tried: each piece then paid the
+cold start alone, and heads were priced 13-49 % over their measured time (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ from splitdnn._measure import (
     session,
     target_str,
     tensor_metas,
+    time_after_idle,
     time_each,
     time_encodes_in_run,
 )
@@ -185,8 +187,9 @@ def profile_model(
     ``DEFAULT_CHECK_CAP``, at most half the chain cuts; 0 skips the check and fits on every chain cut).
     ``codecs`` (default :data:`DEFAULT_CODECS`; ``()`` for none), ``codec_nodes`` and
     ``codec_repeats`` choose what the ``codecs`` stage measures (module docstring).
-    ``emulated_idle`` (default: when ``slowdown`` > 1) times each fused piece after the idle the
-    emulation pads that work with (module docstring, "Device emulation").
+    ``emulated_idle`` (default: when ``slowdown`` > 1) measures how much slower the model computes
+    after the idle the emulation pads its work with, and prices every compute time so (module
+    docstring, "Device emulation"; ``Profile.idle_factor``).
     """
     return profile_model_run(
         traced,
@@ -269,13 +272,15 @@ def profile_model_run(
         label=f"profile {traced.name}",
         stages={
             "record": 1,
+            **({"idle": repeats + 1} if idle else {}),
             "nodes": n,
             "anchors": repeats + 1,
             **({"codecs": len(candidates) + 1} if candidates else {}),
             **({"check": repeats + 1} if check_pos else {}),
         },
     )
-    factor = float(slowdown)
+    factor = float(slowdown)  # codec times; compute times also carry idle_factor
+    idle_factor = 1.0
     with session(traced, device=device, threads=threads) as s:
         bar.stage("record")
         snapshots: dict[str, Any] = {}
@@ -290,13 +295,26 @@ def profile_model_run(
         metas[output_name(traced)] = tensor_metas(result)
         bar.advance()
 
+        if idle:
+            bar.stage("idle")
+            whole = prepare_cut(traced, compute, n, s.inputs).head
+            back, after = time_after_idle(
+                whole, idle_factor=factor - 1, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync
+            )
+            del whole
+            back_s, after_s = statistics.median(back), statistics.median(after)
+            if back_s > 0 and after_s > 0:  # else too quick for the clock: nothing to price
+                idle_factor = after_s / back_s
+            bar.advance(repeats + 1)
+        compute_factor = factor * idle_factor
+
         bar.stage("nodes")
         fx_nodes = {node.name: node for node in traced.module.graph.nodes}
         isolated: dict[str, LatencyStats] = {}
         for name in compute:
             fn = node_callable(traced.module, fx_nodes[name], *record[name][:2])
             (node_samples,) = time_each([fn], warmup=warmup, repeats=repeats, timer=timer, sync=s.sync)
-            isolated[name] = latency_stats(node_samples, factor=factor)
+            isolated[name] = latency_stats(node_samples, factor=compute_factor)
             bar.advance()
         del record, result  # every activation of the model; pieces below prepare their own
 
@@ -309,12 +327,9 @@ def profile_model_run(
         else:
             cuts = [prepare_cut(traced, compute, p, s.inputs) for p in anchor_pos]
             fns = [c.head for c in cuts] + ([c.tail for c in cuts[:-1] if c.tail] if with_tails else [])
-        samples = time_each(
-            fns, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync, tick=bar.advance,
-            idle_factor=factor - 1 if idle else 0.0,
-        )  # fmt: skip
+        samples = time_each(fns, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync, tick=bar.advance)
         del fns  # their prepared activations
-        stats = [latency_stats(x, factor=factor) for x in samples]
+        stats = [latency_stats(x, factor=compute_factor) for x in samples]
         if calibration == "segment-direct":
             heads, tails, total = stats[:-1], [], stats[-1]
             prefix_ms = segment_prefix([h.median_ms for h in heads], total.median_ms)
@@ -356,7 +371,7 @@ def profile_model_run(
             bar.stage("check")
             checks = _measure_positions(
                 traced, compute, check_pos, s, warmup=warmup, repeats=repeats,
-                factor=factor, timer=timer, tick=bar.advance, idle=idle,
+                factor=compute_factor, timer=timer, tick=bar.advance,
             )  # fmt: skip
         machine = machine_info(device=str(s.device), threads=torch.get_num_threads())
         params = param_bytes(traced.module)
@@ -421,7 +436,7 @@ def profile_model_run(
         nodes=nodes,
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
-        emulated_idle=idle,
+        idle_factor=idle_factor,
     )
     return ProfileRun(
         profile=prof,
@@ -640,7 +655,6 @@ def _measure_positions(
     factor: float,
     timer: Timer,
     tick: Callable[[], None] | None,
-    idle: bool = False,
 ) -> list[CutTiming]:
     cuts = [prepare_cut(traced, compute, p, s.inputs) for p in positions]
     fns: list[Callable[[], Any]] = []
@@ -648,11 +662,7 @@ def _measure_positions(
         fns.append(c.head)
         if c.tail is not None:
             fns.append(c.tail)
-    idle_factor = factor - 1 if idle else 0.0
-    timed = time_each(
-        fns, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync, tick=tick, idle_factor=idle_factor
-    )
-    samples = iter(timed)
+    samples = iter(time_each(fns, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync, tick=tick))
     out = []
     for c in cuts:
         head = latency_stats(next(samples), factor=factor)

@@ -223,10 +223,11 @@ class Profile:
     nodes: tuple[NodeProfile, ...]  # in topological (fx graph) order
     created_utc: str  # ISO 8601
     notes: str = ""
-    #: its fused pieces (anchors, checks) were each timed after the idle the device emulation pads
-    #: that work with, as an emulated request runs (``profile_model(emulated_idle=...)``); written
-    #: only when true, so that readers from before it still read every other profile
-    emulated_idle: bool = dataclasses.field(default=False, metadata={OMIT_DEFAULT: True})
+    #: how much slower the whole model computed after the idle the device emulation pads its work
+    #: with than back to back (medians); every compute time above already includes it, as they do
+    #: ``slowdown`` (``profile_model(emulated_idle=...)``). Written only when not 1, so that readers
+    #: from before it still read every profile that does not use it
+    idle_factor: float = dataclasses.field(default=1.0, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         if self.schema_version != PROFILE_SCHEMA_VERSION:
@@ -236,6 +237,8 @@ class Profile:
             )
         if not (self.slowdown >= 1.0 and math.isfinite(self.slowdown)):
             raise ProfileError(f"slowdown must be a finite factor >= 1, found {self.slowdown}")
+        if not (self.idle_factor > 0 and math.isfinite(self.idle_factor)):
+            raise ProfileError(f"idle_factor must be a finite factor > 0, found {self.idle_factor}")
         if self.batch_size < 1:
             raise ProfileError(f"batch_size must be >= 1, found {self.batch_size}")
         placeholders = sum(n.op == "placeholder" for n in self.nodes)
@@ -278,7 +281,7 @@ class Profile:
         m = self.machine
         where = m.accelerator or m.processor or m.platform
         emu = f", emulated device slowdown x{self.slowdown:g}" if self.slowdown != 1.0 else ""
-        emu += " (timed after its padding's idle)" if self.emulated_idle else ""
+        emu += f", x{self.idle_factor:.2f} after its padding's idle" if self.idle_factor != 1.0 else ""
         return (
             f"{self.model} batch {self.batch_size} on {m.device} ({where}), {m.threads} thread(s){emu}: "
             f"{self.total.median_ms:.2f} ms fused"

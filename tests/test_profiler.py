@@ -605,50 +605,39 @@ def test_the_in_run_encoder_is_the_clients_send_step(monkeypatch: pytest.MonkeyP
 
 
 # --------------------------------------------------------------------------------------------------
-# device emulation: fused pieces timed after the idle the emulation pads their work with
+# device emulation: how much slower the model computes after the idle the emulation's padding leaves
 
 
-def test_time_each_sleeps_the_emulations_padding_before_each_timed_call() -> None:
-    from splitdnn._measure import time_each
+def test_time_after_idle_alternates_back_to_back_and_after_the_paddings_sleep() -> None:
+    from splitdnn._measure import time_after_idle
 
     clock = VirtualClock()
-    costs = [1e-3, 3e-3]  # seconds of work per call of each function
-    calls: list[int] = []
+    calls: list[str] = []
+    cold = {"now": False}
 
-    def piece(i: int) -> Callable[[], None]:
-        def run() -> None:
-            calls.append(i)
-            clock.now += costs[i] * (2 if len(calls) <= 2 else 1)  # the warm-up calls cost twice
+    def run() -> None:  # 2 ms, 3 ms right after a sleep
+        calls.append("cold" if cold["now"] else "warm")
+        clock.now += 3e-3 if cold["now"] else 2e-3
+        cold["now"] = False
 
-        return run
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        cold["now"] = True
 
     slept: list[float] = []
-    samples = time_each(
-        [piece(0), piece(1)], warmup=1, repeats=2, timer=clock, sync=lambda: None,
-        idle_factor=7.0, sleep=slept.append,
-    )  # fmt: skip
-    assert samples == [pytest.approx([1e-3, 1e-3]), pytest.approx([3e-3, 3e-3])]
-    # each timed call follows 7x that function's previous call: the warm-up's for the first round
-    assert slept == pytest.approx([14e-3, 42e-3, 7e-3, 21e-3])
-
-    slept.clear()
-    readings = 0
-
-    def counting() -> float:
-        nonlocal readings
-        readings += 1
-        return clock()
-
-    fns = [piece(0), piece(1)]
-    time_each(fns, warmup=3, repeats=2, timer=counting, sync=lambda: None, sleep=slept.append)
-    assert slept == [] and readings == 2 * 2 * 2  # back to back: the warm-up is not even timed
+    back, after = time_after_idle(
+        run, idle_factor=7.0, warmup=2, repeats=3, timer=clock, sync=lambda: None, sleep=sleep
+    )
+    assert back == pytest.approx([2e-3] * 3) and after == pytest.approx([3e-3] * 3)
+    assert slept == pytest.approx([14e-3] * 3)  # 7x the work just timed, before each idle sample
+    assert calls == ["warm", "warm"] + ["warm", "cold"] * 3
 
 
-def test_an_emulated_profile_times_its_fused_pieces_after_the_padding_idle(
+def test_an_emulated_profile_prices_its_compute_after_the_paddings_idle(
     chain: graph.TracedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A model that computes slower after an idle (as cores on some hosts do): the emulated profile
-    prices that regime, a back-to-back profile does not."""
+    """A model that computes 1.5x slower right after an idle (as cores on some hosts do): the
+    emulated profile measures that and prices every compute time with it; codec times are not."""
     import splitdnn._measure as measure
 
     clock = VirtualClock()
@@ -657,33 +646,44 @@ def test_an_emulated_profile_times_its_fused_pieces_after_the_padding_idle(
 
     def sleep(seconds: float) -> None:
         assert seconds > 0
-        idle["cold"] = True
-        idle["sleeps"] += 1
+        idle["cold"], idle["sleeps"] = True, idle["sleeps"] + 1
 
-    def first_node_after_idle(*_: Any) -> None:  # the first node of a piece after an idle: +10 ms
+    def slower_after_idle(module: Any, *_: Any) -> None:  # each module's cost again, by half
         if idle["cold"]:
-            idle["cold"] = False
-            clock.now += 10e-3
+            clock.now += 0.5 * extra[module]
 
-    for module in chain.module.modules():
-        if not list(module.children()):
-            module.register_forward_pre_hook(first_node_after_idle)
+    extra: dict[Any, float] = {}
+    for node in chain.module.graph.nodes:
+        if node.op == "call_module":
+            module = chain.module.get_submodule(node.target)
+            extra[module] = cost[node.name] / 1e3
+            module.register_forward_hook(slower_after_idle)
+
+    def end_of_run(*_: Any) -> None:
+        idle["cold"] = False
+
+    chain.module.register_forward_hook(end_of_run)  # the fused run is over: warm again
     monkeypatch.setattr(measure.time, "sleep", sleep)
     whole = sum(cost.values())
 
-    emulated = profile_model_run(chain, timer=clock, slowdown=4.0, codecs=(), **FAST).profile
-    assert emulated.emulated_idle and idle["sleeps"] > 0
-    assert emulated.total.median_ms == pytest.approx(4 * (whole + 10))
-    assert sum(n.calibrated_ms for n in emulated.compute_nodes) == pytest.approx(4 * (whole + 10))
-    assert "timed after its padding's idle" in emulated.describe()
-
-    idle["sleeps"] = 0
-    back = profile_model_run(chain, timer=clock, slowdown=4.0, codecs=(), emulated_idle=False, **FAST).profile
-    assert not back.emulated_idle and idle["sleeps"] == 0
+    back = profile_model(chain, timer=clock, slowdown=4.0, codecs=("raw",), emulated_idle=False, **FAST)
+    assert back.idle_factor == 1.0 and idle["sleeps"] == 0
+    emulated = profile_model(chain, timer=clock, slowdown=4.0, codecs=("raw",), **FAST)
+    assert idle["sleeps"] == FAST["repeats"]
+    assert emulated.idle_factor == pytest.approx(1.5)
+    assert emulated.total.median_ms == pytest.approx(4 * 1.5 * whole)
     assert back.total.median_ms == pytest.approx(4 * whole)
-    plain = profile_model_run(chain, timer=clock, codecs=(), **FAST).profile  # no emulation, no idle
-    assert not plain.emulated_idle and idle["sleeps"] == 0
-    assert "padding" not in plain.describe()
+    for a, b in zip(back.compute_nodes, emulated.compute_nodes, strict=True):
+        assert b.latency.median_ms == pytest.approx(1.5 * a.latency.median_ms)
+        assert b.calibrated_ms == pytest.approx(1.5 * a.calibrated_ms)
+    assert emulated.calibration.mape_pct == pytest.approx(back.calibration.mape_pct)
+    assert [c.encode_ms for n in emulated.nodes for c in n.codecs] == pytest.approx(
+        [c.encode_ms for n in back.nodes for c in n.codecs]
+    )  # the encode follows the head back to back: not priced after an idle
+    assert "x1.50 after its padding's idle" in emulated.describe()
+    assert "idle" not in back.describe()
+    plain = profile_model(chain, timer=clock, codecs=(), **FAST)  # no emulation: nothing idles
+    assert plain.idle_factor == 1.0 and idle["sleeps"] == FAST["repeats"]
 
 
 @pytest.mark.parametrize(
@@ -702,22 +702,28 @@ def test_emulated_idle_refuses_what_means_nothing(
         profile_model(chain, codecs=(), **FAST, **kwargs)
 
 
-def test_the_emulated_idle_flag_is_saved_only_when_set(chain: graph.TracedModel) -> None:
-    """Written only when true: readers from before the field refuse unknown fields, and still read
-    every profile that does not use it."""
+def test_a_model_too_quick_for_the_clock_gets_no_idle_factor(chain: graph.TracedModel) -> None:
+    prof = profile_model(chain, timer=VirtualClock(), slowdown=2.0, codecs=(), **FAST)  # reads 0 s
+    assert prof.idle_factor == 1.0 and prof.slowdown == 2.0
+
+
+def test_the_idle_factor_is_saved_only_when_not_1(chain: graph.TracedModel) -> None:
+    """Written only when not 1: readers from before the field refuse unknown fields, and still
+    read every profile that does not use it."""
     import dataclasses
     import json
 
     from splitdnn.schema import to_dict
 
     prof = profile_model(chain, timer=VirtualClock(), codecs=(), **FAST)
-    assert "emulated_idle" not in to_dict(prof)
+    assert "idle_factor" not in to_dict(prof)
     assert profile_from_json(profile_to_json(prof)) == prof
-    marked = dataclasses.replace(prof, emulated_idle=True)
+    marked = dataclasses.replace(prof, idle_factor=1.25)
     text = profile_to_json(marked)
-    assert json.loads(text)["emulated_idle"] is True
-    assert profile_from_json(text).emulated_idle
-    data = json.loads(text)
-    data["emulated_idle"] = "true"
-    with pytest.raises(Exception, match="emulated_idle"):
-        profile_from_json(json.dumps(data))
+    assert json.loads(text)["idle_factor"] == 1.25
+    assert profile_from_json(text).idle_factor == 1.25
+    for bad in ("1.2", 0, -1.0, float("inf")):
+        data = json.loads(text)
+        data["idle_factor"] = bad
+        with pytest.raises(Exception, match="idle_factor"):
+            profile_from_json(json.dumps(data))
