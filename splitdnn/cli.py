@@ -493,8 +493,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, "--out")  # before minutes of profiling, not after
     if args.back_to_back and args.slowdown == 1.0:
         raise ConfigError(
-            "--back-to-back only changes an emulated profile (fused pieces are timed back to back "
-            "without one); pass --slowdown F > 1 with it, or leave it out"
+            "--back-to-back only changes an emulated profile (without one, compute is priced as timed "
+            "back to back anyway); pass --slowdown F > 1 with it, or leave it out"
         )
     traced = _trace(args)
     prof = profile_model(
@@ -588,8 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--back-to-back",
         action="store_true",
-        help="with --slowdown: time the fused pieces back to back, not each after the idle the "
-        "emulation pads that work with (the default: an emulated device computes after idling)",
+        help="with --slowdown: price compute as timed back to back, without measuring how much slower "
+        "the model runs after the idle the emulation pads its work with (the profile's idle_factor)",
     )
     p.add_argument(
         "--calibration",
