@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
+from splitdnn.runtime._client_report import Breakdown
 from splitdnn.runtime.client import SplitClient
+from splitdnn.schema import CostBreakdown
 
-__all__ = ["Timing", "measure", "measure_interleaved", "requests_within"]
+__all__ = ["PARTS", "Timing", "measure", "measure_interleaved", "predicted_parts", "requests_within"]
 
 _PROBE_WAIT_S = 30.0  # the longest wait for a client's background link probe between requests
 
@@ -38,6 +40,13 @@ class Timing:
     boundary: tuple[str, ...] = ()  # tensors the last timed request sent (empty: ran locally)
     codecs: tuple[str, ...] = ()  # their codecs
     predicted_live_ms: tuple[float, ...] = ()  # each request's prediction under the client's live estimate
+    # where each timed request's time went (ms, from its Breakdown): the device's compute and encode
+    # (emulated), the network (the RPC less the server's reported times, plus building the request
+    # and parsing the answer), the server's queue, decode and compute (reported by it)
+    device_ms: tuple[float, ...] = ()
+    network_ms: tuple[float, ...] = ()
+    server_ms: tuple[float, ...] = ()
+    predicted_parts_ms: tuple[float, ...] = ()  # (device, network, server) of the plan at the start
 
     @property
     def measured(self) -> bool:
@@ -80,6 +89,42 @@ class Timing:
             text = f"{self.median_ms:.0f} [{self.quantile(0.1):.0f}-{self.quantile(0.9):.0f}] n={n}"
         return f"{text}, pred {self.predicted_ms:.0f}" if with_prediction else text
 
+    def parts_text(self) -> str:
+        """``device 15 / 13, network 257 / 261, server 56 / 30``: median measured / predicted ms of
+        each part the requests spent time in (parts neither predicted nor measured left out); ""
+        when nothing was measured."""
+        if not self.device_ms or len(self.predicted_parts_ms) != len(PARTS):
+            return ""
+        shown = []
+        for name, measured, predicted in zip(
+            PARTS, (self.device_ms, self.network_ms, self.server_ms), self.predicted_parts_ms, strict=True
+        ):
+            m = statistics.median(measured) if measured else 0.0
+            if m > 0 or predicted > 0:
+                shown.append(f"{name} {m:.0f} / {predicted:.0f}")
+        return ", ".join(shown)
+
+
+PARTS = ("device", "network", "server")
+
+
+def predicted_parts(cost: CostBreakdown) -> tuple[float, float, float]:
+    """``(device, network, server)`` ms of a plan's predicted cost, split as :class:`Timing` measures."""
+    return (
+        cost.device_ms + cost.encode_ms,
+        sum(cost.transfer_ms) + sum(cost.rtt_ms) + cost.result_ms,
+        cost.server_ms + cost.decode_ms,
+    )
+
+
+def measured_parts(b: Breakdown) -> tuple[float, float, float]:
+    """``(device, network, server)`` ms of one request's :class:`Breakdown`."""
+    return (
+        b.head_ms + b.encode_ms + b.tail_local_ms,
+        b.network_ms + b.client_ms,
+        b.server_queue_ms + b.decode_ms + b.server_compute_ms,
+    )
+
 
 def requests_within(predicted_ms: float, warmup: int, requests: int, budget_s: float) -> tuple[int, int]:
     """``(warm-up, timed)`` requests that fit the budget at the predicted latency; (0, 0) = do not run.
@@ -117,6 +162,7 @@ def measure_interleaved(
     """
     keys = list(clients)
     predicted = {k: clients[k].plan.cost.total_ms for k in keys}
+    parts = {k: predicted_parts(clients[k].plan.cost) for k in keys}
     counts = {k: requests_within(predicted[k], warmup, requests, budget_s) for k in keys}
     rows: dict[str, list[Any]] = {k: [] for k in keys}
 
@@ -152,6 +198,10 @@ def measure_interleaved(
             last.boundary if last is not None else (),
             last.codecs if last is not None else (),
             tuple(b.predicted_ms for b in bs),
+            tuple(measured_parts(b)[0] for b in bs),
+            tuple(measured_parts(b)[1] for b in bs),
+            tuple(measured_parts(b)[2] for b in bs),
+            parts[k],
         )
     return out
 

@@ -247,6 +247,9 @@ def format_demo(rows: Sequence[DemoRow]) -> str:
                 f"{r.uplink_mbps:g} Mbit/s: the client estimated {r.link_estimate.uplink_mbps:.3g} Mbit/s, "
                 f"RTT {r.link_estimate.rtt_ms:.0f} ms from its requests; {r.switches} plan switch(es)"
             )
+        parts = r.chosen.parts_text()
+        if parts:
+            notes.append(f"{r.uplink_mbps:g} Mbit/s, time by part (median measured / predicted ms): {parts}")
         if r.chosen.local_runs:
             notes.append(f"{r.uplink_mbps:g} Mbit/s: {r.chosen.local_runs} request(s) fell back to local")
     text = format_table(

@@ -370,7 +370,11 @@ class _Recorder:
         from types import SimpleNamespace
 
         self.name, self.log = name, log
-        self.plan = SimpleNamespace(cost=SimpleNamespace(total_ms=1.0), strategy="split")
+        cost = SimpleNamespace(
+            total_ms=1.0, device_ms=0.25, encode_ms=0.05, transfer_ms=(0.3,), rtt_ms=(0.1,), result_ms=0.0,
+            server_ms=0.25, decode_ms=0.05,
+        )  # fmt: skip
+        self.plan = SimpleNamespace(cost=cost, strategy="split")
         self.last_breakdown: Any = None
 
     def infer(self, x: Any) -> None:
@@ -379,7 +383,8 @@ class _Recorder:
         self.log.append(f"infer {self.name}")
         self.last_breakdown = SimpleNamespace(
             total_ms=1.0, strategy="split", fallback="", bytes_sent=0, boundary=(), codecs=(),
-            predicted_ms=1.0,
+            predicted_ms=1.0, head_ms=0.2, encode_ms=0.1, tail_local_ms=0.0, network_ms=0.3, client_ms=0.1,
+            server_queue_ms=0.0, decode_ms=0.1, server_compute_ms=0.2,
         )  # fmt: skip
 
     def wait_for_probe(self, timeout: float | None = None) -> bool:
@@ -396,6 +401,10 @@ def test_interleaved_requests_wait_for_each_probe_and_vary_their_order() -> None
     clients = {k: _Recorder(k, log) for k in "abcd"}
     timings = measure_interleaved(clients, None, 2, 8, 1e6)  # type: ignore[arg-type]  # warm-up too
     assert all(len(t.samples_ms) == 8 for t in timings.values())
+    for t in timings.values():  # each request's parts, and the plan's
+        assert t.device_ms == pytest.approx((0.3,) * 8) and t.network_ms == pytest.approx((0.4,) * 8)
+        assert t.server_ms == pytest.approx((0.3,) * 8)
+        assert t.predicted_parts_ms == pytest.approx((0.3, 0.4, 0.3))
     for i, entry in enumerate(log):
         if entry.startswith("infer"):
             assert log[i + 1] == f"probe-wait {entry.split()[1]}"  # before anyone else's request

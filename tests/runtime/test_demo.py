@@ -36,6 +36,17 @@ def test_run_demo_tiny() -> None:
     for needle in ("slowdown x2", "1 thread(s)", "shaper", "RTT 2 ms", "vs edge-only", "vs cloud-only"):
         assert needle in text
     assert "| 50 " in text
+    for r in rows:  # where each request's time went, beside what the plan predicted for each part
+        n = len(r.chosen.samples_ms)
+        assert len(r.chosen.device_ms) == len(r.chosen.network_ms) == len(r.chosen.server_ms) == n
+        # the three parts are the whole prediction, and the whole of each measured request but for
+        # the client's own bookkeeping around its parts
+        assert sum(r.chosen.predicted_parts_ms) == pytest.approx(r.chosen.predicted_ms)
+        for total, *parts in zip(
+            r.chosen.samples_ms, r.chosen.device_ms, r.chosen.network_ms, r.chosen.server_ms, strict=True
+        ):
+            assert 0.5 * total <= sum(parts) <= total + 1e-6
+        assert f"{r.uplink_mbps:g} Mbit/s, time by part (median measured / predicted ms): device " in text
 
 
 def test_requests_fit_the_budget() -> None:
@@ -97,3 +108,24 @@ def test_bad_settings_are_refused_before_any_work(
     monkeypatch.setattr(splitdnn.models, "build_zoo_model", no_build)
     with pytest.raises(ConfigError, match=match):
         run_demo(**kwargs, out=io.StringIO())  # type: ignore[arg-type]
+
+
+def test_time_by_part_shows_medians_against_the_prediction_and_leaves_out_parts_never_used() -> None:
+    split = Timing(
+        300.0, (320.0, 340.0, 330.0), "cloud-only", device_ms=(14.0, 16.0, 15.0),
+        network_ms=(255.0, 260.0, 257.0), server_ms=(50.0, 60.0, 56.0),
+        predicted_parts_ms=(13.0, 261.0, 30.0),
+    )  # fmt: skip
+    assert split.parts_text() == "device 15 / 13, network 257 / 261, server 56 / 30"
+    local = Timing(400.0, (410.0,), "edge-only", device_ms=(410.0,), network_ms=(0.0,), server_ms=(0.0,),
+                   predicted_parts_ms=(400.0, 0.0, 0.0))  # fmt: skip
+    assert local.parts_text() == "device 410 / 400"
+    assert Timing(400.0).parts_text() == ""  # not run: nothing measured
+    row = DemoRow(
+        uplink_mbps=18.88, rtt_ms=20.0, strategy="cloud-only", boundary=(), codecs=("zstd",), wire_bytes=1,
+        chosen=split, edge_only=local, cloud_only=split, link_estimate=None, switches=0,
+    )  # fmt: skip
+    assert (
+        "18.88 Mbit/s, time by part (median measured / predicted ms): device 15 / 13, network 257 / 261, "
+        "server 56 / 30" in format_demo([row])
+    )
