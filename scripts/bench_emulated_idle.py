@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from splitdnn import graph
+from splitdnn._measure import git_state
 from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.models.registry import ZOO, build_zoo_model, default_input_shape
 from splitdnn.profiler import machine_info, profile_model
@@ -199,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": command.strip(),
         "machine": vars(machine_info(threads=args.threads)),
+        "code": git_state(),  # the commit (and local changes) the numbers come from
         "settings": {
             "slowdown": args.slowdown,
             "threads": args.threads,

@@ -234,32 +234,38 @@ def time_after_idle(
     repeats: int,
     timer: Timer,
     sync: Callable[[], None],
-    sleep: Callable[[float], None] | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Seconds per call of ``fn`` back to back, and after an idle: ``repeats`` rounds (after
-    ``warmup`` untimed calls), each one call right after the previous, then one after sleeping
-    ``idle_factor`` x the work just timed (``sleep`` defaults to :func:`time.sleep`).
+    ``warmup`` untimed calls, at least one), each one call right after the previous, then one after
+    sleeping ``idle_factor`` x the work of the last call after an idle (of the back-to-back call in
+    the first round), as the emulation pads a request with its own work; ``tick`` after each round.
 
     The device emulation pads each piece of work with (slowdown - 1) x that work of sleep, so an
     emulated request starts on a core that has idled for most of the last one; on some hosts that
     computes markedly slower (``docs/benchmarks.md``, "idle gaps"). Alternating the two kinds
-    round by round lets drift hit both alike."""
-    pause = time.sleep if sleep is None else sleep
-    for _ in range(warmup):
+    round by round lets drift hit both alike. The sleep is :data:`SLEEP` (tests replace it)."""
+    for _ in range(max(1, warmup)):
         fn()
     sync()
-    back, idle = [], []
+    back: list[float] = []
+    idle: list[float] = []
     for _ in range(repeats):
         t0 = timer()
         fn()
         sync()
         back.append(timer() - t0)
-        pause(idle_factor * back[-1])
+        SLEEP(idle_factor * (idle[-1] if idle else back[-1]))
         t0 = timer()
         fn()
         sync()
         idle.append(timer() - t0)
+        if tick:
+            tick()
     return back, idle
+
+
+SLEEP: Callable[[float], None] = time.sleep  # time_after_idle's sleep
 
 
 @dataclass

@@ -128,6 +128,12 @@ __all__ = [
     "tensor_metas",
 ]
 
+#: rounds of the ``idle`` stage at least (each one back-to-back run, the padding's sleep and one
+#: run after it): few repeats gave a single burst of load the factor
+IDLE_MIN_ROUNDS = 5
+#: the rounds' ratios spread over more than this share of the factor (p10 to p90): warn
+IDLE_SPREAD = 0.3
+
 
 DEFAULT_CODECS = _codec.DEFAULT_CODECS
 CODEC_NODE_POLICIES = ("all", "chain")
@@ -233,6 +239,7 @@ def profile_model_run(
     """:func:`profile_model`, also returning the anchor and check measurements behind the fit."""
     _check_options(device=device, threads=threads, warmup=warmup, repeats=repeats, slowdown=slowdown)
     idle = _emulated_idle(emulated_idle, slowdown)
+    idle_rounds = max(repeats, IDLE_MIN_ROUNDS)
     if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
         raise ConfigError(f"segments must be an integer >= 1 (the whole model is one), found {segments!r}")
     if check_cuts is not None and (
@@ -272,7 +279,7 @@ def profile_model_run(
         label=f"profile {traced.name}",
         stages={
             "record": 1,
-            **({"idle": repeats + 1} if idle else {}),
+            **({"idle": idle_rounds} if idle else {}),
             "nodes": n,
             "anchors": repeats + 1,
             **({"codecs": len(candidates) + 1} if candidates else {}),
@@ -299,13 +306,13 @@ def profile_model_run(
             bar.stage("idle")
             whole = prepare_cut(traced, compute, n, s.inputs).head
             back, after = time_after_idle(
-                whole, idle_factor=factor - 1, warmup=warmup, repeats=repeats, timer=timer, sync=s.sync
-            )
+                whole, idle_factor=factor - 1, warmup=warmup, repeats=idle_rounds, timer=timer,
+                sync=s.sync, tick=bar.advance,
+            )  # fmt: skip
             del whole
-            back_s, after_s = statistics.median(back), statistics.median(after)
-            if back_s > 0 and after_s > 0:  # else too quick for the clock: nothing to price
-                idle_factor = after_s / back_s
-            bar.advance(repeats + 1)
+            idle_factor, idle_note = _idle_factor(back, after)
+            if idle_note:
+                warnings.warn(f"profile of {traced.name!r}: {idle_note}", RuntimeWarning, stacklevel=2)
         compute_factor = factor * idle_factor
 
         bar.stage("nodes")
@@ -572,8 +579,27 @@ def _check_options(*, device: str, threads: int | None, warmup: int, repeats: in
     check_slowdown(slowdown)
 
 
+def _idle_factor(back: Sequence[float], after: Sequence[float]) -> tuple[float, str]:
+    """The idle factor of paired samples (the median of the rounds' ratios: a burst of load that
+    hits one sample moves one ratio, not the factor), and a warning when the ratios spread widely;
+    ``(1.0, "")`` when the clock read no time (a model too quick for it: nothing to price)."""
+    ratios = sorted(a / b for b, a in zip(back, after, strict=True) if a > 0 and b > 0)
+    if not ratios:
+        return 1.0, ""
+    factor = statistics.median(ratios)
+    lo, hi = ratios[len(ratios) // 10], ratios[-1 - len(ratios) // 10]
+    if hi - lo > IDLE_SPREAD * factor:
+        return factor, (
+            f"the whole model's slowdown after its padding's idle varied from x{lo:.2f} to x{hi:.2f} "
+            f"over {len(ratios)} rounds (x{factor:.2f} kept, the median); the machine may be busy. "
+            f"Profile on a quieter machine, with more repeats, or pass emulated_idle=False "
+            f"(splitdnn profile --back-to-back) to price compute as timed back to back"
+        )
+    return factor, ""
+
+
 def _emulated_idle(emulated_idle: object, slowdown: float) -> bool:
-    """Whether fused pieces are timed after the emulation's idle: ``None`` means when emulating."""
+    """Whether the idle factor is measured (module docstring): ``None`` means when emulating."""
     if emulated_idle is None:
         return slowdown > 1.0
     if not isinstance(emulated_idle, bool):

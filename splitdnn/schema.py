@@ -224,9 +224,11 @@ class Profile:
     created_utc: str  # ISO 8601
     notes: str = ""
     #: how much slower the whole model computed after the idle the device emulation pads its work
-    #: with than back to back (medians); every compute time above already includes it, as they do
-    #: ``slowdown`` (``profile_model(emulated_idle=...)``). Written only when not 1, so that readers
-    #: from before it still read every profile that does not use it
+    #: with than back to back (the median of paired rounds); every compute time above already
+    #: includes it, as they include ``slowdown`` (``profile_model(emulated_idle=...)``). Written
+    #: only when not 1: readers from before it refuse it (unknown field), so they read profiles
+    #: without emulation and those made with ``emulated_idle=False`` (``--back-to-back``), not
+    #: other emulated ones
     idle_factor: float = dataclasses.field(default=1.0, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
@@ -239,6 +241,11 @@ class Profile:
             raise ProfileError(f"slowdown must be a finite factor >= 1, found {self.slowdown}")
         if not (self.idle_factor > 0 and math.isfinite(self.idle_factor)):
             raise ProfileError(f"idle_factor must be a finite factor > 0, found {self.idle_factor}")
+        if self.idle_factor != 1.0 and self.slowdown == 1.0:
+            raise ProfileError(
+                f"idle_factor {self.idle_factor} without a device emulation (slowdown 1): only an emulated "
+                f"device pads its work with idle; remove idle_factor, or set the slowdown it was measured at"
+            )
         if self.batch_size < 1:
             raise ProfileError(f"batch_size must be >= 1, found {self.batch_size}")
         placeholders = sum(n.op == "placeholder" for n in self.nodes)

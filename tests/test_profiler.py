@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
@@ -608,8 +609,10 @@ def test_the_in_run_encoder_is_the_clients_send_step(monkeypatch: pytest.MonkeyP
 # device emulation: how much slower the model computes after the idle the emulation's padding leaves
 
 
-def test_time_after_idle_alternates_back_to_back_and_after_the_paddings_sleep() -> None:
-    from splitdnn._measure import time_after_idle
+def test_time_after_idle_alternates_back_to_back_and_after_the_paddings_sleep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import splitdnn._measure as measure
 
     clock = VirtualClock()
     calls: list[str] = []
@@ -625,51 +628,75 @@ def test_time_after_idle_alternates_back_to_back_and_after_the_paddings_sleep() 
         cold["now"] = True
 
     slept: list[float] = []
-    back, after = time_after_idle(
-        run, idle_factor=7.0, warmup=2, repeats=3, timer=clock, sync=lambda: None, sleep=sleep
-    )
+    ticks: list[int] = []
+    monkeypatch.setattr(measure, "SLEEP", sleep)
+    back, after = measure.time_after_idle(
+        run, idle_factor=7.0, warmup=0, repeats=3, timer=clock, sync=lambda: None,
+        tick=lambda: ticks.append(len(calls)),
+    )  # fmt: skip
     assert back == pytest.approx([2e-3] * 3) and after == pytest.approx([3e-3] * 3)
-    assert slept == pytest.approx([14e-3] * 3)  # 7x the work just timed, before each idle sample
-    assert calls == ["warm", "warm"] + ["warm", "cold"] * 3
+    # 7x the work of the last run after an idle, as the emulation pads a request with its own
+    # work; in the first round, 7x the back-to-back run
+    assert slept == pytest.approx([14e-3, 21e-3, 21e-3])
+    assert calls == ["warm"] + ["warm", "cold"] * 3  # one warm-up even at warmup=0
+    assert ticks == [3, 5, 7]  # one per round
+
+
+class _Cold:
+    """Charges each call_module node half its cost again while the core is "cold" (right after
+    ``sleep``, until the fused run ends); counts and keeps the sleeps."""
+
+    def __init__(self, traced: graph.TracedModel, clock: VirtualClock) -> None:
+        self.cost = charge(traced, clock)
+        self.cold = False
+        self.slept: list[float] = []
+        for node in traced.module.graph.nodes:
+            if node.op == "call_module":
+                extra = self.cost[node.name] / 1e3 * 0.5
+                traced.module.get_submodule(node.target).register_forward_hook(
+                    lambda *_, s=extra: setattr(clock, "now", clock.now + (s if self.cold else 0.0))
+                )
+        self.burst_s = 0.0  # more time charged to the next fused run (a burst of load)
+        traced.module.register_forward_hook(lambda *_: self._end_of_run(clock))
+
+    def _end_of_run(self, clock: VirtualClock) -> None:
+        clock.now += self.burst_s
+        self.cold, self.burst_s = False, 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.cold = True
 
 
 def test_an_emulated_profile_prices_its_compute_after_the_paddings_idle(
     chain: graph.TracedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model that computes 1.5x slower right after an idle (as cores on some hosts do): the
-    emulated profile measures that and prices every compute time with it; codec times are not."""
+    emulated profile measures that and prices every compute time with it, and no codec time."""
     import splitdnn._measure as measure
+    import splitdnn.profiler as profiler
+    from splitdnn.schema import CodecResult
 
     clock = VirtualClock()
-    cost = charge(chain, clock)
-    idle = {"cold": False, "sleeps": 0}
+    cold = _Cold(chain, clock)
+    monkeypatch.setattr(measure, "SLEEP", cold.sleep)
 
-    def sleep(seconds: float) -> None:
-        assert seconds > 0
-        idle["cold"], idle["sleeps"] = True, idle["sleeps"] + 1
+    def codec_measure(arr: Any, specs: Any, *, repeats: int, factor: float, timer: Any) -> Any:
+        return tuple(CodecResult(s, 100, 2.0 * factor, 3.0 * factor, 0.0, 0.0, 1.0) for s in specs)
 
-    def slower_after_idle(module: Any, *_: Any) -> None:  # each module's cost again, by half
-        if idle["cold"]:
-            clock.now += 0.5 * extra[module]
+    def encodes_in_run(module: Any, inputs: Any, watched: Any, encoders: Any, **kw: Any) -> Any:
+        return {(name, spec): [4e-3] for name in watched for spec in encoders}
 
-    extra: dict[Any, float] = {}
-    for node in chain.module.graph.nodes:
-        if node.op == "call_module":
-            module = chain.module.get_submodule(node.target)
-            extra[module] = cost[node.name] / 1e3
-            module.register_forward_hook(slower_after_idle)
-
-    def end_of_run(*_: Any) -> None:
-        idle["cold"] = False
-
-    chain.module.register_forward_hook(end_of_run)  # the fused run is over: warm again
-    monkeypatch.setattr(measure.time, "sleep", sleep)
-    whole = sum(cost.values())
+    monkeypatch.setattr(profiler._codec, "measure", codec_measure)
+    monkeypatch.setattr(profiler, "time_encodes_in_run", encodes_in_run)
+    whole = sum(cold.cost.values())
 
     back = profile_model(chain, timer=clock, slowdown=4.0, codecs=("raw",), emulated_idle=False, **FAST)
-    assert back.idle_factor == 1.0 and idle["sleeps"] == 0
+    assert back.idle_factor == 1.0 and cold.slept == []
     emulated = profile_model(chain, timer=clock, slowdown=4.0, codecs=("raw",), **FAST)
-    assert idle["sleeps"] == FAST["repeats"]
+    rounds = max(FAST["repeats"], profiler.IDLE_MIN_ROUNDS)
+    # the padding of (4 - 1) x the work: the back-to-back run first, then the run after the idle
+    assert cold.slept == pytest.approx([3 * whole / 1e3] + [3 * 1.5 * whole / 1e3] * (rounds - 1))
     assert emulated.idle_factor == pytest.approx(1.5)
     assert emulated.total.median_ms == pytest.approx(4 * 1.5 * whole)
     assert back.total.median_ms == pytest.approx(4 * whole)
@@ -677,13 +704,50 @@ def test_an_emulated_profile_prices_its_compute_after_the_paddings_idle(
         assert b.latency.median_ms == pytest.approx(1.5 * a.latency.median_ms)
         assert b.calibrated_ms == pytest.approx(1.5 * a.calibrated_ms)
     assert emulated.calibration.mape_pct == pytest.approx(back.calibration.mape_pct)
-    assert [c.encode_ms for n in emulated.nodes for c in n.codecs] == pytest.approx(
-        [c.encode_ms for n in back.nodes for c in n.codecs]
-    )  # the encode follows the head back to back: not priced after an idle
+    codecs = [c for n in emulated.nodes for c in n.codecs]
+    assert codecs and codecs == [c for n in back.nodes for c in n.codecs]
+    # the encode follows the head back to back: the slowdown only (4 ms in a run, 3 ms decode)
+    assert all(c.encode_ms == pytest.approx(16.0) and c.decode_ms == pytest.approx(12.0) for c in codecs)
     assert "x1.50 after its padding's idle" in emulated.describe()
     assert "idle" not in back.describe()
+    cold.slept.clear()
     plain = profile_model(chain, timer=clock, codecs=(), **FAST)  # no emulation: nothing idles
-    assert plain.idle_factor == 1.0 and idle["sleeps"] == FAST["repeats"]
+    assert plain.idle_factor == 1.0 and cold.slept == []
+
+
+def test_the_idle_stage_reports_progress_and_warns_when_its_rounds_disagree(
+    chain: graph.TracedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import splitdnn._measure as measure
+
+    clock = VirtualClock()
+    cold = _Cold(chain, clock)
+    monkeypatch.setattr(measure, "SLEEP", cold.sleep)
+    calls: list[tuple[int, int, str]] = []
+    kw = {**FAST, "progress": lambda d, t, s: calls.append((d, t, s))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # steady rounds: no warning
+        profile_model(chain, timer=clock, slowdown=4.0, codecs=(), **kw)
+    idle = [c for c in calls if c[2] == "idle"]
+    assert len(idle) >= 5 and [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)
+    assert calls[-1] == (calls[-1][1], calls[-1][1], "done")
+
+    bursts = iter([0.0, 5.0, 0.0, 0.0, 9.0] * 4)  # ms of load in the run after each idle
+    real_sleep = cold.sleep
+
+    def bursty(seconds: float) -> None:
+        real_sleep(seconds)
+        cold.burst_s = next(bursts) / 1e3
+
+    monkeypatch.setattr(measure, "SLEEP", bursty)
+    with pytest.warns(RuntimeWarning, match=r"slowdown after its padding's idle varied from x1\.50 to x"):
+        prof = profile_model(chain, timer=clock, slowdown=4.0, codecs=(), **FAST)
+    assert prof.idle_factor == pytest.approx(1.5)  # the median round, not the bursts
+
+
+def test_a_model_too_quick_for_the_clock_gets_no_idle_factor(chain: graph.TracedModel) -> None:
+    prof = profile_model(chain, timer=VirtualClock(), slowdown=2.0, codecs=(), **FAST)  # reads 0 s
+    assert prof.idle_factor == 1.0 and prof.slowdown == 2.0
 
 
 @pytest.mark.parametrize(
@@ -702,11 +766,6 @@ def test_emulated_idle_refuses_what_means_nothing(
         profile_model(chain, codecs=(), **FAST, **kwargs)
 
 
-def test_a_model_too_quick_for_the_clock_gets_no_idle_factor(chain: graph.TracedModel) -> None:
-    prof = profile_model(chain, timer=VirtualClock(), slowdown=2.0, codecs=(), **FAST)  # reads 0 s
-    assert prof.idle_factor == 1.0 and prof.slowdown == 2.0
-
-
 def test_the_idle_factor_is_saved_only_when_not_1(chain: graph.TracedModel) -> None:
     """Written only when not 1: readers from before the field refuse unknown fields, and still
     read every profile that does not use it."""
@@ -718,7 +777,9 @@ def test_the_idle_factor_is_saved_only_when_not_1(chain: graph.TracedModel) -> N
     prof = profile_model(chain, timer=VirtualClock(), codecs=(), **FAST)
     assert "idle_factor" not in to_dict(prof)
     assert profile_from_json(profile_to_json(prof)) == prof
-    marked = dataclasses.replace(prof, idle_factor=1.25)
+    with pytest.raises(Exception, match="without a device emulation"):
+        dataclasses.replace(prof, idle_factor=1.25)  # slowdown 1: nothing padded, nothing idled
+    marked = dataclasses.replace(prof, idle_factor=1.25, slowdown=2.0)
     text = profile_to_json(marked)
     assert json.loads(text)["idle_factor"] == 1.25
     assert profile_from_json(text).idle_factor == 1.25

@@ -80,10 +80,15 @@ def scale_profile(profile: Profile, speedup: float, *, note: str = "") -> Profil
 
     The client's fallback server profile when the server publishes none: the device profile divided
     by the device-emulation factor is "this machine without emulation". The result records no
-    emulation (``slowdown`` 1) and says in ``notes`` that it is an estimate.
+    emulation (``slowdown`` 1) and says in ``notes`` that it is an estimate. Where that takes the
+    emulation away, its ``idle_factor`` goes too (the slowdown after the padding's idle: a machine
+    that pads nothing has none), from the compute times only, as the profiler applied it.
     """
     f = check_positive("speedup", speedup)
     k = 1.0 / f
+    slowdown = max(1.0, profile.slowdown * k)
+    idle = profile.idle_factor if slowdown == 1.0 else 1.0  # divided out of the compute times
+    kc = k / idle
 
     def codec(c: CodecResult) -> CodecResult:
         return dataclasses.replace(c, encode_ms=c.encode_ms * k, decode_ms=c.decode_ms * k)
@@ -91,18 +96,21 @@ def scale_profile(profile: Profile, speedup: float, *, note: str = "") -> Profil
     def node(n: NodeProfile) -> NodeProfile:
         return dataclasses.replace(
             n,
-            latency=n.latency.scaled(k),
-            calibrated_ms=n.calibrated_ms * k,
+            latency=n.latency.scaled(kc),
+            calibrated_ms=n.calibrated_ms * kc,
             codecs=tuple(codec(c) for c in n.codecs),
         )
 
-    text = note or f"estimated: {profile.describe()} with every time divided by {f:g}"
+    text = note or f"estimated: {profile.describe()} with every time divided by {f:g}" + (
+        f" and its compute times by its idle factor {idle:.2f}" if idle != 1.0 else ""
+    )
     return dataclasses.replace(
         profile,
-        slowdown=max(1.0, profile.slowdown * k),
-        total=LatencyStats.scaled(profile.total, k),
+        slowdown=slowdown,
+        total=LatencyStats.scaled(profile.total, kc),
         nodes=tuple(node(n) for n in profile.nodes),
         notes=text,
+        idle_factor=profile.idle_factor / idle,
     )
 
 

@@ -748,6 +748,24 @@ def test_scale_profile_divides_every_time() -> None:
         scale_profile(device, 0.0)
 
 
+def test_scaling_the_emulation_away_takes_its_idle_factor_from_the_compute_times() -> None:
+    """The client's estimated server profile (device / its slowdown) kept the device's slowdown
+    after its padding's idle: compute priced 25 % high, described as padded."""
+    device, _ = _profiles(with_codec=True)
+    slow = dataclasses.replace(device, slowdown=8.0, idle_factor=1.25)
+    server = scale_profile(slow, 8.0)
+    assert server.slowdown == 1.0 and server.idle_factor == 1.0 and "idle" not in server.describe()
+    assert server.node("c").calibrated_ms == pytest.approx(100.0 / 8 / 1.25)
+    assert server.node("c").latency.median_ms == pytest.approx(slow.node("c").latency.median_ms / 10)
+    assert server.total.median_ms == pytest.approx(slow.total.median_ms / 10)
+    codec = server.node("b").codec("zstd")
+    assert codec is not None and codec.encode_ms == pytest.approx(1.0 / 8)  # never had the factor
+    assert "idle factor 1.25" in server.notes
+    half = scale_profile(slow, 2.0)  # still emulated (x4): the factor stays, times / 2
+    assert half.slowdown == 4.0 and half.idle_factor == 1.25
+    assert half.node("c").calibrated_ms == pytest.approx(100.0 / 2)
+
+
 def test_the_planner_imports_neither_torch_nor_grpc() -> None:
     # it plans on any device: the solver's layering rule extends to it
     code = "import sys, splitdnn.runtime.planner; print(sorted({'torch', 'grpc'} & set(sys.modules)))"
