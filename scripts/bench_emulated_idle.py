@@ -186,6 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()  # the allocator regime the runtime computes in
+    code = git_state()  # now: a commit made while it runs is not the code it ran
     command = "python scripts/bench_emulated_idle.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def say(text: str) -> None:
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": command.strip(),
         "machine": vars(machine_info(threads=args.threads)),
-        "code": git_state(),  # the commit (and local changes) the numbers come from
+        "code": code,  # the commit (and local changes) the numbers come from
         "settings": {
             "slowdown": args.slowdown,
             "threads": args.threads,

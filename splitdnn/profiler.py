@@ -133,7 +133,8 @@ __all__ = [
 #: rounds of the ``idle`` stage at least (each one back-to-back run, the padding's sleep and one
 #: run after it): few repeats gave a single burst of load the factor
 IDLE_MIN_ROUNDS = 5
-#: the rounds' ratios spread over more than this share of the factor (p10 to p90): warn
+#: the rounds' ratios spread over more than this share of the factor (lowest to highest; from 10
+#: rounds on, the extremes' neighbours): warn
 IDLE_SPREAD = 0.3
 
 

@@ -535,8 +535,8 @@ def prepare_model(config: BenchConfig, model: str, say: Callable[[str], None]) -
 def _rescaled(profile: Profile, factor: float, what: str) -> Profile:
     """``profile`` with every time multiplied by ``factor`` (its emulation factor kept)."""
     note = f"{what} profile rescaled x{factor:.3f} to a fresh whole-model run"
-    scaled = scale_profile(profile, 1.0 / factor, note=f"{profile.notes}; {note}" if profile.notes else note)
-    return replace(scaled, slowdown=profile.slowdown)
+    text = f"{profile.notes}; {note}" if profile.notes else note
+    return scale_profile(profile, 1.0 / factor, note=text, keep_emulation=True)
 
 
 #: Seconds the refresh's timed runs are spread over (see refresh_profiles).

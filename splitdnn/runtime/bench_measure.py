@@ -23,7 +23,15 @@ from splitdnn.runtime._client_report import Breakdown
 from splitdnn.runtime.client import SplitClient
 from splitdnn.schema import CostBreakdown
 
-__all__ = ["PARTS", "Timing", "measure", "measure_interleaved", "predicted_parts", "requests_within"]
+__all__ = [
+    "PARTS",
+    "Timing",
+    "measure",
+    "measure_interleaved",
+    "measured_parts",
+    "predicted_parts",
+    "requests_within",
+]
 
 _PROBE_WAIT_S = 30.0  # the longest wait for a client's background link probe between requests
 
@@ -41,8 +49,9 @@ class Timing:
     codecs: tuple[str, ...] = ()  # their codecs
     predicted_live_ms: tuple[float, ...] = ()  # each request's prediction under the client's live estimate
     # where each timed request's time went (ms, from its Breakdown): the device's compute and encode
-    # (emulated), the network (the RPC less the server's reported times, plus building the request
-    # and parsing the answer), the server's queue, decode and compute (reported by it)
+    # (emulated; a fallback's local tail too), the network (the RPC less the server's reported times,
+    # plus building the request and parsing the answer), the server's queue, decode and compute
+    # (reported by it); compared with the plan at the start even when the client switched plans
     device_ms: tuple[float, ...] = ()
     network_ms: tuple[float, ...] = ()
     server_ms: tuple[float, ...] = ()
@@ -109,7 +118,8 @@ PARTS = ("device", "network", "server")
 
 
 def predicted_parts(cost: CostBreakdown) -> tuple[float, float, float]:
-    """``(device, network, server)`` ms of a plan's predicted cost, split as :class:`Timing` measures."""
+    """``(device, network, server)`` ms of a plan's predicted cost, split as :class:`Timing` measures
+    (two tiers, as the runtime runs: a three-tier plan's middle tier would count as the server)."""
     return (
         cost.device_ms + cost.encode_ms,
         sum(cost.transfer_ms) + sum(cost.rtt_ms) + cost.result_ms,

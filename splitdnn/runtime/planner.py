@@ -75,7 +75,9 @@ _HEADER_BYTES = 16 << 10  # a request's fields besides its tensors' bytes (names
 # profiles
 
 
-def scale_profile(profile: Profile, speedup: float, *, note: str = "") -> Profile:
+def scale_profile(
+    profile: Profile, speedup: float, *, note: str = "", keep_emulation: bool = False
+) -> Profile:
     """``profile`` as a machine ``speedup`` x faster would measure it (every time divided by it).
 
     The client's fallback server profile when the server publishes none: the device profile divided
@@ -83,11 +85,13 @@ def scale_profile(profile: Profile, speedup: float, *, note: str = "") -> Profil
     emulation (``slowdown`` 1) and says in ``notes`` that it is an estimate. Where that takes the
     emulation away, its ``idle_factor`` goes too (the slowdown after the padding's idle: a machine
     that pads nothing has none), from the compute times only, as the profiler applied it.
+    ``keep_emulation``: only the times change; ``slowdown`` and ``idle_factor`` stay as they are (the
+    same emulated device, measured faster or slower now).
     """
     f = check_positive("speedup", speedup)
     k = 1.0 / f
-    slowdown = max(1.0, profile.slowdown * k)
-    idle = profile.idle_factor if slowdown == 1.0 else 1.0  # divided out of the compute times
+    slowdown = profile.slowdown if keep_emulation else max(1.0, profile.slowdown * k)
+    idle = profile.idle_factor if slowdown == 1.0 and not keep_emulation else 1.0  # out of the compute times
     kc = k / idle
 
     def codec(c: CodecResult) -> CodecResult:

@@ -217,6 +217,7 @@ def test_profiles_are_rescaled_to_a_fresh_run_before_each_cell() -> None:
     assert 0.02 < fd < 0.5 and 0.02 < fs < 0.5  # about 1/10, give or take this machine's noise
     old = prepared.devices[1.5]
     assert device.slowdown == old.slowdown == 1.5
+    assert device.idle_factor == old.idle_factor  # rescaled below x1 overall: still the same emulation
     assert device.total.median_ms == pytest.approx(old.total.median_ms * fd)
     for a, b in zip(device.nodes, old.nodes, strict=True):
         assert a.calibrated_ms == pytest.approx(b.calibrated_ms * fd)

@@ -39,13 +39,13 @@ def test_run_demo_tiny() -> None:
     for r in rows:  # where each request's time went, beside what the plan predicted for each part
         n = len(r.chosen.samples_ms)
         assert len(r.chosen.device_ms) == len(r.chosen.network_ms) == len(r.chosen.server_ms) == n
-        # the three parts are the whole prediction, and the whole of each measured request but for
-        # the client's own bookkeeping around its parts
+        # the three parts are the whole prediction, and within each measured request (the client's
+        # own bookkeeping around them is in neither)
         assert sum(r.chosen.predicted_parts_ms) == pytest.approx(r.chosen.predicted_ms)
         for total, *parts in zip(
             r.chosen.samples_ms, r.chosen.device_ms, r.chosen.network_ms, r.chosen.server_ms, strict=True
         ):
-            assert 0.5 * total <= sum(parts) <= total + 1e-6
+            assert 0 < sum(parts) <= total + 1e-6 and min(parts) >= 0
         assert f"{r.uplink_mbps:g} Mbit/s, time by part (median measured / predicted ms): device " in text
 
 

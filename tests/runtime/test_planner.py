@@ -764,6 +764,11 @@ def test_scaling_the_emulation_away_takes_its_idle_factor_from_the_compute_times
     half = scale_profile(slow, 2.0)  # still emulated (x4): the factor stays, times / 2
     assert half.slowdown == 4.0 and half.idle_factor == 1.25
     assert half.node("c").calibrated_ms == pytest.approx(100.0 / 2)
+    # the bench's refresh: the same emulated device, measured 10x faster now (slowdown x 1/10 < 1)
+    now = scale_profile(slow, 10.0, keep_emulation=True)
+    assert now.slowdown == 8.0 and now.idle_factor == 1.25
+    assert now.node("c").calibrated_ms == pytest.approx(100.0 / 10)
+    assert now.node("b").codec("zstd").encode_ms == pytest.approx(1.0 / 10)  # type: ignore[union-attr]
 
 
 def test_the_planner_imports_neither_torch_nor_grpc() -> None:
