@@ -36,15 +36,16 @@ tests can drive the whole procedure with a virtual clock.
 Device emulation: an emulated device (``slowdown`` f > 1) pads each piece of work with a sleep of
 (f - 1) x that work (``SplitClient(emulate_slowdown=f)``), so its every request starts on a core that
 has just idled for most of the last one. On some hosts that computes markedly slower than back to
-back: on this project's Intel Xeon machine ResNet-18 took 1.15-1.31x its back-to-back CPU time that
-way (one thread), and the demo's edge-only plan measured 1.14-1.64x its back-to-back prediction
-(``docs/benchmarks.md``, "The emulated device is priced after its padding's idle"). So by default
+back: on this project's Intel Xeon machine ResNet-18 took 1.13-1.63x its back-to-back CPU time that
+way (one thread, over this code's benchmark and demo runs), and the demo's edge-only plan measured
+1.25-1.64x its back-to-back prediction (``docs/benchmarks.md``, "The emulated device is priced after
+its padding's idle"). So by default
 (``emulated_idle``) an emulated profile first times the whole model alternately back to back and
 after the idle its padding leaves (``idle`` stage, :data:`IDLE_MIN_ROUNDS` rounds at least) and
 multiplies every compute time it stores (nodes, anchors, checks, ``total``; not the codecs' times:
 the encode follows the head back to back) by the median of the rounds' ratios, ``idle_factor``,
-which it records. It prices edge-only well and heads 4-20 % high (a short head idles less than the
-whole model). Timing every fused piece after its own idle instead was tried: each piece then paid
+which it records. It priced edge-only within -5 to +12 % and heads mostly 4-20 % high (a short
+head idles less than the whole model). Timing every fused piece after its own idle instead was tried: each piece then paid
 the cold start alone, and heads were priced 13-49 % over their measured time.
 """
 
