@@ -45,8 +45,9 @@ after the idle its padding leaves (``idle`` stage, :data:`IDLE_MIN_ROUNDS` round
 multiplies every compute time it stores (nodes, anchors, checks, ``total``; not the codecs' times:
 the encode follows the head back to back) by the median of the rounds' ratios, ``idle_factor``,
 which it records. It priced edge-only within -5 to +12 % and heads mostly 4-20 % high (a short
-head idles less than the whole model). Timing every fused piece after its own idle instead was tried: each piece then paid
-the cold start alone, and heads were priced 13-49 % over their measured time.
+head idles less than the whole model). Timing every fused piece after its own idle instead was
+tried: each piece then paid the cold start alone, and heads were priced 13-49 % over their measured
+time.
 """
 
 from __future__ import annotations

@@ -61,6 +61,15 @@ def test_records_have_the_interface_fields(run: tuple[BenchConfig, list[CellResu
     mine = [r for r in back["records"] if r["strategy"] == "splitdnn" and r["measured"]]
     assert back["mape"] == pytest.approx(statistics.fmean(abs(r["error_pct"]) for r in mine))
     assert back["cuts"] and all("predicted_ms" in c and "measured" in c for c in back["cuts"])
+    # where a strategy's requests' time went: every measured run of one client has it (the oracle's
+    # record pools runs of several)
+    for rec in back["records"]:
+        if rec["measured"] and rec["strategy"] != "oracle":
+            parts = rec["parts_ms"]
+            assert set(parts) == {"device", "network", "server"}
+            assert all(v["measured"] >= 0 and v["predicted"] >= 0 for v in parts.values())
+            if rec["plan"] == "edge-only":
+                assert parts["network"]["predicted"] == parts["server"]["predicted"] == 0
 
 
 def test_regret_is_at_least_one_and_the_oracle_is_the_best_measured(
