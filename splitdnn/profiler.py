@@ -39,15 +39,14 @@ has just idled for most of the last one. On some hosts that computes markedly sl
 back: on this project's Intel Xeon machine ResNet-18 took 1.13-1.63x its back-to-back CPU time that
 way (one thread, over this code's benchmark and demo runs), and the demo's edge-only plan measured
 1.25-1.64x its back-to-back prediction (``docs/benchmarks.md``, "The emulated device is priced after
-its padding's idle"). So by default
-(``emulated_idle``) an emulated profile first times the whole model alternately back to back and
-after the idle its padding leaves (``idle`` stage, :data:`IDLE_MIN_ROUNDS` rounds at least) and
-multiplies every compute time it stores (nodes, anchors, checks, ``total``; not the codecs' times:
-the encode follows the head back to back) by the median of the rounds' ratios, ``idle_factor``,
-which it records. It priced edge-only within -5 to +12 % and heads mostly 4-20 % high (a short
-head idles less than the whole model). Timing every fused piece after its own idle instead was
-tried: each piece then paid the cold start alone, and heads were priced 13-49 % over their measured
-time.
+its padding's idle"). So by default (``emulated_idle``) an emulated profile first times the whole
+model alternately back to back and after the idle its padding leaves (``idle`` stage,
+:data:`IDLE_MIN_ROUNDS` rounds at least) and multiplies every compute time it stores (nodes,
+anchors, checks, ``total``; not the codecs' times: the encode follows the head back to back) by the
+median of the rounds' ratios, ``idle_factor``, which it records. It priced edge-only within -5 to
++12 % and heads mostly 4-20 % high (a short head idles less than the whole model). Timing every
+fused piece after its own idle instead was tried: each piece then paid the cold start alone, and
+heads were priced 13-49 % over their measured time.
 """
 
 from __future__ import annotations
@@ -475,7 +474,9 @@ def measure_cuts(
     through it), with the same method the profiler checks its calibration with.
 
     Heads and tails are timed round-robin; each tail runs on its head's real outputs. A cut after
-    the last compute node has the whole model as head and an empty tail (0 ms).
+    the last compute node has the whole model as head and an empty tail (0 ms). Times are back to
+    back times ``slowdown``: no idle factor is measured here (compare with a profile made with
+    ``emulated_idle=False``, or divide a profile's compute times by its ``idle_factor``).
     """
     _check_options(device=device, threads=threads, warmup=warmup, repeats=repeats, slowdown=slowdown)
     compute = [n.name for n in traced.compute_nodes()]
