@@ -491,10 +491,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         keep_freed_memory()
     out = check_output_file(args.out, "--out")  # before minutes of profiling, not after
-    if args.back_to_back and args.slowdown == 1.0:
+    if args.idle_factor and args.slowdown == 1.0:
         raise ConfigError(
-            "--back-to-back only changes an emulated profile (without one, compute is priced as timed "
-            "back to back anyway); pass --slowdown F > 1 with it, or leave it out"
+            "--idle-factor measures an emulated device's slowdown after the idle its padding leaves; "
+            "without an emulation nothing is padded: pass --slowdown F > 1 with it, or leave it out"
         )
     traced = _trace(args)
     prof = profile_model(
@@ -508,7 +508,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         codecs=parse_codec_list(args.codecs) if args.codecs is not None else None,
         codec_nodes=args.codec_nodes,
         progress=not args.quiet,
-        emulated_idle=False if args.back_to_back else None,
+        emulated_idle=args.idle_factor,
     )
     save_profile(prof, out)
     cal = prof.calibration
@@ -586,10 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="device emulation: multiply every time by F >= 1 (recorded in the profile)",
     )
     p.add_argument(
-        "--back-to-back",
+        "--idle-factor",
         action="store_true",
-        help="with --slowdown: price compute as timed back to back, without measuring how much slower "
-        "the model runs after the idle the emulation pads its work with (the profile's idle_factor)",
+        help="with --slowdown: also measure how much slower the model runs after the idle the "
+        "emulation pads its work with, and price every compute time so (the profile's idle_factor; "
+        "off by default: docs/benchmarks.md)",
     )
     p.add_argument(
         "--calibration",

@@ -39,14 +39,15 @@ has just idled for most of the last one. On some hosts that computes markedly sl
 back: on this project's Intel Xeon machine ResNet-18 took 1.13-1.63x its back-to-back CPU time that
 way (one thread, over this code's benchmark and demo runs), and the demo's edge-only plan measured
 1.25-1.64x its back-to-back prediction (``docs/benchmarks.md``, "The emulated device is priced after
-its padding's idle"). So by default (``emulated_idle``) an emulated profile first times the whole
-model alternately back to back and after the idle its padding leaves (``idle`` stage,
+its padding's idle"). With ``emulated_idle`` an emulated profile first times the whole model
+alternately back to back and after the idle its padding leaves (``idle`` stage,
 :data:`IDLE_MIN_ROUNDS` rounds at least) and multiplies every compute time it stores (nodes,
 anchors, checks, ``total``; not the codecs' times: the encode follows the head back to back) by the
-median of the rounds' ratios, ``idle_factor``, which it records. It priced edge-only within -5 to
-+12 % and heads mostly 4-20 % high (a short head idles less than the whole model). Timing every
-fused piece after its own idle instead was tried: each piece then paid the cold start alone, and
-heads were priced 13-49 % over their measured time.
+median of the rounds' ratios, ``idle_factor``, which it records. Off by default: over four
+comparisons against real requests it priced edge-only better (from 7-38 % low to -16 to +12 %) but
+heads worse (from -15 to +4 % to mostly 4-27 % high: a short head idles less than the whole model),
+and its mean error was no better. Timing every fused piece after its own idle instead was tried:
+each piece then paid the cold start alone, and heads were priced 13-49 % over their measured time.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def profile_model(
     codec_nodes: str | Sequence[str] = "all",
     codec_repeats: int = 1,
     timer: Timer = time.perf_counter,
-    emulated_idle: bool | None = None,
+    emulated_idle: bool = False,
 ) -> Profile:
     """Profile ``traced`` on this machine; see the module docstring for what is measured.
 
@@ -197,9 +198,9 @@ def profile_model(
     ``DEFAULT_CHECK_CAP``, at most half the chain cuts; 0 skips the check and fits on every chain cut).
     ``codecs`` (default :data:`DEFAULT_CODECS`; ``()`` for none), ``codec_nodes`` and
     ``codec_repeats`` choose what the ``codecs`` stage measures (module docstring).
-    ``emulated_idle`` (default: when ``slowdown`` > 1) measures how much slower the model computes
-    after the idle the emulation pads its work with, and prices every compute time so (module
-    docstring, "Device emulation"; ``Profile.idle_factor``).
+    ``emulated_idle`` (needs ``slowdown`` > 1; off by default) measures how much slower the model
+    computes after the idle the emulation pads its work with, and prices every compute time so
+    (module docstring, "Device emulation"; ``Profile.idle_factor``).
     """
     return profile_model_run(
         traced,
@@ -238,7 +239,7 @@ def profile_model_run(
     codec_nodes: str | Sequence[str] = "all",
     codec_repeats: int = 1,
     timer: Timer = time.perf_counter,
-    emulated_idle: bool | None = None,
+    emulated_idle: bool = False,
 ) -> ProfileRun:
     """:func:`profile_model`, also returning the anchor and check measurements behind the fit."""
     _check_options(device=device, threads=threads, warmup=warmup, repeats=repeats, slowdown=slowdown)
@@ -475,8 +476,8 @@ def measure_cuts(
 
     Heads and tails are timed round-robin; each tail runs on its head's real outputs. A cut after
     the last compute node has the whole model as head and an empty tail (0 ms). Times are back to
-    back times ``slowdown``: no idle factor is measured here (compare with a profile made with
-    ``emulated_idle=False``, or divide a profile's compute times by its ``idle_factor``).
+    back times ``slowdown``: no idle factor is measured here (compare with a profile made without
+    ``emulated_idle``, or divide a profile's compute times by its ``idle_factor``).
     """
     _check_options(device=device, threads=threads, warmup=warmup, repeats=repeats, slowdown=slowdown)
     compute = [n.name for n in traced.compute_nodes()]
@@ -598,24 +599,20 @@ def _idle_factor(back: Sequence[float], after: Sequence[float]) -> tuple[float, 
         return factor, (
             f"the whole model's slowdown after its padding's idle varied from x{lo:.2f} to x{hi:.2f} "
             f"over {len(ratios)} rounds (x{factor:.2f} kept, the median); the machine may be busy. "
-            f"Profile on a quieter machine, with more repeats, or pass emulated_idle=False "
-            f"(splitdnn profile --back-to-back) to price compute as timed back to back"
+            f"Profile on a quieter machine, with more repeats, or without emulated_idle "
+            f"(splitdnn profile without --idle-factor) to price compute as timed back to back"
         )
     return factor, ""
 
 
 def _emulated_idle(emulated_idle: object, slowdown: float) -> bool:
-    """Whether the idle factor is measured (module docstring): ``None`` means when emulating."""
-    if emulated_idle is None:
-        return slowdown > 1.0
+    """Whether the idle factor is measured (module docstring)."""
     if not isinstance(emulated_idle, bool):
-        raise ConfigError(
-            f"emulated_idle must be None (when slowdown > 1), True or False, found {emulated_idle!r}"
-        )
+        raise ConfigError(f"emulated_idle must be True or False, found {emulated_idle!r}")
     if emulated_idle and slowdown <= 1.0:
         raise ConfigError(
             "emulated_idle=True needs a device emulation (slowdown > 1): without one no work is padded "
-            "with idle; pass a slowdown, or leave emulated_idle unset"
+            "with idle; pass a slowdown, or leave emulated_idle off"
         )
     return emulated_idle
 

@@ -226,9 +226,8 @@ class Profile:
     #: how much slower the whole model computed after the idle the device emulation pads its work
     #: with than back to back (the median of paired rounds); every compute time above already
     #: includes it, as they include ``slowdown`` (``profile_model(emulated_idle=...)``). Written
-    #: only when not 1: readers from before it refuse it (unknown field), so they read profiles
-    #: without emulation and those made with ``emulated_idle=False`` (``--back-to-back``), not
-    #: other emulated ones
+    #: only when not 1: readers from before it refuse it (unknown field), so they read every
+    #: profile but those made with ``emulated_idle`` (``splitdnn profile --idle-factor``)
     idle_factor: float = dataclasses.field(default=1.0, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:

@@ -602,14 +602,14 @@ def test_a_profile_listing_an_unknown_codec_is_refused(codec_profiles, tmp_path,
     )
 
 
-def test_profile_back_to_back_reaches_the_profiler_and_needs_a_slowdown(capsys, tmp_path, monkeypatch):
+def test_profile_idle_factor_reaches_the_profiler_and_needs_a_slowdown(capsys, tmp_path, monkeypatch):
     pytest.importorskip("torch")
     import splitdnn.profiler as profiler
     from splitdnn.errors import ConfigError
 
     out = str(tmp_path / "p.json")
-    code, _, err = run(capsys, "profile", "alexnet", "--back-to-back", "--out", out)
-    assert code == 1 and "--back-to-back only changes an emulated profile" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "profile", "alexnet", "--idle-factor", "--out", out)
+    assert code == 1 and "without an emulation nothing is padded" in err and err.count("\n") == 1
     asked = []
 
     def fake(traced, **kw):
@@ -618,7 +618,7 @@ def test_profile_back_to_back_reaches_the_profiler_and_needs_a_slowdown(capsys, 
 
     monkeypatch.setattr(profiler, "profile_model", fake)
     argv = ["profile", "alexnet", "--input-shape", "1,3,64,64", "--slowdown", "4", "--out", out]
-    for extra in ((), ("--back-to-back",)):
+    for extra in ((), ("--idle-factor",)):
         code, _, err = run(capsys, *argv, *extra)
         assert code == 1 and "stop here" in err
-    assert asked == [None, False]  # None: the profiler's default, after the idle when emulating
+    assert asked == [False, True]  # off unless asked for

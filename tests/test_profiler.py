@@ -691,9 +691,9 @@ def test_an_emulated_profile_prices_its_compute_after_the_paddings_idle(
     monkeypatch.setattr(profiler, "time_encodes_in_run", encodes_in_run)
     whole = sum(cold.cost.values())
 
-    back = profile_model(chain, timer=clock, slowdown=4.0, codecs=("raw",), emulated_idle=False, **FAST)
+    back = profile_model(chain, timer=clock, slowdown=4.0, codecs=("raw",), **FAST)  # off by default
     assert back.idle_factor == 1.0 and cold.slept == []
-    emulated = profile_model(chain, timer=clock, slowdown=4.0, codecs=("raw",), **FAST)
+    emulated = profile_model(chain, timer=clock, slowdown=4.0, codecs=("raw",), emulated_idle=True, **FAST)
     rounds = max(FAST["repeats"], profiler.IDLE_MIN_ROUNDS)
     # the padding of (4 - 1) x the work: the back-to-back run first, then the run after the idle
     assert cold.slept == pytest.approx([3 * whole / 1e3] + [3 * 1.5 * whole / 1e3] * (rounds - 1))
@@ -727,7 +727,7 @@ def test_the_idle_stage_reports_progress_and_warns_when_its_rounds_disagree(
     kw = {**FAST, "progress": lambda d, t, s: calls.append((d, t, s))}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # steady rounds: no warning
-        profile_model(chain, timer=clock, slowdown=4.0, codecs=(), **kw)
+        profile_model(chain, timer=clock, slowdown=4.0, codecs=(), emulated_idle=True, **kw)
     idle = [c for c in calls if c[2] == "idle"]
     assert len(idle) >= 5 and [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)
     assert calls[-1] == (calls[-1][1], calls[-1][1], "done")
@@ -741,12 +741,12 @@ def test_the_idle_stage_reports_progress_and_warns_when_its_rounds_disagree(
 
     monkeypatch.setattr(measure, "SLEEP", bursty)
     with pytest.warns(RuntimeWarning, match=r"slowdown after its padding's idle varied from x1\.50 to x"):
-        prof = profile_model(chain, timer=clock, slowdown=4.0, codecs=(), **FAST)
+        prof = profile_model(chain, timer=clock, slowdown=4.0, codecs=(), emulated_idle=True, **FAST)
     assert prof.idle_factor == pytest.approx(1.5)  # the median round, not the bursts
 
 
 def test_a_model_too_quick_for_the_clock_gets_no_idle_factor(chain: graph.TracedModel) -> None:
-    prof = profile_model(chain, timer=VirtualClock(), slowdown=2.0, codecs=(), **FAST)  # reads 0 s
+    prof = profile_model(chain, timer=VirtualClock(), slowdown=2.0, codecs=(), emulated_idle=True, **FAST)
     assert prof.idle_factor == 1.0 and prof.slowdown == 2.0
 
 
@@ -755,8 +755,9 @@ def test_a_model_too_quick_for_the_clock_gets_no_idle_factor(chain: graph.Traced
     [
         ({"emulated_idle": True}, "needs a device emulation"),
         ({"emulated_idle": True, "slowdown": 1.0}, "needs a device emulation"),
-        ({"emulated_idle": "yes", "slowdown": 2.0}, "must be None"),
-        ({"emulated_idle": 1, "slowdown": 2.0}, "must be None"),
+        ({"emulated_idle": "yes", "slowdown": 2.0}, "must be True or False"),
+        ({"emulated_idle": 1, "slowdown": 2.0}, "must be True or False"),
+        ({"emulated_idle": None, "slowdown": 2.0}, "must be True or False"),
     ],
 )
 def test_emulated_idle_refuses_what_means_nothing(
