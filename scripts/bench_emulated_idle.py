@@ -44,20 +44,11 @@ from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
 MODES = (("back to back", False), ("x idle factor", True))
 
 
-def cuts_at(traced: graph.TracedModel, fractions: Sequence[float]) -> list[str]:
-    """The chain cuts at ``fractions`` of the model's chain (distinct, in graph order)."""
-    cuts = graph.chain_cuts(traced)
-    if not cuts:
-        return []
-    chosen = {cuts[min(len(cuts) - 1, int(f * len(cuts)))] for f in fractions}
-    return [c for c in cuts if c in chosen]
-
-
 def measure_model(model: str, args: argparse.Namespace, say: Any) -> dict[str, Any]:
     module = build_zoo_model(model).eval()
     x = torch.randn(default_input_shape(model), generator=torch.Generator().manual_seed(0))
     traced = graph.trace(module, x, name=model)
-    plans = ["edge", *cuts_at(traced, args.fractions)]
+    plans = ["edge", *graph.chain_cuts_at(traced, args.fractions)]
     clock = emulation_clock(args.threads, args.slowdown)
     rows: dict[tuple[str, str], dict[str, list[float]]] = {}
     config = ServerConfig(models=(ModelSpec(model, module=module, input_shapes=(tuple(x.shape),)),), port=0)

@@ -39,8 +39,7 @@ def pieces_of(model: str, fractions: Sequence[float]) -> list[tuple[str, Callabl
     x = torch.randn(default_input_shape(model), generator=torch.Generator().manual_seed(0))
     traced = graph.trace(module, x, name=model)
     compute = [n.name for n in traced.nodes if n.op in graph.COMPUTE_OPS]
-    cuts = graph.chain_cuts(traced)
-    chosen = sorted({cuts[min(len(cuts) - 1, int(f * len(cuts)))] for f in fractions}, key=compute.index)
+    chosen = graph.chain_cuts_at(traced, fractions)
     out: list[tuple[str, Callable[[], Any]]] = []
     for cut in chosen:
         pos = compute.index(cut)

@@ -44,6 +44,7 @@ __all__ = [
     "TracedModel",
     "boundary",
     "chain_cuts",
+    "chain_cuts_at",
     "example_inputs",
     "check_tiers",
     "fingerprint",
@@ -142,6 +143,16 @@ def chain_cuts(traced: TracedModel) -> list[str]:
         if n.op in COMPUTE_OPS and i < last_compute and open_now == 1 and last_read.get(n.name, -1) > i:
             cuts.append(n.name)
     return cuts
+
+
+def chain_cuts_at(traced: TracedModel, fractions: Sequence[float]) -> list[str]:
+    """The chain cuts at ``fractions`` (0 = the first, 1 = the last) of the model's chain cuts,
+    distinct and in graph order; [] when the model has none."""
+    if any(isinstance(f, bool) or not 0 <= f <= 1 for f in fractions):
+        raise ConfigError(f"fractions of the chain must lie in [0, 1], found {list(fractions)}")
+    cuts = chain_cuts(traced)
+    chosen = {cuts[min(len(cuts) - 1, int(f * len(cuts)))] for f in fractions} if cuts else set()
+    return [c for c in cuts if c in chosen]
 
 
 def check_tiers(traced: TracedModel, tiers: Mapping[str, int]) -> dict[str, int]:

@@ -288,6 +288,17 @@ def test_chain_cuts_of_a_chain_are_every_compute_node_but_the_last() -> None:
     assert chain_cuts(traced) == compute[:-1]
 
 
+def test_chain_cuts_at_fractions_are_distinct_and_in_graph_order() -> None:
+    from splitdnn.graph import chain_cuts_at
+
+    _, traced, _, _ = make("residual")  # chain cuts: stem relu add relu_2 add_1 relu_4 mean
+    assert chain_cuts_at(traced, [0.5, 0.0, 1.0, 0.99]) == ["stem", "relu_2", "mean"]
+    assert chain_cuts_at(traced, []) == []
+    for bad in ([1.5], [-0.1], [True]):
+        with pytest.raises(ConfigError, match=r"fractions of the chain must lie in \[0, 1\]"):
+            chain_cuts_at(traced, bad)
+
+
 def test_chain_cuts_of_a_dag_are_its_cut_vertices() -> None:
     _, traced, _, _ = make("residual")
     # inside a block its input is still needed by the skip; from the add on it is not

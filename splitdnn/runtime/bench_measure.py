@@ -98,20 +98,22 @@ class Timing:
             text = f"{self.median_ms:.0f} [{self.quantile(0.1):.0f}-{self.quantile(0.9):.0f}] n={n}"
         return f"{text}, pred {self.predicted_ms:.0f}" if with_prediction else text
 
+    def parts(self) -> list[tuple[str, float, float]]:
+        """``(part, median measured ms, predicted ms)`` for each of :data:`PARTS`; [] when nothing
+        was measured."""
+        if not self.device_ms or len(self.predicted_parts_ms) != len(PARTS):
+            return []
+        measured = (self.device_ms, self.network_ms, self.server_ms)
+        return [
+            (name, statistics.median(m) if m else 0.0, predicted)
+            for name, m, predicted in zip(PARTS, measured, self.predicted_parts_ms, strict=True)
+        ]
+
     def parts_text(self) -> str:
         """``device 15 / 13, network 257 / 261, server 56 / 30``: median measured / predicted ms of
         each part the requests spent time in (parts neither predicted nor measured left out); ""
         when nothing was measured."""
-        if not self.device_ms or len(self.predicted_parts_ms) != len(PARTS):
-            return ""
-        shown = []
-        for name, measured, predicted in zip(
-            PARTS, (self.device_ms, self.network_ms, self.server_ms), self.predicted_parts_ms, strict=True
-        ):
-            m = statistics.median(measured) if measured else 0.0
-            if m > 0 or predicted > 0:
-                shown.append(f"{name} {m:.0f} / {predicted:.0f}")
-        return ", ".join(shown)
+        return ", ".join(f"{name} {m:.0f} / {p:.0f}" for name, m, p in self.parts() if m > 0 or p > 0)
 
 
 PARTS = ("device", "network", "server")
@@ -199,6 +201,7 @@ def measure_interleaved(
     for k in keys:
         bs = rows[k]
         last = bs[-1] if bs else None
+        measured = [measured_parts(b) for b in bs]  # (device, network, server) per request
         out[k] = Timing(
             predicted[k],
             tuple(b.total_ms for b in bs),
@@ -208,9 +211,9 @@ def measure_interleaved(
             last.boundary if last is not None else (),
             last.codecs if last is not None else (),
             tuple(b.predicted_ms for b in bs),
-            tuple(measured_parts(b)[0] for b in bs),
-            tuple(measured_parts(b)[1] for b in bs),
-            tuple(measured_parts(b)[2] for b in bs),
+            tuple(p[0] for p in measured),
+            tuple(p[1] for p in measured),
+            tuple(p[2] for p in measured),
             parts[k],
         )
     return out

@@ -36,7 +36,7 @@ from splitdnn.errors import ConfigError
 from splitdnn.plots import save_figure
 from splitdnn.report import format_bytes, format_table
 from splitdnn.runtime.bench import BenchConfig, CellResult, CutRun, StrategyRun, cut_key, pool_cuts
-from splitdnn.runtime.bench_measure import PARTS, Timing
+from splitdnn.runtime.bench_measure import Timing
 from splitdnn.runtime.shaper import LINK_NAME
 
 __all__ = [
@@ -91,13 +91,10 @@ def _record(cell: CellResult, strategy: str, config: BenchConfig, link_name: str
         "profile_scale_device": round(cell.profile_scale[0], 4),
         "profile_scale_server": round(cell.profile_scale[1], 4),
     }
-    if t.device_ms and len(t.predicted_parts_ms) == len(PARTS):
-        # where the requests' time went, against the client's plan when it started (Timing)
+    if t.parts():  # where the requests' time went, against the client's plan when it started
         rec["parts_ms"] = {
-            name: {"measured": round(statistics.median(measured), 3), "predicted": round(predicted, 3)}
-            for name, measured, predicted in zip(
-                PARTS, (t.device_ms, t.network_ms, t.server_ms), t.predicted_parts_ms, strict=True
-            )
+            name: {"measured": round(measured, 3), "predicted": round(predicted, 3)}
+            for name, measured, predicted in t.parts()
         }
     if strategy == "splitdnn":
         best = cell.runs["oracle"]

@@ -219,14 +219,18 @@ def test_profiles_are_rescaled_to_a_fresh_run_before_each_cell() -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         prepared = prepare_model(config, "alexnet", lambda _: None)
     # pretend the start-of-run profiles came from a machine 10x slower than this one is now
-    slow = {s: dataclasses.replace(p, total=p.total.scaled(10.0)) for s, p in prepared.devices.items()}
+    # with an idle factor (--idle-factor), which the refresh must keep however far it rescales
+    slow = {
+        s: dataclasses.replace(p, total=p.total.scaled(10.0), idle_factor=1.25)
+        for s, p in prepared.devices.items()
+    }
     prepared = dataclasses.replace(prepared, devices=slow, server=dataclasses.replace(
         prepared.server, total=prepared.server.total.scaled(10.0)))  # fmt: skip
     device, server, (fd, fs) = refresh_profiles(prepared, config, 1.5)
     assert 0.02 < fd < 0.5 and 0.02 < fs < 0.5  # about 1/10, give or take this machine's noise
     old = prepared.devices[1.5]
     assert device.slowdown == old.slowdown == 1.5
-    assert device.idle_factor == old.idle_factor  # rescaled below x1 overall: still the same emulation
+    assert device.idle_factor == old.idle_factor == 1.25  # rescaled below x1 overall: the same emulation
     assert device.total.median_ms == pytest.approx(old.total.median_ms * fd)
     for a, b in zip(device.nodes, old.nodes, strict=True):
         assert a.calibrated_ms == pytest.approx(b.calibrated_ms * fd)
