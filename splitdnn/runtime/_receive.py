@@ -197,9 +197,11 @@ class ReceiveWatch:
 
     def _end(self, context: grpc.ServicerContext, method: str) -> None:
         log.debug("%s: ended, no request message within %g s", method, self.timeout_s)
-        _cancel(context, grpc.StatusCode.DEADLINE_EXCEEDED, self._message())
-        if self._on_timeout is not None:
-            self._on_timeout(method)
+        try:  # counted before the client hears its status: whoever sees the status sees the count
+            if self._on_timeout is not None:
+                self._on_timeout(method)
+        finally:
+            _cancel(context, grpc.StatusCode.DEADLINE_EXCEEDED, self._message())
         self._ended_since_warning += 1
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY_S:
