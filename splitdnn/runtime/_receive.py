@@ -197,7 +197,9 @@ class ReceiveWatch:
 
     def _end(self, context: grpc.ServicerContext, method: str) -> None:
         log.debug("%s: ended, no request message within %g s", method, self.timeout_s)
-        try:  # counted before the client hears its status: whoever sees the status sees the count
+        # counted before the cancel: the client of a call that never sent its message sees the count
+        # when it sees the status (one whose message arrives as it is ended may hear first, from its handler)
+        try:
             if self._on_timeout is not None:
                 self._on_timeout(method)
         finally:
