@@ -344,6 +344,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         accuracy_table=args.accuracy_table,
         max_accuracy_loss=args.max_accuracy_loss,
         probe_interval_s=None if args.no_probe else 5.0,
+        server_pace=not args.no_server_pace,
         probe_edge_interval_s=args.probe_interval_s,
         token=_token(args),
         tls=tls,
@@ -516,7 +517,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 input_shape=config.input_shape,
                 max_error=config.max_error, device_threads=config.device_threads,
                 server_threads=config.server_threads, profile_repeats=config.profile_repeats,
-                progress=not args.quiet, out=sys.stdout,
+                server_pace=config.server_pace, progress=not args.quiet, out=sys.stdout,
             )  # fmt: skip
     command = _bench_command(args)
     doc = bench_document(cells, config, change=change, command=command, started_utc=started)
@@ -654,6 +655,11 @@ def _measurement_args(
         default=0.0,
         help="codec error budget of the chosen plan (relative MSE); default 0 = lossless codecs only",
     )
+    p.add_argument(
+        "--no-server-pace",
+        action="store_true",
+        help="the client prices the server by its profile alone, not by how fast it answers",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -669,6 +675,7 @@ def _measurement_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "server_threads": args.server_threads or None,
         "profile_repeats": args.profile_repeats,
         "budget_s": args.budget_s,
+        "server_pace": not args.no_server_pace,
     }
 
 
@@ -829,6 +836,11 @@ def add_commands(
         help="while edge-only, pause between background link probes (default 0.25)",
     )
     p.add_argument("--no-probe", action="store_true", help="never probe the link in the background")
+    p.add_argument(
+        "--no-server-pace",
+        action="store_true",
+        help="price the server by its profile alone, not by how fast it answers its requests",
+    )
     p.add_argument("--device-profile", metavar="FILE", help="this device's profile (default: profile now)")
     p.add_argument("--force", metavar="CUT", help="fixed plan: edge, cloud or a node name to cut after")
     p.add_argument("--slowdown", type=positive, default=1.0, help="emulate a slower device (pads head time)")

@@ -211,9 +211,12 @@ def _output(data: serde.InferResponseData, facts: _Facts) -> Any:
 class Run:
     """The bookkeeping of one infer() call: times, bytes, and the local and remote paths."""
 
-    def __init__(self, client: SplitClient, plan: Plan, t0: float, scale: float = 1.0) -> None:
+    def __init__(
+        self, client: SplitClient, plan: Plan, t0: float, scale: float = 1.0, server_factor: float = 1.0
+    ) -> None:
         self.c = client
         self.plan = plan
+        self.server_factor = server_factor  # the server's pace the plan was priced with (ServerPace)
         self.t0 = t0
         self.scale = scale  # the request's rows over the profiles' batch: predictions grow with it
         self.head_ms = self.encode_ms = self.tail_ms = self.client_ms = self.padding_ms = 0.0
@@ -434,6 +437,7 @@ class Run:
                 f"the server's answer is {len(response)} bytes, over the client's max_message_bytes="
                 f"{c.max_message_bytes}; raise it (SplitClient(max_message_bytes=...)) or send fewer rows"
             )
+        built = frozenset(self.sent) in c._answered_cuts  # else its time includes building the tail
         c._mark_up(answered=self.sent)
         t = time.perf_counter()
         data = serde.decode_infer_response(response, max_decoded_bytes=c.max_message_bytes)
@@ -446,6 +450,13 @@ class Run:
         batch = p.get(serde.PARAM_BATCH_SIZE, 1)
         self.batch = int(batch) if isinstance(batch, int) and not isinstance(batch, bool) else 1
         self.bytes_received = data.wire_bytes
-        self.network_ms = max(0.0, rpc_ms - self.queue_ms - self.compute_ms - self.decode_ms)
-        c._observe(self.bytes_sent, self.bytes_received, self.network_ms)
+        server_ms = self.queue_ms + self.compute_ms + self.decode_ms
+        self.network_ms = max(0.0, rpc_ms - server_ms)
+        # the server's part as its profile predicts it, without the pace the plan was priced with
+        cost = self.plan.cost
+        predicted = (cost.server_ms + cost.decode_ms) * self.scale / self.server_factor
+        c._observe(
+            self.bytes_sent, self.bytes_received, self.network_ms,
+            server=(predicted, server_ms) if built else None,
+        )  # fmt: skip
         return out

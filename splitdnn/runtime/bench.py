@@ -218,7 +218,7 @@ def _cut_client_kw(ctx: _CellContext, label: str, kind: str) -> dict[str, Any]:
         return {"force_boundary": "cloud", "max_error": ctx.config.max_error}
     if kind == "chain":
         return {"force_boundary": label, "max_error": ctx.config.max_error}
-    return {"hysteresis": _PINNED, "max_error": ctx.config.max_error}
+    return {"hysteresis": _PINNED, "max_error": ctx.config.max_error, "server_pace": False}  # as measured
 
 
 def _select(ctx: _CellContext, cands: list[tuple[str, str, Plan]]) -> list[tuple[str, str, Plan, str]]:
@@ -333,7 +333,7 @@ def measure_cell(
         "edge-only": {"force_boundary": "edge"},
         "cloud-raw": {"force_boundary": "cloud", "codecs": ("raw",)},
         "cloud-lossless": {"force_boundary": "cloud", "codecs": lossless_non_raw},
-        "splitdnn": {"max_error": config.max_error},
+        "splitdnn": {"max_error": config.max_error, "server_pace": config.server_pace},
     }
     with ExitStack() as stack:
         clients = {k: stack.enter_context(_client(ctx, **kw)) for k, kw in settings.items()}

@@ -81,6 +81,7 @@ def run_change(
     server_threads: int | None = None,
     profile_repeats: int = 3,
     hysteresis: Hysteresis | None = None,
+    server_pace: bool = True,
     timeout_s: float = 30.0,
     progress: bool = False,
     out: TextIO | None = None,
@@ -142,6 +143,7 @@ def run_change(
             link.address, server.served_model(model), device_profile=devices[slowdown],
             server_profile=server_prof, link=config.link_at(first), max_error=max_error,
             emulate_slowdown=slowdown, threads=device_threads, timeout_s=timeout_s, hysteresis=hysteresis,
+            server_pace=server_pace,
         )  # fmt: skip
         with client:
             client.infer(x)  # warm-up: connection, piece cache

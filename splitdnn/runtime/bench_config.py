@@ -77,6 +77,7 @@ class BenchConfig:
     # before each cell, re-time the whole model on device and server and rescale both profiles to it
     refresh_runs: int = 5  # timed runs of each (0: never refresh; the profiles of the run's start)
     refresh_pool: int = 3  # factors: medians over the samples of this many recent refreshes (DriftTracker)
+    server_pace: bool = True  # the splitdnn client prices the server at its measured pace (SplitClient)
 
     def __post_init__(self) -> None:
         from splitdnn.models import ZOO
@@ -106,6 +107,8 @@ class BenchConfig:
         _positive_int("dag_points", self.dag_points, minimum=2)
         _positive_int("refresh_runs", self.refresh_runs, minimum=0)
         _positive_int("refresh_pool", self.refresh_pool)
+        if not isinstance(self.server_pace, bool):
+            raise ConfigError(f"server_pace must be True or False, found {self.server_pace!r}")
         if self.server_threads is not None:
             _positive_int("server_threads", self.server_threads)
         for name, value, low in (

@@ -32,7 +32,14 @@ What one :meth:`SplitClient.infer` does, and why:
    payloads from 8 KiB up, by 4 x, until one takes 25 ms; a few round trips), so the estimate has a
    transfer of another size than its requests and can tell a link's burst from its rate. Each
    request that ran as planned also reports its wall time to the planner, which undoes a switch
-   whose new plan measures slower than the one it replaced (``Hysteresis.verify``).
+   whose new plan measures slower than the one it replaced (``Hysteresis.verify``). The server's
+   reported time also feeds a :class:`~splitdnn.runtime._server_pace.ServerPace` (``server_pace``,
+   on by default): when the server answers its last requests (the median of up to 8, younger than
+   30 s) more than 25 % slower or faster than its profile predicts -- other clients keep it busy, it
+   shares its machine, it computes slower after idling through a long upload -- the planner prices
+   every server time at that factor and re-plans (``Planner.set_server_factor``), by the hysteresis
+   rules as for a link change. With no recent answer (edge-only) the factor returns
+   to 1 after 30 s, and the server is tried again.
 4. Failures: gRPC retries UNAVAILABLE itself (a service-config retry policy, with a per-RPC retry
    buffer larger than the largest request: gRPC does not retry a request it could not buffer). When
    the server stays unreachable, the deadline passes or the server is overloaded, the request
@@ -117,6 +124,7 @@ from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._server_pace import ServerPace
 from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.planner import Decision, Hysteresis, LinkEstimator, Planner, plan_key
 from splitdnn.schema import Link, Plan, Profile
@@ -169,6 +177,8 @@ class SplitClient:
     (baselines). ``probe_interval_s`` / ``probe_max_bytes``: link probes while nothing is sent (see
     :mod:`splitdnn.runtime._probe`; None turns them off); ``probe_edge_interval_s``: the pause between
     probes while edge-only (recovery time against probe bytes; its cost is documented there).
+    ``server_pace``: price the server at its measured pace (step 3 above; ``server_factor`` is the
+    factor in use); False prices it by its profile alone. Not for a forced plan, which never changes.
 
     Network: ``token`` (bearer), TLS with ``tls=True`` or any of ``root_cert`` / ``client_cert`` +
     ``client_key`` (PEM bytes or paths; mTLS with the pair) and ``tls_server_name`` (override the
@@ -219,6 +229,7 @@ class SplitClient:
         probe_interval_s: float | None = 5.0,
         probe_max_bytes: int = 256 << 10,
         probe_edge_interval_s: float = 0.25,
+        server_pace: bool = True,
     ) -> None:
         if not isinstance(address, str) or not address:
             raise ConfigError(f"address must be 'host:port' (or a gRPC target), found {address!r}")
@@ -295,6 +306,8 @@ class SplitClient:
         self.closed = False
         # sets of boundary names the server has answered for (it has built and cached their tail)
         self._answered_cuts: set[frozenset[str]] = set()
+        # how much slower than its profile the server answers (a loaded server); None: not tracked
+        self._pace = ServerPace() if server_pace and force_boundary is None else None
         self.notes: list[str] = []  # what the client assumed (shown by describe())
         try:
             planning = {
@@ -498,6 +511,8 @@ class SplitClient:
         planner = self._make_planner(server, self.estimator.link)
         with self._lock:
             self.server_profile, self.server_profile_source, self.planner = server, source, planner
+            if self._pace is not None:  # its ratios were against the profile planned with until now
+                self._pace.clear()
         if server is info.profile:
             self._note(f"the server answered after start-up: planning with its profile ({server.describe()})")
 
@@ -513,13 +528,24 @@ class SplitClient:
         """The live link estimate."""
         return self.estimator.link
 
+    @property
+    def server_factor(self) -> float:
+        """How many times its profile's times the server is priced at: its measured pace over the
+        last requests (``server_pace``); 1 when not tracked or nothing recent."""
+        return self.planner.server_factor
+
     def describe(self) -> str:
         """Several lines: the emulation, the profiles, the plan and what was assumed."""
         p = self.plan
         lines = [
             f"device: {self.device_profile.describe()}; emulation: slowdown x{self.emulate_slowdown:g}, "
             f"{self.threads or 'all'} thread(s)",
-            f"server: {self.server_profile.describe()} ({self.server_profile_source})",
+            f"server: {self.server_profile.describe()} ({self.server_profile_source})"
+            + (
+                f"; priced {self.server_factor:.2f}x its times (its measured pace)"
+                if self.server_factor != 1
+                else ""
+            ),
             f"link estimate: {self.link.uplink_mbps:.3g} Mbit/s up, RTT {self.link.rtt_ms:.1f} ms",
             f"plan: {p.strategy}, boundary {list(p.boundary_nodes) or '-'}, codecs "
             f"{[b.codec for b in p.boundary] or '-'}, predicted {p.cost.total_ms:.1f} ms",
@@ -583,7 +609,7 @@ class SplitClient:
         self.traced.check_input_shapes([x.shape for x in inputs])  # an export-captured model's graph
         t0 = time.perf_counter()
         with self._lock:
-            plan = self.planner.plan
+            plan, server_factor = self.planner.plan, self.planner.server_factor
             self.requests += 1
             down = time.monotonic() < self._down_until
         # Probe only while edge-only, when the link is otherwise idle: a remote plan's own requests
@@ -593,7 +619,7 @@ class SplitClient:
             self._prober.maybe_start(edge_only=True, last_observed=self._last_observed)
         # predictions are for the profiles' batch; a request of more rows takes longer, about in proportion
         scale = max(1.0, int(inputs[0].shape[0]) / max(1, self.device_profile.batch_size))
-        run = Run(self, plan, t0, scale)
+        run = Run(self, plan, t0, scale, server_factor)
         again = False
         try:
             if plan.strategy == "edge-only":
@@ -727,7 +753,7 @@ class SplitClient:
 
     def _observe(
         self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = _REQUEST_MIN_MOVE,
-        overdue: bool = False,
+        overdue: bool = False, server: tuple[float, float] | None = None,
     ) -> bool:  # fmt: skip
         """Fold in a request or probe and re-plan; True when it was a step and the plan is still edge-only
         (a probe then measures again at once, sized for the new estimate).
@@ -738,7 +764,9 @@ class SplitClient:
         inference and, for a request, sits on its path: requests use 5 %, probes 20 % (a probe on a
         steady link changes nothing). ``overdue``: a
         request given up after ``network_ms`` without an answer (``Run._overdue_after_s``; nothing
-        received)."""
+        received). ``server``: a request's server part, ``(predicted by the profile, reported)`` ms,
+        for the server's pace (``server_pace``): a pace that moved past its tolerance re-prices the
+        server and re-plans."""
         with self._lock:
             if overdue:
                 self.estimator.observe_overdue(bytes_up, network_ms)
@@ -746,9 +774,31 @@ class SplitClient:
                 self.estimator.observe(bytes_up, bytes_down, network_ms)
             self._last_observed = time.monotonic()
             link, stepped = self.estimator.link, self.estimator.stepped
-            if stepped or self.planner.replan_due(link, tolerance=min_move):
+            paced = self._pace_server(server)
+            if paced or stepped or self.planner.replan_due(link, tolerance=min_move):
                 self.last_decision = self.planner.replan(link, step=stepped)
             return stepped and self.planner.plan.strategy == "edge-only"
+
+    def _pace_server(self, sample: tuple[float, float] | None) -> bool:
+        """Fold in a request's server part and re-price the server if its pace moved (under the lock);
+        True when it did. Also run for probes: a pace with nothing recent goes back to 1."""
+        if self._pace is None or self.planner.forced:
+            return False
+        if sample is not None:
+            self._pace.observe(*sample)
+        factor = self._pace.due(self.planner.server_factor)
+        if factor is None:
+            return False
+        before = self.planner.server_factor
+        self.planner.set_server_factor(factor)
+        self.notes.append(
+            f"the server answers {factor:.2f}x its profile's times over its last {self._pace.samples} "
+            f"request(s) (was priced at {before:.2f}x): re-planning with that"
+            if self._pace.samples
+            else f"no recent answer from the server: priced by its profile again (was {before:.2f}x)"
+        )
+        del self.notes[:-_MAX_NOTES]
+        return True
 
     def _observe_probe(self, bytes_up: int, bytes_down: int, network_ms: float) -> bool:
         return self._observe(bytes_up, bytes_down, network_ms, min_move=_PROBE_MIN_MOVE)

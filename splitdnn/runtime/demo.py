@@ -93,6 +93,7 @@ def run_demo(
     device_profile: Profile | None = None,
     server_profile: Profile | None = None,
     progress: bool = False,
+    server_pace: bool = True,
     out: TextIO | None = None,
 ) -> list[DemoRow]:
     """Run the demo (module docstring) and print its settings and table to ``out``; return the rows.
@@ -100,7 +101,8 @@ def run_demo(
     ``input_shape`` is batch first (default: the zoo's input, batch 1). ``max_error`` is the codec
     budget (relative MSE) of the chosen plan; the cloud-only baseline is always lossless.
     ``budget_s`` caps the seconds one strategy may take at one bandwidth. Given profiles skip the
-    profiling (they must be of this model and input shape).
+    profiling (they must be of this model and input shape). ``server_pace``: the chosen plan's client
+    prices the server at its measured pace (``SplitClient(server_pace=)``).
     """
     from splitdnn.models import ZOO, build_zoo_model, default_input_shape
     from splitdnn.profiler import check_slowdown, profile_model
@@ -183,7 +185,7 @@ def run_demo(
             for uplink in uplinks:
                 shaper.set_rates(uplink_mbps=uplink, downlink_mbps=None, rtt_ms=rtt_ms)
                 say(f"uplink {uplink:g} Mbit/s ...")
-                with client(uplink, max_error=max_error) as c:
+                with client(uplink, max_error=max_error, server_pace=server_pace) as c:
                     chosen = _measure(c, x, warmup, requests, budget_s)
                     plan: Plan = c.plan
                     estimate = c.link if chosen.strategy != "edge-only" else None

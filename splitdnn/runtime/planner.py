@@ -344,11 +344,11 @@ class Planner:
             if max_message_bytes is None or force is not None
             else max(0, max_message_bytes - _HEADER_BYTES)
         )
-        best_codec = solver.codec_tensor_cost(
-            self.profiles, allowed=None if codecs is None else tuple(codecs), max_error=max_error,
-            metric=metric, accuracy=accuracy_table, max_accuracy_loss=max_accuracy_loss,
-            max_wire_bytes=wire_cap,
-        )  # fmt: skip
+        # what the best codec per tensor depends on besides the profiles (rebuilt with them)
+        self._codec_choice: dict[str, object] = {
+            "allowed": None if codecs is None else tuple(codecs), "max_error": max_error, "metric": metric,
+            "accuracy": accuracy_table, "max_accuracy_loss": max_accuracy_loss, "max_wire_bytes": wire_cap,
+        }  # fmt: skip
         if codecs is not None:
             for spec in codecs:  # a name no build knows, before "not measured" (which says: measure it)
                 if spec not in ("raw", "none"):
@@ -364,7 +364,9 @@ class Planner:
                     "that admits it, or leave it out"
                 )
         self.unsendable = frozenset(unsendable)
-        self.tensor_cost = _guarded(best_codec, self.unsendable) if self.unsendable else best_codec
+        self._server_profile = server  # as given: what server_factor scales
+        self.server_factor = 1.0
+        self.tensor_cost = self._tensor_cost()
         if max_remote_ms is not None and not (
             isinstance(max_remote_ms, (int, float)) and math.isfinite(max_remote_ms) and max_remote_ms > 0
         ):
@@ -391,6 +393,26 @@ class Planner:
         self.plan = self._initial_plan(link)
 
     # public ---------------------------------------------------------------------------------------
+
+    def set_server_factor(self, factor: float) -> None:
+        """Price the server ``factor`` x slower than its profile from now on (its compute and decode
+        times; 1: the profile as given); the measured pace of a loaded server
+        (:class:`~splitdnn.runtime._server_pace.ServerPace`). The plan is not re-priced here: the next
+        :meth:`replan` does it, with the hysteresis rules."""
+        f = check_positive("server factor", factor)
+        server = self._server_profile
+        if f != 1.0:
+            server = scale_profile(
+                server, 1.0 / f, keep_emulation=True,
+                note=f"{server.describe()}, priced {f:.2f}x slower: the server's measured pace",
+            )  # fmt: skip
+        self.server_factor = f
+        self.profiles = (self.profiles[0], server)
+        self.tensor_cost = self._tensor_cost()
+
+    def _tensor_cost(self) -> TensorCostFn:
+        best = solver.codec_tensor_cost(self.profiles, **self._codec_choice)  # type: ignore[arg-type]
+        return _guarded(best, self.unsendable) if self.unsendable else best
 
     @property
     def forced(self) -> bool:

@@ -17,6 +17,7 @@ generous bounds on the probe's reaction.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from splitdnn import graph
 from splitdnn.errors import ModelMismatchError
 from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
+from splitdnn.runtime._server_pace import ServerPace
 from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.client import SplitClient
 from splitdnn.runtime.planner import scale_profile
@@ -170,6 +172,59 @@ def test_probe_notices_a_recovered_link(live: Live) -> None:
             y = client.infer(live.x)
             b = client.last_breakdown
     assert b is not None and not b.local and torch.equal(y, live.ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# the server's pace
+
+
+def _server_ms(live: Live) -> float:
+    """The server's median reported time for the whole model, here and now (a pinned client)."""
+    with live.client(force_boundary="cloud", probe_interval_s=None) as client:
+        times = []
+        for _ in range(4):
+            client.infer(live.x)
+            b = client.last_breakdown
+            assert b is not None and not b.local
+            times.append(b.server_queue_ms + b.server_compute_ms + b.decode_ms)
+    return statistics.median(times[1:])  # the first one builds the tail
+
+
+def _paced(live: Live, server_ms: float, **kw: Any) -> SplitClient:
+    """A client told the server computes the whole model 8x faster than it does here, and the device
+    in 0.6x the server's real time: cloud-only on the profiles, not once the server is timed."""
+    total = live.device.total.median_ms
+    return live.client(
+        device_profile=scale_profile(live.device, total / (0.6 * server_ms)),
+        server_profile=scale_profile(live.device, total / max(1.2, server_ms / 8)),
+        link=Link(200.0, rtt_ms=1.0), probe_interval_s=None, **kw,
+    )  # fmt: skip
+
+
+def test_a_server_slower_than_its_profile_is_priced_at_its_pace(live: Live) -> None:
+    server_ms = _server_ms(live)
+    with _paced(live, server_ms) as client:
+        assert client.plan.strategy == "cloud-only" and client.server_factor == 1.0
+        for _ in range(20):
+            assert torch.equal(client.infer(live.x), live.ref)
+            if client.plan.strategy != "cloud-only":
+                break
+        assert client.server_factor > 1.25, (server_ms, client.describe())  # its pace, not the profile's
+        assert client.plan.strategy != "cloud-only", client.describe()
+        assert "its measured pace" in client.describe()
+        # a pace with nothing recent (edge-only, no answers) goes back to the profile
+        client._pace = ServerPace(max_age_s=0.05)
+        time.sleep(0.1)
+        client._observe(1_000, 100, 1.0)  # what a link probe does
+        assert client.server_factor == 1.0
+        assert "priced by its profile again" in client.describe()
+
+
+def test_the_pace_can_be_left_out(live: Live) -> None:
+    with _paced(live, _server_ms(live), server_pace=False) as client:
+        for _ in range(12):
+            assert torch.equal(client.infer(live.x), live.ref)
+        assert client.server_factor == 1.0 and client.plan.strategy == "cloud-only", client.describe()
 
 
 @contextmanager

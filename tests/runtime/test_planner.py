@@ -413,6 +413,48 @@ def test_switch_after_k_confirmations() -> None:
     assert planner.replan(slow).reason == "the current plan is the best"
 
 
+def test_a_server_factor_reprices_the_server_and_switches_by_the_hysteresis_rules() -> None:
+    """A server measured 10x slower than its profile: the split's tail (10 ms on the profile) takes
+    100, and edge-only (120 ms) beats the split (148) once the re-plans confirm it."""
+    device, server = _profiles()
+    link = Link(10.0, rtt_ms=20.0)
+    planner = Planner(device, server, link, hysteresis=Hysteresis(0.1, 3, None))
+    split = planner.plan
+    assert split.strategy == "split" and split.cost.server_ms == pytest.approx(10.0)
+    planner.set_server_factor(10.0)
+    assert planner.server_factor == 10.0 and planner.plan is split  # re-priced by the next re-plan
+    assert planner.price(split, link).cost.server_ms == pytest.approx(100.0)
+    assert "priced 10.00x slower" in planner.profiles[1].notes
+    d1, d2 = planner.replan(link), planner.replan(link)
+    assert not d1.switched and not d2.switched and d2.plan.cost.server_ms == pytest.approx(100.0)
+    d3 = planner.replan(link)
+    assert d3.switched and d3.plan.strategy == "edge-only"
+    planner.set_server_factor(1.0)  # the server is fast again: the profile as given, not a rescaled copy
+    assert planner.profiles[1] is server
+    for _ in range(2):
+        assert not planner.replan(link).switched
+    assert planner.replan(link).plan.strategy == "split"
+
+
+def test_a_server_factor_scales_the_servers_decode_times_too() -> None:
+    device, server = _profiles(with_codec=True)
+    link = Link(1.0, rtt_ms=20.0)
+    planner = Planner(device, server, link, codecs=["zstd"], max_error=0.0)
+    assert [b.codec for b in planner.plan.boundary] == ["zstd"]
+    decode = planner.plan.cost.decode_ms
+    assert decode > 0
+    planner.set_server_factor(4.0)
+    assert planner.price(planner.plan, link).cost.decode_ms == pytest.approx(4 * decode)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True])
+def test_a_bad_server_factor_is_refused(bad: object) -> None:
+    planner = Planner(*_profiles(), Link(10.0, rtt_ms=20.0))
+    with pytest.raises(ConfigError, match="server factor must be a finite number > 0"):
+        planner.set_server_factor(bad)  # type: ignore[arg-type]
+    assert planner.server_factor == 1.0
+
+
 def test_one_good_sample_resets_the_confirmations() -> None:
     device, server = _profiles()
     planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 2, None))

@@ -1,0 +1,118 @@
+"""How fast the server really answers, against its profile (pure Python: no torch, no grpc).
+
+The planner prices the server's part of a plan from the server's profile, measured when the server
+was idle. A server that other clients keep busy, that shares its machine, or that computes slower
+after idling through a long upload (its caches cold, its core clocked down) answers slower than that,
+and a client planning with the profile alone keeps sending it work it no longer does fast.
+Neurosurgeon (Kang et al., ASPLOS 2017) re-prices the server by a load factor for the same reason.
+
+:class:`ServerPace` keeps, for the client's last requests, the server's own reported time (queue +
+decode + compute, from the answer's parameters) over what the profile predicted for that part, and
+offers their median as the factor to scale the server's profile by:
+
+* only requests whose predicted server part is at least ``min_predicted_ms``: a tail of a few
+  microseconds is all fixed per-request cost, and its ratio says nothing about the rest of the model;
+* the median of the last ``window`` ratios younger than ``max_age_s``, once there are
+  ``min_samples``; without them the factor is 1 (the profile as published). So a client that stopped
+  sending (edge-only) forgets the load after ``max_age_s`` and tries the server again; its switch is
+  then checked by measurement (``Hysteresis.verify``) like any other;
+* :meth:`due` proposes a new factor only when it differs from the one in use by more than
+  ``tolerance`` (a fraction, either way), so noise does not re-price every request.
+
+The factor scales every server time the same way (the whole tail, the decode), which is a model: a
+queue behind other clients adds time rather than multiplying it. It is right on average for the cut
+it is measured with and approximate for others; ratios are clamped to ``[1 / MAX_FACTOR, MAX_FACTOR]``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+
+from splitdnn.errors import ConfigError
+
+__all__ = ["MAX_FACTOR", "ServerPace"]
+
+MAX_FACTOR = 10.0  # a server measured more than this many times slower (or faster) is priced at this
+
+
+class ServerPace:
+    """The server's measured time over its profile's prediction, over the client's recent requests.
+
+    ``clock`` is injectable (seconds, monotonic) for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = 8,
+        min_samples: int = 3,
+        max_age_s: float = 30.0,
+        tolerance: float = 0.25,
+        min_predicted_ms: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, value, low in (("window", window, 1), ("min_samples", min_samples, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, found {value!r}")
+        if min_samples > window:
+            raise ConfigError(f"min_samples ({min_samples}) must not exceed window ({window})")
+        for name, number in (("max_age_s", max_age_s), ("min_predicted_ms", min_predicted_ms)):
+            if not _finite(number) or number <= 0:
+                raise ConfigError(f"{name} must be a finite number > 0, found {number!r}")
+        if not _finite(tolerance) or not 0 <= tolerance < 1:
+            raise ConfigError(f"tolerance must be a fraction in [0, 1), found {tolerance!r}")
+        self._min_samples = min_samples
+        self._max_age_s = float(max_age_s)
+        self._tolerance = float(tolerance)
+        self._min_predicted_ms = float(min_predicted_ms)
+        self._clock = clock
+        self._ratios: deque[tuple[float, float]] = deque(maxlen=window)  # (at_s, reported / predicted)
+
+    def observe(self, predicted_ms: float, reported_ms: float) -> bool:
+        """Fold in one answered request: the server part its profile predicted (unscaled by any
+        factor in use) and the time the server reported. False when it is not used (a prediction
+        under ``min_predicted_ms``, or a value that is not a finite number >= 0)."""
+        if not (_finite(predicted_ms) and _finite(reported_ms)) or reported_ms < 0:
+            return False
+        if predicted_ms < self._min_predicted_ms:
+            return False
+        ratio = min(MAX_FACTOR, max(1.0 / MAX_FACTOR, reported_ms / predicted_ms))
+        self._ratios.append((self._clock(), ratio))
+        return True
+
+    def clear(self) -> None:
+        """Forget every sample (the server's profile changed: the ratios were against another)."""
+        self._ratios.clear()
+
+    @property
+    def samples(self) -> int:
+        """Ratios within ``max_age_s`` now."""
+        return len(self._fresh())
+
+    @property
+    def factor(self) -> float:
+        """The median recent ratio; 1 with fewer than ``min_samples`` recent requests."""
+        fresh = self._fresh()
+        return statistics.median(fresh) if len(fresh) >= self._min_samples else 1.0
+
+    def due(self, applied: float) -> float | None:
+        """The factor to price the server with instead of ``applied`` (the one in use), or None when
+        it is within ``tolerance`` of it."""
+        new = self.factor
+        if abs(math.log(new / applied)) <= math.log1p(self._tolerance):
+            return None
+        return new
+
+    def _fresh(self) -> list[float]:
+        oldest = self._clock() - self._max_age_s
+        while self._ratios and self._ratios[0][0] < oldest:
+            self._ratios.popleft()
+        return [r for _, r in self._ratios]
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,103 @@
+"""ServerPace on its own, with synthetic numbers and an injected clock."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from splitdnn.errors import ConfigError
+from splitdnn.runtime._server_pace import MAX_FACTOR, ServerPace
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_factor_is_the_median_ratio_once_there_are_enough_requests() -> None:
+    pace = ServerPace(min_samples=3, clock=_Clock())
+    assert pace.factor == 1.0
+    assert pace.observe(10.0, 20.0) and pace.observe(10.0, 21.0)
+    assert pace.factor == 1.0  # two of three: the profile still rules
+    pace.observe(10.0, 90.0)  # one stall does not move the median far
+    assert pace.factor == pytest.approx(2.1)
+    assert pace.samples == 3
+
+
+def test_only_the_last_window_counts() -> None:
+    pace = ServerPace(window=3, min_samples=3, clock=_Clock())
+    for reported in (50.0, 50.0, 50.0, 10.0, 10.0, 10.0):
+        pace.observe(10.0, reported)
+    assert pace.factor == pytest.approx(1.0)
+
+
+def test_old_ratios_expire_and_the_profile_comes_back() -> None:
+    clock = _Clock()
+    pace = ServerPace(max_age_s=30.0, clock=clock)
+    for _ in range(3):
+        pace.observe(10.0, 30.0)
+    assert pace.factor == pytest.approx(3.0)
+    clock.now += 31.0  # edge-only for half a minute: nothing new from the server
+    assert pace.factor == 1.0 and pace.samples == 0
+    assert pace.due(3.0) == 1.0
+
+
+def test_tiny_predictions_and_bad_values_are_not_used() -> None:
+    pace = ServerPace(min_predicted_ms=1.0, min_samples=1, clock=_Clock())
+    assert not pace.observe(0.05, 0.5)  # all fixed cost: says nothing of the rest of the model
+    for bad in (math.nan, math.inf, -1.0, True, "3"):
+        assert not pace.observe(10.0, bad)  # type: ignore[arg-type]
+        assert not pace.observe(bad, 10.0)  # type: ignore[arg-type]
+    assert pace.samples == 0 and pace.factor == 1.0
+
+
+def test_ratios_are_clamped() -> None:
+    pace = ServerPace(min_samples=1, clock=_Clock())
+    pace.observe(2.0, 1e6)
+    assert pace.factor == MAX_FACTOR
+    pace.clear()
+    pace.observe(1e6, 0.0)
+    assert pace.factor == 1 / MAX_FACTOR
+
+
+def test_due_only_past_the_tolerance_either_way() -> None:
+    pace = ServerPace(min_samples=1, window=1, tolerance=0.25, clock=_Clock())
+    pace.observe(10.0, 12.0)
+    assert pace.due(1.0) is None  # 1.2: within 25 %
+    pace.observe(10.0, 13.0)
+    assert pace.due(1.0) == pytest.approx(1.3)
+    assert pace.due(1.3) is None
+    pace.observe(10.0, 10.0)
+    assert pace.due(1.3) == pytest.approx(1.0)  # 1.3 / 1.0 > 1.25
+    pace.observe(10.0, 7.0)
+    assert pace.due(1.0) == pytest.approx(0.7)  # faster than the profile counts too
+
+
+def test_clear_forgets_every_ratio() -> None:
+    pace = ServerPace(min_samples=1, clock=_Clock())
+    pace.observe(10.0, 40.0)
+    pace.clear()
+    assert pace.factor == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"window": 0}, "window must be an integer >= 1"),
+        ({"window": True}, "window must be an integer >= 1"),
+        ({"min_samples": 0}, "min_samples must be an integer >= 1"),
+        ({"window": 2, "min_samples": 3}, "must not exceed window"),
+        ({"max_age_s": 0}, "max_age_s must be a finite number > 0"),
+        ({"min_predicted_ms": math.nan}, "min_predicted_ms must be a finite number > 0"),
+        ({"tolerance": 1.0}, "tolerance must be a fraction in [0, 1)"),
+        ({"tolerance": -0.1}, "tolerance must be a fraction in [0, 1)"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ServerPace(**kwargs)  # type: ignore[arg-type]
