@@ -406,7 +406,7 @@ class Run:
                 # no answer by the give-up time: the link fell (see _overdue_after_s)
                 waited_ms = (time.perf_counter() - t_rpc) * 1e3
                 self.network_ms = waited_ms
-                c._observe(self.bytes_sent, 0, waited_ms, overdue=True)
+                c._observe(self.bytes_sent, 0, waited_ms, overdue=self._predicted_parts())
                 return self._finish_locally(
                     inputs, values, f"no answer after {waited_ms:.0f} ms (predicted "
                     f"{self._remote_ms() * self.scale:.0f} ms): the link fell; finished on the device",
@@ -421,7 +421,7 @@ class Run:
                 c._mark_down(sent_at=time.monotonic() - self.network_ms / 1e3)
             if isinstance(err, DeadlineError) and dropped is None:
                 # no answer in timeout_s: as slow a link as that, at least
-                c._observe(self.bytes_sent, 0, self.network_ms, overdue=True)
+                c._observe(self.bytes_sent, 0, self.network_ms, overdue=self._predicted_parts())
             if c.fallback_local and is_transient(err):
                 why = f"{err.code}: {err.details or err}"
                 if dropped is not None:
@@ -452,11 +452,21 @@ class Run:
         self.bytes_received = data.wire_bytes
         server_ms = self.queue_ms + self.compute_ms + self.decode_ms
         self.network_ms = max(0.0, rpc_ms - server_ms)
-        # the server's part as its profile predicts it, without the pace the plan was priced with
-        cost = self.plan.cost
-        predicted = (cost.server_ms + cost.decode_ms) * self.scale / self.server_factor
         c._observe(
             self.bytes_sent, self.bytes_received, self.network_ms,
-            server=(predicted, server_ms) if built else None,
+            server=(self._server_predicted(), server_ms) if built else None,
         )  # fmt: skip
         return out
+
+    def _predicted_parts(self) -> tuple[float, float]:
+        """``(network, server)`` ms of this request as the plan predicted them, the server part as in
+        :meth:`_server_predicted` (what a request given up is settled with, ``SplitClient._observe``)."""
+        cost = self.plan.cost
+        network = (sum(cost.transfer_ms) + sum(cost.rtt_ms) + cost.result_ms) * self.scale
+        return network, self._server_predicted()
+
+    def _server_predicted(self) -> float:
+        """The plan's server part (compute and decode) as the server's profile predicts it for this
+        request's rows, without the pace the plan was priced with (ServerPace's ratios are against it)."""
+        cost = self.plan.cost
+        return (cost.server_ms + cost.decode_ms) * self.scale / self.server_factor

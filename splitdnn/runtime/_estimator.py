@@ -185,6 +185,11 @@ class LinkEstimator:
         if self.stepped and self._step_ratio is not None:
             self._ms_per_byte *= self._step_ratio
 
+    @property
+    def stepped_up(self) -> bool:
+        """Whether the last observation was a step of the link to a faster rate."""
+        return self.stepped and self._last_step > 0
+
     def observe_ping(self, rtt_ms: float) -> None:
         """Fold in an empty round trip (a health or liveness RPC): a direct RTT sample."""
         self.observe(0, 0, rtt_ms)

@@ -308,6 +308,9 @@ class SplitClient:
         self._answered_cuts: set[frozenset[str]] = set()
         # how much slower than its profile the server answers (a loaded server); None: not tracked
         self._pace = ServerPace() if server_pace and force_boundary is None else None
+        # a request given up as overdue, until the next observation says whose the wait was:
+        # (ms waited, its network part as predicted, its server part as the profile predicts it)
+        self._overdue: tuple[float, float, float] | None = None
         self.notes: list[str] = []  # what the client assumed (shown by describe())
         try:
             planning = {
@@ -753,7 +756,7 @@ class SplitClient:
 
     def _observe(
         self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = _REQUEST_MIN_MOVE,
-        overdue: bool = False, server: tuple[float, float] | None = None,
+        overdue: tuple[float, float] | None = None, server: tuple[float, float] | None = None,
     ) -> bool:  # fmt: skip
         """Fold in a request or probe and re-plan; True when it was a step and the plan is still edge-only
         (a probe then measures again at once, sized for the new estimate).
@@ -762,22 +765,44 @@ class SplitClient:
         the estimate moved by ``min_move`` (a fraction) since the last re-plan, a switch is being
         confirmed, a hold ran out. A re-plan is a solve, device CPU that competes with the device's own
         inference and, for a request, sits on its path: requests use 5 %, probes 20 % (a probe on a
-        steady link changes nothing). ``overdue``: a
-        request given up after ``network_ms`` without an answer (``Run._overdue_after_s``; nothing
-        received). ``server``: a request's server part, ``(predicted by the profile, reported)`` ms,
-        for the server's pace (``server_pace``): a pace that moved past its tolerance re-prices the
-        server and re-plans."""
+        steady link changes nothing). ``overdue``: a request given up after ``network_ms`` without an
+        answer (``Run._overdue_after_s``, or its deadline; nothing received), with its network and
+        server parts as predicted (the server's without its pace): whether the link or the server was
+        slow is told by the next observation (:meth:`_attribute_overdue`). ``server``: a request's
+        server part, ``(predicted by the profile, reported)`` ms, for the server's pace
+        (``server_pace``): a pace that moved past its tolerance re-prices the server and re-plans."""
         with self._lock:
-            if overdue:
+            if overdue is not None:
                 self.estimator.observe_overdue(bytes_up, network_ms)
+                self._overdue = (network_ms, *overdue)
             else:
                 self.estimator.observe(bytes_up, bytes_down, network_ms)
+                if self._overdue is not None:
+                    server = self._attribute_overdue()
             self._last_observed = time.monotonic()
             link, stepped = self.estimator.link, self.estimator.stepped
             paced = self._pace_server(server)
             if paced or stepped or self.planner.replan_due(link, tolerance=min_move):
                 self.last_decision = self.planner.replan(link, step=stepped)
             return stepped and self.planner.plan.strategy == "edge-only"
+
+    def _attribute_overdue(self) -> tuple[float, float] | None:
+        """The first observation after a request given up (under the lock): when it is a step back up
+        (a probe found the link as fast as before, as when the server's queue held the request), the
+        link did not fall and the wait was the server's: it took at least the wait less the network
+        part as predicted (the link as it was), a server sample when that is over the prediction.
+        Otherwise (the link did fall, or the bound says nothing) none. Either way it is settled.
+
+        Without this, a server that other clients keep busy made a client flap: each remote request
+        was given up as a fallen link, the next probe found the link fine, and the client went back
+        (``scripts/bench_server_pace.py``: 13 to 14 switches in 15 requests, a give-up every other one)."""
+        assert self._overdue is not None
+        waited_ms, network_ms, server_ms = self._overdue
+        self._overdue = None
+        at_least = waited_ms - network_ms
+        if not self.estimator.stepped_up or at_least <= server_ms:  # a bound under the prediction
+            return None
+        return server_ms, at_least
 
     def _pace_server(self, sample: tuple[float, float] | None) -> bool:
         """Fold in a request's server part and re-price the server if its pace moved (under the lock);

@@ -220,6 +220,32 @@ def test_a_server_slower_than_its_profile_is_priced_at_its_pace(live: Live) -> N
         assert "priced by its profile again" in client.describe()
 
 
+def test_a_request_given_up_while_the_link_stayed_fast_counts_against_the_server(live: Live) -> None:
+    """A server whose queue holds a request past its give-up time made the client take the wait as
+    a fallen link, then the next probe found the link fine and the client went back: a flap per
+    request. Settled by the next observation: a step back up means the wait was the server's."""
+    with live.client(link=Link(100.0, rtt_ms=1.0), probe_interval_s=None) as client:
+        client._observe(600_000, 0, 49.0)  # requests answered at 100 Mbit/s
+        client._observe(600_000, 0, 49.0)
+        for _ in range(3):
+            # given up after 240 ms: 20 predicted for the network, 40 for the server
+            client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0))
+            assert client.link.uplink_mbps < 100.0 and client._overdue is not None
+            client._observe_probe(256 << 10, 100, 22.0)  # the link as fast as before: a step up
+            assert client.estimator.stepped_up and client._overdue is None
+        assert client._pace is not None and client._pace.samples == 3
+        assert client.server_factor == pytest.approx(220.0 / 40.0), client.describe()  # at least the wait
+        # a probe that finds the link as slow as the give-up said: the link fell, the server is not blamed
+        client._pace.clear()
+        client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0))
+        client._observe_probe(256 << 10, 100, 5000.0)
+        assert not client.estimator.stepped_up and client._overdue is None and client._pace.samples == 0
+        # a bound under the prediction says nothing
+        client._observe(600_000, 0, 50.0, overdue=(20.0, 40.0))
+        client._observe_probe(256 << 10, 100, 2.0)
+        assert client._pace.samples == 0
+
+
 def test_the_pace_can_be_left_out(live: Live) -> None:
     with _paced(live, _server_ms(live), server_pace=False) as client:
         for _ in range(12):

@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""A client pricing the server at its measured pace against one pricing it by its profile alone,
+with the server idle and with other clients keeping it busy (``SplitClient(server_pace=)``).
+
+The tail server runs in a child process (``splitdnn serve MODEL --threads --self-profile``: the
+profile it gives clients is measured idle, before serving). For the "loaded" phase another child
+process keeps it busy with ``--load-clients`` closed-loop clients, each sending the full model's
+input (stock v2 requests, no splitdnn client code) as soon as its last answer came. The measured
+client runs here: an emulated device (``--slowdown``, 1 thread, profiled once at the start), its
+requests through the in-process shaper (``--uplink-mbps``, ``--rtt-ms``). Per phase and round, a
+fresh client with the pace and one without (their order alternating by round) each run one warm-up
+and ``--requests`` timed requests. Reported per phase and variant: the median latency over the
+rounds' timed requests, p10-p90, the plans the client ended on, its plan switches and the server
+factor it ended with.
+
+    python scripts/bench_server_pace.py [--model resnet18] [--slowdown 4] [--uplink-mbps 100]
+        [--rtt-ms 20] [--server-threads 1] [--load-clients 3] [--requests 15] [--rounds 2]
+        [--json FILE] [--md FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VARIANTS = (("with pace", True), ("profile only", False))
+
+
+# --------------------------------------------------------------------------------------------------
+# the load: a child process of closed-loop stock v2 clients
+
+
+def load_child(address: str, model: str, clients: int) -> int:
+    """Send full-model requests from ``clients`` threads until stdin closes; print a count at exit."""
+    import grpc
+
+    from splitdnn.models.registry import default_input_shape
+    from splitdnn.runtime import serde
+    from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+
+    x = np.random.default_rng(0).standard_normal(default_input_shape(model), dtype=np.float32)
+    stop = threading.Event()
+    done = [0] * clients
+
+    def loop(i: int) -> None:
+        channel = grpc.insecure_channel(
+            address,
+            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)],
+        )
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        name = stub.ModelMetadata(serde.v2_pb.ModelMetadataRequest(name=model), timeout=30).inputs[0].name
+        request = serde.build_infer_request(model, {name: x})
+        while not stop.is_set():
+            stub.ModelInfer(request, timeout=60)
+            done[i] += 1
+        channel.close()
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    print("LOAD-READY", flush=True)
+    sys.stdin.read()
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    print(f"LOAD-DONE {sum(done)}", flush=True)
+    return 0
+
+
+class Load:
+    """The load child process: started, and stopped with the number of requests it sent."""
+
+    def __init__(self, address: str, model: str, clients: int) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, "--load-child", address, model, str(clients)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line.startswith("LOAD-READY"):
+            raise RuntimeError(f"the load process did not start (it printed {line!r})")
+        self.started = time.monotonic()
+
+    def stop(self) -> tuple[int, float]:
+        """Requests it sent, and for how many seconds."""
+        out, _ = self._proc.communicate("", timeout=120)
+        seconds = time.monotonic() - self.started
+        sent = [int(line.split()[1]) for line in out.splitlines() if line.startswith("LOAD-DONE")]
+        return (sent[0] if sent else -1), seconds
+
+
+# --------------------------------------------------------------------------------------------------
+# the server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(model: str, threads: int) -> tuple[subprocess.Popen[str], str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitdnn", "serve", model, "--port", str(port), "--threads", str(threads),
+         "--self-profile"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"splitdnn serve exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                channel.close()
+                return proc, address
+        except grpc.RpcError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("splitdnn serve did not become ready within 300 s")
+
+
+# --------------------------------------------------------------------------------------------------
+# the measured client
+
+
+def run_variant(
+    address: str, traced: Any, device: Any, x: Any, args: argparse.Namespace, pace: bool
+) -> dict[str, Any]:
+    from splitdnn.runtime.client import SplitClient
+    from splitdnn.runtime.shaper import ShapedLink
+    from splitdnn.schema import Link
+
+    with ShapedLink(address, uplink_mbps=args.uplink_mbps, downlink_mbps=None, rtt_ms=args.rtt_ms) as link:
+        with SplitClient(
+            link.address, traced, device_profile=device, link=Link(args.uplink_mbps, rtt_ms=args.rtt_ms),
+            emulate_slowdown=args.slowdown, threads=1, timeout_s=120.0, server_pace=pace,
+        ) as client:  # fmt: skip
+            first = client.plan.strategy
+            client.infer(x)  # warm-up: the connection, the tail's build
+            latencies, plans = [], []
+            for _ in range(args.requests):
+                client.infer(x)
+                b = client.last_breakdown
+                assert b is not None
+                latencies.append(b.total_ms)
+                plans.append(
+                    b.strategy if not b.boundary or b.strategy != "split" else f"split after {b.boundary[0]}"
+                )
+            return {
+                "latency_ms": [round(v, 2) for v in latencies],
+                "first_plan": first,
+                "plans": plans,
+                "switches": client.planner.switches,
+                "server_factor": round(client.server_factor, 3),
+            }
+
+
+def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
+    import torch
+
+    from splitdnn import graph
+    from splitdnn.models.registry import build_zoo_model, default_input_shape
+    from splitdnn.profiler import profile_model
+    from splitdnn.runtime._client_request import emulation_clock
+
+    torch.manual_seed(0)
+    module = build_zoo_model(args.model).eval()
+    x = torch.randn(default_input_shape(args.model), generator=torch.Generator().manual_seed(1))
+    traced = graph.trace(module, x, name=args.model)
+    say(f"profiling the device (x{args.slowdown:g}, 1 thread) ...")
+    device = profile_model(
+        traced, threads=1, slowdown=args.slowdown, repeats=3, codecs=("raw", "zstd"), codec_nodes="chain",
+        progress=False, timer=emulation_clock(1, args.slowdown),
+    )  # fmt: skip
+    say("starting the server (it profiles itself first) ...")
+    server, address = start_server(args.model, args.server_threads)
+    phases: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    loads: dict[str, dict[str, float]] = {}
+    try:
+        for phase in ("idle", "loaded"):
+            load = Load(address, args.model, args.load_clients) if phase == "loaded" else None
+            if load is not None:
+                time.sleep(2.0)  # the load settles
+            try:
+                for r in range(args.rounds):
+                    for label, pace in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+                        rec = run_variant(address, traced, device, x, args, pace)
+                        phases.setdefault(phase, {}).setdefault(label, []).append(rec)
+                        say(
+                            f"  {phase} round {r + 1} {label}: median "
+                            f"{statistics.median(rec['latency_ms']):.0f} ms, first {rec['first_plan']}, last "
+                            f"{rec['plans'][-1]}, {rec['switches']} switch(es), "
+                            f"server factor {rec['server_factor']:.2f}"
+                        )
+            finally:
+                if load is not None:
+                    sent, seconds = load.stop()
+                    loads[phase] = {"requests": sent, "seconds": round(seconds, 1)}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    summary = {}
+    for phase, variants in phases.items():
+        for label, recs in variants.items():
+            lat = [v for rec in recs for v in rec["latency_ms"]]
+            summary[f"{phase}/{label}"] = {
+                "median_ms": round(statistics.median(lat), 1),
+                "p10_ms": round(float(np.percentile(lat, 10)), 1),
+                "p90_ms": round(float(np.percentile(lat, 90)), 1),
+                "last_plans": [rec["plans"][-1] for rec in recs],
+                "switches": [rec["switches"] for rec in recs],
+                "server_factors": [rec["server_factor"] for rec in recs],
+            }
+    return {"phases": phases, "summary": summary, "load": loads}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        f"# The server's pace: priced at it against by the profile alone ({result['created_utc']})",
+        "",
+        f"`{result['command']}` on {result['machine']}; code {_code(result['code'])}. {s['model']}, device "
+        f"x{s['slowdown']:g} "
+        f"(1 thread), uplink {s['uplink_mbps']:g} Mbit/s, RTT {s['rtt_ms']:g} ms, server "
+        f"{s['server_threads']} "
+        f"thread(s); loaded: {s['load_clients']} closed-loop full-model clients "
+        + ", ".join(f"({v['requests']} requests in {v['seconds']:g} s)" for v in result["load"].values())
+        + f". {s['rounds']} round(s) of 1 warm-up + {s['requests']} timed requests per variant, the "
+        "variants' "
+        "order alternating. Latency: median [p10-p90] over the rounds' timed requests.",
+        "",
+        "| server | client | latency ms | plan at the end (per round) | switches | server factor at the end"
+        " |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, v in result["summary"].items():
+        phase, label = key.split("/")
+        lines.append(
+            f"| {phase} | {label} | {v['median_ms']:.0f} [{v['p10_ms']:.0f}-{v['p90_ms']:.0f}] | "
+            f"{' / '.join(v['last_plans'])} | {' / '.join(map(str, v['switches']))} | "
+            f"{' / '.join(f'{f:.2f}' for f in v['server_factors'])} |"
+        )
+    for phase in ("idle", "loaded"):
+        a, b = result["summary"].get(f"{phase}/with pace"), result["summary"].get(f"{phase}/profile only")
+        if a and b:
+            lines.append("")
+            lines.append(
+                f"- {phase}: with the pace {a['median_ms']:.0f} ms against {b['median_ms']:.0f} ms by the "
+                "profile "
+                f"alone: x{b['median_ms'] / a['median_ms']:.2f}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _code(code: dict[str, Any]) -> str:
+    head = (code.get("git_head") or "unknown")[:7]
+    changed = code.get("uncommitted") or []
+    return head + (f" with {len(changed)} uncommitted file(s)" if changed else "")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from splitdnn.models.registry import ZOO
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet18", choices=sorted(ZOO))
+    p.add_argument("--slowdown", type=_positive, default=4.0, help="device emulation factor (default 4)")
+    p.add_argument("--uplink-mbps", type=_positive, default=100.0, help="shaped uplink (default 100)")
+    p.add_argument("--rtt-ms", type=_positive, default=20.0, help="round trip (default 20)")
+    p.add_argument("--server-threads", type=_positive_int, default=1, help="server torch threads (default 1)")
+    p.add_argument(
+        "--load-clients", type=_positive_int, default=3, help="closed-loop load clients (default 3)"
+    )
+    p.add_argument(
+        "--requests", type=_positive_int, default=15, help="timed requests per variant (default 15)"
+    )
+    p.add_argument("--rounds", type=_positive_int, default=2, help="rounds of both variants (default 2)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--md", type=Path, help="write the table here")
+    args = p.parse_args(argv)
+    if args.slowdown < 1:
+        p.error(f"--slowdown must be >= 1, found {args.slowdown:g}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["--load-child"]:
+        return load_child(raw[1], raw[2], int(raw[3]))
+    args = parse_args(raw)
+    from splitdnn._measure import git_state
+    from splitdnn.profiler import machine_info
+    from splitdnn.runtime.memory import keep_freed_memory
+
+    keep_freed_memory()
+    code = git_state()
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    started = time.monotonic()
+    result = measure(args, say)
+    info = machine_info(threads=1)
+    result |= {
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": ("python scripts/bench_server_pace.py " + " ".join(raw)).strip(),
+        "machine": f"{info.processor} ({info.cpu_count} CPUs)",
+        "code": code,
+        "seconds": round(time.monotonic() - started, 1),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "md")},
+    }
+    md = to_markdown(result)
+    print(md)
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    if args.md is not None:
+        args.md.write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

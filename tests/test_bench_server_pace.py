@@ -1,0 +1,48 @@
+"""scripts/bench_server_pace.py: a client pricing the server at its pace against its profile alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench(load_script):
+    return load_script("bench_server_pace")
+
+
+@pytest.mark.filterwarnings("ignore:profile of:RuntimeWarning")
+def test_both_clients_run_against_an_idle_and_a_loaded_server(bench, tmp_path, capsys):
+    out, md = tmp_path / "pace.json", tmp_path / "pace.md"
+    argv = ["--model", "alexnet", "--slowdown", "2", "--rounds", "1", "--requests", "2"]
+    argv += ["--load-clients", "1", "--json", str(out), "--md", str(md)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["load_clients"] == 1 and "git_head" in result["code"]
+    assert sorted(result["summary"]) == [
+        "idle/profile only", "idle/with pace", "loaded/profile only", "loaded/with pace",
+    ]  # fmt: skip
+    assert result["load"]["loaded"]["requests"] > 0  # the load process really sent requests
+    for key, v in result["summary"].items():
+        (rec,) = result["phases"][key.split("/")[0]][key.split("/")[1]]
+        assert len(rec["latency_ms"]) == 2 and v["median_ms"] > 0
+        if key.endswith("profile only"):
+            assert v["server_factors"] == [1.0]  # never paced
+    table = md.read_text()
+    assert table.count("| idle |") == 2 and table.count("| loaded |") == 2
+    assert table in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--slowdown", "0.5"], "--slowdown must be >= 1"),
+        (["--requests", "0"], "expected an integer >= 1"),
+        (["--uplink-mbps", "nan"], "expected a number > 0"),
+    ],
+)
+def test_bad_arguments_are_refused(bench, argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert message in capsys.readouterr().err
