@@ -13,8 +13,8 @@ and ``--requests`` timed requests. Reported per phase and variant: the median la
 rounds' timed requests, p10-p90, the plans the client ended on, its plan switches and the server
 factor it ended with.
 
-    python scripts/bench_server_pace.py [--model resnet18] [--slowdown 4] [--uplink-mbps 100]
-        [--rtt-ms 20] [--server-threads 1] [--load-clients 3] [--requests 15] [--rounds 2]
+    python scripts/bench_server_pace.py [--model resnet18] [--slowdown 3] [--uplink-mbps 100]
+        [--rtt-ms 20] [--server-threads 1] [--load-clients 8] [--requests 15] [--rounds 2]
         [--json FILE] [--md FILE]
 """
 
@@ -303,12 +303,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet18", choices=sorted(ZOO))
-    p.add_argument("--slowdown", type=_positive, default=4.0, help="device emulation factor (default 4)")
+    p.add_argument("--slowdown", type=_positive, default=3.0, help="device emulation factor (default 3)")
     p.add_argument("--uplink-mbps", type=_positive, default=100.0, help="shaped uplink (default 100)")
     p.add_argument("--rtt-ms", type=_positive, default=20.0, help="round trip (default 20)")
     p.add_argument("--server-threads", type=_positive_int, default=1, help="server torch threads (default 1)")
     p.add_argument(
-        "--load-clients", type=_positive_int, default=3, help="closed-loop load clients (default 3)"
+        "--load-clients", type=_positive_int, default=8, help="closed-loop load clients (default 8)"
     )
     p.add_argument(
         "--requests", type=_positive_int, default=15, help="timed requests per variant (default 15)"
