@@ -225,6 +225,7 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             lat = [v for rec in recs for v in rec["latency_ms"]]
             summary[f"{phase}/{label}"] = {
                 "median_ms": round(statistics.median(lat), 1),
+                "mean_ms": round(statistics.fmean(lat), 1),
                 "p10_ms": round(float(np.percentile(lat, 10)), 1),
                 "p90_ms": round(float(np.percentile(lat, 90)), 1),
                 "last_plans": [rec["plans"][-1] for rec in recs],
@@ -236,39 +237,38 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
 
 def to_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
+    loads = ", ".join(f"({v['requests']} requests in {v['seconds']:g} s)" for v in result["load"].values())
     lines = [
         f"# The server's pace: priced at it against by the profile alone ({result['created_utc']})",
         "",
-        f"`{result['command']}` on {result['machine']}; code {_code(result['code'])}. {s['model']}, device "
-        f"x{s['slowdown']:g} "
-        f"(1 thread), uplink {s['uplink_mbps']:g} Mbit/s, RTT {s['rtt_ms']:g} ms, server "
-        f"{s['server_threads']} "
-        f"thread(s); loaded: {s['load_clients']} closed-loop full-model clients "
-        + ", ".join(f"({v['requests']} requests in {v['seconds']:g} s)" for v in result["load"].values())
-        + f". {s['rounds']} round(s) of 1 warm-up + {s['requests']} timed requests per variant, the "
-        "variants' "
-        "order alternating. Latency: median [p10-p90] over the rounds' timed requests.",
+        f"`{result['command']}` on {result['machine']}; code {_code(result['code'])}. {s['model']}, "
+        f"device x{s['slowdown']:g} (1 thread), uplink {s['uplink_mbps']:g} Mbit/s, RTT {s['rtt_ms']:g} ms, "
+        f"server {s['server_threads']} thread(s); loaded: {s['load_clients']} closed-loop full-model "
+        f"clients {loads}. {s['rounds']} round(s) of 1 warm-up + {s['requests']} timed requests per "
+        "variant, the variants' order alternating. Latency: median [p10-p90] and mean over the rounds' "
+        "timed requests (a client that flaps has two modes: the mean shows what it costs).",
         "",
-        "| server | client | latency ms | plan at the end (per round) | switches | server factor at the end"
-        " |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| server | client | latency ms | mean ms | plan at the end (per round) | switches | "
+        "server factor at the end |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, v in result["summary"].items():
         phase, label = key.split("/")
+        spread = f"{v['median_ms']:.0f} [{v['p10_ms']:.0f}-{v['p90_ms']:.0f}]"
         lines.append(
-            f"| {phase} | {label} | {v['median_ms']:.0f} [{v['p10_ms']:.0f}-{v['p90_ms']:.0f}] | "
-            f"{' / '.join(v['last_plans'])} | {' / '.join(map(str, v['switches']))} | "
+            f"| {phase} | {label} | {spread} | {v['mean_ms']:.0f} | {' / '.join(v['last_plans'])} | "
+            f"{' / '.join(map(str, v['switches']))} | "
             f"{' / '.join(f'{f:.2f}' for f in v['server_factors'])} |"
         )
     for phase in ("idle", "loaded"):
         a, b = result["summary"].get(f"{phase}/with pace"), result["summary"].get(f"{phase}/profile only")
         if a and b:
-            lines.append("")
-            lines.append(
-                f"- {phase}: with the pace {a['median_ms']:.0f} ms against {b['median_ms']:.0f} ms by the "
-                "profile "
-                f"alone: x{b['median_ms'] / a['median_ms']:.2f}"
-            )
+            lines += [
+                "",
+                f"- {phase}: with the pace, median {a['median_ms']:.0f} and mean {a['mean_ms']:.0f} ms; by "
+                f"the profile alone {b['median_ms']:.0f} and {b['mean_ms']:.0f} ms "
+                f"(x{b['median_ms'] / a['median_ms']:.2f} and x{b['mean_ms'] / a['mean_ms']:.2f})",
+            ]
     return "\n".join(lines) + "\n"
 
 
