@@ -27,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -43,7 +44,8 @@ VARIANTS = (("with pace", True), ("profile only", False))
 
 
 def load_child(address: str, model: str, clients: int) -> int:
-    """Send full-model requests from ``clients`` threads until stdin closes; print a count at exit."""
+    """Send full-model requests from ``clients`` threads until stdin closes; print the counts at exit
+    (requests answered, and failed: a thread that meets an error counts it and goes on)."""
     import grpc
 
     from splitdnn.models.registry import default_input_shape
@@ -52,20 +54,21 @@ def load_child(address: str, model: str, clients: int) -> int:
 
     x = np.random.default_rng(0).standard_normal(default_input_shape(model), dtype=np.float32)
     stop = threading.Event()
-    done = [0] * clients
+    done, failed = [0] * clients, [0] * clients
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
 
     def loop(i: int) -> None:
-        channel = grpc.insecure_channel(
-            address,
-            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)],
-        )
-        stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        name = stub.ModelMetadata(serde.v2_pb.ModelMetadataRequest(name=model), timeout=30).inputs[0].name
-        request = serde.build_infer_request(model, {name: x})
-        while not stop.is_set():
-            stub.ModelInfer(request, timeout=60)
-            done[i] += 1
-        channel.close()
+        with grpc.insecure_channel(address, options=options) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            meta = stub.ModelMetadata(serde.v2_pb.ModelMetadataRequest(name=model), timeout=30)
+            request = serde.build_infer_request(model, {meta.inputs[0].name: x})
+            while not stop.is_set():
+                try:
+                    stub.ModelInfer(request, timeout=60)
+                    done[i] += 1
+                except grpc.RpcError:
+                    failed[i] += 1
+                    stop.wait(0.1)
 
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
@@ -75,7 +78,7 @@ def load_child(address: str, model: str, clients: int) -> int:
     stop.set()
     for t in threads:
         t.join(timeout=60)
-    print(f"LOAD-DONE {sum(done)}", flush=True)
+    print(f"LOAD-DONE {sum(done)} {sum(failed)}", flush=True)
     return 0
 
 
@@ -90,15 +93,33 @@ class Load:
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line.startswith("LOAD-READY"):
+            _end(self._proc)
             raise RuntimeError(f"the load process did not start (it printed {line!r})")
         self.started = time.monotonic()
 
-    def stop(self) -> tuple[int, float]:
-        """Requests it sent, and for how many seconds."""
-        out, _ = self._proc.communicate("", timeout=120)
+    def stop(self) -> dict[str, float]:
+        """Requests it had answered and failed, and for how many seconds."""
+        try:
+            out, _ = self._proc.communicate("", timeout=120)
+        except subprocess.TimeoutExpired:
+            _end(self._proc)
+            raise RuntimeError("the load process did not stop within 120 s") from None
         seconds = time.monotonic() - self.started
-        sent = [int(line.split()[1]) for line in out.splitlines() if line.startswith("LOAD-DONE")]
-        return (sent[0] if sent else -1), seconds
+        counts = [line.split()[1:] for line in out.splitlines() if line.startswith("LOAD-DONE")]
+        if self._proc.returncode != 0 or not counts:
+            raise RuntimeError(f"the load process failed (exit {self._proc.returncode}): {out[-500:]!r}")
+        return {"requests": int(counts[0][0]), "failed": int(counts[0][1]), "seconds": round(seconds, 1)}
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    """Stop a child process: terminate, then kill."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,32 +132,38 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: str, threads: int) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "splitdnn", "serve", model, "--port", str(port), "--threads", str(threads),
-         "--self-profile"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def start_server(model: str, threads: int, log: Path) -> tuple[subprocess.Popen[str], str]:
+    """``splitdnn serve`` in a child process (its output into ``log``), once its health says SERVING."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    port = _free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "splitdnn", "serve", model, "--port", str(port), "--threads",
+             str(threads), "--self-profile"],
+            stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
     address = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(address)
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"splitdnn serve exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
-                channel.close()
-                return proc, address
-        except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("splitdnn serve did not become ready within 300 s")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"splitdnn serve exited ({proc.returncode}): {log.read_text()[-1000:]}"
+                    )
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                        return proc, address
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.5)
+        raise RuntimeError(f"splitdnn serve did not become ready within 300 s: {log.read_text()[-1000:]}")
+    except BaseException:
+        _end(proc)
+        raise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,7 +220,8 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         progress=False, timer=emulation_clock(1, args.slowdown),
     )  # fmt: skip
     say("starting the server (it profiles itself first) ...")
-    server, address = start_server(args.model, args.server_threads)
+    log = Path(tempfile.mkstemp(prefix="bench_server_pace-", suffix=".log")[1])
+    server, address = start_server(args.model, args.server_threads, log)
     phases: dict[str, dict[str, list[dict[str, Any]]]] = {}
     loads: dict[str, dict[str, float]] = {}
     try:
@@ -214,11 +242,10 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                         )
             finally:
                 if load is not None:
-                    sent, seconds = load.stop()
-                    loads[phase] = {"requests": sent, "seconds": round(seconds, 1)}
+                    loads[phase] = load.stop()
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        _end(server)
+        log.unlink(missing_ok=True)
     summary = {}
     for phase, variants in phases.items():
         for label, recs in variants.items():
@@ -237,7 +264,10 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
 
 def to_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
-    loads = ", ".join(f"({v['requests']} requests in {v['seconds']:g} s)" for v in result["load"].values())
+    loads = ", ".join(
+        f"({v['requests']} requests in {v['seconds']:g} s, {v.get('failed', 0)} failed)"
+        for v in result["load"].values()
+    )
     lines = [
         f"# The server's pace: priced at it against by the profile alone ({result['created_utc']})",
         "",

@@ -446,6 +446,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tuple(args.uplink_mbps),
         slowdown=args.slowdown,
         progress=not args.quiet,
+        server_pace=not args.no_server_pace,
         **_measurement_kwargs(args),
         out=sys.stdout,
     )
@@ -480,6 +481,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         refresh_runs=args.refresh_runs,
         refresh_pool=args.refresh_pool,
         link=args.link,
+        server_pace=args.server_pace,
         **_measurement_kwargs(args),
     )
     change = None
@@ -655,11 +657,6 @@ def _measurement_args(
         default=0.0,
         help="codec error budget of the chosen plan (relative MSE); default 0 = lossless codecs only",
     )
-    p.add_argument(
-        "--no-server-pace",
-        action="store_true",
-        help="the client prices the server by its profile alone, not by how fast it answers",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -675,7 +672,6 @@ def _measurement_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "server_threads": args.server_threads or None,
         "profile_repeats": args.profile_repeats,
         "budget_s": args.budget_s,
-        "server_pace": not args.no_server_pace,
     }
 
 
@@ -867,6 +863,11 @@ def add_commands(
     )
     p.add_argument("--uplink-mbps", type=positive, nargs="+", default=list(uplinks))
     _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape, count=count)
+    p.add_argument(
+        "--no-server-pace",
+        action="store_true",
+        help="the client prices the server by its profile alone, not by how fast it answers",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -884,6 +885,12 @@ def add_commands(
         "uplink), e.g. 4 for a link whose answers come back four times faster than requests go",
     )  # fmt: skip
     p.add_argument("--slowdown", type=positive, nargs="+", default=[8.0], help="device slowdowns (>= 1)")
+    p.add_argument(
+        "--server-pace",
+        action="store_true",
+        help="the splitdnn client prices the server at its measured pace, as SplitClient does by default "
+        "(off here: a cell's server serves nothing else, so its predictions test the cost model alone)",
+    )
     _measurement_args(p, positive=positive, nonneg=nonneg, shape=shape, count=count)
     p.add_argument(
         "--oracle-prune",

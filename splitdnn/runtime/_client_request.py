@@ -212,11 +212,20 @@ class Run:
     """The bookkeeping of one infer() call: times, bytes, and the local and remote paths."""
 
     def __init__(
-        self, client: SplitClient, plan: Plan, t0: float, scale: float = 1.0, server_factor: float = 1.0
+        self,
+        client: SplitClient,
+        plan: Plan,
+        t0: float,
+        scale: float = 1.0,
+        server_factor: float = 1.0,
+        profile_rows: bool = True,
     ) -> None:
         self.c = client
         self.plan = plan
         self.server_factor = server_factor  # the server's pace the plan was priced with (ServerPace)
+        # the request has the profiles' batch: its server time is a sample of the server's pace (a
+        # batch costs less than its rows alone, which would read as a faster server)
+        self.profile_rows = profile_rows
         self.t0 = t0
         self.scale = scale  # the request's rows over the profiles' batch: predictions grow with it
         self.head_ms = self.encode_ms = self.tail_ms = self.client_ms = self.padding_ms = 0.0
@@ -437,7 +446,9 @@ class Run:
                 f"the server's answer is {len(response)} bytes, over the client's max_message_bytes="
                 f"{c.max_message_bytes}; raise it (SplitClient(max_message_bytes=...)) or send fewer rows"
             )
-        built = frozenset(self.sent) in c._answered_cuts  # else its time includes building the tail
+        # a cut's first answer from this client includes building the tail (also reported by the
+        # server, which another replica, or a tail evicted from its cache, may need again)
+        built = frozenset(self.sent) in c._answered_cuts
         c._mark_up(answered=self.sent)
         t = time.perf_counter()
         data = serde.decode_infer_response(response, max_decoded_bytes=c.max_message_bytes)
@@ -452,9 +463,10 @@ class Run:
         self.bytes_received = data.wire_bytes
         server_ms = self.queue_ms + self.compute_ms + self.decode_ms
         self.network_ms = max(0.0, rpc_ms - server_ms)
+        paced = built and self.profile_rows and serde.PARAM_TAIL_BUILD_MS not in p
         c._observe(
             self.bytes_sent, self.bytes_received, self.network_ms,
-            server=(self._server_predicted(), server_ms) if built else None,
+            server=(self._server_predicted(), server_ms) if paced else None,
         )  # fmt: skip
         return out
 

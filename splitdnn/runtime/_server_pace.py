@@ -13,9 +13,10 @@ offers their median as the factor to scale the server's profile by:
 * only requests whose predicted server part is at least ``min_predicted_ms``: a tail of a few
   microseconds is all fixed per-request cost, and its ratio says nothing about the rest of the model;
 * the median of the last ``window`` ratios younger than ``max_age_s``, once there are
-  ``min_samples``; without them the factor is 1 (the profile as published). So a client that stopped
-  sending (edge-only) forgets the load after ``max_age_s`` and tries the server again; its switch is
-  then checked by measurement (``Hysteresis.verify``) like any other;
+  ``min_samples``. With fewer (but some), the factor in use stays; with none, it is 1 (the profile as
+  published). So a client that stopped sending (edge-only) forgets the load ``max_age_s`` after its
+  last answer and tries the server again; its switch is then checked by measurement
+  (``Hysteresis.verify``) like any other;
 * :meth:`due` proposes a new factor only when it differs from the one in use by more than
   ``tolerance`` (a fraction, either way), so noise does not re-price every request.
 
@@ -101,8 +102,11 @@ class ServerPace:
 
     def due(self, applied: float) -> float | None:
         """The factor to price the server with instead of ``applied`` (the one in use), or None when
-        it is within ``tolerance`` of it."""
-        new = self.factor
+        it is within ``tolerance`` of it, or there are recent ratios but too few to say (it stays)."""
+        fresh = self._fresh()
+        if fresh and len(fresh) < self._min_samples:
+            return None
+        new = statistics.median(fresh) if fresh else 1.0
         if abs(math.log(new / applied)) <= math.log1p(self._tolerance):
             return None
         return new

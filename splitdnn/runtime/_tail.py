@@ -320,6 +320,11 @@ class ServedModel:
                 self._cache.popitem(last=False)
         return tail
 
+    def has_tail(self, provided: frozenset[str]) -> bool:
+        """Whether the tail for ``provided`` is cached now (another request may build it next)."""
+        with self._lock:
+            return provided in self._cache
+
     def cached_tails(self) -> int:
         with self._lock:
             return len(self._cache)

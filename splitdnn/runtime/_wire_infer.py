@@ -36,6 +36,7 @@ __all__ = [
     "PARAM_DECODE_MS",
     "PARAM_FINGERPRINT",
     "PARAM_QUEUE_MS",
+    "PARAM_TAIL_BUILD_MS",
     "PARAM_WEIGHTS",
     "InferRequestData",
     "InferRequestWire",
@@ -58,6 +59,7 @@ PARAM_QUEUE_MS = "splitdnn.queue_ms"  # double: time the request waited for a ba
 PARAM_COMPUTE_MS = "splitdnn.compute_ms"  # double: time running the model (tail) on its batch, ms
 PARAM_DECODE_MS = "splitdnn.decode_ms"  # double: time validating and decoding the request, ms
 PARAM_BATCH_SIZE = "splitdnn.batch_size"  # int64: number of requests in the batch this one ran in
+PARAM_TAIL_BUILD_MS = "splitdnn.tail_build_ms"  # double: of decode_ms, building the cut's tail (when it did)
 
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 

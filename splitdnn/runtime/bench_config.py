@@ -77,7 +77,10 @@ class BenchConfig:
     # before each cell, re-time the whole model on device and server and rescale both profiles to it
     refresh_runs: int = 5  # timed runs of each (0: never refresh; the profiles of the run's start)
     refresh_pool: int = 3  # factors: medians over the samples of this many recent refreshes (DriftTracker)
-    server_pace: bool = True  # the splitdnn client prices the server at its measured pace (SplitClient)
+    # the splitdnn client prices the server at its measured pace (SplitClient(server_pace=)); off by
+    # default: a cell's server serves nothing else, and its predictions then test the cost model alone
+    # (a busy server is scripts/bench_server_pace.py's)
+    server_pace: bool = False
 
     def __post_init__(self) -> None:
         from splitdnn.models import ZOO

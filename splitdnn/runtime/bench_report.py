@@ -287,6 +287,7 @@ def bench_document(
             "oracle_max_cuts": config.oracle_max_cuts,
             "refresh_runs": config.refresh_runs,
             "refresh_pool": config.refresh_pool,
+            "server_pace": config.server_pace,
             "profile_repeats": config.profile_repeats,
             "dag_points": config.dag_points,
             "device_threads": config.device_threads,

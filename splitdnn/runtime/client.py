@@ -307,6 +307,8 @@ class SplitClient:
         # sets of boundary names the server has answered for (it has built and cached their tail)
         self._answered_cuts: set[frozenset[str]] = set()
         # how much slower than its profile the server answers (a loaded server); None: not tracked
+        if not isinstance(server_pace, bool):
+            raise ConfigError(f"server_pace must be True or False, found {server_pace!r}")
         self._pace = ServerPace() if server_pace and force_boundary is None else None
         # a request given up as overdue, until the next observation says whose the wait was:
         # (ms waited, its network part as predicted, its server part as the profile predicts it)
@@ -514,6 +516,7 @@ class SplitClient:
         planner = self._make_planner(server, self.estimator.link)
         with self._lock:
             self.server_profile, self.server_profile_source, self.planner = server, source, planner
+            self._overdue = None
             if self._pace is not None:  # its ratios were against the profile planned with until now
                 self._pace.clear()
         if server is info.profile:
@@ -612,6 +615,8 @@ class SplitClient:
         self.traced.check_input_shapes([x.shape for x in inputs])  # an export-captured model's graph
         t0 = time.perf_counter()
         with self._lock:
+            if self._pace_server(None):  # a pace with no recent answer (edge-only, no probes) expires
+                self.last_decision = self.planner.replan(self.estimator.link)
             plan, server_factor = self.planner.plan, self.planner.server_factor
             self.requests += 1
             down = time.monotonic() < self._down_until
@@ -621,8 +626,9 @@ class SplitClient:
         if self._prober is not None and not down and plan.strategy == "edge-only":
             self._prober.maybe_start(edge_only=True, last_observed=self._last_observed)
         # predictions are for the profiles' batch; a request of more rows takes longer, about in proportion
-        scale = max(1.0, int(inputs[0].shape[0]) / max(1, self.device_profile.batch_size))
-        run = Run(self, plan, t0, scale, server_factor)
+        rows, profile_rows = int(inputs[0].shape[0]), max(1, self.device_profile.batch_size)
+        scale = max(1.0, rows / profile_rows)
+        run = Run(self, plan, t0, scale, server_factor, profile_rows=rows == profile_rows)
         again = False
         try:
             if plan.strategy == "edge-only":
@@ -777,8 +783,11 @@ class SplitClient:
                 self._overdue = (network_ms, *overdue)
             else:
                 self.estimator.observe(bytes_up, bytes_down, network_ms)
-                if self._overdue is not None:
-                    server = self._attribute_overdue()
+                if self._overdue is not None and self._pace is not None:
+                    settled = self._attribute_overdue()
+                    if settled is not None:
+                        self._pace.observe(*settled)
+                self._overdue = None
             self._last_observed = time.monotonic()
             link, stepped = self.estimator.link, self.estimator.stepped
             paced = self._pace_server(server)

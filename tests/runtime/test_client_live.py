@@ -17,6 +17,7 @@ generous bounds on the probe's reaction.
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
@@ -33,7 +34,7 @@ from splitdnn import graph
 from splitdnn.errors import ModelMismatchError
 from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
-from splitdnn.runtime._server_pace import ServerPace
+from splitdnn.runtime._client_request import Run
 from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.client import SplitClient
 from splitdnn.runtime.planner import scale_profile
@@ -178,46 +179,82 @@ def test_probe_notices_a_recovered_link(live: Live) -> None:
 # the server's pace
 
 
-def _server_ms(live: Live) -> float:
-    """The server's median reported time for the whole model, here and now (a pinned client)."""
+def _server_ms(live: Live) -> tuple[float, float]:
+    """The server's median reported time for the whole model, and the rest of the round trip (the
+    network as the client sees it), here and now (a pinned client)."""
     with live.client(force_boundary="cloud", probe_interval_s=None) as client:
-        times = []
-        for _ in range(4):
+        server, network = [], []
+        for _ in range(5):
             client.infer(live.x)
             b = client.last_breakdown
             assert b is not None and not b.local
-            times.append(b.server_queue_ms + b.server_compute_ms + b.decode_ms)
-    return statistics.median(times[1:])  # the first one builds the tail
+            server.append(b.server_queue_ms + b.server_compute_ms + b.decode_ms)
+            network.append(b.network_ms + b.client_ms)
+    return statistics.median(server[1:]), statistics.median(network[1:])  # the first builds the tail
 
 
-def _paced(live: Live, server_ms: float, **kw: Any) -> SplitClient:
-    """A client told the server computes the whole model 8x faster than it does here, and the device
-    in 0.6x the server's real time: cloud-only on the profiles, not once the server is timed."""
+def _paced(live: Live, **kw: Any) -> SplitClient:
+    """A client told the server computes the whole model 8x faster than it does here (at least
+    1.2 ms), and the device halfway (geometrically) between cloud-only's price on that profile and
+    its real time, 10 % off: cloud-only on the profiles, not once the server is timed (whatever this
+    machine's speed). No fallback: a stall of a busy CI machine must not turn a request into a local one."""
+    server_ms, network_ms = _server_ms(live)
+    told = max(1.2, server_ms / 8)
+    device_ms = math.sqrt((told + network_ms) * (server_ms + network_ms) / 1.1)
     total = live.device.total.median_ms
     return live.client(
-        device_profile=scale_profile(live.device, total / (0.6 * server_ms)),
-        server_profile=scale_profile(live.device, total / max(1.2, server_ms / 8)),
-        link=Link(200.0, rtt_ms=1.0), probe_interval_s=None, **kw,
+        device_profile=scale_profile(live.device, total / device_ms),
+        server_profile=scale_profile(live.device, total / told),
+        link=Link(200.0, rtt_ms=1.0), probe_interval_s=None, fallback_local=False, **kw,
     )  # fmt: skip
 
 
 def test_a_server_slower_than_its_profile_is_priced_at_its_pace(live: Live) -> None:
-    server_ms = _server_ms(live)
-    with _paced(live, server_ms) as client:
-        assert client.plan.strategy == "cloud-only" and client.server_factor == 1.0
+    with _paced(live) as client:
+        assert client.plan.strategy == "cloud-only" and client.server_factor == 1.0, client.describe()
         for _ in range(20):
             assert torch.equal(client.infer(live.x), live.ref)
             if client.plan.strategy != "cloud-only":
                 break
-        assert client.server_factor > 1.25, (server_ms, client.describe())  # its pace, not the profile's
+        assert client.server_factor > 1.25, client.describe()  # its pace, not the profile's
         assert client.plan.strategy != "cloud-only", client.describe()
         assert "its measured pace" in client.describe()
-        # a pace with nothing recent (edge-only, no answers) goes back to the profile
-        client._pace = ServerPace(max_age_s=0.05)
-        time.sleep(0.1)
-        client._observe(1_000, 100, 1.0)  # what a link probe does
+        # no answer for 30 s (edge-only, no probes): the next request goes back to the profile
+        assert client._pace is not None and client._pace.samples >= 3
+        later = time.monotonic() + 31.0
+        client._pace._clock = lambda: later
+        client.infer(live.x)
         assert client.server_factor == 1.0
         assert "priced by its profile again" in client.describe()
+
+
+def test_a_server_sample_is_against_the_unscaled_profile_at_the_profiles_rows(live: Live) -> None:
+    """The pace in use is taken out of the prediction (else a factor, once applied, reads as 1 and
+    undoes itself); a request of more rows than the profile's is no sample (a batch costs less than
+    its rows alone: it would read as a faster server)."""
+    with live.client(force_boundary="cloud", probe_interval_s=None) as client:
+        plan = client.plan
+        part = plan.cost.server_ms + plan.cost.decode_ms
+        assert part > 0
+        run = Run(client, plan, 0.0, scale=2.0, server_factor=4.0, profile_rows=False)
+        assert run._server_predicted() == pytest.approx(part * 2.0 / 4.0)
+    with live.client(
+        device_profile=scale_profile(live.device, 0.2), server_profile=scale_profile(live.device, 2.0),
+        link=Link(200.0, rtt_ms=1.0), probe_interval_s=None, fallback_local=False,
+    ) as client:  # fmt: skip
+        assert client._pace is not None and client.plan.strategy != "edge-only", client.describe()
+        client.infer(torch.cat([live.x] * 3))  # builds the tail
+        client.infer(torch.cat([live.x] * 3))
+        assert client._pace.samples == 0
+        client.infer(live.x)
+        assert client._pace.samples == 1
+
+
+def test_the_pace_can_be_left_out(live: Live) -> None:
+    with _paced(live, server_pace=False) as client:
+        for _ in range(12):
+            assert torch.equal(client.infer(live.x), live.ref)
+        assert client.server_factor == 1.0 and client.plan.strategy == "cloud-only", client.describe()
 
 
 def test_a_request_given_up_while_the_link_stayed_fast_counts_against_the_server(live: Live) -> None:
@@ -244,13 +281,6 @@ def test_a_request_given_up_while_the_link_stayed_fast_counts_against_the_server
         client._observe(600_000, 0, 50.0, overdue=(20.0, 40.0))
         client._observe_probe(256 << 10, 100, 2.0)
         assert client._pace.samples == 0
-
-
-def test_the_pace_can_be_left_out(live: Live) -> None:
-    with _paced(live, _server_ms(live), server_pace=False) as client:
-        for _ in range(12):
-            assert torch.equal(client.infer(live.x), live.ref)
-        assert client.server_factor == 1.0 and client.plan.strategy == "cloud-only", client.describe()
 
 
 @contextmanager

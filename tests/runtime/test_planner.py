@@ -815,7 +815,10 @@ def test_scaling_the_emulation_away_takes_its_idle_factor_from_the_compute_times
 
 def test_the_planner_imports_neither_torch_nor_grpc() -> None:
     # it plans on any device: the solver's layering rule extends to it
-    code = "import sys, splitdnn.runtime.planner; print(sorted({'torch', 'grpc'} & set(sys.modules)))"
+    code = (
+        "import sys, splitdnn.runtime.planner, splitdnn.runtime._server_pace; "
+        "print(sorted({'torch', 'grpc'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

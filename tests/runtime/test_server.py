@@ -442,10 +442,18 @@ def test_prometheus_metrics(live: Live) -> None:
         served._cache.clear()  # as if every tail had been evicted
     cut = chain_cuts(traced)[2]
     built = value("splitdnn_tail_builds_total", model="resnet18")
-    for _ in range(2):
-        live.infer("resnet18", _boundary(traced, cut, _x("resnet18")), fingerprint=traced.fingerprint)
+    for i in range(2):
+        got = live.infer("resnet18", _boundary(traced, cut, _x("resnet18")), fingerprint=traced.fingerprint)
         assert value("splitdnn_tail_builds_total", model="resnet18") == built + 1  # built once, then cached
         assert value("splitdnn_cached_tails", model="resnet18") == 1
+        # the answer says so too (clients leave such a request out of the server's pace), once
+        build_ms = got.parameters.get(serde.PARAM_TAIL_BUILD_MS)
+        if i == 0:
+            assert isinstance(build_ms, float) and 0 < build_ms <= serde.param_ms(
+                got.parameters, serde.PARAM_DECODE_MS
+            )
+        else:
+            assert build_ms is None
     address = live.server.metrics_address
     assert address is not None
     text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()

@@ -47,6 +47,20 @@ def test_old_ratios_expire_and_the_profile_comes_back() -> None:
     assert pace.due(3.0) == 1.0
 
 
+def test_with_too_few_recent_ratios_the_factor_in_use_stays_until_none_is_left() -> None:
+    """A client sending one request every 12 s kept only two ratios younger than 30 s: the factor
+    went back to 1 and came again with every third request."""
+    clock = _Clock()
+    pace = ServerPace(max_age_s=30.0, min_samples=3, clock=clock)
+    for _ in range(3):
+        pace.observe(10.0, 30.0)
+        clock.now += 12.0
+    assert pace.samples == 2 and pace.factor == 1.0  # too few to set a factor...
+    assert pace.due(3.0) is None  # ...or to drop the one in use
+    clock.now += 30.0
+    assert pace.due(3.0) == 1.0  # none left: the profile again
+
+
 def test_tiny_predictions_and_bad_values_are_not_used() -> None:
     pace = ServerPace(min_predicted_ms=1.0, min_samples=1, clock=_Clock())
     assert not pace.observe(0.05, 0.5)  # all fixed cost: says nothing of the rest of the model
