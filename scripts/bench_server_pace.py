@@ -308,28 +308,11 @@ def _code(code: dict[str, Any]) -> str:
     return head + (f" with {len(changed)} uncommitted file(s)" if changed else "")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from splitdnn.cli import _count, _positive
     from splitdnn.models.registry import ZOO
+
+    _positive_int = _count(1, 1_000_000)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet18", choices=sorted(ZOO))
