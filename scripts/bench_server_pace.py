@@ -190,9 +190,7 @@ def run_variant(
                 b = client.last_breakdown
                 assert b is not None
                 latencies.append(b.total_ms)
-                plans.append(
-                    b.strategy if not b.boundary or b.strategy != "split" else f"split after {b.boundary[0]}"
-                )
+                plans.append(f"split after {b.boundary[0]}" if b.strategy == "split" else b.strategy)
             return {
                 "latency_ms": [round(v, 2) for v in latencies],
                 "first_plan": first,

@@ -13,11 +13,23 @@ from typing import TYPE_CHECKING, TextIO
 import torch
 
 from splitdnn.errors import ConfigError
+from splitdnn.schema import CostBreakdown
 
 if TYPE_CHECKING:
     from splitdnn.runtime.client import SplitClient
 
-__all__ = ["Breakdown", "format_breakdown", "run_requests"]
+__all__ = ["Breakdown", "format_breakdown", "predicted_parts", "run_requests"]
+
+
+def predicted_parts(cost: CostBreakdown) -> tuple[float, float, float]:
+    """``(device, network, server)`` ms of a plan's predicted cost, split as a :class:`Breakdown`
+    measures them (two tiers, as the runtime runs: a three-tier plan's middle tier would count as the
+    server)."""
+    return (
+        cost.device_ms + cost.encode_ms,
+        sum(cost.transfer_ms) + sum(cost.rtt_ms) + cost.result_ms,
+        cost.server_ms + cost.decode_ms,
+    )
 
 
 @dataclass(frozen=True)

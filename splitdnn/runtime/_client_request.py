@@ -28,7 +28,7 @@ from splitdnn import codec as _codec
 from splitdnn import graph
 from splitdnn.errors import ConfigError, DeadlineError, PlanError, WireError
 from splitdnn.runtime import serde
-from splitdnn.runtime._client_report import Breakdown
+from splitdnn.runtime._client_report import Breakdown, predicted_parts
 from splitdnn.runtime._client_rpc import connection_state, is_transient, model_infer, translate_rpc_error
 from splitdnn.runtime.planner import remote_ms as planner_remote_ms
 from splitdnn.schema import Plan
@@ -466,19 +466,12 @@ class Run:
         paced = built and self.profile_rows and serde.PARAM_TAIL_BUILD_MS not in p
         c._observe(
             self.bytes_sent, self.bytes_received, self.network_ms,
-            server=(self._server_predicted(), server_ms) if paced else None,
+            server=(self._predicted_parts()[1], server_ms) if paced else None,
         )  # fmt: skip
         return out
 
     def _predicted_parts(self) -> tuple[float, float]:
-        """``(network, server)`` ms of this request as the plan predicted them, the server part as in
-        :meth:`_server_predicted` (what a request given up is settled with, ``SplitClient._observe``)."""
-        cost = self.plan.cost
-        network = (sum(cost.transfer_ms) + sum(cost.rtt_ms) + cost.result_ms) * self.scale
-        return network, self._server_predicted()
-
-    def _server_predicted(self) -> float:
-        """The plan's server part (compute and decode) as the server's profile predicts it for this
-        request's rows, without the pace the plan was priced with (ServerPace's ratios are against it)."""
-        cost = self.plan.cost
-        return (cost.server_ms + cost.decode_ms) * self.scale / self.server_factor
+        """``(network, server)`` ms of this request as the plan predicted them for its rows, the server
+        part without the pace the plan was priced with (ServerPace's ratios are against the profile)."""
+        _, network, server = predicted_parts(self.plan.cost)
+        return network * self.scale, server * self.scale / self.server_factor

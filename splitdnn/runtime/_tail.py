@@ -16,6 +16,7 @@ reported as a :class:`~splitdnn.errors.WireError`.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -306,24 +307,26 @@ class ServedModel:
 
     def tail(self, provided: frozenset[str]) -> Tail:
         """The tail computing the output from the values of ``provided`` (cached; WireError if invalid)."""
+        return self.tail_built(provided)[0]
+
+    def tail_built(self, provided: frozenset[str]) -> tuple[Tail, float]:
+        """:meth:`tail`, and the seconds this call spent building it (0 when it was cached): the
+        server reports them, and clients leave such a request out of the server's pace."""
         with self._lock:
             cached = self._cache.get(provided)
             if cached is not None:
                 self._cache.move_to_end(provided)
-                return cached
+                return cached, 0.0
+        start = time.perf_counter()
         tail = self._build_tail(provided)  # outside the lock: building may take a moment
+        built_s = time.perf_counter() - start
         with self._lock:
             self.tail_builds += 1
             self._cache[provided] = tail
             self._cache.move_to_end(provided)
             while len(self._cache) > self.tail_cache_size:
                 self._cache.popitem(last=False)
-        return tail
-
-    def has_tail(self, provided: frozenset[str]) -> bool:
-        """Whether the tail for ``provided`` is cached now (another request may build it next)."""
-        with self._lock:
-            return provided in self._cache
+        return tail, built_s
 
     def cached_tails(self) -> int:
         with self._lock:

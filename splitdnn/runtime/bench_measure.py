@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from splitdnn.runtime._client_report import Breakdown
+from splitdnn.runtime._client_report import Breakdown, predicted_parts
 from splitdnn.runtime.client import SplitClient
-from splitdnn.schema import CostBreakdown
 
 __all__ = [
     "PARTS",
@@ -117,16 +116,6 @@ class Timing:
 
 
 PARTS = ("device", "network", "server")
-
-
-def predicted_parts(cost: CostBreakdown) -> tuple[float, float, float]:
-    """``(device, network, server)`` ms of a plan's predicted cost, split as :class:`Timing` measures
-    (two tiers, as the runtime runs: a three-tier plan's middle tier would count as the server)."""
-    return (
-        cost.device_ms + cost.encode_ms,
-        sum(cost.transfer_ms) + sum(cost.rtt_ms) + cost.result_ms,
-        cost.server_ms + cost.decode_ms,
-    )
 
 
 def measured_parts(b: Breakdown) -> tuple[float, float, float]:

@@ -615,7 +615,8 @@ class SplitClient:
         self.traced.check_input_shapes([x.shape for x in inputs])  # an export-captured model's graph
         t0 = time.perf_counter()
         with self._lock:
-            if self._pace_server(None):  # a pace with no recent answer (edge-only, no probes) expires
+            # an edge-only client observes nothing without probes: its pace expires here
+            if self.planner.plan.strategy == "edge-only" and self._pace_server(None):
                 self.last_decision = self.planner.replan(self.estimator.link)
             plan, server_factor = self.planner.plan, self.planner.server_factor
             self.requests += 1
@@ -783,11 +784,10 @@ class SplitClient:
                 self._overdue = (network_ms, *overdue)
             else:
                 self.estimator.observe(bytes_up, bytes_down, network_ms)
-                if self._overdue is not None and self._pace is not None:
-                    settled = self._attribute_overdue()
-                    if settled is not None:
-                        self._pace.observe(*settled)
-                self._overdue = None
+                overdue_before, self._overdue = self._overdue, None
+                settled = self._attribute_overdue(*overdue_before) if overdue_before is not None else None
+                if settled is not None and self._pace is not None:
+                    self._pace.observe(*settled)
             self._last_observed = time.monotonic()
             link, stepped = self.estimator.link, self.estimator.stepped
             paced = self._pace_server(server)
@@ -795,19 +795,19 @@ class SplitClient:
                 self.last_decision = self.planner.replan(link, step=stepped)
             return stepped and self.planner.plan.strategy == "edge-only"
 
-    def _attribute_overdue(self) -> tuple[float, float] | None:
-        """The first observation after a request given up (under the lock): when it is a step back up
+    def _attribute_overdue(
+        self, waited_ms: float, network_ms: float, server_ms: float
+    ) -> tuple[float, float] | None:
+        """What the first observation after a request given up says of it (under the lock; the request
+        waited ``waited_ms``, its network and server parts predicted as given): when it is a step back up
         (a probe found the link as fast as before, as when the server's queue held the request), the
         link did not fall and the wait was the server's: it took at least the wait less the network
         part as predicted (the link as it was), a server sample when that is over the prediction.
-        Otherwise (the link did fall, or the bound says nothing) none. Either way it is settled.
+        Otherwise (the link did fall, or the bound says nothing) none.
 
         Without this, a server that other clients keep busy made a client flap: each remote request
         was given up as a fallen link, the next probe found the link fine, and the client went back
         (``scripts/bench_server_pace.py``: 13 to 14 switches in 15 requests, a give-up every other one)."""
-        assert self._overdue is not None
-        waited_ms, network_ms, server_ms = self._overdue
-        self._overdue = None
         at_least = waited_ms - network_ms
         if not self.estimator.stepped_up or at_least <= server_ms:  # a bound under the prediction
             return None

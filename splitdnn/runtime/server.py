@@ -580,16 +580,9 @@ class TailServer:
                     f"model {served.name!r} has outputs {list(served.output_names)}, not "
                     f"[{shown_names(unknown_out)}]",
                 )
-            build_s = 0.0
             try:
                 served.check_inputs(data.inputs, data.bfloat16)
-                provided = frozenset(data.inputs)
-                if served.has_tail(provided):
-                    tail = served.tail(provided)
-                else:  # timed apart: clients do not take a request that built a tail as the server's pace
-                    t_build = time.perf_counter()
-                    tail = served.tail(provided)
-                    build_s = time.perf_counter() - t_build
+                tail, build_s = served.tail_built(frozenset(data.inputs))
             except WireError as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             writable = tail.writes_inputs and served.device.type == "cpu"  # else a copy is made anyway

@@ -237,7 +237,7 @@ def test_a_server_sample_is_against_the_unscaled_profile_at_the_profiles_rows(li
         part = plan.cost.server_ms + plan.cost.decode_ms
         assert part > 0
         run = Run(client, plan, 0.0, scale=2.0, server_factor=4.0, profile_rows=False)
-        assert run._server_predicted() == pytest.approx(part * 2.0 / 4.0)
+        assert run._predicted_parts()[1] == pytest.approx(part * 2.0 / 4.0)
     with live.client(
         device_profile=scale_profile(live.device, 0.2), server_profile=scale_profile(live.device, 2.0),
         link=Link(200.0, rtt_ms=1.0), probe_interval_s=None, fallback_local=False,
