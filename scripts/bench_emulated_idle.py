@@ -33,9 +33,10 @@ import torch
 
 from splitdnn import graph
 from splitdnn._measure import git_state
-from splitdnn.errors import ConfigError, SplitDNNError
+from splitdnn.errors import SplitDNNError
 from splitdnn.models.registry import ZOO, build_zoo_model, default_input_shape
 from splitdnn.profiler import machine_info, profile_model
+from splitdnn.runtime._client_report import run_requests
 from splitdnn.runtime._client_request import emulation_clock
 from splitdnn.runtime.client import SplitClient
 from splitdnn.runtime.memory import keep_freed_memory
@@ -70,13 +71,8 @@ def measure_model(model: str, args: argparse.Namespace, say: Any) -> dict[str, A
                     )  # fmt: skip
                     try:
                         predicted = client.plan.cost.device_ms
-                        client.infer(x)  # warm-up
-                        heads = []
-                        for _ in range(args.requests):
-                            client.infer(x)
-                            b = client.last_breakdown
-                            assert b is not None
-                            heads.append(b.head_ms)
+                        # one warm-up request, then the timed ones
+                        heads = [b.head_ms for b in run_requests(client, 1 + args.requests)[1:]]
                     finally:
                         client.close()
                     keep = rows.setdefault(
@@ -86,7 +82,7 @@ def measure_model(model: str, args: argparse.Namespace, say: Any) -> dict[str, A
                     keep["predicted"].append(predicted)
                     keep["measured"].append(statistics.median(heads))
                     keep["profile_s"].append(profile_s)
-                    err = 100.0 * (predicted - keep["measured"][-1]) / keep["measured"][-1]
+                    err = _error_pct(predicted, keep["measured"][-1])
                     say(
                         f"  {model} round {r + 1} {label}: {plan}: predicted {predicted:.1f} ms, measured "
                         f"{keep['measured'][-1]:.1f} ms ({err:+.1f} %); profile took {profile_s:.1f} s"
@@ -100,7 +96,7 @@ def measure_model(model: str, args: argparse.Namespace, say: Any) -> dict[str, A
                 "predicted_ms": [round(v, 2) for v in d["predicted"]],
                 "measured_ms": [round(v, 2) for v in d["measured"]],
                 "error_pct": [
-                    round(100.0 * (p - m) / m, 1) for p, m in zip(d["predicted"], d["measured"], strict=True)
+                    round(_error_pct(p, m), 1) for p, m in zip(d["predicted"], d["measured"], strict=True)
                 ],
                 "profile_s": [round(v, 1) for v in d["profile_s"]],
                 "idle_factor": [round(v, 3) for v in d["idle_factor"]],
@@ -108,6 +104,10 @@ def measure_model(model: str, args: argparse.Namespace, say: Any) -> dict[str, A
             for (plan, label), d in rows.items()
         ],
     }
+
+
+def _error_pct(predicted: float, measured: float) -> float:
+    return 100.0 * (predicted - measured) / measured
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         models = [measure_model(m, args, say) for m in args.models]
-    except (SplitDNNError, ConfigError) as exc:
+    except SplitDNNError as exc:
         print(f"bench_emulated_idle: {exc}", file=sys.stderr)
         return 1
     result = {

@@ -226,10 +226,13 @@ def time_each(
     return samples
 
 
+SLEEP: Callable[[float], None] = time.sleep  # time_after_idle's sleep
+
+
 def time_after_idle(
     fn: Callable[[], Any],
     *,
-    idle_factor: float,
+    padding: float,
     warmup: int,
     repeats: int,
     timer: Timer,
@@ -238,7 +241,7 @@ def time_after_idle(
 ) -> tuple[list[float], list[float]]:
     """Seconds per call of ``fn`` back to back, and after an idle: ``repeats`` rounds (after
     ``warmup`` untimed calls, at least one), each one call right after the previous, then one after
-    sleeping ``idle_factor`` x the work of the last call after an idle (of the back-to-back call in
+    sleeping ``padding`` x the work of the last call after an idle (of the back-to-back call in
     the first round), as the emulation pads a request with its own work; ``tick`` after each round.
 
     The device emulation pads each piece of work with (slowdown - 1) x that work of sleep, so an
@@ -255,7 +258,7 @@ def time_after_idle(
         fn()
         sync()
         back.append(timer() - t0)
-        SLEEP(idle_factor * (idle[-1] if idle else back[-1]))
+        SLEEP(padding * (idle[-1] if idle else back[-1]))
         t0 = timer()
         fn()
         sync()
@@ -263,9 +266,6 @@ def time_after_idle(
         if tick:
             tick()
     return back, idle
-
-
-SLEEP: Callable[[float], None] = time.sleep  # time_after_idle's sleep
 
 
 @dataclass

@@ -36,18 +36,15 @@ tests can drive the whole procedure with a virtual clock.
 Device emulation: an emulated device (``slowdown`` f > 1) pads each piece of work with a sleep of
 (f - 1) x that work (``SplitClient(emulate_slowdown=f)``), so its every request starts on a core that
 has just idled for most of the last one. On some hosts that computes markedly slower than back to
-back: on this project's Intel Xeon machine ResNet-18 took 1.13-1.63x its back-to-back CPU time that
-way (one thread, over this code's benchmark and demo runs), and the demo's edge-only plan measured
-1.25-1.64x its back-to-back prediction (``docs/benchmarks.md``, "An emulated device after its
-padding's idle"). With ``emulated_idle`` an emulated profile first times the whole model
+back (measured in ``docs/benchmarks.md``, "An emulated device after its padding's idle"). With
+``emulated_idle`` an emulated profile first times the whole model
 alternately back to back and after the idle its padding leaves (``idle`` stage,
 :data:`IDLE_MIN_ROUNDS` rounds at least) and multiplies every compute time it stores (nodes,
 anchors, checks, ``total``; not the codecs' times: the encode follows the head back to back) by the
-median of the rounds' ratios, ``idle_factor``, which it records. Off by default: over four
-comparisons against real requests it priced edge-only better (from 7-38 % low to -16 to +12 %) but
-heads worse (from -15 to +4 % to mostly 5-27 % high: a short head idles less than the whole model),
-and its mean error was no better. Timing every fused piece after its own idle instead was tried:
-each piece then paid the cold start alone, and heads were priced 13-49 % over their measured time.
+median of the rounds' ratios, ``idle_factor``, which it records. Off by default: against real
+requests it priced edge-only better but heads worse (a short head idles less than the whole model),
+and its mean error was no better; timing every fused piece after its own idle instead priced heads
+higher still (the same docs section has the numbers).
 """
 
 from __future__ import annotations
@@ -311,7 +308,7 @@ def profile_model_run(
             bar.stage("idle")
             whole = prepare_cut(traced, compute, n, s.inputs).head
             back, after = time_after_idle(
-                whole, idle_factor=factor - 1, warmup=warmup, repeats=idle_rounds, timer=timer,
+                whole, padding=factor - 1, warmup=warmup, repeats=idle_rounds, timer=timer,
                 sync=s.sync, tick=bar.advance,
             )  # fmt: skip
             del whole

@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from splitdnn import graph
 from splitdnn.calibrate import split_prediction
-from splitdnn.errors import ConfigError
+from splitdnn.errors import ConfigError, ProfileError
 from splitdnn.models.registry import ZOO, build_zoo_model
 from splitdnn.profiler import machine_info, measure_cuts, profile, profile_model, profile_model_run
 from splitdnn.progress import Progress
@@ -631,7 +631,7 @@ def test_time_after_idle_alternates_back_to_back_and_after_the_paddings_sleep(
     ticks: list[int] = []
     monkeypatch.setattr(measure, "SLEEP", sleep)
     back, after = measure.time_after_idle(
-        run, idle_factor=7.0, warmup=0, repeats=3, timer=clock, sync=lambda: None,
+        run, padding=7.0, warmup=0, repeats=3, timer=clock, sync=lambda: None,
         tick=lambda: ticks.append(len(calls)),
     )  # fmt: skip
     assert back == pytest.approx([2e-3] * 3) and after == pytest.approx([3e-3] * 3)
@@ -778,7 +778,7 @@ def test_the_idle_factor_is_saved_only_when_not_1(chain: graph.TracedModel) -> N
     prof = profile_model(chain, timer=VirtualClock(), codecs=(), **FAST)
     assert "idle_factor" not in to_dict(prof)
     assert profile_from_json(profile_to_json(prof)) == prof
-    with pytest.raises(Exception, match="without a device emulation"):
+    with pytest.raises(ProfileError, match="without a device emulation"):
         dataclasses.replace(prof, idle_factor=1.25)  # slowdown 1: nothing padded, nothing idled
     marked = dataclasses.replace(prof, idle_factor=1.25, slowdown=2.0)
     text = profile_to_json(marked)
@@ -787,5 +787,5 @@ def test_the_idle_factor_is_saved_only_when_not_1(chain: graph.TracedModel) -> N
     for bad in ("1.2", 0, -1.0, float("inf")):
         data = json.loads(text)
         data["idle_factor"] = bad
-        with pytest.raises(Exception, match="idle_factor"):
+        with pytest.raises(ProfileError, match="idle_factor"):
             profile_from_json(json.dumps(data))

@@ -79,8 +79,8 @@ def _diagnose(
         raw = socket.create_connection((host, port), timeout=timeout_s)
     except OSError:
         return None  # nothing listens there, or it cannot be reached: not a TLS matter
-    ctx = _context(client_cert if secure else None, client_key if secure else None)
     with raw:
+        ctx = _context(client_cert if secure else None, client_key if secure else None)
         if isinstance(ctx, str):
             return Diagnosis(
                 f"this client's certificate and key cannot be loaded as a matching, unencrypted PEM pair "

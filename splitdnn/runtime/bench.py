@@ -594,9 +594,10 @@ def refresh_profiles(
     5.85 Mbit/s: the device profile rescaled x1.18, then edge-only measured 23 % under its prediction,
     and the plan's cut was chosen on inflated head times); spread, such a burst moves a minority of
     the samples, and the median ignores it. Spread, each device run also follows a pause (about
-    ``span_s / (runs - 1)`` less the runs), as an emulated request follows its padding: it compares
-    like with like against an emulated profile's total, which includes its ``idle_factor``. Before
-    profiles carried that factor, this refresh absorbed part of the same slowdown."""
+    ``span_s / (runs - 1)`` less the runs), as an emulated request follows its padding. The bench's
+    profiles are timed back to back (``prepare_model`` asks for no ``emulated_idle``), so this
+    refresh absorbs part of that slowdown into the device's scale; a profile with an ``idle_factor``
+    would include it already."""
     device, server = prepared.devices[slowdown], prepared.server
     runs = config.refresh_runs
     if runs == 0:

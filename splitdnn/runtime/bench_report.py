@@ -37,7 +37,7 @@ from splitdnn.plots import save_figure
 from splitdnn.report import format_bytes, format_table
 from splitdnn.runtime.bench import BenchConfig, CellResult, CutRun, StrategyRun, cut_key, pool_cuts
 from splitdnn.runtime.bench_measure import Timing
-from splitdnn.runtime.shaper import LINK_NAME
+from splitdnn.runtime.shaper import BURST_S, LINK_NAME, MIN_BURST_BYTES
 
 __all__ = [
     "GOALS",
@@ -91,10 +91,11 @@ def _record(cell: CellResult, strategy: str, config: BenchConfig, link_name: str
         "profile_scale_device": round(cell.profile_scale[0], 4),
         "profile_scale_server": round(cell.profile_scale[1], 4),
     }
-    if t.parts():  # where the requests' time went, against the client's plan when it started
+    parts = t.parts()
+    if parts:  # where the requests' time went, against the client's plan when it started
         rec["parts_ms"] = {
             name: {"measured": round(measured, 3), "predicted": round(predicted, 3)}
-            for name, measured, predicted in t.parts()
+            for name, measured, predicted in parts
         }
     if strategy == "splitdnn":
         best = cell.runs["oracle"]
@@ -199,8 +200,6 @@ def _machine() -> dict[str, Any]:
 
 def _link_parameters(link: str) -> dict[str, Any]:
     """The emulated link's fixed settings (its bucket depth; the kernel's queue for netns)."""
-    from splitdnn.runtime import shaper
-
     params: dict[str, Any] = {"rtt": "half added each way by a delay line (ShapedLink)"}
     if link == "netns":  # the shaper only delays there: the kernel's tbf shapes
         params["burst"] = "5 ms of traffic, at least 3028 bytes (tc tbf, scripts/netns_link.sh)"
@@ -209,7 +208,7 @@ def _link_parameters(link: str) -> dict[str, Any]:
             "scripts/netns_link.sh sets it up (its header)"
         )
     else:
-        params["burst"] = f"{shaper.BURST_S * 1e3:g} ms of traffic, at least {shaper.MIN_BURST_BYTES} bytes"
+        params["burst"] = f"{BURST_S * 1e3:g} ms of traffic, at least {MIN_BURST_BYTES} bytes"
     return params
 
 

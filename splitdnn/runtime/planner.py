@@ -91,7 +91,8 @@ def scale_profile(
     f = check_positive("speedup", speedup)
     k = 1.0 / f
     slowdown = profile.slowdown if keep_emulation else max(1.0, profile.slowdown * k)
-    idle = profile.idle_factor if slowdown == 1.0 and not keep_emulation else 1.0  # out of the compute times
+    # out of the compute times (a profile at slowdown 1 has none: Profile checks it)
+    idle = profile.idle_factor if slowdown == 1.0 else 1.0
     kc = k / idle
 
     def codec(c: CodecResult) -> CodecResult:

@@ -69,11 +69,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: how results name this link
+LINK_NAME = "in-process token-bucket shaper"
 #: Bytes read from a socket at once; larger reads are cut into burst-sized pieces by the bucket anyway.
 _RECV_BYTES = 64 * 1024
 #: The burst floor: one Ethernet frame, so a 0.13 Mbit/s link still sends whole frames (92 ms apart).
-#: how results name this link
-LINK_NAME = "in-process token-bucket shaper"
 MIN_BURST_BYTES = 1500
 #: The burst is this much time of traffic at the current rate: small enough that a transfer is shaped
 #: from its first bytes, large enough that a fast link (1000 Mbit/s -> 625 kB) is not woken per packet.
