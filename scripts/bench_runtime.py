@@ -22,6 +22,10 @@ Issue 4 asks for two numbers, both measured here on one machine (client and serv
      and answers raw fp32;
    - ``SplitClient``: ``SplitClient.infer`` with ``force_boundary="cloud"`` and the raw codec (torch
      tensor in and out, plan bookkeeping and the link estimator included);
+   - ``bound`` (with ``--wire``): the wire client's request answered by a handler with no parsing,
+     no checks and no bookkeeping (it views the tensor at the message's end, runs ``x * 1`` in torch
+     and joins a response header built once): the least a Python server of this protocol that runs
+     its tail in torch can cost, so the distance from it is what splitdnn's own server code costs;
    - ``floor``: what any split runtime must add to the echo, with no protocol at all: the client
      copies the tensor into the request's bytes, the server computes ``x * 1`` (numpy) and copies the
      result into the answer's bytes (generic unary gRPC, no messages, no checks). The goal's room
@@ -178,6 +182,29 @@ def _floor(request: bytes, context: grpc.ServicerContext) -> bytes:
     return (np.frombuffer(request, dtype=np.float32) * 1).tobytes()
 
 
+def _bound(nbytes: int) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    """The least a Python v2 server running the tail in torch can do for the wire client's request of
+    ``nbytes`` of fp32: no parsing and no checks. It views the tensor at the message's end (where the
+    wire client writes it), runs ``x * 1`` under inference mode, and joins the result to a response
+    header built once (the same small fields as the tail server's answer)."""
+    import torch
+
+    shape = shape_of(nbytes)
+    params = {serde.PARAM_QUEUE_MS: 0.0, serde.PARAM_COMPUTE_MS: 0.0, serde.PARAM_DECODE_MS: 0.0,
+              serde.PARAM_BATCH_SIZE: 1}  # fmt: skip
+    zeros = np.zeros(shape, dtype=np.float32)
+    header = serde.encode_infer_response(f"identity_{nbytes}", "", {"output": zeros}, parameters=params)
+    header = header[: len(header) - nbytes]
+
+    def bound(request: bytes, context: grpc.ServicerContext) -> bytes:
+        raw = np.frombuffer(request, dtype=np.float32, count=nbytes // 4, offset=len(request) - nbytes)
+        with torch.inference_mode():
+            out = torch.from_numpy(raw.reshape(shape)) * 1
+        return b"".join((header, out.numpy().data))
+
+    return bound
+
+
 def serve_child(cfg: dict[str, Any]) -> int:
     """Run the echo server and the tail servers until stdin closes; print their addresses first."""
     import torch
@@ -194,6 +221,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
         {
             "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
             "Floor": grpc.unary_unary_rpc_method_handler(_floor),
+            **{f"Bound_{n}": grpc.unary_unary_rpc_method_handler(_bound(n)) for n in cfg["sizes"]},
         },
     )  # no (de)serializers: the request is bytes, the echo's response the same bytes object
     echo.add_generic_rpc_handlers((handler,))
@@ -425,6 +453,20 @@ def _overhead_for_size(
                            ("decode", serde.PARAM_DECODE_MS)):  # fmt: skip
             keep[key].append(serde.param_ms(data.parameters, param))
 
+    bound = echo_channel.unary_unary(f"/{ECHO_SERVICE}/Bound_{nbytes}")
+
+    def call_bound() -> None:
+        t0 = time.perf_counter()
+        request = serde.encode_infer_request(name, {"x": x}, fingerprint=fingerprint)
+        t1 = time.perf_counter()
+        response = bound(request, timeout=60)
+        t2 = time.perf_counter()
+        data = serde.decode_infer_response(response, max_decoded_bytes=DECODE_CAP)
+        build_s.setdefault("v2_bound", []).append(t1 - t0)
+        rpc_s.setdefault("v2_bound", []).append(t2 - t1)
+        if data.outputs["output"].nbytes != nbytes:
+            raise RuntimeError(f"v2_bound: the server answered {data.outputs['output'].nbytes} bytes")
+
     def call_client() -> None:
         assert client is not None
         y = client.infer(xt)
@@ -442,10 +484,11 @@ def _overhead_for_size(
         "v2_bare": v2_call("v2_bare", x, bare),
         "v2_raw": v2_call("v2_raw", x, stub),
         "v2_wire": call_wire,
+        "v2_bound": call_bound,
         "v2_zstd": v2_call("v2_zstd", frame, stub),
     }
     if not with_wire:
-        del variants["v2_wire"]
+        del variants["v2_wire"], variants["v2_bound"]
     if client is not None:
         variants["client"] = call_client
     labels = list(variants)
@@ -782,6 +825,7 @@ def _overhead_table(rows: list[dict[str, Any]]) -> list[str]:
                     "v2_bare": "bare v2 echo (no splitdnn server)",
                     "v2_raw": "v2 raw fp32 (stock protobuf client)",
                     "v2_wire": "**v2 raw fp32, splitdnn wire client**",
+                    "v2_bound": "bound: the wire client, a handler with no checks",
                     "v2_zstd": f"v2 zstd frame ({row['zstd_frame_bytes']:,} B)",
                     "client": "SplitClient.infer"}[label]  # fmt: skip
             ratio = "1" if label == "echo" else f"**{v['ratio_of_medians']:.2f}×**"
@@ -981,6 +1025,16 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"  The floor (copy in, `x * 1`, copy out, no protocol) is "
             f"{bare['variants']['floor']['ratio_of_medians']:.2f}×: the room the goal leaves above it is "
             f"what a protocol's parsing, checks and bookkeeping may take."
+        )
+    if bare is not None and {"v2_bound", "v2_wire"} <= set(bare["variants"]):
+        bv, wv = bare["variants"]["v2_bound"], bare["variants"]["v2_wire"]
+        lines.append(
+            f"  The bound (the same wire client against a handler with no parsing, no checks and no "
+            f"bookkeeping: it views the tensor, runs `x * 1` in torch and joins a header built once) is "
+            f"{bv['ratio_of_medians']:.2f}×: about the least a Python server of this protocol that runs "
+            f"its tail in torch can cost here. splitdnn's server adds "
+            f"{wv['wall_ms']['median'] - bv['wall_ms']['median']:.2f} ms above it (its parsing, checks, "
+            f"metrics, limits and batcher)."
         )
     if "overhead_1MiB_v2_raw" in g and bare is not None and "v2_bare" in bare["variants"]:
         lines.append(
