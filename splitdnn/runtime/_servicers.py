@@ -225,8 +225,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         served = s._models.get(wire.model_name)
         label = served.name if served is not None else UNKNOWN_MODEL
         series = s.metrics.of(label)
-        series.requests.inc()
-        series.bytes_in.inc(wire.nbytes)
+        series.arrived(wire.nbytes)
         if not s._slots.acquire(blocking=False):
             s.metrics.failures.labels(label, "RESOURCE_EXHAUSTED").inc()
             log.debug("ModelInfer for model %r refused, RESOURCE_EXHAUSTED: max_concurrency reached", label)
@@ -251,7 +250,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
         finally:
             lease.close()
-        series.bytes_out.inc(len(response))
+        series.answered(len(response))
         return response
 
 

@@ -221,7 +221,7 @@ class TailServer:
         self._batcher = Batcher(
             cfg.max_batch_size,
             cfg.max_queue_delay_ms / 1000.0,
-            on_batch=lambda model, jobs: metrics.of(model).batch_size.observe(jobs),
+            on_batch=lambda model, jobs: metrics.of(model).batch(jobs),
         )
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -605,14 +605,13 @@ class TailServer:
             )  # fmt: skip
             decode_s = time.perf_counter() - t0
             series = self.metrics.of(served.name)
-            series.decode.observe(decode_s)
+            series.decoded(decode_s)
         except BaseException:
             batcher.arrived()  # refused before it was queued
             raise
         batcher.submit(job)  # also counts the request as arrived, atomically
         result = self._await(job, context, served, {n: list(a.shape) for n, a in data.inputs.items()}, lease)
-        series.queue.observe(result.queue_s)
-        series.compute.observe(result.compute_s)
+        series.ran(result.queue_s, result.compute_s)
         outputs = {}
         bf16 = set()
         for name, tensor in zip(served.output_names, result.outputs, strict=True):
