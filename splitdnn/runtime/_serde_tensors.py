@@ -87,7 +87,9 @@ def show(text: str) -> str:
 def datatype_of(array: np.ndarray, *, bfloat16: bool = False) -> str:
     """The v2 datatype name of ``array`` (``bfloat16=True``: a uint16 array of bfloat16 bits)."""
     dt = array.dtype
-    if bfloat16 or dt.name == "bfloat16":  # as codec frames take them: bits, or an ml_dtypes array
+    # as codec frames take them: bits, or an ml_dtypes array (kind "V"; numpy builds a dtype's name
+    # in Python, a few microseconds, so only such a dtype is asked for it)
+    if bfloat16 or (dt.kind == "V" and dt.name == "bfloat16"):
         if dt.itemsize != 2 or not (dt.kind == "u" or dt.name == "bfloat16"):
             raise WireError(
                 f"BF16 tensors are uint16 bit patterns (or an ml_dtypes bfloat16 array), found {dt}"

@@ -397,7 +397,7 @@ class ServedModel:
         :attr:`grad_mode_note` says so."""
         with self.grad_mode():
             out = tail.module(*(t.to(self.device, non_blocking=True) for t in inputs))
-        leaves = pytree.tree_leaves(out)
+        leaves = [out] if isinstance(out, torch.Tensor) else pytree.tree_leaves(out)
         if len(leaves) != len(self.output_names) or not all(isinstance(t, torch.Tensor) for t in leaves):
             raise ConfigError(
                 f"model {self.name!r} returned {len(leaves)} output part(s), expected "
