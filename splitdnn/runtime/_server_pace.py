@@ -20,6 +20,17 @@ offers their median as the factor to scale the server's profile by:
 * :meth:`due` proposes a new factor only when it differs from the one in use by more than
   ``tolerance`` (a fraction, either way), so noise does not re-price every request.
 
+A splitdnn server also keeps its own account (:class:`LoadTracker`): per model, the median of (queue +
+compute) over what its profile predicts for each request's tail, over all its clients' recent requests,
+and reports it in the answer to a link probe that names the model (``ServerLoad``). The client folds
+that in with :meth:`ServerPace.report`: while edge-only it sends no requests, so without the report it
+would forget a busy server ``max_age_s`` after its last answer and pay give-ups to learn it again, and
+on a server that went idle it would wait out ``max_age_s`` before trying it. The newest evidence
+decides: a report newer than the client's last own sample stands for the pace (from ``min_samples``
+requests; a server with nothing answered and nothing in flight reports an idle pace, 1), and the
+client's own samples take over as they come. The server's ratio leaves out the decode (it does not
+know each frame's predicted decode time), so it reads slightly lower than the client's own.
+
 The factor scales every server time the same way (the whole tail, the decode), which is a model: a
 queue behind other clients adds time rather than multiplying it. It is right on average for the cut
 it is measured with and approximate for others; ratios are clamped to ``[1 / MAX_FACTOR, MAX_FACTOR]``.
@@ -29,13 +40,14 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
 from splitdnn.errors import ConfigError
 
-__all__ = ["MAX_FACTOR", "ServerPace"]
+__all__ = ["MAX_FACTOR", "LoadTracker", "ServerPace"]
 
 MAX_FACTOR = 10.0  # a server measured more than this many times slower (or faster) is priced at this
 
@@ -72,6 +84,7 @@ class ServerPace:
         self._min_predicted_ms = float(min_predicted_ms)
         self._clock = clock
         self._ratios: deque[tuple[float, float]] = deque(maxlen=window)  # (at_s, reported / predicted)
+        self._reported: tuple[float, float, int] | None = None  # the server's own: (at_s, pace, requests)
 
     def observe(self, predicted_ms: float, reported_ms: float) -> bool:
         """Fold in one answered request: the server part its profile predicted (unscaled by any
@@ -85,28 +98,60 @@ class ServerPace:
         self._ratios.append((self._clock(), ratio))
         return True
 
+    def report(self, pace: float, requests: int, in_flight: int) -> bool:
+        """Fold in the server's own account of its pace (a probe's answer: the median over its
+        ``requests`` recent requests, ``in_flight`` being served now). False when it says nothing:
+        fewer than ``min_samples`` requests while the server is not idle, or a pace that is not a
+        finite number > 0 (with requests)."""
+        if requests >= self._min_samples:
+            if not _finite(pace) or pace <= 0:
+                return False
+            ratio = min(MAX_FACTOR, max(1.0 / MAX_FACTOR, float(pace)))
+        elif requests == 0 and in_flight == 0:
+            ratio = 1.0  # nothing answered, nothing being served: an idle server is as fast as its profile
+        else:
+            return False
+        self._reported = (self._clock(), ratio, requests)
+        return True
+
     def clear(self) -> None:
         """Forget every sample (the server's profile changed: the ratios were against another)."""
         self._ratios.clear()
+        self._reported = None
 
     @property
     def samples(self) -> int:
-        """Ratios within ``max_age_s`` now."""
+        """Ratios within ``max_age_s`` now (the client's own requests)."""
         return len(self._fresh())
 
     @property
+    def reported(self) -> int | None:
+        """When the server's report stands for the pace now: the number of requests it is over (0: an
+        idle server); else None (the client's own samples decide)."""
+        rep = self._standing_report()
+        return None if rep is None else rep[2]
+
+    @property
     def factor(self) -> float:
-        """The median recent ratio; 1 with fewer than ``min_samples`` recent requests."""
+        """The pace now: the server's report when it is the newest evidence, else the median recent
+        ratio; 1 with neither (fewer than ``min_samples`` recent requests of the client's own)."""
+        rep = self._standing_report()
+        if rep is not None:
+            return rep[1]
         fresh = self._fresh()
         return statistics.median(fresh) if len(fresh) >= self._min_samples else 1.0
 
     def due(self, applied: float) -> float | None:
         """The factor to price the server with instead of ``applied`` (the one in use), or None when
         it is within ``tolerance`` of it, or there are recent ratios but too few to say (it stays)."""
+        rep = self._standing_report()
         fresh = self._fresh()
-        if fresh and len(fresh) < self._min_samples:
+        if rep is not None:
+            new = rep[1]
+        elif fresh and len(fresh) < self._min_samples:
             return None
-        new = statistics.median(fresh) if fresh else 1.0
+        else:
+            new = statistics.median(fresh) if fresh else 1.0
         if abs(math.log(new / applied)) <= math.log1p(self._tolerance):
             return None
         return new
@@ -116,6 +161,47 @@ class ServerPace:
         while self._ratios and self._ratios[0][0] < oldest:
             self._ratios.popleft()
         return [r for _, r in self._ratios]
+
+    def _standing_report(self) -> tuple[float, float, int] | None:
+        """The server's report if it is within ``max_age_s`` and newer than the client's last sample."""
+        rep = self._reported
+        if rep is None or rep[0] < self._clock() - self._max_age_s:
+            return None
+        if self._ratios and self._ratios[-1][0] > rep[0]:
+            return None
+        return rep
+
+
+class LoadTracker:
+    """The server's side: per model, its pace over its recent requests (all clients'), for probes.
+
+    Each answered request gives (queue + compute) over the compute its profile predicts for the
+    request's tail; :meth:`report` gives their median over the last ``window`` requests younger than
+    ``max_age_s``, and how many. Thread-safe (request handlers observe, probe handlers report)."""
+
+    def __init__(
+        self, *, window: int = 32, max_age_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window, self.max_age_s = window, max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._paces: dict[str, ServerPace] = {}
+
+    def observe(self, model: str, predicted_ms: float, took_ms: float) -> None:
+        with self._lock:
+            pace = self._paces.get(model)
+            if pace is None:
+                pace = self._paces[model] = ServerPace(
+                    window=self.window, min_samples=1, max_age_s=self.max_age_s, clock=self._clock
+                )
+            pace.observe(predicted_ms, took_ms)
+
+    def report(self, model: str) -> tuple[float, int]:
+        """(median pace, requests it is over) for ``model``; (0, 0) with none recent."""
+        with self._lock:
+            pace = self._paces.get(model)
+            n = pace.samples if pace is not None else 0
+            return (pace.factor if pace is not None and n else 0.0), n
 
 
 def _finite(value: object) -> bool:

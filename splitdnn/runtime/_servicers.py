@@ -83,7 +83,12 @@ class InflightBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.requests = 0  # requests holding a lease now
         self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.requests += 1
 
     def take(self, nbytes: int, what: str) -> None:
         with self._lock:
@@ -99,8 +104,10 @@ class InflightBytes:
         )
 
     def give(self, nbytes: int) -> None:
+        """A request's lease ends: its bytes come back."""
         with self._lock:
             self.used -= nbytes
+            self.requests -= 1
 
 
 class RequestLease:
@@ -118,6 +125,7 @@ class RequestLease:
         self._deferred = False
         self._released = False
         self._lock = threading.Lock()
+        server._inflight.enter()
         server.metrics.in_flight.inc()
 
     def take(self, nbytes: int, what: str) -> None:
@@ -415,7 +423,10 @@ class SplitServicer(sd_grpc.SplitServiceServicer):
     def Probe(self, request: Any, context: grpc.ServicerContext) -> Any:
         # no model, no slot: the answer must leave at once so the call's wall time is network time
         # (the message size cap of the server already bounds the payload)
-        return serde.build_probe_response(serde.parse_probe_request(request))
+        model = serde.probe_model(request)
+        return serde.build_probe_response(
+            serde.parse_probe_request(request), self._s.load_of(model) if model else None
+        )
 
 
 class ShutdownHealth(health.HealthServicer):

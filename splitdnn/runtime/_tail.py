@@ -82,6 +82,7 @@ class Tail:
     module: GraphModule
     num_nodes: int  # compute nodes it runs
     writes_inputs: bool = True  # may write into its input tensors (they must then be writable copies)
+    nodes: frozenset[str] = frozenset()  # the model's nodes it computes (names in the full graph)
 
 
 def from_numpy(array: np.ndarray, *, bfloat16: bool = False, writable: bool = True) -> torch.Tensor:
@@ -384,7 +385,7 @@ class ServedModel:
         )
         module.training = self.traced.module.training
         num = sum(1 for n in members if n.op in COMPUTE_OPS)
-        return Tail(tuple(order), module, num, may_write_inputs(module))
+        return Tail(tuple(order), module, num, may_write_inputs(module), frozenset(n.name for n in members))
 
     def run(self, tail: Tail, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run ``tail`` on ``inputs`` (its input order) on this model's device; the output leaves.

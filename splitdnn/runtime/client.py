@@ -825,12 +825,20 @@ class SplitClient:
             return False
         before = self.planner.server_factor
         self.planner.set_server_factor(factor)
-        self.notes.append(
-            f"the server answers {factor:.2f}x its profile's times over its last {self._pace.samples} "
-            f"request(s) (was priced at {before:.2f}x): re-planning with that"
-            if self._pace.samples
-            else f"no recent answer from the server: priced by its profile again (was {before:.2f}x)"
-        )
+        reported = self._pace.reported
+        if reported is not None:
+            said = (
+                f"the server reports it answers {factor:.2f}x its profile's times over its last {reported} "
+                f"request(s)" if reported else "the server reports it is idle"
+            )  # fmt: skip
+        elif self._pace.samples:
+            said = (
+                f"the server answers {factor:.2f}x its profile's times over its last "
+                f"{self._pace.samples} request(s)"
+            )
+        else:
+            said = "no recent answer from the server: priced by its profile again"
+        self.notes.append(f"{said} (was priced at {before:.2f}x): re-planning with that")
         del self.notes[:-_MAX_NOTES]
         return True
 
@@ -856,7 +864,8 @@ class SplitClient:
 
     def _probe_send(self, payload: bytes) -> tuple[int, int, float]:
         """One Probe RPC: ``(bytes up, bytes down, wall ms)``; the server answers at once."""
-        request = serde.build_probe_request(payload)
+        # with the pace tracked, the answer also says how busy the server is with this model
+        request = serde.build_probe_request(payload, self.model_name if self._pace is not None else "")
         t0 = time.perf_counter()
         try:
             response = self._sd.Probe(request, timeout=self.timeout_s, metadata=self._metadata)
@@ -864,4 +873,8 @@ class SplitClient:
             raise translate_rpc_error(exc, "Probe") from exc
         ms = (time.perf_counter() - t0) * 1e3
         serde.parse_probe_response(response, len(payload))
+        load = serde.parse_server_load(response)
+        if load is not None and self._pace is not None:
+            with self._lock:  # applied by the observation of this probe, which follows at once
+                self._pace.report(load.pace, load.requests, load.in_flight)
         return request.ByteSize(), response.ByteSize(), ms

@@ -32,6 +32,7 @@ accepted when sending).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,7 @@ __all__ = [
     "InferResponseData",
     "ModelInfoData",
     "ParamValue",
+    "ServerLoadData",
     "TensorSpec",
     "build_infer_request",
     "build_infer_response",
@@ -106,6 +108,8 @@ __all__ = [
     "parse_model_metadata",
     "parse_probe_request",
     "parse_probe_response",
+    "parse_server_load",
+    "probe_model",
     "param_ms",
     "read_infer_request",
 ]
@@ -128,6 +132,16 @@ class ModelInfoData:
     max_decoded_bytes: int = 0  # 0: not stated
     max_batch_size: int = 1
     weights: str = ""  # digest of the weights the server computes with; "" from older servers
+
+
+@dataclass(frozen=True)
+class ServerLoadData:
+    """How busy a server is with one model (splitdnn.v1 ServerLoad, in a Probe's answer)."""
+
+    pace: float  # median (queue + compute) / the profile's compute, over ``requests`` recent requests
+    requests: int  # 0: none answered within the window (pace is then 0)
+    in_flight: int  # ModelInfer requests being served now, any model
+    window_s: float
 
 
 @dataclass(frozen=True)
@@ -309,9 +323,10 @@ def parse_model_info(msg: sd_pb.ModelInfoResponse) -> ModelInfoData:
     )
 
 
-def build_probe_request(payload: bytes) -> sd_pb.ProbeRequest:
-    """A splitdnn.v1 Probe request carrying ``payload`` (bytes that only measure the uplink)."""
-    return sd_pb.ProbeRequest(payload=payload)
+def build_probe_request(payload: bytes, model: str = "") -> sd_pb.ProbeRequest:
+    """A splitdnn.v1 Probe request carrying ``payload`` (bytes that only measure the uplink); ``model``:
+    a served model whose load the answer should report (empty: none)."""
+    return sd_pb.ProbeRequest(payload=payload, model=model)
 
 
 def parse_probe_request(msg: sd_pb.ProbeRequest) -> int:
@@ -321,9 +336,20 @@ def parse_probe_request(msg: sd_pb.ProbeRequest) -> int:
     return len(msg.payload)
 
 
-def build_probe_response(received_bytes: int) -> sd_pb.ProbeResponse:
-    """A Probe answer: how many payload bytes arrived."""
-    return sd_pb.ProbeResponse(received_bytes=received_bytes)
+def probe_model(msg: sd_pb.ProbeRequest) -> str:
+    """The model whose load a Probe request asks about ("" for none)."""
+    return str(msg.model)
+
+
+def build_probe_response(received_bytes: int, load: ServerLoadData | None = None) -> sd_pb.ProbeResponse:
+    """A Probe answer: how many payload bytes arrived, and the asked model's load if known."""
+    msg = sd_pb.ProbeResponse(received_bytes=received_bytes)
+    if load is not None:
+        msg.load.pace = load.pace
+        msg.load.requests = load.requests
+        msg.load.in_flight = load.in_flight
+        msg.load.window_s = load.window_s
+    return msg
 
 
 def parse_probe_response(msg: sd_pb.ProbeResponse, sent_bytes: int) -> int:
@@ -336,3 +362,24 @@ def parse_probe_response(msg: sd_pb.ProbeResponse, sent_bytes: int) -> int:
             f"on the path altering messages?"
         )
     return int(msg.received_bytes)
+
+
+def parse_server_load(msg: sd_pb.ProbeResponse) -> ServerLoadData | None:
+    """The load a Probe answer reports (None when it has none: an older server, or no profile);
+    WireError for values no server sends (a pace that is not a finite number >= 0, negative counts,
+    a window that is not a finite number > 0)."""
+    if not isinstance(msg, sd_pb.ProbeResponse):
+        raise WireError(f"expected a splitdnn.v1.ProbeResponse, found {type(msg).__name__}")
+    if not msg.HasField("load"):
+        return None
+    load = msg.load
+    if not (math.isfinite(load.pace) and load.pace >= 0 and load.requests >= 0 and load.in_flight >= 0):
+        raise WireError(
+            f"the server reported load pace={load.pace!r}, requests={load.requests}, in_flight="
+            f"{load.in_flight}; expected a finite pace >= 0 and counts >= 0 (is the server splitdnn's?)"
+        )
+    if not (math.isfinite(load.window_s) and load.window_s > 0):
+        raise WireError(
+            f"the server reported a load window of {load.window_s!r} s; expected a finite number > 0"
+        )
+    return ServerLoadData(float(load.pace), int(load.requests), int(load.in_flight), float(load.window_s))

@@ -55,6 +55,7 @@ import logging
 import signal
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 
@@ -79,6 +80,7 @@ from splitdnn.runtime._config import (
 from splitdnn.runtime._metrics import ServerMetrics
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._receive import ReceiveWatch
+from splitdnn.runtime._server_pace import LoadTracker
 from splitdnn.runtime._servicers import (
     VERSION,
     Abort,
@@ -106,6 +108,8 @@ RPC_THREAD_PREFIX = "splitdnn-rpc"
 _EXTRA_WORKERS = 8  # threads beyond max_concurrency, for rejecting overflow
 _CONTROL_WORKERS = 8  # a pool of its own for health, metadata, GetModelInfo and Probe (see add_servicer)
 
+
+_TAIL_MS_KEPT = 64  # tails whose predicted compute the server keeps (LoadTracker's denominators)
 
 _INFER_POOL, _CONTROL_POOL = "ModelInfer", "health, metadata and probes"  # the two handler pools
 
@@ -138,6 +142,8 @@ class TailServer:
         self._control: futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._inflight = InflightBytes(config.inflight_limit)
+        self._loads = LoadTracker()  # each model's pace against its profile, for probes (ServerLoad)
+        self._tail_ms: OrderedDict[tuple[str, tuple[str, ...]], tuple[Profile, float]] = OrderedDict()
         self._port = 0
         self._metrics_port: int | None = None
         self._stopping = False
@@ -491,6 +497,34 @@ class TailServer:
             raise ConfigError(f"{name!r} is not served here; served: {sorted(self._models)}")
         return self._profiles.get(name)
 
+    def load_of(self, name: str) -> serde.ServerLoadData | None:
+        """How busy the server is with served model ``name`` (a probe's answer); None when it does not
+        serve it or has no profile of it (nothing to measure its pace against)."""
+        if name not in self._models or name not in self._profiles:
+            return None
+        pace, requests = self._loads.report(name)
+        return serde.ServerLoadData(pace, requests, self._inflight.requests, self._loads.max_age_s)
+
+    def _track_load(self, served: ServedModel, tail: Tail, rows: int, result: BatchResult) -> None:
+        """One answered request's pace against the profile's prediction for its tail's compute (not for
+        a request of other rows than the profile's batch: its compute is not the profile's)."""
+        profile = self._profiles.get(served.name)
+        if profile is None or rows != profile.batch_size:
+            return
+        key = (served.name, tail.inputs)
+        with self._lock:
+            cached = self._tail_ms.get(key)
+            if cached is not None and cached[0] is profile:
+                self._tail_ms.move_to_end(key)
+        if cached is None or cached[0] is not profile:
+            ms = sum(n.calibrated_ms for n in profile.nodes if n.name in tail.nodes)
+            cached = (profile, ms)
+            with self._lock:
+                self._tail_ms[key] = cached
+                while len(self._tail_ms) > _TAIL_MS_KEPT:
+                    self._tail_ms.popitem(last=False)
+        self._loads.observe(served.name, cached[1], (result.queue_s + result.compute_s) * 1000.0)
+
     def _check_profiles(self) -> None:
         for name, profile in self.config.profiles.items():
             served = self._models.get(name)
@@ -612,6 +646,8 @@ class TailServer:
         batcher.submit(job)  # also counts the request as arrived, atomically
         result = self._await(job, context, served, {n: list(a.shape) for n, a in data.inputs.items()}, lease)
         series.ran(result.queue_s, result.compute_s)
+        if not build_s:  # a fresh tail's first run is no measure of the server's pace
+            self._track_load(served, tail, rows, result)
         outputs = {}
         bf16 = set()
         for name, tensor in zip(served.output_names, result.outputs, strict=True):

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import pytest
 import torch
 
@@ -34,7 +35,10 @@ from splitdnn import graph
 from splitdnn.errors import ModelMismatchError
 from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
+from splitdnn.runtime import serde
 from splitdnn.runtime._client_request import Run
+from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
+from splitdnn.runtime._server_pace import MAX_FACTOR
 from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.client import SplitClient
 from splitdnn.runtime.planner import scale_profile
@@ -432,3 +436,46 @@ def test_one_client_from_eight_threads(live: Live, threads: int | None) -> None:
     finally:
         torch.set_num_threads(before)
     assert all(all(r) for r in results), "a thread got another thread's output or a wrong one"
+
+
+def _load(address: str, model: str) -> serde.ServerLoadData | None:
+    """What a probe naming ``model`` says of the server's load."""
+    with grpc.insecure_channel(address) as channel:
+        answer = sd_grpc.SplitServiceStub(channel).Probe(serde.build_probe_request(b"x", model), timeout=10)
+    return serde.parse_server_load(answer)
+
+
+def test_a_probe_reports_the_servers_pace_and_a_new_client_starts_priced_at_it(live: Live) -> None:
+    """The server keeps its pace against its own profile over all clients' requests and says it in
+    a probe's answer; a client's start-up probe then prices the server before its first request
+    (without it, three requests given up against a busy server: scripts/bench_server_pace.py)."""
+    assert _load(live.server.address, MODEL) is None  # no profile: nothing to measure a pace against
+    server_ms, _ = _server_ms(live)
+    told = max(1.2, server_ms / 8)  # the profile says 8x faster than the server computes here
+    profile = scale_profile(live.device, live.device.total.median_ms / told)
+    spec = ModelSpec(MODEL, input_shapes=(SHAPE,))
+    with TailServer(ServerConfig(models=(spec,), max_batch_size=1, profiles={MODEL: profile})) as server:
+        idle = _load(server.address, MODEL)
+        assert idle == serde.ServerLoadData(0.0, 0, 0, 10.0)
+        assert _load(server.address, "") is None and _load(server.address, "zzz") is None
+        with SplitClient(
+            server.address, live.traced, device_profile=live.device, force_boundary="cloud",
+            probe_interval_s=None, fallback_local=False,
+        ) as pinned:  # fmt: skip
+            for _ in range(5):
+                pinned.infer(live.x)
+        busy = _load(server.address, MODEL)
+        assert busy is not None and busy.requests == 4 and busy.in_flight == 0  # the first built the tail
+        assert busy.pace > 2.0, busy
+        with SplitClient(
+            server.address, live.traced, device_profile=live.device, link=Link(200.0, rtt_ms=1.0),
+            fallback_local=False,
+        ) as client:  # fmt: skip
+            assert client.requests == 0
+            assert client.server_factor == pytest.approx(min(busy.pace, MAX_FACTOR), rel=0.25)
+            assert "the server reports it answers" in client.describe()
+        with SplitClient(
+            server.address, live.traced, device_profile=live.device, link=Link(200.0, rtt_ms=1.0),
+            fallback_local=False, server_pace=False,
+        ) as unpaced:  # fmt: skip
+            assert unpaced.server_factor == 1.0

@@ -101,5 +101,6 @@ def test_splitdnn_v1_service() -> None:
     assert fields["inputs"] == 4 and fields["codecs"] == 5 and fields["max_message_bytes"] == 6
     assert fields["max_decoded_bytes"] == 7 and fields["max_batch_size"] == 8
     assert fields["weights_digest"] == 9
-    assert _fields(sd_pb.ProbeRequest) == {"payload": 1}
-    assert _fields(sd_pb.ProbeResponse) == {"received_bytes": 1}
+    assert _fields(sd_pb.ProbeRequest) == {"payload": 1, "model": 2}
+    assert _fields(sd_pb.ProbeResponse) == {"received_bytes": 1, "load": 2}
+    assert _fields(sd_pb.ServerLoad) == {"pace": 1, "requests": 2, "in_flight": 3, "window_s": 4}

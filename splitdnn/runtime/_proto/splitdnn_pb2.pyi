@@ -1,8 +1,8 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -35,13 +35,29 @@ class ModelInfoResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., profile_json: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ..., max_decoded_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., weights_digest: _Optional[str] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
-    __slots__ = ("payload",)
+    __slots__ = ("payload", "model")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
-    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+    model: str
+    def __init__(self, payload: _Optional[bytes] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ProbeResponse(_message.Message):
-    __slots__ = ("received_bytes",)
+    __slots__ = ("received_bytes", "load")
     RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     received_bytes: int
-    def __init__(self, received_bytes: _Optional[int] = ...) -> None: ...
+    load: ServerLoad
+    def __init__(self, received_bytes: _Optional[int] = ..., load: _Optional[_Union[ServerLoad, _Mapping]] = ...) -> None: ...
+
+class ServerLoad(_message.Message):
+    __slots__ = ("pace", "requests", "in_flight", "window_s")
+    PACE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    pace: float
+    requests: int
+    in_flight: int
+    window_s: float
+    def __init__(self, pace: _Optional[float] = ..., requests: _Optional[int] = ..., in_flight: _Optional[int] = ..., window_s: _Optional[float] = ...) -> None: ...
