@@ -15,12 +15,18 @@ factor it ended with.
 
     python scripts/bench_server_pace.py [--model resnet18] [--slowdown 3] [--uplink-mbps 100]
         [--rtt-ms 20] [--server-threads 1] [--load-clients 8] [--requests 15] [--rounds 2]
-        [--json FILE] [--md FILE]
+        [--long-s 0] [--after-s 30] [--gap-s 0.5] [--json FILE] [--md FILE]
+
+With ``--long-s S``, a last phase: per source of the pace (the server's reports, or the client's own
+requests alone), one client through S seconds of the same load and ``--after-s`` idle seconds after
+it, a request every ``--gap-s``: its give-ups under load and how soon it is back on the server once
+the load stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -37,6 +43,7 @@ from typing import Any
 import numpy as np
 
 VARIANTS = (("with pace", True), ("profile only", False))
+LONG_VARIANTS = {True: "the server's reports", False: "own requests only"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,6 +207,75 @@ def run_variant(
             }
 
 
+def run_long(
+    address: str, traced: Any, device: Any, x: Any, args: argparse.Namespace, reports: bool
+) -> dict[str, Any]:
+    """One client with the pace through ``--long-s`` seconds of load and ``--after-s`` seconds after
+    it, a request every ``--gap-s``; ``reports=False``: the server's reports (a probe's ServerLoad)
+    ignored, so the pace comes from the client's own requests alone (the client before d6d3629)."""
+    from unittest import mock
+
+    from splitdnn.runtime import serde
+    from splitdnn.runtime.client import SplitClient
+    from splitdnn.runtime.shaper import ShapedLink
+    from splitdnn.schema import Link
+
+    ignore = mock.patch.object(serde, "parse_server_load", lambda msg: None)
+    load: Load | None = Load(address, args.model, args.load_clients)
+    time.sleep(2.0)  # the load settles
+    events: list[dict[str, Any]] = []
+    stopped_at, load_stats = None, None
+    try:
+        with contextlib.ExitStack() as stack:
+            if not reports:
+                stack.enter_context(ignore)
+            link = stack.enter_context(
+                ShapedLink(address, uplink_mbps=args.uplink_mbps, downlink_mbps=None, rtt_ms=args.rtt_ms)
+            )
+            client = stack.enter_context(
+                SplitClient(
+                    link.address,
+                    traced,
+                    device_profile=device,
+                    link=Link(args.uplink_mbps, rtt_ms=args.rtt_ms),
+                    emulate_slowdown=args.slowdown,
+                    threads=1,
+                    timeout_s=120.0,
+                )
+            )
+            start = time.monotonic()
+            while True:
+                now = time.monotonic() - start
+                if load is not None and now >= args.long_s:
+                    load_stats, load = load.stop(), None
+                    stopped_at = time.monotonic() - start
+                if now >= args.long_s + args.after_s:
+                    break
+                client.infer(x)
+                b = client.last_breakdown
+                assert b is not None
+                events.append({
+                    "t_s": round(now, 2), "strategy": b.strategy, "gave_up": b.strategy != "edge-only"
+                    and bool(b.fallback), "remote": not b.local, "total_ms": round(b.total_ms, 1),
+                })  # fmt: skip
+                time.sleep(args.gap_s)
+    finally:
+        if load is not None:
+            load_stats = load.stop()
+    assert stopped_at is not None
+    during = [e for e in events if e["t_s"] < stopped_at]
+    back = next((e["t_s"] for e in events if e["t_s"] >= stopped_at and e["remote"]), None)
+    return {
+        "events": events,
+        "load": load_stats,
+        "load_stopped_at_s": round(stopped_at, 2),
+        "loaded_requests": len(during),
+        "loaded_give_ups_at_s": [e["t_s"] for e in during if e["gave_up"]],
+        "loaded_mean_ms": round(statistics.fmean(e["total_ms"] for e in during), 1) if during else None,
+        "back_on_server_after_s": None if back is None else round(back - stopped_at, 2),
+    }
+
+
 def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     import torch
 
@@ -222,6 +298,7 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     server, address = start_server(args.model, args.server_threads, log)
     phases: dict[str, dict[str, list[dict[str, Any]]]] = {}
     loads: dict[str, dict[str, float]] = {}
+    long: dict[str, dict[str, Any]] = {}
     try:
         for phase in ("idle", "loaded"):
             load = Load(address, args.model, args.load_clients) if phase == "loaded" else None
@@ -241,6 +318,14 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             finally:
                 if load is not None:
                     loads[phase] = load.stop()
+        for reports in (True, False) if args.long_s else ():
+            rec = run_long(address, traced, device, x, args, reports)
+            long[LONG_VARIANTS[reports]] = rec
+            say(
+                f"  long, {LONG_VARIANTS[reports]}: {len(rec['loaded_give_ups_at_s'])} give-up(s) in "
+                f"{rec['loaded_requests']} requests under load (mean {rec['loaded_mean_ms']} ms), back on "
+                f"the server {rec['back_on_server_after_s']} s after the load stopped"
+            )
     finally:
         _end(server)
         log.unlink(missing_ok=True)
@@ -257,7 +342,7 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                 "switches": [rec["switches"] for rec in recs],
                 "server_factors": [rec["server_factor"] for rec in recs],
             }
-    return {"phases": phases, "summary": summary, "load": loads}
+    return {"phases": phases, "summary": summary, "load": loads, "long": long}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -297,6 +382,26 @@ def to_markdown(result: dict[str, Any]) -> str:
                 f"the profile alone {b['median_ms']:.0f} and {b['mean_ms']:.0f} ms "
                 f"(x{b['median_ms'] / a['median_ms']:.2f} and x{b['mean_ms'] / a['mean_ms']:.2f})",
             ]
+    if result.get("long"):
+        lines += [
+            "",
+            f"Loaded for {s['long_s']:g} s, then idle for {s['after_s']:g} s: one client with the pace, "
+            f'a request every {s["gap_s"]:g} s after the last one\'s end. "Own requests only" ignores '
+            "the server's reports (a probe's ServerLoad), as the client did before `d6d3629`.",
+            "",
+            "| pace from | requests under load | give-ups under load (at s) | mean ms under load | "
+            "back on the server after the load stopped |",
+            "| --- | ---: | --- | ---: | ---: |",
+        ]
+        for label, rec in result["long"].items():
+            at = ", ".join(f"{t:g}" for t in rec["loaded_give_ups_at_s"]) or "none"
+            back = (
+                "never" if rec["back_on_server_after_s"] is None else f"{rec['back_on_server_after_s']:.1f} s"
+            )
+            lines.append(
+                f"| {label} | {rec['loaded_requests']} | {len(rec['loaded_give_ups_at_s'])} ({at}) | "
+                f"{rec['loaded_mean_ms']} | {back} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -307,7 +412,7 @@ def _code(code: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from splitdnn.cli import _count, _positive
+    from splitdnn.cli import _count, _nonneg, _positive
     from splitdnn.models.registry import ZOO
 
     _positive_int = _count(1, 1_000_000)
@@ -325,6 +430,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--requests", type=_positive_int, default=15, help="timed requests per variant (default 15)"
     )
     p.add_argument("--rounds", type=_positive_int, default=2, help="rounds of both variants (default 2)")
+    p.add_argument(
+        "--long-s", type=_nonneg, default=0.0,
+        help="then a phase loaded this long and idle --after-s, per pace source (default 0: none)",
+    )  # fmt: skip
+    p.add_argument("--after-s", type=_positive, default=30.0, help="the long phase's idle part (default 30)")
+    p.add_argument("--gap-s", type=_positive, default=0.5, help="the long phase's pause between requests")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--md", type=Path, help="write the table here")
     args = p.parse_args(argv)
