@@ -39,7 +39,11 @@ What one :meth:`SplitClient.infer` does, and why:
    shares its machine, it computes slower after idling through a long upload -- the planner prices
    every server time at that factor and re-plans (``Planner.set_server_factor``), by the hysteresis
    rules as for a link change. With no recent answer (edge-only) the factor returns
-   to 1 after 30 s, and the server is tried again.
+   to 1 after 30 s, and the server is tried again. A splitdnn server with a profile also reports its
+   pace over all its clients' recent requests in the answer to a link probe that names the model
+   (``ServerLoad``); the newest evidence decides, so the client starts priced at a busy server's
+   pace (its start-up probe), stays priced while edge-only, and tries the server again once it
+   reports itself idle (:mod:`splitdnn.runtime._server_pace`).
 4. Failures: gRPC retries UNAVAILABLE itself (a service-config retry policy, with a per-RPC retry
    buffer larger than the largest request: gRPC does not retry a request it could not buffer). When
    the server stays unreachable, the deadline passes or the server is overloaded, the request

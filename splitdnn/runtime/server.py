@@ -144,6 +144,7 @@ class TailServer:
         self._inflight = InflightBytes(config.inflight_limit)
         self._loads = LoadTracker()  # each model's pace against its profile, for probes (ServerLoad)
         self._tail_ms: OrderedDict[tuple[str, tuple[str, ...]], tuple[Profile, float]] = OrderedDict()
+        self._tail_ms_lock = threading.Lock()
         self._port = 0
         self._metrics_port: int | None = None
         self._stopping = False
@@ -512,14 +513,14 @@ class TailServer:
         if profile is None or rows != profile.batch_size:
             return
         key = (served.name, tail.inputs)
-        with self._lock:
+        with self._tail_ms_lock:
             cached = self._tail_ms.get(key)
             if cached is not None and cached[0] is profile:
                 self._tail_ms.move_to_end(key)
         if cached is None or cached[0] is not profile:
             ms = sum(n.calibrated_ms for n in profile.nodes if n.name in tail.nodes)
             cached = (profile, ms)
-            with self._lock:
+            with self._tail_ms_lock:
                 self._tail_ms[key] = cached
                 while len(self._tail_ms) > _TAIL_MS_KEPT:
                     self._tail_ms.popitem(last=False)
