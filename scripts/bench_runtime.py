@@ -412,60 +412,52 @@ def _overhead_for_size(
         if np.frombuffer(out, dtype=np.float32).nbytes != nbytes:
             raise RuntimeError(f"the floor answered {len(out)} bytes for {nbytes}")
 
-    def v2_call(label: str, value: np.ndarray | bytes, target: Any) -> Callable[[], None]:
+    def timed_call(
+        label: str, build: Callable[[], Any], send: Callable[..., Any], parse: Callable[..., Any], keep: bool
+    ) -> Callable[[], None]:
+        """A v2 call whose client build, stub call and parse are timed apart; ``keep``: also the
+        server's reported queue, compute and decode times."""
+
         def call() -> None:
             t0 = time.perf_counter()
-            msg = serde.build_infer_request(name, {"x": value}, fingerprint=fingerprint)
+            request = build()
             t1 = time.perf_counter()
-            response = target.ModelInfer(msg, timeout=60)
+            response = send(request, timeout=60)
             t2 = time.perf_counter()
-            data = serde.parse_infer_response(response, max_decoded_bytes=DECODE_CAP)
+            data = parse(response, max_decoded_bytes=DECODE_CAP)
             build_s.setdefault(label, []).append(t1 - t0)
             rpc_s.setdefault(label, []).append(t2 - t1)
             out = data.outputs["output"]
             if out.nbytes != nbytes:
                 raise RuntimeError(f"{label}: the server answered {out.nbytes} bytes for {nbytes}")
-            if target is bare:
+            if not keep:
                 return
-            keep = server_ms.setdefault(label, {"queue": [], "compute": [], "decode": []})
+            times = server_ms.setdefault(label, {"queue": [], "compute": [], "decode": []})
             for key, param in (("queue", serde.PARAM_QUEUE_MS), ("compute", serde.PARAM_COMPUTE_MS),
                                ("decode", serde.PARAM_DECODE_MS)):  # fmt: skip
-                keep[key].append(serde.param_ms(data.parameters, param))
+                times[key].append(serde.param_ms(data.parameters, param))
 
         return call
 
-    # bytes in, bytes out: serde does the messages
-    infer_bytes = channel.unary_unary(serde.MODEL_INFER_METHOD)
+    def v2_call(label: str, value: np.ndarray | bytes, target: Any) -> Callable[[], None]:
+        """Protobuf messages (a stock client's calls); the bare servicer reports no times."""
+        return timed_call(
+            label, lambda: serde.build_infer_request(name, {"x": value}, fingerprint=fingerprint),
+            target.ModelInfer, serde.parse_infer_response, keep=target is not bare,
+        )  # fmt: skip
 
-    def call_wire() -> None:
-        t0 = time.perf_counter()
-        request = serde.encode_infer_request(name, {"x": x}, fingerprint=fingerprint)
-        t1 = time.perf_counter()
-        response = infer_bytes(request, timeout=60)
-        t2 = time.perf_counter()
-        data = serde.decode_infer_response(response, max_decoded_bytes=DECODE_CAP)
-        build_s.setdefault("v2_wire", []).append(t1 - t0)
-        rpc_s.setdefault("v2_wire", []).append(t2 - t1)
-        if data.outputs["output"].nbytes != nbytes:
-            raise RuntimeError(f"v2_wire: the server answered {data.outputs['output'].nbytes} bytes")
-        keep = server_ms.setdefault("v2_wire", {"queue": [], "compute": [], "decode": []})
-        for key, param in (("queue", serde.PARAM_QUEUE_MS), ("compute", serde.PARAM_COMPUTE_MS),
-                           ("decode", serde.PARAM_DECODE_MS)):  # fmt: skip
-            keep[key].append(serde.param_ms(data.parameters, param))
+    def wire_call(label: str, target: Any, keep: bool) -> Callable[[], None]:
+        """Bytes in, bytes out: serde writes and reads the messages (what SplitClient does)."""
+        return timed_call(
+            label, lambda: serde.encode_infer_request(name, {"x": x}, fingerprint=fingerprint),
+            target, serde.decode_infer_response, keep,
+        )  # fmt: skip
 
-    bound = echo_channel.unary_unary(f"/{ECHO_SERVICE}/Bound_{nbytes}")
-
-    def call_bound() -> None:
-        t0 = time.perf_counter()
-        request = serde.encode_infer_request(name, {"x": x}, fingerprint=fingerprint)
-        t1 = time.perf_counter()
-        response = bound(request, timeout=60)
-        t2 = time.perf_counter()
-        data = serde.decode_infer_response(response, max_decoded_bytes=DECODE_CAP)
-        build_s.setdefault("v2_bound", []).append(t1 - t0)
-        rpc_s.setdefault("v2_bound", []).append(t2 - t1)
-        if data.outputs["output"].nbytes != nbytes:
-            raise RuntimeError(f"v2_bound: the server answered {data.outputs['output'].nbytes} bytes")
+    call_wire = wire_call("v2_wire", channel.unary_unary(serde.MODEL_INFER_METHOD), keep=True)
+    # the bound's answer carries zeros for the server's times: it measures none
+    call_bound = wire_call(
+        "v2_bound", echo_channel.unary_unary(f"/{ECHO_SERVICE}/Bound_{nbytes}"), keep=False
+    )
 
     def call_client() -> None:
         assert client is not None

@@ -254,9 +254,10 @@ def run_long(
                 client.infer(x)
                 b = client.last_breakdown
                 assert b is not None
+                gave_up = bool(b.fallback) and b.bytes_sent > 0  # sent, then finished on the device
                 events.append({
-                    "t_s": round(now, 2), "strategy": b.strategy, "gave_up": b.strategy != "edge-only"
-                    and bool(b.fallback), "remote": not b.local, "total_ms": round(b.total_ms, 1),
+                    "t_s": round(now, 2), "strategy": b.strategy, "gave_up": gave_up, "remote": not b.local,
+                    "total_ms": round(b.total_ms, 1),
                 })  # fmt: skip
                 time.sleep(args.gap_s)
     finally:

@@ -21,6 +21,7 @@ from splitdnn.runtime.serde import ModelInfoData
 from splitdnn.schema import Profile
 
 __all__ = [
+    "SERVER_OWN_PROFILE",
     "check_int",
     "check_model_info",
     "check_number",
@@ -112,6 +113,10 @@ def check_model_info(info: ModelInfoData, traced: graph.TracedModel, weights: st
         )
 
 
+#: ``SplitClient.server_profile_source`` when the client plans with the server's own profile
+SERVER_OWN_PROFILE = "the server's (GetModelInfo)"
+
+
 def choose_server_profile(
     given: Profile | None, fetched: Profile | None, device: Profile, speedup: float | None
 ) -> tuple[Profile, str, list[str]]:
@@ -121,7 +126,7 @@ def choose_server_profile(
     if given is not None:
         return given, "given", []
     if fetched is not None and fetched.input_shapes == device.input_shapes:
-        return fetched, "the server's (GetModelInfo)", []
+        return fetched, SERVER_OWN_PROFILE, []
     notes = []
     if fetched is not None:
         notes.append(

@@ -388,6 +388,9 @@ def add_inference_servicer(
     )
 
 
+_MAX_MODEL_NAME = 1024  # characters of a probe's model name worth looking up
+
+
 class SplitServicer(sd_grpc.SplitServiceServicer):
     """splitdnn.v1.SplitService: what v2 has no message for."""
 
@@ -421,12 +424,12 @@ class SplitServicer(sd_grpc.SplitServiceServicer):
         return info
 
     def Probe(self, request: Any, context: grpc.ServicerContext) -> Any:
-        # no model, no slot: the answer must leave at once so the call's wall time is network time
-        # (the message size cap of the server already bounds the payload)
+        # no slot, no model run: the answer must leave at once so the call's wall time is network time
+        # (the message size cap of the server already bounds the payload); the asked model's load is
+        # a few counters read under a lock (a name longer than any served one is not looked up)
         model = serde.probe_model(request)
-        return serde.build_probe_response(
-            serde.parse_probe_request(request), self._s.load_of(model) if model else None
-        )
+        load = self._s.load_of(model) if 0 < len(model) <= _MAX_MODEL_NAME else None
+        return serde.build_probe_response(serde.parse_probe_request(request), load)
 
 
 class ShutdownHealth(health.HealthServicer):

@@ -101,6 +101,7 @@ from splitdnn.errors import (
     ProfileMismatchError,
     RemoteError,
     ServerUnavailableError,
+    WireError,
 )
 from splitdnn.runtime import _tls_probe as tls_probe
 from splitdnn.runtime import serde
@@ -115,6 +116,7 @@ from splitdnn.runtime._client_rpc import (
     translate_rpc_error,
 )
 from splitdnn.runtime._client_setup import (
+    SERVER_OWN_PROFILE,
     check_address,
     check_int,
     check_model_info,
@@ -317,6 +319,7 @@ class SplitClient:
         # a request given up as overdue, until the next observation says whose the wait was:
         # (ms waited, its network part as predicted, its server part as the profile predicts it)
         self._overdue: tuple[float, float, float] | None = None
+        self._pending_load: serde.ServerLoadData | None = None  # a probe's load report, not yet folded in
         self.notes: list[str] = []  # what the client assumed (shown by describe())
         try:
             planning = {
@@ -792,6 +795,11 @@ class SplitClient:
                 settled = self._attribute_overdue(*overdue_before) if overdue_before is not None else None
                 if settled is not None and self._pace is not None:
                     self._pace.observe(*settled)
+            # the server's report, from the probe observed here: after the give-up it settled, so that
+            # the report (the newer evidence) stands over that sample
+            load, self._pending_load = self._pending_load, None
+            if load is not None and self._pace is not None:
+                self._pace.report(load.pace, load.requests, load.arrivals, load.in_flight)
             self._last_observed = time.monotonic()
             link, stepped = self.estimator.link, self.estimator.stepped
             paced = self._pace_server(server)
@@ -868,8 +876,10 @@ class SplitClient:
 
     def _probe_send(self, payload: bytes) -> tuple[int, int, float]:
         """One Probe RPC: ``(bytes up, bytes down, wall ms)``; the server answers at once."""
-        # with the pace tracked, the answer also says how busy the server is with this model
-        request = serde.build_probe_request(payload, self.model_name if self._pace is not None else "")
+        # with the pace tracked against the server's own profile, the answer also says how busy the
+        # server is with this model (its pace is against that profile: not comparable with another)
+        ask = self._pace is not None and self.server_profile_source == SERVER_OWN_PROFILE
+        request = serde.build_probe_request(payload, self.model_name if ask else "")
         t0 = time.perf_counter()
         try:
             response = self._sd.Probe(request, timeout=self.timeout_s, metadata=self._metadata)
@@ -877,8 +887,13 @@ class SplitClient:
             raise translate_rpc_error(exc, "Probe") from exc
         ms = (time.perf_counter() - t0) * 1e3
         serde.parse_probe_response(response, len(payload))
-        load = serde.parse_server_load(response)
-        if load is not None and self._pace is not None:
-            with self._lock:  # applied by the observation of this probe, which follows at once
-                self._pace.report(load.pace, load.requests, load.in_flight)
+        if ask:
+            try:
+                load = serde.parse_server_load(response)
+            except WireError as exc:  # the link sample stands; only the report is dropped
+                self._note(f"the server's load report was ignored: {exc}")
+                load = None
+            if load is not None:
+                with self._lock:  # folded in by this probe's observation, after whatever it settles
+                    self._pending_load = load
         return request.ByteSize(), response.ByteSize(), ms

@@ -139,9 +139,10 @@ class ServerLoadData:
     """How busy a server is with one model (splitdnn.v1 ServerLoad, in a Probe's answer)."""
 
     pace: float  # median (queue + compute) / the profile's compute, over ``requests`` recent requests
-    requests: int  # 0: none answered within the window (pace is then 0)
+    requests: int  # 0: none measured within the window (pace is then 0)
     in_flight: int  # ModelInfer requests being served now, any model
     window_s: float
+    arrivals: int  # the model's requests that arrived within the window, measured or not
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,7 @@ def build_probe_response(received_bytes: int, load: ServerLoadData | None = None
         msg.load.requests = load.requests
         msg.load.in_flight = load.in_flight
         msg.load.window_s = load.window_s
+        msg.load.arrivals = load.arrivals
     return msg
 
 
@@ -373,13 +375,17 @@ def parse_server_load(msg: sd_pb.ProbeResponse) -> ServerLoadData | None:
     if not msg.HasField("load"):
         return None
     load = msg.load
-    if not (math.isfinite(load.pace) and load.pace >= 0 and load.requests >= 0 and load.in_flight >= 0):
+    counts = (load.requests, load.in_flight, load.arrivals)
+    if not (math.isfinite(load.pace) and load.pace >= 0 and min(counts) >= 0):
         raise WireError(
             f"the server reported load pace={load.pace!r}, requests={load.requests}, in_flight="
-            f"{load.in_flight}; expected a finite pace >= 0 and counts >= 0 (is the server splitdnn's?)"
+            f"{load.in_flight}, arrivals={load.arrivals}; expected a finite pace >= 0 and counts >= 0 "
+            f"(is the server splitdnn's?)"
         )
     if not (math.isfinite(load.window_s) and load.window_s > 0):
         raise WireError(
             f"the server reported a load window of {load.window_s!r} s; expected a finite number > 0"
         )
-    return ServerLoadData(float(load.pace), int(load.requests), int(load.in_flight), float(load.window_s))
+    return ServerLoadData(
+        float(load.pace), int(load.requests), int(load.in_flight), float(load.window_s), int(load.arrivals)
+    )

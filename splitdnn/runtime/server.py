@@ -58,6 +58,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent import futures
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
 
 import grpc
 import torch
@@ -109,7 +112,9 @@ _EXTRA_WORKERS = 8  # threads beyond max_concurrency, for rejecting overflow
 _CONTROL_WORKERS = 8  # a pool of its own for health, metadata, GetModelInfo and Probe (see add_servicer)
 
 
-_TAIL_MS_KEPT = 64  # tails whose predicted compute the server keeps (LoadTracker's denominators)
+_TAIL_MS_KEPT = 64  # at least this many tails' predicted compute kept (LoadTracker's denominators)
+_Shapes = tuple[tuple[int, ...], ...]
+_TailKey = tuple[str, tuple[str, ...], _Shapes]
 
 _INFER_POOL, _CONTROL_POOL = "ModelInfer", "health, metadata and probes"  # the two handler pools
 
@@ -143,7 +148,9 @@ class TailServer:
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._inflight = InflightBytes(config.inflight_limit)
         self._loads = LoadTracker()  # each model's pace against its profile, for probes (ServerLoad)
-        self._tail_ms: OrderedDict[tuple[str, tuple[str, ...]], tuple[Profile, float]] = OrderedDict()
+        # (model, tail inputs, their shapes) -> (the profile, its predicted tail compute or None when
+        # the shapes are not the profile's): LoadTracker's denominators
+        self._tail_ms: OrderedDict[_TailKey, tuple[Profile, float | None]] = OrderedDict()
         self._tail_ms_lock = threading.Lock()
         self._port = 0
         self._metrics_port: int | None = None
@@ -503,28 +510,32 @@ class TailServer:
         serve it or has no profile of it (nothing to measure its pace against)."""
         if name not in self._models or name not in self._profiles:
             return None
-        pace, requests = self._loads.report(name)
-        return serde.ServerLoadData(pace, requests, self._inflight.requests, self._loads.max_age_s)
+        pace, requests, arrivals = self._loads.report(name)
+        return serde.ServerLoadData(pace, requests, self._inflight.requests, self._loads.max_age_s, arrivals)
 
-    def _track_load(self, served: ServedModel, tail: Tail, rows: int, result: BatchResult) -> None:
-        """One answered request's pace against the profile's prediction for its tail's compute (not for
-        a request of other rows than the profile's batch: its compute is not the profile's)."""
-        profile = self._profiles.get(served.name)
-        if profile is None or rows != profile.batch_size:
+    def _measure_pace(self, served: ServedModel, tail: Tail, shapes: _Shapes, future: Future[Any]) -> None:
+        """When a request's batch has run (also for a client that stopped waiting), its queue +
+        compute against the profile's prediction for its tail, if its tensors have the profile's
+        shapes (a batch of other rows, or other image sizes, is not what the profile timed)."""
+        if future.cancelled() or future.exception() is not None:
             return
-        key = (served.name, tail.inputs)
+        profile = self._profiles.get(served.name)
+        if profile is None:
+            return
+        key = (served.name, tail.inputs, shapes)
         with self._tail_ms_lock:
             cached = self._tail_ms.get(key)
             if cached is not None and cached[0] is profile:
                 self._tail_ms.move_to_end(key)
         if cached is None or cached[0] is not profile:
-            ms = sum(n.calibrated_ms for n in profile.nodes if n.name in tail.nodes)
-            cached = (profile, ms)
+            cached = (profile, _predicted_tail_ms(profile, tail, shapes))
             with self._tail_ms_lock:
                 self._tail_ms[key] = cached
-                while len(self._tail_ms) > _TAIL_MS_KEPT:
+                while len(self._tail_ms) > max(_TAIL_MS_KEPT, 2 * self.config.tail_cache_size):
                     self._tail_ms.popitem(last=False)
-        self._loads.observe(served.name, cached[1], (result.queue_s + result.compute_s) * 1000.0)
+        if cached[1] is not None:
+            result: BatchResult = future.result()
+            self._loads.observe(served.name, cached[1], (result.queue_s + result.compute_s) * 1000.0)
 
     def _check_profiles(self) -> None:
         for name, profile in self.config.profiles.items():
@@ -569,6 +580,7 @@ class TailServer:
         Each decoded tensor is taken from the in-flight byte budget through ``lease`` before it is
         allocated; a request that times out while its batch runs leaves ``lease`` to that batch."""
         served = self._model(request.model_name, request.model_version)
+        self._loads.arrived(served.name)
         batcher = self._batcher
         if batcher is None:
             raise Abort(grpc.StatusCode.UNAVAILABLE, "the server is not started; retry shortly")
@@ -644,11 +656,12 @@ class TailServer:
         except BaseException:
             batcher.arrived()  # refused before it was queued
             raise
+        if not build_s and served.name in self._profiles:  # a fresh tail's first run is no measure
+            shapes = tuple(tuple(t.shape) for t in tensors)
+            job.future.add_done_callback(partial(self._measure_pace, served, tail, shapes))
         batcher.submit(job)  # also counts the request as arrived, atomically
         result = self._await(job, context, served, {n: list(a.shape) for n, a in data.inputs.items()}, lease)
         series.ran(result.queue_s, result.compute_s)
-        if not build_s:  # a fresh tail's first run is no measure of the server's pace
-            self._track_load(served, tail, rows, result)
         outputs = {}
         bf16 = set()
         for name, tensor in zip(served.output_names, result.outputs, strict=True):
@@ -713,6 +726,17 @@ class TailServer:
         if _past(context):  # it ran (alone, on this thread) past the deadline: nobody takes the answer
             raise late()
         return result
+
+
+def _predicted_tail_ms(profile: Profile, tail: Tail, shapes: _Shapes) -> float | None:
+    """What ``profile`` predicts for ``tail``'s compute, or None when the tail's inputs of ``shapes``
+    are not what the profile timed (each input one tensor of the node's profiled shape)."""
+    nodes = {n.name: n for n in profile.nodes}
+    for name, shape in zip(tail.inputs, shapes, strict=True):
+        node = nodes.get(name)
+        if node is None or len(node.outputs) != 1 or tuple(node.outputs[0].shape) != shape:
+            return None
+    return sum(nodes[n].calibrated_ms for n in tail.nodes if n in nodes)
 
 
 def _past(context: grpc.ServicerContext) -> bool:

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from splitdnn import graph
-from splitdnn.errors import ModelMismatchError
+from splitdnn.errors import ModelMismatchError, WireError
 from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
 from splitdnn.runtime import serde
@@ -445,37 +445,76 @@ def _load(address: str, model: str) -> serde.ServerLoadData | None:
     return serde.parse_server_load(answer)
 
 
-def test_a_probe_reports_the_servers_pace_and_a_new_client_starts_priced_at_it(live: Live) -> None:
+def test_a_probe_reports_the_servers_pace_and_a_new_client_starts_priced_at_it(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The server keeps its pace against its own profile over all clients' requests and says it in
     a probe's answer; a client's start-up probe then prices the server before its first request
     (without it, three requests given up against a busy server: scripts/bench_server_pace.py)."""
     assert _load(live.server.address, MODEL) is None  # no profile: nothing to measure a pace against
     server_ms, _ = _server_ms(live)
-    told = max(1.2, server_ms / 8)  # the profile says 8x faster than the server computes here
+    told = max(1.2, server_ms / 8)  # the profile says the server is faster than it is here
     profile = scale_profile(live.device, live.device.total.median_ms / told)
+    predicted = sum(n.calibrated_ms for n in profile.nodes)  # the whole model: a cloud-only request
     spec = ModelSpec(MODEL, input_shapes=(SHAPE,))
     with TailServer(ServerConfig(models=(spec,), max_batch_size=1, profiles={MODEL: profile})) as server:
-        idle = _load(server.address, MODEL)
-        assert idle == serde.ServerLoadData(0.0, 0, 0, 10.0)
+        assert _load(server.address, MODEL) == serde.ServerLoadData(0.0, 0, 0, 10.0, 0)  # idle
         assert _load(server.address, "") is None and _load(server.address, "zzz") is None
+        assert _load(server.address, "m" * 5000) is None  # longer than any served name: not looked up
+        ratios = []
         with SplitClient(
             server.address, live.traced, device_profile=live.device, force_boundary="cloud",
             probe_interval_s=None, fallback_local=False,
         ) as pinned:  # fmt: skip
-            for _ in range(5):
+            for i in range(5):
                 pinned.infer(live.x)
+                b = pinned.last_breakdown
+                assert b is not None and not b.local
+                if i:  # the first built the tail
+                    ratios.append((b.server_queue_ms + b.server_compute_ms) / predicted)
         busy = _load(server.address, MODEL)
-        assert busy is not None and busy.requests == 4 and busy.in_flight == 0  # the first built the tail
-        assert busy.pace > 2.0, busy
+        assert busy is not None and (busy.requests, busy.arrivals, busy.in_flight) == (4, 5, 0)
+        pace = min(statistics.median(ratios), MAX_FACTOR)
+        assert busy.pace == pytest.approx(pace, rel=0.02)  # the same times the answers reported
         with SplitClient(
             server.address, live.traced, device_profile=live.device, link=Link(200.0, rtt_ms=1.0),
             fallback_local=False,
         ) as client:  # fmt: skip
             assert client.requests == 0
-            assert client.server_factor == pytest.approx(min(busy.pace, MAX_FACTOR), rel=0.25)
-            assert "the server reports it answers" in client.describe()
+            if abs(math.log(busy.pace)) > math.log(1.25):  # past the pace's tolerance: re-priced
+                assert client.server_factor == pytest.approx(busy.pace), client.describe()
+                assert "the server reports it answers" in client.describe()
+            else:  # a machine where the model computes in under 1.5 ms: within the tolerance
+                assert client.server_factor == 1.0
+            # a report no server sends costs the report, not the probe's link sample
+            monkeypatch.setattr(serde, "parse_server_load", _malformed)
+            assert client._probe_send(b"\0" * 64)[0] > 64
+            assert any("load report was ignored" in note for note in client.notes)
         with SplitClient(
             server.address, live.traced, device_profile=live.device, link=Link(200.0, rtt_ms=1.0),
             fallback_local=False, server_pace=False,
         ) as unpaced:  # fmt: skip
             assert unpaced.server_factor == 1.0
+        with SplitClient(  # planning with a profile of its own: the server's pace is not against it
+            server.address, live.traced, device_profile=live.device, server_profile=live.device,
+            link=Link(200.0, rtt_ms=1.0), fallback_local=False,
+        ) as own:  # fmt: skip
+            assert own.server_factor == 1.0 and own._pending_load is None
+
+
+def _malformed(msg: object) -> None:
+    raise WireError("the server reported a load window of 0.0 s; expected a finite number > 0")
+
+
+def test_a_report_after_a_give_up_stands_over_the_sample_the_give_up_left(live: Live) -> None:
+    """The probe that settles a give-up also brings the server's report: folded in after the give-up's
+    sample, it is the newer evidence (before it, the sample outranked it and the client stayed at 1x
+    with too few samples of its own)."""
+    with live.client(link=Link(100.0, rtt_ms=1.0), probe_interval_s=None) as client:
+        client._observe(600_000, 0, 49.0)
+        client._observe(600_000, 0, 49.0)
+        client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0))  # given up
+        client._pending_load = serde.ServerLoadData(6.0, 20, 3, 10.0, 25)  # what the probe brought
+        client._observe_probe(256 << 10, 100, 22.0)  # the link as fast as before: the server's wait
+        assert client._pace is not None and client._pace.samples == 1 and client._pace.reported == 20
+        assert client.server_factor == pytest.approx(6.0), client.describe()

@@ -103,4 +103,5 @@ def test_splitdnn_v1_service() -> None:
     assert fields["weights_digest"] == 9
     assert _fields(sd_pb.ProbeRequest) == {"payload": 1, "model": 2}
     assert _fields(sd_pb.ProbeResponse) == {"received_bytes": 1, "load": 2}
-    assert _fields(sd_pb.ServerLoad) == {"pace": 1, "requests": 2, "in_flight": 3, "window_s": 4}
+    load = {"pace": 1, "requests": 2, "in_flight": 3, "window_s": 4, "arrivals": 5}
+    assert _fields(sd_pb.ServerLoad) == load

@@ -187,28 +187,29 @@ def test_probe_messages_carry_the_asked_models_load() -> None:
     assert (
         serde.probe_model(request) == "resnet18" and serde.probe_model(serde.build_probe_request(b"")) == ""
     )
-    load = serde.ServerLoadData(pace=2.5, requests=7, in_flight=3, window_s=10.0)
+    load = serde.ServerLoadData(pace=2.5, requests=7, in_flight=3, window_s=10.0, arrivals=9)
     assert serde.parse_server_load(serde.build_probe_response(3, load)) == load
     assert serde.parse_server_load(serde.build_probe_response(3)) is None  # an older server, or no profile
-    idle = serde.ServerLoadData(pace=0.0, requests=0, in_flight=0, window_s=10.0)
+    idle = serde.ServerLoadData(pace=0.0, requests=0, in_flight=0, window_s=10.0, arrivals=0)
     assert serde.parse_server_load(serde.build_probe_response(0, idle)) == idle  # present though all zero
 
 
 @pytest.mark.parametrize(
-    ("pace", "requests", "in_flight", "window_s", "message"),
+    ("pace", "requests", "in_flight", "window_s", "arrivals", "message"),
     [
-        (math.nan, 3, 0, 10.0, "expected a finite pace >= 0"),
-        (-1.0, 3, 0, 10.0, "expected a finite pace >= 0"),
-        (2.0, -3, 0, 10.0, "counts >= 0"),
-        (2.0, 3, -1, 10.0, "counts >= 0"),
-        (2.0, 3, 0, 0.0, "load window of 0.0 s; expected a finite number > 0"),
-        (2.0, 3, 0, math.inf, "load window of inf s"),
+        (math.nan, 3, 0, 10.0, 3, "expected a finite pace >= 0"),
+        (-1.0, 3, 0, 10.0, 3, "expected a finite pace >= 0"),
+        (2.0, -3, 0, 10.0, 3, "counts >= 0"),
+        (2.0, 3, -1, 10.0, 3, "counts >= 0"),
+        (2.0, 3, 0, 10.0, -1, "arrivals=-1; expected"),
+        (2.0, 3, 0, 0.0, 3, "load window of 0.0 s; expected a finite number > 0"),
+        (2.0, 3, 0, math.inf, 3, "load window of inf s"),
     ],
 )
 def test_a_load_no_server_sends_is_refused(
-    pace: float, requests: int, in_flight: int, window_s: float, message: str
+    pace: float, requests: int, in_flight: int, window_s: float, arrivals: int, message: str
 ) -> None:
-    msg = serde.build_probe_response(3, serde.ServerLoadData(pace, requests, in_flight, window_s))
+    msg = serde.build_probe_response(3, serde.ServerLoadData(pace, requests, in_flight, window_s, arrivals))
     with pytest.raises(WireError, match=message):
         serde.parse_server_load(msg)
 

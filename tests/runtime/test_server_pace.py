@@ -123,24 +123,29 @@ def test_bad_settings_are_refused_by_name(kwargs: dict[str, object], message: st
 
 def test_a_report_over_enough_requests_sets_the_pace_before_any_request_of_the_clients() -> None:
     pace = ServerPace(min_samples=3, clock=_Clock())
-    assert pace.report(4.2, requests=12, in_flight=5)
+    assert pace.report(4.2, requests=12, arrivals=14, in_flight=5)
     assert pace.factor == pytest.approx(4.2) and pace.reported == 12 and pace.samples == 0
     assert pace.due(1.0) == pytest.approx(4.2)
-    assert pace.report(1000.0, requests=3, in_flight=0) and pace.factor == MAX_FACTOR  # clamped
+    assert pace.report(1000.0, requests=3, arrivals=3, in_flight=0) and pace.factor == MAX_FACTOR  # clamped
 
 
 def test_an_idle_server_reports_the_profiles_pace_and_a_busy_one_without_answers_says_nothing() -> None:
     pace = ServerPace(min_samples=3, clock=_Clock())
-    assert pace.report(5.0, requests=8, in_flight=2)
-    assert pace.report(0.0, requests=0, in_flight=0)  # nothing answered, nothing being served: idle
+    assert pace.report(5.0, requests=8, arrivals=9, in_flight=2)
+    assert pace.report(0.0, requests=0, arrivals=0, in_flight=0)  # nothing arrived or running: idle
     assert pace.factor == 1.0 and pace.reported == 0
     assert pace.due(5.0) == 1.0  # the busy factor in use goes at once, not max_age_s later
-    # one long request in flight and nothing answered yet, or too few answers: no account of the pace
-    assert not pace.report(0.0, requests=0, in_flight=1)
-    assert not pace.report(7.0, requests=2, in_flight=0)
     for bad in (math.nan, math.inf, 0.0, -1.0):
-        assert not pace.report(bad, requests=5, in_flight=0)
+        assert not pace.report(bad, requests=5, arrivals=5, in_flight=0)
     assert pace.reported == 0  # the idle report still stands
+    # requests it could not measure (other shapes, a long one still running): no account of the
+    # pace, and the server is not idle any more: the idle report goes, the client's own evidence rules
+    assert not pace.report(0.0, requests=0, arrivals=6, in_flight=0)
+    assert pace.reported is None and pace.due(5.0) == 1.0  # no own samples either: the profile
+    pace.report(0.0, requests=0, arrivals=0, in_flight=0)
+    assert not pace.report(0.0, requests=0, arrivals=0, in_flight=1)
+    assert not pace.report(7.0, requests=2, arrivals=2, in_flight=0)
+    assert pace.reported is None
 
 
 def test_the_newest_evidence_decides_between_the_report_and_the_clients_own_requests() -> None:
@@ -150,16 +155,16 @@ def test_the_newest_evidence_decides_between_the_report_and_the_clients_own_requ
         pace.observe(10.0, 30.0)
         clock.now += 1.0
     assert pace.factor == pytest.approx(3.0) and pace.reported is None
-    pace.report(6.0, requests=10, in_flight=3)  # newer than the last request: it stands
+    pace.report(6.0, requests=10, arrivals=10, in_flight=3)  # newer than the last request: it stands
     assert pace.factor == pytest.approx(6.0) and pace.due(3.0) == pytest.approx(6.0)
     clock.now += 1.0
     pace.observe(10.0, 20.0)  # a request answered since: the client's own ratios decide again
     assert pace.reported is None and pace.factor == pytest.approx(3.0)
     clock.now += 1.0
-    pace.report(6.0, requests=10, in_flight=3)
+    pace.report(6.0, requests=10, arrivals=10, in_flight=3)
     clock.now += 31.0  # the report ages out like a ratio, and so have the requests
     assert pace.reported is None and pace.factor == 1.0
-    pace.report(6.0, requests=10, in_flight=3)
+    pace.report(6.0, requests=10, arrivals=10, in_flight=3)
     pace.clear()
     assert pace.reported is None and pace.factor == 1.0
 
@@ -167,12 +172,18 @@ def test_the_newest_evidence_decides_between_the_report_and_the_clients_own_requ
 def test_the_tracker_reports_each_models_median_over_its_recent_requests() -> None:
     clock = _Clock()
     tracker = LoadTracker(window=4, max_age_s=10.0, clock=clock)
-    assert tracker.report("m") == (0.0, 0)
+    assert tracker.report("m") == (0.0, 0, 0)
     for took in (20.0, 30.0, 40.0, 1000.0, 50.0):  # the oldest leaves the window of 4
+        tracker.arrived("m")
         tracker.observe("m", 10.0, took)
+    tracker.arrived("m")
     tracker.observe("m", 0.5, 100.0)  # a tail predicted under 1 ms: all fixed cost, not used
     tracker.observe("other", 10.0, 10.0)
-    assert tracker.report("m") == (pytest.approx(4.5), 4)
-    assert tracker.report("other") == (pytest.approx(1.0), 1)
-    clock.now += 11.0
-    assert tracker.report("m") == (0.0, 0)
+    assert tracker.report("m") == (pytest.approx(4.5), 4, 6)
+    assert tracker.report("other") == (pytest.approx(1.0), 1, 0)
+    clock.now += 5.0
+    tracker.arrived("m")  # arrived, not measured (yet)
+    clock.now += 6.0
+    assert tracker.report("m") == (0.0, 0, 1)  # not idle: one arrived within the window
+    clock.now += 5.0
+    assert tracker.report("m") == (0.0, 0, 0)
