@@ -190,6 +190,8 @@ def run_variant(
             emulate_slowdown=args.slowdown, threads=1, timeout_s=120.0, server_pace=pace,
         ) as client:  # fmt: skip
             first = client.plan.strategy
+            # what the profiles say before any request (the server's at its pace, if a report set one)
+            predicted = {k: round(client.planner.baseline(k).cost.total_ms, 1) for k in ("edge", "cloud")}
             client.infer(x)  # warm-up: the connection, the tail's build
             latencies, plans = [], []
             for _ in range(args.requests):
@@ -201,6 +203,7 @@ def run_variant(
             return {
                 "latency_ms": [round(v, 2) for v in latencies],
                 "first_plan": first,
+                "predicted_at_start_ms": predicted,
                 "plans": plans,
                 "switches": client.planner.switches,
                 "server_factor": round(client.server_factor, 3),
@@ -342,6 +345,9 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                 "last_plans": [rec["plans"][-1] for rec in recs],
                 "switches": [rec["switches"] for rec in recs],
                 "server_factors": [rec["server_factor"] for rec in recs],
+                "predicted_at_start": [
+                    "{edge:.0f} / {cloud:.0f}".format(**rec["predicted_at_start_ms"]) for rec in recs
+                ],
             }
     return {"phases": phases, "summary": summary, "load": loads, "long": long}
 
@@ -363,8 +369,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "timed requests (a client that flaps has two modes: the mean shows what it costs).",
         "",
         "| server | client | latency ms | mean ms | plan at the end (per round) | switches | "
-        "server factor at the end |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "server factor at the end | predicted edge-only / cloud-only ms at the start |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, v in result["summary"].items():
         phase, label = key.split("/")
@@ -372,7 +378,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {phase} | {label} | {spread} | {v['mean_ms']:.0f} | {' / '.join(v['last_plans'])} | "
             f"{' / '.join(map(str, v['switches']))} | "
-            f"{' / '.join(f'{f:.2f}' for f in v['server_factors'])} |"
+            f"{' / '.join(f'{f:.2f}' for f in v['server_factors'])} | "
+            f"{', '.join(v.get('predicted_at_start', []))} |"
         )
     for phase in ("idle", "loaded"):
         a, b = result["summary"].get(f"{phase}/with pace"), result["summary"].get(f"{phase}/profile only")
