@@ -27,7 +27,7 @@ that in with :meth:`ServerPace.report`: while edge-only it sends no requests, so
 would forget a busy server ``max_age_s`` after its last answer and pay give-ups to learn it again, and
 on a server that went idle it would wait out ``max_age_s`` before trying it. The newest evidence
 decides: a report newer than the client's last own sample stands for the pace (from ``min_samples``
-measured requests; a server where no request for the model arrived within its window and none is in
+measured requests; a server where no request of any model arrived within its window and none is in
 flight reports an idle pace, 1), and the client's own samples take over as they come. The server's
 ratio leaves out the decode (it does not know each frame's predicted decode time): it differs from
 the client's own by the decode's share of the server part. A client folds reports in only while it
@@ -102,7 +102,7 @@ class ServerPace:
 
     def report(self, pace: float, requests: int, arrivals: int, in_flight: int) -> bool:
         """Fold in the server's own account of its pace (a probe's answer: the median over its
-        ``requests`` recent measured requests, ``arrivals`` requests for the model in the same window,
+        ``requests`` recent measured requests, ``arrivals`` requests of any model in the same window,
         ``in_flight`` requests being served now). False when it says nothing: fewer than
         ``min_samples`` measured requests while the server is not idle (a standing report of an idle
         server then goes: it is not idle any more), or a pace that is not a finite number > 0."""
@@ -112,6 +112,7 @@ class ServerPace:
             ratio = min(MAX_FACTOR, max(1.0 / MAX_FACTOR, float(pace)))
         elif arrivals == 0 and in_flight == 0:
             ratio = 1.0  # nothing arrived, nothing being served: an idle server is as fast as its profile
+            requests = 0  # an idle report, whatever few requests finished at the window's edge
         else:
             if self._reported is not None and self._reported[2] == 0:
                 self._reported = None
@@ -182,8 +183,9 @@ class LoadTracker:
 
     Each measured request gives (queue + compute) over the compute its profile predicts for the
     request's tail; :meth:`report` gives their median over the last ``window`` requests younger than
-    ``max_age_s``, how many, and how many requests for the model arrived in that time (measured or
-    not: a server busy with requests it cannot measure is not idle). Thread-safe (request handlers
+    ``max_age_s``, how many, and how many requests of any model arrived in that time (measured or
+    not, server-wide: a server busy with requests it cannot measure, or with another model, is not
+    idle). Thread-safe (request handlers
     and batches observe, probe handlers report)."""
 
     def __init__(
@@ -193,15 +195,12 @@ class LoadTracker:
         self._clock = clock
         self._lock = threading.Lock()
         self._paces: dict[str, ServerPace] = {}
-        self._arrivals: dict[str, deque[float]] = {}
+        self._arrivals: deque[float] = deque(maxlen=4096)  # enough to say "busy"
 
-    def arrived(self, model: str) -> None:
-        """A request for ``model`` arrived (counted up to 4096 per window: enough to say "busy")."""
+    def arrived(self) -> None:
+        """A request (of any model) arrived."""
         with self._lock:
-            times = self._arrivals.get(model)
-            if times is None:
-                times = self._arrivals[model] = deque(maxlen=4096)
-            times.append(self._clock())
+            self._arrivals.append(self._clock())
 
     def observe(self, model: str, predicted_ms: float, took_ms: float) -> None:
         with self._lock:
@@ -213,15 +212,15 @@ class LoadTracker:
             pace.observe(predicted_ms, took_ms)
 
     def report(self, model: str) -> tuple[float, int, int]:
-        """(median pace, requests it is over, arrivals) for ``model``; pace 0 with none measured."""
+        """(median pace, requests it is over) for ``model``, and the arrivals of any model; pace 0
+        with none measured."""
         with self._lock:
             pace = self._paces.get(model)
             n = pace.samples if pace is not None else 0
-            times = self._arrivals.get(model)
-            oldest = self._clock() - self.max_age_s
+            times, oldest = self._arrivals, self._clock() - self.max_age_s
             while times and times[0] < oldest:
                 times.popleft()
-            return (pace.factor if pace is not None and n else 0.0), n, len(times) if times else 0
+            return (pace.factor if pace is not None and n else 0.0), n, len(times)
 
 
 def _finite(value: object) -> bool:

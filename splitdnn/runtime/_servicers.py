@@ -426,7 +426,7 @@ class SplitServicer(sd_grpc.SplitServiceServicer):
     def Probe(self, request: Any, context: grpc.ServicerContext) -> Any:
         # no slot, no model run: the answer must leave at once so the call's wall time is network time
         # (the message size cap of the server already bounds the payload); the asked model's load is
-        # a few counters read under a lock (a name longer than any served one is not looked up)
+        # a few counters read under a lock (a name over _MAX_MODEL_NAME characters is not looked up)
         model = serde.probe_model(request)
         load = self._s.load_of(model) if 0 < len(model) <= _MAX_MODEL_NAME else None
         return serde.build_probe_response(serde.parse_probe_request(request), load)

@@ -523,7 +523,7 @@ class SplitClient:
         planner = self._make_planner(server, self.estimator.link)
         with self._lock:
             self.server_profile, self.server_profile_source, self.planner = server, source, planner
-            self._overdue = None
+            self._overdue = self._pending_load = None
             if self._pace is not None:  # its ratios were against the profile planned with until now
                 self._pace.clear()
         if server is info.profile:
@@ -795,11 +795,11 @@ class SplitClient:
                 settled = self._attribute_overdue(*overdue_before) if overdue_before is not None else None
                 if settled is not None and self._pace is not None:
                     self._pace.observe(*settled)
-            # the server's report, from the probe observed here: after the give-up it settled, so that
-            # the report (the newer evidence) stands over that sample
-            load, self._pending_load = self._pending_load, None
-            if load is not None and self._pace is not None:
-                self._pace.report(load.pace, load.requests, load.arrivals, load.in_flight)
+                # a probe's report (taken here, not by a give-up observed meanwhile): after the give-up
+                # this observation settled, so that the report, the newer evidence, stands over it
+                load, self._pending_load = self._pending_load, None
+                if load is not None and self._pace is not None:
+                    self._pace.report(load.pace, load.requests, load.arrivals, load.in_flight)
             self._last_observed = time.monotonic()
             link, stepped = self.estimator.link, self.estimator.stepped
             paced = self._pace_server(server)

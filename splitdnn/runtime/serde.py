@@ -142,7 +142,7 @@ class ServerLoadData:
     requests: int  # 0: none measured within the window (pace is then 0)
     in_flight: int  # ModelInfer requests being served now, any model
     window_s: float
-    arrivals: int  # the model's requests that arrived within the window, measured or not
+    arrivals: int  # requests of any model that arrived within the window, measured or not
 
 
 @dataclass(frozen=True)

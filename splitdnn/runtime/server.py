@@ -580,7 +580,7 @@ class TailServer:
         Each decoded tensor is taken from the in-flight byte budget through ``lease`` before it is
         allocated; a request that times out while its batch runs leaves ``lease`` to that batch."""
         served = self._model(request.model_name, request.model_version)
-        self._loads.arrived(served.name)
+        self._loads.arrived()
         batcher = self._batcher
         if batcher is None:
             raise Abort(grpc.StatusCode.UNAVAILABLE, "the server is not started; retry shortly")

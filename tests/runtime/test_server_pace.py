@@ -134,6 +134,8 @@ def test_an_idle_server_reports_the_profiles_pace_and_a_busy_one_without_answers
     assert pace.report(5.0, requests=8, arrivals=9, in_flight=2)
     assert pace.report(0.0, requests=0, arrivals=0, in_flight=0)  # nothing arrived or running: idle
     assert pace.factor == 1.0 and pace.reported == 0
+    # a slow request finished at the window's edge, none arrived since: idle too, and said as such
+    assert pace.report(3.0, requests=2, arrivals=0, in_flight=0) and pace.reported == 0
     assert pace.due(5.0) == 1.0  # the busy factor in use goes at once, not max_age_s later
     for bad in (math.nan, math.inf, 0.0, -1.0):
         assert not pace.report(bad, requests=5, arrivals=5, in_flight=0)
@@ -174,16 +176,17 @@ def test_the_tracker_reports_each_models_median_over_its_recent_requests() -> No
     tracker = LoadTracker(window=4, max_age_s=10.0, clock=clock)
     assert tracker.report("m") == (0.0, 0, 0)
     for took in (20.0, 30.0, 40.0, 1000.0, 50.0):  # the oldest leaves the window of 4
-        tracker.arrived("m")
+        tracker.arrived()
         tracker.observe("m", 10.0, took)
-    tracker.arrived("m")
+    tracker.arrived()
     tracker.observe("m", 0.5, 100.0)  # a tail predicted under 1 ms: all fixed cost, not used
     tracker.observe("other", 10.0, 10.0)
     assert tracker.report("m") == (pytest.approx(4.5), 4, 6)
-    assert tracker.report("other") == (pytest.approx(1.0), 1, 0)
+    assert tracker.report("other") == (pytest.approx(1.0), 1, 6)  # arrivals are the server's, any model
     clock.now += 5.0
-    tracker.arrived("m")  # arrived, not measured (yet)
+    tracker.arrived()  # arrived, not measured (yet)
     clock.now += 6.0
     assert tracker.report("m") == (0.0, 0, 1)  # not idle: one arrived within the window
+    assert tracker.report("third") == (0.0, 0, 1)  # a model nobody asked for: the server is busy all the same
     clock.now += 5.0
     assert tracker.report("m") == (0.0, 0, 0)
