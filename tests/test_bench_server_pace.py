@@ -17,6 +17,7 @@ def test_both_clients_run_against_an_idle_and_a_loaded_server(bench, tmp_path, c
     out, md = tmp_path / "pace.json", tmp_path / "pace.md"
     argv = ["--model", "alexnet", "--slowdown", "2", "--rounds", "1", "--requests", "2"]
     argv += ["--load-clients", "1", "--json", str(out), "--md", str(md)]
+    argv += ["--long-s", "1", "--after-s", "1", "--gap-s", "0.1"]  # and a tiny long phase
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["load_clients"] == 1 and "git_head" in result["code"]
@@ -29,8 +30,14 @@ def test_both_clients_run_against_an_idle_and_a_loaded_server(bench, tmp_path, c
         assert len(rec["latency_ms"]) == 2 and v["median_ms"] > 0
         if key.endswith("profile only"):
             assert v["server_factors"] == [1.0]  # never paced
+    assert sorted(result["long"]) == ["own requests only", "the server's reports"]
+    for rec in result["long"].values():
+        assert rec["loaded_requests"] > 0 and len(rec["events"]) > rec["loaded_requests"]  # some after
+        assert rec["load"]["requests"] > 0 and rec["load_stopped_at_s"] >= 1.0
+        assert all(isinstance(t, float) for t in rec["loaded_give_ups_at_s"])
     table = md.read_text()
     assert table.count("| idle |") == 2 and table.count("| loaded |") == 2
+    assert "Loaded for 1 s, then idle for 1 s" in table and "| the server's reports |" in table
     assert table in capsys.readouterr().out
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from splitdnn.runtime import memory
+from splitdnn.runtime import memory, serde
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_tiny_run_writes_json_and_markdown(
 ) -> None:
     out, md = tmp_path / "runtime.json", tmp_path / "runtime.md"
     argv = [
-        "--sizes", "4096", "--repeats", "3", "--warmup", "1", "--no-client",
+        "--sizes", "4096", "--repeats", "3", "--warmup", "1", "--no-client", "--wire",
         "--clients", "2", "--max-batch-size", "4", "--rounds", "1", "--duration-s", "0.4",
         "--warmup-s", "0.1", "--tail-input", "32",
         "--json", str(out), "--md", str(md),
@@ -57,7 +57,8 @@ def test_tiny_run_writes_json_and_markdown(
     for rows in (data["overhead"], data["overhead_malloc_defaults"]):
         (row,) = rows
         assert row["bytes"] == 4096 and row["shape"] == [1, 256, 4] and row["repeats"] == 3
-        assert set(row["variants"]) == {"echo", "floor", "v2_bare", "v2_raw", "v2_zstd"}
+        want = {"echo", "floor", "v2_bare", "v2_raw", "v2_wire", "v2_bound", "v2_zstd"}
+        assert set(row["variants"]) == want
         for label, v in row["variants"].items():
             assert v["wall_ms"]["p10"] <= v["wall_ms"]["median"] <= v["wall_ms"]["p90"]
             assert v["minor_faults_per_call_mean"]["client"] >= 0  # counted in both processes (Linux)
@@ -66,8 +67,9 @@ def test_tiny_run_writes_json_and_markdown(
                 assert v["ratio_of_medians"] > 0
             if label not in ("echo", "floor"):  # the floor's call is all it does: no stub call apart
                 assert v["rpc_ms"]["median"] > 0
-        for label in ("v2_raw", "v2_zstd"):  # the tail server reports its times
+        for label in ("v2_raw", "v2_wire", "v2_zstd"):  # the tail server reports its times
             assert set(row["variants"][label]["server_ms_median"]) == {"queue", "compute", "decode"}
+        assert "server_ms_median" not in row["variants"]["v2_bound"]  # the bound measures none
 
     batching = data["batching"]
     assert batching["batched"]["requests"] > 0 and batching["unbatched"]["requests"] > 0
@@ -80,6 +82,7 @@ def test_tiny_run_writes_json_and_markdown(
     assert "cores**" in text and "One machine" in text
     assert "raw gRPC echo" in text and "max_batch_size 4" in text
     assert "floor: copy in, `x * 1`, copy out" in text
+    assert "bound: the wire client, a handler with no checks" in text
     assert "glibc's malloc defaults in both processes" in text and "page faults client / server" in text
 
 
@@ -89,6 +92,14 @@ def test_shapes_and_validation(bench: Any) -> None:
         bench.shape_of(1000)
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "4096,8192", "--repeats", "1,2,3"])
+
+
+def test_the_bound_answers_the_wire_clients_request_with_the_tails_output(bench: Any) -> None:
+    x = (np.arange(1024, dtype=np.float32).reshape(1, 256, 4) - 512) / 7
+    request = serde.encode_infer_request("identity_4096", {"x": x}, fingerprint="ab" * 32)
+    answer = serde.decode_infer_response(bench._bound(4096)(request, None), max_decoded_bytes=1 << 20)
+    assert answer.model_name == "identity_4096" and list(answer.outputs) == ["output"]
+    assert np.array_equal(answer.outputs["output"], x * 1)
 
 
 def test_the_floor_answers_the_tails_output(bench: Any) -> None:
