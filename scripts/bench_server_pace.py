@@ -119,14 +119,10 @@ class Load:
 
 
 def _end(proc: subprocess.Popen[str]) -> None:
-    """Stop a child process: terminate, then kill."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """Stop a child process: terminate, then kill (imported here: the load child runs without torch)."""
+    from splitdnn.runtime.bench_netns import stop_process
+
+    stop_process(proc, timeout_s=30.0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -130,14 +130,15 @@ def _wait_for_server(proc: subprocess.Popen[str], timeout_s: float) -> list[str]
     return lines
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop_process(proc: subprocess.Popen[str], timeout_s: float = 15.0) -> None:
+    """End a child process: terminate, then kill if it has not ended within ``timeout_s``."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=15)
+            proc.wait(timeout=timeout_s)
 
 
 def run_netns_grid(
@@ -193,7 +194,7 @@ def run_netns_grid(
                             if on_cell is not None:
                                 on_cell(cells[-1])
                 finally:
-                    _stop(proc)
+                    stop_process(proc)
     return cells
 
 
