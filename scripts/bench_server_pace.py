@@ -103,6 +103,7 @@ class Load:
             _end(self._proc)
             raise RuntimeError(f"the load process did not start (it printed {line!r})")
         self.started = time.monotonic()
+        time.sleep(2.0)  # the load settles
 
     def stop(self) -> dict[str, float]:
         """Requests it had answered and failed, and for how many seconds."""
@@ -173,37 +174,55 @@ def start_server(model: str, threads: int, log: Path) -> tuple[subprocess.Popen[
 # the measured client
 
 
-def run_variant(
-    address: str, traced: Any, device: Any, x: Any, args: argparse.Namespace, pace: bool
-) -> dict[str, Any]:
+def _client(
+    stack: contextlib.ExitStack, address: str, traced: Any, device: Any, args: argparse.Namespace, pace: bool
+) -> Any:
+    """The measured client: the emulated device, its requests through the in-process shaper."""
     from splitdnn.runtime.client import SplitClient
     from splitdnn.runtime.shaper import ShapedLink
     from splitdnn.schema import Link
 
-    with ShapedLink(address, uplink_mbps=args.uplink_mbps, downlink_mbps=None, rtt_ms=args.rtt_ms) as link:
-        with SplitClient(
-            link.address, traced, device_profile=device, link=Link(args.uplink_mbps, rtt_ms=args.rtt_ms),
-            emulate_slowdown=args.slowdown, threads=1, timeout_s=120.0, server_pace=pace,
-        ) as client:  # fmt: skip
-            first = client.plan.strategy
-            # what the profiles say before any request (the server's at its pace, if a report set one)
-            predicted = {k: round(client.planner.baseline(k).cost.total_ms, 1) for k in ("edge", "cloud")}
-            client.infer(x)  # warm-up: the connection, the tail's build
-            latencies, plans = [], []
-            for _ in range(args.requests):
-                client.infer(x)
-                b = client.last_breakdown
-                assert b is not None
-                latencies.append(b.total_ms)
-                plans.append(f"split after {b.boundary[0]}" if b.strategy == "split" else b.strategy)
-            return {
-                "latency_ms": [round(v, 2) for v in latencies],
-                "first_plan": first,
-                "predicted_at_start_ms": predicted,
-                "plans": plans,
-                "switches": client.planner.switches,
-                "server_factor": round(client.server_factor, 3),
-            }
+    link = stack.enter_context(
+        ShapedLink(address, uplink_mbps=args.uplink_mbps, downlink_mbps=None, rtt_ms=args.rtt_ms)
+    )
+    return stack.enter_context(
+        SplitClient(
+            link.address,
+            traced,
+            device_profile=device,
+            link=Link(args.uplink_mbps, rtt_ms=args.rtt_ms),
+            emulate_slowdown=args.slowdown,
+            threads=1,
+            timeout_s=120.0,
+            server_pace=pace,
+        )  # fmt: skip
+    )
+
+
+def run_variant(
+    address: str, traced: Any, device: Any, x: Any, args: argparse.Namespace, pace: bool
+) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        client = _client(stack, address, traced, device, args, pace)
+        first = client.plan.strategy
+        # what the profiles say before any request (the server's at its pace, if a report set one)
+        predicted = {k: round(client.planner.baseline(k).cost.total_ms, 1) for k in ("edge", "cloud")}
+        client.infer(x)  # warm-up: the connection, the tail's build
+        latencies, plans = [], []
+        for _ in range(args.requests):
+            client.infer(x)
+            b = client.last_breakdown
+            assert b is not None
+            latencies.append(b.total_ms)
+            plans.append(f"split after {b.boundary[0]}" if b.strategy == "split" else b.strategy)
+        return {
+            "latency_ms": [round(v, 2) for v in latencies],
+            "first_plan": first,
+            "predicted_at_start_ms": predicted,
+            "plans": plans,
+            "switches": client.planner.switches,
+            "server_factor": round(client.server_factor, 3),
+        }
 
 
 def run_long(
@@ -215,33 +234,16 @@ def run_long(
     from unittest import mock
 
     from splitdnn.runtime import serde
-    from splitdnn.runtime.client import SplitClient
-    from splitdnn.runtime.shaper import ShapedLink
-    from splitdnn.schema import Link
 
     ignore = mock.patch.object(serde, "parse_server_load", lambda msg: None)
     load: Load | None = Load(address, args.model, args.load_clients)
-    time.sleep(2.0)  # the load settles
     events: list[dict[str, Any]] = []
     stopped_at, load_stats = None, None
     try:
         with contextlib.ExitStack() as stack:
             if not reports:
                 stack.enter_context(ignore)
-            link = stack.enter_context(
-                ShapedLink(address, uplink_mbps=args.uplink_mbps, downlink_mbps=None, rtt_ms=args.rtt_ms)
-            )
-            client = stack.enter_context(
-                SplitClient(
-                    link.address,
-                    traced,
-                    device_profile=device,
-                    link=Link(args.uplink_mbps, rtt_ms=args.rtt_ms),
-                    emulate_slowdown=args.slowdown,
-                    threads=1,
-                    timeout_s=120.0,
-                )
-            )
+            client = _client(stack, address, traced, device, args, pace=True)
             start = time.monotonic()
             while True:
                 now = time.monotonic() - start
@@ -302,8 +304,6 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     try:
         for phase in ("idle", "loaded"):
             load = Load(address, args.model, args.load_clients) if phase == "loaded" else None
-            if load is not None:
-                time.sleep(2.0)  # the load settles
             try:
                 for r in range(args.rounds):
                     for label, pace in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:

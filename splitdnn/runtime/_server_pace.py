@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Callable
 
 from splitdnn.errors import ConfigError
+from splitdnn.runtime._estimator import check_positive
 
 __all__ = ["MAX_FACTOR", "LoadTracker", "ServerPace"]
 
@@ -75,15 +76,12 @@ class ServerPace:
                 raise ConfigError(f"{name} must be an integer >= {low}, found {value!r}")
         if min_samples > window:
             raise ConfigError(f"min_samples ({min_samples}) must not exceed window ({window})")
-        for name, number in (("max_age_s", max_age_s), ("min_predicted_ms", min_predicted_ms)):
-            if not _finite(number) or number <= 0:
-                raise ConfigError(f"{name} must be a finite number > 0, found {number!r}")
+        self._max_age_s = check_positive("max_age_s", max_age_s)
+        self._min_predicted_ms = check_positive("min_predicted_ms", min_predicted_ms)
         if not _finite(tolerance) or not 0 <= tolerance < 1:
             raise ConfigError(f"tolerance must be a fraction in [0, 1), found {tolerance!r}")
         self._min_samples = min_samples
-        self._max_age_s = float(max_age_s)
         self._tolerance = float(tolerance)
-        self._min_predicted_ms = float(min_predicted_ms)
         self._clock = clock
         self._ratios: deque[tuple[float, float]] = deque(maxlen=window)  # (at_s, reported / predicted)
         self._reported: tuple[float, float, int] | None = None  # the server's own: (at_s, pace, requests)
@@ -150,14 +148,9 @@ class ServerPace:
     def due(self, applied: float) -> float | None:
         """The factor to price the server with instead of ``applied`` (the one in use), or None when
         it is within ``tolerance`` of it, or there are recent ratios but too few to say (it stays)."""
-        rep = self._standing_report()
-        fresh = self._fresh()
-        if rep is not None:
-            new = rep[1]
-        elif fresh and len(fresh) < self._min_samples:
+        if self._standing_report() is None and 0 < self.samples < self._min_samples:
             return None
-        else:
-            new = statistics.median(fresh) if fresh else 1.0
+        new = self.factor
         if abs(math.log(new / applied)) <= math.log1p(self._tolerance):
             return None
         return new

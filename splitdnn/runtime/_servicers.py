@@ -112,7 +112,7 @@ class InflightBytes:
 
 class RequestLease:
     """What one ModelInfer request holds while the server works on it: a concurrency slot (acquired
-    by the caller), the ``in_flight`` gauge and its bytes of the in-flight budget (:meth:`take`).
+    by the caller), a count in the ``in_flight`` gauge and its bytes of the in-flight budget (:meth:`take`).
 
     Released once: when the handler returns, or -- for a request whose deadline passed while a batch
     was running it -- when that batch ends (:meth:`release_when_done`), because its tensors are in use
@@ -125,8 +125,7 @@ class RequestLease:
         self._deferred = False
         self._released = False
         self._lock = threading.Lock()
-        server._inflight.enter()
-        server.metrics.in_flight.inc()
+        server._inflight.enter()  # also the in_flight gauge (read at scrape)
 
     def take(self, nbytes: int, what: str) -> None:
         """Hold ``nbytes`` more of the budget (``what`` names them if refused: Abort)."""
@@ -148,7 +147,6 @@ class RequestLease:
                 return
             self._released = True
         self._s._inflight.give(self._held)
-        self._s.metrics.in_flight.dec()
         self._s._slots.release()
 
 

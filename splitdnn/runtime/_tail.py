@@ -35,7 +35,7 @@ from splitdnn.graph import TracedModel
 from splitdnn.runtime._inplace import may_write_inputs
 from splitdnn.runtime._weights import weights_digest
 from splitdnn.runtime.serde import TensorSpec, datatype_of, output_names
-from splitdnn.schema import COMPUTE_OPS
+from splitdnn.schema import COMPUTE_OPS, Profile
 
 __all__ = ["NodeMeta", "ServedModel", "Tail", "from_numpy", "to_numpy"]
 
@@ -83,6 +83,26 @@ class Tail:
     num_nodes: int  # compute nodes it runs
     writes_inputs: bool = True  # may write into its input tensors (they must then be writable copies)
     nodes: frozenset[str] = frozenset()  # the model's nodes it computes (names in the full graph)
+    # what the model's profile (ServedModel.profile) says of it: its inputs' profiled shapes, and its
+    # compute (ms) for them; None without a profile, or when an input is not one profiled tensor
+    profiled: tuple[tuple[tuple[int, ...], ...], float] | None = None
+
+
+def _profiled(
+    profile: Profile | None, inputs: Sequence[str], nodes: frozenset[str]
+) -> tuple[tuple[tuple[int, ...], ...], float] | None:
+    """A tail's :attr:`Tail.profiled`: the profiled shapes of its ``inputs`` and what ``profile`` says
+    its ``nodes`` compute in (None when an input is not one tensor the profile timed)."""
+    if profile is None:
+        return None
+    by_name = {n.name: n for n in profile.nodes}
+    shapes = []
+    for name in inputs:
+        node = by_name.get(name)
+        if node is None or len(node.outputs) != 1:
+            return None
+        shapes.append(tuple(node.outputs[0].shape))
+    return tuple(shapes), sum(by_name[n].calibrated_ms for n in nodes if n in by_name)
 
 
 def from_numpy(array: np.ndarray, *, bfloat16: bool = False, writable: bool = True) -> torch.Tensor:
@@ -239,6 +259,7 @@ class ServedModel:
         traced.module.to(device)
         self._cache: OrderedDict[frozenset[str], Tail] = OrderedDict()
         self._lock = threading.Lock()
+        self.profile: Profile | None = None  # the server's, once known (set_profile): tails price by it
         self.tail_builds = 0  # tails built so far (cache misses); rising steadily: the cache thrashes
         self._graph_nodes = {n.name: n for n in traced.module.graph.nodes}
         self._position = {n.name: i for i, n in enumerate(traced.module.graph.nodes)}
@@ -329,6 +350,12 @@ class ServedModel:
                 self._cache.popitem(last=False)
         return tail, built_s
 
+    def set_profile(self, profile: Profile | None) -> None:
+        """Price tails by ``profile`` (``Tail.profiled``) from now on; tails built before are dropped."""
+        with self._lock:
+            self.profile = profile
+            self._cache.clear()
+
     def cached_tails(self) -> int:
         with self._lock:
             return len(self._cache)
@@ -385,7 +412,10 @@ class ServedModel:
         )
         module.training = self.traced.module.training
         num = sum(1 for n in members if n.op in COMPUTE_OPS)
-        return Tail(tuple(order), module, num, may_write_inputs(module), frozenset(n.name for n in members))
+        names = frozenset(n.name for n in members)
+        return Tail(
+            tuple(order), module, num, may_write_inputs(module), names, _profiled(self.profile, order, names)
+        )
 
     def run(self, tail: Tail, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run ``tail`` on ``inputs`` (its input order) on this model's device; the output leaves.

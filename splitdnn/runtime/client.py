@@ -788,7 +788,8 @@ class SplitClient:
         with self._lock:
             if overdue is not None:
                 self.estimator.observe_overdue(bytes_up, network_ms)
-                self._overdue = (network_ms, *overdue)
+                if self._pace is not None:  # settled by the next observation, for the pace alone
+                    self._overdue = (network_ms, *overdue)
             else:
                 self.estimator.observe(bytes_up, bytes_down, network_ms)
                 overdue_before, self._overdue = self._overdue, None
@@ -828,7 +829,7 @@ class SplitClient:
     def _pace_server(self, sample: tuple[float, float] | None) -> bool:
         """Fold in a request's server part and re-price the server if its pace moved (under the lock);
         True when it did. Also run for probes: a pace with nothing recent goes back to 1."""
-        if self._pace is None or self.planner.forced:
+        if self._pace is None:  # off, or a forced plan (which never changes)
             return False
         if sample is not None:
             self._pace.observe(*sample)

@@ -55,7 +55,6 @@ import logging
 import signal
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future
@@ -112,10 +111,6 @@ _EXTRA_WORKERS = 8  # threads beyond max_concurrency, for rejecting overflow
 _CONTROL_WORKERS = 8  # a pool of its own for health, metadata, GetModelInfo and Probe (see add_servicer)
 
 
-_TAIL_MS_KEPT = 64  # at least this many tails' predicted compute kept (LoadTracker's denominators)
-_Shapes = tuple[tuple[int, ...], ...]
-_TailKey = tuple[str, tuple[str, ...], _Shapes]
-
 _INFER_POOL, _CONTROL_POOL = "ModelInfer", "health, metadata and probes"  # the two handler pools
 
 
@@ -148,10 +143,6 @@ class TailServer:
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._inflight = InflightBytes(config.inflight_limit)
         self._loads = LoadTracker()  # each model's pace against its profile, for probes (ServerLoad)
-        # (model, tail inputs, their shapes) -> (the profile, its predicted tail compute or None when
-        # the shapes are not the profile's): LoadTracker's denominators
-        self._tail_ms: OrderedDict[_TailKey, tuple[Profile, float | None]] = OrderedDict()
-        self._tail_ms_lock = threading.Lock()
         self._port = 0
         self._metrics_port: int | None = None
         self._stopping = False
@@ -227,10 +218,13 @@ class TailServer:
         self._profiles = dict(cfg.profiles)
         if cfg.profile_at_start:
             self._profile_models()
+        for name, served in self._models.items():  # tails price by it (the server's pace, probes)
+            served.set_profile(self._profiles.get(name))
         models = self._models
         self.metrics.track_tails(lambda: {n: (m.tail_builds, m.cached_tails()) for n, m in models.items()})
         inflight = self._inflight
         self.metrics.inflight_bytes.set_function(lambda: inflight.used)
+        self.metrics.in_flight.set_function(lambda: inflight.requests)
         metrics = self.metrics
         self._batcher = Batcher(
             cfg.max_batch_size,
@@ -513,29 +507,13 @@ class TailServer:
         pace, requests, arrivals = self._loads.report(name)
         return serde.ServerLoadData(pace, requests, self._inflight.requests, self._loads.max_age_s, arrivals)
 
-    def _measure_pace(self, served: ServedModel, tail: Tail, shapes: _Shapes, future: Future[Any]) -> None:
-        """When a request's batch has run (also for a client that stopped waiting), its queue +
-        compute against the profile's prediction for its tail, if its tensors have the profile's
-        shapes (a batch of other rows, or other image sizes, is not what the profile timed)."""
+    def _measure_pace(self, model: str, predicted_ms: float, future: Future[Any]) -> None:
+        """When a request's batch has run (also for a client that stopped waiting): its queue +
+        compute against ``predicted_ms``, the profile's time for its tail."""
         if future.cancelled() or future.exception() is not None:
             return
-        profile = self._profiles.get(served.name)
-        if profile is None:
-            return
-        key = (served.name, tail.inputs, shapes)
-        with self._tail_ms_lock:
-            cached = self._tail_ms.get(key)
-            if cached is not None and cached[0] is profile:
-                self._tail_ms.move_to_end(key)
-        if cached is None or cached[0] is not profile:
-            cached = (profile, _predicted_tail_ms(profile, tail, shapes))
-            with self._tail_ms_lock:
-                self._tail_ms[key] = cached
-                while len(self._tail_ms) > max(_TAIL_MS_KEPT, 2 * self.config.tail_cache_size):
-                    self._tail_ms.popitem(last=False)
-        if cached[1] is not None:
-            result: BatchResult = future.result()
-            self._loads.observe(served.name, cached[1], (result.queue_s + result.compute_s) * 1000.0)
+        result: BatchResult = future.result()
+        self._loads.observe(model, predicted_ms, (result.queue_s + result.compute_s) * 1000.0)
 
     def _check_profiles(self) -> None:
         for name, profile in self.config.profiles.items():
@@ -656,9 +634,12 @@ class TailServer:
         except BaseException:
             batcher.arrived()  # refused before it was queued
             raise
-        if not build_s and served.name in self._profiles:  # a fresh tail's first run is no measure
-            shapes = tuple(tuple(t.shape) for t in tensors)
-            job.future.add_done_callback(partial(self._measure_pace, served, tail, shapes))
+        # measured against the profile when its tensors have the shapes the profile timed (not other
+        # rows or image sizes), and not a fresh tail's first run
+        if tail.profiled is not None and not build_s:
+            shapes, predicted_ms = tail.profiled
+            if shapes == tuple(tuple(t.shape) for t in tensors):
+                job.future.add_done_callback(partial(self._measure_pace, served.name, predicted_ms))
         batcher.submit(job)  # also counts the request as arrived, atomically
         result = self._await(job, context, served, {n: list(a.shape) for n, a in data.inputs.items()}, lease)
         series.ran(result.queue_s, result.compute_s)
@@ -726,17 +707,6 @@ class TailServer:
         if _past(context):  # it ran (alone, on this thread) past the deadline: nobody takes the answer
             raise late()
         return result
-
-
-def _predicted_tail_ms(profile: Profile, tail: Tail, shapes: _Shapes) -> float | None:
-    """What ``profile`` predicts for ``tail``'s compute, or None when the tail's inputs of ``shapes``
-    are not what the profile timed (each input one tensor of the node's profiled shape)."""
-    nodes = {n.name: n for n in profile.nodes}
-    for name, shape in zip(tail.inputs, shapes, strict=True):
-        node = nodes.get(name)
-        if node is None or len(node.outputs) != 1 or tuple(node.outputs[0].shape) != shape:
-            return None
-    return sum(nodes[n].calibrated_ms for n in tail.nodes if n in nodes)
 
 
 def _past(context: grpc.ServicerContext) -> bool:

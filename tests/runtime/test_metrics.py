@@ -61,6 +61,13 @@ def test_the_series_expose_what_prometheus_client_would_for_the_same_requests() 
     assert len(samples) == 3 + 3 * (len(_TIME_BUCKETS) + 3) + len(_BATCH_BUCKETS) + 3
     for name, labels, value in samples:
         assert metrics.registry.get_sample_value(name, labels) == value, (name, labels)
+    ours = {
+        (s.name, tuple(sorted(s.labels.items())))
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.labels.get("model") == "m"
+    }
+    assert ours == {(name, tuple(sorted(labels.items()))) for name, labels, _ in samples}  # no more series
 
 
 def test_every_request_counts_when_many_threads_count_at_once() -> None:
