@@ -26,6 +26,9 @@ Issue 4 asks for two numbers, both measured here on one machine (client and serv
      no checks and no bookkeeping (it views the tensor at the message's end, runs ``x * 1`` in torch
      and joins a response header built once): the least a Python server of this protocol that runs
      its tail in torch can cost, so the distance from it is what splitdnn's own server code costs;
+   - ``bound, on one open stream`` and ``raw echo, on one open stream`` (with ``--wire``): the same
+     handler and the echo, each call one message on a bidirectional stream opened once (no per-call
+     set-up on either end): whether a streaming transport would leave more room than unary calls;
    - ``floor``: what any split runtime must add to the echo, with no protocol at all: the client
      copies the tensor into the request's bytes, the server computes ``x * 1`` (numpy) and copies the
      result into the answer's bytes (generic unary gRPC, no messages, no checks). The goal's room
@@ -79,11 +82,12 @@ import argparse
 import json
 import os
 import platform
+import queue
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -205,6 +209,41 @@ def _bound(nbytes: int) -> Callable[[bytes, grpc.ServicerContext], bytes]:
     return bound
 
 
+def _each(
+    answer: Callable[[bytes, grpc.ServicerContext], bytes],
+) -> Callable[[Iterator[bytes], grpc.ServicerContext], Iterator[bytes]]:
+    """``answer`` for every message of a bidirectional stream, in order (one stream, many requests)."""
+
+    def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for request in requests:
+            yield answer(request, context)
+
+    return stream
+
+
+class StreamCall:
+    """One persistent bidirectional stream called like a unary stub: each call sends one message and
+    waits for its answer (the server answers in order). The stream opens on construction and ends
+    with :meth:`close`; a stream has no per-message deadline, so ``timeout`` is accepted and unused
+    (the stream's own deadline is ``timeout_s``)."""
+
+    def __init__(self, channel: grpc.Channel, method: str, timeout_s: float = 3600.0) -> None:
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._answers = channel.stream_stream(method)(self._sent(), timeout=timeout_s)
+
+    def _sent(self) -> Iterator[bytes]:
+        while (message := self._outbox.get()) is not None:
+            yield message
+
+    def __call__(self, request: bytes, timeout: float | None = None) -> bytes:
+        self._outbox.put(request)
+        return next(self._answers)
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self._answers.cancel()
+
+
 def serve_child(cfg: dict[str, Any]) -> int:
     """Run the echo server and the tail servers until stdin closes; print their addresses first."""
     import torch
@@ -222,6 +261,12 @@ def serve_child(cfg: dict[str, Any]) -> int:
             "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
             "Floor": grpc.unary_unary_rpc_method_handler(_floor),
             **{f"Bound_{n}": grpc.unary_unary_rpc_method_handler(_bound(n)) for n in cfg["sizes"]},
+            # the same on one persistent stream per client: no per-call set-up on either end
+            "EchoStream": grpc.stream_stream_rpc_method_handler(_each(lambda request, context: request)),
+            **{
+                f"BoundStream_{n}": grpc.stream_stream_rpc_method_handler(_each(_bound(n)))
+                for n in cfg["sizes"]
+            },
         },
     )  # no (de)serializers: the request is bytes, the echo's response the same bytes object
     echo.add_generic_rpc_handlers((handler,))
@@ -458,6 +503,18 @@ def _overhead_for_size(
     call_bound = wire_call(
         "v2_bound", echo_channel.unary_unary(f"/{ECHO_SERVICE}/Bound_{nbytes}"), keep=False
     )
+    streams: list[StreamCall] = []
+    if with_wire:
+        streams = [
+            StreamCall(echo_channel, f"/{ECHO_SERVICE}/{m}") for m in ("EchoStream", f"BoundStream_{nbytes}")
+        ]
+    echo_stream = streams[0] if streams else None
+
+    def call_echo_stream() -> None:
+        assert echo_stream is not None
+        out = echo_stream(payload)
+        if len(out) != len(payload):
+            raise RuntimeError(f"the stream echo answered {len(out)} bytes for {len(payload)}")
 
     def call_client() -> None:
         assert client is not None
@@ -479,7 +536,10 @@ def _overhead_for_size(
         "v2_bound": call_bound,
         "v2_zstd": v2_call("v2_zstd", frame, stub),
     }
-    if not with_wire:
+    if streams:
+        variants["echo_stream"] = call_echo_stream
+        variants["v2_bound_stream"] = wire_call("v2_bound_stream", streams[1], keep=False)
+    else:
         del variants["v2_wire"], variants["v2_bound"]
     if client is not None:
         variants["client"] = call_client
@@ -508,6 +568,8 @@ def _overhead_for_size(
     finally:
         if client is not None:
             client.close()
+        for stream in streams:
+            stream.close()
         echo_channel.close()
         channel.close()
 
@@ -818,6 +880,8 @@ def _overhead_table(rows: list[dict[str, Any]]) -> list[str]:
                     "v2_raw": "v2 raw fp32 (stock protobuf client)",
                     "v2_wire": "**v2 raw fp32, splitdnn wire client**",
                     "v2_bound": "bound: the wire client, a handler with no checks",
+                    "echo_stream": "raw echo, each call a message on one open stream",
+                    "v2_bound_stream": "bound, each call a message on one open stream",
                     "v2_zstd": f"v2 zstd frame ({row['zstd_frame_bytes']:,} B)",
                     "client": "SplitClient.infer"}[label]  # fmt: skip
             ratio = "1" if label == "echo" else f"**{v['ratio_of_medians']:.2f}×**"
@@ -1027,6 +1091,16 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"its tail in torch can cost here. splitdnn's server adds "
             f"{wv['wall_ms']['median'] - bv['wall_ms']['median']:.2f} ms above it (its parsing, checks, "
             f"metrics, limits and batcher)."
+        )
+    if bare is not None and {"v2_bound_stream", "echo_stream"} <= set(bare["variants"]):
+        v = bare["variants"]
+        stream_echo = v["echo_stream"]["wall_ms"]["median"]
+        lines.append(
+            f"  On one open bidirectional stream instead of a call per request (no per-call set-up on "
+            f"either end), the bound is {v['v2_bound_stream']['ratio_of_medians']:.2f}× the echo above "
+            f"and {v['v2_bound_stream']['wall_ms']['median'] / stream_echo:.2f}× an echo on such a stream "
+            f"(itself {v['echo_stream']['ratio_of_medians']:.2f}× the echo). splitdnn's requests are "
+            f"unary calls."
         )
     if "overhead_1MiB_v2_raw" in g and bare is not None and "v2_bare" in bare["variants"]:
         lines.append(

@@ -57,7 +57,8 @@ def test_tiny_run_writes_json_and_markdown(
     for rows in (data["overhead"], data["overhead_malloc_defaults"]):
         (row,) = rows
         assert row["bytes"] == 4096 and row["shape"] == [1, 256, 4] and row["repeats"] == 3
-        want = {"echo", "floor", "v2_bare", "v2_raw", "v2_wire", "v2_bound", "v2_zstd"}
+        want = {"echo", "floor", "v2_bare", "v2_raw", "v2_wire", "v2_bound", "v2_zstd", "echo_stream",
+                "v2_bound_stream"}  # fmt: skip
         assert set(row["variants"]) == want
         for label, v in row["variants"].items():
             assert v["wall_ms"]["p10"] <= v["wall_ms"]["median"] <= v["wall_ms"]["p90"]
@@ -65,11 +66,12 @@ def test_tiny_run_writes_json_and_markdown(
             assert v["minor_faults_per_call_mean"]["server"] >= 0
             if label != "echo":
                 assert v["ratio_of_medians"] > 0
-            if label not in ("echo", "floor"):  # the floor's call is all it does: no stub call apart
+            if label not in ("echo", "floor", "echo_stream"):  # no stub call apart from the whole call
                 assert v["rpc_ms"]["median"] > 0
         for label in ("v2_raw", "v2_wire", "v2_zstd"):  # the tail server reports its times
             assert set(row["variants"][label]["server_ms_median"]) == {"queue", "compute", "decode"}
-        assert "server_ms_median" not in row["variants"]["v2_bound"]  # the bound measures none
+        for label in ("v2_bound", "v2_bound_stream"):  # the bound measures none
+            assert "server_ms_median" not in row["variants"][label]
 
     batching = data["batching"]
     assert batching["batched"]["requests"] > 0 and batching["unbatched"]["requests"] > 0
@@ -83,6 +85,7 @@ def test_tiny_run_writes_json_and_markdown(
     assert "raw gRPC echo" in text and "max_batch_size 4" in text
     assert "floor: copy in, `x * 1`, copy out" in text
     assert "bound: the wire client, a handler with no checks" in text
+    assert "bound, each call a message on one open stream" in text
     assert "glibc's malloc defaults in both processes" in text and "page faults client / server" in text
 
 
@@ -108,3 +111,27 @@ def test_the_floor_answers_the_tails_output(bench: Any) -> None:
     assert isinstance(out, bytes) and out == (x * 1).tobytes()
     with pytest.raises(ValueError):  # not whole fp32 elements: the call fails instead of answering
         bench._floor(b"\x00" * 6, None)
+
+
+def test_a_stream_call_answers_each_message_in_order_and_closes(bench: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    doubled = bench._each(lambda request, context: request * 2)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("t", {"S": grpc.stream_stream_rpc_method_handler(doubled)}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        call = bench.StreamCall(channel, "/t/S", timeout_s=30)
+        assert [call(m) for m in (b"a", b"bc", b"")] == [b"aa", b"bcbc", b""]
+        call.close()
+        with pytest.raises(grpc.RpcError, match="CANCELLED"):  # closed: the stream is cancelled
+            call(b"x")
+    finally:
+        channel.close()
+        server.stop(0)
