@@ -8,10 +8,12 @@ process keeps it busy with ``--load-clients`` closed-loop clients, each sending 
 input (stock v2 requests, no splitdnn client code) as soon as its last answer came. The measured
 client runs here: an emulated device (``--slowdown``, 1 thread, profiled once at the start), its
 requests through the in-process shaper (``--uplink-mbps``, ``--rtt-ms``). Per phase and round, a
-fresh client with the pace and one without (their order alternating by round) each run one warm-up
-and ``--requests`` timed requests. Reported per phase and variant: the median latency over the
-rounds' timed requests, p10-p90, the plans the client ended on, its plan switches and the server
-factor it ended with.
+fresh client of each variant (their order reversed every other round) runs one warm-up and
+``--requests`` timed requests: "with pace" (SplitClient as it is: the server's compute priced at its
+pace, its queue added to every remote plan), "one factor" (one factor for both, as before the queue
+was priced apart: patched in by :func:`one_factor`) and "profile only" (``server_pace=False``).
+Reported per phase and variant: the median latency over the rounds' timed requests, p10-p90, the
+plans the client ended on, its plan switches and the server factor and queue it ended with.
 
     python scripts/bench_server_pace.py [--model resnet18] [--slowdown 3] [--uplink-mbps 100]
         [--rtt-ms 20] [--server-threads 1] [--load-clients 8] [--requests 15] [--rounds 2]
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -42,7 +45,9 @@ from typing import Any
 
 import numpy as np
 
-VARIANTS = (("with pace", True), ("profile only", False))
+# the client's pricing of the server: its compute pace and queue apart (as SplitClient does), one
+# factor for both (the client before the queue was priced apart), or its profile alone
+VARIANTS = (("with pace", "pace"), ("one factor", "factor"), ("profile only", None))
 LONG_VARIANTS = {True: "the server's reports", False: "own requests only"}
 
 
@@ -199,11 +204,36 @@ def _client(
     )
 
 
+def one_factor() -> contextlib.ExitStack:
+    """Patches that make SplitClient price the server with one factor for its queue and compute, as
+    before they were priced apart: its own samples fold the queue into the ratio, and the server's
+    reports are read for their single pace (as from a server that does not report the two)."""
+    from unittest import mock
+
+    from splitdnn.runtime import serde
+    from splitdnn.runtime._server_pace import ServerPace
+
+    parse, observe = serde.parse_server_load, ServerPace.observe
+
+    def single(msg: Any) -> Any:
+        load = parse(msg)
+        return None if load is None else dataclasses.replace(load, compute_pace=0.0, queue_ms=0.0)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(serde, "parse_server_load", single))
+    stack.enter_context(
+        mock.patch.object(ServerPace, "observe", lambda self, p, r, q=0.0: observe(self, p, r))
+    )
+    return stack
+
+
 def run_variant(
-    address: str, traced: Any, device: Any, x: Any, args: argparse.Namespace, pace: bool
+    address: str, traced: Any, device: Any, x: Any, args: argparse.Namespace, pricing: str | None
 ) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
-        client = _client(stack, address, traced, device, args, pace)
+        if pricing == "factor":
+            stack.enter_context(one_factor())
+        client = _client(stack, address, traced, device, args, pace=pricing is not None)
         first = client.plan.strategy
         # what the profiles say before any request (the server's at its pace, if a report set one)
         predicted = {k: round(client.planner.baseline(k).cost.total_ms, 1) for k in ("edge", "cloud")}
@@ -222,6 +252,7 @@ def run_variant(
             "plans": plans,
             "switches": client.planner.switches,
             "server_factor": round(client.server_factor, 3),
+            "server_queue_ms": round(client.server_queue_ms, 1),
         }
 
 
@@ -306,14 +337,14 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             load = Load(address, args.model, args.load_clients) if phase == "loaded" else None
             try:
                 for r in range(args.rounds):
-                    for label, pace in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-                        rec = run_variant(address, traced, device, x, args, pace)
+                    for label, pricing in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+                        rec = run_variant(address, traced, device, x, args, pricing)
                         phases.setdefault(phase, {}).setdefault(label, []).append(rec)
                         say(
                             f"  {phase} round {r + 1} {label}: median "
                             f"{statistics.median(rec['latency_ms']):.0f} ms, first {rec['first_plan']}, last "
                             f"{rec['plans'][-1]}, {rec['switches']} switch(es), "
-                            f"server factor {rec['server_factor']:.2f}"
+                            f"server factor {rec['server_factor']:.2f}, queue {rec['server_queue_ms']:.0f} ms"
                         )
             finally:
                 if load is not None:
@@ -341,6 +372,7 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                 "last_plans": [rec["plans"][-1] for rec in recs],
                 "switches": [rec["switches"] for rec in recs],
                 "server_factors": [rec["server_factor"] for rec in recs],
+                "server_queues_ms": [rec["server_queue_ms"] for rec in recs],
                 "predicted_at_start": [
                     "{edge:.0f} / {cloud:.0f}".format(**rec["predicted_at_start_ms"]) for rec in recs
                 ],
@@ -365,27 +397,33 @@ def to_markdown(result: dict[str, Any]) -> str:
         "timed requests (a client that flaps has two modes: the mean shows what it costs).",
         "",
         "| server | client | latency ms | mean ms | plan at the end (per round) | switches | "
-        "server factor at the end | predicted edge-only / cloud-only ms at the start |",
+        "server factor / queue ms at the end | predicted edge-only / cloud-only ms at the start |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, v in result["summary"].items():
         phase, label = key.split("/")
         spread = f"{v['median_ms']:.0f} [{v['p10_ms']:.0f}-{v['p90_ms']:.0f}]"
+        priced = zip(
+            v["server_factors"], v.get("server_queues_ms", [0.0] * len(v["server_factors"])), strict=True
+        )
         lines.append(
             f"| {phase} | {label} | {spread} | {v['mean_ms']:.0f} | {' / '.join(v['last_plans'])} | "
             f"{' / '.join(map(str, v['switches']))} | "
-            f"{' / '.join(f'{f:.2f}' for f in v['server_factors'])} | "
+            f"{' / '.join(f'{f:.2f}, {q:.0f}' for f, q in priced)} | "
             f"{', '.join(v.get('predicted_at_start', []))} |"
         )
     for phase in ("idle", "loaded"):
-        a, b = result["summary"].get(f"{phase}/with pace"), result["summary"].get(f"{phase}/profile only")
-        if a and b:
-            lines += [
-                "",
-                f"- {phase}: with the pace, median {a['median_ms']:.0f} and mean {a['mean_ms']:.0f} ms; by "
-                f"the profile alone {b['median_ms']:.0f} and {b['mean_ms']:.0f} ms "
-                f"(x{b['median_ms'] / a['median_ms']:.2f} and x{b['mean_ms'] / a['mean_ms']:.2f})",
-            ]
+        a = result["summary"].get(f"{phase}/with pace")
+        for other, what in (("one factor", "with one factor for queue and compute"),
+                            ("profile only", "by the profile alone")):  # fmt: skip
+            b = result["summary"].get(f"{phase}/{other}")
+            if a and b:
+                lines += [
+                    "",
+                    f"- {phase}: with the pace, median {a['median_ms']:.0f} and mean {a['mean_ms']:.0f} ms; "
+                    f"{what} {b['median_ms']:.0f} and {b['mean_ms']:.0f} ms "
+                    f"(x{b['median_ms'] / a['median_ms']:.2f} and x{b['mean_ms'] / a['mean_ms']:.2f})",
+                ]
     if result.get("long"):
         lines += [
             "",

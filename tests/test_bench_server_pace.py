@@ -22,14 +22,17 @@ def test_both_clients_run_against_an_idle_and_a_loaded_server(bench, tmp_path, c
     result = json.loads(out.read_text())
     assert result["settings"]["load_clients"] == 1 and "git_head" in result["code"]
     assert sorted(result["summary"]) == [
-        "idle/profile only", "idle/with pace", "loaded/profile only", "loaded/with pace",
+        "idle/one factor", "idle/profile only", "idle/with pace",
+        "loaded/one factor", "loaded/profile only", "loaded/with pace",
     ]  # fmt: skip
     assert result["load"]["loaded"]["requests"] > 0  # the load process really sent requests
     for key, v in result["summary"].items():
         (rec,) = result["phases"][key.split("/")[0]][key.split("/")[1]]
         assert len(rec["latency_ms"]) == 2 and v["median_ms"] > 0
         if key.endswith("profile only"):
-            assert v["server_factors"] == [1.0]  # never paced
+            assert v["server_factors"] == [1.0] and v["server_queues_ms"] == [0.0]  # never paced
+        if key.endswith("one factor"):
+            assert v["server_queues_ms"] == [0.0]  # the queue folded into the factor
     assert sorted(result["long"]) == ["own requests only", "the server's reports"]
     for rec in result["long"].values():
         assert rec["loaded_requests"] > 0 and len(rec["events"]) > rec["loaded_requests"]  # some after
@@ -39,7 +42,8 @@ def test_both_clients_run_against_an_idle_and_a_loaded_server(bench, tmp_path, c
             assert isinstance(e["gave_up"], bool) and e["total_ms"] > 0
             assert not (e["gave_up"] and e["remote"])  # a request given up finished on the device
     table = md.read_text()
-    assert table.count("| idle |") == 2 and table.count("| loaded |") == 2
+    assert table.count("| idle |") == 3 and table.count("| loaded |") == 3
+    assert "with one factor for queue and compute" in table
     assert "Loaded for 1 s, then idle for 1 s" in table and "| the server's reports |" in table
     assert table in capsys.readouterr().out
 
@@ -56,3 +60,19 @@ def test_bad_arguments_are_refused(bench, argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_one_factor_folds_the_queue_into_the_ratio_and_reads_the_single_pace(bench):
+    from splitdnn.runtime import serde
+    from splitdnn.runtime._server_pace import ServerPace
+
+    load = serde.ServerLoadData(6.0, 20, 3, 10.0, 25, compute_pace=1.5, queue_ms=90.0)
+    with bench.one_factor():
+        pace = ServerPace(min_samples=1)
+        pace.observe(10.0, 60.0, 50.0)
+        assert pace.factor == 6.0 and pace.queue_ms == 0.0  # (50 + 10) / 10, nothing queued apart
+        read = serde.parse_server_load(serde.build_probe_response(1, load))
+        assert read is not None and (read.pace, read.compute_pace, read.queue_ms) == (6.0, 0.0, 0.0)
+    pace = ServerPace(min_samples=1)  # the patches are gone
+    pace.observe(10.0, 60.0, 50.0)
+    assert pace.factor == 1.0 and pace.queue_ms == 50.0

@@ -219,10 +219,12 @@ class Run:
         scale: float = 1.0,
         server_factor: float = 1.0,
         profile_rows: bool = True,
+        server_queue_ms: float = 0.0,
     ) -> None:
         self.c = client
         self.plan = plan
         self.server_factor = server_factor  # the server's pace the plan was priced with (ServerPace)
+        self.server_queue_ms = server_queue_ms  # and its queue, in the plan's round trip
         # the request has the profiles' batch: its server time is a sample of the server's pace (a
         # batch costs less than its rows alone, which would read as a faster server)
         self.profile_rows = profile_rows
@@ -466,12 +468,13 @@ class Run:
         paced = built and self.profile_rows and serde.PARAM_TAIL_BUILD_MS not in p
         c._observe(
             self.bytes_sent, self.bytes_received, self.network_ms,
-            server=(self._predicted_parts()[1], server_ms) if paced else None,
+            server=(self._predicted_parts()[1], server_ms, self.queue_ms) if paced else None,
         )  # fmt: skip
         return out
 
     def _predicted_parts(self) -> tuple[float, float]:
         """``(network, server)`` ms of this request as the plan predicted them for its rows, the server
-        part without the pace the plan was priced with (ServerPace's ratios are against the profile)."""
+        part without the pace the plan was priced with (ServerPace's ratios are against the profile)
+        and the network part without the server's queue (priced in the plan's round trip)."""
         _, network, server = predicted_parts(self.plan.cost)
-        return network * self.scale, server * self.scale / self.server_factor
+        return max(0.0, network - self.server_queue_ms) * self.scale, server * self.scale / self.server_factor

@@ -6,9 +6,9 @@ after idling through a long upload (its caches cold, its core clocked down) answ
 and a client planning with the profile alone keeps sending it work it no longer does fast.
 Neurosurgeon (Kang et al., ASPLOS 2017) re-prices the server by a load factor for the same reason.
 
-:class:`ServerPace` keeps, for the client's last requests, the server's own reported time (queue +
-decode + compute, from the answer's parameters) over what the profile predicted for that part, and
-offers their median as the factor to scale the server's profile by:
+:class:`ServerPace` keeps, for the client's last requests, the server's own reported time (decode +
+compute, from the answer's parameters; the queue apart, see below) over what the profile predicted
+for that part, and offers their median as the factor to scale the server's profile by:
 
 * only requests whose predicted server part is at least ``min_predicted_ms``: a tail of a few
   microseconds is all fixed per-request cost, and its ratio says nothing about the rest of the model;
@@ -18,12 +18,14 @@ offers their median as the factor to scale the server's profile by:
   last answer and tries the server again; its switch is then checked by measurement
   (``Hysteresis.verify``) like any other;
 * :meth:`due` proposes a new factor only when it differs from the one in use by more than
-  ``tolerance`` (a fraction, either way), so noise does not re-price every request.
+  ``tolerance`` (a fraction, either way), so noise does not re-price every request; :meth:`queue_due`
+  a new queue only when it moved by more than ``tolerance`` of it and ``min_queue_move_ms``.
 
-A splitdnn server also keeps its own account (:class:`LoadTracker`): per model, the median of (queue +
-compute) over what its profile predicts for each request's tail, over all its clients' recent requests,
-and reports it in the answer to a link probe that names the model (``ServerLoad``). The client folds
-that in with :meth:`ServerPace.report`: while edge-only it sends no requests, so without the report it
+A splitdnn server also keeps its own account (:class:`LoadTracker`): per model, the median of compute
+over what its profile predicts for each request's tail, and of the queue, over all its clients'
+recent requests, and reports them in the answer to a link probe that names the model
+(``ServerLoad``). The client folds them in with :meth:`ServerPace.report`: while edge-only it sends
+no requests, so without the report it
 would forget a busy server ``max_age_s`` after its last answer and pay give-ups to learn it again, and
 on a server that went idle it would wait out ``max_age_s`` before trying it. The newest evidence
 decides: a report newer than the client's last own sample stands for the pace (from ``min_samples``
@@ -33,9 +35,14 @@ ratio leaves out the decode (it does not know each frame's predicted decode time
 the client's own by the decode's share of the server part. A client folds reports in only while it
 plans with the server's own profile, the one the server's ratio is against.
 
-The factor scales every server time the same way (the whole tail, the decode), which is a model: a
-queue behind other clients adds time rather than multiplying it. It is right on average for the cut
-it is measured with and approximate for others; ratios are clamped to ``[1 / MAX_FACTOR, MAX_FACTOR]``.
+The server's time has two parts, priced apart. Its queue (the wait for a batch slot behind other
+clients' requests) adds time whatever the cut: :attr:`ServerPace.queue_ms` is the median queue the
+answers report, which the planner adds to every plan that uses the server. Its compute (and decode)
+is slower by a factor on a server whose cores are shared: the factor is the median of (reported time
+less the queue) over the prediction, and scales the server's profile. A single factor for both, as
+before, priced a queue behind a 100 ms model as 100 ms times a factor: a cut with a 5 ms tail then
+looked to wait 5 ms times that factor, and a factor over ``MAX_FACTOR`` was cut short there. Ratios
+are clamped to ``[1 / MAX_FACTOR, MAX_FACTOR]``.
 """
 
 from __future__ import annotations
@@ -46,11 +53,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from splitdnn.errors import ConfigError
 from splitdnn.runtime._estimator import check_positive
 
-__all__ = ["MAX_FACTOR", "LoadTracker", "ServerPace"]
+__all__ = ["MAX_FACTOR", "Load", "LoadTracker", "ServerPace"]
 
 MAX_FACTOR = 10.0  # a server measured more than this many times slower (or faster) is priced at this
 
@@ -69,6 +77,7 @@ class ServerPace:
         max_age_s: float = 30.0,
         tolerance: float = 0.25,
         min_predicted_ms: float = 1.0,
+        min_queue_move_ms: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, value, low in (("window", window, 1), ("min_samples", min_samples, 1)):
@@ -80,42 +89,50 @@ class ServerPace:
         self._min_predicted_ms = check_positive("min_predicted_ms", min_predicted_ms)
         if not _finite(tolerance) or not 0 <= tolerance < 1:
             raise ConfigError(f"tolerance must be a fraction in [0, 1), found {tolerance!r}")
+        self._min_queue_move_ms = check_positive("min_queue_move_ms", min_queue_move_ms)
         self._min_samples = min_samples
         self._tolerance = float(tolerance)
         self._clock = clock
-        self._ratios: deque[tuple[float, float]] = deque(maxlen=window)  # (at_s, reported / predicted)
-        self._reported: tuple[float, float, int] | None = None  # the server's own: (at_s, pace, requests)
+        # (at_s, (reported - queue) / predicted, queue ms) per answered request
+        self._ratios: deque[tuple[float, float, float]] = deque(maxlen=window)
+        self._reported: _Report | None = None  # the server's own account
 
-    def observe(self, predicted_ms: float, reported_ms: float) -> bool:
+    def observe(self, predicted_ms: float, reported_ms: float, queue_ms: float = 0.0) -> bool:
         """Fold in one answered request: the server part its profile predicted (unscaled by any
-        factor in use) and the time the server reported. False when it is not used (a prediction
-        under ``min_predicted_ms``, or a value that is not a finite number >= 0)."""
-        if not (_finite(predicted_ms) and _finite(reported_ms)) or reported_ms < 0:
+        factor in use), the time the server reported, and the part of it spent in the server's queue.
+        False when it is not used (a prediction under ``min_predicted_ms``, or a value that is not a
+        finite number >= 0)."""
+        if not (_finite(predicted_ms) and _finite(reported_ms) and _finite(queue_ms)):
             return False
-        if predicted_ms < self._min_predicted_ms:
+        if reported_ms < 0 or queue_ms < 0 or predicted_ms < self._min_predicted_ms:
             return False
-        ratio = min(MAX_FACTOR, max(1.0 / MAX_FACTOR, reported_ms / predicted_ms))
-        self._ratios.append((self._clock(), ratio))
+        queue = min(float(queue_ms), float(reported_ms))
+        ratio = _clamped((reported_ms - queue) / predicted_ms)
+        self._ratios.append((self._clock(), ratio, queue))
         return True
 
-    def report(self, pace: float, requests: int, arrivals: int, in_flight: int) -> bool:
-        """Fold in the server's own account of its pace (a probe's answer: the median over its
-        ``requests`` recent measured requests, ``arrivals`` requests of any model in the same window,
-        ``in_flight`` requests being served now). False when it says nothing: fewer than
-        ``min_samples`` measured requests while the server is not idle (a standing report of an idle
-        server then goes: it is not idle any more), or a pace that is not a finite number > 0."""
+    def report(
+        self, pace: float, requests: int, arrivals: int, in_flight: int, queue_ms: float = 0.0
+    ) -> bool:
+        """Fold in the server's own account (a probe's answer: over its ``requests`` recent measured
+        requests, the median ``pace`` of their compute against its profile and their median
+        ``queue_ms``; ``arrivals`` requests of any model in the same window, ``in_flight`` requests
+        being served now). False when it says nothing: fewer than ``min_samples`` measured requests
+        while the server is not idle (a standing report of an idle server then goes: it is not idle
+        any more), or a pace that is not a finite number > 0 or a queue that is not one >= 0."""
         if requests >= self._min_samples:
-            if not _finite(pace) or pace <= 0:
+            if not _finite(pace) or pace <= 0 or not _finite(queue_ms) or queue_ms < 0:
                 return False
-            ratio = min(MAX_FACTOR, max(1.0 / MAX_FACTOR, float(pace)))
+            ratio, queue = _clamped(float(pace)), float(queue_ms)
         elif arrivals == 0 and in_flight == 0:
-            ratio = 1.0  # nothing arrived, nothing being served: an idle server is as fast as its profile
+            # nothing arrived, nothing being served: an idle server is as fast as its profile, no queue
+            ratio, queue = 1.0, 0.0
             requests = 0  # an idle report, whatever few requests finished at the window's edge
         else:
-            if self._reported is not None and self._reported[2] == 0:
+            if self._reported is not None and self._reported.requests == 0:
                 self._reported = None
             return False
-        self._reported = (self._clock(), ratio, requests)
+        self._reported = _Report(self._clock(), ratio, requests, queue)
         return True
 
     def clear(self) -> None:
@@ -133,53 +150,96 @@ class ServerPace:
         """When the server's report stands for the pace now: the number of requests it is over (0: an
         idle server); else None (the client's own samples decide)."""
         rep = self._standing_report()
-        return None if rep is None else rep[2]
+        return None if rep is None else rep.requests
 
     @property
     def factor(self) -> float:
-        """The pace now: the server's report when it is the newest evidence, else the median recent
-        ratio; 1 with neither (fewer than ``min_samples`` recent requests of the client's own)."""
+        """The compute pace now: the server's report when it is the newest evidence, else the median
+        recent ratio; 1 with neither (fewer than ``min_samples`` recent requests of the client's own)."""
         rep = self._standing_report()
         if rep is not None:
-            return rep[1]
+            return rep.pace
         fresh = self._fresh()
-        return statistics.median(fresh) if len(fresh) >= self._min_samples else 1.0
+        return statistics.median(r for _, r, _ in fresh) if len(fresh) >= self._min_samples else 1.0
+
+    @property
+    def queue_ms(self) -> float:
+        """The server's queue now (ms), from the same evidence as :attr:`factor`; 0 with neither."""
+        rep = self._standing_report()
+        if rep is not None:
+            return rep.queue_ms
+        fresh = self._fresh()
+        return statistics.median(q for _, _, q in fresh) if len(fresh) >= self._min_samples else 0.0
 
     def due(self, applied: float) -> float | None:
         """The factor to price the server with instead of ``applied`` (the one in use), or None when
         it is within ``tolerance`` of it, or there are recent ratios but too few to say (it stays)."""
-        if self._standing_report() is None and 0 < self.samples < self._min_samples:
+        if self._undecided():
             return None
         new = self.factor
         if abs(math.log(new / applied)) <= math.log1p(self._tolerance):
             return None
         return new
 
-    def _fresh(self) -> list[float]:
+    def queue_due(self, applied_ms: float) -> float | None:
+        """The queue (ms) to price the server with instead of ``applied_ms``, or None when it moved
+        by no more than ``tolerance`` of the larger of the two or ``min_queue_move_ms`` (an idle
+        server's few microseconds never re-price it), or too few recent ratios say (it stays)."""
+        if self._undecided():
+            return None
+        new = self.queue_ms
+        if abs(new - applied_ms) <= max(self._min_queue_move_ms, self._tolerance * max(new, applied_ms)):
+            return None
+        return new
+
+    def _undecided(self) -> bool:
+        """Some recent requests of the client's own, but too few to say, and no report over them."""
+        return self._standing_report() is None and 0 < self.samples < self._min_samples
+
+    def _fresh(self) -> list[tuple[float, float, float]]:
         oldest = self._clock() - self._max_age_s
         while self._ratios and self._ratios[0][0] < oldest:
             self._ratios.popleft()
-        return [r for _, r in self._ratios]
+        return list(self._ratios)
 
-    def _standing_report(self) -> tuple[float, float, int] | None:
+    def _standing_report(self) -> _Report | None:
         """The server's report if it is within ``max_age_s`` and newer than the client's last sample."""
         rep = self._reported
-        if rep is None or rep[0] < self._clock() - self._max_age_s:
+        if rep is None or rep.at_s < self._clock() - self._max_age_s:
             return None
-        if self._ratios and self._ratios[-1][0] > rep[0]:
+        if self._ratios and self._ratios[-1][0] > rep.at_s:
             return None
         return rep
 
 
-class LoadTracker:
-    """The server's side: per model, its pace over its recent requests (all clients'), for probes.
+class _Report(NamedTuple):
+    at_s: float
+    pace: float  # compute pace, clamped; 1 for an idle server
+    requests: int  # 0: an idle server
+    queue_ms: float
 
-    Each measured request gives (queue + compute) over the compute its profile predicts for the
-    request's tail; :meth:`report` gives their median over the last ``window`` requests younger than
-    ``max_age_s``, how many, and how many requests of any model arrived in that time (measured or
-    not, server-wide: a server busy with requests it cannot measure, or with another model, is not
-    idle). Thread-safe (request handlers
-    and batches observe, probe handlers report)."""
+
+class Load(NamedTuple):
+    """What :meth:`LoadTracker.report` says of one model."""
+
+    pace: float  # median (queue + compute) / predicted: the single factor of older clients
+    compute_pace: float  # median compute / predicted
+    queue_ms: float  # median queue
+    requests: int  # how many measured requests these medians are over (0: the three are 0)
+    arrivals: int  # requests of any model within the window
+
+
+class LoadTracker:
+    """The server's side: per model, its pace and queue over its recent requests (all clients'), for
+    probes.
+
+    Each measured request gives its queue (ms) and its compute over what its profile predicts for the
+    request's tail; :meth:`report` gives, over the last ``window`` requests younger than
+    ``max_age_s``, the median of (queue + compute) over the prediction (the single factor older
+    clients read), of compute over it, and of the queue; how many; and how many requests of any model
+    arrived in that time (measured or not, server-wide: a server busy with requests it cannot
+    measure, or with another model, is not idle). Predictions under 1 ms are not measured (all fixed
+    cost). Thread-safe (request handlers and batches observe, probe handlers report)."""
 
     def __init__(
         self, *, window: int = 32, max_age_s: float = 10.0, clock: Callable[[], float] = time.monotonic
@@ -187,7 +247,8 @@ class LoadTracker:
         self.window, self.max_age_s = window, max_age_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._paces: dict[str, ServerPace] = {}
+        # per model: (at_s, (queue + compute) / predicted, compute / predicted, queue ms), clamped
+        self._samples: dict[str, deque[tuple[float, float, float, float]]] = {}
         self._arrivals: deque[float] = deque(maxlen=4096)  # enough to say "busy"
 
     def arrived(self) -> None:
@@ -195,25 +256,37 @@ class LoadTracker:
         with self._lock:
             self._arrivals.append(self._clock())
 
-    def observe(self, model: str, predicted_ms: float, took_ms: float) -> None:
+    def observe(self, model: str, predicted_ms: float, queue_ms: float, compute_ms: float) -> None:
+        if not all(_finite(v) and v >= 0 for v in (predicted_ms, queue_ms, compute_ms)) or predicted_ms < 1.0:
+            return
+        total, compute = (queue_ms + compute_ms) / predicted_ms, compute_ms / predicted_ms
+        sample = (self._clock(), _clamped(total), _clamped(compute), float(queue_ms))
         with self._lock:
-            pace = self._paces.get(model)
-            if pace is None:
-                pace = self._paces[model] = ServerPace(
-                    window=self.window, min_samples=1, max_age_s=self.max_age_s, clock=self._clock
-                )
-            pace.observe(predicted_ms, took_ms)
+            kept = self._samples.get(model)
+            if kept is None:
+                kept = self._samples[model] = deque(maxlen=self.window)
+            kept.append(sample)
 
-    def report(self, model: str) -> tuple[float, int, int]:
-        """(median pace, requests it is over) for ``model``, and the arrivals of any model; pace 0
-        with none measured."""
+    def report(self, model: str) -> Load:
+        """``model``'s medians and the arrivals of any model (the medians 0 with none measured)."""
         with self._lock:
-            pace = self._paces.get(model)
-            n = pace.samples if pace is not None else 0
-            times, oldest = self._arrivals, self._clock() - self.max_age_s
+            oldest = self._clock() - self.max_age_s
+            kept = self._samples.get(model, ())
+            while kept and kept[0][0] < oldest:
+                kept.popleft()  # type: ignore[union-attr]
+            times = self._arrivals
             while times and times[0] < oldest:
                 times.popleft()
-            return (pace.factor if pace is not None and n else 0.0), n, len(times)
+            if not kept:
+                return Load(0.0, 0.0, 0.0, 0, len(times))
+            return Load(
+                statistics.median(k[1] for k in kept), statistics.median(k[2] for k in kept),
+                statistics.median(k[3] for k in kept), len(kept), len(times),
+            )  # fmt: skip
+
+
+def _clamped(ratio: float) -> float:
+    return min(MAX_FACTOR, max(1.0 / MAX_FACTOR, ratio))
 
 
 def _finite(value: object) -> bool:

@@ -547,6 +547,12 @@ class SplitClient:
         last requests (``server_pace``); 1 when not tracked or nothing recent."""
         return self.planner.server_factor
 
+    @property
+    def server_queue_ms(self) -> float:
+        """The server's queue the plans are priced with, ms: its measured queue over the last requests
+        (``server_pace``), added to every plan that uses it; 0 when not tracked or nothing recent."""
+        return self.planner.server_queue_ms
+
     def describe(self) -> str:
         """Several lines: the emulation, the profiles, the plan and what was assumed."""
         p = self.plan
@@ -558,7 +564,8 @@ class SplitClient:
                 f"; priced {self.server_factor:.2f}x its times (its measured pace)"
                 if self.server_factor != 1
                 else ""
-            ),
+            )
+            + (f", {self.server_queue_ms:.0f} ms of queue" if self.server_queue_ms else ""),
             f"link estimate: {self.link.uplink_mbps:.3g} Mbit/s up, RTT {self.link.rtt_ms:.1f} ms",
             f"plan: {p.strategy}, boundary {list(p.boundary_nodes) or '-'}, codecs "
             f"{[b.codec for b in p.boundary] or '-'}, predicted {p.cost.total_ms:.1f} ms",
@@ -625,7 +632,11 @@ class SplitClient:
             # an edge-only client observes nothing without probes: its pace expires here
             if self.planner.plan.strategy == "edge-only" and self._pace_server(None):
                 self.last_decision = self.planner.replan(self.estimator.link)
-            plan, server_factor = self.planner.plan, self.planner.server_factor
+            plan, server_factor, queue_ms = (
+                self.planner.plan,
+                self.planner.server_factor,
+                self.planner.server_queue_ms,
+            )
             self.requests += 1
             down = time.monotonic() < self._down_until
         # Probe only while edge-only, when the link is otherwise idle: a remote plan's own requests
@@ -636,7 +647,9 @@ class SplitClient:
         # predictions are for the profiles' batch; a request of more rows takes longer, about in proportion
         rows, profile_rows = int(inputs[0].shape[0]), max(1, self.device_profile.batch_size)
         scale = max(1.0, rows / profile_rows)
-        run = Run(self, plan, t0, scale, server_factor, profile_rows=rows == profile_rows)
+        run = Run(
+            self, plan, t0, scale, server_factor, profile_rows=rows == profile_rows, server_queue_ms=queue_ms
+        )
         again = False
         try:
             if plan.strategy == "edge-only":
@@ -770,7 +783,7 @@ class SplitClient:
 
     def _observe(
         self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = _REQUEST_MIN_MOVE,
-        overdue: tuple[float, float] | None = None, server: tuple[float, float] | None = None,
+        overdue: tuple[float, float] | None = None, server: tuple[float, float, float] | None = None,
     ) -> bool:  # fmt: skip
         """Fold in a request or probe and re-plan; True when it was a step and the plan is still edge-only
         (a probe then measures again at once, sized for the new estimate).
@@ -783,8 +796,9 @@ class SplitClient:
         answer (``Run._overdue_after_s``, or its deadline; nothing received), with its network and
         server parts as predicted (the server's without its pace): whether the link or the server was
         slow is told by the next observation (:meth:`_attribute_overdue`). ``server``: a request's
-        server part, ``(predicted by the profile, reported)`` ms, for the server's pace
-        (``server_pace``): a pace that moved past its tolerance re-prices the server and re-plans."""
+        server part, ``(predicted by the profile, reported, of which queued)`` ms, for the server's pace
+        (``server_pace``): a pace or queue that moved past its tolerance re-prices the server and
+        re-plans."""
         with self._lock:
             if overdue is not None:
                 self.estimator.observe_overdue(bytes_up, network_ms)
@@ -800,7 +814,11 @@ class SplitClient:
                 # this observation settled, so that the report, the newer evidence, stands over it
                 load, self._pending_load = self._pending_load, None
                 if load is not None and self._pace is not None:
-                    self._pace.report(load.pace, load.requests, load.arrivals, load.in_flight)
+                    if load.compute_pace > 0:  # the compute and the queue apart
+                        pace, queue_ms = load.compute_pace, load.queue_ms
+                    else:  # a server before those fields: one factor for both, as it was
+                        pace, queue_ms = load.pace, 0.0
+                    self._pace.report(pace, load.requests, load.arrivals, load.in_flight, queue_ms)
             self._last_observed = time.monotonic()
             link, stepped = self.estimator.link, self.estimator.stepped
             paced = self._pace_server(server)
@@ -826,32 +844,37 @@ class SplitClient:
             return None
         return server_ms, at_least
 
-    def _pace_server(self, sample: tuple[float, float] | None) -> bool:
-        """Fold in a request's server part and re-price the server if its pace moved (under the lock);
-        True when it did. Also run for probes: a pace with nothing recent goes back to 1."""
+    def _pace_server(self, sample: tuple[float, float, float] | None) -> bool:
+        """Fold in a request's server part ``(predicted, reported, of which queued)`` ms and re-price
+        the server if its pace or its queue moved (under the lock); True when it did. Also run for
+        probes: a pace with nothing recent goes back to 1, a queue to 0."""
         if self._pace is None:  # off, or a forced plan (which never changes)
             return False
         if sample is not None:
             self._pace.observe(*sample)
-        factor = self._pace.due(self.planner.server_factor)
-        if factor is None:
+        planner = self.planner
+        before, queued = planner.server_factor, planner.server_queue_ms
+        factor, queue_ms = self._pace.due(before), self._pace.queue_due(queued)
+        if factor is None and queue_ms is None:
             return False
-        before = self.planner.server_factor
-        self.planner.set_server_factor(factor)
+        factor = before if factor is None else factor
+        queue_ms = queued if queue_ms is None else queue_ms
+        planner.set_server_factor(factor)
+        planner.set_server_queue(queue_ms)
+        pace = f"{factor:.2f}x its profile's compute after {queue_ms:.0f} ms in its queue"
         reported = self._pace.reported
         if reported is not None:
             said = (
-                f"the server reports it answers {factor:.2f}x its profile's times over its last {reported} "
-                f"request(s)" if reported else "the server reports it is idle"
+                f"the server reports it answers {pace}, over its last {reported} request(s)"
+                if reported else "the server reports it is idle"
             )  # fmt: skip
         elif self._pace.samples:
-            said = (
-                f"the server answers {factor:.2f}x its profile's times over its last "
-                f"{self._pace.samples} request(s)"
-            )
+            said = f"the server answers {pace}, over its last {self._pace.samples} request(s)"
         else:
             said = "no recent answer from the server: priced by its profile again"
-        self.notes.append(f"{said} (was priced at {before:.2f}x): re-planning with that")
+        self.notes.append(
+            f"{said} (was priced at {before:.2f}x and {queued:.0f} ms of queue): re-planning with that"
+        )
         del self.notes[:-_MAX_NOTES]
         return True
 

@@ -367,6 +367,7 @@ class Planner:
         self.unsendable = frozenset(unsendable)
         self._server_profile = server  # as given: what server_factor scales
         self.server_factor = 1.0
+        self.server_queue_ms = 0.0  # added to every plan that uses the server (set_server_queue)
         self.tensor_cost = self._tensor_cost()
         if max_remote_ms is not None and not (
             isinstance(max_remote_ms, (int, float)) and math.isfinite(max_remote_ms) and max_remote_ms > 0
@@ -411,6 +412,24 @@ class Planner:
         self.profiles = (self.profiles[0], server)
         self.tensor_cost = self._tensor_cost()
 
+    def set_server_queue(self, queue_ms: float) -> None:
+        """Price every plan that uses the server ``queue_ms`` slower from now on, whatever its cut: the
+        server's measured queue (requests of other clients ahead of each of ours), which adds time
+        rather than multiplying it (:class:`~splitdnn.runtime._server_pace.ServerPace`). It is priced
+        as part of the link's round trip, which the solver charges once to every plan that sends
+        anything, so a plan's ``cost.rtt_ms`` includes it. The plan is not re-priced here: the next
+        :meth:`replan` does it, with the hysteresis rules."""
+        number = isinstance(queue_ms, (int, float)) and not isinstance(queue_ms, bool)
+        if not (number and math.isfinite(queue_ms) and queue_ms >= 0):
+            raise ConfigError(f"server queue must be a finite number of ms >= 0, found {queue_ms!r}")
+        self.server_queue_ms = float(queue_ms)
+
+    def _priced(self, link: Link) -> list[Link]:
+        """The links a plan is priced under: ``link`` with the server's queue in its round trip."""
+        if not self.server_queue_ms:
+            return [link]
+        return [dataclasses.replace(link, rtt_ms=link.rtt_ms + self.server_queue_ms)]
+
     def _tensor_cost(self) -> TensorCostFn:
         best = solver.codec_tensor_cost(self.profiles, **self._codec_choice)  # type: ignore[arg-type]
         return _guarded(best, self.unsendable) if self.unsendable else best
@@ -423,18 +442,20 @@ class Planner:
         """``plan`` re-priced under ``link`` with the codecs it uses."""
         codecs = {b.node: b.codec for b in plan.boundary}
         return solver.evaluate(
-            self.profiles, [link], plan.tiers, constraints=self.constraints,
+            self.profiles, self._priced(link), plan.tiers, constraints=self.constraints,
             tensor_cost=_fixed_codecs(codecs, self.tensor_cost),
         )  # fmt: skip
 
     def best(self, link: Link) -> Plan:
         """The solver's optimal plan under ``link`` (codecs chosen with the cut); edge-only instead
         when its remote part is predicted over ``max_remote_ms`` (the client's deadline)."""
-        plan = solver.solve(self.profiles, [link], constraints=self.constraints, tensor_cost=self.tensor_cost)
+        plan = solver.solve(
+            self.profiles, self._priced(link), constraints=self.constraints, tensor_cost=self.tensor_cost
+        )
         if self._unfit(plan) is not None:
             plan = self._best_accepted(link)
         if self.max_remote_ms is not None and remote_ms(plan) > self.max_remote_ms:
-            return solver.edge_only(self.profiles, [link], tensor_cost=self.tensor_cost)
+            return solver.edge_only(self.profiles, self._priced(link), tensor_cost=self.tensor_cost)
         return plan
 
     @property
@@ -500,7 +521,11 @@ class Planner:
             self._prefixes = [prefix_tiers(compute, k) for k in ends]
         unfit = []
         for plan in solver.ranked(
-            self.profiles, [link], self._prefixes, constraints=self.constraints, tensor_cost=self.tensor_cost
+            self.profiles,
+            self._priced(link),
+            self._prefixes,
+            constraints=self.constraints,
+            tensor_cost=self.tensor_cost,
         ):
             why = self._unfit(plan)
             if why is None:
@@ -518,10 +543,10 @@ class Planner:
         """
         lk = link or self.link
         if kind == "edge":
-            return solver.edge_only(self.profiles, [lk], tensor_cost=self.tensor_cost)
+            return solver.edge_only(self.profiles, self._priced(lk), tensor_cost=self.tensor_cost)
         if kind == "cloud":
             return solver.cloud_only(
-                self.profiles, [lk], constraints=self.constraints, tensor_cost=self.tensor_cost
+                self.profiles, self._priced(lk), constraints=self.constraints, tensor_cost=self.tensor_cost
             )
         raise ConfigError(f"baseline kind must be 'edge' or 'cloud', found {kind!r}")
 
@@ -693,7 +718,7 @@ class Planner:
             return self.baseline("edge", link)
         try:
             plan = solver.evaluate(
-                self.profiles, [link], self._forced_tiers, constraints=self.constraints,
+                self.profiles, self._priced(link), self._forced_tiers, constraints=self.constraints,
                 tensor_cost=self.tensor_cost,
             )  # fmt: skip
         except PlanError as exc:

@@ -143,6 +143,8 @@ class ServerLoadData:
     in_flight: int  # ModelInfer requests being served now, any model
     window_s: float
     arrivals: int  # requests of any model that arrived within the window, measured or not
+    compute_pace: float = 0.0  # median compute / the profile's compute (0: none, or an older server)
+    queue_ms: float = 0.0  # median time in the server's queue (0: none, or an older server)
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,8 @@ def build_probe_response(received_bytes: int, load: ServerLoadData | None = None
         msg.load.in_flight = load.in_flight
         msg.load.window_s = load.window_s
         msg.load.arrivals = load.arrivals
+        msg.load.compute_pace = load.compute_pace
+        msg.load.queue_ms = load.queue_ms
     return msg
 
 
@@ -368,24 +372,27 @@ def parse_probe_response(msg: sd_pb.ProbeResponse, sent_bytes: int) -> int:
 
 def parse_server_load(msg: sd_pb.ProbeResponse) -> ServerLoadData | None:
     """The load a Probe answer reports (None when it has none: an older server, or no profile);
-    WireError for values no server sends (a pace that is not a finite number >= 0, negative counts,
-    a window that is not a finite number > 0)."""
+    WireError for values no server sends (a pace or a queue that is not a finite number >= 0,
+    negative counts, a window that is not a finite number > 0)."""
     if not isinstance(msg, sd_pb.ProbeResponse):
         raise WireError(f"expected a splitdnn.v1.ProbeResponse, found {type(msg).__name__}")
     if not msg.HasField("load"):
         return None
     load = msg.load
     counts = (load.requests, load.in_flight, load.arrivals)
-    if not (math.isfinite(load.pace) and load.pace >= 0 and min(counts) >= 0):
+    times = (load.pace, load.compute_pace, load.queue_ms)
+    if not (all(math.isfinite(t) and t >= 0 for t in times) and min(counts) >= 0):
         raise WireError(
-            f"the server reported load pace={load.pace!r}, requests={load.requests}, in_flight="
-            f"{load.in_flight}, arrivals={load.arrivals}; expected a finite pace >= 0 and counts >= 0 "
-            f"(is the server splitdnn's?)"
+            f"the server reported load pace={load.pace!r}, compute_pace={load.compute_pace!r}, queue_ms="
+            f"{load.queue_ms!r}, requests={load.requests}, in_flight={load.in_flight}, arrivals="
+            f"{load.arrivals}; expected finite paces and queue >= 0 and counts >= 0 (is the server "
+            f"splitdnn's?)"
         )
     if not (math.isfinite(load.window_s) and load.window_s > 0):
         raise WireError(
             f"the server reported a load window of {load.window_s!r} s; expected a finite number > 0"
         )
     return ServerLoadData(
-        float(load.pace), int(load.requests), int(load.in_flight), float(load.window_s), int(load.arrivals)
-    )
+        float(load.pace), int(load.requests), int(load.in_flight), float(load.window_s), int(load.arrivals),
+        float(load.compute_pace), float(load.queue_ms),
+    )  # fmt: skip

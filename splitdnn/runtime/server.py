@@ -504,16 +504,19 @@ class TailServer:
         serve it or has no profile of it (nothing to measure its pace against)."""
         if name not in self._models or name not in self._profiles:
             return None
-        pace, requests, arrivals = self._loads.report(name)
-        return serde.ServerLoadData(pace, requests, self._inflight.requests, self._loads.max_age_s, arrivals)
+        load = self._loads.report(name)
+        return serde.ServerLoadData(
+            load.pace, load.requests, self._inflight.requests, self._loads.max_age_s, load.arrivals,
+            compute_pace=load.compute_pace, queue_ms=load.queue_ms,
+        )  # fmt: skip
 
     def _measure_pace(self, model: str, predicted_ms: float, future: Future[Any]) -> None:
-        """When a request's batch has run (also for a client that stopped waiting): its queue +
+        """When a request's batch has run (also for a client that stopped waiting): its queue and its
         compute against ``predicted_ms``, the profile's time for its tail."""
         if future.cancelled() or future.exception() is not None:
             return
         result: BatchResult = future.result()
-        self._loads.observe(model, predicted_ms, (result.queue_s + result.compute_s) * 1000.0)
+        self._loads.observe(model, predicted_ms, result.queue_s * 1000.0, result.compute_s * 1000.0)
 
     def _check_profiles(self) -> None:
         for name, profile in self.config.profiles.items():

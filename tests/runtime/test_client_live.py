@@ -461,7 +461,7 @@ def test_a_probe_reports_the_servers_pace_and_a_new_client_starts_priced_at_it(
         assert _load(server.address, MODEL) == serde.ServerLoadData(0.0, 0, 0, 10.0, 0)  # idle
         assert _load(server.address, "") is None and _load(server.address, "zzz") is None
         assert _load(server.address, "m" * 5000) is None  # longer than any served name: not looked up
-        ratios = []
+        ratios, computes, queues = [], [], []
         with SplitClient(
             server.address, live.traced, device_profile=live.device, force_boundary="cloud",
             probe_interval_s=None, fallback_local=False,
@@ -472,23 +472,32 @@ def test_a_probe_reports_the_servers_pace_and_a_new_client_starts_priced_at_it(
                 assert b is not None and not b.local
                 if i:  # the first built the tail
                     ratios.append((b.server_queue_ms + b.server_compute_ms) / predicted)
+                    computes.append(b.server_compute_ms / predicted)
+                    queues.append(b.server_queue_ms)
         # exact at once: one client, one request at a time, max_batch_size 1: each ran inline on its
         # handler thread, which measured it before it answered (a batch thread's job may be measured
         # a moment after its client has the answer)
         busy = _load(server.address, MODEL)
         assert busy is not None and (busy.requests, busy.arrivals, busy.in_flight) == (4, 5, 0)
-        pace = statistics.median(min(MAX_FACTOR, max(1 / MAX_FACTOR, r)) for r in ratios)  # as the server
-        assert busy.pace == pytest.approx(pace, rel=0.02)  # the same times the answers reported
+
+        def median(values: list[float]) -> float:  # as the server: ratios clamped
+            return statistics.median(min(MAX_FACTOR, max(1 / MAX_FACTOR, r)) for r in values)
+
+        assert busy.pace == pytest.approx(median(ratios), rel=0.02)  # the same times the answers reported
+        assert busy.compute_pace == pytest.approx(median(computes), rel=0.02)
+        assert busy.queue_ms == pytest.approx(statistics.median(queues), abs=0.05)  # inline: microseconds
         with SplitClient(
             server.address, live.traced, device_profile=live.device, link=Link(200.0, rtt_ms=1.0),
             fallback_local=False,
         ) as client:  # fmt: skip
             assert client.requests == 0
-            if abs(math.log(busy.pace)) > math.log(1.25):  # past the pace's tolerance: re-priced
-                assert client.server_factor == pytest.approx(busy.pace), client.describe()
+            # the compute's pace: the queue is priced apart (here a few microseconds: under its floor)
+            if abs(math.log(busy.compute_pace)) > math.log(1.25):  # past the pace's tolerance: re-priced
+                assert client.server_factor == pytest.approx(busy.compute_pace), client.describe()
                 assert "the server reports it answers" in client.describe()
             else:  # a machine where the model computes in under 1.5 ms: within the tolerance
                 assert client.server_factor == 1.0
+            assert client.server_queue_ms == 0.0
             # a report no server sends costs the report, not the probe's link sample
             with monkeypatch.context() as patched:
                 patched.setattr(serde, "parse_server_load", _malformed)
@@ -504,6 +513,30 @@ def test_a_probe_reports_the_servers_pace_and_a_new_client_starts_priced_at_it(
             link=Link(200.0, rtt_ms=1.0), fallback_local=False,
         ) as own:  # fmt: skip
             assert own.server_factor == 1.0 and own._pending_load is None
+
+
+def test_a_reported_queue_is_priced_apart_from_the_compute(live: Live) -> None:
+    """A server that reports its queue (a newer one): the client prices its compute at the reported
+    compute pace and adds the queue to every remote plan; an older server's single pace is taken as
+    a factor for both, as before."""
+    with live.client(link=Link(100.0, rtt_ms=1.0), probe_interval_s=None) as client:
+        assert client.server_queue_ms == 0.0
+        edge = client.planner.baseline("edge").cost.total_ms
+        cloud = client.planner.baseline("cloud").cost.total_ms
+        client._pending_load = serde.ServerLoadData(9.0, 20, 3, 10.0, 25, compute_pace=1.5, queue_ms=400.0)
+        client._observe_probe(256 << 10, 100, 3.0)
+        assert client.server_factor == pytest.approx(1.5) and client.server_queue_ms == pytest.approx(400.0)
+        assert "400 ms in its queue" in client.describe()
+        priced = client.planner.baseline("cloud").cost
+        assert sum(priced.rtt_ms) >= 400.0 and priced.total_ms > cloud + 400.0  # the queue, and x1.5
+        assert client.planner.baseline("edge").cost.total_ms == pytest.approx(edge)
+        assert client.plan.strategy == "edge-only", client.describe()  # 400 ms to wait: not worth it
+        client._pending_load = serde.ServerLoadData(0.0, 0, 0, 10.0, 0)  # idle now: no queue, 1x
+        client._observe_probe(256 << 10, 100, 3.0)
+        assert client.server_factor == 1.0 and client.server_queue_ms == 0.0, client.describe()
+        client._pending_load = serde.ServerLoadData(9.0, 20, 3, 10.0, 25)  # an older server's report
+        client._observe_probe(256 << 10, 100, 3.0)
+        assert client.server_factor == pytest.approx(9.0) and client.server_queue_ms == 0.0
 
 
 def _malformed(msg: object) -> None:

@@ -455,6 +455,64 @@ def test_a_bad_server_factor_is_refused(bad: object) -> None:
     assert planner.server_factor == 1.0
 
 
+def test_a_server_queue_adds_the_same_time_to_every_plan_that_uses_the_server() -> None:
+    """An 80 ms queue: the split (61 ms on the profile) and cloud-only both take 80 ms more, edge-only
+    (120 ms) nothing; the split at 141 ms loses to edge-only once the re-plans confirm it."""
+    device, server = _profiles()
+    link = Link(10.0, rtt_ms=20.0)
+    planner = Planner(device, server, link, hysteresis=Hysteresis(0.1, 3, None))
+    split = planner.plan
+    before = {
+        "split": split.cost.total_ms,
+        "cloud": planner.baseline("cloud").cost.total_ms,
+        "edge": planner.baseline("edge").cost.total_ms,
+    }
+    assert split.strategy == "split" and before["split"] == pytest.approx(60.6, abs=1.0)
+    assert before["edge"] == pytest.approx(120.0)
+    planner.set_server_queue(80.0)
+    assert planner.server_queue_ms == 80.0 and planner.plan is split  # re-priced by the next re-plan
+    queued = planner.price(split, link).cost
+    assert queued.total_ms == pytest.approx(before["split"] + 80.0)
+    assert sum(queued.rtt_ms) == pytest.approx(20.0 + 80.0)  # priced in the round trip
+    assert queued.server_ms == pytest.approx(split.cost.server_ms)  # the compute as before
+    assert planner.baseline("cloud").cost.total_ms == pytest.approx(before["cloud"] + 80.0)
+    assert planner.baseline("edge").cost.total_ms == pytest.approx(before["edge"])
+    d1, d2 = planner.replan(link), planner.replan(link)
+    assert not d1.switched and not d2.switched
+    d3 = planner.replan(link)
+    assert d3.switched and d3.plan.strategy == "edge-only"
+    planner.set_server_queue(0.0)  # the queue is gone: the split again, by the same rules
+    for _ in range(2):
+        assert not planner.replan(link).switched
+    assert planner.replan(link).plan.strategy == "split"
+
+
+def test_a_queue_and_a_factor_price_a_small_tail_apart() -> None:
+    """The same server time measured on cloud-only (120 ms: a 10x pace on its 12 ms, or a 108 ms queue
+    ahead of them) prices the split's 10 ms tail at 100 ms as a factor, at 118 ms as a queue."""
+    device, server = _profiles()
+    link = Link(10.0, rtt_ms=20.0)
+    as_factor = Planner(device, server, link)
+    as_queue = Planner(device, server, link)
+    split = as_factor.plan
+    as_factor.set_server_factor(10.0)
+    as_queue.set_server_queue(108.0)
+    cloud = as_factor.baseline("cloud").cost
+    assert cloud.server_ms == pytest.approx(120.0)  # 12 ms of compute on the profile, x10
+    f, q = as_factor.price(split, link).cost, as_queue.price(split, link).cost
+    assert f.server_ms + sum(f.rtt_ms) == pytest.approx(100.0 + 20.0)
+    assert q.server_ms + sum(q.rtt_ms) == pytest.approx(10.0 + 108.0 + 20.0)
+    assert as_queue.baseline("cloud").cost.server_ms + 108.0 == pytest.approx(cloud.server_ms)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "5"])
+def test_a_bad_server_queue_is_refused(bad: object) -> None:
+    planner = Planner(*_profiles(), Link(10.0, rtt_ms=20.0))
+    with pytest.raises(ConfigError, match="server queue must be a finite number of ms >= 0"):
+        planner.set_server_queue(bad)  # type: ignore[arg-type]
+    assert planner.server_queue_ms == 0.0
+
+
 def test_one_good_sample_resets_the_confirmations() -> None:
     device, server = _profiles()
     planner = Planner(device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 2, None))

@@ -103,5 +103,13 @@ def test_splitdnn_v1_service() -> None:
     assert fields["weights_digest"] == 9
     assert _fields(sd_pb.ProbeRequest) == {"payload": 1, "model": 2}
     assert _fields(sd_pb.ProbeResponse) == {"received_bytes": 1, "load": 2}
-    load = {"pace": 1, "requests": 2, "in_flight": 3, "window_s": 4, "arrivals": 5}
+    load = {
+        "pace": 1,
+        "requests": 2,
+        "in_flight": 3,
+        "window_s": 4,
+        "arrivals": 5,
+        "compute_pace": 6,
+        "queue_ms": 7,
+    }
     assert _fields(sd_pb.ServerLoad) == load

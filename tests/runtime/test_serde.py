@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -187,7 +188,9 @@ def test_probe_messages_carry_the_asked_models_load() -> None:
     assert (
         serde.probe_model(request) == "resnet18" and serde.probe_model(serde.build_probe_request(b"")) == ""
     )
-    load = serde.ServerLoadData(pace=2.5, requests=7, in_flight=3, window_s=10.0, arrivals=9)
+    load = serde.ServerLoadData(
+        pace=2.5, requests=7, in_flight=3, window_s=10.0, arrivals=9, compute_pace=1.25, queue_ms=40.0
+    )
     assert serde.parse_server_load(serde.build_probe_response(3, load)) == load
     assert serde.parse_server_load(serde.build_probe_response(3)) is None  # an older server, or no profile
     idle = serde.ServerLoadData(pace=0.0, requests=0, in_flight=0, window_s=10.0, arrivals=0)
@@ -195,10 +198,27 @@ def test_probe_messages_carry_the_asked_models_load() -> None:
 
 
 @pytest.mark.parametrize(
+    ("compute_pace", "queue_ms", "message"),
+    [
+        (math.nan, 0.0, "compute_pace=nan"),
+        (-0.5, 0.0, "compute_pace=-0.5"),
+        (1.0, math.inf, "queue_ms=inf"),
+        (1.0, -2.0, "queue_ms=-2.0"),
+    ],
+)
+def test_a_compute_pace_or_queue_no_server_sends_is_refused(
+    compute_pace: float, queue_ms: float, message: str
+) -> None:
+    load = serde.ServerLoadData(2.0, 3, 0, 10.0, 3, compute_pace=compute_pace, queue_ms=queue_ms)
+    with pytest.raises(WireError, match=re.escape(message)):
+        serde.parse_server_load(serde.build_probe_response(3, load))
+
+
+@pytest.mark.parametrize(
     ("pace", "requests", "in_flight", "window_s", "arrivals", "message"),
     [
-        (math.nan, 3, 0, 10.0, 3, "expected a finite pace >= 0"),
-        (-1.0, 3, 0, 10.0, 3, "expected a finite pace >= 0"),
+        (math.nan, 3, 0, 10.0, 3, "expected finite paces and queue >= 0"),
+        (-1.0, 3, 0, 10.0, 3, "expected finite paces and queue >= 0"),
         (2.0, -3, 0, 10.0, 3, "counts >= 0"),
         (2.0, 3, -1, 10.0, 3, "counts >= 0"),
         (2.0, 3, 0, 10.0, -1, "arrivals=-1; expected"),

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from splitdnn.errors import ConfigError
-from splitdnn.runtime._server_pace import MAX_FACTOR, LoadTracker, ServerPace
+from splitdnn.runtime._server_pace import MAX_FACTOR, Load, LoadTracker, ServerPace
 
 
 class _Clock:
@@ -171,22 +171,92 @@ def test_the_newest_evidence_decides_between_the_report_and_the_clients_own_requ
     assert pace.reported is None and pace.factor == 1.0
 
 
-def test_the_tracker_reports_each_models_median_over_its_recent_requests() -> None:
+def test_the_tracker_reports_each_models_medians_over_its_recent_requests() -> None:
     clock = _Clock()
     tracker = LoadTracker(window=4, max_age_s=10.0, clock=clock)
-    assert tracker.report("m") == (0.0, 0, 0)
-    for took in (20.0, 30.0, 40.0, 1000.0, 50.0):  # the oldest leaves the window of 4
+    assert tracker.report("m") == Load(0.0, 0.0, 0.0, 0, 0)
+    # (queue, compute) ms against a 10 ms prediction; the oldest leaves the window of 4
+    for queue, compute in ((5.0, 15.0), (10.0, 20.0), (25.0, 15.0), (990.0, 10.0), (30.0, 20.0)):
         tracker.arrived()
-        tracker.observe("m", 10.0, took)
+        tracker.observe("m", 10.0, queue, compute)
     tracker.arrived()
-    tracker.observe("m", 0.5, 100.0)  # a tail predicted under 1 ms: all fixed cost, not used
-    tracker.observe("other", 10.0, 10.0)
-    assert tracker.report("m") == (pytest.approx(4.5), 4, 6)
-    assert tracker.report("other") == (pytest.approx(1.0), 1, 6)  # arrivals are the server's, any model
+    tracker.observe("m", 0.5, 0.0, 100.0)  # a tail predicted under 1 ms: all fixed cost, not used
+    for bad in (math.nan, -1.0, math.inf):
+        tracker.observe("m", 10.0, bad, 10.0)  # not counted either
+        tracker.observe("m", 10.0, 10.0, bad)
+    tracker.observe("other", 10.0, 0.0, 10.0)
+    m = tracker.report("m")
+    # totals 3, 4, 10 (clamped from 100), 5: median 4.5; compute 2, 1.5, 1, 2: 1.75; queue 10, 25, 990, 30
+    assert m == Load(pytest.approx(4.5), pytest.approx(1.75), pytest.approx(27.5), 4, 6)
+    # arrivals are the server's, any model
+    assert tracker.report("other") == Load(pytest.approx(1.0), pytest.approx(1.0), 0.0, 1, 6)
     clock.now += 5.0
     tracker.arrived()  # arrived, not measured (yet)
     clock.now += 6.0
-    assert tracker.report("m") == (0.0, 0, 1)  # not idle: one arrived within the window
-    assert tracker.report("third") == (0.0, 0, 1)  # a model nobody asked for: the server is busy all the same
+    assert tracker.report("m") == Load(0.0, 0.0, 0.0, 0, 1)  # not idle: one arrived within the window
+    # a model nobody asked for: the server is busy all the same
+    assert tracker.report("third") == Load(0.0, 0.0, 0.0, 0, 1)
     clock.now += 5.0
-    assert tracker.report("m") == (0.0, 0, 0)
+    assert tracker.report("m") == Load(0.0, 0.0, 0.0, 0, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# the queue, priced apart from the compute
+
+
+def test_the_queue_is_taken_out_of_the_ratio_and_kept_apart() -> None:
+    pace = ServerPace(min_samples=3, clock=_Clock())
+    for queue in (40.0, 60.0, 50.0):
+        assert pace.observe(10.0, 20.0 + queue, queue)  # 20 ms of compute after the queue
+    assert pace.factor == pytest.approx(2.0) and pace.queue_ms == pytest.approx(50.0)
+    assert pace.due(1.0) == pytest.approx(2.0) and pace.queue_due(0.0) == pytest.approx(50.0)
+    # a queue over the reported time is a server's rounding: the whole time was the queue
+    pace.clear()
+    for _ in range(3):
+        pace.observe(10.0, 30.0, 31.0)
+    assert pace.queue_ms == pytest.approx(30.0) and pace.factor == 1 / MAX_FACTOR
+
+
+def test_a_single_factor_would_have_priced_a_queue_by_the_tail_it_was_measured_with() -> None:
+    """A 100 ms queue ahead of a 10 ms tail: one factor read 11 (cut to MAX_FACTOR); the compute's own
+    pace is 1, and the queue stands apart for any cut."""
+    pace = ServerPace(min_samples=1, clock=_Clock())
+    pace.observe(10.0, 110.0, 100.0)
+    assert pace.factor == pytest.approx(1.0) and pace.queue_ms == pytest.approx(100.0)
+
+
+def test_bad_queues_are_not_used() -> None:
+    pace = ServerPace(min_samples=1, clock=_Clock())
+    for bad in (math.nan, math.inf, -1.0, True, "3"):
+        assert not pace.observe(10.0, 20.0, bad)  # type: ignore[arg-type]
+        assert not pace.report(2.0, requests=5, arrivals=5, in_flight=0, queue_ms=bad)  # type: ignore[arg-type]
+    assert pace.samples == 0 and pace.queue_ms == 0.0 and pace.reported is None
+
+
+def test_queue_due_only_past_the_tolerance_and_the_floor() -> None:
+    clock = _Clock()
+    pace = ServerPace(min_samples=1, window=1, tolerance=0.25, min_queue_move_ms=2.0, clock=clock)
+    pace.observe(10.0, 10.003, 0.003)  # an idle server's few microseconds
+    assert pace.queue_due(0.0) is None
+    pace.observe(10.0, 11.5, 1.5)
+    assert pace.queue_due(0.0) is None  # under the 2 ms floor
+    pace.observe(10.0, 60.0, 50.0)
+    assert pace.queue_due(0.0) == pytest.approx(50.0)
+    assert pace.queue_due(45.0) is None  # within 25 % of 50
+    assert pace.queue_due(30.0) == pytest.approx(50.0)
+    clock.now += 31.0  # nothing recent: no queue
+    assert pace.queue_due(50.0) == 0.0
+
+
+def test_a_report_carries_the_queue_and_an_idle_one_clears_it() -> None:
+    pace = ServerPace(min_samples=3, clock=_Clock())
+    assert pace.report(1.5, requests=10, arrivals=12, in_flight=4, queue_ms=80.0)
+    assert pace.factor == pytest.approx(1.5) and pace.queue_ms == pytest.approx(80.0)
+    assert pace.queue_due(0.0) == pytest.approx(80.0)
+    assert pace.report(0.0, requests=0, arrivals=0, in_flight=0, queue_ms=80.0)  # idle: no queue
+    assert pace.queue_ms == 0.0 and pace.queue_due(80.0) == 0.0
+
+
+def test_a_bad_queue_floor_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="min_queue_move_ms must be a finite number > 0"):
+        ServerPace(min_queue_move_ms=0.0)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 from . import POOL as _POOL  # noqa: E402
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x0esplitdnn.proto\x12\x0bsplitdnn.v1\" \n\x10ModelInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd2\x01\n\x11ModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0cprofile_json\x18\x03 \x01(\t\x12\x0e\n\x06inputs\x18\x04 \x03(\t\x12\x0e\n\x06\x63odecs\x18\x05 \x03(\t\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x03\x12\x19\n\x11max_decoded_bytes\x18\x07 \x01(\x03\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\x05\x12\x16\n\x0eweights_digest\x18\t \x01(\t\".\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\"N\n\rProbeResponse\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x03\x12%\n\x04load\x18\x02 \x01(\x0b\x32\x17.splitdnn.v1.ServerLoad\"c\n\nServerLoad\x12\x0c\n\x04pace\x18\x01 \x01(\x01\x12\x10\n\x08requests\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\x10\n\x08\x61rrivals\x18\x05 \x01(\x05\x32\xa1\x01\n\x0cSplitService\x12O\n\x0cGetModelInfo\x12\x1d.splitdnn.v1.ModelInfoRequest\x1a\x1e.splitdnn.v1.ModelInfoResponse\"\x00\x12@\n\x05Probe\x12\x19.splitdnn.v1.ProbeRequest\x1a\x1a.splitdnn.v1.ProbeResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x0esplitdnn.proto\x12\x0bsplitdnn.v1\" \n\x10ModelInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd2\x01\n\x11ModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0cprofile_json\x18\x03 \x01(\t\x12\x0e\n\x06inputs\x18\x04 \x03(\t\x12\x0e\n\x06\x63odecs\x18\x05 \x03(\t\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x03\x12\x19\n\x11max_decoded_bytes\x18\x07 \x01(\x03\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\x05\x12\x16\n\x0eweights_digest\x18\t \x01(\t\".\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\"N\n\rProbeResponse\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x03\x12%\n\x04load\x18\x02 \x01(\x0b\x32\x17.splitdnn.v1.ServerLoad\"\x8b\x01\n\nServerLoad\x12\x0c\n\x04pace\x18\x01 \x01(\x01\x12\x10\n\x08requests\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\x10\n\x08\x61rrivals\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ompute_pace\x18\x06 \x01(\x01\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x32\xa1\x01\n\x0cSplitService\x12O\n\x0cGetModelInfo\x12\x1d.splitdnn.v1.ModelInfoRequest\x1a\x1e.splitdnn.v1.ModelInfoResponse\"\x00\x12@\n\x05Probe\x12\x19.splitdnn.v1.ProbeRequest\x1a\x1a.splitdnn.v1.ProbeResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROBEREQUEST']._serialized_end=324
   _globals['_PROBERESPONSE']._serialized_start=326
   _globals['_PROBERESPONSE']._serialized_end=404
-  _globals['_SERVERLOAD']._serialized_start=406
-  _globals['_SERVERLOAD']._serialized_end=505
-  _globals['_SPLITSERVICE']._serialized_start=508
-  _globals['_SPLITSERVICE']._serialized_end=669
+  _globals['_SERVERLOAD']._serialized_start=407
+  _globals['_SERVERLOAD']._serialized_end=546
+  _globals['_SPLITSERVICE']._serialized_start=549
+  _globals['_SPLITSERVICE']._serialized_end=710
 # @@protoc_insertion_point(module_scope)

@@ -51,15 +51,19 @@ class ProbeResponse(_message.Message):
     def __init__(self, received_bytes: _Optional[int] = ..., load: _Optional[_Union[ServerLoad, _Mapping]] = ...) -> None: ...
 
 class ServerLoad(_message.Message):
-    __slots__ = ("pace", "requests", "in_flight", "window_s", "arrivals")
+    __slots__ = ("pace", "requests", "in_flight", "window_s", "arrivals", "compute_pace", "queue_ms")
     PACE_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     ARRIVALS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_PACE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     pace: float
     requests: int
     in_flight: int
     window_s: float
     arrivals: int
-    def __init__(self, pace: _Optional[float] = ..., requests: _Optional[int] = ..., in_flight: _Optional[int] = ..., window_s: _Optional[float] = ..., arrivals: _Optional[int] = ...) -> None: ...
+    compute_pace: float
+    queue_ms: float
+    def __init__(self, pace: _Optional[float] = ..., requests: _Optional[int] = ..., in_flight: _Optional[int] = ..., window_s: _Optional[float] = ..., arrivals: _Optional[int] = ..., compute_pace: _Optional[float] = ..., queue_ms: _Optional[float] = ...) -> None: ...
