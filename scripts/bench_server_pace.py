@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import socket
 import statistics
@@ -180,7 +181,13 @@ def start_server(model: str, threads: int, log: Path) -> tuple[subprocess.Popen[
 
 
 def _client(
-    stack: contextlib.ExitStack, address: str, traced: Any, device: Any, args: argparse.Namespace, pace: bool
+    stack: contextlib.ExitStack,
+    address: str,
+    traced: Any,
+    device: Any,
+    args: argparse.Namespace,
+    pace: bool,
+    force: str | None = None,
 ) -> Any:
     """The measured client: the emulated device, its requests through the in-process shaper."""
     from splitdnn.runtime.client import SplitClient
@@ -200,6 +207,8 @@ def _client(
             threads=1,
             timeout_s=120.0,
             server_pace=pace,
+            force_boundary=force,
+            fallback_local=force is None,
         )  # fmt: skip
     )
 
@@ -253,7 +262,23 @@ def run_variant(
             "switches": client.planner.switches,
             "server_factor": round(client.server_factor, 3),
             "server_queue_ms": round(client.server_queue_ms, 1),
+            # what its pricing says of cloud-only now, against cloud-only measured (measure_cloud)
+            "predicted_cloud_at_end_ms": round(client.planner.baseline("cloud").cost.total_ms, 1),
         }
+
+
+def measure_cloud(address: str, traced: Any, device: Any, x: Any, args: argparse.Namespace) -> list[float]:
+    """Cloud-only's latency as it is now: a client forced to it, one warm-up and ``--requests`` timed."""
+    with contextlib.ExitStack() as stack:
+        client = _client(stack, address, traced, device, args, pace=False, force="cloud")
+        client.infer(x)
+        out = []
+        for _ in range(args.requests):
+            client.infer(x)
+            b = client.last_breakdown
+            assert b is not None and not b.local
+            out.append(round(b.total_ms, 2))
+        return out
 
 
 def run_long(
@@ -332,6 +357,7 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     phases: dict[str, dict[str, list[dict[str, Any]]]] = {}
     loads: dict[str, dict[str, float]] = {}
     long: dict[str, dict[str, Any]] = {}
+    cloud: dict[str, list[float]] = {}  # per phase: cloud-only measured after each round's variants
     try:
         for phase in ("idle", "loaded"):
             load = Load(address, args.model, args.load_clients) if phase == "loaded" else None
@@ -346,6 +372,7 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                             f"{rec['plans'][-1]}, {rec['switches']} switch(es), "
                             f"server factor {rec['server_factor']:.2f}, queue {rec['server_queue_ms']:.0f} ms"
                         )
+                    cloud[phase] = [*cloud.get(phase, []), *measure_cloud(address, traced, device, x, args)]
             finally:
                 if load is not None:
                     loads[phase] = load.stop()
@@ -373,11 +400,13 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                 "switches": [rec["switches"] for rec in recs],
                 "server_factors": [rec["server_factor"] for rec in recs],
                 "server_queues_ms": [rec["server_queue_ms"] for rec in recs],
+                "predicted_cloud_at_end_ms": [rec["predicted_cloud_at_end_ms"] for rec in recs],
+                "measured_cloud_median_ms": round(statistics.median(cloud[phase]), 1),
                 "predicted_at_start": [
                     "{edge:.0f} / {cloud:.0f}".format(**rec["predicted_at_start_ms"]) for rec in recs
                 ],
             }
-    return {"phases": phases, "summary": summary, "load": loads, "long": long}
+    return {"phases": phases, "summary": summary, "load": loads, "long": long, "cloud_ms": cloud}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -394,11 +423,15 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"server {s['server_threads']} thread(s); loaded: {s['load_clients']} closed-loop full-model "
         f"clients {loads}. {s['rounds']} round(s) of 1 warm-up + {s['requests']} timed requests per "
         "variant, the variants' order alternating. Latency: median [p10-p90] and mean over the rounds' "
-        "timed requests (a client that flaps has two modes: the mean shows what it costs).",
+        "timed requests (a client that flaps has two modes: the mean shows what it costs). The last "
+        "column: what each client's pricing said cloud-only takes when it ended, against cloud-only "
+        "measured by a client forced to it after each round (median over the phase): a pricing must "
+        "be right for the plans it does not run, too.",
         "",
         "| server | client | latency ms | mean ms | plan at the end (per round) | switches | "
-        "server factor / queue ms at the end | predicted edge-only / cloud-only ms at the start |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "server factor / queue ms at the end | predicted edge-only / cloud-only ms at the start | "
+        "cloud-only predicted at the end / measured ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, v in result["summary"].items():
         phase, label = key.split("/")
@@ -410,7 +443,9 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {phase} | {label} | {spread} | {v['mean_ms']:.0f} | {' / '.join(v['last_plans'])} | "
             f"{' / '.join(map(str, v['switches']))} | "
             f"{' / '.join(f'{f:.2f}, {q:.0f}' for f, q in priced)} | "
-            f"{', '.join(v.get('predicted_at_start', []))} |"
+            f"{', '.join(v.get('predicted_at_start', []))} | "
+            f"{' / '.join(f'{c:.0f}' for c in v.get('predicted_cloud_at_end_ms', []))} / "
+            f"{v.get('measured_cloud_median_ms', math.nan):.0f} |"
         )
     for phase in ("idle", "loaded"):
         a = result["summary"].get(f"{phase}/with pace")

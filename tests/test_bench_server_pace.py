@@ -33,6 +33,8 @@ def test_both_clients_run_against_an_idle_and_a_loaded_server(bench, tmp_path, c
             assert v["server_factors"] == [1.0] and v["server_queues_ms"] == [0.0]  # never paced
         if key.endswith("one factor"):
             assert v["server_queues_ms"] == [0.0]  # the queue folded into the factor
+        assert len(v["predicted_cloud_at_end_ms"]) == 1 and v["measured_cloud_median_ms"] > 0
+    assert {k: len(v) for k, v in result["cloud_ms"].items()} == {"idle": 2, "loaded": 2}  # forced cloud-only
     assert sorted(result["long"]) == ["own requests only", "the server's reports"]
     for rec in result["long"].values():
         assert rec["loaded_requests"] > 0 and len(rec["events"]) > rec["loaded_requests"]  # some after
