@@ -225,7 +225,10 @@ class StreamCall:
     """One persistent bidirectional stream called like a unary stub: each call sends one message and
     waits for its answer (the server answers in order). The stream opens on construction and ends
     with :meth:`close`; a stream has no per-message deadline, so ``timeout`` is accepted and unused
-    (the stream's own deadline is ``timeout_s``)."""
+    (the stream's own deadline is ``timeout_s``: a server that stops answering holds the benchmark
+    that long). What it measures is grpcio's synchronous streaming as a Python client and server
+    would use it: each message goes from this thread through a queue to gRPC's request-consumer
+    thread, and the server holds one handler thread for the stream's life."""
 
     def __init__(self, channel: grpc.Channel, method: str, timeout_s: float = 3600.0) -> None:
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()

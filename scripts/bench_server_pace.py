@@ -8,7 +8,7 @@ process keeps it busy with ``--load-clients`` closed-loop clients, each sending 
 input (stock v2 requests, no splitdnn client code) as soon as its last answer came. The measured
 client runs here: an emulated device (``--slowdown``, 1 thread, profiled once at the start), its
 requests through the in-process shaper (``--uplink-mbps``, ``--rtt-ms``). Per phase and round, a
-fresh client of each variant (their order reversed every other round) runs one warm-up and
+fresh client of each variant (their order rotated every round) runs one warm-up and
 ``--requests`` timed requests: "with pace" (SplitClient as it is: the server's compute priced at its
 pace, its queue added to every remote plan), "one factor" (one factor for both, as before the queue
 was priced apart: patched in by :func:`one_factor`) and "profile only" (``server_pace=False``).
@@ -273,10 +273,12 @@ def measure_cloud(address: str, traced: Any, device: Any, x: Any, args: argparse
         client = _client(stack, address, traced, device, args, pace=False, force="cloud")
         client.infer(x)
         out = []
-        for _ in range(args.requests):
+        for i in range(args.requests):
             client.infer(x)
             b = client.last_breakdown
-            assert b is not None and not b.local
+            if b is None or b.local:
+                why = b.fallback if b is not None else "no breakdown"
+                raise RuntimeError(f"cloud-only request {i + 1} finished on the device ({why})")
             out.append(round(b.total_ms, 2))
         return out
 
@@ -363,7 +365,7 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             load = Load(address, args.model, args.load_clients) if phase == "loaded" else None
             try:
                 for r in range(args.rounds):
-                    for label, pricing in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+                    for label, pricing in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:  # each first in turn
                         rec = run_variant(address, traced, device, x, args, pricing)
                         phases.setdefault(phase, {}).setdefault(label, []).append(rec)
                         say(
@@ -422,11 +424,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"device x{s['slowdown']:g} (1 thread), uplink {s['uplink_mbps']:g} Mbit/s, RTT {s['rtt_ms']:g} ms, "
         f"server {s['server_threads']} thread(s); loaded: {s['load_clients']} closed-loop full-model "
         f"clients {loads}. {s['rounds']} round(s) of 1 warm-up + {s['requests']} timed requests per "
-        "variant, the variants' order alternating. Latency: median [p10-p90] and mean over the rounds' "
-        "timed requests (a client that flaps has two modes: the mean shows what it costs). The last "
-        "column: what each client's pricing said cloud-only takes when it ended, against cloud-only "
-        "measured by a client forced to it after each round (median over the phase): a pricing must "
-        "be right for the plans it does not run, too.",
+        "variant, the variants' order rotated every round. Latency: median [p10-p90] and mean over "
+        "the rounds' timed requests (a client that flaps has two modes: the mean shows what it "
+        "costs). The last column: what each client's pricing said cloud-only takes when it ended, "
+        "against cloud-only measured by a client forced to it after each round (median over the "
+        "phase): a pricing must be right for the plans it does not run, too.",
         "",
         "| server | client | latency ms | mean ms | plan at the end (per round) | switches | "
         "server factor / queue ms at the end | predicted edge-only / cloud-only ms at the start | "

@@ -21,15 +21,15 @@ if TYPE_CHECKING:
 __all__ = ["Breakdown", "format_breakdown", "predicted_parts", "run_requests"]
 
 
-def predicted_parts(cost: CostBreakdown) -> tuple[float, float, float]:
+def predicted_parts(cost: CostBreakdown, queue_ms: float = 0.0) -> tuple[float, float, float]:
     """``(device, network, server)`` ms of a plan's predicted cost, split as a :class:`Breakdown`
     measures them (two tiers, as the runtime runs: a three-tier plan's middle tier would count as the
-    server)."""
-    return (
-        cost.device_ms + cost.encode_ms,
-        sum(cost.transfer_ms) + sum(cost.rtt_ms) + cost.result_ms,
-        cost.server_ms + cost.decode_ms,
-    )
+    server). ``queue_ms``: the server's queue the plan was priced with (the planner prices it in the
+    round trip: ``Planner.set_server_queue``), moved here from the network part to the server's, where
+    the server reports it; 0 for an edge-only plan, which waits for no server."""
+    network = sum(cost.transfer_ms) + sum(cost.rtt_ms) + cost.result_ms
+    queue = min(queue_ms, sum(cost.rtt_ms))  # none in a plan that sends nothing
+    return cost.device_ms + cost.encode_ms, network - queue, cost.server_ms + cost.decode_ms + queue
 
 
 @dataclass(frozen=True)

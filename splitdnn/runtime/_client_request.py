@@ -476,5 +476,6 @@ class Run:
         """``(network, server)`` ms of this request as the plan predicted them for its rows, the server
         part without the pace the plan was priced with (ServerPace's ratios are against the profile)
         and the network part without the server's queue (priced in the plan's round trip)."""
-        _, network, server = predicted_parts(self.plan.cost)
-        return max(0.0, network - self.server_queue_ms) * self.scale, server * self.scale / self.server_factor
+        queue = self.server_queue_ms
+        _, network, server = predicted_parts(self.plan.cost, queue)
+        return network * self.scale, max(0.0, server - queue) * self.scale / self.server_factor

@@ -11,7 +11,8 @@ compute, from the answer's parameters; the queue apart, see below) over what the
 for that part, and offers their median as the factor to scale the server's profile by:
 
 * only requests whose predicted server part is at least ``min_predicted_ms``: a tail of a few
-  microseconds is all fixed per-request cost, and its ratio says nothing about the rest of the model;
+  microseconds is all fixed per-request cost, and its ratio says nothing about the rest of the model
+  (its queue counts all the same);
 * the median of the last ``window`` ratios younger than ``max_age_s``, once there are
   ``min_samples``. With fewer (but some), the factor in use stays; with none, it is 1 (the profile as
   published). So a client that stopped sending (edge-only) forgets the load ``max_age_s`` after its
@@ -93,21 +94,23 @@ class ServerPace:
         self._min_samples = min_samples
         self._tolerance = float(tolerance)
         self._clock = clock
-        # (at_s, (reported - queue) / predicted, queue ms) per answered request
-        self._ratios: deque[tuple[float, float, float]] = deque(maxlen=window)
+        # (at_s, (reported - queue) / predicted or None for a tail too small to time, queue ms) per
+        # answered request
+        self._ratios: deque[tuple[float, float | None, float]] = deque(maxlen=window)
         self._reported: _Report | None = None  # the server's own account
 
     def observe(self, predicted_ms: float, reported_ms: float, queue_ms: float = 0.0) -> bool:
         """Fold in one answered request: the server part its profile predicted (unscaled by any
         factor in use), the time the server reported, and the part of it spent in the server's queue.
-        False when it is not used (a prediction under ``min_predicted_ms``, or a value that is not a
-        finite number >= 0)."""
+        The queue counts whatever the prediction; the ratio only for a prediction of at least
+        ``min_predicted_ms``. False when nothing is used (a value that is not a finite number >= 0)."""
         if not (_finite(predicted_ms) and _finite(reported_ms) and _finite(queue_ms)):
             return False
-        if reported_ms < 0 or queue_ms < 0 or predicted_ms < self._min_predicted_ms:
+        if predicted_ms < 0 or reported_ms < 0 or queue_ms < 0:
             return False
         queue = min(float(queue_ms), float(reported_ms))
-        ratio = _clamped((reported_ms - queue) / predicted_ms)
+        small = predicted_ms < self._min_predicted_ms
+        ratio = None if small else _clamped((reported_ms - queue) / predicted_ms)
         self._ratios.append((self._clock(), ratio, queue))
         return True
 
@@ -142,7 +145,7 @@ class ServerPace:
 
     @property
     def samples(self) -> int:
-        """Ratios within ``max_age_s`` now (the client's own requests)."""
+        """Answers within ``max_age_s`` now (the client's own requests)."""
         return len(self._fresh())
 
     @property
@@ -159,8 +162,8 @@ class ServerPace:
         rep = self._standing_report()
         if rep is not None:
             return rep.pace
-        fresh = self._fresh()
-        return statistics.median(r for _, r, _ in fresh) if len(fresh) >= self._min_samples else 1.0
+        ratios = self._fresh_ratios()
+        return statistics.median(ratios) if len(ratios) >= self._min_samples else 1.0
 
     @property
     def queue_ms(self) -> float:
@@ -173,8 +176,13 @@ class ServerPace:
 
     def due(self, applied: float) -> float | None:
         """The factor to price the server with instead of ``applied`` (the one in use), or None when
-        it is within ``tolerance`` of it, or there are recent ratios but too few to say (it stays)."""
-        if self._undecided():
+        it is within ``tolerance`` of it, or there are recent answers but too few ratios among them to
+        say (it stays: answers of a tail too small to time say nothing of the compute's pace)."""
+        if (
+            self._standing_report() is None
+            and 0 < self.samples
+            and len(self._fresh_ratios()) < self._min_samples
+        ):
             return None
         new = self.factor
         if abs(math.log(new / applied)) <= math.log1p(self._tolerance):
@@ -184,23 +192,23 @@ class ServerPace:
     def queue_due(self, applied_ms: float) -> float | None:
         """The queue (ms) to price the server with instead of ``applied_ms``, or None when it moved
         by no more than ``tolerance`` of the larger of the two or ``min_queue_move_ms`` (an idle
-        server's few microseconds never re-price it), or too few recent ratios say (it stays)."""
-        if self._undecided():
+        server's few microseconds never re-price it), or there are recent answers but too few to say
+        (it stays)."""
+        if self._standing_report() is None and 0 < self.samples < self._min_samples:
             return None
         new = self.queue_ms
         if abs(new - applied_ms) <= max(self._min_queue_move_ms, self._tolerance * max(new, applied_ms)):
             return None
         return new
 
-    def _undecided(self) -> bool:
-        """Some recent requests of the client's own, but too few to say, and no report over them."""
-        return self._standing_report() is None and 0 < self.samples < self._min_samples
-
-    def _fresh(self) -> list[tuple[float, float, float]]:
+    def _fresh(self) -> list[tuple[float, float | None, float]]:
         oldest = self._clock() - self._max_age_s
         while self._ratios and self._ratios[0][0] < oldest:
             self._ratios.popleft()
         return list(self._ratios)
+
+    def _fresh_ratios(self) -> list[float]:
+        return [r for _, r, _ in self._fresh() if r is not None]
 
     def _standing_report(self) -> _Report | None:
         """The server's report if it is within ``max_age_s`` and newer than the client's last sample."""

@@ -163,7 +163,7 @@ def measure_interleaved(
     """
     keys = list(clients)
     predicted = {k: clients[k].plan.cost.total_ms for k in keys}
-    parts = {k: predicted_parts(clients[k].plan.cost) for k in keys}
+    parts = {k: predicted_parts(clients[k].plan.cost, clients[k].server_queue_ms) for k in keys}
     counts = {k: requests_within(predicted[k], warmup, requests, budget_s) for k in keys}
     rows: dict[str, list[Any]] = {k: [] for k in keys}
 

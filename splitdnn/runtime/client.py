@@ -34,12 +34,14 @@ What one :meth:`SplitClient.infer` does, and why:
    request that ran as planned also reports its wall time to the planner, which undoes a switch
    whose new plan measures slower than the one it replaced (``Hysteresis.verify``). The server's
    reported time also feeds a :class:`~splitdnn.runtime._server_pace.ServerPace` (``server_pace``,
-   on by default): when the server answers its last requests (the median of up to 8, younger than
-   30 s) more than 25 % slower or faster than its profile predicts -- other clients keep it busy, it
-   shares its machine, it computes slower after idling through a long upload -- the planner prices
-   every server time at that factor and re-plans (``Planner.set_server_factor``), by the hysteresis
-   rules as for a link change. With no recent answer (edge-only) the factor returns
-   to 1 after 30 s, and the server is tried again. A splitdnn server with a profile also reports its
+   on by default): when the server computes its last requests (the median of up to 8, younger than
+   30 s) more than 25 % slower or faster than its profile predicts -- it shares its machine, it
+   computes slower after idling through a long upload -- the planner prices every server time at
+   that factor (``Planner.set_server_factor``); the time they waited in its queue behind other
+   clients' requests (their median) is added to every plan that uses the server, whatever its cut
+   (``Planner.set_server_queue``); the client re-plans by the hysteresis rules as for a link change.
+   With no recent answer (edge-only) the factor returns to 1 and the queue to 0 after 30 s, and the
+   server is tried again. A splitdnn server with a profile also reports its
    pace over all its clients' recent requests in the answer to a link probe that names the model
    (``ServerLoad``); the newest evidence decides, so the client starts priced at a busy server's
    pace (its start-up probe), stays priced while edge-only, and tries the server again once it
@@ -553,19 +555,20 @@ class SplitClient:
         (``server_pace``), added to every plan that uses it; 0 when not tracked or nothing recent."""
         return self.planner.server_queue_ms
 
+    def _priced_text(self) -> str:
+        """How the server is priced beyond its profile (its measured pace and queue), or ""."""
+        priced = [f"{self.server_factor:.2f}x its times"] if self.server_factor != 1 else []
+        if self.server_queue_ms:
+            priced.append(f"{self.server_queue_ms:.0f} ms of queue added to every remote plan")
+        return f"; priced {' and '.join(priced)} (its measured pace)" if priced else ""
+
     def describe(self) -> str:
         """Several lines: the emulation, the profiles, the plan and what was assumed."""
         p = self.plan
         lines = [
             f"device: {self.device_profile.describe()}; emulation: slowdown x{self.emulate_slowdown:g}, "
             f"{self.threads or 'all'} thread(s)",
-            f"server: {self.server_profile.describe()} ({self.server_profile_source})"
-            + (
-                f"; priced {self.server_factor:.2f}x its times (its measured pace)"
-                if self.server_factor != 1
-                else ""
-            )
-            + (f", {self.server_queue_ms:.0f} ms of queue" if self.server_queue_ms else ""),
+            f"server: {self.server_profile.describe()} ({self.server_profile_source})" + self._priced_text(),
             f"link estimate: {self.link.uplink_mbps:.3g} Mbit/s up, RTT {self.link.rtt_ms:.1f} ms",
             f"plan: {p.strategy}, boundary {list(p.boundary_nodes) or '-'}, codecs "
             f"{[b.codec for b in p.boundary] or '-'}, predicted {p.cost.total_ms:.1f} ms",
@@ -828,13 +831,16 @@ class SplitClient:
 
     def _attribute_overdue(
         self, waited_ms: float, network_ms: float, server_ms: float
-    ) -> tuple[float, float] | None:
+    ) -> tuple[float, float, float] | None:
         """What the first observation after a request given up says of it (under the lock; the request
-        waited ``waited_ms``, its network and server parts predicted as given): when it is a step back up
-        (a probe found the link as fast as before, as when the server's queue held the request), the
-        link did not fall and the wait was the server's: it took at least the wait less the network
-        part as predicted (the link as it was), a server sample when that is over the prediction.
-        Otherwise (the link did fall, or the bound says nothing) none.
+        waited ``waited_ms``, its network and server parts predicted as given, the network's without
+        the server's queue, the server's without its pace): when it is a step back up (a probe found
+        the link as fast as before, as when the server's queue held the request), the link did not
+        fall and the wait was the server's: it took at least the wait less the network part as
+        predicted (the link as it was), a server sample ``(predicted, at least, of which queued)``
+        when that is over the prediction. What it took beyond its compute at the pace in use counts
+        as queue: a request held past its give-up time was held by the server's other work, which
+        every cut waits for alike. Otherwise (the link did fall, or the bound says nothing) none.
 
         Without this, a server that other clients keep busy made a client flap: each remote request
         was given up as a fallen link, the next probe found the link fine, and the client went back
@@ -842,7 +848,7 @@ class SplitClient:
         at_least = waited_ms - network_ms
         if not self.estimator.stepped_up or at_least <= server_ms:  # a bound under the prediction
             return None
-        return server_ms, at_least
+        return server_ms, at_least, max(0.0, at_least - server_ms * self.planner.server_factor)
 
     def _pace_server(self, sample: tuple[float, float, float] | None) -> bool:
         """Fold in a request's server part ``(predicted, reported, of which queued)`` ms and re-price
@@ -857,10 +863,14 @@ class SplitClient:
         factor, queue_ms = self._pace.due(before), self._pace.queue_due(queued)
         if factor is None and queue_ms is None:
             return False
-        factor = before if factor is None else factor
-        queue_ms = queued if queue_ms is None else queue_ms
-        planner.set_server_factor(factor)
-        planner.set_server_queue(queue_ms)
+        if factor is None:
+            factor = before
+        else:
+            planner.set_server_factor(factor)
+        if queue_ms is None:
+            queue_ms = queued
+        else:
+            planner.set_server_queue(queue_ms)
         pace = f"{factor:.2f}x its profile's compute after {queue_ms:.0f} ms in its queue"
         reported = self._pace.reported
         if reported is not None:

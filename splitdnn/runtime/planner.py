@@ -254,7 +254,7 @@ def _codec_result(profile: Profile, node: str, spec: str) -> CodecResult | None:
 
 def remote_ms(plan: Plan) -> float:
     """The part of ``plan``'s predicted latency after the device's compute: encoding, transfers,
-    the server's compute (0 for edge-only)."""
+    the server's queue (in the round trip) and compute (0 for edge-only)."""
     return max(0.0, plan.cost.total_ms - plan.cost.compute_ms[0])
 
 

@@ -242,6 +242,12 @@ def test_a_server_sample_is_against_the_unscaled_profile_at_the_profiles_rows(li
         assert part > 0
         run = Run(client, plan, 0.0, scale=2.0, server_factor=4.0, profile_rows=False)
         assert run._predicted_parts()[1] == pytest.approx(part * 2.0 / 4.0)
+        # a queue priced in the round trip is neither network nor the server's compute
+        network = sum(plan.cost.transfer_ms) + sum(plan.cost.rtt_ms) + plan.cost.result_ms
+        client.planner.set_server_queue(30.0)
+        queued = client.planner.price(plan, client.planner.link)
+        run = Run(client, queued, 0.0, scale=2.0, server_factor=4.0, server_queue_ms=30.0)
+        assert run._predicted_parts() == pytest.approx((network * 2.0, part * 2.0 / 4.0))
     with live.client(
         device_profile=scale_profile(live.device, 0.2), server_profile=scale_profile(live.device, 2.0),
         link=Link(200.0, rtt_ms=1.0), probe_interval_s=None, fallback_local=False,
@@ -275,7 +281,10 @@ def test_a_request_given_up_while_the_link_stayed_fast_counts_against_the_server
             client._observe_probe(256 << 10, 100, 22.0)  # the link as fast as before: a step up
             assert client.estimator.stepped_up and client._overdue is None
         assert client._pace is not None and client._pace.samples == 3
-        assert client.server_factor == pytest.approx(220.0 / 40.0), client.describe()  # at least the wait
+        # at least the wait: 220 ms where 40 of compute were predicted, the rest held in the queue
+        assert client.server_factor == 1.0 and client.server_queue_ms == pytest.approx(180.0), (
+            client.describe()
+        )
         # a probe that finds the link as slow as the give-up said: the link fell, the server is not blamed
         client._pace.clear()
         client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0))
@@ -513,6 +522,23 @@ def test_a_probe_reports_the_servers_pace_and_a_new_client_starts_priced_at_it(
             link=Link(200.0, rtt_ms=1.0), fallback_local=False,
         ) as own:  # fmt: skip
             assert own.server_factor == 1.0 and own._pending_load is None
+
+
+def test_the_clients_own_answers_price_the_queue_apart(live: Live) -> None:
+    """Answers that waited 100 ms in the server's queue and then computed as its profile says: the
+    compute is priced at 1x, the queue added to every remote plan (one factor read them as 11x)."""
+    with live.client(link=Link(100.0, rtt_ms=1.0), probe_interval_s=None) as client:
+        cloud = client.planner.baseline("cloud").cost
+        for _ in range(3):
+            client._observe(600_000, 0, 49.0, server=(10.0, 110.0, 100.0))  # (predicted, reported, queued)
+        assert client.server_factor == 1.0 and client.server_queue_ms == pytest.approx(100.0), (
+            client.describe()
+        )
+        assert "100 ms of queue added to every remote plan" in client.describe()
+        assert any("1.00x its profile's compute after 100 ms in its queue" in n for n in client.notes)
+        priced = client.planner.baseline("cloud").cost
+        assert priced.server_ms == pytest.approx(cloud.server_ms)
+        assert sum(priced.rtt_ms) == pytest.approx(sum(cloud.rtt_ms) + 100.0)
 
 
 def test_a_reported_queue_is_priced_apart_from_the_compute(live: Live) -> None:

@@ -61,13 +61,26 @@ def test_with_too_few_recent_ratios_the_factor_in_use_stays_until_none_is_left()
     assert pace.due(3.0) == 1.0  # none left: the profile again
 
 
-def test_tiny_predictions_and_bad_values_are_not_used() -> None:
+def test_bad_values_are_not_used() -> None:
     pace = ServerPace(min_predicted_ms=1.0, min_samples=1, clock=_Clock())
-    assert not pace.observe(0.05, 0.5)  # all fixed cost: says nothing of the rest of the model
     for bad in (math.nan, math.inf, -1.0, True, "3"):
         assert not pace.observe(10.0, bad)  # type: ignore[arg-type]
         assert not pace.observe(bad, 10.0)  # type: ignore[arg-type]
     assert pace.samples == 0 and pace.factor == 1.0
+
+
+def test_a_tiny_tails_answer_counts_for_the_queue_not_the_pace() -> None:
+    """A tail of a few microseconds is all fixed cost: its ratio says nothing of the rest of the model,
+    and the factor in use stays; the time it waited in the queue is the queue any cut waits."""
+    pace = ServerPace(min_predicted_ms=1.0, min_samples=2, clock=_Clock())
+    for _ in range(2):
+        assert pace.observe(0.05, 80.5, 80.0)
+    assert pace.samples == 2 and pace.factor == 1.0 and pace.queue_ms == pytest.approx(80.0)
+    assert pace.due(3.0) is None  # no ratio to say the compute's pace changed: it stays
+    assert pace.queue_due(0.0) == pytest.approx(80.0)
+    pace.observe(10.0, 30.0, 0.0)
+    pace.observe(10.0, 30.0, 0.0)
+    assert pace.factor == pytest.approx(3.0) and pace.due(1.0) == pytest.approx(3.0)
 
 
 def test_ratios_are_clamped() -> None:
