@@ -389,6 +389,7 @@ class _Recorder:
             server_ms=0.25, decode_ms=0.05,
         )  # fmt: skip
         self.plan = SimpleNamespace(cost=cost, strategy="split")
+        self.server_queue_ms = 0.0  # the server's queue its plans are priced with
         self.last_breakdown: Any = None
 
     def infer(self, x: Any) -> None:
