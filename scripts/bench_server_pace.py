@@ -215,8 +215,9 @@ def _client(
 
 def one_factor() -> contextlib.ExitStack:
     """Patches that make SplitClient price the server with one factor for its queue and compute, as
-    before they were priced apart: its own samples fold the queue into the ratio, and the server's
-    reports are read for their single pace (as from a server that does not report the two)."""
+    before they were priced apart: its own samples (answers, and requests held past a give-up) fold
+    the queue into the ratio, and the server's reports are read for their single pace (as from a
+    server that does not report the two)."""
     from unittest import mock
 
     from splitdnn.runtime import serde
@@ -228,11 +229,18 @@ def one_factor() -> contextlib.ExitStack:
         load = parse(msg)
         return None if load is None else dataclasses.replace(load, compute_pace=0.0, queue_ms=0.0)
 
+    def whole(self: ServerPace, predicted: float, reported: float, queue: float = 0.0) -> bool:
+        """The ratio of the whole reported time, a tail too small to time not used at all."""
+        return predicted >= self._min_predicted_ms and observe(self, predicted, reported)
+
+    def held(self: ServerPace, predicted: float, at_least: float, factor: float) -> bool:
+        """A request held past the give-up: a ratio of at least its wait, as before."""
+        return whole(self, predicted, at_least)
+
     stack = contextlib.ExitStack()
     stack.enter_context(mock.patch.object(serde, "parse_server_load", single))
-    stack.enter_context(
-        mock.patch.object(ServerPace, "observe", lambda self, p, r, q=0.0: observe(self, p, r))
-    )
+    stack.enter_context(mock.patch.object(ServerPace, "observe", whole))
+    stack.enter_context(mock.patch.object(ServerPace, "held", held))
     return stack
 
 
@@ -365,7 +373,8 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             load = Load(address, args.model, args.load_clients) if phase == "loaded" else None
             try:
                 for r in range(args.rounds):
-                    for label, pricing in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:  # each first in turn
+                    first = r % len(VARIANTS)  # each variant first in turn
+                    for label, pricing in VARIANTS[first:] + VARIANTS[:first]:
                         rec = run_variant(address, traced, device, x, args, pricing)
                         phases.setdefault(phase, {}).setdefault(label, []).append(rec)
                         say(

@@ -73,6 +73,9 @@ def test_one_factor_folds_the_queue_into_the_ratio_and_reads_the_single_pace(ben
         pace = ServerPace(min_samples=1)
         pace.observe(10.0, 60.0, 50.0)
         assert pace.factor == 6.0 and pace.queue_ms == 0.0  # (50 + 10) / 10, nothing queued apart
+        assert not pace.observe(0.05, 60.0, 50.0) and pace.samples == 1  # a tiny tail: not used
+        pace.clear()
+        assert pace.held(10.0, 80.0, 1.0) and pace.factor == 8.0 and pace.queue_ms == 0.0
         read = serde.parse_server_load(serde.build_probe_response(1, load))
         assert read is not None and (read.pace, read.compute_pace, read.queue_ms) == (6.0, 0.0, 0.0)
     pace = ServerPace(min_samples=1)  # the patches are gone

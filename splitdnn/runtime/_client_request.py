@@ -417,7 +417,7 @@ class Run:
                 # no answer by the give-up time: the link fell (see _overdue_after_s)
                 waited_ms = (time.perf_counter() - t_rpc) * 1e3
                 self.network_ms = waited_ms
-                c._observe(self.bytes_sent, 0, waited_ms, overdue=self._predicted_parts())
+                c._observe(self.bytes_sent, 0, waited_ms, overdue=self._overdue_parts())
                 return self._finish_locally(
                     inputs, values, f"no answer after {waited_ms:.0f} ms (predicted "
                     f"{self._remote_ms() * self.scale:.0f} ms): the link fell; finished on the device",
@@ -432,7 +432,7 @@ class Run:
                 c._mark_down(sent_at=time.monotonic() - self.network_ms / 1e3)
             if isinstance(err, DeadlineError) and dropped is None:
                 # no answer in timeout_s: as slow a link as that, at least
-                c._observe(self.bytes_sent, 0, self.network_ms, overdue=self._predicted_parts())
+                c._observe(self.bytes_sent, 0, self.network_ms, overdue=self._overdue_parts())
             if c.fallback_local and is_transient(err):
                 why = f"{err.code}: {err.details or err}"
                 if dropped is not None:
@@ -473,9 +473,14 @@ class Run:
         return out
 
     def _predicted_parts(self) -> tuple[float, float]:
-        """``(network, server)`` ms of this request as the plan predicted them for its rows, the server
-        part without the pace the plan was priced with (ServerPace's ratios are against the profile)
-        and the network part without the server's queue (priced in the plan's round trip)."""
-        queue = self.server_queue_ms
-        _, network, server = predicted_parts(self.plan.cost, queue)
-        return network * self.scale, max(0.0, server - queue) * self.scale / self.server_factor
+        """``(network, server)`` ms of this request as the plan predicted them for its rows, neither
+        with the server's queue (priced in the plan's round trip), the server part without the pace
+        the plan was priced with either (ServerPace's ratios are against the profile)."""
+        network = predicted_parts(self.plan.cost, self.server_queue_ms)[1]
+        server = predicted_parts(self.plan.cost)[2]
+        return network * self.scale, server * self.scale / self.server_factor
+
+    def _overdue_parts(self) -> tuple[float, float, float]:
+        """What a give-up is judged by (``SplitClient._attribute_overdue``): the predicted parts and
+        the pace the server was priced with."""
+        return (*self._predicted_parts(), self.server_factor)

@@ -38,7 +38,9 @@ plans with the server's own profile, the one the server's ratio is against.
 
 The server's time has two parts, priced apart. Its queue (the wait for a batch slot behind other
 clients' requests) adds time whatever the cut: :attr:`ServerPace.queue_ms` is the median queue the
-answers report, which the planner adds to every plan that uses the server. Its compute (and decode)
+answers report (every answer's, a tiny tail's too, and the excess of a request the server held past
+the client's give-up: :meth:`ServerPace.held`), over the last ``window`` younger than ``max_age_s``
+as for the ratios, which the planner adds to every plan that uses the server. Its compute (and decode)
 is slower by a factor on a server whose cores are shared: the factor is the median of (reported time
 less the queue) over the prediction, and scales the server's profile. A single factor for both, as
 before, priced a queue behind a 100 ms model as 100 ms times a factor: a cut with a 5 ms tail then
@@ -94,9 +96,10 @@ class ServerPace:
         self._min_samples = min_samples
         self._tolerance = float(tolerance)
         self._clock = clock
-        # (at_s, (reported - queue) / predicted or None for a tail too small to time, queue ms) per
-        # answered request
-        self._ratios: deque[tuple[float, float | None, float]] = deque(maxlen=window)
+        # per answered request of a tail big enough to time: (at_s, (reported - queue) / predicted)
+        self._ratios: deque[tuple[float, float]] = deque(maxlen=window)
+        # per answered request, and per request the server held past its give-up: (at_s, queue ms)
+        self._queues: deque[tuple[float, float]] = deque(maxlen=window)
         self._reported: _Report | None = None  # the server's own account
 
     def observe(self, predicted_ms: float, reported_ms: float, queue_ms: float = 0.0) -> bool:
@@ -108,10 +111,25 @@ class ServerPace:
             return False
         if predicted_ms < 0 or reported_ms < 0 or queue_ms < 0:
             return False
-        queue = min(float(queue_ms), float(reported_ms))
-        small = predicted_ms < self._min_predicted_ms
-        ratio = None if small else _clamped((reported_ms - queue) / predicted_ms)
-        self._ratios.append((self._clock(), ratio, queue))
+        now, queue = self._clock(), min(float(queue_ms), float(reported_ms))
+        if predicted_ms >= self._min_predicted_ms:
+            self._ratios.append((now, _clamped((reported_ms - queue) / predicted_ms)))
+        self._queues.append((now, queue))
+        return True
+
+    def held(self, predicted_ms: float, at_least_ms: float, factor: float) -> bool:
+        """Fold in a request the server held past the client's give-up: it took at least
+        ``at_least_ms`` where ``predicted_ms`` (the profile's) times ``factor`` (the pace it was
+        priced with) was its compute. The excess is queue: the server's other work, which every cut
+        waits for alike; it says nothing of the compute's pace (a ratio from it would only repeat the
+        factor in use). False when it says nothing (not over the compute as priced, or a value that
+        is not a finite number >= 0)."""
+        if not all(_finite(v) and v >= 0 for v in (predicted_ms, at_least_ms, factor)):
+            return False
+        excess = at_least_ms - predicted_ms * factor
+        if excess <= 0:
+            return False
+        self._queues.append((self._clock(), float(excess)))
         return True
 
     def report(
@@ -141,48 +159,49 @@ class ServerPace:
     def clear(self) -> None:
         """Forget every sample (the server's profile changed: the ratios were against another)."""
         self._ratios.clear()
+        self._queues.clear()
         self._reported = None
 
     @property
     def samples(self) -> int:
-        """Answers within ``max_age_s`` now (the client's own requests)."""
-        return len(self._fresh())
+        """Ratios within ``max_age_s`` now (the client's own answered requests of a tail big enough
+        to time)."""
+        return len(_fresh(self._ratios, self._clock() - self._max_age_s))
+
+    @property
+    def queue_samples(self) -> int:
+        """Queues within ``max_age_s`` now (the client's own answered and held requests)."""
+        return len(_fresh(self._queues, self._clock() - self._max_age_s))
 
     @property
     def reported(self) -> int | None:
         """When the server's report stands for the pace now: the number of requests it is over (0: an
         idle server); else None (the client's own samples decide)."""
-        rep = self._standing_report()
+        rep = self._standing_report(self._ratios)
         return None if rep is None else rep.requests
 
     @property
     def factor(self) -> float:
-        """The compute pace now: the server's report when it is the newest evidence, else the median
-        recent ratio; 1 with neither (fewer than ``min_samples`` recent requests of the client's own)."""
-        rep = self._standing_report()
+        """The compute pace now: the server's report when it is newer than the client's last ratio,
+        else the median recent ratio; 1 with neither (fewer than ``min_samples`` recent ratios)."""
+        rep = self._standing_report(self._ratios)
         if rep is not None:
             return rep.pace
-        ratios = self._fresh_ratios()
-        return statistics.median(ratios) if len(ratios) >= self._min_samples else 1.0
+        return self._median(self._ratios, 1.0)
 
     @property
     def queue_ms(self) -> float:
-        """The server's queue now (ms), from the same evidence as :attr:`factor`; 0 with neither."""
-        rep = self._standing_report()
+        """The server's queue now (ms): the server's report when it is newer than the client's last
+        queue sample, else the median recent queue; 0 with neither."""
+        rep = self._standing_report(self._queues)
         if rep is not None:
             return rep.queue_ms
-        fresh = self._fresh()
-        return statistics.median(q for _, _, q in fresh) if len(fresh) >= self._min_samples else 0.0
+        return self._median(self._queues, 0.0)
 
     def due(self, applied: float) -> float | None:
         """The factor to price the server with instead of ``applied`` (the one in use), or None when
-        it is within ``tolerance`` of it, or there are recent answers but too few ratios among them to
-        say (it stays: answers of a tail too small to time say nothing of the compute's pace)."""
-        if (
-            self._standing_report() is None
-            and 0 < self.samples
-            and len(self._fresh_ratios()) < self._min_samples
-        ):
+        it is within ``tolerance`` of it, or there are recent ratios but too few to say (it stays)."""
+        if self._undecided(self._ratios):
             return None
         new = self.factor
         if abs(math.log(new / applied)) <= math.log1p(self._tolerance):
@@ -192,32 +211,40 @@ class ServerPace:
     def queue_due(self, applied_ms: float) -> float | None:
         """The queue (ms) to price the server with instead of ``applied_ms``, or None when it moved
         by no more than ``tolerance`` of the larger of the two or ``min_queue_move_ms`` (an idle
-        server's few microseconds never re-price it), or there are recent answers but too few to say
+        server's few microseconds never re-price it), or there are recent queues but too few to say
         (it stays)."""
-        if self._standing_report() is None and 0 < self.samples < self._min_samples:
+        if self._undecided(self._queues):
             return None
         new = self.queue_ms
         if abs(new - applied_ms) <= max(self._min_queue_move_ms, self._tolerance * max(new, applied_ms)):
             return None
         return new
 
-    def _fresh(self) -> list[tuple[float, float | None, float]]:
-        oldest = self._clock() - self._max_age_s
-        while self._ratios and self._ratios[0][0] < oldest:
-            self._ratios.popleft()
-        return list(self._ratios)
+    def _median(self, series: deque[tuple[float, float]], default: float) -> float:
+        values = _fresh(series, self._clock() - self._max_age_s)
+        return statistics.median(values) if len(values) >= self._min_samples else default
 
-    def _fresh_ratios(self) -> list[float]:
-        return [r for _, r, _ in self._fresh() if r is not None]
+    def _undecided(self, series: deque[tuple[float, float]]) -> bool:
+        """Some recent samples of the client's own in ``series``, too few to say, and no report newer."""
+        n = len(_fresh(series, self._clock() - self._max_age_s))
+        return self._standing_report(series) is None and 0 < n < self._min_samples
 
-    def _standing_report(self) -> _Report | None:
-        """The server's report if it is within ``max_age_s`` and newer than the client's last sample."""
+    def _standing_report(self, series: deque[tuple[float, float]]) -> _Report | None:
+        """The server's report if it is within ``max_age_s`` and newer than the client's last sample
+        in ``series`` (its ratios for the pace, its queues for the queue)."""
         rep = self._reported
         if rep is None or rep.at_s < self._clock() - self._max_age_s:
             return None
-        if self._ratios and self._ratios[-1][0] > rep.at_s:
+        if series and series[-1][0] > rep.at_s:
             return None
         return rep
+
+
+def _fresh(series: deque[tuple[float, float]], oldest: float) -> list[float]:
+    """The values of ``series`` (at_s, value) no older than ``oldest``; older ones are dropped."""
+    while series and series[0][0] < oldest:
+        series.popleft()
+    return [v for _, v in series]
 
 
 class _Report(NamedTuple):

@@ -319,8 +319,9 @@ class SplitClient:
             raise ConfigError(f"server_pace must be True or False, found {server_pace!r}")
         self._pace = ServerPace() if server_pace and force_boundary is None else None
         # a request given up as overdue, until the next observation says whose the wait was:
-        # (ms waited, its network part as predicted, its server part as the profile predicts it)
-        self._overdue: tuple[float, float, float] | None = None
+        # (ms waited, its network part as predicted, its server part as the profile predicts it, the
+        # server's pace it was priced with)
+        self._overdue: tuple[float, float, float, float] | None = None
         self._pending_load: serde.ServerLoadData | None = None  # a probe's load report, not yet folded in
         self.notes: list[str] = []  # what the client assumed (shown by describe())
         try:
@@ -559,7 +560,7 @@ class SplitClient:
         """How the server is priced beyond its profile (its measured pace and queue), or ""."""
         priced = [f"{self.server_factor:.2f}x its times"] if self.server_factor != 1 else []
         if self.server_queue_ms:
-            priced.append(f"{self.server_queue_ms:.0f} ms of queue added to every remote plan")
+            priced.append(f"{self.server_queue_ms:.3g} ms of queue added to every remote plan")
         return f"; priced {' and '.join(priced)} (its measured pace)" if priced else ""
 
     def describe(self) -> str:
@@ -786,7 +787,7 @@ class SplitClient:
 
     def _observe(
         self, bytes_up: int, bytes_down: int, network_ms: float, *, min_move: float = _REQUEST_MIN_MOVE,
-        overdue: tuple[float, float] | None = None, server: tuple[float, float, float] | None = None,
+        overdue: tuple[float, float, float] | None = None, server: tuple[float, float, float] | None = None,
     ) -> bool:  # fmt: skip
         """Fold in a request or probe and re-plan; True when it was a step and the plan is still edge-only
         (a probe then measures again at once, sized for the new estimate).
@@ -797,8 +798,9 @@ class SplitClient:
         inference and, for a request, sits on its path: requests use 5 %, probes 20 % (a probe on a
         steady link changes nothing). ``overdue``: a request given up after ``network_ms`` without an
         answer (``Run._overdue_after_s``, or its deadline; nothing received), with its network and
-        server parts as predicted (the server's without its pace): whether the link or the server was
-        slow is told by the next observation (:meth:`_attribute_overdue`). ``server``: a request's
+        server parts as predicted (neither with the queue, the server's without its pace) and the pace
+        it was priced with: whether the link or the server was slow is told by the next observation
+        (:meth:`_attribute_overdue`). ``server``: a request's
         server part, ``(predicted by the profile, reported, of which queued)`` ms, for the server's pace
         (``server_pace``): a pace or queue that moved past its tolerance re-prices the server and
         re-plans."""
@@ -812,7 +814,7 @@ class SplitClient:
                 overdue_before, self._overdue = self._overdue, None
                 settled = self._attribute_overdue(*overdue_before) if overdue_before is not None else None
                 if settled is not None and self._pace is not None:
-                    self._pace.observe(*settled)
+                    self._pace.held(*settled)
                 # a probe's report (taken here, not by a give-up observed meanwhile): after the give-up
                 # this observation settled, so that the report, the newer evidence, stands over it
                 load, self._pending_load = self._pending_load, None
@@ -830,25 +832,24 @@ class SplitClient:
             return stepped and self.planner.plan.strategy == "edge-only"
 
     def _attribute_overdue(
-        self, waited_ms: float, network_ms: float, server_ms: float
+        self, waited_ms: float, network_ms: float, server_ms: float, factor: float
     ) -> tuple[float, float, float] | None:
         """What the first observation after a request given up says of it (under the lock; the request
-        waited ``waited_ms``, its network and server parts predicted as given, the network's without
-        the server's queue, the server's without its pace): when it is a step back up (a probe found
-        the link as fast as before, as when the server's queue held the request), the link did not
-        fall and the wait was the server's: it took at least the wait less the network part as
-        predicted (the link as it was), a server sample ``(predicted, at least, of which queued)``
-        when that is over the prediction. What it took beyond its compute at the pace in use counts
-        as queue: a request held past its give-up time was held by the server's other work, which
-        every cut waits for alike. Otherwise (the link did fall, or the bound says nothing) none.
+        waited ``waited_ms``, its network and server parts predicted as given, neither with the
+        server's queue, the server's without the pace ``factor`` it was priced with): when it is a
+        step back up (a probe found the link as fast as before, as when the server's queue held the
+        request), the link did not fall and the wait was the server's: it took at least the wait less
+        the network part as predicted (the link as it was). When that is over its compute as priced,
+        ``(server_ms, at least, factor)`` for :meth:`ServerPace.held`, which counts the excess as the
+        server's queue. Otherwise (the link did fall, or the bound says nothing) none.
 
         Without this, a server that other clients keep busy made a client flap: each remote request
         was given up as a fallen link, the next probe found the link fine, and the client went back
         (``scripts/bench_server_pace.py``: 13 to 14 switches in 15 requests, a give-up every other one)."""
         at_least = waited_ms - network_ms
-        if not self.estimator.stepped_up or at_least <= server_ms:  # a bound under the prediction
+        if not self.estimator.stepped_up or at_least <= server_ms * factor:  # a bound under the price
             return None
-        return server_ms, at_least, max(0.0, at_least - server_ms * self.planner.server_factor)
+        return server_ms, at_least, factor
 
     def _pace_server(self, sample: tuple[float, float, float] | None) -> bool:
         """Fold in a request's server part ``(predicted, reported, of which queued)`` ms and re-price
@@ -871,7 +872,7 @@ class SplitClient:
             queue_ms = queued
         else:
             planner.set_server_queue(queue_ms)
-        pace = f"{factor:.2f}x its profile's compute after {queue_ms:.0f} ms in its queue"
+        pace = f"{factor:.2f}x its profile's compute after {queue_ms:.3g} ms in its queue"
         reported = self._pace.reported
         if reported is not None:
             said = (
@@ -883,7 +884,7 @@ class SplitClient:
         else:
             said = "no recent answer from the server: priced by its profile again"
         self.notes.append(
-            f"{said} (was priced at {before:.2f}x and {queued:.0f} ms of queue): re-planning with that"
+            f"{said} (was priced at {before:.2f}x and {queued:.3g} ms of queue): re-planning with that"
         )
         del self.notes[:-_MAX_NOTES]
         return True

@@ -389,7 +389,7 @@ class _Recorder:
             server_ms=0.25, decode_ms=0.05,
         )  # fmt: skip
         self.plan = SimpleNamespace(cost=cost, strategy="split")
-        self.server_queue_ms = 0.0  # the server's queue its plans are priced with
+        self.server_queue_ms = 0.05  # the server's queue its plans are priced with (in rtt_ms)
         self.last_breakdown: Any = None
 
     def infer(self, x: Any) -> None:
@@ -419,7 +419,8 @@ def test_interleaved_requests_wait_for_each_probe_and_vary_their_order() -> None
     for t in timings.values():  # each request's parts, and the plan's
         assert t.device_ms == pytest.approx((0.3,) * 8) and t.network_ms == pytest.approx((0.4,) * 8)
         assert t.server_ms == pytest.approx((0.3,) * 8)
-        assert t.predicted_parts_ms == pytest.approx((0.3, 0.4, 0.3))
+        # the priced queue moved from the network part (transfer + round trip) to the server's
+        assert t.predicted_parts_ms == pytest.approx((0.3, 0.35, 0.35))
     for i, entry in enumerate(log):
         if entry.startswith("infer"):
             assert log[i + 1] == f"probe-wait {entry.split()[1]}"  # before anyone else's request

@@ -272,28 +272,33 @@ def test_a_request_given_up_while_the_link_stayed_fast_counts_against_the_server
     a fallen link, then the next probe found the link fine and the client went back: a flap per
     request. Settled by the next observation: a step back up means the wait was the server's."""
     with live.client(link=Link(100.0, rtt_ms=1.0), probe_interval_s=None) as client:
-        client._observe(600_000, 0, 49.0)  # requests answered at 100 Mbit/s
-        client._observe(600_000, 0, 49.0)
+        for _ in range(3):  # requests answered at 100 Mbit/s, the server computing at 2x its profile
+            client._observe(600_000, 0, 49.0, server=(40.0, 80.0, 0.0))
+        assert client.server_factor == 2.0  # the pace the requests below were priced with
         for _ in range(3):
-            # given up after 240 ms: 20 predicted for the network, 40 for the server
-            client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0))
+            # given up after 240 ms: 20 predicted for the network, 40 for the server's compute at 1x
+            client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0, 2.0))
             assert client.link.uplink_mbps < 100.0 and client._overdue is not None
             client._observe_probe(256 << 10, 100, 22.0)  # the link as fast as before: a step up
             assert client.estimator.stepped_up and client._overdue is None
-        assert client._pace is not None and client._pace.samples == 3
-        # at least the wait: 220 ms where 40 of compute were predicted, the rest held in the queue
-        assert client.server_factor == 1.0 and client.server_queue_ms == pytest.approx(180.0), (
+        assert client._pace is not None and client._pace.queue_samples == 6 and client._pace.samples == 3
+        # at least the wait: 220 ms where 80 of compute were priced (40 at 2x), the rest held in the
+        # queue (the median of three 0 and three 140); the compute's pace is not what held it: it stays
+        assert client.server_factor == 2.0 and client.server_queue_ms == pytest.approx(70.0), (
             client.describe()
         )
+        client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0, 2.0))
+        client._observe_probe(256 << 10, 100, 22.0)
+        assert client.server_queue_ms == pytest.approx(140.0), client.describe()  # four 140 of seven
         # a probe that finds the link as slow as the give-up said: the link fell, the server is not blamed
         client._pace.clear()
-        client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0))
+        client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0, 2.0))
         client._observe_probe(256 << 10, 100, 5000.0)
-        assert not client.estimator.stepped_up and client._overdue is None and client._pace.samples == 0
-        # a bound under the prediction says nothing
-        client._observe(600_000, 0, 50.0, overdue=(20.0, 40.0))
+        assert not client.estimator.stepped_up and client._overdue is None and client._pace.queue_samples == 0
+        # a bound under the compute as priced (80 ms) says nothing
+        client._observe(600_000, 0, 90.0, overdue=(20.0, 40.0, 2.0))
         client._observe_probe(256 << 10, 100, 2.0)
-        assert client._pace.samples == 0
+        assert client._pace.queue_samples == 0
 
 
 @contextmanager
@@ -576,8 +581,9 @@ def test_a_report_after_a_give_up_stands_over_the_sample_the_give_up_left(live: 
     with live.client(link=Link(100.0, rtt_ms=1.0), probe_interval_s=None) as client:
         client._observe(600_000, 0, 49.0)
         client._observe(600_000, 0, 49.0)
-        client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0))  # given up
+        client._observe(600_000, 0, 240.0, overdue=(20.0, 40.0, 1.0))  # given up
         client._pending_load = serde.ServerLoadData(6.0, 20, 3, 10.0, 25)  # what the probe brought
         client._observe_probe(256 << 10, 100, 22.0)  # the link as fast as before: the server's wait
-        assert client._pace is not None and client._pace.samples == 1 and client._pace.reported == 20
+        assert client._pace is not None and client._pace.queue_samples == 1 and client._pace.reported == 20
+        assert client.server_queue_ms == 0.0  # the report (one factor, from an older server) stands
         assert client.server_factor == pytest.approx(6.0), client.describe()

@@ -505,6 +505,25 @@ def test_a_queue_and_a_factor_price_a_small_tail_apart() -> None:
     assert as_queue.baseline("cloud").cost.server_ms + 108.0 == pytest.approx(cloud.server_ms)
 
 
+def test_the_predicted_parts_put_the_priced_queue_in_the_servers_part() -> None:
+    """The queue is priced in the round trip; split as a request measures its parts, it is the
+    server's (which reports it), not the network's; a plan that sends nothing waits for no queue."""
+    from splitdnn.runtime._client_report import predicted_parts
+
+    device, server = _profiles()
+    link = Link(10.0, rtt_ms=20.0)
+    planner = Planner(device, server, link)
+    plain = predicted_parts(planner.plan.cost)
+    planner.set_server_queue(80.0)
+    queued = planner.price(planner.plan, link).cost
+    parts = predicted_parts(queued, 80.0)
+    assert parts == pytest.approx((plain[0], plain[1], plain[2] + 80.0))
+    assert sum(parts) == pytest.approx(queued.total_ms)
+    assert predicted_parts(queued, 500.0)[1] >= 0  # never more moved than the round trip holds
+    edge = planner.baseline("edge").cost
+    assert predicted_parts(edge, 80.0) == pytest.approx(predicted_parts(edge))
+
+
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "5"])
 def test_a_bad_server_queue_is_refused(bad: object) -> None:
     planner = Planner(*_profiles(), Link(10.0, rtt_ms=20.0))

@@ -70,17 +70,51 @@ def test_bad_values_are_not_used() -> None:
 
 
 def test_a_tiny_tails_answer_counts_for_the_queue_not_the_pace() -> None:
-    """A tail of a few microseconds is all fixed cost: its ratio says nothing of the rest of the model,
-    and the factor in use stays; the time it waited in the queue is the queue any cut waits."""
-    pace = ServerPace(min_predicted_ms=1.0, min_samples=2, clock=_Clock())
-    for _ in range(2):
-        assert pace.observe(0.05, 80.5, 80.0)
-    assert pace.samples == 2 and pace.factor == 1.0 and pace.queue_ms == pytest.approx(80.0)
-    assert pace.due(3.0) is None  # no ratio to say the compute's pace changed: it stays
-    assert pace.queue_due(0.0) == pytest.approx(80.0)
+    """A tail of a few microseconds is all fixed cost: its ratio says nothing of the rest of the model;
+    the time it waited in the queue is the queue any cut waits. The ratios expire as before, whatever
+    tiny answers keep coming: the factor goes back to 1."""
+    clock = _Clock()
+    pace = ServerPace(min_predicted_ms=1.0, min_samples=2, max_age_s=30.0, clock=clock)
     pace.observe(10.0, 30.0, 0.0)
     pace.observe(10.0, 30.0, 0.0)
     assert pace.factor == pytest.approx(3.0) and pace.due(1.0) == pytest.approx(3.0)
+    for _ in range(2):
+        assert pace.observe(0.05, 80.5, 80.0)
+    assert pace.samples == 2 and pace.queue_samples == 4  # two ratios, four queues (two of them 0)
+    assert pace.factor == pytest.approx(3.0)  # the tiny answers leave the ratios alone
+    assert pace.queue_ms == pytest.approx(40.0)  # median of 0, 0, 80, 80
+    clock.now += 20.0
+    for _ in range(8):  # a plan of a tiny tail: its answers fill the queue window, not the ratios
+        pace.observe(0.05, 80.5, 80.0)
+    assert pace.samples == 2 and pace.queue_ms == pytest.approx(80.0)
+    clock.now += 15.0  # the ratios are 35 s old, the tiny answers 15 s
+    assert pace.samples == 0 and pace.factor == 1.0 and pace.due(3.0) == 1.0
+    assert pace.queue_ms == pytest.approx(80.0)
+
+
+def test_a_request_held_past_the_give_up_counts_its_excess_as_queue() -> None:
+    pace = ServerPace(min_samples=1, clock=_Clock())
+    assert pace.held(40.0, 220.0, 2.0)  # 80 ms of compute as priced: 140 more held in the queue
+    assert pace.queue_ms == pytest.approx(140.0) and pace.samples == 0 and pace.factor == 1.0
+    assert not pace.held(40.0, 70.0, 2.0)  # under the compute as priced: says nothing
+    for bad in (math.nan, -1.0, math.inf):
+        assert not pace.held(40.0, bad, 1.0) and not pace.held(bad, 220.0, 1.0)
+        assert not pace.held(40.0, 220.0, bad)
+    assert pace.queue_samples == 1
+
+
+def test_a_report_stands_for_the_pace_until_a_newer_ratio_and_for_the_queue_until_a_newer_queue() -> None:
+    clock = _Clock()
+    pace = ServerPace(min_samples=2, clock=clock)
+    assert pace.report(2.0, requests=5, arrivals=5, in_flight=1, queue_ms=60.0)
+    clock.now += 1.0
+    pace.observe(0.05, 10.0, 9.0)  # a tiny tail's answer: a newer queue, no ratio
+    assert pace.factor == pytest.approx(2.0) and pace.reported == 5  # the report's pace stands
+    assert pace.queue_ms == 0.0 and pace.queue_due(60.0) is None  # one own queue: too few, it stays
+    pace.observe(0.05, 12.0, 11.0)
+    assert pace.queue_ms == pytest.approx(10.0) and pace.queue_due(60.0) == pytest.approx(10.0)
+    pace.observe(10.0, 10.0, 0.0)  # a ratio newer than the report: the client's own evidence rules
+    assert pace.reported is None and pace.factor == 1.0 and pace.due(2.0) is None  # one of two
 
 
 def test_ratios_are_clamped() -> None:
