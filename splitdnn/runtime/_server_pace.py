@@ -26,15 +26,15 @@ A splitdnn server also keeps its own account (:class:`LoadTracker`): per model, 
 over what its profile predicts for each request's tail, and of the queue, over all its clients'
 recent requests, and reports them in the answer to a link probe that names the model
 (``ServerLoad``). The client folds them in with :meth:`ServerPace.report`: while edge-only it sends
-no requests, so without the report it
-would forget a busy server ``max_age_s`` after its last answer and pay give-ups to learn it again, and
-on a server that went idle it would wait out ``max_age_s`` before trying it. The newest evidence
-decides: a report newer than the client's last own sample stands for the pace (from ``min_samples``
+no requests, so without the report it would forget a busy server ``max_age_s`` after its last answer
+and pay give-ups to learn it again, and on a server that went idle it would wait out ``max_age_s``
+before trying it. The newest evidence decides: a report newer than the client's last own ratio
+stands for the pace, and one newer than its last own queue for the queue (from ``min_samples``
 measured requests; a server where no request of any model arrived within its window and none is in
-flight reports an idle pace, 1), and the client's own samples take over as they come. The server's
-ratio leaves out the decode (it does not know each frame's predicted decode time): it differs from
-the client's own by the decode's share of the server part. A client folds reports in only while it
-plans with the server's own profile, the one the server's ratio is against.
+flight reports itself idle: pace 1, no queue), and the client's own samples take over as they
+come. The server's ratio leaves out the decode (it does not know each frame's predicted decode
+time): it differs from the client's own by the decode's share of the server part. A client folds
+reports in only while it plans with the server's own profile, the one the server's ratio is against.
 
 The server's time has two parts, priced apart. Its queue (the wait for a batch slot behind other
 clients' requests) adds time whatever the cut: :attr:`ServerPace.queue_ms` is the median queue the
