@@ -56,12 +56,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from splitdnn.errors import ConfigError
 from splitdnn.runtime._estimator import check_positive
 
 __all__ = ["MAX_FACTOR", "Load", "LoadTracker", "ServerPace"]
+
+_V = TypeVar("_V")
 
 MAX_FACTOR = 10.0  # a server measured more than this many times slower (or faster) is priced at this
 
@@ -240,7 +242,7 @@ class ServerPace:
         return rep
 
 
-def _fresh(series: deque[tuple[float, float]], oldest: float) -> list[float]:
+def _fresh(series: deque[tuple[float, _V]], oldest: float) -> list[_V]:
     """The values of ``series`` (at_s, value) no older than ``oldest``; older ones are dropped."""
     while series and series[0][0] < oldest:
         series.popleft()
@@ -282,8 +284,8 @@ class LoadTracker:
         self.window, self.max_age_s = window, max_age_s
         self._clock = clock
         self._lock = threading.Lock()
-        # per model: (at_s, (queue + compute) / predicted, compute / predicted, queue ms), clamped
-        self._samples: dict[str, deque[tuple[float, float, float, float]]] = {}
+        # per model: (at_s, ((queue + compute) / predicted, compute / predicted, queue ms)), clamped
+        self._samples: dict[str, deque[tuple[float, tuple[float, float, float]]]] = {}
         self._arrivals: deque[float] = deque(maxlen=4096)  # enough to say "busy"
 
     def arrived(self) -> None:
@@ -295,7 +297,7 @@ class LoadTracker:
         if not all(_finite(v) and v >= 0 for v in (predicted_ms, queue_ms, compute_ms)) or predicted_ms < 1.0:
             return
         total, compute = (queue_ms + compute_ms) / predicted_ms, compute_ms / predicted_ms
-        sample = (self._clock(), _clamped(total), _clamped(compute), float(queue_ms))
+        sample = (self._clock(), (_clamped(total), _clamped(compute), float(queue_ms)))
         with self._lock:
             kept = self._samples.get(model)
             if kept is None:
@@ -306,18 +308,14 @@ class LoadTracker:
         """``model``'s medians and the arrivals of any model (the medians 0 with none measured)."""
         with self._lock:
             oldest = self._clock() - self.max_age_s
-            kept = self._samples.get(model, ())
-            while kept and kept[0][0] < oldest:
-                kept.popleft()  # type: ignore[union-attr]
+            kept = _fresh(self._samples.get(model, deque()), oldest)
             times = self._arrivals
             while times and times[0] < oldest:
                 times.popleft()
             if not kept:
                 return Load(0.0, 0.0, 0.0, 0, len(times))
-            return Load(
-                statistics.median(k[1] for k in kept), statistics.median(k[2] for k in kept),
-                statistics.median(k[3] for k in kept), len(kept), len(times),
-            )  # fmt: skip
+            total, compute, queue = (statistics.median(column) for column in zip(*kept, strict=True))
+            return Load(total, compute, queue, len(kept), len(times))
 
 
 def _clamped(ratio: float) -> float:

@@ -82,7 +82,6 @@ class Tail:
     module: GraphModule
     num_nodes: int  # compute nodes it runs
     writes_inputs: bool = True  # may write into its input tensors (they must then be writable copies)
-    nodes: frozenset[str] = frozenset()  # the model's nodes it computes (names in the full graph)
     # what the model's profile (ServedModel.profile) says of it: its inputs' profiled shapes, and its
     # compute (ms) for them; None without a profile, or when an input is not one profiled tensor
     profiled: tuple[tuple[tuple[int, ...], ...], float] | None = None
@@ -414,7 +413,7 @@ class ServedModel:
         num = sum(1 for n in members if n.op in COMPUTE_OPS)
         names = frozenset(n.name for n in members)
         return Tail(
-            tuple(order), module, num, may_write_inputs(module), names, _profiled(self.profile, order, names)
+            tuple(order), module, num, may_write_inputs(module), _profiled(self.profile, order, names)
         )
 
     def run(self, tail: Tail, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -32,6 +32,7 @@ accepted when sending).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -347,14 +348,8 @@ def probe_model(msg: sd_pb.ProbeRequest) -> str:
 def build_probe_response(received_bytes: int, load: ServerLoadData | None = None) -> sd_pb.ProbeResponse:
     """A Probe answer: how many payload bytes arrived, and the asked model's load if known."""
     msg = sd_pb.ProbeResponse(received_bytes=received_bytes)
-    if load is not None:
-        msg.load.pace = load.pace
-        msg.load.requests = load.requests
-        msg.load.in_flight = load.in_flight
-        msg.load.window_s = load.window_s
-        msg.load.arrivals = load.arrivals
-        msg.load.compute_pace = load.compute_pace
-        msg.load.queue_ms = load.queue_ms
+    if load is not None:  # ServerLoadData's fields are ServerLoad's, by name
+        msg.load.CopyFrom(sd_pb.ServerLoad(**dataclasses.asdict(load)))
     return msg
 
 

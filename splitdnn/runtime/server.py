@@ -561,7 +561,8 @@ class TailServer:
         Each decoded tensor is taken from the in-flight byte budget through ``lease`` before it is
         allocated; a request that times out while its batch runs leaves ``lease`` to that batch."""
         served = self._model(request.model_name, request.model_version)
-        self._loads.arrived()
+        if self._profiles:  # arrivals of any model tell a probe the server is busy (load_of): only
+            self._loads.arrived()  # a server with a profile reports a load
         batcher = self._batcher
         if batcher is None:
             raise Abort(grpc.StatusCode.UNAVAILABLE, "the server is not started; retry shortly")
