@@ -12,8 +12,9 @@ Issue 4 asks for two numbers, both measured here on one machine (client and serv
    - ``v2 raw``: the stock-protobuf client path -- ``serde.build_infer_request`` + the generated
      stub's call + ``serde.parse_infer_response`` -- with the fp32 tensor as raw v2 contents;
    - ``v2 wire`` (``--wire``): splitdnn's own client path (what ``SplitClient`` does) --
-     ``serde.encode_infer_request`` + a bytes-level ModelInfer call + ``serde.decode_infer_response``:
-     the same messages on the wire, the raw contents appended / read as views instead of copied;
+     ``serde.RequestEncoder`` + a bytes-level ModelInfer call + ``serde.ResponseDecoder``, with a
+     fresh request id each call: the same messages on the wire, the raw contents appended / read as
+     views instead of copied, the small fields serialized / parsed once;
    - ``bare v2 echo``: the same client path against a plain v2 servicer that answers the raw input
      as the output (no splitdnn server code), which splits the overhead into "v2 protobuf messages
      instead of bytes" and "splitdnn's server";
@@ -87,6 +88,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -495,10 +497,13 @@ def _overhead_for_size(
         )  # fmt: skip
 
     def wire_call(label: str, target: Any, keep: bool) -> Callable[[], None]:
-        """Bytes in, bytes out: serde writes and reads the messages (what SplitClient does)."""
+        """Bytes in, bytes out: serde writes and reads the messages as SplitClient does (its small
+        fields serialized and parsed once, a fresh request id every call)."""
+        encoder, decoder = serde.RequestEncoder(), serde.ResponseDecoder()
         return timed_call(
-            label, lambda: serde.encode_infer_request(name, {"x": x}, fingerprint=fingerprint),
-            target, serde.decode_infer_response, keep,
+            label,
+            lambda: encoder.encode(name, {"x": x}, fingerprint=fingerprint, request_id=uuid.uuid4().hex[:16]),
+            target, decoder.decode, keep,
         )  # fmt: skip
 
     call_wire = wire_call("v2_wire", channel.unary_unary(serde.MODEL_INFER_METHOD), keep=True)
@@ -971,9 +976,11 @@ def to_markdown(result: dict[str, Any]) -> str:
             "median, and median [p10–p90] of the per-repeat ratios. Echo: generic unary gRPC, the "
             "tensor's raw bytes in and the same bytes out. v2 raw: `serde.build_infer_request` + the "
             "generated stub's `ModelInfer` + `serde.parse_infer_response` (a stock protobuf client); "
-            "model `x * 1` (same size out). v2 wire (with `--wire`): `serde.encode_infer_request` + a "
-            "bytes-level `ModelInfer` + `serde.decode_infer_response`, what SplitClient does (the same "
-            "messages; raw contents appended and read as views, not copied by protobuf). Bare v2 echo: "
+            "model `x * 1` (same size out). v2 wire (with `--wire`): `serde.RequestEncoder` + a "
+            "bytes-level `ModelInfer` + `serde.ResponseDecoder`, a fresh request id each call, what "
+            "SplitClient does (the same messages; raw contents appended and read as views, not copied by "
+            "protobuf; the small fields serialized and parsed once, and on the server parsed and checked "
+            "once by `serde.RequestDecoder`). Bare v2 echo: "
             "the same client calls, answered by a plain v2 servicer that copies the raw input to the "
             "output (protobuf messages, no splitdnn server). Floor: the least any split runtime adds to "
             "the echo, with no protocol: the client copies the tensor into the request's bytes, the "

@@ -366,7 +366,7 @@ class Run:
 
         (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send))
         t = time.perf_counter()
-        request = serde.encode_infer_request(
+        request = c._request_encoder.encode(
             c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=uuid.uuid4().hex[:16],
             bfloat16=bf16, weights=c.weights_digest,
         )  # fmt: skip
@@ -453,7 +453,7 @@ class Run:
         built = frozenset(self.sent) in c._answered_cuts
         c._mark_up(answered=self.sent)
         t = time.perf_counter()
-        data = serde.decode_infer_response(response, max_decoded_bytes=c.max_message_bytes)
+        data = c._response_decoder.decode(response, max_decoded_bytes=c.max_message_bytes)
         out = _output(data, _facts(c.traced))
         self.client_ms += (time.perf_counter() - t) * 1e3
         p = data.parameters

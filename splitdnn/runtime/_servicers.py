@@ -223,7 +223,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         by protobuf; a request protobuf cannot parse is INVALID_ARGUMENT."""
         s = self._s
         try:
-            wire = serde.read_infer_request(request)
+            wire = s._requests.read(request)
         except WireError as exc:
             s.metrics.refused_unknown("INVALID_ARGUMENT", model_infer=True)
             log.debug("ModelInfer refused, INVALID_ARGUMENT: %s", exc)

@@ -121,7 +121,7 @@ def from_numpy(array: np.ndarray, *, bfloat16: bool = False, writable: bool = Tr
 
 def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, bool]:
     """``tensor`` on the CPU as numpy, and whether it holds bfloat16 bits (as uint16)."""
-    t = tensor.detach().cpu()
+    t = tensor if tensor.device.type == "cpu" and not tensor.requires_grad else tensor.detach().cpu()
     if t.dtype == torch.bfloat16:
         return t.contiguous().view(torch.int16).numpy().view(np.uint16), True
     if t.dtype not in _V2_BY_TORCH:
@@ -425,8 +425,10 @@ class ServedModel:
         the answer's bytes, so that they are inference tensors is never seen. A model that failed
         under it at load (gradients taken inside its forward) runs under ``no_grad``:
         :attr:`grad_mode_note` says so."""
+        if self.device.type != "cpu":  # (the inputs are on the CPU: decoded from the message)
+            inputs = [t.to(self.device, non_blocking=True) for t in inputs]
         with self.grad_mode():
-            out = tail.module(*(t.to(self.device, non_blocking=True) for t in inputs))
+            out = tail.module(*inputs)
         leaves = [out] if isinstance(out, torch.Tensor) else pytree.tree_leaves(out)
         if len(leaves) != len(self.output_names) or not all(isinstance(t, torch.Tensor) for t in leaves):
             raise ConfigError(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from splitdnn.errors import WireError
 
-__all__ = ["MAX_LENGTH", "Limit", "append_field", "over_limit", "split_field"]
+__all__ = ["MAX_LENGTH", "Limit", "append_field", "over_limit", "split_field", "split_fields", "varint_bytes"]
 
 #: longest length-delimited entry taken on the fast path (protobuf's own limit is 2 GiB - 1)
 MAX_LENGTH = 2**31 - 1
@@ -54,17 +54,30 @@ def split_field(
     when the fast path does not apply (see the module docstring), or past ``max_entries`` entries (a
     view each): parse ``data`` whole instead.
     """
-    if not 1 <= number <= 15:  # one-byte tags only: the fast path compares the tag byte
-        raise WireError(f"split_field takes field numbers 1..15, found {number}")
+    split = split_fields(data, (number,), max_entries)
+    return None if split is None else (split[0], split[1][0])
+
+
+def split_fields(
+    data: bytes | bytearray | memoryview, numbers: Sequence[int], max_entries: int = MAX_ENTRIES
+) -> tuple[bytes, list[list[memoryview]]] | None:
+    """:func:`split_field` for several length-delimited fields at once: ``(rest, slices)``, with
+    ``slices[i]`` the entries of field ``numbers[i]`` in order and ``rest`` every other field;
+    ``max_entries`` counts the entries of all of them. None as for :func:`split_field`."""
+    if not numbers or any(
+        not 1 <= n <= 15 for n in numbers
+    ):  # one-byte tags: the fast path compares the tag byte
+        raise WireError(f"split_field takes field numbers 1..15, found {list(numbers)}")
     buf = memoryview(data).cast("B")  # (nbytes,) whatever the exporter's format
     end = len(buf)
-    wanted = (number << 3) | _WIRE_LEN
+    slices: list[list[memoryview]] = [[] for _ in numbers]
+    wanted = {(n << 3) | _WIRE_LEN: slices[i] for i, n in enumerate(numbers)}
     keep: list[memoryview] = []
-    slices: list[memoryview] = []
-    kept_from = pos = 0
+    kept_from = pos = taken = 0
     while pos < end:
         start = pos
-        if buf[pos] == wanted:  # canonical one-byte tag of the wanted field
+        into = wanted.get(buf[pos])
+        if into is not None:  # canonical one-byte tag of a wanted field
             got = _varint(buf, pos + 1, end)
             if got is None:
                 return None
@@ -76,9 +89,10 @@ def split_field(
                 return None
             if start > kept_from:
                 keep.append(buf[kept_from:start])
-            if len(slices) == max_entries:
+            if taken == max_entries:
                 return None
-            slices.append(buf[body : body + length])
+            taken += 1
+            into.append(buf[body : body + length])
             pos = kept_from = body + length
             continue
         got = _varint(buf, pos, end)
@@ -86,13 +100,13 @@ def split_field(
             return None
         tag, pos = got
         field, wire_type = tag >> 3, tag & 7
-        if field == 0 or tag > 0xFFFFFFFF or tag == wanted:  # tag == wanted: a padded tag
+        if field == 0 or tag > 0xFFFFFFFF or tag in wanted:  # tag in wanted: a padded tag
             return None
         after = _skip(buf, pos, end, wire_type)
         if after is None:  # truncated, groups (3, 4), the invalid wire types 6, 7: protobuf decides
             return None
         pos = after
-    if not slices:
+    if not taken:
         return data if isinstance(data, bytes) else bytes(buf), slices
     if end > kept_from:
         keep.append(buf[kept_from:end])
@@ -187,7 +201,8 @@ def _skip(buf: memoryview, pos: int, end: int, wire_type: int) -> int | None:
     return None
 
 
-def _varint_bytes(value: int) -> bytes:
+def varint_bytes(value: int) -> bytes:
+    """``value`` (>= 0) as a protobuf varint."""
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -212,5 +227,5 @@ def append_field(head: bytes, number: int, chunks: Sequence[bytes | memoryview])
         n = memoryview(chunk).nbytes
         if n > MAX_LENGTH:
             raise WireError(f"a bytes field holds at most {MAX_LENGTH} bytes, found {n}")
-        parts += (tag, _varint_bytes(n), chunk)
+        parts += (tag, varint_bytes(n), chunk)
     return b"".join(parts)

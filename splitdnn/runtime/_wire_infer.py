@@ -10,10 +10,11 @@ tensor per direction instead of protobuf's three, the same messages on the wire.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -64,6 +65,8 @@ PARAM_TAIL_BUILD_MS = "splitdnn.tail_build_ms"  # double: of decode_ms, building
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 ParamValue = str | int | float | bool
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 _RAW_INPUT_FIELD = v2_pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number  # 7
 _RAW_OUTPUT_FIELD = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number  # 6
 MAX_TENSORS = 4096  # inputs, outputs (requested or answered) of one message
@@ -110,6 +113,9 @@ class InferRequestData:
     bfloat16: frozenset[str] = frozenset()  # inputs holding bfloat16 bit patterns (uint16 arrays)
     requested_outputs: tuple[str, ...] = ()  # output names the client asked for; () = all
     weights: str | None = None  # the splitdnn.weights parameter (digest of the client's weights), if sent
+    #: the checked header it was read by (``_wire_repeat.RequestDecoder``): the same object for every
+    #: request whose small fields (all but the id) are the same bytes; None when not read through one
+    header: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,12 @@ class InferRequestWire:
     message: v2_pb.ModelInferRequest  # every field except raw_input_contents
     raw: list[memoryview]  # raw_input_contents, in order: read-only views of the received bytes
     nbytes: int  # serialized size of the whole request
+    #: from RequestDecoder.read: the small fields but the id, as bytes (None: not the plain layout),
+    #: the checked header they match (then ``message`` is that header's, its id another request's),
+    #: and this request's id
+    key: bytes | None = None
+    checked: Any = None
+    request_id: str = ""
 
     @property
     def model_name(self) -> str:
@@ -147,10 +159,27 @@ class InferResponseData:
 # parameters
 
 
-def _set_param(msg: Any, key: str, value: ParamValue) -> None:
-    """Store ``value`` in the InferParameter ``msg`` under the matching oneof field."""
+def _unicode_text(build: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``build``, raising WireError for text protobuf cannot write (a lone surrogate: not UTF-8)."""
+
+    @functools.wraps(build)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return build(*args, **kwargs)
+        except UnicodeEncodeError as exc:
+            raise WireError(
+                f"a name, id or string parameter is not valid Unicode text ({exc.reason}: "
+                f"{exc.object[exc.start : exc.end]!r}); send UTF-8 text"
+            ) from exc
+
+    return checked
+
+
+def _set_param(parameters: Any, key: str, value: ParamValue) -> None:
+    """Store ``value`` in the map ``parameters`` under ``key``, in the matching oneof field."""
     if not isinstance(key, str) or not key:
         raise WireError(f"parameter names must be non-empty strings, found {key!r}")
+    msg = parameters[key]
     if isinstance(value, bool):
         msg.bool_param = value
     elif isinstance(value, int):
@@ -195,6 +224,7 @@ def _string_param(params: Mapping[str, ParamValue], key: str) -> str | None:
 # ModelInfer
 
 
+@_unicode_text
 def _infer_request(
     model_name: str,
     inputs: Mapping[str, np.ndarray | bytes],
@@ -225,7 +255,7 @@ def _infer_request(
     for key, param in (parameters or {}).items():
         if key in _ARGUMENT_PARAMS:
             raise WireError(f"parameter {key!r} is set by build_infer_request itself; pass it as an argument")
-        _set_param(msg.parameters[key], key, param)
+        _set_param(msg.parameters, key, param)
     if fingerprint is not None:
         msg.parameters[PARAM_FINGERPRINT].string_param = fingerprint
     if weights is not None:
@@ -377,6 +407,7 @@ def parse_infer_request(
     )
 
 
+@_unicode_text
 def _infer_response(
     model_name: str,
     request_id: str,
@@ -388,7 +419,7 @@ def _infer_response(
     msg = v2_pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
     raw = add_tensors(msg.outputs, v2_pb.ModelInferResponse.InferOutputTensor, outputs, bfloat16)
     for key, value in (parameters or {}).items():
-        _set_param(msg.parameters[key], key, value)
+        _set_param(msg.parameters, key, value)
     return msg, raw
 
 

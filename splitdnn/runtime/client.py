@@ -272,6 +272,9 @@ class SplitClient:
         self.traced = resolve_model(model, input_shape, model_name)
         # what the server checks against its own (~0.1 s per 100 MB of weights, once)
         self.weights_digest = weights_digest(self.traced.module)
+        # the small fields of a cut's requests serialized once, of its answers parsed once (serde)
+        self._request_encoder = serde.RequestEncoder()
+        self._response_decoder = serde.ResponseDecoder()
         self.model_name = model_name or self.traced.name
         self._placeholders = tuple(n.name for n in self.traced.nodes if n.op == "placeholder")
         # in-place changes the solver does not see may make its plan unrunnable: its plans are checked

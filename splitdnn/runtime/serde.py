@@ -1,11 +1,12 @@
 """The one door to the wire: conversions between generated protobuf messages and numpy / domain objects.
 
 Nothing else in splitdnn builds or reads a generated message field by field (but this module's
-private halves: ``_serde_tensors`` for tensors, ``_wire_infer`` for ModelInfer, whose public names
-are re-exported here: import them from here). Builders (``build_*``)
-turn arrays and records into messages; parsers (``parse_*``) validate a received message completely
-and return frozen records, raising only :class:`~splitdnn.errors.WireError` (malformed or inconsistent
-message) or :class:`~splitdnn.errors.CodecError` (a bad codec frame).
+private halves: ``_serde_tensors`` for tensors, ``_wire_infer`` for ModelInfer, ``_wire_repeat`` for
+repeat ModelInfer messages, whose public names are re-exported here: import them from here).
+Builders (``build_*``) turn arrays and records into messages; parsers (``parse_*``) validate a
+received message completely and return frozen records, raising only
+:class:`~splitdnn.errors.WireError` (malformed or inconsistent message) or
+:class:`~splitdnn.errors.CodecError` (a bad codec frame).
 
 Tensors follow the Open Inference Protocol v2: a datatype name, a shape, and the elements either as
 ``raw_input_contents`` / ``raw_output_contents`` bytes (row major, little endian, what splitdnn sends)
@@ -23,7 +24,10 @@ fields with protobuf and append the tensors' bytes by hand (one copy), ``read_in
 ``decode_infer_response`` parse the small fields with protobuf and keep the raw contents as views of
 the received bytes (``runtime._wire``); they accept exactly what protobuf accepts. Arrays decoded
 from raw contents are read-only views of the message's bytes (which are immutable ``bytes``, never
-reused): copy before writing, as the server and client do once when handing them to torch.
+reused): copy before writing, as the server and client do once when handing them to torch. For the
+messages a split client and the server exchange again and again, ``RequestEncoder``,
+``RequestDecoder``, ``ResponseEncoder`` and ``ResponseDecoder`` do the same with the small fields
+(all but the id and the answer's parameters) serialized, or parsed and checked, once.
 
 bfloat16 has no numpy dtype without ml_dtypes, so BF16 tensors are carried as uint16 bit patterns
 and their names listed in the record's ``bfloat16`` set (an ml_dtypes ``bfloat16`` array is also
@@ -64,6 +68,13 @@ from splitdnn.runtime._wire_infer import (
     parse_infer_response,
     read_infer_request,
 )
+from splitdnn.runtime._wire_repeat import (
+    CheckedHeader,
+    RequestDecoder,
+    RequestEncoder,
+    ResponseDecoder,
+    ResponseEncoder,
+)
 from splitdnn.schema import Profile, profile_from_json, profile_to_json
 
 __all__ = [
@@ -80,11 +91,16 @@ __all__ = [
     "PARAM_QUEUE_MS",
     "PARAM_TAIL_BUILD_MS",
     "PARAM_WEIGHTS",
+    "CheckedHeader",
     "InferRequestData",
     "InferRequestWire",
     "InferResponseData",
     "ModelInfoData",
     "ParamValue",
+    "RequestDecoder",
+    "RequestEncoder",
+    "ResponseDecoder",
+    "ResponseEncoder",
     "ServerLoadData",
     "TensorSpec",
     "build_infer_request",

@@ -143,6 +143,10 @@ class TailServer:
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._inflight = InflightBytes(config.inflight_limit)
         self._loads = LoadTracker()  # each model's pace against its profile, for probes (ServerLoad)
+        # a client's repeat requests: their small fields parsed and checked once, their answers'
+        # small fields serialized once (serde.RequestDecoder, serde.ResponseEncoder)
+        self._requests = serde.RequestDecoder()
+        self._answers = serde.ResponseEncoder()
         self._port = 0
         self._metrics_port: int | None = None
         self._stopping = False
@@ -570,47 +574,16 @@ class TailServer:
         batcher.arriving()
         try:
             try:
-                data = serde.parse_infer_request(
+                data = self._requests.parse(
                     request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=lease.take
                 )
             except (WireError, CodecError) as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-            full = set(data.inputs) == set(served.input_names)
-            if data.fingerprint is not None and data.fingerprint != served.fingerprint:
-                raise Abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"the client split a model with fingerprint {data.fingerprint[:12]!r}, but this server's "
-                    f"{served.name!r} has fingerprint {served.fingerprint[:12]}; use the same model "
-                    f"definition on both sides (GetModelInfo gives the server's)",
-                )
-            if data.weights is not None and data.weights != served.weights:
-                raise Abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"the client computes with weights {data.weights[:12]!r}, but this server's "
-                    f"{served.name!r} has weights {served.weights[:12]!r} (same architecture, different "
-                    f"parameter values: the split would compute garbage); load the same weights file on "
-                    f"both ends (GetModelInfo gives the server's weights digest)",
-                )
-            if not full and data.fingerprint is None:  # a stock v2 client's, with the wrong names
-                missing = [n for n in served.input_names if n not in data.inputs]
-                unknown = sorted(n for n in data.inputs if n not in served.input_names)
-                raise Abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"model {served.name!r} takes input(s) {list(served.input_names)} (see ModelMetadata); "
-                    f"the request has [{shown_names(sorted(data.inputs))}] (missing "
-                    f"[{shown_names(missing)}], unknown [{shown_names(unknown)}]). A split request, whose "
-                    f"inputs are boundary tensors named by their nodes, must carry parameter "
-                    f"{serde.PARAM_FINGERPRINT}",
-                )
-            unknown_out = [n for n in data.requested_outputs if n not in served.output_names]
-            if unknown_out:
-                raise Abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"model {served.name!r} has outputs {list(served.output_names)}, not "
-                    f"[{shown_names(unknown_out)}]",
-                )
+            if data.header is None or data.header.verdicts.get("server") is not served:
+                self._check_request(served, data)  # a repeat header passed them before
+                if data.header is not None:
+                    data.header.verdicts["server"] = served
             try:
-                served.check_inputs(data.inputs, data.bfloat16)
                 tail, build_s = served.tail_built(frozenset(data.inputs))
             except WireError as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
@@ -655,7 +628,7 @@ class TailServer:
             outputs[name], is_bf16 = to_numpy(tensor)
             if is_bf16:
                 bf16.add(name)
-        response = serde.encode_infer_response(
+        response = self._answers.encode(
             served.name,
             data.request_id,
             outputs,
@@ -677,6 +650,48 @@ class TailServer:
                 f"outputs, or start the server with a higher --max-message-mib",
             )
         return response
+
+    def _check_request(self, served: ServedModel, data: serde.InferRequestData) -> None:
+        """Refuse a request ``served`` cannot run: another model's fingerprint or weights, unknown
+        input or output names, inputs of the wrong datatype or rank (raises Abort)."""
+        full = set(data.inputs) == set(served.input_names)
+        if data.fingerprint is not None and data.fingerprint != served.fingerprint:
+            raise Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the client split a model with fingerprint {data.fingerprint[:12]!r}, but this server's "
+                f"{served.name!r} has fingerprint {served.fingerprint[:12]}; use the same model "
+                f"definition on both sides (GetModelInfo gives the server's)",
+            )
+        if data.weights is not None and data.weights != served.weights:
+            raise Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the client computes with weights {data.weights[:12]!r}, but this server's "
+                f"{served.name!r} has weights {served.weights[:12]!r} (same architecture, different "
+                f"parameter values: the split would compute garbage); load the same weights file on "
+                f"both ends (GetModelInfo gives the server's weights digest)",
+            )
+        if not full and data.fingerprint is None:  # a stock v2 client's, with the wrong names
+            missing = [n for n in served.input_names if n not in data.inputs]
+            unknown = sorted(n for n in data.inputs if n not in served.input_names)
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {served.name!r} takes input(s) {list(served.input_names)} (see ModelMetadata); "
+                f"the request has [{shown_names(sorted(data.inputs))}] (missing "
+                f"[{shown_names(missing)}], unknown [{shown_names(unknown)}]). A split request, whose "
+                f"inputs are boundary tensors named by their nodes, must carry parameter "
+                f"{serde.PARAM_FINGERPRINT}",
+            )
+        unknown_out = [n for n in data.requested_outputs if n not in served.output_names]
+        if unknown_out:
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {served.name!r} has outputs {list(served.output_names)}, not "
+                f"[{shown_names(unknown_out)}]",
+            )
+        try:
+            served.check_inputs(data.inputs, data.bfloat16)
+        except WireError as exc:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 
     def _await(
         self,

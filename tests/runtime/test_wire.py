@@ -306,8 +306,8 @@ def test_a_message_of_countless_empty_entries_is_refused_before_it_is_parsed() -
         serde.read_infer_request(b"\x7a\x00" * 100_000)  # unknown field 15, empty
     # nested: one input whose typed contents hold 200,000 empty bytes_contents entries (15x in memory)
     contents = b"\x42\x00" * 200_000
-    tensor = b"\x2a" + _wire._varint_bytes(len(contents)) + contents
-    data = b"\x2a" + _wire._varint_bytes(len(tensor)) + tensor
+    tensor = b"\x2a" + _wire.varint_bytes(len(contents)) + contents
+    data = b"\x2a" + _wire.varint_bytes(len(tensor)) + tensor
     with pytest.raises(WireError, match="more than 4096 'inputs.contents.bytes_contents' entries"):
         serde.read_infer_request(data)
     with pytest.raises(WireError, match="more than 1024 'parameters' entries"):
