@@ -22,7 +22,16 @@ from dataclasses import dataclass
 
 from splitdnn.errors import WireError
 
-__all__ = ["MAX_LENGTH", "Limit", "append_field", "over_limit", "split_field", "split_fields", "varint_bytes"]
+__all__ = [
+    "MAX_LENGTH",
+    "Limit",
+    "append_field",
+    "length_prefix",
+    "over_limit",
+    "split_field",
+    "split_fields",
+    "varint_bytes",
+]
 
 #: longest length-delimited entry taken on the fast path (protobuf's own limit is 2 GiB - 1)
 MAX_LENGTH = 2**31 - 1
@@ -224,8 +233,12 @@ def append_field(head: bytes, number: int, chunks: Sequence[bytes | memoryview])
     tag = bytes(((number << 3) | _WIRE_LEN,))
     parts: list[bytes | memoryview] = [head]
     for chunk in chunks:
-        n = memoryview(chunk).nbytes
-        if n > MAX_LENGTH:
-            raise WireError(f"a bytes field holds at most {MAX_LENGTH} bytes, found {n}")
-        parts += (tag, varint_bytes(n), chunk)
+        parts += (tag, length_prefix(memoryview(chunk).nbytes), chunk)
     return b"".join(parts)
+
+
+def length_prefix(n: int) -> bytes:
+    """The length varint of an ``n``-byte entry of a bytes field (WireError past protobuf's limit)."""
+    if n > MAX_LENGTH:
+        raise WireError(f"a bytes field holds at most {MAX_LENGTH} bytes, found {n}")
+    return varint_bytes(n)

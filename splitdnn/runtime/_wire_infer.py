@@ -167,12 +167,17 @@ def _unicode_text(build: Callable[_P, _R]) -> Callable[_P, _R]:
         try:
             return build(*args, **kwargs)
         except UnicodeEncodeError as exc:
-            raise WireError(
-                f"a name, id or string parameter is not valid Unicode text ({exc.reason}: "
-                f"{exc.object[exc.start : exc.end]!r}); send UTF-8 text"
-            ) from exc
+            raise not_unicode(exc) from exc
 
     return checked
+
+
+def not_unicode(exc: UnicodeEncodeError) -> WireError:
+    """The WireError for text that is not UTF-8 (a lone surrogate), which protobuf cannot write."""
+    return WireError(
+        f"a name, id or string parameter is not valid Unicode text ({exc.reason}: "
+        f"{exc.object[exc.start : exc.end]!r}); send UTF-8 text"
+    )
 
 
 def _set_param(parameters: Any, key: str, value: ParamValue) -> None:

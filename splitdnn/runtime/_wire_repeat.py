@@ -41,6 +41,8 @@ from splitdnn.runtime._wire_infer import (
     _unicode_text,
     decode_infer_response,
     encode_infer_request,
+    encode_infer_response,
+    not_unicode,
     parse_infer_request,
     read_infer_request,
 )
@@ -63,7 +65,9 @@ class CheckedHeader:
     __slots__ = ("message", "template", "specs", "nbytes", "verdicts")
 
     def __init__(self, message: v2_pb.ModelInferRequest, data: InferRequestData) -> None:
-        self.message = message  # parsed once; never changed (its id is the first request's)
+        self.message = v2_pb.ModelInferRequest()  # parsed once, never changed; without its id, which
+        self.message.CopyFrom(message)  # the key leaves out: of any size (the request's, not the header's)
+        self.message.ClearField("id")
         # each input as it is viewed: (name, numpy dtype, shape, bytes)
         self.specs = tuple((n, a.dtype, a.shape, a.nbytes) for n, a in data.inputs.items())
         # no views of the message: a template must not keep the first request's bytes alive
@@ -85,8 +89,8 @@ class CheckedHeader:
             arr.flags.writeable = False  # a view of the message: whoever writes must copy first
             inputs[name] = arr
         t = self.template
-        return InferRequestData(
-            t.model_name, t.model_version, request_id, inputs, t.framed, t.fingerprint, t.parameters,
+        return InferRequestData(  # (parameters copied: a caller may change its request's)
+            t.model_name, t.model_version, request_id, inputs, t.framed, t.fingerprint, dict(t.parameters),
             nbytes, t.bfloat16, t.requested_outputs, t.weights, self,
         )  # fmt: skip
 
@@ -105,7 +109,7 @@ class _Bounded:
     """A dict that forgets its oldest entries past ``entries`` (stores under a lock, reads without)."""
 
     def __init__(self, entries: int) -> None:
-        self.entries = entries
+        self.entries = max(1, entries)
         self.items: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
@@ -161,7 +165,8 @@ class RequestDecoder:
         """:func:`parse_infer_request` of a request from :meth:`read`."""
         checked = wire.checked
         if checked is not None:
-            if checked.nbytes <= max_decoded_bytes:
+            budget_ok = type(max_decoded_bytes) is int and max_decoded_bytes >= 0  # else Budget says so
+            if budget_ok and checked.nbytes <= max_decoded_bytes:
                 data = checked.request(wire.raw, wire.request_id, wire.nbytes)
                 if data is not None:
                     return data
@@ -231,11 +236,13 @@ class _ParamWriter:
 
 
 def _id_field(request_id: str) -> bytes:
+    """The id field's bytes (none for "", as protobuf leaves a proto3 default out)."""
+    if not request_id:
+        return b""
     try:
         data = request_id.encode("utf-8")
-    except UnicodeEncodeError:
-        _param_entry("id", request_id)  # raises protobuf's refusal, as a WireError
-        raise
+    except UnicodeEncodeError as exc:
+        raise not_unicode(exc) from exc
     return b"".join((_ID_TAG, _wire.varint_bytes(len(data)), data))
 
 
@@ -259,15 +266,18 @@ class ResponseEncoder:
         bfloat16: Collection[str] = (),
         model_version: str = "",
     ) -> bytes:
-        try:
-            key = (
-                model_name,
-                model_version,
-                tuple((n, a.dtype, a.shape, n in bfloat16) for n, a in outputs.items()),
-            )
-        except AttributeError:  # not arrays: the full path says which
-            key = None
-        parts = self._headers.items.get(key) if key is not None else None
+        if type(request_id) is not str or not all(isinstance(a, np.ndarray) for a in outputs.values()):
+            return encode_infer_response(  # what it refuses or takes (bytes for the id), it says
+                model_name, request_id, outputs, parameters=parameters, bfloat16=bfloat16,
+                model_version=model_version,
+            )  # fmt: skip
+        id_field = _id_field(request_id)  # first, as the full path refuses it first
+        key = (
+            model_name,
+            model_version,
+            tuple((n, a.dtype, a.shape, n in bfloat16) for n, a in outputs.items()),
+        )
+        parts = self._headers.items.get(key)
         if parts is None:
             msg, _ = _infer_response(model_name, "", outputs, None, bfloat16, model_version)  # checks it all
             head = v2_pb.ModelInferResponse(model_name=model_name, model_version=model_version)
@@ -275,19 +285,16 @@ class ResponseEncoder:
             body.outputs.extend(msg.outputs)
             datatypes = tuple(t.datatype for t in msg.outputs)
             parts = (head.SerializeToString(), body.SerializeToString(), datatypes)
-            if key is not None:
-                self._headers.put(key, parts)
+            self._headers.put(key, parts)
         head_bytes, outputs_bytes, datatypes = parts
-        out: list[bytes | memoryview] = [head_bytes]
-        if request_id:
-            out.append(_id_field(request_id))
+        out: list[bytes | memoryview] = [head_bytes, id_field]
         for k, v in (parameters or {}).items():
             out.append(self._params.entry(k, v))
         out.append(outputs_bytes)
         tag = _RAW_OUTPUT_TAG
         for array, datatype in zip(outputs.values(), datatypes, strict=True):
             view = raw_view(array, datatype)
-            out += (tag, _wire.varint_bytes(view.nbytes), view)
+            out += (tag, _wire.length_prefix(view.nbytes), view)
         return b"".join(out)
 
 
@@ -316,11 +323,12 @@ class RequestEncoder:
             (n, v.dtype, v.shape, n in bfloat16) if isinstance(v, np.ndarray) else None
             for n, v in inputs.items()
         )
-        if None in kinds:
+        if None in kinds or type(request_id) is not str:
             return encode_infer_request(
                 model_name, inputs, fingerprint=fingerprint, request_id=request_id, bfloat16=bfloat16,
                 model_version=model_version, weights=weights,
             )  # fmt: skip
+        id_field = _id_field(request_id)  # first, as the full path refuses it first
         key = (model_name, model_version, fingerprint, weights, kinds)
         parts = self._headers.items.get(key)
         if parts is None:
@@ -339,14 +347,11 @@ class RequestEncoder:
             )
             self._headers.put(key, parts)
         head_bytes, body_bytes, datatypes = parts
-        out: list[bytes | memoryview] = [head_bytes]
-        if request_id:
-            out.append(_id_field(request_id))
-        out.append(body_bytes)
+        out: list[bytes | memoryview] = [head_bytes, id_field, body_bytes]
         tag = _RAW_INPUT_TAG
         for value, datatype in zip(inputs.values(), datatypes, strict=True):
             view = raw_view(value, datatype)  # type: ignore[arg-type]  # arrays only, above
-            out += (tag, _wire.varint_bytes(view.nbytes), view)
+            out += (tag, _wire.length_prefix(view.nbytes), view)
         return b"".join(out)
 
 

@@ -124,6 +124,22 @@ def test_a_known_header_over_the_decode_budget_is_refused_as_before() -> None:
     assert outcome[0] == "refused" and outcome == _one_off(data, max_decoded_bytes=small)
 
 
+def test_a_kept_header_holds_neither_the_first_id_nor_the_first_bytes() -> None:
+    decoder = serde.RequestDecoder()
+    data = decoder.parse(decoder.read(_request("i" * 100_000)), max_decoded_bytes=CAP)
+    assert data.request_id == "i" * 100_000 and data.header is not None
+    assert data.header.message.id == "" and data.header.message.ByteSize() < 4096  # the key's bound
+    again = decoder.parse(decoder.read(_request("j")), max_decoded_bytes=CAP)
+    assert again.header is data.header and again.request_id == "j"
+
+
+@pytest.mark.parametrize("budget", [1e9, None, -1, True])
+def test_a_known_header_with_a_bad_budget_is_refused_as_before(budget: Any) -> None:
+    data = _request("a")
+    outcome = _cached(_primed(), data, max_decoded_bytes=budget)
+    assert outcome[0] == "refused" and outcome == _one_off(data, max_decoded_bytes=budget)
+
+
 def _with_raw_cut(data: bytes, n: int) -> bytes:
     """The message with its last raw entry ``n`` bytes shorter (its length prefix rewritten)."""
     split = _wire.split_field(data, 7)
@@ -232,6 +248,27 @@ def test_the_response_encoder_writes_bfloat16_and_refuses_as_the_function_does()
             encode("m", "\ud800", OUTPUTS)
         with pytest.raises(WireError, match="not valid Unicode"):
             encode("\udfff", "", OUTPUTS)
+        with pytest.raises(WireError, match="not valid Unicode"):  # the id first, as protobuf sets it first
+            encode("m", "\ud800", {"o": np.zeros(2, np.complex64)})
+    assert v2_pb.ModelInferResponse.FromString(encoder.encode("m", b"r", OUTPUTS)).id == "r"  # type: ignore[arg-type]
+    encoder.encode("m", "i", {"o": np.array(1.5, np.float32)})  # a 0-d array: its header kept
+    for encode in (encoder.encode, serde.encode_infer_response):
+        with pytest.raises(WireError, match="must be a numpy array, found float32"):
+            encode("m", "i", {"o": np.float32(2.5)})  # type: ignore[dict-item]
+
+
+def test_the_encoders_refuse_entries_past_protobufs_length_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_wire, "MAX_LENGTH", 10)
+    x = np.zeros(4, np.float32)  # 16 bytes
+    encoders: list[Callable[[], bytes]] = [
+        lambda: serde.encode_infer_response("m", "", {"o": x}),
+        lambda: serde.ResponseEncoder().encode("m", "", {"o": x}),
+        lambda: serde.encode_infer_request("m", {"x": x}),
+        lambda: serde.RequestEncoder().encode("m", {"x": x}),
+    ]
+    for encode in encoders:
+        with pytest.raises(WireError, match="at most 10 bytes, found 16"):
+            encode()
 
 
 def _response(
