@@ -618,7 +618,7 @@ class TailServer:
             if shapes == tuple(tuple(t.shape) for t in tensors):
                 job.future.add_done_callback(partial(self._measure_pace, served.name, predicted_ms))
         batcher.submit(job)  # also counts the request as arrived, atomically
-        result = self._await(job, context, served, {n: list(a.shape) for n, a in data.inputs.items()}, lease)
+        result = self._await(job, context, served, data.inputs, lease)
         series.ran(result.queue_s, result.compute_s)
         outputs = {}
         bf16 = set()
@@ -698,7 +698,7 @@ class TailServer:
         job: Job,
         context: grpc.ServicerContext,
         served: ServedModel,
-        shapes: Mapping[str, list[int]],
+        inputs: Mapping[str, Any],  # arrays: their shapes go in a failure's message
         lease: RequestLease,
     ) -> BatchResult:
         def late() -> Abort:
@@ -721,8 +721,8 @@ class TailServer:
             if _past(context):
                 raise late() from None
             raise Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
-        except Exception as exc:
-            raise compute_error(exc, served, shapes) from exc
+        except Exception as exc:  # (the shapes are for its message: worked out only here)
+            raise compute_error(exc, served, {n: list(a.shape) for n, a in inputs.items()}) from exc
         if _past(context):  # it ran (alone, on this thread) past the deadline: nobody takes the answer
             raise late()
         return result

@@ -396,3 +396,35 @@ def test_the_server_answers_repeat_requests_and_refuses_a_repeat_header_with_bad
             assert decoder.decode(raw, max_decoded_bytes=CAP).request_id == "again"  # still serving
         finally:
             channel.close()
+
+
+class _Linear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: Any) -> Any:
+        return self.fc(x)
+
+
+def test_a_repeat_request_the_tail_rejects_is_refused_with_its_shapes_every_time() -> None:
+    spec = ModelSpec("linear", module=_Linear(), input_shapes=((1, 5),))
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            infer = model_infer(channel)
+            encoder = serde.RequestEncoder()
+            wide = np.ones((1, 7), np.float32)  # the rank the checks look at, a width the tail refuses
+            for i in range(2):  # the second from the kept header, its checks' verdict kept too
+                with pytest.raises(grpc.RpcError) as info:
+                    infer(encoder.encode("linear", {"x": wide}, request_id=f"r{i}"), timeout=30)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "rejected inputs of shape {'x': [1, 7]}" in (info.value.details() or "")
+            assert len(server._requests) == 1
+            raw = infer(encoder.encode("linear", {"x": np.ones((1, 5), np.float32)}), timeout=30)
+            assert serde.ResponseDecoder().decode(raw, max_decoded_bytes=CAP).outputs["output"].shape == (
+                1,
+                3,
+            )
+        finally:
+            channel.close()
