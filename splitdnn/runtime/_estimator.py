@@ -318,6 +318,12 @@ def _theil_sen(pts: Sequence[tuple[float, float]], min_spread: float) -> tuple[f
     n = len(pts)
     if n < 2:
         return None
+    # no pair qualifies when the widest one does not (every request of one cut the same size, the
+    # steady state): said in O(n), before the O(n^2) pairs
+    xs = [p[0] for p in pts]
+    widest, narrowest = max(xs), min(xs)
+    if widest <= 0 or widest < min_spread * narrowest:
+        return None
     xy = np.asarray(pts, dtype=np.float64)
     x, y = xy[:, 0], xy[:, 1]
     i, j = _pairs(n)
