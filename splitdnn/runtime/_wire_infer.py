@@ -72,6 +72,7 @@ _RAW_OUTPUT_FIELD = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_outp
 MAX_TENSORS = 4096  # inputs, outputs (requested or answered) of one message
 MAX_PARAMETERS = 1024  # parameters of one message
 _REQUEST_FIELDS = v2_pb.ModelInferRequest.DESCRIPTOR.fields_by_name
+_REQUEST_NAME, _RESPONSE_NAME = "inference.ModelInferRequest", "inference.ModelInferResponse"
 _RESPONSE_FIELDS = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name
 #: entries per top-level field checked before protobuf parses a message (each entry it parses costs
 #: a sub-message: 32 MiB of empty inputs took 5 GB and a minute); field number -> (name, limit)
@@ -316,13 +317,22 @@ def encode_infer_request(
     return _wire.append_field(msg.SerializeToString(), _RAW_INPUT_FIELD, raw)
 
 
-def _read(
-    data: bytes, message: Any, field: int, what: str, limits: Mapping[int, _wire.Limit]
-) -> tuple[Any, list[Any]]:
-    """``data`` parsed into ``message`` but for bytes field ``field``, returned apart (views if it can)."""
+Split = tuple[bytes, list[memoryview]] | None  # _wire.split_field's answer: (rest, raw entries)
+
+
+def split_raw(data: bytes, field: int, what: str) -> Split:
+    """``data``'s raw contents (bytes field ``field``) cut out by :func:`_wire.split_field`; WireError
+    when ``data`` is not ``bytes``."""
     if not isinstance(data, bytes):
         raise WireError(f"expected a serialized {what} as bytes, found {type(data).__name__}")
-    split = _wire.split_field(data, field, MAX_TENSORS)
+    return _wire.split_field(data, field, MAX_TENSORS)
+
+
+def _read(
+    data: bytes, split: Split, message: Any, field: int, what: str, limits: Mapping[int, _wire.Limit]
+) -> tuple[Any, list[Any]]:
+    """``data`` parsed into ``message`` but for bytes field ``field``, returned apart (views when
+    ``split``, :func:`split_raw`'s answer, has them)."""
     # what protobuf parses next: a few hundred bytes for splitdnn's own requests, too few entries to
     # matter (the counts are checked after parsing), so the walk is skipped on their path
     parsed = data if split is None else split[0]
@@ -352,9 +362,12 @@ def read_infer_request(data: bytes) -> InferRequestWire:
 
     Accepts exactly the bytes protobuf accepts, with the same content; anything else is a WireError.
     """
-    msg, raw = _read(
-        data, v2_pb.ModelInferRequest(), _RAW_INPUT_FIELD, "inference.ModelInferRequest", _REQUEST_LIMITS
-    )
+    return request_from(data, split_raw(data, _RAW_INPUT_FIELD, _REQUEST_NAME))
+
+
+def request_from(data: bytes, split: Split) -> InferRequestWire:
+    """:func:`read_infer_request` of ``data`` already cut by :func:`split_raw`."""
+    msg, raw = _read(data, split, v2_pb.ModelInferRequest(), _RAW_INPUT_FIELD, _REQUEST_NAME, _REQUEST_LIMITS)
     return InferRequestWire(msg, raw, len(data))
 
 
@@ -466,8 +479,14 @@ def parse_infer_response(msg: v2_pb.ModelInferResponse, *, max_decoded_bytes: in
 
 def decode_infer_response(data: bytes, *, max_decoded_bytes: int) -> InferResponseData:
     """:func:`parse_infer_response` of a serialized response; outputs are read-only views of ``data``."""
+    split = split_raw(data, _RAW_OUTPUT_FIELD, _RESPONSE_NAME)
+    return response_from(data, split, max_decoded_bytes=max_decoded_bytes)
+
+
+def response_from(data: bytes, split: Split, *, max_decoded_bytes: int) -> InferResponseData:
+    """:func:`decode_infer_response` of ``data`` already cut by :func:`split_raw`."""
     msg, raw = _read(
-        data, v2_pb.ModelInferResponse(), _RAW_OUTPUT_FIELD, "inference.ModelInferResponse", _RESPONSE_LIMITS
+        data, split, v2_pb.ModelInferResponse(), _RAW_OUTPUT_FIELD, _RESPONSE_NAME, _RESPONSE_LIMITS
     )
     return _response_data(msg, raw, len(data), max_decoded_bytes)
 

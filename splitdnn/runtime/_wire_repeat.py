@@ -39,12 +39,13 @@ from splitdnn.runtime._wire_infer import (
     _params_from,
     _set_param,
     _unicode_text,
-    decode_infer_response,
     encode_infer_request,
     encode_infer_response,
     not_unicode,
     parse_infer_request,
-    read_infer_request,
+    request_from,
+    response_from,
+    split_raw,
 )
 
 __all__ = ["CheckedHeader", "RequestDecoder", "RequestEncoder", "ResponseDecoder", "ResponseEncoder"]
@@ -55,6 +56,40 @@ _MAX_KEY_BYTES = 4096  # small fields longer than this (thousands of names, para
 _CACHE_ENTRIES = 64
 
 
+class _Layout:
+    """How a kept header's raw contents are viewed: each tensor's name, numpy dtype, shape and size."""
+
+    __slots__ = ("specs", "nbytes")
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.specs = tuple((n, a.dtype, a.shape, a.nbytes) for n, a in arrays.items())
+        self.nbytes = sum(s[3] for s in self.specs)
+
+    @staticmethod
+    def of(arrays: Mapping[str, np.ndarray], raw: Sequence[memoryview]) -> _Layout | None:
+        """The layout of ``arrays`` decoded from ``raw``; None when a repeat could not be viewed the
+        same way: not one raw entry per tensor (typed contents), or BOOL (its values are checked)."""
+        if len(raw) != len(arrays) or any(a.dtype == np.bool_ for a in arrays.values()):
+            return None
+        return _Layout(arrays)
+
+    def views(self, raw: Sequence[memoryview], max_decoded_bytes: int) -> dict[str, np.ndarray] | None:
+        """``raw`` viewed as these tensors (read-only views); None when it does not fit them, or the
+        budget is not one :class:`Budget` takes or is smaller (then decode in full: that says why)."""
+        if type(max_decoded_bytes) is not int or not 0 <= self.nbytes <= max_decoded_bytes:
+            return None
+        if len(raw) != len(self.specs):
+            return None
+        out = {}
+        for (name, dtype, shape, size), data in zip(self.specs, raw, strict=True):
+            if len(data) != size:
+                return None
+            arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+            arr.flags.writeable = False  # a view of the message: whoever writes must copy first
+            out[name] = arr
+        return out
+
+
 class CheckedHeader:
     """The small fields of a request that :func:`parse_infer_request` accepted, all but its id.
 
@@ -62,32 +97,25 @@ class CheckedHeader:
     keeps its checks' result there, so a repeat header skips them too): dropped with the header.
     """
 
-    __slots__ = ("message", "template", "specs", "nbytes", "verdicts")
+    __slots__ = ("message", "template", "layout", "verdicts")
 
-    def __init__(self, message: v2_pb.ModelInferRequest, data: InferRequestData) -> None:
+    def __init__(self, message: v2_pb.ModelInferRequest, data: InferRequestData, layout: _Layout) -> None:
         self.message = v2_pb.ModelInferRequest()  # parsed once, never changed; without its id, which
         self.message.CopyFrom(message)  # the key leaves out: of any size (the request's, not the header's)
         self.message.ClearField("id")
-        # each input as it is viewed: (name, numpy dtype, shape, bytes)
-        self.specs = tuple((n, a.dtype, a.shape, a.nbytes) for n, a in data.inputs.items())
+        self.layout = layout
         # no views of the message: a template must not keep the first request's bytes alive
         self.template = replace(data, inputs={}, request_id="", wire_bytes=0)
-        self.nbytes = sum(s[3] for s in self.specs)
         self.verdicts: dict[str, Any] = {}
 
-    def request(self, raw: Sequence[memoryview], request_id: str, nbytes: int) -> InferRequestData | None:
+    def request(
+        self, raw: Sequence[memoryview], request_id: str, nbytes: int, max_decoded_bytes: int
+    ) -> InferRequestData | None:
         """The request with these small fields, ``request_id`` and the raw contents ``raw``; None when
         ``raw`` does not fit them (then parse it in full: that says what is wrong)."""
-        specs = self.specs
-        if len(raw) != len(specs):
+        inputs = self.layout.views(raw, max_decoded_bytes)
+        if inputs is None:
             return None
-        inputs = {}
-        for (name, dtype, shape, size), data in zip(specs, raw, strict=True):
-            if len(data) != size:
-                return None
-            arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-            arr.flags.writeable = False  # a view of the message: whoever writes must copy first
-            inputs[name] = arr
         t = self.template
         return InferRequestData(  # (parameters copied: a caller may change its request's)
             t.model_name, t.model_version, request_id, inputs, t.framed, t.fingerprint, dict(t.parameters),
@@ -138,22 +166,17 @@ class RequestDecoder:
 
     def read(self, data: bytes) -> InferRequestWire:
         """:func:`read_infer_request`, from the remembered header when there is one."""
-        split = (
-            _wire.split_fields(data, (_RAW_INPUT_FIELD, _ID_FIELD), MAX_TENSORS)
-            if isinstance(data, bytes)
-            else None
-        )
-        if split is None or len(split[0]) > _MAX_KEY_BYTES:
-            return read_infer_request(data)
-        key, (raw, ids) = split
+        split = split_raw(data, _RAW_INPUT_FIELD, "inference.ModelInferRequest")
+        cut = None if split is None else _wire.split_fields(split[0], (_ID_FIELD,), MAX_TENSORS)
+        if split is None or cut is None or len(cut[0]) > _MAX_KEY_BYTES:
+            return request_from(data, split)
+        key, (ids,) = cut
         checked = self._known.items.get(key)
-        if checked is not None:
-            request_id = _last_string(ids)
-            if request_id is None:
-                return read_infer_request(data)  # which refuses it
-            return InferRequestWire(checked.message, raw, len(data), key, checked, request_id)
-        wire = read_infer_request(data)
-        return InferRequestWire(wire.message, wire.raw, wire.nbytes, key)
+        request_id = _last_string(ids) if checked is not None else None
+        if checked is None or request_id is None:  # a new header, or an id protobuf refuses
+            wire = request_from(data, split)
+            return InferRequestWire(wire.message, wire.raw, wire.nbytes, key)
+        return InferRequestWire(checked.message, split[1], len(data), key, checked, request_id)
 
     def parse(
         self,
@@ -165,11 +188,9 @@ class RequestDecoder:
         """:func:`parse_infer_request` of a request from :meth:`read`."""
         checked = wire.checked
         if checked is not None:
-            budget_ok = type(max_decoded_bytes) is int and max_decoded_bytes >= 0  # else Budget says so
-            if budget_ok and checked.nbytes <= max_decoded_bytes:
-                data = checked.request(wire.raw, wire.request_id, wire.nbytes)
-                if data is not None:
-                    return data
+            data = checked.request(wire.raw, wire.request_id, wire.nbytes, max_decoded_bytes)
+            if data is not None:
+                return data
             message = v2_pb.ModelInferRequest()  # in full, to say what is wrong
             message.CopyFrom(checked.message)
             message.id = wire.request_id
@@ -178,13 +199,9 @@ class RequestDecoder:
                 reserve=reserve,
             )  # fmt: skip
         data = parse_infer_request(wire, max_decoded_bytes=max_decoded_bytes, reserve=reserve)
-        if (
-            wire.key is not None
-            and not data.framed
-            and len(wire.raw) == len(data.inputs)
-            and all(a.dtype != np.bool_ for a in data.inputs.values())
-        ):
-            checked = CheckedHeader(wire.message, data)
+        layout = _Layout.of(data.inputs, wire.raw) if wire.key is not None and not data.framed else None
+        if layout is not None:
+            checked = CheckedHeader(wire.message, data, layout)
             self._known.put(wire.key, checked)
             data = replace(data, header=checked)
         return data
@@ -195,9 +212,7 @@ class RequestDecoder:
 
 _DOUBLE = struct.Struct("<d")
 _PARAMETERS_FIELD = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name["parameters"].number  # 4
-_ID_TAG, _PARAMETERS_TAG, _RAW_INPUT_TAG, _RAW_OUTPUT_TAG = (
-    bytes(((n << 3) | 2,)) for n in (_ID_FIELD, _PARAMETERS_FIELD, _RAW_INPUT_FIELD, _RAW_OUTPUT_FIELD)
-)
+_ID_TAG, _PARAMETERS_TAG = (bytes(((n << 3) | 2,)) for n in (_ID_FIELD, _PARAMETERS_FIELD))
 
 
 @_unicode_text
@@ -280,22 +295,24 @@ class ResponseEncoder:
         parts = self._headers.items.get(key)
         if parts is None:
             msg, _ = _infer_response(model_name, "", outputs, None, bfloat16, model_version)  # checks it all
-            head = v2_pb.ModelInferResponse(model_name=model_name, model_version=model_version)
-            body = v2_pb.ModelInferResponse()
-            body.outputs.extend(msg.outputs)
-            datatypes = tuple(t.datatype for t in msg.outputs)
-            parts = (head.SerializeToString(), body.SerializeToString(), datatypes)
+            parts = _head_and_body(msg, tuple(t.datatype for t in msg.outputs))
             self._headers.put(key, parts)
-        head_bytes, outputs_bytes, datatypes = parts
-        out: list[bytes | memoryview] = [head_bytes, id_field]
-        for k, v in (parameters or {}).items():
-            out.append(self._params.entry(k, v))
-        out.append(outputs_bytes)
-        tag = _RAW_OUTPUT_TAG
-        for array, datatype in zip(outputs.values(), datatypes, strict=True):
-            view = raw_view(array, datatype)
-            out += (tag, _wire.length_prefix(view.nbytes), view)
-        return b"".join(out)
+        head, body, datatypes = parts
+        params = b"".join([self._params.entry(k, v) for k, v in (parameters or {}).items()])
+        views = [raw_view(a, d) for a, d in zip(outputs.values(), datatypes, strict=True)]
+        return _wire.append_field(b"".join((head, id_field, params, body)), _RAW_OUTPUT_FIELD, views)
+
+
+def _head_and_body(msg: Any, datatypes: tuple[str, ...]) -> tuple[bytes, bytes, tuple[str, ...]]:
+    """``msg`` (with no id, no parameters and no raw contents) serialized as the part before the id
+    (model name and version) and the part after, in protobuf's field order; and its tensors'
+    datatypes."""
+    head = type(msg)(model_name=msg.model_name, model_version=msg.model_version)
+    body = type(msg)()
+    body.CopyFrom(msg)
+    body.ClearField("model_name")
+    body.ClearField("model_version")
+    return head.SerializeToString(), body.SerializeToString(), datatypes
 
 
 class RequestEncoder:
@@ -335,24 +352,11 @@ class RequestEncoder:
             msg, _ = _infer_request(
                 model_name, inputs, fingerprint, "", None, bfloat16, model_version, weights
             )
-            head = v2_pb.ModelInferRequest(model_name=model_name, model_version=model_version)
-            body = v2_pb.ModelInferRequest()
-            body.MergeFrom(msg)
-            body.ClearField("model_name")
-            body.ClearField("model_version")
-            parts = (
-                head.SerializeToString(),
-                body.SerializeToString(),
-                tuple(t.datatype for t in msg.inputs),
-            )
+            parts = _head_and_body(msg, tuple(t.datatype for t in msg.inputs))
             self._headers.put(key, parts)
-        head_bytes, body_bytes, datatypes = parts
-        out: list[bytes | memoryview] = [head_bytes, id_field, body_bytes]
-        tag = _RAW_INPUT_TAG
-        for value, datatype in zip(inputs.values(), datatypes, strict=True):
-            view = raw_view(value, datatype)  # type: ignore[arg-type]  # arrays only, above
-            out += (tag, _wire.length_prefix(view.nbytes), view)
-        return b"".join(out)
+        head, body, datatypes = parts
+        views = [raw_view(v, d) for v, d in zip(inputs.values(), datatypes, strict=True)]  # type: ignore[arg-type]
+        return _wire.append_field(b"".join((head, id_field, body)), _RAW_INPUT_FIELD, views)
 
 
 class ResponseDecoder:
@@ -366,28 +370,31 @@ class ResponseDecoder:
         self._known = _Bounded(entries)
 
     def decode(self, data: bytes, *, max_decoded_bytes: int) -> InferResponseData:
-        split = None
-        if isinstance(data, bytes):
-            split = _wire.split_fields(data, (_RAW_OUTPUT_FIELD, _ID_FIELD, _PARAMETERS_FIELD), MAX_TENSORS)
-        if split is None or len(split[0]) > _MAX_KEY_BYTES:
-            return decode_infer_response(data, max_decoded_bytes=max_decoded_bytes)
-        key, (raw, ids, params) = split
+        split = split_raw(data, _RAW_OUTPUT_FIELD, "inference.ModelInferResponse")
+        cut = (
+            None
+            if split is None
+            else _wire.split_fields(split[0], (_ID_FIELD, _PARAMETERS_FIELD), MAX_TENSORS)
+        )
+        if split is None or cut is None or len(cut[0]) > _MAX_KEY_BYTES:
+            return response_from(data, split, max_decoded_bytes=max_decoded_bytes)
+        key, (ids, params) = cut
         known = self._known.items.get(key)
         if known is not None:
-            found = _known_response(known, raw, ids, params, len(data), max_decoded_bytes)
+            found = _known_response(known, split[1], ids, params, len(data), max_decoded_bytes)
             if found is not None:
                 return found
-            return decode_infer_response(data, max_decoded_bytes=max_decoded_bytes)  # to say what is wrong
-        decoded = decode_infer_response(data, max_decoded_bytes=max_decoded_bytes)
-        if len(raw) == len(decoded.outputs) and all(a.dtype != np.bool_ for a in decoded.outputs.values()):
+            return response_from(data, split, max_decoded_bytes=max_decoded_bytes)  # to say what is wrong
+        decoded = response_from(data, split, max_decoded_bytes=max_decoded_bytes)
+        layout = _Layout.of(decoded.outputs, split[1])
+        if layout is not None:
             message = v2_pb.ModelInferResponse.FromString(key)  # accepted just now as part of the whole
-            specs = tuple((n, a.dtype, a.shape, a.nbytes) for n, a in decoded.outputs.items())
-            self._known.put(key, (message, specs, sum(s[3] for s in specs), decoded.bfloat16))
+            self._known.put(key, (message, layout, decoded.bfloat16))
         return decoded
 
 
 def _known_response(
-    known: tuple[Any, ...],
+    known: tuple[Any, _Layout, frozenset[str]],
     raw: Sequence[memoryview],
     ids: Sequence[memoryview],
     params: Sequence[memoryview],
@@ -395,13 +402,12 @@ def _known_response(
     max_decoded_bytes: int,
 ) -> InferResponseData | None:
     """The answer with ``known``'s small fields; None when the rest does not fit them."""
-    message, specs, total, bf16 = known
-    if total > max_decoded_bytes or len(raw) != len(specs) or len(params) > MAX_PARAMETERS:
+    message, layout, bf16 = known
+    request_id = _last_string(ids)
+    outputs = layout.views(raw, max_decoded_bytes)
+    if outputs is None or request_id is None or len(params) > MAX_PARAMETERS:
         return None
     try:
-        request_id = _last_string(ids)
-        if request_id is None:
-            return None
         parsed = v2_pb.ModelInferResponse()
         if params:  # the map's entries, parsed by protobuf as they would be in the whole message
             parsed.ParseFromString(
@@ -410,13 +416,6 @@ def _known_response(
         parameters = _params_from(parsed.parameters, "response")
     except (DecodeError, WireError):
         return None
-    outputs = {}
-    for (name, dtype, shape, size), view in zip(specs, raw, strict=True):
-        if len(view) != size:
-            return None
-        arr = np.frombuffer(view, dtype=dtype).reshape(shape)
-        arr.flags.writeable = False
-        outputs[name] = arr
     return InferResponseData(
         message.model_name, request_id, outputs, parameters, bf16, message.model_version, nbytes
     )

@@ -92,7 +92,7 @@ def test_a_repeat_header_takes_neither_protobuf_nor_the_checks(monkeypatch: pyte
 
     from splitdnn.runtime import _wire_repeat
 
-    monkeypatch.setattr(_wire_repeat, "read_infer_request", fail)
+    monkeypatch.setattr(_wire_repeat, "request_from", fail)
     monkeypatch.setattr(_wire_repeat, "parse_infer_request", fail)
     got = decoder.parse(decoder.read(_request("x")), max_decoded_bytes=CAP)
     assert got.request_id == "x"
@@ -314,6 +314,14 @@ def test_answers_read_with_a_known_header_as_decode_infer_response_reads_them(
         ours = _decoded(lambda: _primed_responses().decode(bytes(data), max_decoded_bytes=cap))  # noqa: B023
         want = _decoded(lambda: serde.decode_infer_response(bytes(data), max_decoded_bytes=cap))  # noqa: B023
         assert ours == want
+
+
+@pytest.mark.parametrize("budget", [1e9, None, -1, True])
+def test_a_known_answer_header_with_a_bad_budget_is_refused_as_before(budget: Any) -> None:
+    data = _response("b")
+    ours = _decoded(lambda: _primed_responses().decode(data, max_decoded_bytes=budget))
+    want = _decoded(lambda: serde.decode_infer_response(data, max_decoded_bytes=budget))
+    assert ours[0] == "refused" and ours == want
 
 
 def test_a_known_answer_header_reads_its_parameters_and_bytes_apart() -> None:
