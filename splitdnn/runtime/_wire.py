@@ -26,6 +26,7 @@ __all__ = [
     "MAX_LENGTH",
     "Limit",
     "append_field",
+    "field_spans",
     "length_prefix",
     "over_limit",
     "split_field",
@@ -73,20 +74,52 @@ def split_fields(
     """:func:`split_field` for several length-delimited fields at once: ``(rest, slices)``, with
     ``slices[i]`` the entries of field ``numbers[i]`` in order and ``rest`` every other field;
     ``max_entries`` counts the entries of all of them. None as for :func:`split_field`."""
+    buf = memoryview(data).cast("B")  # (nbytes,) whatever the exporter's format
+    spans = _spans(buf, numbers, max_entries)
+    if spans is None:
+        return None
+    slices: list[list[memoryview]] = [[] for _ in numbers]
+    if not spans:
+        return data if isinstance(data, bytes) else bytes(buf), slices
+    keep: list[memoryview] = []
+    kept_from = 0
+    for which, start, body, stop in spans:
+        if start > kept_from:
+            keep.append(buf[kept_from:start])
+        slices[which].append(buf[body:stop])
+        kept_from = stop
+    if len(buf) > kept_from:
+        keep.append(buf[kept_from:])
+    return b"".join(keep), slices
+
+
+def field_spans(
+    data: bytes | bytearray | memoryview, numbers: Sequence[int], max_entries: int = MAX_ENTRIES
+) -> list[tuple[int, int, int]] | None:
+    """Where the entries of length-delimited fields ``numbers`` lie in a serialized message: ``(field
+    number, first byte of the value, end of the value)`` for each, in order. None exactly when
+    :func:`split_fields` gives None for the same arguments."""
+    spans = _spans(memoryview(data).cast("B"), numbers, max_entries)
+    return None if spans is None else [(numbers[which], body, stop) for which, _, body, stop in spans]
+
+
+def _spans(
+    buf: memoryview, numbers: Sequence[int], max_entries: int
+) -> list[tuple[int, int, int, int]] | None:
+    """``(index in numbers, tag's position, value's position, value's end)`` of every entry of the
+    wanted fields, walking the top-level fields once; None off the fast path (module docstring)."""
     if not numbers or any(
         not 1 <= n <= 15 for n in numbers
     ):  # one-byte tags: the fast path compares the tag byte
         raise WireError(f"split_field takes field numbers 1..15, found {list(numbers)}")
-    buf = memoryview(data).cast("B")  # (nbytes,) whatever the exporter's format
     end = len(buf)
-    slices: list[list[memoryview]] = [[] for _ in numbers]
-    wanted = {(n << 3) | _WIRE_LEN: slices[i] for i, n in enumerate(numbers)}
-    keep: list[memoryview] = []
-    kept_from = pos = taken = 0
+    wanted = {(n << 3) | _WIRE_LEN: i for i, n in enumerate(numbers)}
+    spans: list[tuple[int, int, int, int]] = []
+    pos = 0
     while pos < end:
         start = pos
-        into = wanted.get(buf[pos])
-        if into is not None:  # canonical one-byte tag of a wanted field
+        which = wanted.get(buf[pos])
+        if which is not None:  # canonical one-byte tag of a wanted field
             got = _varint(buf, pos + 1, end)
             if got is None:
                 return None
@@ -96,13 +129,10 @@ def split_fields(
                 return None
             if length > end - body:
                 return None
-            if start > kept_from:
-                keep.append(buf[kept_from:start])
-            if taken == max_entries:
+            if len(spans) == max_entries:
                 return None
-            taken += 1
-            into.append(buf[body : body + length])
-            pos = kept_from = body + length
+            pos = body + length
+            spans.append((which, start, body, pos))
             continue
         got = _varint(buf, pos, end)
         if got is None:
@@ -115,11 +145,7 @@ def split_fields(
         if after is None:  # truncated, groups (3, 4), the invalid wire types 6, 7: protobuf decides
             return None
         pos = after
-    if not taken:
-        return data if isinstance(data, bytes) else bytes(buf), slices
-    if end > kept_from:
-        keep.append(buf[kept_from:end])
-    return b"".join(keep), slices
+    return spans
 
 
 @dataclass(frozen=True)

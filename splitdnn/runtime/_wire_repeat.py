@@ -148,6 +148,75 @@ class _Bounded:
             self.items[key] = value
 
 
+class _Holes:
+    """A message accepted before, as the bytes a repeat must have: all of them but the holes (an id's
+    value, raw contents, a double's 8 bytes), whose contents may differ. A message of the same size with
+    the same bytes outside the holes has the same fields, in the same places, with the same lengths:
+    protobuf parses it to the same content but for what lies in the holes."""
+
+    __slots__ = ("size", "fixed", "holes")
+
+    def __init__(self, data: bytes, holes: Sequence[tuple[int, int]]) -> None:  # in order, apart
+        fixed, pos = [], 0
+        for start, stop in holes:
+            if start > pos:
+                fixed.append((pos, data[pos:start]))
+            pos = stop
+        if len(data) > pos:
+            fixed.append((pos, data[pos:]))
+        self.size = len(data)
+        self.fixed = tuple(fixed)
+        self.holes = tuple(holes)
+
+    def fits(self, data: bytes) -> bool:
+        if len(data) != self.size:
+            return False
+        for at, part in self.fixed:
+            if not data.startswith(part, at):
+                return False
+        return True
+
+
+class _BySize:
+    """At most ``entries`` :class:`_Holes`, each with a value, found by the size of the message they
+    fit (the oldest forgotten first; stores under a lock, finds without: a size's entries are a tuple,
+    replaced whole)."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = max(1, entries)
+        self._by_size: dict[int, tuple[tuple[_Holes, Any], ...]] = {}
+        self._order: list[_Holes] = []
+        self._lock = threading.Lock()
+
+    def find(self, data: bytes) -> tuple[_Holes, Any] | None:
+        for found in self._by_size.get(len(data), ()):
+            if found[0].fits(data):
+                return found
+        return None
+
+    def put(self, holes: _Holes, value: Any) -> None:
+        with self._lock:
+            while len(self._order) >= self.entries:
+                old = self._order.pop(0)
+                left = tuple(e for e in self._by_size[old.size] if e[0] is not old)
+                if left:
+                    self._by_size[old.size] = left
+                else:
+                    del self._by_size[old.size]
+            self._by_size[holes.size] = (*self._by_size.get(holes.size, ()), (holes, value))
+            self._order.append(holes)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+def _utf8(data: bytes) -> str | None:
+    try:
+        return str(data, "utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 class RequestDecoder:
     """:func:`read_infer_request` and :func:`parse_infer_request` that remember the headers they
     accepted: a request whose small fields, but for the id, are the bytes of one accepted before is
@@ -163,9 +232,18 @@ class RequestDecoder:
 
     def __init__(self, entries: int = _CACHE_ENTRIES) -> None:
         self._known = _Bounded(entries)
+        self._shapes = _BySize(entries)  # where a kept header's repeats hold their id and raw contents
 
     def read(self, data: bytes) -> InferRequestWire:
         """:func:`read_infer_request`, from the remembered header when there is one."""
+        found = self._shapes.find(data) if type(data) is bytes else None
+        if found is not None:  # a repeat byte for byte but for its id and raw contents: no walk
+            key, checked, id_at, raw_at = found[1]
+            request_id = "" if id_at is None else _utf8(data[id_at[0] : id_at[1]])
+            if request_id is not None:
+                view = memoryview(data)
+                raw = [view[start:stop] for start, stop in raw_at]
+                return InferRequestWire(checked.message, raw, len(data), key, checked, request_id)
         split = split_raw(data, _RAW_INPUT_FIELD, "inference.ModelInferRequest")
         cut = None if split is None else _wire.split_fields(split[0], (_ID_FIELD,), MAX_TENSORS)
         if split is None or cut is None or len(cut[0]) > _MAX_KEY_BYTES:
@@ -176,7 +254,21 @@ class RequestDecoder:
         if checked is None or request_id is None:  # a new header, or an id protobuf refuses
             wire = request_from(data, split)
             return InferRequestWire(wire.message, wire.raw, wire.nbytes, key)
+        self._remember_shape(data, key, checked)
         return InferRequestWire(checked.message, split[1], len(data), key, checked, request_id)
+
+    def _remember_shape(self, data: bytes, key: bytes, checked: CheckedHeader) -> None:
+        """Where ``data``, a repeat of ``checked``'s header, holds its id and raw contents: the next
+        repeat of the same size and the same other bytes is read without walking its fields."""
+        spans = _wire.field_spans(data, (_ID_FIELD, _RAW_INPUT_FIELD), MAX_TENSORS)
+        if spans is None:
+            return
+        ids = [(start, stop) for number, start, stop in spans if number == _ID_FIELD]
+        if len(ids) > 1:  # the last one counts: not worth a shape of its own
+            return
+        raw = tuple((start, stop) for number, start, stop in spans if number == _RAW_INPUT_FIELD)
+        holes = _Holes(data, [(start, stop) for _, start, stop in spans])
+        self._shapes.put(holes, (key, checked, ids[0] if ids else None, raw))
 
     def parse(
         self,
@@ -368,8 +460,14 @@ class ResponseDecoder:
 
     def __init__(self, entries: int = _CACHE_ENTRIES) -> None:
         self._known = _Bounded(entries)
+        self._shapes = _BySize(entries)  # where a kept answer's repeats hold their id, doubles, raw
 
     def decode(self, data: bytes, *, max_decoded_bytes: int) -> InferResponseData:
+        found = self._shapes.find(data) if type(data) is bytes else None
+        if found is not None:  # a repeat byte for byte but for its id, doubles and raw contents
+            answer = _response_in(data, found[1], max_decoded_bytes)
+            if answer is not None:
+                return answer
         split = split_raw(data, _RAW_OUTPUT_FIELD, "inference.ModelInferResponse")
         cut = (
             None
@@ -381,9 +479,11 @@ class ResponseDecoder:
         key, (ids, params) = cut
         known = self._known.items.get(key)
         if known is not None:
-            found = _known_response(known, split[1], ids, params, len(data), max_decoded_bytes)
-            if found is not None:
-                return found
+            answer = _known_response(known, split[1], ids, params, len(data), max_decoded_bytes)
+            if answer is not None:
+                if len(ids) <= 1:
+                    self._remember_shape(data, known, answer)
+                return answer
             return response_from(data, split, max_decoded_bytes=max_decoded_bytes)  # to say what is wrong
         decoded = response_from(data, split, max_decoded_bytes=max_decoded_bytes)
         layout = _Layout.of(decoded.outputs, split[1])
@@ -391,6 +491,37 @@ class ResponseDecoder:
             message = v2_pb.ModelInferResponse.FromString(key)  # accepted just now as part of the whole
             self._known.put(key, (message, layout, decoded.bfloat16))
         return decoded
+
+    def _remember_shape(
+        self, data: bytes, known: tuple[Any, _Layout, frozenset[str]], answer: InferResponseData
+    ) -> None:
+        """Where ``data`` (``answer``, of a kept header) holds its id, its raw contents and the 8 bytes
+        of each double parameter (an entry exactly as protobuf writes it: the name, then the value);
+        every other parameter is fixed bytes of the shape, its value ``answer``'s."""
+        spans = _wire.field_spans(data, (_ID_FIELD, _PARAMETERS_FIELD, _RAW_OUTPUT_FIELD), MAX_TENSORS)
+        if spans is None:
+            return
+        entries = [(start, stop) for number, start, stop in spans if number == _PARAMETERS_FIELD]
+        if len(entries) != len(answer.parameters):  # a name twice (the last counts): no shape
+            return
+        holes, doubles = [], []
+        for number, start, stop in spans:
+            if number != _PARAMETERS_FIELD:
+                holes.append((start, stop))
+                continue
+            for name, value in answer.parameters.items():
+                if type(value) is float and data[start : stop - _DOUBLE.size] == _double_prefix(name):
+                    holes.append((stop - _DOUBLE.size, stop))
+                    doubles.append((name, stop - _DOUBLE.size))
+                    break
+        fixed = len(data) - sum(stop - start for start, stop in holes)
+        if fixed > 2 * _MAX_KEY_BYTES:  # a long string parameter: not kept
+            return
+        ids = [(start, stop) for number, start, stop in spans if number == _ID_FIELD]
+        raw = tuple((start, stop) for number, start, stop in spans if number == _RAW_OUTPUT_FIELD)
+        others = {k: v for k, v in answer.parameters.items() if k not in dict(doubles)}
+        shape = (known, ids[0] if ids else None, raw, others, tuple(doubles))
+        self._shapes.put(_Holes(data, holes), shape)
 
 
 def _known_response(
@@ -418,4 +549,27 @@ def _known_response(
         return None
     return InferResponseData(
         message.model_name, request_id, outputs, parameters, bf16, message.model_version, nbytes
+    )
+
+
+def _double_prefix(name: str) -> bytes:
+    """A ``parameters`` entry's bytes before its double value, as protobuf writes them."""
+    key = name.encode("utf-8")
+    return b"".join((b"\x0a", _wire.varint_bytes(len(key)), key, b"\x12\x09\x21"))
+
+
+def _response_in(data: bytes, shape: tuple[Any, ...], max_decoded_bytes: int) -> InferResponseData | None:
+    """The answer ``data`` that fits ``shape`` (:meth:`ResponseDecoder._remember_shape`); None when its
+    id is not UTF-8 or its raw contents do not fit ``max_decoded_bytes`` (then decode it in full)."""
+    (message, layout, bf16), id_at, raw_at, others, doubles = shape
+    request_id = "" if id_at is None else _utf8(data[id_at[0] : id_at[1]])
+    view = memoryview(data)
+    outputs = layout.views([view[start:stop] for start, stop in raw_at], max_decoded_bytes)
+    if request_id is None or outputs is None:
+        return None
+    parameters = dict(others)
+    for name, at in doubles:
+        parameters[name] = _DOUBLE.unpack_from(data, at)[0]
+    return InferResponseData(
+        message.model_name, request_id, outputs, parameters, bf16, message.model_version, len(data)
     )

@@ -342,3 +342,33 @@ def test_split_field_takes_at_most_max_entries_on_its_fast_path() -> None:
     past = serde.read_infer_request(b"\x3a\x01x" * (_wire_infer.MAX_TENSORS + 1))
     assert all(isinstance(v, memoryview) for v in at_cap.raw)
     assert all(isinstance(v, bytes) for v in past.raw) and past.raw == [b"x"] * (_wire_infer.MAX_TENSORS + 1)
+
+
+def _from_spans(data: bytes, numbers: tuple[int, ...]) -> tuple[bytes, list[list[bytes]]] | None:
+    """split_fields' answer rebuilt from field_spans: the entries, and the rest between them."""
+    spans = _wire.field_spans(data, numbers)
+    if spans is None:
+        return None
+    rest, pos, entries = [], 0, [[] for _ in numbers]
+    for number, start, stop in spans:
+        tag_at = start - 1
+        while tag_at > pos and data[tag_at - 1] & 0x80:  # back over the length varint to the tag
+            tag_at -= 1
+        rest.append(data[pos : tag_at - 1])
+        entries[numbers.index(number)].append(data[start:stop])
+        pos = stop
+    rest.append(data[pos:])
+    return b"".join(rest), entries
+
+
+@_FUZZ
+@given(mutated() | requests(), st.sampled_from([(7,), (3,), (3, 7), (7, 4, 3)]))
+def test_field_spans_are_where_split_fields_cuts(data: bytes, numbers: tuple[int, ...]) -> None:
+    split = _wire.split_fields(data, numbers)
+    rebuilt = _from_spans(data, numbers)
+    if split is None:
+        assert rebuilt is None
+        return
+    assert rebuilt is not None
+    assert rebuilt[0] == split[0]
+    assert rebuilt[1] == [[bytes(v) for v in views] for views in split[1]]

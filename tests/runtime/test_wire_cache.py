@@ -16,7 +16,7 @@ from torch import nn
 
 from splitdnn import codec
 from splitdnn.errors import CodecError, WireError
-from splitdnn.runtime import _wire, serde
+from splitdnn.runtime import _wire, _wire_repeat, serde
 from splitdnn.runtime._client_rpc import model_infer
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
@@ -153,10 +153,11 @@ def _with_id(data: bytes, request_id: bytes) -> bytes:
 
 
 @st.composite
-def _mutations(draw: st.DrawFn) -> bytes:
-    """A request whose header the primed decoder knows, then a few edits anywhere in it."""
+def _mutations(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A request whose header the primed decoder knows, and it with a few edits anywhere."""
     x = draw(st.sampled_from([X, X * 0, -X]))
-    data = bytearray(_request(draw(st.text(max_size=6)), x=x))
+    base = _request(draw(st.text(max_size=6)), x=x)
+    data = bytearray(base)
     for _ in range(draw(st.integers(0, 3))):
         op = draw(st.sampled_from(["flip", "cut", "insert", "delete", "id"]))
         at = draw(st.integers(0, len(data) - 1))
@@ -172,13 +173,70 @@ def _mutations(draw: st.DrawFn) -> bytes:
             data += _with_id(b"", draw(st.binary(max_size=5)))
         if not data:
             break
-    return bytes(data)
+    return base, bytes(data)
 
 
 @_FUZZ
-@given(_mutations())
-def test_mutated_requests_same_verdict_and_content_with_a_known_header(data: bytes) -> None:
-    assert _cached(_primed(), data) == _one_off(data)
+@given(_mutations(), st.booleans())
+def test_mutated_requests_same_verdict_and_content_with_a_known_header(
+    base_and_data: tuple[bytes, bytes], by_shape: bool
+) -> None:
+    base, data = base_and_data
+    decoder = _primed()
+    if by_shape:  # a repeat of base's size: read by its shape from now on
+        _cached(decoder, base)
+        assert len(decoder._shapes) == 1
+    assert _cached(decoder, data) == _one_off(data)
+
+
+def test_a_repeat_of_a_known_shape_is_read_without_walking_its_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoder = _primed()
+    decoder.read(_request("second"))  # a repeat: where its id and raw contents lie is kept
+    monkeypatch.setattr(_wire_repeat, "split_raw", _never)
+    x3 = X * 3
+    got = decoder.parse(decoder.read(_request("thirds", x=x3)), max_decoded_bytes=CAP)
+    assert got.request_id == "thirds" and got.header is not None
+    np.testing.assert_array_equal(got.inputs["x"], x3)
+    np.testing.assert_array_equal(got.inputs["y"], Y)
+    assert not got.inputs["x"].flags.writeable
+    # another id length is another size: walked, and its shape kept too
+    monkeypatch.undo()
+    assert decoder.read(_request("a-longer-id")).request_id == "a-longer-id"
+    assert len(decoder._shapes) == 2
+
+
+def _never(*args: Any) -> Any:
+    raise AssertionError("the fields were walked")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.replace(b"second", b"sec\xffnd"),  # an id protobuf refuses, in the id's place
+        lambda d: d.replace(b"\x0a\x01m", b"\x0a\x01n"),  # another model, same size
+        lambda d: d[:-1] + b"x",  # the raw contents differ: read, not refused
+    ],
+)
+def test_a_request_of_a_known_shape_with_other_bytes_gets_the_full_parse_verdict(
+    edit: Callable[[bytes], bytes],
+) -> None:
+    decoder = _primed()
+    decoder.read(_request("second"))
+    data = edit(_request("second"))
+    assert len(data) == len(_request("second"))
+    assert _cached(decoder, data) == _one_off(data)
+
+
+def test_the_shapes_kept_are_bounded() -> None:
+    decoder = serde.RequestDecoder(entries=3)
+    for i in range(10):
+        for _ in range(2):  # the second of each id length leaves a shape
+            _cached(decoder, _request("i" * i))
+    assert len(decoder._shapes) == 3
+    assert sorted(decoder._shapes._by_size) == sorted(len(_request("i" * i)) for i in (7, 8, 9))
+    assert _cached(decoder, _request("j" * 9)) == _one_off(_request("j" * 9))
 
 
 def test_what_is_not_kept_and_how_many() -> None:
@@ -306,14 +364,35 @@ def _primed_responses() -> serde.ResponseDecoder:
 def test_answers_read_with_a_known_header_as_decode_infer_response_reads_them(
     request_id: str, params: dict[str, serde.ParamValue], flips: list[tuple[int, int]], cut: int
 ) -> None:
-    data = bytearray(_response(request_id, params, x=-X))
+    base = _response(request_id, params, x=-X)
+    data = bytearray(base)
     for pos, value in flips:
         data[pos % len(data)] = value
     data = data[: len(data) - cut]
     for cap in (CAP, X.nbytes):  # the second: over the budget
-        ours = _decoded(lambda: _primed_responses().decode(bytes(data), max_decoded_bytes=cap))  # noqa: B023
-        want = _decoded(lambda: serde.decode_infer_response(bytes(data), max_decoded_bytes=cap))  # noqa: B023
-        assert ours == want
+        for shaped in (False, True):  # True: base seen twice before, so read by its shape
+            decoder = _primed_responses()
+            for _ in range(2 if shaped else 0):
+                decoder.decode(base, max_decoded_bytes=CAP)
+            ours = _decoded(lambda: decoder.decode(bytes(data), max_decoded_bytes=cap))  # noqa: B023
+            want = _decoded(lambda: serde.decode_infer_response(bytes(data), max_decoded_bytes=cap))  # noqa: B023
+            assert ours == want
+
+
+def test_a_repeat_answer_of_a_known_shape_reads_its_doubles_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = _primed_responses()
+    params: dict[str, serde.ParamValue] = {"q": 1.5, "n": 4, "s": "text", "f": True, "z": 0.0}
+    decoder.decode(_response("b", params), max_decoded_bytes=CAP)
+    assert len(decoder._shapes) == 1
+    monkeypatch.setattr(_wire_repeat, "split_raw", _never)
+    new: dict[str, serde.ParamValue] = {"q": -2.25, "n": 4, "s": "text", "f": True, "z": float("inf")}
+    got = decoder.decode(_response("c", new, x=X * 2), max_decoded_bytes=CAP)
+    assert got.request_id == "c" and got.parameters == new
+    np.testing.assert_array_equal(got.outputs["output_0"], X * 2)
+    nan = decoder.decode(_response("d", new | {"q": float("nan")}), max_decoded_bytes=CAP)
+    assert np.isnan(nan.parameters["q"])  # (any 8 bytes are a double)
+    monkeypatch.undo()  # an int that differs is in the fixed bytes: not the shape, walked
+    assert decoder.decode(_response("e", new | {"n": 5}), max_decoded_bytes=CAP).parameters["n"] == 5
 
 
 @pytest.mark.parametrize("budget", [1e9, None, -1, True])
