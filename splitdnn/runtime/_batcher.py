@@ -5,7 +5,8 @@ shape without the batch dimension); their inputs are concatenated along dim 0 (`
 H, W)``), the tail runs once, and the outputs are split back by each job's batch size. A batch holds at
 most ``max_batch_size`` rows. The oldest job waits at most ``max_queue_delay_s`` for company, and only
 while other requests are still on their way in (decoding); a lone request runs at once, on the
-thread that submits it (no hand-off to the worker and back), while the worker waits.
+thread that submits it (no hand-off to the worker and back), while the worker waits; :meth:`Batcher.run`
+then gives its result or raises its error directly, with no future made for it.
 
 Every job was validated on its own before it was queued, so a malformed request never reaches a
 batch. If a batch still fails (or its outputs cannot be split by rows), each of its jobs whose client
@@ -43,6 +44,7 @@ class BatchResult:
     queue_s: float  # from submit to the start of its batch
     compute_s: float  # the batch's run time
     batch_size: int  # jobs in the batch
+    inline: bool = False  # run alone on the submitting thread by Batcher.run: on_batch was not told
 
 
 @dataclass(eq=False)
@@ -52,12 +54,21 @@ class Job:
     key: Hashable
     inputs: Sequence[torch.Tensor]  # each (B, ...) with the same B
     rows: int  # B
-    run: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]  # the tail, same for every job of a key
+    # the tail, same for every job of a key: its outputs on the CPU
+    run: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
     is_active: Callable[[], bool] = lambda: True  # False once the client gave up (deadline, cancel)
     label: str = ""  # what on_batch is told (the server: the model's name)
     alone: bool = False  # never batched (a model whose rows depend on each other): runs without waiting
-    future: Future[BatchResult] = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
+    _future: Future[BatchResult] | None = field(default=None, repr=False)
+
+    @property
+    def future(self) -> Future[BatchResult]:
+        """The job's result once run (made when first asked: a job :meth:`Batcher.run` runs at once
+        never needs one)."""
+        if self._future is None:
+            self._future = Future()
+        return self._future
 
 
 class Batcher:
@@ -91,31 +102,68 @@ class Batcher:
             self._wake_if_queued()
 
     def submit(self, job: Job) -> Future[BatchResult]:
-        """Queue ``job``, which stops counting as arriving (``arrived()`` is only for refused requests)."""
-        with self._cond:
-            self._arriving -= 1
-            if self._stopping:
-                job.future.set_exception(BatcherStopped("the server is shutting down"))
-                return job.future
-            job.submitted = time.perf_counter()
-            inline = not self._busy and not self._queue and (self._arriving <= 0 or job.alone)
-            if inline:  # alone and the worker idle: run here, saving two thread hand-offs
-                self._busy = True
-                job.future.set_running_or_notify_cancel()  # nobody else has the future yet
-            else:
-                self._queue.append(job)
-                self._cond.notify_all()
+        """Queue ``job``, which stops counting as arriving (``arrived()`` is only for refused requests);
+        its future, done already when it ran at once on this thread."""
+        try:
+            inline = self._enter(job)
+        except BatcherStopped as exc:
+            job.future.set_exception(exc)
+            return job.future
         if inline:
+            job.future.set_running_or_notify_cancel()  # nobody else has the future yet
             try:
                 if job.is_active():
                     self._run([job])
                 else:
                     _gone(job)
             finally:
-                with self._cond:
-                    self._busy = False
-                    self._wake_if_queued()
+                self._leave()
         return job.future
+
+    def run(self, job: Job) -> BatchResult | Future[BatchResult]:
+        """:meth:`submit` without a future for a job that runs at once: its result (``inline``: not
+        told to ``on_batch``, which the caller counts), or its error raised here (the tail's;
+        CancelledError when its client is gone already; BatcherStopped once stopped). A queued job's
+        future otherwise."""
+        if not self._enter(job):
+            return job.future
+        try:
+            if not job.is_active():
+                raise CancelledError()
+            start = time.perf_counter()
+            try:
+                outputs = job.run(job.inputs)
+            except BaseException as exc:  # a batch that ran, if only to fail: on_batch is told
+                if self._on_batch is not None:
+                    self._on_batch(job.label, 1)
+                if isinstance(exc, Exception):
+                    raise
+                # SystemExit & co. from a tail: an error of this request
+                raise RuntimeError(f"the tail raised {type(exc).__name__}: {exc}") from exc
+            return BatchResult(outputs, start - job.submitted, time.perf_counter() - start, 1, inline=True)
+        finally:
+            self._leave()
+
+    def _enter(self, job: Job) -> bool:
+        """``job`` arrives: True when it is to run now on this thread (the batcher is then busy until
+        :meth:`_leave`), False when it was queued (its future made first)."""
+        with self._cond:
+            self._arriving -= 1
+            if self._stopping:
+                raise BatcherStopped("the server is shutting down")
+            job.submitted = time.perf_counter()
+            if not self._busy and not self._queue and (self._arriving <= 0 or job.alone):
+                self._busy = True  # alone and the worker idle: run here, saving two thread hand-offs
+                return True
+            _ = job.future  # made before the worker can see the job
+            self._queue.append(job)
+            self._cond.notify_all()
+            return False
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._wake_if_queued()
 
     def _wake_if_queued(self) -> None:
         """Wake the worker after a change it may be waiting for, if it has jobs to look at.
@@ -212,7 +260,7 @@ class Batcher:
             total = sum(j.rows for j in jobs)
             if any(o.ndim == 0 or o.shape[0] != total for o in outputs):
                 raise _NotRowwise()
-            pieces = [torch.split(o.cpu(), [j.rows for j in jobs], dim=0) for o in outputs]
+            pieces = [torch.split(o, [j.rows for j in jobs], dim=0) for o in outputs]
         except BaseException:  # a batch that fails as a whole: give every job its own run and its own error
             for j in jobs:
                 if j.is_active():
@@ -227,7 +275,7 @@ class Batcher:
 
     def _run_alone(self, job: Job, start: float, queued_from: float | None = None) -> None:
         try:
-            outputs = [o.cpu() for o in job.run(job.inputs)]
+            outputs = job.run(job.inputs)
         except Exception as exc:  # handed to the request's handler, which maps it to a status
             job.future.set_exception(exc)
             return

@@ -78,17 +78,34 @@ class InflightBytes:
     (:class:`RequestLease`). Past the limit a request is refused with RESOURCE_EXHAUSTED (transient:
     clients back off and retry or run locally), so many requests that each pass ``max_decoded_bytes``
     (say, small zstd frames of large zero tensors) cannot together decode more than the server can hold.
+
+    It also keeps the ``max_concurrency`` slots (``slots``): a request takes one as it starts, with its
+    message's bytes, under the same lock, and gives both back when its lease ends.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, slots: int) -> None:
         self.limit = limit
+        self.slots = slots
         self.used = 0
-        self.requests = 0  # requests holding a lease now
+        self.requests = 0  # requests holding a lease now (the in_flight gauge)
         self._lock = threading.Lock()
 
-    def enter(self) -> None:
+    def enter(self, nbytes: int) -> None:
+        """A request starts: a slot and its message's ``nbytes`` (Abort RESOURCE_EXHAUSTED when all
+        slots are taken or the bytes are not there)."""
         with self._lock:
-            self.requests += 1
+            if self.requests < self.slots and self.used + nbytes <= self.limit:
+                self.requests += 1
+                self.used += nbytes
+                return
+            used, full = self.used, self.requests >= self.slots
+        if full:
+            raise Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server already has max_concurrency={self.slots} requests in flight; retry with "
+                f"backoff, or start it with a higher --max-concurrency",
+            )
+        raise self._over("the request's message", nbytes, used)
 
     def take(self, nbytes: int, what: str) -> None:
         with self._lock:
@@ -96,58 +113,58 @@ class InflightBytes:
             if used + nbytes <= self.limit:
                 self.used = used + nbytes
                 return
-        raise Abort(
+        raise self._over(what, nbytes, used)
+
+    def _over(self, what: str, nbytes: int, used: int) -> Abort:
+        return Abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"{what} needs {nbytes} bytes, but requests in flight already hold {used} of the server's "
             f"max_inflight_bytes={self.limit}; retry with backoff, or start the server with a higher "
             f"--max-inflight-mib",
         )
 
-    def give(self, nbytes: int) -> None:
-        """A request's lease ends: its bytes come back."""
+    def leave(self, lease: RequestLease) -> None:
+        """``lease`` ends (once; later calls do nothing): its slot and bytes come back."""
         with self._lock:
-            self.used -= nbytes
+            if lease.released:
+                return
+            lease.released = True
+            self.used -= lease.held
             self.requests -= 1
 
 
 class RequestLease:
-    """What one ModelInfer request holds while the server works on it: a concurrency slot (acquired
-    by the caller), a count in the ``in_flight`` gauge and its bytes of the in-flight budget (:meth:`take`).
+    """What one ModelInfer request holds while the server works on it: a concurrency slot, a count in
+    the ``in_flight`` gauge and its bytes of the in-flight budget (its message's from the start, more
+    with :meth:`take`); made only when they are there (else Abort, RESOURCE_EXHAUSTED).
 
     Released once: when the handler returns, or -- for a request whose deadline passed while a batch
     was running it -- when that batch ends (:meth:`release_when_done`), because its tensors are in use
     until then; so ``max_concurrency`` and ``max_inflight_bytes`` bound what the server really holds.
     """
 
-    def __init__(self, server: TailServer) -> None:
-        self._s = server
-        self._held = 0
+    __slots__ = ("_inflight", "held", "released", "_deferred")
+
+    def __init__(self, inflight: InflightBytes, nbytes: int) -> None:
+        inflight.enter(nbytes)
+        self._inflight = inflight
+        self.held = nbytes
+        self.released = False  # (read and set under the budget's lock)
         self._deferred = False
-        self._released = False
-        self._lock = threading.Lock()
-        server._inflight.enter()  # also the in_flight gauge (read at scrape)
 
     def take(self, nbytes: int, what: str) -> None:
         """Hold ``nbytes`` more of the budget (``what`` names them if refused: Abort)."""
-        self._s._inflight.take(nbytes, what)
-        self._held += nbytes
+        self._inflight.take(nbytes, what)
+        self.held += nbytes
 
     def release_when_done(self, future: Future[Any]) -> None:
         self._deferred = True
-        future.add_done_callback(lambda _f: self._release())
+        future.add_done_callback(lambda _f: self._inflight.leave(self))
 
     def close(self) -> None:
         """The handler is done with the request: release now, unless a running batch still needs it."""
         if not self._deferred:
-            self._release()
-
-    def _release(self) -> None:
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
-        self._s._inflight.give(self._held)
-        self._s._slots.release()
+            self._inflight.leave(self)
 
 
 def compute_error(exc: BaseException, served: ServedModel, shapes: Mapping[str, list[int]]) -> Abort:
@@ -230,20 +247,11 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         served = s._models.get(wire.model_name)
         label = served.name if served is not None else UNKNOWN_MODEL
-        series = s.metrics.of(label)
-        series.arrived(wire.nbytes)
-        if not s._slots.acquire(blocking=False):
-            s.metrics.failures.labels(label, "RESOURCE_EXHAUSTED").inc()
-            log.debug("ModelInfer for model %r refused, RESOURCE_EXHAUSTED: max_concurrency reached", label)
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server already has max_concurrency={s.config.max_concurrency} requests in flight; "
-                f"retry with backoff, or start it with a higher --max-concurrency",
-            )
-        lease = RequestLease(s)
+        s.metrics.of(label).arrived(wire.nbytes)
+        lease = None
         try:
-            lease.take(wire.nbytes, "the request's message")
-            response = s._infer(wire, context, lease)
+            lease = RequestLease(s._inflight, wire.nbytes)
+            return s._infer(wire, context, lease)
         except Abort as a:
             s.metrics.failures.labels(label, a.code.name).inc()
             log.debug("ModelInfer for model %r refused, %s: %s", label, a.code.name, a.message)
@@ -255,9 +263,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 grpc.StatusCode.INTERNAL, f"the server failed: {type(exc).__name__}: {first_line(exc)}"
             )
         finally:
-            lease.close()
-        series.answered(len(response))
-        return response
+            if lease is not None:
+                lease.close()
+        raise AssertionError("unreachable: context.abort raises")  # (for the type checker)
 
 
 class _Registration:

@@ -57,6 +57,8 @@ _V2_BY_TORCH = {
     torch.float64: "FP64",
     torch.bfloat16: "BF16",
 }
+#: the numpy dtypes of the tensors above that numpy has (all but bfloat16)
+_NUMPY_V2 = frozenset(torch.empty(0, dtype=t).numpy().dtype for t in _V2_BY_TORCH if t is not torch.bfloat16)
 
 
 def shown_names(items: Sequence[str], limit: int = 6) -> str:
@@ -112,6 +114,9 @@ def from_numpy(array: np.ndarray, *, bfloat16: bool = False, writable: bool = Tr
     too: only for a consumer that never writes into the tensor (a tail without in-place ops on its
     inputs, or a copy to another device).
     """
+    flags = array.flags
+    if not bfloat16 and array.dtype.isnative and flags.c_contiguous and (flags.writeable or not writable):
+        return torch.from_numpy(array)  # (every request's path: nothing to convert)
     arr = np.asarray(array, dtype=np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("="))
     if (writable and not arr.flags.writeable) or not arr.flags.c_contiguous:
         arr = np.array(arr, copy=True, order="C")
@@ -121,6 +126,13 @@ def from_numpy(array: np.ndarray, *, bfloat16: bool = False, writable: bool = Tr
 
 def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, bool]:
     """``tensor`` on the CPU as numpy, and whether it holds bfloat16 bits (as uint16)."""
+    try:  # a CPU tensor that needs no grad, of a dtype numpy has: its array, with nothing asked first
+        array = tensor.numpy()
+    except (RuntimeError, TypeError):
+        pass
+    else:
+        if array.dtype in _NUMPY_V2:
+            return array, False
     t = tensor if tensor.device.type == "cpu" and not tensor.requires_grad else tensor.detach().cpu()
     if t.dtype == torch.bfloat16:
         return t.contiguous().view(torch.int16).numpy().view(np.uint16), True
@@ -204,6 +216,7 @@ class ServedModel:
         self.name = name
         self.traced = traced
         self.device = device
+        self.on_cpu = device.type == "cpu"  # (asked per request: a torch.device's type is not free)
         self.tail_cache_size = max(1, tail_cache_size)
         self.input_names = tuple(n.name for n in traced.nodes if n.op == "placeholder")
         # tails run under inference mode, as the profiler measures them, unless the model cannot: one
@@ -424,15 +437,19 @@ class ServedModel:
         took 1.26x as long under ``no_grad``; ``docs/benchmarks.md``). The outputs only ever become
         the answer's bytes, so that they are inference tensors is never seen. A model that failed
         under it at load (gradients taken inside its forward) runs under ``no_grad``:
-        :attr:`grad_mode_note` says so."""
-        if self.device.type != "cpu":  # (the inputs are on the CPU: decoded from the message)
+        :attr:`grad_mode_note` says so.
+
+        The outputs are on the CPU. The tail's ``forward`` is called without ``nn.Module``'s call
+        wrapper: nothing registers hooks on a tail (its submodules' hooks still run), and on every
+        request the wrapper's checks cost more than a small tail's own work."""
+        if not self.on_cpu:  # (the inputs are on the CPU: decoded from the message)
             inputs = [t.to(self.device, non_blocking=True) for t in inputs]
         with self.grad_mode():
-            out = tail.module(*inputs)
-        leaves = [out] if isinstance(out, torch.Tensor) else pytree.tree_leaves(out)
+            out = tail.module.forward(*inputs)
+        leaves = [out] if type(out) is torch.Tensor else pytree.tree_leaves(out)
         if len(leaves) != len(self.output_names) or not all(isinstance(t, torch.Tensor) for t in leaves):
             raise ConfigError(
                 f"model {self.name!r} returned {len(leaves)} output part(s), expected "
                 f"{len(self.output_names)} tensors as on its example input"
             )
-        return leaves
+        return leaves if self.on_cpu else [t.cpu() for t in leaves]

@@ -62,6 +62,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+import numpy as np
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -140,8 +141,7 @@ class TailServer:
         self._batcher: Batcher | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
         self._control: futures.ThreadPoolExecutor | None = None
-        self._slots = threading.BoundedSemaphore(config.max_concurrency)
-        self._inflight = InflightBytes(config.inflight_limit)
+        self._inflight = InflightBytes(config.inflight_limit, config.max_concurrency)
         self._loads = LoadTracker()  # each model's pace against its profile, for probes (ServerLoad)
         # a client's repeat requests: their small fields parsed and checked once, their answers'
         # small fields serialized once (serde.RequestDecoder, serde.ResponseEncoder)
@@ -579,24 +579,25 @@ class TailServer:
                 )
             except (WireError, CodecError) as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-            if data.header is None or data.header.verdicts.get("server") is not served:
+            header = data.header
+            route = None if header is None else header.verdicts.get("server")
+            if route is None or route.served is not served:
                 self._check_request(served, data)  # a repeat header passed them before
-                if data.header is not None:
-                    data.header.verdicts["server"] = served
+                route = _Route(served, data)
+                if header is not None:
+                    header.verdicts["server"] = route
             try:
-                tail, build_s = served.tail_built(frozenset(data.inputs))
+                tail, build_s = served.tail_built(route.provided)
             except WireError as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-            writable = tail.writes_inputs and served.device.type == "cpu"  # else a copy is made anyway
+            writable = tail.writes_inputs and served.on_cpu  # else a copy is made anyway
+            inputs = data.inputs
             for name in tail.inputs if writable else ():
-                if not data.inputs[name].flags.writeable:  # a view of the message: copied next
-                    lease.take(data.inputs[name].nbytes, f"a copy of tensor {name!r}")
-            tensors = [
-                from_numpy(data.inputs[n], bfloat16=n in data.bfloat16, writable=writable)
-                for n in tail.inputs
-            ]
-            rows = int(tensors[0].shape[0])
-            key = (served.name, tail.inputs, tuple((t.dtype, tuple(t.shape[1:])) for t in tensors))
+                if not inputs[name].flags.writeable:  # a view of the message: copied next
+                    lease.take(inputs[name].nbytes, f"a copy of tensor {name!r}")
+            bf16 = data.bfloat16
+            tensors = [from_numpy(inputs[n], bfloat16=n in bf16, writable=writable) for n in tail.inputs]
+            key, rows = route.key_and_rows(tail, inputs, bf16)
 
             def run(xs: Sequence[torch.Tensor], _tail: Tail = tail) -> list[torch.Tensor]:
                 return served.run(_tail, xs)
@@ -606,24 +607,54 @@ class TailServer:
                 alone=not served.batchable,  # its rows depend on each other: never batched
             )  # fmt: skip
             decode_s = time.perf_counter() - t0
-            series = self.metrics.of(served.name)
-            series.decoded(decode_s)
         except BaseException:
             batcher.arrived()  # refused before it was queued
             raise
+        series = self.metrics.of(served.name)
         # measured against the profile when its tensors have the shapes the profile timed (not other
         # rows or image sizes), and not a fresh tail's first run
-        if tail.profiled is not None and not build_s:
-            shapes, predicted_ms = tail.profiled
-            if shapes == tuple(tuple(t.shape) for t in tensors):
-                job.future.add_done_callback(partial(self._measure_pace, served.name, predicted_ms))
-        batcher.submit(job)  # also counts the request as arrived, atomically
-        result = self._await(job, context, served, data.inputs, lease)
-        series.ran(result.queue_s, result.compute_s)
+        predicted_ms = None if build_s else route.predicted_ms(tail, inputs)
+        try:
+            ran = batcher.run(job)
+            if isinstance(ran, BatchResult):
+                result = ran
+                if _past(context):  # it ran (alone, on this thread) past the deadline: nobody takes it
+                    raise self._late(served)
+            else:
+                if predicted_ms is not None:
+                    ran.add_done_callback(partial(self._measure_pace, served.name, predicted_ms))
+                result = self._await(job, context, served, lease)
+        except Abort:
+            series.decoded(decode_s)
+            raise
+        except futures.CancelledError:
+            series.decoded(decode_s)
+            if _past(context):
+                raise self._late(served) from None
+            raise Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
+        except Exception as exc:  # (the shapes are for its message: worked out only here)
+            series.decoded(decode_s)
+            raise compute_error(exc, served, {n: list(a.shape) for n, a in inputs.items()}) from exc
+        if result.inline and predicted_ms is not None:
+            self._loads.observe(served.name, predicted_ms, result.queue_s * 1000.0, result.compute_s * 1000.0)
+        sent = 0
+        try:
+            response = self._answer(served, data, result, decode_s, build_s)
+            sent = len(response)
+        finally:  # (an answer that cannot be sent still ran)
+            series.served(decode_s, result.queue_s, result.compute_s, sent, 1 if result.inline else 0)
+        return response
+
+    def _answer(
+        self, served: ServedModel, data: serde.InferRequestData, result: BatchResult, decode_s: float,
+        build_s: float,
+    ) -> bytes:  # fmt: skip
+        """The serialized answer to ``data`` with its batch's ``result`` (Abort when too big to send)."""
         outputs = {}
         bf16 = set()
+        wanted = data.requested_outputs
         for name, tensor in zip(served.output_names, result.outputs, strict=True):
-            if data.requested_outputs and name not in data.requested_outputs:
+            if wanted and name not in wanted:
                 continue
             outputs[name], is_bf16 = to_numpy(tensor)
             if is_bf16:
@@ -694,19 +725,10 @@ class TailServer:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 
     def _await(
-        self,
-        job: Job,
-        context: grpc.ServicerContext,
-        served: ServedModel,
-        inputs: Mapping[str, Any],  # arrays: their shapes go in a failure's message
-        lease: RequestLease,
+        self, job: Job, context: grpc.ServicerContext, served: ServedModel, lease: RequestLease
     ) -> BatchResult:
-        def late() -> Abort:
-            return Abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"model {served.name!r} did not finish within the request's deadline; allow more time",
-            )
-
+        """The result of ``job``, queued: Abort DEADLINE_EXCEEDED when the request's deadline passes
+        first; the batch's errors raised as they are."""
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 1e8 else max(0.0, remaining)
         future = job.future
@@ -716,16 +738,62 @@ class TailServer:
             batcher = self._batcher
             if batcher is None or not batcher.withdraw(job):  # a batch is running it: its tensors are
                 lease.release_when_done(future)  # in use, so its slot and bytes stay taken until then
-            raise late() from None
-        except futures.CancelledError:
-            if _past(context):
-                raise late() from None
-            raise Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
-        except Exception as exc:  # (the shapes are for its message: worked out only here)
-            raise compute_error(exc, served, {n: list(a.shape) for n, a in inputs.items()}) from exc
-        if _past(context):  # it ran (alone, on this thread) past the deadline: nobody takes the answer
-            raise late()
+            raise self._late(served) from None
+        if _past(context):  # it ran past the deadline: nobody takes the answer
+            raise self._late(served)
         return result
+
+    @staticmethod
+    def _late(served: ServedModel) -> Abort:
+        return Abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"model {served.name!r} did not finish within the request's deadline; allow more time",
+        )
+
+
+class _Route:
+    """What the server concluded from a request's small fields (the model, the inputs' names, dtypes
+    and shapes) once it checked them: which tail to run, and what its jobs share. A repeat header
+    keeps it in its verdicts, so the next request with it skips working it out again."""
+
+    __slots__ = ("served", "provided", "_key", "_paced")
+
+    def __init__(self, served: ServedModel, data: serde.InferRequestData) -> None:
+        self.served = served
+        self.provided = frozenset(data.inputs)
+        self._key: tuple[Tail, Any, int] | None = None
+        self._paced: tuple[Tail, float | None] | None = None
+
+    def key_and_rows(
+        self, tail: Tail, inputs: Mapping[str, np.ndarray], bfloat16: frozenset[str]
+    ) -> tuple[Any, int]:
+        """The batcher's key of a job of ``tail`` on ``inputs`` (jobs batch when their model, inputs
+        and each input's dtype and shape past the batch dimension agree), and its rows."""
+        kept = self._key
+        if kept is not None and kept[0] is tail:
+            return kept[1], kept[2]
+        first = inputs[tail.inputs[0]]
+        key = (
+            self.served.name,
+            tail.inputs,
+            tuple((inputs[n].dtype, inputs[n].shape[1:], n in bfloat16) for n in tail.inputs),
+        )
+        self._key = (tail, key, int(first.shape[0]))
+        return key, int(first.shape[0])
+
+    def predicted_ms(self, tail: Tail, inputs: Mapping[str, np.ndarray]) -> float | None:
+        """The profile's time for ``tail`` when its inputs have the shapes the profile timed (not
+        other rows or image sizes); None otherwise, or without a profile."""
+        kept = self._paced
+        if kept is not None and kept[0] is tail:
+            return kept[1]
+        predicted = None
+        if tail.profiled is not None:
+            shapes, ms = tail.profiled
+            if shapes == tuple(tuple(inputs[n].shape) for n in tail.inputs):
+                predicted = ms
+        self._paced = (tail, predicted)
+        return predicted
 
 
 def _past(context: grpc.ServicerContext) -> bool:

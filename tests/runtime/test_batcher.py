@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 import pytest
 import torch
 
-from splitdnn.runtime._batcher import Batcher, BatcherStopped, Job
+from splitdnn.runtime._batcher import Batcher, BatcherStopped, BatchResult, Job
 
 
 class Recorder:
@@ -267,3 +267,64 @@ def test_submit_after_stop_is_refused() -> None:
 def _arrive(batcher: Batcher) -> bool:
     batcher.arriving()  # as the server does before decoding a request
     return True
+
+
+def test_run_gives_a_lone_jobs_result_or_error_on_this_thread_with_no_future() -> None:
+    batches: list[tuple[str, int]] = []
+    batcher = Batcher(max_batch_size=8, max_queue_delay_s=0.05, on_batch=lambda *b: batches.append(b))
+    try:
+        run = Recorder()
+        _arrive(batcher)
+        job = _job(run, value=2.0)
+        result = batcher.run(job)
+        assert isinstance(result, BatchResult) and result.inline and result.batch_size == 1
+        assert torch.equal(result.outputs[0], torch.full((1, 3), 4.0))
+        assert job._future is None  # none was made
+        assert batches == [] and run.threads == [threading.current_thread().name]
+
+        def fails(xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            raise ValueError("bad rows")
+
+        def exits(xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            raise SystemExit(3)
+
+        _arrive(batcher)
+        with pytest.raises(ValueError, match="bad rows"):
+            batcher.run(Job("k", [torch.ones(1, 3)], 1, fails, label="m"))
+        _arrive(batcher)
+        with pytest.raises(RuntimeError, match="the tail raised SystemExit: 3"):
+            batcher.run(Job("k", [torch.ones(1, 3)], 1, exits, label="m"))
+        assert batches == [("m", 1), ("m", 1)]  # a run that fails still ran: on_batch counts it
+        _arrive(batcher)
+        with pytest.raises(CancelledError):  # its client is gone: not run
+            batcher.run(Job("k", [torch.ones(1, 3)], 1, run, is_active=lambda: False))
+        assert len(run.threads) == 1
+        # the batcher is free again after each of them
+        _arrive(batcher)
+        assert isinstance(batcher.run(_job(run)), BatchResult)
+    finally:
+        batcher.stop(5)
+    _arrive(batcher)
+    with pytest.raises(BatcherStopped):
+        batcher.run(_job(Recorder()))
+
+
+def test_run_queues_a_job_behind_a_running_one_and_gives_its_future() -> None:
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = Batcher(max_batch_size=8, max_queue_delay_s=0.05)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(lambda: _arrive(batcher) and batcher.run(_job(run)))
+            assert run.entered.wait(20)
+            _arrive(batcher)
+            queued = batcher.run(_job(run, value=5.0))
+            assert isinstance(queued, Future) and not queued.done() and batcher.pending() == 1
+            gate.set()
+            assert first.result(20).inline
+            got = queued.result(20)
+        assert not got.inline and torch.equal(got.outputs[0], torch.full((1, 3), 10.0))
+        assert run.threads[1] == "splitdnn-batcher"
+    finally:
+        gate.set()
+        batcher.stop(5)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from splitdnn.errors import ConfigError
 from splitdnn.graph import chain_cuts, trace
 from splitdnn.models import build_zoo_model
 from splitdnn.models.registry import ZOO
@@ -232,3 +233,47 @@ def test_a_model_failing_a_batch_with_an_empty_message_is_not_batched_and_still_
 
     batchable, why = rows_independent(OneRowOnly(), [torch.zeros(1, 4)])
     assert not batchable and why == "it fails on a batch of 2 (RuntimeError: RuntimeError)"
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        torch.arange(6, dtype=torch.int64)[::2],  # a strided view
+        torch.ones(3, requires_grad=True),  # needs grad: detached first
+        torch.ones(2, dtype=torch.bfloat16),
+        torch.tensor([True, False]),
+        torch.ones(2, dtype=torch.float16).conj(),
+    ],
+)
+def test_to_numpy_gives_the_tensors_values_and_shares_a_plain_cpu_tensors_memory(
+    tensor: torch.Tensor,
+) -> None:
+    array, is_bf16 = to_numpy(tensor)
+    want = tensor.detach()
+    assert is_bf16 == (tensor.dtype == torch.bfloat16)
+    if is_bf16:
+        assert np.array_equal(array, want.view(torch.int16).numpy().view(np.uint16))
+        return
+    assert np.array_equal(array, want.numpy()) and array.dtype == want.numpy().dtype
+    if not tensor.requires_grad:
+        assert np.shares_memory(array, want.numpy())  # no copy on the answer's path
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.uint16, torch.float8_e4m3fn])
+def test_to_numpy_refuses_a_dtype_the_v2_protocol_cannot_carry(dtype: torch.dtype) -> None:
+    with pytest.raises(ConfigError, match=f"returned a {dtype} tensor, which the v2 protocol cannot carry"):
+        to_numpy(torch.zeros(2).to(dtype))
+
+
+def test_a_tail_runs_its_submodules_hooks_and_answers_on_the_cpu() -> None:
+    """ServedModel.run calls the tail's forward without nn.Module's wrapper (nothing hooks a tail):
+    the hooks of the model's own submodules still run."""
+    model = ConvThenInplaceRelu()
+    seen: list[tuple[int, ...]] = []
+    model.conv.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+    served = ServedModel("m", trace(model, torch.zeros(1, 3, 6, 6)), torch.device("cpu"))
+    seen.clear()
+    tail = served.tail(frozenset(served.input_names))
+    (out,) = served.run(tail, [torch.ones(2, 3, 6, 6)])
+    assert seen == [(2, 4, 4, 4)] and out.device.type == "cpu" and out.shape == (2, 4, 4, 4)

@@ -515,3 +515,34 @@ def test_a_repeat_request_the_tail_rejects_is_refused_with_its_shapes_every_time
             )
         finally:
             channel.close()
+
+
+def test_a_repeat_header_keeps_its_route_and_each_answer_is_counted_once() -> None:
+    """The server's conclusions from a header (tail, batch key) are kept with it; every request is
+    still counted once in each series, its inline run as a batch of one."""
+    spec = ModelSpec("double", module=_Double(), input_shapes=((1, 5),))
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            infer = model_infer(channel)
+            encoder = serde.RequestEncoder()
+            x = np.ones((1, 5), np.float32)
+            sizes = [
+                len(infer(encoder.encode("double", {"x": x + i}, request_id=f"r{i}"), timeout=30))
+                for i in range(4)
+            ]
+            (header,) = server._requests._known.items.values()
+            route = header.verdicts["server"]
+            assert route.served is server._models["double"] and route.provided == {"x"}
+            tail = server._models["double"].tail(frozenset({"x"}))
+            assert route.key_and_rows(tail, {"x": x}, frozenset()) == (
+                ("double", ("x",), ((x.dtype, (5,), False),)),
+                1,
+            )
+            snap = server.metrics.of("double").snapshot()
+            assert snap["requests"] == 4 and snap["bytes_out"] == sum(sizes)
+            for series in ("decode", "queue", "compute", "batch_size"):
+                assert snap[series][0][-1] == ("+Inf", 4.0), series
+            assert snap["batch_size"][1] == 4.0  # four batches of one
+        finally:
+            channel.close()
