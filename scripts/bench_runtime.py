@@ -67,14 +67,21 @@ process untouched; first, as ``mallopt`` cannot be undone here; ``--skip-malloc-
 Each variant's minor page faults per call are counted in both processes.
 
 The servers run in a child process (``--serve-child``), so the client threads and the server do not
-share one Python interpreter lock; they do share the machine's cores. torch uses its default thread
-count in the server (reported); the client process computes nothing but serde.
+share one Python interpreter lock; they do share the machine's cores. The client process runs torch on
+one thread (it computes nothing but serde). In the overhead passes the server process does too
+(``--server-threads``, 1): one core each is as near as one machine comes to an edge and a server of
+their own, and with torch's default (a thread per core) the server's intra-op threads take the core the
+client process needs at that moment (on this project's 2-core machine, ``x * 1`` on 1 MiB took 0.20
+against 0.14 ms in the server, and the bound's call 0.2 ms longer). At 1 MiB the pass is run again with
+torch's default in its own server process and reported beside it (``--skip-default-threads`` skips it).
+The batching pass runs its own server process at torch's default: its tail is real compute.
 
     python scripts/bench_runtime.py [--json docs/results/runtime.json] [--md docs/results/runtime.md]
         [--sizes 65536,1048576,4194304] [--repeats 300,300,60] [--warmup 10]
         [--clients 16] [--max-batch-size 8] [--max-queue-delay-ms 2] [--rounds 4]
         [--duration-s 8] [--warmup-s 1.5] [--tail-input 112] [--cut layer3_1_relu_1]
-        [--skip-malloc-defaults] [--no-client] [--wire] [--skip-batching]
+        [--skip-malloc-defaults] [--no-client] [--wire] [--skip-batching] [--server-threads 1]
+        [--skip-default-threads]
 """
 
 from __future__ import annotations
@@ -256,6 +263,8 @@ def serve_child(cfg: dict[str, Any]) -> int:
     from splitdnn.graph import head_tail
     from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
 
+    if cfg.get("threads"):  # torch's intra-op threads for every server here (process-wide)
+        torch.set_num_threads(cfg["threads"])
     echo = grpc.server(
         ThreadPoolExecutor(max_workers=cfg["echo_workers"], thread_name_prefix="bench-echo"),
         options=_channel_options(),
@@ -464,39 +473,40 @@ def _overhead_for_size(
 
     def timed_call(
         label: str, build: Callable[[], Any], send: Callable[..., Any], parse: Callable[..., Any], keep: bool
-    ) -> Callable[[], None]:
+    ) -> Callable[[], float]:
         """A v2 call whose client build, stub call and parse are timed apart; ``keep``: also the
         server's reported queue, compute and decode times."""
 
-        def call() -> None:
+        def call() -> float:
             t0 = time.perf_counter()
             request = build()
             t1 = time.perf_counter()
             response = send(request, timeout=60)
             t2 = time.perf_counter()
             data = parse(response, max_decoded_bytes=DECODE_CAP)
-            build_s.setdefault(label, []).append(t1 - t0)
-            rpc_s.setdefault(label, []).append(t2 - t1)
             out = data.outputs["output"]
             if out.nbytes != nbytes:
                 raise RuntimeError(f"{label}: the server answered {out.nbytes} bytes for {nbytes}")
-            if not keep:
-                return
-            times = server_ms.setdefault(label, {"queue": [], "compute": [], "decode": []})
-            for key, param in (("queue", serde.PARAM_QUEUE_MS), ("compute", serde.PARAM_COMPUTE_MS),
-                               ("decode", serde.PARAM_DECODE_MS)):  # fmt: skip
-                times[key].append(serde.param_ms(data.parameters, param))
+            done = time.perf_counter()  # the call ends here: the benchmark's own bookkeeping follows
+            build_s.setdefault(label, []).append(t1 - t0)
+            rpc_s.setdefault(label, []).append(t2 - t1)
+            if keep:
+                times = server_ms.setdefault(label, {"queue": [], "compute": [], "decode": []})
+                for key, param in (("queue", serde.PARAM_QUEUE_MS), ("compute", serde.PARAM_COMPUTE_MS),
+                                   ("decode", serde.PARAM_DECODE_MS)):  # fmt: skip
+                    times[key].append(serde.param_ms(data.parameters, param))
+            return done
 
         return call
 
-    def v2_call(label: str, value: np.ndarray | bytes, target: Any) -> Callable[[], None]:
+    def v2_call(label: str, value: np.ndarray | bytes, target: Any) -> Callable[[], float]:
         """Protobuf messages (a stock client's calls); the bare servicer reports no times."""
         return timed_call(
             label, lambda: serde.build_infer_request(name, {"x": value}, fingerprint=fingerprint),
             target.ModelInfer, serde.parse_infer_response, keep=target is not bare,
         )  # fmt: skip
 
-    def wire_call(label: str, target: Any, keep: bool) -> Callable[[], None]:
+    def wire_call(label: str, target: Any, keep: bool) -> Callable[[], float]:
         """Bytes in, bytes out: serde writes and reads the messages as SplitClient does (its small
         fields serialized and parsed once, a fresh request id every call)."""
         encoder, decoder = serde.RequestEncoder(), serde.ResponseDecoder()
@@ -524,18 +534,20 @@ def _overhead_for_size(
         if len(out) != len(payload):
             raise RuntimeError(f"the stream echo answered {len(out)} bytes for {len(payload)}")
 
-    def call_client() -> None:
+    def call_client() -> float:
         assert client is not None
         y = client.infer(xt)
         b = client.last_breakdown
         if b is None or b.local or y.numel() * 4 != nbytes:
             raise RuntimeError(f"SplitClient did not run remotely: {b}")
+        done = time.perf_counter()
         keep = server_ms.setdefault("client", {"queue": [], "compute": [], "decode": []})
         keep["queue"].append(b.server_queue_ms)
         keep["compute"].append(b.server_compute_ms)
         keep["decode"].append(b.decode_ms)
+        return done
 
-    variants: dict[str, Callable[[], None]] = {
+    variants: dict[str, Callable[[], float | None]] = {
         "echo": call_echo,
         "floor": call_floor,
         "v2_bare": v2_call("v2_bare", x, bare),
@@ -567,8 +579,8 @@ def _overhead_for_size(
             for label in labels[shift:] + labels[:shift]:
                 c0, s0 = _minor_faults(), _minor_faults(pid)
                 t0 = time.perf_counter()
-                variants[label]()
-                wall[label].append(time.perf_counter() - t0)
+                done = variants[label]()  # when the call ended, if bookkeeping follows it
+                wall[label].append((time.perf_counter() if done is None else done) - t0)
                 c1, s1 = _minor_faults(), _minor_faults(pid)
                 for side, a, b in (("client", c0, c1), ("server", s0, s1)):
                     if a is not None and b is not None:
@@ -839,12 +851,14 @@ def goals(
     overhead: list[dict[str, Any]],
     batching: dict[str, Any] | None,
     malloc_defaults: list[dict[str, Any]] | None = None,
+    default_threads: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for variant in ("v2_raw", "v2_wire"):
         for key, rows in (
             (f"overhead_1MiB_{variant}", overhead),
             (f"overhead_1MiB_{variant}_malloc_defaults", malloc_defaults or []),
+            (f"overhead_1MiB_{variant}_default_threads", default_threads or []),
         ):
             target = next((r for r in rows if r["bytes"] == GOAL_SIZE), None)
             if target is not None and variant in target["variants"]:
@@ -914,6 +928,25 @@ def _overhead_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _threads_note(result: dict[str, Any]) -> str:
+    """Which torch thread counts the server processes ran with, and why."""
+    srv, s = result["server"], result["settings"]
+    text = (
+        f"Server torch threads: {srv['torch_threads']} in the overhead passes (`--server-threads "
+        f"{s['server_threads'] if isinstance(s['server_threads'], int) else 0}`)"
+    )
+    if "batching_torch_threads" in srv:
+        text += f", {srv['batching_torch_threads']} (torch's default) in the batching pass"
+    text += "; the client process computes on 1."
+    if isinstance(s["server_threads"], int) and s["server_threads"] == 1:
+        text += (
+            " One thread each side is the closest this one machine comes to a client and a server on "
+            "machines of their own: with torch's default here the server's intra-op threads take the "
+            "core the client process runs on (the pass at torch's default is below)."
+        )
+    return text
+
+
 def _per_item(r: dict[str, Any]) -> float:
     compute = _pct([x["server_compute_ms_median"] for x in r["rounds"]], 50)
     return compute / max(r["mean_batch_size_per_batch"], 1.0)
@@ -958,10 +991,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Finished: {result['date_utc']} UTC; {result['wall_s']:.0f} s in all.",
         "",
         f"Machine: **{m['cpus_usable']} cores** ({m['cpu_model'] or 'unknown CPU'}), {m['memory_gib']} GiB, "
-        f"torch {m['torch']} (server {result['server']['torch_threads']} threads), grpcio {m['grpcio']}. "
+        f"torch {m['torch']}, grpcio {m['grpcio']}. "
         "**One machine**: the client process and the server process share these cores over 127.0.0.1, "
         "so client work competes with the server's compute (this matters most for the batching "
-        "result). Load average before / after: "
+        f"result). {_threads_note(result)} Load average before / after: "
         f"{', '.join(_fmt(x) for x in result['load_before'])} / "
         f"{', '.join(_fmt(x) for x in result['load_after'])} (1, 5, 15 min; the load after is mostly the "
         "benchmark's own client threads and server).",
@@ -995,6 +1028,18 @@ def to_markdown(result: dict[str, Any]) -> str:
             *_attribution(result["overhead"]),
             "",
         ]
+        default_threads = result.get("overhead_default_threads")
+        if default_threads:
+            lines += [
+                "### The 1 MiB pass with torch's default threads in the server process",
+                "",
+                f"Its own server process with torch's default intra-op threads "
+                f"({result['settings'].get('default_threads_pass_torch_threads', '?')}), after the pass "
+                "above; its own echo baseline.",
+                "",
+                *_overhead_table(default_threads),
+                "",
+            ]
         defaults = result.get("overhead_malloc_defaults")
         if defaults:
             lines += [
@@ -1117,6 +1162,14 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"  A bare v2 servicer with no splitdnn code is "
             f"{bare['variants']['v2_bare']['ratio_of_medians']:.2f}× with the stock protobuf client calls."
         )
+    key = next((k for k in ("overhead_1MiB_v2_wire_default_threads", "overhead_1MiB_v2_raw_default_threads")
+                if k in g), None)  # fmt: skip
+    if key is not None:
+        o = g[key]
+        lines.append(
+            f"  With torch's default threads in the server process (its own pass, above): "
+            f"**{o['ratio']:.2f}×** against that pass's echo."
+        )
     key = next((k for k in ("overhead_1MiB_v2_wire_malloc_defaults", "overhead_1MiB_v2_raw_malloc_defaults")
                 if k in g), None)  # fmt: skip
     if key is not None:
@@ -1164,6 +1217,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cut", default="layer3_1_relu_1", help="ResNet-18 node whose output is sent")
     p.add_argument("--skip-batching", action="store_true")
     p.add_argument(
+        "--server-threads", type=int, default=1,
+        help="torch intra-op threads in the server process of the overhead passes (0: torch's default, "
+        "one per core); the batching pass runs its own server process with torch's default",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-default-threads", action="store_true",
+        help="skip the 1 MiB overhead pass with torch's default threads in the server process",
+    )  # fmt: skip
+    p.add_argument(
         "--skip-malloc-defaults", action="store_true",
         help="skip the first overhead pass, with glibc's malloc defaults in both processes",
     )  # fmt: skip
@@ -1194,6 +1256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape_of(n)
     if args.clients < 1 or args.max_batch_size < 2 or args.rounds < 1 or args.duration_s <= 0:
         raise SystemExit("--clients >= 1, --max-batch-size >= 2, --rounds >= 1, --duration-s > 0")
+    if args.server_threads < 0:
+        raise SystemExit(f"--server-threads: 0 (torch's default) or more, found {args.server_threads}")
 
     import tempfile
 
@@ -1222,7 +1286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tail_model": TAIL_MODEL,
         "tail_input": args.tail_input,
         "cut": args.cut,
-        "server_threads": "torch default (see server.torch_threads)",
+        "server_threads": args.server_threads or "torch default",  # the overhead passes'; see server.*
         "client_torch_threads": 1,
         "max_message_bytes": MAX_MESSAGE,
         "malloc": "both processes keep freed buffers mapped (splitdnn.runtime.memory.keep_freed_memory)",
@@ -1243,11 +1307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "boundaries": max(1, args.clients),
             "boundary_path": str(Path(tmp) / "boundary.npy"),
             "keep_freed_memory": True,
+            "threads": args.server_threads,
         }
+        overhead_only = {**cfg, "batching": False}
         defaults = None
         if not args.skip_malloc_defaults:  # first: keep_freed_memory cannot be undone in this process
             print("per-request overhead with glibc's malloc defaults in both processes:", flush=True)
-            server = ServerProcess({**cfg, "batching": False, "keep_freed_memory": False})
+            server = ServerProcess({**overhead_only, "keep_freed_memory": False})
             try:
                 defaults, settings["rss_mib_malloc_defaults_pass"] = rss_around(
                     server.info,
@@ -1267,7 +1333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_malloc = keep_freed_memory()
         settings["client_keep_freed_memory"] = client_malloc.applied or client_malloc.reason
         print("starting the servers (child process) ...", flush=True)
-        server = ServerProcess(cfg)
+        server = ServerProcess(overhead_only)
         try:
             info = server.info
             print("per-request overhead against a raw gRPC echo:", flush=True)
@@ -1277,15 +1343,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                     info, sizes, repeats, args.warmup, with_client=not args.no_client, with_wire=args.wire
                 ),
             )
-            batching = None
-            if not args.skip_batching:
+        finally:
+            server.close()
+        default_threads = None
+        if args.server_threads and not args.skip_default_threads and GOAL_SIZE in sizes:
+            print("the same at 1 MiB with torch's default threads in the server:", flush=True)
+            server = ServerProcess({**overhead_only, "threads": 0})
+            try:
+                default_threads = measure_overhead(
+                    server.info, [GOAL_SIZE], [repeats[sizes.index(GOAL_SIZE)]], args.warmup,
+                    with_client=False, with_wire=args.wire,
+                )  # fmt: skip
+                settings["default_threads_pass_torch_threads"] = server.info["torch_threads"]
+            finally:
+                server.close()
+        batching = None
+        if not args.skip_batching:
+            server = ServerProcess({**cfg, "threads": 0})  # the batching servers, at torch's default
+            try:
+                info |= {k: server.info[k] for k in ("boundary_shape", "tail_fingerprints")}
+                info["batching_torch_threads"] = server.info["torch_threads"]
                 boundaries = np.load(cfg["boundary_path"])
                 print(f"{args.clients} concurrent clients, batching vs not:", flush=True)
                 batching = measure_batching(
-                    info, boundaries, args.cut, args.clients, args.rounds, args.warmup_s, args.duration_s
-                )
-        finally:
-            server.close()
+                    server.info, boundaries, args.cut, args.clients, args.rounds, args.warmup_s,
+                    args.duration_s,
+                )  # fmt: skip
+            finally:
+                server.close()
     result: dict[str, Any] = {
         "benchmark": "runtime",
         "command": "python scripts/bench_runtime.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -1301,8 +1386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "overhead": overhead,
         "overhead_malloc_defaults": defaults,
+        "overhead_default_threads": default_threads,
         "batching": batching,
-        "goals": goals(overhead, batching, defaults),
+        "goals": goals(overhead, batching, defaults, default_threads),
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     text = json.dumps(result, indent=2, allow_nan=False)

@@ -53,6 +53,10 @@ def test_tiny_run_writes_json_and_markdown(
     assert data["server"]["keep_freed_memory"] is True and data["settings"]["malloc_defaults_pass_first"]
     assert data["settings"]["client_keep_freed_memory"] is True or memory._glibc() is None
     assert data["settings"]["clients"] == 2 and data["settings"]["max_batch_size"] == 4
+    # the overhead passes' server on one torch thread, the batching pass's on torch's default
+    assert data["settings"]["server_threads"] == 1 and data["server"]["torch_threads"] == 1
+    assert data["server"]["batching_torch_threads"] == torch.get_num_threads()
+    assert data["overhead_default_threads"] is None  # only at 1 MiB
 
     for rows in (data["overhead"], data["overhead_malloc_defaults"]):
         (row,) = rows
@@ -87,6 +91,30 @@ def test_tiny_run_writes_json_and_markdown(
     assert "bound: the wire client, a handler with no checks" in text
     assert "bound, each call a message on one open stream" in text
     assert "glibc's malloc defaults in both processes" in text and "page faults client / server" in text
+    assert "Server torch threads: 1 in the overhead passes (`--server-threads 1`)" in text
+
+
+def test_a_1mib_run_adds_a_pass_with_torchs_default_threads(
+    bench: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, md = tmp_path / "runtime.json", tmp_path / "runtime.md"
+    argv = [
+        "--sizes", "1048576", "--repeats", "2", "--warmup", "0", "--no-client", "--wire", "--skip-batching",
+        "--skip-malloc-defaults", "--json", str(out), "--md", str(md),
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    data = json.loads(out.read_text())
+    (row,) = data["overhead_default_threads"]
+    assert row["bytes"] == 1 << 20 and {"echo", "v2_wire", "v2_bound"} <= set(row["variants"])
+    assert data["settings"]["default_threads_pass_torch_threads"] == threads
+    goal = data["goals"]["overhead_1MiB_v2_wire_default_threads"]
+    assert goal["ratio"] == row["variants"]["v2_wire"]["ratio_of_medians"]
+    assert "torch's default threads in the server process" in md.read_text()
 
 
 def test_shapes_and_validation(bench: Any) -> None:
@@ -95,6 +123,8 @@ def test_shapes_and_validation(bench: Any) -> None:
         bench.shape_of(1000)
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "4096,8192", "--repeats", "1,2,3"])
+    with pytest.raises(SystemExit, match="--server-threads"):
+        bench.main(["--server-threads", "-1"])
 
 
 def test_the_bound_answers_the_wire_clients_request_with_the_tails_output(bench: Any) -> None:
