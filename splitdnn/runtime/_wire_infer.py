@@ -136,10 +136,14 @@ class InferRequestWire:
 
     @property
     def model_name(self) -> str:
+        if self.checked is not None:  # (read from its template: protobuf's fields are not free)
+            return str(self.checked.template.model_name)
         return str(self.message.model_name)
 
     @property
     def model_version(self) -> str:
+        if self.checked is not None:
+            return str(self.checked.template.model_version)
         return str(self.message.model_version)
 
 

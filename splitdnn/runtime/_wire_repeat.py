@@ -84,8 +84,9 @@ class _Layout:
         for (name, dtype, shape, size), data in zip(self.specs, raw, strict=True):
             if len(data) != size:
                 return None
-            arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-            arr.flags.writeable = False  # a view of the message: whoever writes must copy first
+            arr = np.ndarray(shape, dtype, data)
+            if arr.flags.writeable:  # (a view of bytes is read-only already)
+                arr.flags.writeable = False  # a view of the message: whoever writes must copy first
             out[name] = arr
         return out
 

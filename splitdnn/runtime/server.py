@@ -659,19 +659,16 @@ class TailServer:
             outputs[name], is_bf16 = to_numpy(tensor)
             if is_bf16:
                 bf16.add(name)
+        parameters: dict[str, serde.ParamValue] = {
+            serde.PARAM_QUEUE_MS: result.queue_s * 1000.0,
+            serde.PARAM_COMPUTE_MS: result.compute_s * 1000.0,
+            serde.PARAM_DECODE_MS: decode_s * 1000.0,
+            serde.PARAM_BATCH_SIZE: result.batch_size,
+        }
+        if build_s:
+            parameters[serde.PARAM_TAIL_BUILD_MS] = build_s * 1000.0
         response = self._answers.encode(
-            served.name,
-            data.request_id,
-            outputs,
-            parameters={
-                serde.PARAM_QUEUE_MS: result.queue_s * 1000.0,
-                serde.PARAM_COMPUTE_MS: result.compute_s * 1000.0,
-                serde.PARAM_DECODE_MS: decode_s * 1000.0,
-                serde.PARAM_BATCH_SIZE: result.batch_size,
-            }
-            | ({serde.PARAM_TAIL_BUILD_MS: build_s * 1000.0} if build_s else {}),
-            bfloat16=bf16,
-            model_version=VERSION,
+            served.name, data.request_id, outputs, parameters=parameters, bfloat16=bf16, model_version=VERSION
         )
         if len(response) > self.config.max_message_bytes:  # checked here: gRPC's own cap is wider
             raise Abort(
