@@ -110,6 +110,9 @@ def raw_view(array: np.ndarray, datatype: str) -> memoryview:
     The view aliases ``array`` (no copy when it is C-contiguous in the wire's dtype): use it before
     anything writes to the array again.
     """
+    # every tensor sent, here (memoryview refuses to cast an empty array of more than one dimension)
+    if array.dtype is DATATYPES.get(datatype) and array.flags.c_contiguous and array.size:
+        return memoryview(array).cast("B")  # type: ignore[arg-type]  # (ndarray exports a buffer)
     if datatype == "BF16":
         arr = np.ascontiguousarray(array)
         arr = arr.view("<u2") if arr.dtype.kind != "u" else arr.astype("<u2", copy=False)

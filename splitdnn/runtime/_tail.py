@@ -57,8 +57,11 @@ _V2_BY_TORCH = {
     torch.float64: "FP64",
     torch.bfloat16: "BF16",
 }
-#: the numpy dtypes of the tensors above that numpy has (all but bfloat16)
-_NUMPY_V2 = frozenset(torch.empty(0, dtype=t).numpy().dtype for t in _V2_BY_TORCH if t is not torch.bfloat16)
+#: the type characters of the numpy dtypes of the tensors above that numpy has (all but bfloat16; a
+#: tensor's array is in native byte order)
+_NUMPY_V2 = "".join(
+    torch.empty(0, dtype=t).numpy().dtype.char for t in _V2_BY_TORCH if t is not torch.bfloat16
+)
 
 
 def shown_names(items: Sequence[str], limit: int = 6) -> str:
@@ -131,7 +134,7 @@ def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, bool]:
     except (RuntimeError, TypeError):
         pass
     else:
-        if array.dtype in _NUMPY_V2:
+        if array.dtype.char in _NUMPY_V2:
             return array, False
     t = tensor if tensor.device.type == "cpu" and not tensor.requires_grad else tensor.detach().cpu()
     if t.dtype == torch.bfloat16:

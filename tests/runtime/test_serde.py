@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from splitdnn import codec
 from splitdnn.errors import CodecError, WireError
-from splitdnn.runtime import serde
+from splitdnn.runtime import _serde_tensors, serde
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import splitdnn_pb2 as sd_pb
 from splitdnn.schema import load_profile
@@ -495,3 +495,21 @@ def test_an_ml_dtypes_bfloat16_array_flagged_bfloat16_is_bf16_as_codec_frames_ta
     assert datatype_of(x, bfloat16=True) == datatype_of(x) == "BF16"
     with pytest.raises(WireError, match="BF16 tensors are uint16 bit patterns"):
         datatype_of(np.zeros(2, np.int16), bfloat16=True)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.zeros((0, 3), np.float32),  # empty, two dimensions
+        np.zeros((2, 0, 5), np.int64),
+        np.float64(2.5) * np.ones(()),  # 0-d
+        np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2],  # not contiguous
+        np.arange(4, dtype=">f4"),  # big-endian: converted
+    ],
+)
+def test_raw_view_gives_the_wire_bytes_of_any_array(array: np.ndarray) -> None:
+    datatype = {"f": "FP32", "l": "INT64", "d": "FP64"}[array.dtype.char]
+    view = _serde_tensors.raw_view(array, datatype)
+    want = np.ascontiguousarray(array, dtype=_serde_tensors.DATATYPES[datatype]).tobytes()
+    assert view.format == "B" and view.ndim == 1 and bytes(view) == want
