@@ -95,7 +95,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -509,10 +508,10 @@ def _overhead_for_size(
     def wire_call(label: str, target: Any, keep: bool) -> Callable[[], float]:
         """Bytes in, bytes out: serde writes and reads the messages as SplitClient does (its small
         fields serialized and parsed once, a fresh request id every call)."""
-        encoder, decoder = serde.RequestEncoder(), serde.ResponseDecoder()
+        encoder, decoder, ids = serde.RequestEncoder(), serde.ResponseDecoder(), serde.RequestIds()
         return timed_call(
             label,
-            lambda: encoder.encode(name, {"x": x}, fingerprint=fingerprint, request_id=uuid.uuid4().hex[:16]),
+            lambda: encoder.encode(name, {"x": x}, fingerprint=fingerprint, request_id=ids.next()),
             target, decoder.decode, keep,
         )  # fmt: skip
 

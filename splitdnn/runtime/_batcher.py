@@ -59,7 +59,7 @@ class Job:
     is_active: Callable[[], bool] = lambda: True  # False once the client gave up (deadline, cancel)
     label: str = ""  # what on_batch is told (the server: the model's name)
     alone: bool = False  # never batched (a model whose rows depend on each other): runs without waiting
-    submitted: float = field(default_factory=time.perf_counter)
+    submitted: float = 0.0  # (perf_counter) set when the batcher takes it
     _future: Future[BatchResult] | None = field(default=None, repr=False)
 
     @property

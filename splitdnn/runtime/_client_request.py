@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -367,7 +366,7 @@ class Run:
         (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send))
         t = time.perf_counter()
         request = c._request_encoder.encode(
-            c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=uuid.uuid4().hex[:16],
+            c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=c._request_ids.next(),
             bfloat16=bf16, weights=c.weights_digest,
         )  # fmt: skip
         self.client_ms = (time.perf_counter() - t) * 1e3

@@ -449,6 +449,8 @@ class ServedModel:
             inputs = [t.to(self.device, non_blocking=True) for t in inputs]
         with self.grad_mode():
             out = tail.module.forward(*inputs)
+        if type(out) is torch.Tensor and len(self.output_names) == 1 and self.on_cpu:
+            return [out]  # (every request of a one-output model on the CPU: nothing to check or move)
         leaves = [out] if type(out) is torch.Tensor else pytree.tree_leaves(out)
         if len(leaves) != len(self.output_names) or not all(isinstance(t, torch.Tensor) for t in leaves):
             raise ConfigError(

@@ -274,6 +274,7 @@ class SplitClient:
         self.weights_digest = weights_digest(self.traced.module)
         # the small fields of a cut's requests serialized once, of its answers parsed once (serde)
         self._request_encoder = serde.RequestEncoder()
+        self._request_ids = serde.RequestIds()
         self._response_decoder = serde.ResponseDecoder()
         self.model_name = model_name or self.traced.name
         self._placeholders = tuple(n.name for n in self.traced.nodes if n.op == "placeholder")

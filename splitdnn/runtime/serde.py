@@ -72,6 +72,7 @@ from splitdnn.runtime._wire_repeat import (
     CheckedHeader,
     RequestDecoder,
     RequestEncoder,
+    RequestIds,
     ResponseDecoder,
     ResponseEncoder,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "ParamValue",
     "RequestDecoder",
     "RequestEncoder",
+    "RequestIds",
     "ResponseDecoder",
     "ResponseEncoder",
     "ServerLoadData",

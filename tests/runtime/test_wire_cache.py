@@ -546,3 +546,15 @@ def test_a_repeat_header_keeps_its_route_and_each_answer_is_counted_once() -> No
             assert snap["batch_size"][1] == 4.0  # four batches of one
         finally:
             channel.close()
+
+
+def test_request_ids_are_unique_of_one_length_and_kept_shapes_take_them() -> None:
+    ids, other = serde.RequestIds(), serde.RequestIds()
+    mine = [ids.next() for _ in range(1000)]
+    assert len(set(mine)) == 1000 and {len(i) for i in mine} == {24}
+    assert all(int(i, 16) >= 0 for i in mine) and mine == sorted(mine)  # hex, in order within a client
+    assert other.next()[:16] != mine[0][:16]  # another client: its own prefix (odds of 2**-64 to fail)
+    decoder = serde.RequestDecoder()
+    for request_id in mine[:5]:  # one size: after the second, every request is read by its shape
+        assert _cached(decoder, _request(request_id))[0] == "read"
+    assert len(decoder._shapes) == 1
