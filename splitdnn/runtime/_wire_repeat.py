@@ -528,7 +528,8 @@ class ResponseDecoder:
         entries = [(start, stop) for number, start, stop in spans if number == _PARAMETERS_FIELD]
         if len(entries) != len(answer.parameters):  # a name twice (the last counts): no shape
             return
-        holes, doubles = [], []
+        holes: list[tuple[int, int]] = []
+        order: list[tuple[str, int | None]] = []  # each name, and where its double lies (None: fixed)
         for number, start, stop in spans:
             if number != _PARAMETERS_FIELD:
                 holes.append((start, stop))
@@ -536,15 +537,27 @@ class ResponseDecoder:
             for name, value in answer.parameters.items():
                 if type(value) is float and data[start : stop - _DOUBLE.size] == _double_prefix(name):
                     holes.append((stop - _DOUBLE.size, stop))
-                    doubles.append((name, stop - _DOUBLE.size))
+                    order.append((name, stop - _DOUBLE.size))
                     break
+            else:
+                fixed_name = _entry_name(data[start:stop])
+                if fixed_name is None or fixed_name not in answer.parameters:
+                    return
+                order.append((fixed_name, None))
         fixed = len(data) - sum(stop - start for start, stop in holes)
         if fixed > 2 * _MAX_KEY_BYTES:  # a long string parameter: not kept
             return
         ids = [(start, stop) for number, start, stop in spans if number == _ID_FIELD]
         raw = tuple((start, stop) for number, start, stop in spans if number == _RAW_OUTPUT_FIELD)
-        others = {k: v for k, v in answer.parameters.items() if k not in dict(doubles)}
-        shape = (known, ids[0] if ids else None, raw, others, tuple(doubles))
+        fixed_values = {name: answer.parameters[name] for name, at in order if at is None}
+        where = dict(order)  # in the order protobuf's map gave them (the same keys: the same order)
+        shape = (
+            known,
+            ids[0] if ids else None,
+            raw,
+            fixed_values,
+            tuple((n, where[n]) for n in answer.parameters),
+        )
         self._shapes.put(_Holes(data, holes), shape)
 
 
@@ -576,6 +589,18 @@ def _known_response(
     )
 
 
+def _entry_name(entry: bytes) -> str | None:
+    """The name of one ``parameters`` entry (its bytes without tag and length), as protobuf reads it;
+    None when protobuf reads no single entry from it."""
+    msg = v2_pb.ModelInferResponse()
+    try:
+        msg.ParseFromString(b"".join((_PARAMETERS_TAG, _wire.varint_bytes(len(entry)), entry)))
+    except DecodeError:
+        return None
+    names = list(msg.parameters)
+    return names[0] if len(names) == 1 else None
+
+
 def _double_prefix(name: str) -> bytes:
     """A ``parameters`` entry's bytes before its double value, as protobuf writes them."""
     key = name.encode("utf-8")
@@ -585,15 +610,15 @@ def _double_prefix(name: str) -> bytes:
 def _response_in(data: bytes, shape: tuple[Any, ...], max_decoded_bytes: int) -> InferResponseData | None:
     """The answer ``data`` that fits ``shape`` (:meth:`ResponseDecoder._remember_shape`); None when its
     id is not UTF-8 or its raw contents do not fit ``max_decoded_bytes`` (then decode it in full)."""
-    (message, layout, bf16), id_at, raw_at, others, doubles = shape
+    (message, layout, bf16), id_at, raw_at, fixed_values, order = shape
     request_id = "" if id_at is None else _utf8(data[id_at[0] : id_at[1]])
     view = memoryview(data)
     outputs = layout.views([view[start:stop] for start, stop in raw_at], max_decoded_bytes)
     if request_id is None or outputs is None:
         return None
-    parameters = dict(others)
-    for name, at in doubles:
-        parameters[name] = _DOUBLE.unpack_from(data, at)[0]
+    parameters = {  # in the order protobuf's map gives them
+        name: fixed_values[name] if at is None else _DOUBLE.unpack_from(data, at)[0] for name, at in order
+    }
     return InferResponseData(
         message.model_name, request_id, outputs, parameters, bf16, message.model_version, len(data)
     )

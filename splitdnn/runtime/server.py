@@ -616,9 +616,14 @@ class TailServer:
         predicted_ms = None if build_s else route.predicted_ms(tail, inputs)
         try:
             ran = batcher.run(job)
-            if isinstance(ran, BatchResult):
+            if isinstance(ran, BatchResult):  # it ran alone, on this thread
                 result = ran
-                if _past(context):  # it ran (alone, on this thread) past the deadline: nobody takes it
+                if predicted_ms is not None:  # (late or not: the server's pace counts every run)
+                    self._loads.observe(
+                        served.name, predicted_ms, result.queue_s * 1000.0, result.compute_s * 1000.0
+                    )
+                if _past(context):  # past the deadline: nobody takes the answer, but a batch ran
+                    series.batch(1)
                     raise self._late(served)
             else:
                 if predicted_ms is not None:
@@ -635,8 +640,6 @@ class TailServer:
         except Exception as exc:  # (the shapes are for its message: worked out only here)
             series.decoded(decode_s)
             raise compute_error(exc, served, {n: list(a.shape) for n, a in inputs.items()}) from exc
-        if result.inline and predicted_ms is not None:
-            self._loads.observe(served.name, predicted_ms, result.queue_s * 1000.0, result.compute_s * 1000.0)
         sent = 0
         try:
             response = self._answer(served, data, result, decode_s, build_s)

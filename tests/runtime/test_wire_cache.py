@@ -3,6 +3,7 @@ the same decisions, content and error messages as the one-off functions, whateve
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -340,8 +342,8 @@ def _decoded(decode: Callable[[], serde.InferResponseData]) -> tuple[str, Any]:
         d = decode()
     except WireError as exc:
         return "refused", str(exc)
-    return "read", (
-        d.model_name, d.request_id, d.parameters, d.bfloat16, d.model_version, d.wire_bytes,
+    return "read", (  # the parameters in order: protobuf's map order, which callers may print
+        d.model_name, d.request_id, list(d.parameters.items()), d.bfloat16, d.model_version, d.wire_bytes,
         [(n, a.dtype.str, a.shape, a.tobytes(), a.flags.writeable) for n, a in d.outputs.items()],
     )  # fmt: skip
 
@@ -558,3 +560,40 @@ def test_request_ids_are_unique_of_one_length_and_kept_shapes_take_them() -> Non
     for request_id in mine[:5]:  # one size: after the second, every request is read by its shape
         assert _cached(decoder, _request(request_id))[0] == "read"
     assert len(decoder._shapes) == 1
+
+
+class _Slow(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(256, 256) / 16)
+
+    def forward(self, x: Any) -> Any:
+        for _ in range(100):
+            x = torch.tanh(x @ self.w)
+        return x
+
+
+def test_a_lone_run_past_its_deadline_is_refused_and_still_counted_as_a_batch() -> None:
+    spec = ModelSpec("slow", module=_Slow(), input_shapes=((1, 256),))
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            infer = model_infer(channel)
+            x = np.ones((400, 256), np.float32)
+            t = time.perf_counter()
+            infer(serde.encode_infer_request("slow", {"x": x}, request_id="warm"), timeout=60)
+            took = time.perf_counter() - t
+            with pytest.raises(grpc.RpcError) as info:
+                infer(serde.encode_infer_request("slow", {"x": x}, request_id="late"), timeout=took / 4)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            snap: dict[str, Any] = {}
+            for _ in range(200):  # the late run ends on its own after the client gave up
+                snap = server.metrics.of("slow").snapshot()
+                if snap["batch_size"][0][-1][1] == 2.0 and server._inflight.requests == 0:
+                    break
+                time.sleep(0.05)
+            assert snap["batch_size"][0][-1] == ("+Inf", 2.0)  # both ran: two batches of one
+            assert snap["compute"][0][-1] == ("+Inf", 1.0)  # only the answered one's compute
+            assert server._inflight.used == 0 and server._inflight.requests == 0
+        finally:
+            channel.close()
