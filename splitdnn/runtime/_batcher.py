@@ -132,14 +132,11 @@ class Batcher:
                 raise CancelledError()
             start = time.perf_counter()
             try:
-                outputs = job.run(job.inputs)
-            except BaseException as exc:  # a batch that ran, if only to fail: on_batch is told
+                outputs = _outputs(job)
+            except Exception:  # a batch that ran, if only to fail: on_batch is told
                 if self._on_batch is not None:
                     self._on_batch(job.label, 1)
-                if isinstance(exc, Exception):
-                    raise
-                # SystemExit & co. from a tail: an error of this request
-                raise RuntimeError(f"the tail raised {type(exc).__name__}: {exc}") from exc
+                raise
             return BatchResult(outputs, start - job.submitted, time.perf_counter() - start, 1, inline=True)
         finally:
             self._leave()
@@ -275,15 +272,23 @@ class Batcher:
 
     def _run_alone(self, job: Job, start: float, queued_from: float | None = None) -> None:
         try:
-            outputs = job.run(job.inputs)
+            outputs = _outputs(job)
         except Exception as exc:  # handed to the request's handler, which maps it to a status
             job.future.set_exception(exc)
             return
-        except BaseException as exc:  # SystemExit & co. from a tail must not end the worker thread
-            job.future.set_exception(RuntimeError(f"the tail raised {type(exc).__name__}: {exc}"))
-            return
         queue_s = (queued_from if queued_from is not None else start) - job.submitted
         job.future.set_result(BatchResult(outputs, queue_s, time.perf_counter() - start, 1))
+
+
+def _outputs(job: Job) -> list[torch.Tensor]:
+    """``job``'s tail run on its inputs. SystemExit & co. from a tail are an error of its request
+    (a RuntimeError), not the end of the thread that runs it."""
+    try:
+        return job.run(job.inputs)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise RuntimeError(f"the tail raised {type(exc).__name__}: {exc}") from exc
 
 
 class _NotRowwise(Exception):

@@ -105,24 +105,16 @@ class ModelSeries:
             self.bytes_in += nbytes
 
     def decoded(self, seconds: float) -> None:
+        """A request decoded and then refused (an answered one counts it in :meth:`served`)."""
         with self._lock:
             self.decode.add(seconds)
-
-    def ran(self, queue_s: float, compute_s: float) -> None:
-        """The request's batch ran: how long it waited for it, and how long the batch took."""
-        with self._lock:
-            self.queue.add(queue_s)
-            self.compute.add(compute_s)
-
-    def answered(self, nbytes: int) -> None:
-        with self._lock:
-            self.bytes_out += nbytes
 
     def served(
         self, decode_s: float, queue_s: float, compute_s: float, bytes_out: int, batch: int = 0
     ) -> None:
-        """An answered request, under the lock once: :meth:`decoded`, :meth:`ran`, :meth:`answered`,
-        and :meth:`batch` when ``batch`` (a run of its own that the batcher did not count)."""
+        """An answered request, under the lock once: its decode time, how long it waited for its batch
+        and how long the batch took, its answer's bytes, and :meth:`batch` when ``batch`` (a run of
+        its own that the batcher did not count)."""
         with self._lock:
             self.decode.add(decode_s)
             self.queue.add(queue_s)

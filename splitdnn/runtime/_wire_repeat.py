@@ -273,10 +273,10 @@ class RequestDecoder:
         spans = _wire.field_spans(data, (_ID_FIELD, _RAW_INPUT_FIELD), MAX_TENSORS)
         if spans is None:
             return
-        ids = [(start, stop) for number, start, stop in spans if number == _ID_FIELD]
+        ids = _where(spans, _ID_FIELD)
         if len(ids) > 1:  # the last one counts: not worth a shape of its own
             return
-        raw = tuple((start, stop) for number, start, stop in spans if number == _RAW_INPUT_FIELD)
+        raw = _where(spans, _RAW_INPUT_FIELD)
         holes = _Holes(data, [(start, stop) for _, start, stop in spans])
         self._shapes.put(holes, (key, checked, ids[0] if ids else None, raw))
 
@@ -525,7 +525,7 @@ class ResponseDecoder:
         spans = _wire.field_spans(data, (_ID_FIELD, _PARAMETERS_FIELD, _RAW_OUTPUT_FIELD), MAX_TENSORS)
         if spans is None:
             return
-        entries = [(start, stop) for number, start, stop in spans if number == _PARAMETERS_FIELD]
+        entries = _where(spans, _PARAMETERS_FIELD)
         if len(entries) != len(answer.parameters):  # a name twice (the last counts): no shape
             return
         holes: list[tuple[int, int]] = []
@@ -547,8 +547,7 @@ class ResponseDecoder:
         fixed = len(data) - sum(stop - start for start, stop in holes)
         if fixed > 2 * _MAX_KEY_BYTES:  # a long string parameter: not kept
             return
-        ids = [(start, stop) for number, start, stop in spans if number == _ID_FIELD]
-        raw = tuple((start, stop) for number, start, stop in spans if number == _RAW_OUTPUT_FIELD)
+        ids, raw = _where(spans, _ID_FIELD), _where(spans, _RAW_OUTPUT_FIELD)
         fixed_values = {name: answer.parameters[name] for name, at in order if at is None}
         where = dict(order)  # in the order protobuf's map gave them (the same keys: the same order)
         shape = (
@@ -578,9 +577,7 @@ def _known_response(
     try:
         parsed = v2_pb.ModelInferResponse()
         if params:  # the map's entries, parsed by protobuf as they would be in the whole message
-            parsed.ParseFromString(
-                b"".join(b"".join((_PARAMETERS_TAG, _wire.varint_bytes(len(p)), p)) for p in params)
-            )
+            parsed.ParseFromString(b"".join(_parameters_field(p) for p in params))
         parameters = _params_from(parsed.parameters, "response")
     except (DecodeError, WireError):
         return None
@@ -589,12 +586,22 @@ def _known_response(
     )
 
 
+def _where(spans: Sequence[tuple[int, int, int]], number: int) -> tuple[tuple[int, int], ...]:
+    """Where the values of field ``number`` lie, from :func:`_wire.field_spans`' answer."""
+    return tuple((start, stop) for n, start, stop in spans if n == number)
+
+
+def _parameters_field(entry: bytes | memoryview) -> bytes:
+    """One entry of the ``parameters`` map (its bytes without tag and length) as a whole field."""
+    return b"".join((_PARAMETERS_TAG, _wire.varint_bytes(len(entry)), entry))
+
+
 def _entry_name(entry: bytes) -> str | None:
     """The name of one ``parameters`` entry (its bytes without tag and length), as protobuf reads it;
     None when protobuf reads no single entry from it."""
     msg = v2_pb.ModelInferResponse()
     try:
-        msg.ParseFromString(b"".join((_PARAMETERS_TAG, _wire.varint_bytes(len(entry)), entry)))
+        msg.ParseFromString(_parameters_field(entry))
     except DecodeError:
         return None
     names = list(msg.parameters)

@@ -80,7 +80,7 @@ from splitdnn.runtime._config import (
     load_served,
     read_pem,
 )
-from splitdnn.runtime._metrics import ServerMetrics
+from splitdnn.runtime._metrics import ModelSeries, ServerMetrics
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._receive import ReceiveWatch
 from splitdnn.runtime._server_pace import LoadTracker
@@ -615,31 +615,10 @@ class TailServer:
         # rows or image sizes), and not a fresh tail's first run
         predicted_ms = None if build_s else route.predicted_ms(tail, inputs)
         try:
-            ran = batcher.run(job)
-            if isinstance(ran, BatchResult):  # it ran alone, on this thread
-                result = ran
-                if predicted_ms is not None:  # (late or not: the server's pace counts every run)
-                    self._loads.observe(
-                        served.name, predicted_ms, result.queue_s * 1000.0, result.compute_s * 1000.0
-                    )
-                if _past(context):  # past the deadline: nobody takes the answer, but a batch ran
-                    series.batch(1)
-                    raise self._late(served)
-            else:
-                if predicted_ms is not None:
-                    ran.add_done_callback(partial(self._measure_pace, served.name, predicted_ms))
-                result = self._await(job, context, served, lease)
+            result = self._ran(batcher, job, context, served, inputs, lease, series, predicted_ms)
         except Abort:
             series.decoded(decode_s)
             raise
-        except futures.CancelledError:
-            series.decoded(decode_s)
-            if _past(context):
-                raise self._late(served) from None
-            raise Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
-        except Exception as exc:  # (the shapes are for its message: worked out only here)
-            series.decoded(decode_s)
-            raise compute_error(exc, served, {n: list(a.shape) for n, a in inputs.items()}) from exc
         sent = 0
         try:
             response = self._answer(served, data, result, decode_s, build_s)
@@ -647,6 +626,41 @@ class TailServer:
         finally:  # (an answer that cannot be sent still ran)
             series.served(decode_s, result.queue_s, result.compute_s, sent, 1 if result.inline else 0)
         return response
+
+    def _ran(
+        self,
+        batcher: Batcher,
+        job: Job,
+        context: grpc.ServicerContext,
+        served: ServedModel,
+        inputs: Mapping[str, np.ndarray],  # their shapes go in a failure's message
+        lease: RequestLease,
+        series: ModelSeries,
+        predicted_ms: float | None,
+    ) -> BatchResult:
+        """``job`` run at once on this thread, or queued and awaited; every failure an Abort."""
+        try:
+            ran = batcher.run(job)
+            if isinstance(ran, BatchResult):  # it ran alone, on this thread
+                if predicted_ms is not None:  # (late or not: the server's pace counts every run)
+                    self._loads.observe(
+                        served.name, predicted_ms, ran.queue_s * 1000.0, ran.compute_s * 1000.0
+                    )
+                if _past(context):  # past the deadline: nobody takes the answer, but a batch ran
+                    series.batch(1)
+                    raise self._late(served)
+                return ran
+            if predicted_ms is not None:
+                ran.add_done_callback(partial(self._measure_pace, served.name, predicted_ms))
+            return self._await(job, context, served, lease)
+        except Abort:
+            raise
+        except futures.CancelledError:
+            if _past(context):
+                raise self._late(served) from None
+            raise Abort(grpc.StatusCode.CANCELLED, "the request was cancelled before it ran") from None
+        except Exception as exc:  # (the shapes are for its message: worked out only here)
+            raise compute_error(exc, served, {n: list(a.shape) for n, a in inputs.items()}) from exc
 
     def _answer(
         self, served: ServedModel, data: serde.InferRequestData, result: BatchResult, decode_s: float,

@@ -42,9 +42,7 @@ def test_the_series_expose_what_prometheus_client_would_for_the_same_requests() 
     sizes_in, sizes_out = [100, 2000, 0, 7, 1 << 20, 3], [10, 20, 30, 40, 50, 60]
     for d, q, c, b_in, b_out in zip(decode, queue, compute, sizes_in, sizes_out, strict=True):
         series.arrived(b_in)
-        series.decoded(d)
-        series.ran(q, c)
-        series.answered(b_out)
+        series.served(d, q, c, b_out)
     batches = [1, 1, 2, 3, 8, 9, 128, 200]
     for jobs in batches:
         series.batch(jobs)

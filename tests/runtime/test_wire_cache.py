@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -449,6 +450,17 @@ def test_the_request_encoder_writes_the_same_message_with_each_id() -> None:
 # the tail server: repeat requests skip the checks, and bad ones are still refused as before
 
 
+@contextmanager
+def _serving(spec: ModelSpec) -> Iterator[tuple[TailServer, Callable[..., bytes]]]:
+    """A tail server for ``spec``, and a bytes-level ModelInfer call to it."""
+    with TailServer(ServerConfig(models=(spec,))) as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            yield server, model_infer(channel)
+        finally:
+            channel.close()
+
+
 class _Double(nn.Module):
     def forward(self, x: Any) -> Any:
         return x * 2.0
@@ -457,34 +469,29 @@ class _Double(nn.Module):
 def test_the_server_answers_repeat_requests_and_refuses_a_repeat_header_with_bad_contents() -> None:
     spec = ModelSpec("double", module=_Double(), input_shapes=((1, 5),))
     x = np.arange(5, dtype=np.float32).reshape(1, 5)
-    with TailServer(ServerConfig(models=(spec,))) as server:
-        channel = grpc.insecure_channel(server.address)
-        try:
-            infer = model_infer(channel)
-            encoder, decoder = serde.RequestEncoder(), serde.ResponseDecoder()
-            for i in range(3):
-                raw = infer(encoder.encode("double", {"x": x + i}, request_id=f"r{i}"), timeout=30)
-                got = decoder.decode(raw, max_decoded_bytes=CAP)
-                assert got.request_id == f"r{i}"
-                np.testing.assert_array_equal(got.outputs["output"], (x + i) * 2.0)
-            assert len(server._requests) == 1  # one header, checked once
-            short = _with_raw_cut(encoder.encode("double", {"x": x}, request_id="bad"), 4)
-            with pytest.raises(grpc.RpcError) as info:
-                infer(short, timeout=30)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "expected 20 raw bytes, found 16" in (info.value.details() or "")
-            wrong_rank = encoder.encode("double", {"x": x[0]}, request_id="r")  # a new header, checked
-            with pytest.raises(grpc.RpcError) as info:
+    with _serving(spec) as (server, infer):
+        encoder, decoder = serde.RequestEncoder(), serde.ResponseDecoder()
+        for i in range(3):
+            raw = infer(encoder.encode("double", {"x": x + i}, request_id=f"r{i}"), timeout=30)
+            got = decoder.decode(raw, max_decoded_bytes=CAP)
+            assert got.request_id == f"r{i}"
+            np.testing.assert_array_equal(got.outputs["output"], (x + i) * 2.0)
+        assert len(server._requests) == 1  # one header, checked once
+        short = _with_raw_cut(encoder.encode("double", {"x": x}, request_id="bad"), 4)
+        with pytest.raises(grpc.RpcError) as info:
+            infer(short, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expected 20 raw bytes, found 16" in (info.value.details() or "")
+        wrong_rank = encoder.encode("double", {"x": x[0]}, request_id="r")  # a new header, checked
+        with pytest.raises(grpc.RpcError) as info:
+            infer(wrong_rank, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expected rank 2" in (info.value.details() or "")
+        for _ in range(2):  # a header with the wrong rank is refused every time, not remembered as good
+            with pytest.raises(grpc.RpcError):
                 infer(wrong_rank, timeout=30)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "expected rank 2" in (info.value.details() or "")
-            for _ in range(2):  # a header with the wrong rank is refused every time, not remembered as good
-                with pytest.raises(grpc.RpcError):
-                    infer(wrong_rank, timeout=30)
-            raw = infer(encoder.encode("double", {"x": x}, request_id="again"), timeout=30)
-            assert decoder.decode(raw, max_decoded_bytes=CAP).request_id == "again"  # still serving
-        finally:
-            channel.close()
+        raw = infer(encoder.encode("double", {"x": x}, request_id="again"), timeout=30)
+        assert decoder.decode(raw, max_decoded_bytes=CAP).request_id == "again"  # still serving
 
 
 class _Linear(nn.Module):
@@ -498,56 +505,46 @@ class _Linear(nn.Module):
 
 def test_a_repeat_request_the_tail_rejects_is_refused_with_its_shapes_every_time() -> None:
     spec = ModelSpec("linear", module=_Linear(), input_shapes=((1, 5),))
-    with TailServer(ServerConfig(models=(spec,))) as server:
-        channel = grpc.insecure_channel(server.address)
-        try:
-            infer = model_infer(channel)
-            encoder = serde.RequestEncoder()
-            wide = np.ones((1, 7), np.float32)  # the rank the checks look at, a width the tail refuses
-            for i in range(2):  # the second from the kept header, its checks' verdict kept too
-                with pytest.raises(grpc.RpcError) as info:
-                    infer(encoder.encode("linear", {"x": wide}, request_id=f"r{i}"), timeout=30)
-                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                assert "rejected inputs of shape {'x': [1, 7]}" in (info.value.details() or "")
-            assert len(server._requests) == 1
-            raw = infer(encoder.encode("linear", {"x": np.ones((1, 5), np.float32)}), timeout=30)
-            assert serde.ResponseDecoder().decode(raw, max_decoded_bytes=CAP).outputs["output"].shape == (
-                1,
-                3,
-            )
-        finally:
-            channel.close()
+    with _serving(spec) as (server, infer):
+        encoder = serde.RequestEncoder()
+        wide = np.ones((1, 7), np.float32)  # the rank the checks look at, a width the tail refuses
+        for i in range(2):  # the second from the kept header, its checks' verdict kept too
+            with pytest.raises(grpc.RpcError) as info:
+                infer(encoder.encode("linear", {"x": wide}, request_id=f"r{i}"), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "rejected inputs of shape {'x': [1, 7]}" in (info.value.details() or "")
+        assert len(server._requests) == 1
+        raw = infer(encoder.encode("linear", {"x": np.ones((1, 5), np.float32)}), timeout=30)
+        assert serde.ResponseDecoder().decode(raw, max_decoded_bytes=CAP).outputs["output"].shape == (
+            1,
+            3,
+        )
 
 
 def test_a_repeat_header_keeps_its_route_and_each_answer_is_counted_once() -> None:
     """The server's conclusions from a header (tail, batch key) are kept with it; every request is
     still counted once in each series, its inline run as a batch of one."""
     spec = ModelSpec("double", module=_Double(), input_shapes=((1, 5),))
-    with TailServer(ServerConfig(models=(spec,))) as server:
-        channel = grpc.insecure_channel(server.address)
-        try:
-            infer = model_infer(channel)
-            encoder = serde.RequestEncoder()
-            x = np.ones((1, 5), np.float32)
-            sizes = [
-                len(infer(encoder.encode("double", {"x": x + i}, request_id=f"r{i}"), timeout=30))
-                for i in range(4)
-            ]
-            (header,) = server._requests._known.items.values()
-            route = header.verdicts["server"]
-            assert route.served is server._models["double"] and route.provided == {"x"}
-            tail = server._models["double"].tail(frozenset({"x"}))
-            assert route.key_and_rows(tail, {"x": x}, frozenset()) == (
-                ("double", ("x",), ((x.dtype, (5,), False),)),
-                1,
-            )
-            snap = server.metrics.of("double").snapshot()
-            assert snap["requests"] == 4 and snap["bytes_out"] == sum(sizes)
-            for series in ("decode", "queue", "compute", "batch_size"):
-                assert snap[series][0][-1] == ("+Inf", 4.0), series
-            assert snap["batch_size"][1] == 4.0  # four batches of one
-        finally:
-            channel.close()
+    with _serving(spec) as (server, infer):
+        encoder = serde.RequestEncoder()
+        x = np.ones((1, 5), np.float32)
+        sizes = [
+            len(infer(encoder.encode("double", {"x": x + i}, request_id=f"r{i}"), timeout=30))
+            for i in range(4)
+        ]
+        (header,) = server._requests._known.items.values()
+        route = header.verdicts["server"]
+        assert route.served is server._models["double"] and route.provided == {"x"}
+        tail = server._models["double"].tail(frozenset({"x"}))
+        assert route.key_and_rows(tail, {"x": x}, frozenset()) == (
+            ("double", ("x",), ((x.dtype, (5,), False),)),
+            1,
+        )
+        snap = server.metrics.of("double").snapshot()
+        assert snap["requests"] == 4 and snap["bytes_out"] == sum(sizes)
+        for series in ("decode", "queue", "compute", "batch_size"):
+            assert snap[series][0][-1] == ("+Inf", 4.0), series
+        assert snap["batch_size"][1] == 4.0  # four batches of one
 
 
 def test_request_ids_are_unique_of_one_length_and_kept_shapes_take_them() -> None:
@@ -575,25 +572,20 @@ class _Slow(nn.Module):
 
 def test_a_lone_run_past_its_deadline_is_refused_and_still_counted_as_a_batch() -> None:
     spec = ModelSpec("slow", module=_Slow(), input_shapes=((1, 256),))
-    with TailServer(ServerConfig(models=(spec,))) as server:
-        channel = grpc.insecure_channel(server.address)
-        try:
-            infer = model_infer(channel)
-            x = np.ones((400, 256), np.float32)
-            t = time.perf_counter()
-            infer(serde.encode_infer_request("slow", {"x": x}, request_id="warm"), timeout=60)
-            took = time.perf_counter() - t
-            with pytest.raises(grpc.RpcError) as info:
-                infer(serde.encode_infer_request("slow", {"x": x}, request_id="late"), timeout=took / 4)
-            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            snap: dict[str, Any] = {}
-            for _ in range(200):  # the late run ends on its own after the client gave up
-                snap = server.metrics.of("slow").snapshot()
-                if snap["batch_size"][0][-1][1] == 2.0 and server._inflight.requests == 0:
-                    break
-                time.sleep(0.05)
-            assert snap["batch_size"][0][-1] == ("+Inf", 2.0)  # both ran: two batches of one
-            assert snap["compute"][0][-1] == ("+Inf", 1.0)  # only the answered one's compute
-            assert server._inflight.used == 0 and server._inflight.requests == 0
-        finally:
-            channel.close()
+    with _serving(spec) as (server, infer):
+        x = np.ones((400, 256), np.float32)
+        t = time.perf_counter()
+        infer(serde.encode_infer_request("slow", {"x": x}, request_id="warm"), timeout=60)
+        took = time.perf_counter() - t
+        with pytest.raises(grpc.RpcError) as info:
+            infer(serde.encode_infer_request("slow", {"x": x}, request_id="late"), timeout=took / 4)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        snap: dict[str, Any] = {}
+        for _ in range(200):  # the late run ends on its own after the client gave up
+            snap = server.metrics.of("slow").snapshot()
+            if snap["batch_size"][0][-1][1] == 2.0 and server._inflight.requests == 0:
+                break
+            time.sleep(0.05)
+        assert snap["batch_size"][0][-1] == ("+Inf", 2.0)  # both ran: two batches of one
+        assert snap["compute"][0][-1] == ("+Inf", 1.0)  # only the answered one's compute
+        assert server._inflight.used == 0 and server._inflight.requests == 0
