@@ -251,7 +251,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         lease = None
         try:
             lease = RequestLease(s._inflight, wire.nbytes)
-            return s._infer(wire, context, lease)
+            return s._infer(wire, context, lease, served)
         except Abort as a:
             s.metrics.failures.labels(label, a.code.name).inc()
             log.debug("ModelInfer for model %r refused, %s: %s", label, a.code.name, a.message)

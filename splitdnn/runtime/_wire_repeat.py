@@ -118,12 +118,18 @@ class CheckedHeader:
         self.template = replace(data, inputs={}, request_id="", wire_bytes=0)
         self.verdicts: dict[str, Any] = {}
 
+    def inputs(self, raw: Sequence[memoryview], max_decoded_bytes: int) -> dict[str, np.ndarray] | None:
+        """The input tensors of a request with these small fields and the raw contents ``raw``
+        (read-only views); None when ``raw`` does not fit them (then parse it in full: that says
+        what is wrong)."""
+        return self.layout.views(raw, max_decoded_bytes)
+
     def request(
         self, raw: Sequence[memoryview], request_id: str, nbytes: int, max_decoded_bytes: int
     ) -> InferRequestData | None:
         """The request with these small fields, ``request_id`` and the raw contents ``raw``; None when
         ``raw`` does not fit them (then parse it in full: that says what is wrong)."""
-        inputs = self.layout.views(raw, max_decoded_bytes)
+        inputs = self.inputs(raw, max_decoded_bytes)
         if inputs is None:
             return None
         t = self.template

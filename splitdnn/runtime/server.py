@@ -55,7 +55,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future
 from functools import partial
@@ -558,13 +558,23 @@ class TailServer:
         return served
 
     def _infer(
-        self, request: serde.InferRequestWire, context: grpc.ServicerContext, lease: RequestLease
+        self,
+        request: serde.InferRequestWire,
+        context: grpc.ServicerContext,
+        lease: RequestLease,
+        served: ServedModel | None = None,
     ) -> bytes:
         """One ModelInfer call (request read, response serialized); raises Abort for every refusal.
 
-        Each decoded tensor is taken from the in-flight byte budget through ``lease`` before it is
-        allocated; a request that times out while its batch runs leaves ``lease`` to that batch."""
-        served = self._model(request.model_name, request.model_version)
+        ``served``: the model the request names, if the caller looked it up. Each decoded tensor is
+        taken from the in-flight byte budget through ``lease`` before it is allocated; a request that
+        times out while its batch runs leaves ``lease`` to that batch."""
+        header = request.checked
+        kept: _Route | None = None if header is None else header.verdicts.get("server")
+        if kept is None or kept.served is not served:  # else its model and version were checked
+            served, kept = self._model(request.model_name, request.model_version), None
+        else:
+            served = kept.served
         if self._profiles:  # arrivals of any model tell a probe the server is busy (load_of): only
             self._loads.arrived()  # a server with a profile reports a load
         batcher = self._batcher
@@ -573,35 +583,21 @@ class TailServer:
         t0 = time.perf_counter()
         batcher.arriving()
         try:
-            try:
-                data = self._requests.parse(
-                    request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=lease.take
-                )
-            except (WireError, CodecError) as exc:
-                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-            header = data.header
-            route = None if header is None else header.verdicts.get("server")
-            if route is None or route.served is not served:
-                self._check_request(served, data)  # a repeat header passed them before
-                route = _Route(served, data)
-                if header is not None:
-                    header.verdicts["server"] = route
-            try:
-                tail, build_s = served.tail_built(route.provided)
-            except WireError as exc:
-                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            # a repeat of a header whose checks passed: its tensors are views of the message's bytes
+            inputs = None if kept is None else header.inputs(request.raw, self.config.max_decoded_bytes)
+            if kept is not None and inputs is not None:
+                route, request_id, facts = kept, request.request_id, header.template
+            else:
+                route, data = self._parsed(request, served, lease)
+                inputs, request_id, facts = data.inputs, data.request_id, data
+            tail, build_s, run = route.tail()
             writable = tail.writes_inputs and served.on_cpu  # else a copy is made anyway
-            inputs = data.inputs
             for name in tail.inputs if writable else ():
                 if not inputs[name].flags.writeable:  # a view of the message: copied next
                     lease.take(inputs[name].nbytes, f"a copy of tensor {name!r}")
-            bf16 = data.bfloat16
+            bf16 = facts.bfloat16
             tensors = [from_numpy(inputs[n], bfloat16=n in bf16, writable=writable) for n in tail.inputs]
             key, rows = route.key_and_rows(tail, inputs, bf16)
-
-            def run(xs: Sequence[torch.Tensor], _tail: Tail = tail) -> list[torch.Tensor]:
-                return served.run(_tail, xs)
-
             job = Job(
                 key, tensors, rows, run, is_active=context.is_active, label=served.name,
                 alone=not served.batchable,  # its rows depend on each other: never batched
@@ -621,11 +617,31 @@ class TailServer:
             raise
         sent = 0
         try:
-            response = self._answer(served, data, result, decode_s, build_s)
+            response = self._answer(served, request_id, facts.requested_outputs, result, decode_s, build_s)
             sent = len(response)
         finally:  # (an answer that cannot be sent still ran)
             series.served(decode_s, result.queue_s, result.compute_s, sent, 1 if result.inline else 0)
         return response
+
+    def _parsed(
+        self, request: serde.InferRequestWire, served: ServedModel, lease: RequestLease
+    ) -> tuple[_Route, serde.InferRequestData]:
+        """``request`` parsed and checked against ``served`` (Abort when it is refused), and its route:
+        its header's, kept for the repeats, when the header passed these checks before."""
+        try:
+            data = self._requests.parse(
+                request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=lease.take
+            )
+        except (WireError, CodecError) as exc:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        header = data.header
+        route = None if header is None else header.verdicts.get("server")
+        if route is None or route.served is not served:
+            self._check_request(served, data)  # a repeat header passed them before
+            route = _Route(served, data)
+            if header is not None:
+                header.verdicts["server"] = route
+        return route, data
 
     def _ran(
         self,
@@ -663,13 +679,13 @@ class TailServer:
             raise compute_error(exc, served, {n: list(a.shape) for n, a in inputs.items()}) from exc
 
     def _answer(
-        self, served: ServedModel, data: serde.InferRequestData, result: BatchResult, decode_s: float,
-        build_s: float,
+        self, served: ServedModel, request_id: str, wanted: tuple[str, ...], result: BatchResult,
+        decode_s: float, build_s: float,
     ) -> bytes:  # fmt: skip
-        """The serialized answer to ``data`` with its batch's ``result`` (Abort when too big to send)."""
+        """The serialized answer to request ``request_id`` with its batch's ``result``, of the outputs
+        ``wanted`` (all when empty); Abort when too big to send."""
         outputs = {}
         bf16 = set()
-        wanted = data.requested_outputs
         for name, tensor in zip(served.output_names, result.outputs, strict=True):
             if wanted and name not in wanted:
                 continue
@@ -685,7 +701,7 @@ class TailServer:
         if build_s:
             parameters[serde.PARAM_TAIL_BUILD_MS] = build_s * 1000.0
         response = self._answers.encode(
-            served.name, data.request_id, outputs, parameters=parameters, bfloat16=bf16, model_version=VERSION
+            served.name, request_id, outputs, parameters=parameters, bfloat16=bf16, model_version=VERSION
         )
         if len(response) > self.config.max_message_bytes:  # checked here: gRPC's own cap is wider
             raise Abort(
@@ -770,13 +786,29 @@ class _Route:
     and shapes) once it checked them: which tail to run, and what its jobs share. A repeat header
     keeps it in its verdicts, so the next request with it skips working it out again."""
 
-    __slots__ = ("served", "provided", "_key", "_paced")
+    __slots__ = ("served", "provided", "_tail", "_key", "_paced")
 
     def __init__(self, served: ServedModel, data: serde.InferRequestData) -> None:
         self.served = served
         self.provided = frozenset(data.inputs)
+        self._tail: tuple[Tail, Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]] | None = None
         self._key: tuple[Tail, Any, int] | None = None
         self._paced: tuple[Tail, float | None] | None = None
+
+    def tail(self) -> tuple[Tail, float, Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]]:
+        """The tail these inputs run (:meth:`ServedModel.tail_built`: with the seconds this call spent
+        building it; asked every time, so that the model's cache keeps the tails in use), and what
+        runs it on them."""
+        try:
+            tail, build_s = self.served.tail_built(self.provided)
+        except WireError as exc:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        kept = self._tail
+        if kept is not None and kept[0] is tail:
+            return tail, build_s, kept[1]
+        run = partial(self.served.run, tail)
+        self._tail = (tail, run)
+        return tail, build_s, run
 
     def key_and_rows(
         self, tail: Tail, inputs: Mapping[str, np.ndarray], bfloat16: frozenset[str]

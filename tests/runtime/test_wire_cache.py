@@ -547,6 +547,32 @@ def test_a_repeat_header_keeps_its_route_and_each_answer_is_counted_once() -> No
         assert snap["batch_size"][1] == 4.0  # four batches of one
 
 
+def test_a_repeat_header_runs_the_models_cached_tail_and_a_dropped_one_is_built_again() -> None:
+    """A repeat skips the checks but still takes its tail from the model's cache (which so keeps
+    the tails in use): after a new profile drops them, the next repeat builds it again and says so
+    in its answer."""
+    spec = ModelSpec("double", module=_Double(), input_shapes=((1, 5),))
+    x = np.arange(5, dtype=np.float32).reshape(1, 5)
+    with _serving(spec) as (server, infer):
+        encoder, decoder = serde.RequestEncoder(), serde.ResponseDecoder()
+        served = server._models["double"]
+
+        def ask(i: int) -> serde.InferResponseData:
+            raw = infer(encoder.encode("double", {"x": x + i}, request_id=f"r{i}"), timeout=30)
+            return decoder.decode(raw, max_decoded_bytes=CAP)
+
+        ask(0)
+        builds = served.tail_builds
+        for i in range(1, 4):
+            assert serde.PARAM_TAIL_BUILD_MS not in ask(i).parameters
+        assert served.tail_builds == builds
+        served.set_profile(None)  # (what a new profile does to the tails built before)
+        got = ask(9)
+        assert serde.PARAM_TAIL_BUILD_MS in got.parameters and served.tail_builds == builds + 1
+        np.testing.assert_array_equal(got.outputs["output"], (x + 9) * 2.0)
+        assert serde.PARAM_TAIL_BUILD_MS not in ask(10).parameters and served.tail_builds == builds + 1
+
+
 def test_request_ids_are_unique_of_one_length_and_kept_shapes_take_them() -> None:
     ids, other = serde.RequestIds(), serde.RequestIds()
     mine = [ids.next() for _ in range(1000)]
