@@ -626,21 +626,19 @@ class TailServer:
     def _parsed(
         self, request: serde.InferRequestWire, served: ServedModel, lease: RequestLease
     ) -> tuple[_Route, serde.InferRequestData]:
-        """``request`` parsed and checked against ``served`` (Abort when it is refused), and its route:
-        its header's, kept for the repeats, when the header passed these checks before."""
+        """``request`` parsed and checked against ``served`` (Abort when it is refused), and its route,
+        kept with its header (if it has one) for the repeats: ``_infer`` takes a route it finds
+        there without parsing or checking again."""
         try:
             data = self._requests.parse(
                 request, max_decoded_bytes=self.config.max_decoded_bytes, reserve=lease.take
             )
         except (WireError, CodecError) as exc:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        header = data.header
-        route = None if header is None else header.verdicts.get("server")
-        if route is None or route.served is not served:
-            self._check_request(served, data)  # a repeat header passed them before
-            route = _Route(served, data)
-            if header is not None:
-                header.verdicts["server"] = route
+        self._check_request(served, data)
+        route = _Route(served, data)
+        if data.header is not None:
+            data.header.verdicts["server"] = route
         return route, data
 
     def _ran(
