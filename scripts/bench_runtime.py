@@ -35,10 +35,18 @@ Issue 4 asks for two numbers, both measured here on one machine (client and serv
      result into the answer's bytes (generic unary gRPC, no messages, no checks). The goal's room
      above it is what is left for a protocol's parsing, checks and bookkeeping.
 
+   The echo, the floor and the bound are served by the overhead pass's tail server itself, on its
+   port (``TailServer(handlers=...)``), so that every variant but the bare v2 echo (a v2 servicer of
+   its own, on a server of its own) takes one connection, one gRPC server and its threads. Served by
+   a second server over a second connection, the echo measured the same but the 1 MiB ratio moved by
+   up to 0.19 between runs of the same code (1.26-1.45x in three runs) against 0.02 for the same
+   calls over one connection (1.33-1.35x; ad-hoc runs on ``f3597e1``, ``docs/benchmarks.md``).
+
    The tensor is ReLU(N(0, 1)) fp32 of 64 KiB, 1 MiB and 4 MiB (``(1, 256, n / 1024)``). The variants
-   run interleaved (one call of each per repeat, the order rotated every repeat) after warm-up; per
-   variant the median and p10/p90 of the call's wall time, the ratio of medians to the echo, and the
-   median and p10/p90 of the per-repeat ratios (each call over the echo call of the same repeat).
+   run interleaved (one call of each per repeat, in a fresh random order every repeat) after
+   warm-up; per variant the median and p10/p90 of the call's wall time, the ratio of medians to the
+   echo, and the median and p10/p90 of the per-repeat ratios (each call over the echo call of the
+   same repeat).
    The server's own ``queue_ms`` / ``compute_ms`` / ``decode_ms`` (response parameters) are
    reported beside them.
 
@@ -256,7 +264,8 @@ class StreamCall:
 
 
 def serve_child(cfg: dict[str, Any]) -> int:
-    """Run the echo server and the tail servers until stdin closes; print their addresses first."""
+    """Run the tail servers (the overhead pass's with the echo) and the bare v2 server until stdin
+    closes; print their addresses first."""
     import torch
 
     from splitdnn.graph import head_tail
@@ -264,10 +273,16 @@ def serve_child(cfg: dict[str, Any]) -> int:
 
     if cfg.get("threads"):  # torch's intra-op threads for every server here (process-wide)
         torch.set_num_threads(cfg["threads"])
-    echo = grpc.server(
-        ThreadPoolExecutor(max_workers=cfg["echo_workers"], thread_name_prefix="bench-echo"),
+    # the bare v2 servicer has a server of its own (it is another inference.GRPCInferenceService)
+    bare = grpc.server(
+        ThreadPoolExecutor(max_workers=cfg["echo_workers"], thread_name_prefix="bench-bare"),
         options=_channel_options(),
     )
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(_BareV2(), bare)
+    bare_port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    # the echo, the floor and the bound are served by the tail server of the overhead pass, on its
+    # port: each call of theirs takes the same connection, server and threads as splitdnn's calls
     handler = grpc.method_handlers_generic_handler(
         ECHO_SERVICE,
         {
@@ -282,10 +297,6 @@ def serve_child(cfg: dict[str, Any]) -> int:
             },
         },
     )  # no (de)serializers: the request is bytes, the echo's response the same bytes object
-    echo.add_generic_rpc_handlers((handler,))
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(_BareV2(), echo)
-    echo_port = echo.add_insecure_port("127.0.0.1:0")
-    echo.start()
 
     identity = _identity_class()
     overhead = TailServer(
@@ -296,6 +307,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
             ),
             keep_freed_memory=cfg["keep_freed_memory"],
         ),
+        handlers=(handler,),
     ).start()
     batching: dict[str, Any] = {}
     for label, max_batch in (("batched", cfg["max_batch_size"]), ("unbatched", 1)) if cfg["batching"] else ():
@@ -324,7 +336,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
             "boundary_shape": list(boundary.shape),
         }
     info |= {
-        "echo": f"127.0.0.1:{echo_port}",  # also serves _BareV2
+        "bare": f"127.0.0.1:{bare_port}",
         "overhead": overhead.address,
         "overhead_fingerprints": {
             name: overhead.served_model(name).fingerprint for name in overhead.model_names
@@ -340,7 +352,7 @@ def serve_child(cfg: dict[str, Any]) -> int:
     finally:
         for server in (overhead, *batching.values()):
             server.stop(grace=1.0)
-        echo.stop(1.0).wait()
+        bare.stop(1.0).wait()
     return 0
 
 
@@ -441,12 +453,12 @@ def _overhead_for_size(
     frame = codec.encode(x, "zstd")
     encode_ms = (time.perf_counter() - t) * 1000.0
 
-    echo_channel = grpc.insecure_channel(info["echo"], options=_channel_options())
-    echo = echo_channel.unary_unary(ECHO_METHOD)  # bytes in, bytes out
-    floor = echo_channel.unary_unary(FLOOR_METHOD)
     channel = grpc.insecure_channel(info["overhead"], options=_channel_options())
+    echo = channel.unary_unary(ECHO_METHOD)  # bytes in, bytes out
+    floor = channel.unary_unary(FLOOR_METHOD)
     stub = v2_grpc.GRPCInferenceServiceStub(channel)
-    bare = v2_grpc.GRPCInferenceServiceStub(echo_channel)
+    bare_channel = grpc.insecure_channel(info["bare"], options=_channel_options())
+    bare = v2_grpc.GRPCInferenceServiceStub(bare_channel)
     client = None
     if with_client:
         traced = trace(_identity_class()(), torch.zeros(shape), name=name)
@@ -517,13 +529,11 @@ def _overhead_for_size(
 
     call_wire = wire_call("v2_wire", channel.unary_unary(serde.MODEL_INFER_METHOD), keep=True)
     # the bound's answer carries zeros for the server's times: it measures none
-    call_bound = wire_call(
-        "v2_bound", echo_channel.unary_unary(f"/{ECHO_SERVICE}/Bound_{nbytes}"), keep=False
-    )
+    call_bound = wire_call("v2_bound", channel.unary_unary(f"/{ECHO_SERVICE}/Bound_{nbytes}"), keep=False)
     streams: list[StreamCall] = []
     if with_wire:
         streams = [
-            StreamCall(echo_channel, f"/{ECHO_SERVICE}/{m}") for m in ("EchoStream", f"BoundStream_{nbytes}")
+            StreamCall(channel, f"/{ECHO_SERVICE}/{m}") for m in ("EchoStream", f"BoundStream_{nbytes}")
         ]
     echo_stream = streams[0] if streams else None
 
@@ -574,8 +584,9 @@ def _overhead_for_size(
                 server_ms.clear()
                 rpc_s.clear()
                 build_s.clear()
-            shift = i % len(labels)
-            for label in labels[shift:] + labels[:shift]:
+            # a fresh order every repeat: with the order only rotated, each variant always followed
+            # the same one, whose traces (caches, threads woken) it then always inherited
+            for label in (labels[k] for k in rng.permutation(len(labels))):
                 c0, s0 = _minor_faults(), _minor_faults(pid)
                 t0 = time.perf_counter()
                 done = variants[label]()  # when the call ended, if bookkeeping follows it
@@ -589,7 +600,7 @@ def _overhead_for_size(
             client.close()
         for stream in streams:
             stream.close()
-        echo_channel.close()
+        bare_channel.close()
         channel.close()
 
     echo_s = np.asarray(wall["echo"])
@@ -1003,7 +1014,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += [
             "## Per-request overhead against a raw gRPC echo",
             "",
-            f"Interleaved (one call of each variant per repeat, order rotated), {s['warmup']} warm-up "
+            "Interleaved (one call of each variant per repeat, in a fresh random order each), "
+            f"{s['warmup']} warm-up "
             "repeats dropped. Wall time per call, median [p10–p90] in ms; ratio = median over the echo's "
             "median, and median [p10–p90] of the per-repeat ratios. Echo: generic unary gRPC, the "
             "tensor's raw bytes in and the same bytes out. v2 raw: `serde.build_infer_request` + the "
@@ -1378,7 +1390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "code": code_state(),
         # addresses and pid: meaningless after the run
         "server": {
-            k: v for k, v in info.items() if k not in ("pid", "echo", "overhead", "batched", "unbatched")
+            k: v for k, v in info.items() if k not in ("pid", "bare", "overhead", "batched", "unbatched")
         },
         "settings": settings,
         "load_before": [round(x, 2) for x in load_before],

@@ -20,6 +20,7 @@ Served over one port (DESIGN sections 5, 6, 8):
 - ``grpc.health.v1.Health``: SERVING while up, NOT_SERVING from the start of a shutdown; for the
   server (``""``), each of the two services, and each served model by its v2 name.
 - Prometheus metrics over HTTP on ``metrics_port`` (see :mod:`splitdnn.runtime._metrics`).
+- Services of the caller's own, if given: ``TailServer(cfg, handlers=[...])``.
 
 Status codes: NOT_FOUND (a model the server does not serve), INVALID_ARGUMENT (malformed request,
 wrong input names, dtypes or shapes, bad or oversized frames, decompression bombs),
@@ -128,10 +129,21 @@ def _pool_of(method: str) -> str:
 class TailServer:
     """A running tail service (see the module docstring); use as a context manager or start()/stop()."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, handlers: Sequence[grpc.GenericRpcHandler] = ()) -> None:
+        """``handlers``: gRPC services of the caller's own served on the same port (a benchmark's echo,
+        an operator's admin service). The token, when one is set, guards them too; nothing else of
+        the server's does (no receive watch, concurrency slots, byte budget or metrics), and they
+        cannot take over one of its methods: those are looked up first."""
         if not isinstance(config, ServerConfig):
             raise ConfigError(f"TailServer takes a ServerConfig, found {type(config).__name__}")
+        wrong = [type(h).__name__ for h in handlers if not isinstance(h, grpc.GenericRpcHandler)]
+        if wrong:
+            raise ConfigError(
+                f"TailServer's handlers must be grpc.GenericRpcHandler objects (as "
+                f"grpc.method_handlers_generic_handler makes), found {', '.join(wrong)}"
+            )
         self.config = config
+        self._handlers = tuple(handlers)
         self.metrics = ServerMetrics()
         self._models: dict[str, ServedModel] = {}
         self._profiles: dict[str, Profile] = {}  # GetModelInfo's: the config's and those measured at start
@@ -275,6 +287,8 @@ class TailServer:
         add_servicer(
             health_pb2_grpc.add_HealthServicer_to_server, self._health, server, watch, thread_pool=control
         )
+        if self._handlers:  # after the server's own: a method of those is never theirs
+            server.add_generic_rpc_handlers(self._handlers)
         address = host_port(cfg.host, cfg.port)
         try:
             if tls is not None:

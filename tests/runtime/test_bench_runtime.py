@@ -165,3 +165,40 @@ def test_a_stream_call_answers_each_message_in_order_and_closes(bench: Any) -> N
     finally:
         channel.close()
         server.stop(0)
+
+
+def test_the_echo_and_the_bound_answer_on_the_tail_servers_port(bench: Any) -> None:
+    """The baseline takes the connection and the server that splitdnn's calls take; only the bare v2
+    servicer has a server of its own."""
+    import grpc
+
+    from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
+    from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
+
+    cfg = {"sizes": [4096], "echo_workers": 2, "batching": False, "max_batch_size": 1,
+           "max_queue_delay_ms": 0.0, "keep_freed_memory": False, "threads": 1}  # fmt: skip
+    server = bench.ServerProcess(cfg, timeout_s=120)
+    channel = grpc.insecure_channel(server.info["overhead"])
+    bare = grpc.insecure_channel(server.info["bare"])
+    try:
+        assert "echo" not in server.info
+        payload = bytes(range(256)) * 16
+        assert channel.unary_unary(bench.ECHO_METHOD)(payload, timeout=30) == payload
+        x = np.arange(1024, dtype=np.float32).reshape(1, 256, 4)
+        request = serde.encode_infer_request("identity_4096", {"x": x}, fingerprint="ab" * 32)
+        answer = channel.unary_unary(f"/{bench.ECHO_SERVICE}/Bound_4096")(request, timeout=30)
+        out = serde.decode_infer_response(answer, max_decoded_bytes=1 << 20).outputs["output"]
+        assert np.array_equal(out, x)
+        # the bare v2 servicer on its own port answers the input as the output
+        reply = v2_grpc.GRPCInferenceServiceStub(bare).ModelInfer(
+            serde.build_infer_request("identity_4096", {"x": x}), timeout=30
+        )
+        out = serde.parse_infer_response(reply, max_decoded_bytes=1 << 20).outputs["output"]
+        assert np.array_equal(out, x)
+        # and the echo's port is the tail server's (its v2 health answers)
+        live = v2_grpc.GRPCInferenceServiceStub(channel).ServerLive(v2_pb.ServerLiveRequest(), timeout=30)
+        assert live.live
+    finally:
+        channel.close()
+        bare.close()
+        server.close()

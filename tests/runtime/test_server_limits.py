@@ -1096,3 +1096,42 @@ def test_max_receiving_per_peer_holds_for_a_client_on_several_ipv6_connections()
             held.set()
             for c in channels:
                 c.close()
+
+
+def _echo_service(seen: list[bytes]) -> tuple[grpc.GenericRpcHandler, ...]:
+    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen.append(request)
+        return request
+
+    takeover = grpc.unary_unary_rpc_method_handler(lambda request, context: b"not the server's answer")
+    return grpc.method_handlers_generic_handler(
+        "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    ), grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": takeover})
+
+
+def test_services_of_the_callers_own_are_served_on_the_port_behind_the_token_and_take_over_nothing() -> None:
+    seen: list[bytes] = []
+    spec = ModelSpec("gated", module=Gated(), input_shapes=((1, 4),))
+    with TailServer(ServerConfig(models=(spec,), token="s3cret"), handlers=_echo_service(seen)) as server:
+        stub, channel = _stub(server.address)
+        echo = channel.unary_unary("/test.Echo/Echo")
+        right = (("authorization", "Bearer s3cret"),)
+        assert echo(b"\x00abc", timeout=10, metadata=right) == b"\x00abc"
+        assert _code(lambda: echo(b"x", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        assert seen == [b"\x00abc"]  # the refused call never reached it
+        # a handler of theirs for one of the server's methods is never asked
+        x = _rows(2, 0)
+        np.testing.assert_array_equal(
+            _infer(stub, x, timeout=10, metadata=right).outputs["output"], _expected(server, x)
+        )
+        unknown = channel.unary_unary("/test.Echo/Other")
+        assert _code(lambda: unknown(b"x", timeout=10, metadata=right)) == grpc.StatusCode.UNIMPLEMENTED
+        channel.close()
+
+
+def test_a_handler_that_is_not_a_grpc_generic_handler_is_refused_at_construction() -> None:
+    spec = ModelSpec("gated", module=Gated(), input_shapes=((1, 4),))
+    # a method's handler, not a service's
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    with pytest.raises(ConfigError, match=r"grpc.GenericRpcHandler objects .* found RpcMethodHandler"):
+        TailServer(ServerConfig(models=(spec,)), handlers=[echo])  # type: ignore[list-item]
