@@ -196,7 +196,14 @@ def test_a_model_that_takes_gradients_in_its_forward_is_served_under_no_grad() -
     with torch.no_grad():
         assert torch.allclose(out, module.fc(2 * x))
     plain = ServedModel("p", trace(nn.Linear(4, 4).eval(), torch.zeros(1, 4)), torch.device("cpu"))
-    assert plain.grad_mode is torch.inference_mode and plain.grad_mode_note == ""
+    assert plain.grad_mode_note == ""
+    with plain.grad_mode():  # torch.inference_mode's own guard, entered directly
+        assert torch.is_inference_mode_enabled()
+    assert not torch.is_inference_mode_enabled()
+    (y,) = plain.run(plain.tail(frozenset(plain.input_names)), [x])
+    assert y.is_inference()  # it ran under inference mode, as the profiler measures
+    with served.grad_mode():
+        assert not torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
 
 
 def test_from_numpy_shares_read_only_memory_only_when_asked() -> None:
