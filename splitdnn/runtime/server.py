@@ -56,7 +56,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future
 from functools import partial
@@ -129,13 +129,19 @@ def _pool_of(method: str) -> str:
 class TailServer:
     """A running tail service (see the module docstring); use as a context manager or start()/stop()."""
 
-    def __init__(self, config: ServerConfig, *, handlers: Sequence[grpc.GenericRpcHandler] = ()) -> None:
+    def __init__(self, config: ServerConfig, *, handlers: Iterable[grpc.GenericRpcHandler] = ()) -> None:
         """``handlers``: gRPC services of the caller's own served on the same port (a benchmark's echo,
         an operator's admin service). The token, when one is set, guards them too; nothing else of
         the server's does (no receive watch, concurrency slots, byte budget or metrics), and they
         cannot take over one of its methods: those are looked up first."""
         if not isinstance(config, ServerConfig):
             raise ConfigError(f"TailServer takes a ServerConfig, found {type(config).__name__}")
+        if isinstance(handlers, grpc.GenericRpcHandler):
+            raise ConfigError(
+                f"TailServer's handlers are a sequence of grpc.GenericRpcHandler objects, found one "
+                f"{type(handlers).__name__} alone; pass handlers=(handler,)"
+            )
+        handlers = tuple(handlers)  # (an iterator is read once, here)
         wrong = [type(h).__name__ for h in handlers if not isinstance(h, grpc.GenericRpcHandler)]
         if wrong:
             raise ConfigError(
@@ -143,7 +149,7 @@ class TailServer:
                 f"grpc.method_handlers_generic_handler makes), found {', '.join(wrong)}"
             )
         self.config = config
-        self._handlers = tuple(handlers)
+        self._handlers = handlers
         self.metrics = ServerMetrics()
         self._models: dict[str, ServedModel] = {}
         self._profiles: dict[str, Profile] = {}  # GetModelInfo's: the config's and those measured at start

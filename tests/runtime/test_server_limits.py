@@ -1135,3 +1135,8 @@ def test_a_handler_that_is_not_a_grpc_generic_handler_is_refused_at_construction
     echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     with pytest.raises(ConfigError, match=r"grpc.GenericRpcHandler objects .* found RpcMethodHandler"):
         TailServer(ServerConfig(models=(spec,)), handlers=[echo])  # type: ignore[list-item]
+    service = grpc.method_handlers_generic_handler("test.Echo", {"Echo": echo})
+    with pytest.raises(ConfigError, match=r"found one .* alone; pass handlers=\(handler,\)"):
+        TailServer(ServerConfig(models=(spec,)), handlers=service)  # type: ignore[arg-type]
+    # an iterator is taken whole: its handlers are served, not read once by the check and lost
+    assert TailServer(ServerConfig(models=(spec,)), handlers=iter([service]))._handlers == (service,)
