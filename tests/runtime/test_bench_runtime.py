@@ -202,3 +202,22 @@ def test_the_echo_and_the_bound_answer_on_the_tail_servers_port(bench: Any) -> N
         channel.close()
         bare.close()
         server.close()
+
+
+def test_the_handler_probe_times_modelinfer_beside_the_bound_and_refuses_a_bad_size(
+    load_script: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    probe = load_script("probe_handler")
+    threads = torch.get_num_threads()
+    try:
+        assert probe.main(["--bytes", "4096", "--repeats", "10", "--warmup", "2", "--pool-mib", "1"]) == 0
+    finally:  # the probe sets torch's threads for the process
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines()}
+    for label in ("ModelInfer", "bound", "x * 1 alone", "join alone"):
+        assert float(rows[label][14:].split()[0]) > 0, out
+    assert "ModelInfer - bound:" in out
+    with pytest.raises(SystemExit):
+        probe.main(["--bytes", "1000"])
+    assert "a positive multiple of 4096, found 1000" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Time the tail server's ModelInfer handler in-process, without gRPC, beside the benchmark's bound.
+
+``bench_runtime.py --wire`` measures whole calls, where the gRPC transport and the client's copies
+take most of the time and the machine's noise moves the ratio by a few hundredths between runs. This
+probe takes the transport away: it calls the handler ``TailServer`` registers for ModelInfer
+directly with the wire client's request bytes (a context object that answers as a live call with no
+deadline), and, in the same loop, the bench's bound (a handler that views the tensor at the
+message's end, runs ``x * 1`` under inference mode and joins a prebuilt header) and two of the
+bound's own parts: ``x * 1`` alone and the join alone. The variants alternate in a fresh random
+order each repeat, over a pool of distinct requests (larger than the caches, as on a server where
+every request is new bytes).
+
+What is left between ModelInfer and the bound is splitdnn's server code per request: the request's
+read and checks, the batcher, the lease, the metrics and the answer's fields. Run with one torch
+thread, as the benchmark's server::
+
+    .venv/bin/python scripts/probe_handler.py            # 1 MiB, 3000 repeats: about 15 s
+    .venv/bin/python scripts/probe_handler.py --bytes 65536 --repeats 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_runtime as bench  # noqa: E402  (the bound, the identity tail and the shapes)
+
+
+class _LiveCall:
+    """The handler's view of a call: active, no deadline; an abort is the probe's failure."""
+
+    def is_active(self) -> bool:
+        return True
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def abort(self, code: Any, message: str) -> None:
+        raise RuntimeError(f"the handler refused the probe's request: {code}: {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bytes", type=int, default=1 << 20, help="the tensor's size (a multiple of 4096)")
+    ap.add_argument("--repeats", type=int, default=3000)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--pool-mib", type=int, default=256, help="distinct requests' total size")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    nbytes = args.bytes
+    if nbytes <= 0 or nbytes % 4096:
+        ap.error(f"--bytes must be a positive multiple of 4096, found {nbytes}")
+    if args.repeats < 10 or args.warmup < 0:
+        ap.error(f"--repeats must be >= 10 and --warmup >= 0, found {args.repeats} and {args.warmup}")
+
+    import torch
+
+    from splitdnn.runtime import serde
+    from splitdnn.runtime._servicers import InferenceServicer
+    from splitdnn.runtime._tail import INFERENCE_MODE
+    from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    shape = bench.shape_of(nbytes)
+    name = f"identity_{nbytes}"
+    spec = ModelSpec("identity", name=name, module=bench._identity_class()(), input_shapes=(shape,))
+    server = TailServer(ServerConfig(models=(spec,), keep_freed_memory=True)).start()
+    try:
+        fingerprint = server.served_model(name).fingerprint
+        handler = InferenceServicer(server).ModelInfer
+        bound = bench._bound(nbytes)
+        call = _LiveCall()
+        rng = np.random.default_rng(args.seed)
+        x = np.maximum(rng.standard_normal(shape, dtype=np.float32), 0.0)
+        encoder, ids = serde.RequestEncoder(), serde.RequestIds()
+        pool = [
+            encoder.encode(name, {"x": x}, fingerprint=fingerprint, request_id=ids.next())
+            for _ in range(max(2, (args.pool_mib << 20) // nbytes))
+        ]
+        header = bytes(160)  # about the answer's small fields
+
+        def view(request: bytes) -> torch.Tensor:
+            raw = np.frombuffer(request, dtype=np.float32, count=nbytes // 4, offset=len(request) - nbytes)
+            return torch.from_numpy(raw.reshape(shape))
+
+        def tail_only(request: bytes) -> Any:
+            with INFERENCE_MODE():
+                return view(request) * 1
+
+        for label, answer in (("ModelInfer", handler), ("bound", bound)):  # both answer x * 1, or no timing
+            got = serde.decode_infer_response(answer(pool[0], call), max_decoded_bytes=2 * nbytes)
+            if not np.array_equal(got.outputs["output"], x):
+                raise RuntimeError(f"{label} did not answer the request's tensor times one")
+        outputs = [tail_only(r) for r in pool[:8]]  # the join's sources: a few outputs, like the tail's
+
+        variants: dict[str, Callable[[int], Any]] = {
+            "ModelInfer": lambda i: handler(pool[i % len(pool)], call),
+            "bound": lambda i: bound(pool[i % len(pool)], call),
+            "x * 1 alone": lambda i: tail_only(pool[i % len(pool)]),
+            "join alone": lambda i: b"".join((header, outputs[i % len(outputs)].numpy().data)),
+        }
+        labels = list(variants)
+        times: dict[str, list[float]] = {k: [] for k in labels}
+        for i in range(args.warmup + args.repeats):
+            for k in rng.permutation(len(labels)):
+                label = labels[k]
+                t0 = time.perf_counter()
+                variants[label](i)
+                if i >= args.warmup:
+                    times[label].append(time.perf_counter() - t0)
+    finally:
+        server.stop(0)
+
+    print(
+        f"{nbytes} bytes, {args.repeats} repeats after {args.warmup} of warm-up, "
+        f"{len(pool)} distinct requests, torch threads {args.threads}"
+    )
+    print(f"{'variant':<14}{'median us':>11}{'p10':>9}{'p90':>9}")
+    med = {}
+    for label in labels:
+        us = np.asarray(times[label]) * 1e6
+        med[label] = float(np.median(us))
+        print(f"{label:<14}{med[label]:>11.1f}{np.percentile(us, 10):>9.1f}{np.percentile(us, 90):>9.1f}")
+    extra = med["ModelInfer"] - med["bound"]
+    print(f"ModelInfer - bound: {extra:.1f} us (splitdnn's server code per request)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
