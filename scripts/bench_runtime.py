@@ -207,22 +207,33 @@ def _bound(nbytes: int) -> Callable[[bytes, grpc.ServicerContext], bytes]:
     ``nbytes`` of fp32: no parsing and no checks. It views the tensor at the message's end (where the
     wire client writes it), runs ``x * 1`` under inference mode, and joins the result to a response
     header built once (the same small fields as the tail server's answer)."""
-    import torch
-
     shape = shape_of(nbytes)
     params = {serde.PARAM_QUEUE_MS: 0.0, serde.PARAM_COMPUTE_MS: 0.0, serde.PARAM_DECODE_MS: 0.0,
               serde.PARAM_BATCH_SIZE: 1}  # fmt: skip
     zeros = np.zeros(shape, dtype=np.float32)
     header = serde.encode_infer_response(f"identity_{nbytes}", "", {"output": zeros}, parameters=params)
     header = header[: len(header) - nbytes]
+    tail = _bound_tail(nbytes)
 
     def bound(request: bytes, context: grpc.ServicerContext) -> bytes:
-        raw = np.frombuffer(request, dtype=np.float32, count=nbytes // 4, offset=len(request) - nbytes)
-        with torch.inference_mode():
-            out = torch.from_numpy(raw.reshape(shape)) * 1
-        return b"".join((header, out.numpy().data))
+        return b"".join((header, tail(request).numpy().data))
 
     return bound
+
+
+def _bound_tail(nbytes: int) -> Callable[[bytes], Any]:
+    """The bound's tail for requests of ``nbytes`` of fp32: ``x * 1`` under inference mode on the
+    tensor the wire client writes at the end of the request, viewed there."""
+    import torch
+
+    shape = shape_of(nbytes)
+
+    def tail(request: bytes) -> torch.Tensor:
+        raw = np.frombuffer(request, dtype=np.float32, count=nbytes // 4, offset=len(request) - nbytes)
+        with torch.inference_mode():
+            return torch.from_numpy(raw.reshape(shape)) * 1
+
+    return tail
 
 
 def _each(

@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from splitdnn.runtime import serde
     from splitdnn.runtime._servicers import InferenceServicer
-    from splitdnn.runtime._tail import INFERENCE_MODE
     from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
 
     torch.set_num_threads(args.threads)
@@ -91,14 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         header = bytes(160)  # about the answer's small fields
 
-        def view(request: bytes) -> torch.Tensor:
-            raw = np.frombuffer(request, dtype=np.float32, count=nbytes // 4, offset=len(request) - nbytes)
-            return torch.from_numpy(raw.reshape(shape))
-
-        def tail_only(request: bytes) -> Any:
-            with INFERENCE_MODE():
-                return view(request) * 1
-
+        tail_only = bench._bound_tail(nbytes)  # the bound's own x * 1, alone
         for label, answer in (("ModelInfer", handler), ("bound", bound)):  # both answer x * 1, or no timing
             got = serde.decode_infer_response(answer(pool[0], call), max_decoded_bytes=2 * nbytes)
             if not np.array_equal(got.outputs["output"], x):
@@ -128,12 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(pool)} distinct requests, torch threads {args.threads}"
     )
     print(f"{'variant':<14}{'median us':>11}{'p10':>9}{'p90':>9}")
-    med = {}
-    for label in labels:
-        us = np.asarray(times[label]) * 1e6
-        med[label] = float(np.median(us))
-        print(f"{label:<14}{med[label]:>11.1f}{np.percentile(us, 10):>9.1f}{np.percentile(us, 90):>9.1f}")
-    extra = med["ModelInfer"] - med["bound"]
+    spread = {label: bench._spread(times[label], scale=1e6) for label in labels}
+    for label, us in spread.items():
+        print(f"{label:<14}{us['median']:>11.1f}{us['p10']:>9.1f}{us['p90']:>9.1f}")
+    extra = spread["ModelInfer"]["median"] - spread["bound"]["median"]
     print(f"ModelInfer - bound: {extra:.1f} us (splitdnn's server code per request)")
     return 0
 
