@@ -315,8 +315,10 @@ def run_long(
                 now = time.monotonic() - start
                 if load is not None and now >= args.long_s:
                     load_stats, load = load.stop(), None
-                    stopped_at = time.monotonic() - start
-                if now >= args.long_s + args.after_s:
+                    stopped_at = now = time.monotonic() - start
+                # idle for --after-s from when the load stopped (stopping it takes a while: timed
+                # from --long-s, a slow machine's after-phase had no request at all)
+                if stopped_at is not None and now >= stopped_at + args.after_s:
                     break
                 client.infer(x)
                 b = client.last_breakdown
