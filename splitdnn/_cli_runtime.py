@@ -205,6 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         drain_s=args.drain_s,
         receive_timeout_s=args.receive_timeout_s,
         max_receiving_per_peer=args.max_receiving_per_peer,
+        max_streams=args.max_streams,
+        stream_idle_timeout_s=args.stream_idle_timeout_s,
         max_decoded_bytes=int(args.max_decoded_mib * (1 << 20)),
         max_inflight_bytes=None if args.max_inflight_mib is None else int(args.max_inflight_mib * (1 << 20)),
         tail_cache_size=args.tail_cache_size,
@@ -355,6 +357,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         fallback_local=not args.no_fallback,
         privacy_floor=args.privacy_floor,
+        stream=args.stream,
         emulate_slowdown=args.slowdown,
         threads=args.threads,
         force_boundary=args.force,
@@ -762,6 +765,17 @@ def add_commands(
         "thread (default: no cap; clients behind one NAT or proxy share an address)",
     )  # fmt: skip
     p.add_argument(
+        "--max-streams", type=count(0, 1 << 16), default=None, metavar="N",
+        help="ModelStreamInfer streams open at once, each holding a handler thread while it is open; one "
+        "more is refused (RESOURCE_EXHAUSTED; splitdnn clients then send unary calls). 0: no streams "
+        "(default 16, or --max-concurrency if less; at most --max-concurrency)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stream-idle-timeout-s", type=positive, default=60.0, metavar="S",
+        help="end a stream that sends no request message for S seconds (DEADLINE_EXCEEDED), giving its "
+        "handler thread back (default 60; at least 0.1)",
+    )  # fmt: skip
+    p.add_argument(
         "--tail-cache-size", type=int, default=64, metavar="N",
         help="tails kept per model, one per cut in use (default 64; see splitdnn_tail_builds_total)",
     )  # fmt: skip
@@ -843,6 +857,11 @@ def add_commands(
     p.add_argument("--threads", type=threads, metavar="N", help="torch intra-op threads on this device")
     p.add_argument("--timeout-s", type=positive, default=60.0, help="deadline of each request")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of running locally")
+    p.add_argument(
+        "--stream", action="store_true",
+        help="send the requests as messages of one open ModelStreamInfer stream instead of a call each "
+        "(unary calls when the server takes no stream)",
+    )  # fmt: skip
     p.add_argument("--privacy-floor", action="store_true", help="never send the raw input")
     p.add_argument("--output", metavar="NPY", help="save the last request's output as a .npy file")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")

@@ -28,7 +28,7 @@ from splitdnn import graph
 from splitdnn.errors import ConfigError, DeadlineError, PlanError, WireError
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown, predicted_parts
-from splitdnn.runtime._client_rpc import connection_state, is_transient, model_infer, translate_rpc_error
+from splitdnn.runtime._client_rpc import connection_state, is_transient, translate_rpc_error
 from splitdnn.runtime.planner import remote_ms as planner_remote_ms
 from splitdnn.schema import Plan
 
@@ -400,9 +400,7 @@ class Run:
                     give_up_s = wait_s
                 # the give-up is the call's deadline (gRPC cancels it then): a blocking call, as
                 # .future() would start a thread per call on an otherwise idle channel
-                response = model_infer(c._channel)(
-                    request, timeout=c.timeout_s if give_up_s is None else give_up_s, metadata=c._metadata
-                )
+                response = c._send(request, c.timeout_s if give_up_s is None else give_up_s)
         except grpc.RpcError as exc:
             # A deadline passed with the connection down (TRANSIENT_FAILURE: a connection attempt
             # failed; not IDLE or CONNECTING, which a connection closed for its age goes through while

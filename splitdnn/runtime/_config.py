@@ -39,6 +39,7 @@ __all__ = [
 
 _GRPC_MAX_MESSAGE = (1 << 31) - 1  # gRPC keeps message sizes in a C int
 DEFAULT_INFLIGHT_BYTES = 1 << 30  # ServerConfig.max_inflight_bytes when it is None (and large enough)
+DEFAULT_MAX_STREAMS = 16  # ServerConfig.max_streams when it is None (and max_concurrency allows)
 
 # --------------------------------------------------------------------------------------------------
 # configuration
@@ -103,6 +104,13 @@ class ServerConfig:
     # is RESOURCE_EXHAUSTED at once. None: no cap (clients behind one NAT or proxy share an address)
     max_receiving_per_peer: int | None = None
     metrics_host: str | None = None  # metrics bind address; default: host
+    # ModelStreamInfer streams open at once (each holds a handler thread for its life, out of the
+    # max_concurrency + 8 that also serve ModelInfer); one more is RESOURCE_EXHAUSTED. 0: no streams;
+    # None: DEFAULT_MAX_STREAMS, or max_concurrency if that is less (stream_limit)
+    max_streams: int | None = None
+    # a stream whose next request message has not fully arrived this long after its last answer is
+    # ended (DEADLINE_EXCEEDED), giving its thread back. None: streams stay open until the client ends them
+    stream_idle_timeout_s: float | None = 60.0
     # glibc malloc keeps freed tensor-sized buffers mapped (process-wide; splitdnn.runtime.memory)
     keep_freed_memory: bool = True
 
@@ -143,6 +151,17 @@ class ServerConfig:
                     f"(max_message_bytes + max_decoded_bytes = {largest}), which would then be refused "
                     f"forever; raise it to at least {largest} or lower those two"
                 )
+        if self.max_streams is not None and (
+            isinstance(self.max_streams, bool)
+            or not isinstance(self.max_streams, int)
+            or not 0 <= self.max_streams <= self.max_concurrency
+        ):
+            raise ConfigError(
+                f"max_streams must be an integer from 0 (no streams) to max_concurrency="
+                f"{self.max_concurrency} (each open stream holds one of the handler threads ModelInfer "
+                f"calls also need), found {self.max_streams!r}"
+            )
+        _seconds_or_none("stream_idle_timeout_s", self.stream_idle_timeout_s, 0.1, low_allowed=True)
         if self.threads is not None:
             _positive_int("threads", self.threads)
         if self.max_receiving_per_peer is not None:
@@ -170,6 +189,13 @@ class ServerConfig:
         if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
             raise ConfigError("token must be a non-empty string or None")
         check_token(self.token)
+
+    @property
+    def stream_limit(self) -> int:
+        """The most ModelStreamInfer streams open at once (``max_streams`` or its default)."""
+        if self.max_streams is None:
+            return min(DEFAULT_MAX_STREAMS, self.max_concurrency)
+        return self.max_streams
 
     @property
     def inflight_limit(self) -> int:

@@ -21,7 +21,10 @@ so clients cannot grow the label set)::
     splitdnn_receive_timeouts_total{method}        calls of any method ended because their request
                                                    message did not arrive within receive_timeout_s
                                                    (slow or stalled clients); ModelInfer ones also
-                                                   count as DEADLINE_EXCEEDED failures under <unknown>
+                                                   count as DEADLINE_EXCEEDED failures under <unknown>;
+                                                   ModelStreamInfer: streams ended idle after
+                                                   stream_idle_timeout_s (their requests count as
+                                                   ModelInfer ones, in every series above)
     splitdnn_receive_refused_total{method}         calls refused at once because their client's address
                                                    already had max_receiving_per_peer calls waiting for
                                                    their message; ModelInfer ones also count as

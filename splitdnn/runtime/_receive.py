@@ -33,7 +33,7 @@ from urllib.parse import unquote
 
 import grpc
 
-__all__ = ["ReceiveWatch"]
+__all__ = ["ReceiveWatch", "StreamWatch"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class ReceiveWatch:
     ``on_refused(method)`` for each refused (metrics); ``method`` is the full method name.
     Thread-safe; :meth:`start` and :meth:`stop` bracket the server's life.
     """
+
+    _ENDED = "call(s)"  # what the watch ends, in its warning
 
     def __init__(
         self,
@@ -208,12 +210,73 @@ class ReceiveWatch:
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY_S:
             log.warning(
-                "%d call(s) ended without their request message after %g s (slow or stalled clients; "
-                "see splitdnn_receive_timeouts_total)",
+                "%d %s ended without their request message after %g s (slow or stalled clients; see "
+                "splitdnn_receive_timeouts_total)",
                 self._ended_since_warning,
+                self._ENDED,
                 self.timeout_s,
             )
             self._warned_at, self._ended_since_warning = now, 0
+
+
+class StreamWatch(ReceiveWatch):
+    """:class:`ReceiveWatch` for ModelStreamInfer streams, which take many messages: each stream holds
+    a handler thread while open, so one whose next message has not fully arrived within ``timeout_s``
+    of its last answer (an idle or stalled client) is ended with DEADLINE_EXCEEDED, and :meth:`close`
+    ends every stream waiting for a message at a shutdown (and any that waits from then on).
+
+    Which of the watch, a close and the stream takes the stream's entry first decides, as for
+    :class:`ReceiveWatch`: a message that arrives as the stream is ended is not served.
+    """
+
+    _ENDED = "idle stream(s)"
+
+    def __init__(self, timeout_s: float | None, on_timeout: Callable[[str], None] | None = None) -> None:
+        super().__init__(timeout_s, on_timeout)
+        self._closing: str | None = None  # set by close(): why every waiting stream ends
+        self._closed: set[grpc.ServicerContext] = set()  # ended by close() while waiting
+
+    def next_message(self, requests: Iterator[Any], context: grpc.ServicerContext, method: str) -> Any | None:
+        """The stream's next request message, or None when the client has closed its side."""
+        due = math.inf if self.timeout_s is None else time.monotonic() + self.timeout_s
+        with self._lock:
+            closing = self._closing
+            if closing is None:
+                self._waiting[context] = (due, method)
+        if closing is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, closing)
+        try:
+            message = next(requests, None)
+        finally:
+            with self._lock:
+                mine = self._waiting.pop(context, None) is not None
+                closed = context in self._closed
+                self._closed.discard(context)
+        if closed:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self._closing or "")
+        if not mine:  # the watch ended the stream as its message arrived: timed out, not served
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._message())
+        return message
+
+    def close(self, message: str) -> None:
+        """End every stream waiting for its next message with UNAVAILABLE and ``message``; streams
+        that come to wait later end the same way at once. Streams working on a message are not
+        touched: they answer it, and end when they next wait."""
+        with self._lock:
+            self._closing = message
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self._closed.update(waiting)
+        for context in waiting:
+            _cancel(context, grpc.StatusCode.UNAVAILABLE, message)
+
+    def _message(self) -> str:
+        return (
+            f"the stream sent no complete request message within {self.timeout_s:g} s of its last "
+            f"answer (the server's stream idle timeout), and was ended to free its handler thread; open "
+            f"a new stream when there is more to send, or ask the operator for a longer "
+            f"--stream-idle-timeout-s"
+        )
 
 
 def _cancel(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEALTH_PREFIX",
     "PLATFORM",
+    "STREAMS_STOPPING",
     "VERSION",
     "Abort",
     "InferenceServicer",
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 PLATFORM = "splitdnn_torch"  # v2 ModelMetadata.platform
 VERSION = "1"  # the one version of every served model; "" also selects it
 HEALTH_PREFIX = "/grpc.health.v1.Health/"  # reachable without the token (load balancer probes)
+#: how a ModelStreamInfer stream ends when the server stops
+STREAMS_STOPPING = "the server is shutting down; open a stream to another replica, or call ModelInfer there"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +211,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, server: TailServer) -> None:
         self._s = server
+        self._streams = 0  # ModelStreamInfer streams open now
+        self._streams_lock = threading.Lock()
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return serde.build_server_live(True)
@@ -238,34 +243,101 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Bytes in, bytes out (see :func:`add_inference_servicer`): the raw contents are never copied
         by protobuf; a request protobuf cannot parse is INVALID_ARGUMENT."""
+        try:
+            return self._serve(self._read(request), context)
+        except Abort as a:
+            context.abort(a.code, a.message)
+        raise AssertionError("unreachable: context.abort raises")  # (for the type checker)
+
+    def ModelStreamInfer(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Triton's streaming ModelInfer, bytes in and out: each request message is served as a
+        ModelInfer call would be, and answered in order with a ModelStreamInferResponse; a refused
+        request gets its status and message as the answer's ``error_message`` ("INVALID_ARGUMENT:
+        ...") and the stream stays open. Each open stream holds a handler thread, so at most
+        ``max_streams`` are open at once, and one idle for ``stream_idle_timeout_s`` is ended."""
+        s = self._s
+        self._open_stream(context)
+        try:
+            while True:
+                request = s._stream_watch.next_message(requests, context, serde.MODEL_STREAM_INFER_METHOD)
+                if request is None:  # the client closed its side: the stream ends, OK
+                    return
+                yield self._stream_answer(request, context)
+                if s.stopping:  # answered; a stop under way ends the stream before it waits again
+                    context.abort(grpc.StatusCode.UNAVAILABLE, STREAMS_STOPPING)
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
+
+    def _open_stream(self, context: grpc.ServicerContext) -> None:
+        limit = self._s.config.stream_limit
+        if limit == 0:
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "this server takes no ModelStreamInfer streams (started with --max-streams 0); call "
+                "ModelInfer once per request",
+            )
+        with self._streams_lock:
+            open_now = self._streams
+            if open_now < limit:
+                self._streams = open_now + 1
+                return
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the server already has max_streams={limit} ModelStreamInfer streams open; call ModelInfer "
+            f"once per request instead, retry the stream later, or ask the operator for a higher "
+            f"--max-streams",
+        )
+
+    def _stream_answer(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """One stream request's answer: its response, or its error as ``CODE: message``."""
+        wire = None
+        try:
+            wire = self._read(request)
+            return self._serve(wire, context, stream=True)
+        except Abort as a:
+            name, request_id = "", ""
+            if wire is not None:  # (a repeat's message is its header's, with another request's id)
+                name = wire.model_name
+                request_id = wire.request_id if wire.checked is not None else str(wire.message.id)
+            return serde.encode_stream_error(f"{a.code.name}: {a.message}", name, request_id)
+
+    def _read(self, request: bytes) -> serde.InferRequestWire:
+        """The request's small fields (Abort INVALID_ARGUMENT when protobuf cannot parse it)."""
         s = self._s
         try:
-            wire = s._requests.read(request)
+            return s._requests.read(request)
         except WireError as exc:
             s.metrics.refused_unknown("INVALID_ARGUMENT", model_infer=True)
             log.debug("ModelInfer refused, INVALID_ARGUMENT: %s", exc)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+    def _serve(
+        self, wire: serde.InferRequestWire, context: grpc.ServicerContext, stream: bool = False
+    ) -> bytes:
+        """The serialized answer to ``wire`` (``stream``: a ModelStreamInferResponse), counted in the
+        metrics; Abort with the status of a refusal, INTERNAL with what failed for a bug."""
+        s = self._s
         served = s._models.get(wire.model_name)
         label = served.name if served is not None else UNKNOWN_MODEL
         s.metrics.of(label).arrived(wire.nbytes)
         lease = None
         try:
             lease = RequestLease(s._inflight, wire.nbytes)
-            return s._infer(wire, context, lease, served)
+            return s._infer(wire, context, lease, served, stream)
         except Abort as a:
             s.metrics.failures.labels(label, a.code.name).inc()
             log.debug("ModelInfer for model %r refused, %s: %s", label, a.code.name, a.message)
-            context.abort(a.code, a.message)
+            raise
         except Exception as exc:  # a bug: say what failed instead of grpc's bare UNKNOWN
             log.exception("ModelInfer for model %r failed", label)
             s.metrics.failures.labels(label, "INTERNAL").inc()
-            context.abort(
+            raise Abort(
                 grpc.StatusCode.INTERNAL, f"the server failed: {type(exc).__name__}: {first_line(exc)}"
-            )
+            ) from exc
         finally:
             if lease is not None:
                 lease.close()
-        raise AssertionError("unreachable: context.abort raises")  # (for the type checker)
 
 
 class _Registration:
@@ -290,6 +362,7 @@ def add_servicer(
     watch: ReceiveWatch,
     bytes_level: Mapping[str, Callable[[bytes, grpc.ServicerContext], bytes]] | None = None,
     thread_pool: ThreadPoolExecutor | None = None,
+    streams: Mapping[str, Callable[[Iterator[bytes], grpc.ServicerContext], Iterator[bytes]]] | None = None,
 ) -> None:
     """Register ``servicer`` with its generated ``register`` function, the requests received and
     parsed here.
@@ -300,9 +373,11 @@ def add_servicer(
     parse with INTERNAL and logs a traceback (a bug, by our statuses, and a way to flood the log);
     here each handler parses its own request and answers INVALID_ARGUMENT. ``bytes_level`` replaces
     handlers by bytes-in, bytes-out ones (ModelInfer: its raw contents stay views, see
-    :mod:`splitdnn.runtime.serde`). ``thread_pool``: where the parsed handlers run instead of the
-    server's pool (``bytes_level`` ones stay there), so that health checks and metadata are answered
-    while ModelInfer calls fill the server's pool.
+    :mod:`splitdnn.runtime.serde`), and ``streams`` by bytes-level streaming ones, which take their
+    messages themselves (ModelStreamInfer: through the server's StreamWatch). ``thread_pool``: where
+    the parsed handlers run instead of the server's pool (``bytes_level`` and ``streams`` ones stay
+    there), so that health checks and metadata are answered while ModelInfer calls fill the server's
+    pool.
     """
     record = _Registration()
     register(servicer, record)
@@ -310,6 +385,8 @@ def add_servicer(
         handlers = {name: _parsing_here(service, name, h, watch, thread_pool) for name, h in handlers.items()}
         for name, behavior in (bytes_level or {}).items():
             handlers[name] = _received_here(f"/{service}/{name}", behavior, watch)
+        for name, stream in (streams or {}).items():  # bytes in and out; they read their own messages
+            handlers[name] = grpc.stream_stream_rpc_method_handler(stream)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         server.add_registered_method_handlers(service, handlers)
 
@@ -391,6 +468,7 @@ def add_inference_servicer(
         watch,
         {"ModelInfer": servicer.ModelInfer},
         thread_pool=thread_pool,
+        streams={"ModelStreamInfer": servicer.ModelStreamInfer},
     )
 
 

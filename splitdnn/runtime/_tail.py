@@ -110,21 +110,53 @@ def _profiled(
     return tuple(shapes), sum(by_name[n].calibrated_ms for n in nodes if n in by_name)
 
 
-def from_numpy(array: np.ndarray, *, bfloat16: bool = False, writable: bool = True) -> torch.Tensor:
+#: bytes a tensor's data must be aligned to for the tail to compute what the model computes locally:
+#: MKL's sgemm (the AVX2 path) rounds differently for inputs that are not 16-byte aligned, so a view
+#: of a message's bytes at an odd offset made a split's output differ from the local one in the last
+#: bit. torch's own tensors are 64-byte aligned.
+ALIGN = 16
+
+
+def copied(array: np.ndarray, *, writable: bool = True, aligned: bool = True) -> bool:
+    """Whether :func:`from_numpy` copies ``array`` (and so allocates its bytes again)."""
+    flags = array.flags
+    return (
+        (writable and not flags.writeable)
+        or not flags.c_contiguous
+        or (aligned and array.__array_interface__["data"][0] % ALIGN != 0)
+        or not array.dtype.isnative
+    )
+
+
+def from_numpy(
+    array: np.ndarray, *, bfloat16: bool = False, writable: bool = True, aligned: bool = True
+) -> torch.Tensor:
     """A CPU tensor with ``array``'s values; ``bfloat16``: uint16 bits -> bfloat16.
 
     With ``writable`` (the default), read-only arrays (views of a message's bytes) are copied;
     writable ones (decoded frames) are shared, not copied. Without it, a read-only array is shared
     too: only for a consumer that never writes into the tensor (a tail without in-place ops on its
-    inputs, or a copy to another device).
+    inputs, or a copy to another device). With ``aligned`` (the default; for a CPU tail), an array
+    not :data:`ALIGN`-byte aligned is copied, into torch's own (aligned) memory.
     """
     flags = array.flags
-    if not bfloat16 and array.dtype.isnative and flags.c_contiguous and (flags.writeable or not writable):
-        return torch.from_numpy(array)  # (every request's path: nothing to convert)
+    if (
+        not bfloat16
+        and array.dtype.isnative
+        and flags.c_contiguous
+        and (flags.writeable or not writable)
+        and (not aligned or array.__array_interface__["data"][0] % ALIGN == 0)
+    ):
+        return torch.from_numpy(array)  # (every aligned request's path: nothing to convert)
     arr = np.asarray(array, dtype=np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("="))
-    if (writable and not arr.flags.writeable) or not arr.flags.c_contiguous:
-        arr = np.array(arr, copy=True, order="C")
-    tensor = torch.from_numpy(arr.view(np.int16) if bfloat16 else arr)
+    placed = not aligned or arr.__array_interface__["data"][0] % ALIGN == 0
+    if arr.flags.c_contiguous and placed and (arr.flags.writeable or not writable):
+        tensor = torch.from_numpy(arr.view(np.int16) if bfloat16 else arr)
+    else:  # torch's allocation: aligned, writable, contiguous
+        with warnings.catch_warnings():  # a read-only view, read once by the copy
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            source = torch.from_numpy(arr.view(np.int16) if bfloat16 else arr)
+        tensor = torch.empty(source.shape, dtype=source.dtype).copy_(source)
     return tensor.view(torch.bfloat16) if bfloat16 else tensor
 
 

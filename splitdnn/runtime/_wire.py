@@ -246,20 +246,28 @@ def varint_bytes(value: int) -> bytes:
     return bytes(out)
 
 
-def append_field(head: bytes, number: int, chunks: Sequence[bytes | memoryview]) -> bytes:
+def append_field(head: bytes, number: int, chunks: Sequence[bytes | memoryview], *, wrap: int = 0) -> bytes:
     """``head`` (a serialized message) followed by ``chunks`` as entries of bytes field ``number``.
 
     Protobuf parsers read fields in any order, so this is the message with those entries appended to
     the repeated field; serializers put the highest field number last, so when ``number`` is the
     message's highest field the result is also what protobuf itself would write. One copy: the join.
     Each chunk must be C-contiguous bytes (a ``memoryview`` of a contiguous array cast to bytes).
+    ``wrap``: a field number 1..15 of an outer message to return instead, holding the message as its
+    only field (in the same join: no second copy); 0, the message itself.
     """
-    if not 1 <= number <= 15:
-        raise WireError(f"append_field takes field numbers 1..15, found {number}")
+    if not 1 <= number <= 15 or not 0 <= wrap <= 15:
+        raise WireError(f"append_field takes field numbers 1..15 (wrap 0..15), found {number} and {wrap}")
     tag = bytes(((number << 3) | _WIRE_LEN,))
     parts: list[bytes | memoryview] = [head]
+    size = len(head)
     for chunk in chunks:
-        parts += (tag, length_prefix(memoryview(chunk).nbytes), chunk)
+        n = memoryview(chunk).nbytes
+        prefix = length_prefix(n)
+        parts += (tag, prefix, chunk)
+        size += 1 + len(prefix) + n
+    if wrap:
+        parts[0:0] = (bytes(((wrap << 3) | _WIRE_LEN,)), length_prefix(size))
     return b"".join(parts)
 
 

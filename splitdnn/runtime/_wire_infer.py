@@ -14,12 +14,12 @@ import functools
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from splitdnn.errors import WireError
+from splitdnn.errors import WireError, first_line
 from splitdnn.runtime import _wire
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._serde_tensors import (
@@ -37,6 +37,7 @@ __all__ = [
     "PARAM_DECODE_MS",
     "PARAM_FINGERPRINT",
     "PARAM_QUEUE_MS",
+    "PARAM_PAD",
     "PARAM_TAIL_BUILD_MS",
     "PARAM_WEIGHTS",
     "InferRequestData",
@@ -48,10 +49,13 @@ __all__ = [
     "decode_infer_response",
     "encode_infer_request",
     "encode_infer_response",
+    "encode_stream_error",
     "param_ms",
     "parse_infer_request",
     "parse_infer_response",
     "read_infer_request",
+    "StreamAnswer",
+    "stream_answer",
 ]
 
 PARAM_FINGERPRINT = "splitdnn.fingerprint"  # string: fingerprint of the traced model the client split
@@ -61,6 +65,9 @@ PARAM_COMPUTE_MS = "splitdnn.compute_ms"  # double: time running the model (tail
 PARAM_DECODE_MS = "splitdnn.decode_ms"  # double: time validating and decoding the request, ms
 PARAM_BATCH_SIZE = "splitdnn.batch_size"  # int64: number of requests in the batch this one ran in
 PARAM_TAIL_BUILD_MS = "splitdnn.tail_build_ms"  # double: of decode_ms, building the cut's tail (when it did)
+#: string of spaces, ignored: placed before a raw content so that its bytes start 16-byte aligned in
+#: the message (RequestEncoder), where the server's tail reads them without a copy (_tail.ALIGN)
+PARAM_PAD = "splitdnn.pad"
 
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
@@ -69,6 +76,9 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _RAW_INPUT_FIELD = v2_pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number  # 7
 _RAW_OUTPUT_FIELD = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number  # 6
+_STREAM_FIELDS = v2_pb.ModelStreamInferResponse.DESCRIPTOR.fields_by_name
+STREAM_ERROR_FIELD = _STREAM_FIELDS["error_message"].number  # 1
+STREAM_RESPONSE_FIELD = _STREAM_FIELDS["infer_response"].number  # 2
 MAX_TENSORS = 4096  # inputs, outputs (requested or answered) of one message
 MAX_PARAMETERS = 1024  # parameters of one message
 _REQUEST_FIELDS = v2_pb.ModelInferRequest.DESCRIPTOR.fields_by_name
@@ -324,16 +334,27 @@ def encode_infer_request(
 Split = tuple[bytes, list[memoryview]] | None  # _wire.split_field's answer: (rest, raw entries)
 
 
-def split_raw(data: bytes, field: int, what: str) -> Split:
+def split_raw(data: bytes | memoryview, field: int, what: str) -> Split:
     """``data``'s raw contents (bytes field ``field``) cut out by :func:`_wire.split_field`; WireError
-    when ``data`` is not ``bytes``."""
-    if not isinstance(data, bytes):
+    when ``data`` is neither ``bytes`` nor a view of ``bytes`` (:func:`is_bytes_view`)."""
+    if not (isinstance(data, bytes) or is_bytes_view(data)):
         raise WireError(f"expected a serialized {what} as bytes, found {type(data).__name__}")
     return _wire.split_field(data, field, MAX_TENSORS)
 
 
+def is_bytes_view(data: Any) -> bool:
+    """Whether ``data`` is a plain view of (immutable) ``bytes``: what :func:`stream_answer` gives, and
+    what a decoder may keep views of as of ``bytes`` themselves."""
+    return type(data) is memoryview and type(data.obj) is bytes and data.format == "B" and data.c_contiguous
+
+
 def _read(
-    data: bytes, split: Split, message: Any, field: int, what: str, limits: Mapping[int, _wire.Limit]
+    data: bytes | memoryview,
+    split: Split,
+    message: Any,
+    field: int,
+    what: str,
+    limits: Mapping[int, _wire.Limit],
 ) -> tuple[Any, list[Any]]:
     """``data`` parsed into ``message`` but for bytes field ``field``, returned apart (views when
     ``split``, :func:`split_raw`'s answer, has them)."""
@@ -468,10 +489,81 @@ def encode_infer_response(
     parameters: Mapping[str, ParamValue] | None = None,
     bfloat16: Collection[str] = (),
     model_version: str = "",
+    stream: bool = False,
 ) -> bytes:
-    """:func:`build_infer_response`, serialized, with one copy of the outputs (the final join)."""
+    """:func:`build_infer_response`, serialized, with one copy of the outputs (the final join);
+    ``stream``: as a ModelStreamInferResponse holding it (no error), in the same join."""
     msg, raw = _infer_response(model_name, request_id, outputs, parameters, bfloat16, model_version)
-    return _wire.append_field(msg.SerializeToString(), _RAW_OUTPUT_FIELD, raw)
+    wrap = STREAM_RESPONSE_FIELD if stream else 0
+    return _wire.append_field(msg.SerializeToString(), _RAW_OUTPUT_FIELD, raw, wrap=wrap)
+
+
+def encode_stream_error(message: str, model_name: str = "", request_id: str = "") -> bytes:
+    """A serialized ModelStreamInferResponse refusing one request of a stream: ``message`` as its
+    error_message, and the request's model name and id (where the request was read that far) in its
+    infer_response, so that a client with several requests in flight knows which one failed."""
+    answer = v2_pb.ModelStreamInferResponse(error_message=message)
+    answer.infer_response.model_name = model_name
+    answer.infer_response.id = request_id
+    return answer.SerializeToString()
+
+
+class StreamAnswer(NamedTuple):
+    """One ModelStreamInferResponse, cut by :func:`stream_answer`."""
+
+    error: str  # its error_message: "" for an answer
+    response: memoryview  # its infer_response, serialized: a view of the message (empty when absent)
+    request_id: str  # of an error, the id of the request it refuses ("" when unknown); else ""
+
+
+def stream_answer(data: bytes) -> StreamAnswer:
+    """A serialized ModelStreamInferResponse cut in two: its error_message and its infer_response, a
+    serialized ModelInferResponse viewed in ``data``, for :meth:`ResponseDecoder.decode` without a
+    copy; of an error, also the id its infer_response names.
+
+    Strict, as splitdnn's server and Triton write it: each of the two fields at most once, canonically
+    encoded, nothing malformed; anything else is a WireError (fields of a later version are skipped).
+    """
+    if not isinstance(data, bytes):
+        raise WireError(
+            f"expected a serialized inference.ModelStreamInferResponse as bytes, found {type(data).__name__}"
+        )
+    spans = _wire.field_spans(data, (STREAM_ERROR_FIELD, STREAM_RESPONSE_FIELD), 3)
+    numbers = [number for number, _, _ in spans or ()]
+    if spans is None or numbers.count(STREAM_ERROR_FIELD) > 1 or numbers.count(STREAM_RESPONSE_FIELD) > 1:
+        raise WireError(
+            f"the stream's answer ({len(data)} bytes) is not a well-formed inference."
+            f"ModelStreamInferResponse with each field at most once; the server is not a v2 server, or "
+            f"the bytes were damaged on the way"
+        )
+    view = memoryview(data)
+    error, response = "", view[0:0]
+    for number, start, stop in spans:
+        if number == STREAM_RESPONSE_FIELD:
+            response = view[start:stop]
+            continue
+        try:
+            error = str(view[start:stop], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireError(
+                f"the stream answer's error_message is not UTF-8 ({first_line(exc)}); the bytes were "
+                f"damaged on the way, or the server is not a v2 server"
+            ) from exc
+    if not error:
+        return StreamAnswer("", response, "")
+    if len(response) > _MAX_ERROR_RESPONSE:  # an error's response carries a name and an id
+        raise WireError(
+            f"the stream's error answer holds a {len(response)}-byte response, more than the "
+            f"{_MAX_ERROR_RESPONSE} bytes of a model name and a request id; the server is not a v2 server"
+        )
+    try:
+        refused = v2_pb.ModelInferResponse.FromString(response)
+    except DecodeError as exc:
+        raise WireError(f"the stream's error answer holds a malformed response: {first_line(exc)}") from exc
+    return StreamAnswer(error, response, refused.id)
+
+
+_MAX_ERROR_RESPONSE = 64 << 10
 
 
 def parse_infer_response(msg: v2_pb.ModelInferResponse, *, max_decoded_bytes: int) -> InferResponseData:
@@ -481,13 +573,14 @@ def parse_infer_response(msg: v2_pb.ModelInferResponse, *, max_decoded_bytes: in
     return _response_data(msg, msg.raw_output_contents, msg.ByteSize(), max_decoded_bytes)
 
 
-def decode_infer_response(data: bytes, *, max_decoded_bytes: int) -> InferResponseData:
-    """:func:`parse_infer_response` of a serialized response; outputs are read-only views of ``data``."""
+def decode_infer_response(data: bytes | memoryview, *, max_decoded_bytes: int) -> InferResponseData:
+    """:func:`parse_infer_response` of a serialized response (``bytes``, or a view of them such as
+    :func:`stream_answer` gives); outputs are read-only views of ``data``."""
     split = split_raw(data, _RAW_OUTPUT_FIELD, _RESPONSE_NAME)
     return response_from(data, split, max_decoded_bytes=max_decoded_bytes)
 
 
-def response_from(data: bytes, split: Split, *, max_decoded_bytes: int) -> InferResponseData:
+def response_from(data: bytes | memoryview, split: Split, *, max_decoded_bytes: int) -> InferResponseData:
     """:func:`decode_infer_response` of ``data`` already cut by :func:`split_raw`."""
     msg, raw = _read(
         data, split, v2_pb.ModelInferResponse(), _RAW_OUTPUT_FIELD, _RESPONSE_NAME, _RESPONSE_LIMITS

@@ -32,6 +32,8 @@ from splitdnn.runtime._wire_infer import (
     _RAW_OUTPUT_FIELD,
     MAX_PARAMETERS,
     MAX_TENSORS,
+    PARAM_PAD,
+    STREAM_RESPONSE_FIELD,
     InferRequestData,
     InferRequestWire,
     InferResponseData,
@@ -43,6 +45,7 @@ from splitdnn.runtime._wire_infer import (
     _unicode_text,
     encode_infer_request,
     encode_infer_response,
+    is_bytes_view,
     not_unicode,
     parse_infer_request,
     request_from,
@@ -172,21 +175,23 @@ class _Holes:
 
     __slots__ = ("size", "fixed", "holes")
 
-    def __init__(self, data: bytes, holes: Sequence[tuple[int, int]]) -> None:  # in order, apart
+    def __init__(self, data: bytes | memoryview, holes: Sequence[tuple[int, int]]) -> None:  # in order, apart
         fixed, pos = [], 0
         for start, stop in holes:
             if start > pos:
-                fixed.append((pos, data[pos:start]))
+                fixed.append((pos, bytes(data[pos:start])))  # (of a view: a copy, not the view's buffer)
             pos = stop
         if len(data) > pos:
-            fixed.append((pos, data[pos:]))
+            fixed.append((pos, bytes(data[pos:])))
         self.size = len(data)
         self.fixed = tuple(fixed)
         self.holes = tuple(holes)
 
-    def fits(self, data: bytes) -> bool:
+    def fits(self, data: bytes | memoryview) -> bool:
         if len(data) != self.size:
             return False
+        if type(data) is not bytes:  # a view of bytes (is_bytes_view): no startswith
+            return all(data[at : at + len(part)] == part for at, part in self.fixed)
         for at, part in self.fixed:
             if not data.startswith(part, at):
                 return False
@@ -204,7 +209,7 @@ class _BySize:
         self._order: list[_Holes] = []
         self._lock = threading.Lock()
 
-    def find(self, data: bytes) -> tuple[_Holes, Any] | None:
+    def find(self, data: bytes | memoryview) -> tuple[_Holes, Any] | None:
         for found in self._by_size.get(len(data), ()):
             if found[0].fits(data):
                 return found
@@ -226,7 +231,7 @@ class _BySize:
         return len(self._order)
 
 
-def _utf8(data: bytes) -> str | None:
+def _utf8(data: bytes | memoryview) -> str | None:
     try:
         return str(data, "utf-8")
     except UnicodeDecodeError:
@@ -321,6 +326,7 @@ class RequestDecoder:
 _DOUBLE = struct.Struct("<d")
 _PARAMETERS_FIELD = v2_pb.ModelInferResponse.DESCRIPTOR.fields_by_name["parameters"].number  # 4
 _ID_TAG, _PARAMETERS_TAG = (bytes(((n << 3) | 2,)) for n in (_ID_FIELD, _PARAMETERS_FIELD))
+_RAW_INPUT_TAG = bytes(((_RAW_INPUT_FIELD << 3) | 2,))
 
 
 @_unicode_text
@@ -388,11 +394,12 @@ class ResponseEncoder:
         parameters: Mapping[str, ParamValue] | None = None,
         bfloat16: Collection[str] = (),
         model_version: str = "",
+        stream: bool = False,
     ) -> bytes:
         if type(request_id) is not str or not all(isinstance(a, np.ndarray) for a in outputs.values()):
             return encode_infer_response(  # what it refuses or takes (bytes for the id), it says
                 model_name, request_id, outputs, parameters=parameters, bfloat16=bfloat16,
-                model_version=model_version,
+                model_version=model_version, stream=stream,
             )  # fmt: skip
         id_field = _id_field(request_id)  # first, as the full path refuses it first
         key = (
@@ -408,7 +415,9 @@ class ResponseEncoder:
         head, body, datatypes = parts
         params = b"".join([self._params.entry(k, v) for k, v in (parameters or {}).items()])
         views = [raw_view(a, d) for a, d in zip(outputs.values(), datatypes, strict=True)]
-        return _wire.append_field(b"".join((head, id_field, params, body)), _RAW_OUTPUT_FIELD, views)
+        wrap = STREAM_RESPONSE_FIELD if stream else 0
+        head = b"".join((head, id_field, params, body))
+        return _wire.append_field(head, _RAW_OUTPUT_FIELD, views, wrap=wrap)
 
 
 def _head_and_body(msg: Any, datatypes: tuple[str, ...]) -> tuple[bytes, bytes, tuple[str, ...]]:
@@ -464,7 +473,45 @@ class RequestEncoder:
             self._headers.put(key, parts)
         head, body, datatypes = parts
         views = [raw_view(v, d) for v, d in zip(inputs.values(), datatypes, strict=True)]  # type: ignore[arg-type]
-        return _wire.append_field(b"".join((head, id_field, body)), _RAW_INPUT_FIELD, views)
+        return _aligned_raw(b"".join((head, id_field, body)), views)
+
+
+def _pad_entries() -> tuple[bytes, ...]:
+    """For each ``r`` in 0..ALIGN-1, the shortest serialized ``parameters`` entry of PARAM_PAD (a
+    string of spaces) whose length is ``r`` modulo ALIGN (the entry for 0 is never used)."""
+    best: dict[int, bytes] = {}
+    for spaces in range(2 * _ALIGN):
+        msg = v2_pb.ModelInferRequest()
+        msg.parameters[PARAM_PAD].string_param = " " * spaces
+        entry = msg.SerializeToString()
+        best.setdefault(len(entry) % _ALIGN, entry)
+    return tuple(best[r] for r in range(_ALIGN))
+
+
+_ALIGN = 16  # _tail.ALIGN (the server's; serde imports no torch)
+_PADS = _pad_entries()
+_MAX_PADDED = 64  # inputs of a request aligned one by one (each pad is a parameters entry)
+
+
+def _aligned_raw(head: bytes, views: Sequence[memoryview]) -> bytes:
+    """``head`` with ``views`` appended as raw_input_contents (:func:`_wire.append_field`), each after
+    a PARAM_PAD entry where one is needed for its bytes to start at a multiple of ALIGN bytes into
+    the message: the receiver's ``bytes`` start aligned (CPython's allocator), so its tensors are
+    views it computes on without a copy. Protobuf reads fields in any order: the same request."""
+    if len(views) > _MAX_PADDED:
+        return _wire.append_field(head, _RAW_INPUT_FIELD, views)
+    parts: list[bytes | memoryview] = [head]
+    at = len(head)
+    for view in views:
+        n = memoryview(view).nbytes
+        prefix = _RAW_INPUT_TAG + _wire.length_prefix(n)
+        need = (-(at + len(prefix))) % _ALIGN
+        if need:
+            parts.append(_PADS[need])
+            at += len(_PADS[need])
+        parts += (prefix, view)
+        at += len(prefix) + n
+    return b"".join(parts)
 
 
 class RequestIds:
@@ -492,8 +539,10 @@ class ResponseDecoder:
         self._known = _Bounded(entries)
         self._shapes = _BySize(entries)  # where a kept answer's repeats hold their id, doubles, raw
 
-    def decode(self, data: bytes, *, max_decoded_bytes: int) -> InferResponseData:
-        found = self._shapes.find(data) if type(data) is bytes else None
+    def decode(self, data: bytes | memoryview, *, max_decoded_bytes: int) -> InferResponseData:
+        """``data`` (``bytes``, or a view of them: :func:`stream_answer`'s) decoded; outputs are
+        read-only views of it."""
+        found = self._shapes.find(data) if type(data) is bytes or is_bytes_view(data) else None
         if found is not None:  # a repeat byte for byte but for its id, doubles and raw contents
             answer = _response_in(data, found[1], max_decoded_bytes)
             if answer is not None:
@@ -523,7 +572,7 @@ class ResponseDecoder:
         return decoded
 
     def _remember_shape(
-        self, data: bytes, known: tuple[Any, _Layout, frozenset[str]], answer: InferResponseData
+        self, data: bytes | memoryview, known: tuple[Any, _Layout, frozenset[str]], answer: InferResponseData
     ) -> None:
         """Where ``data`` (``answer``, of a kept header) holds its id, its raw contents and the 8 bytes
         of each double parameter (an entry exactly as protobuf writes it: the name, then the value);
@@ -602,7 +651,7 @@ def _parameters_field(entry: bytes | memoryview) -> bytes:
     return b"".join((_PARAMETERS_TAG, _wire.varint_bytes(len(entry)), entry))
 
 
-def _entry_name(entry: bytes) -> str | None:
+def _entry_name(entry: bytes | memoryview) -> str | None:
     """The name of one ``parameters`` entry (its bytes without tag and length), as protobuf reads it;
     None when protobuf reads no single entry from it."""
     msg = v2_pb.ModelInferResponse()
@@ -620,7 +669,9 @@ def _double_prefix(name: str) -> bytes:
     return b"".join((b"\x0a", _wire.varint_bytes(len(key)), key, b"\x12\x09\x21"))
 
 
-def _response_in(data: bytes, shape: tuple[Any, ...], max_decoded_bytes: int) -> InferResponseData | None:
+def _response_in(
+    data: bytes | memoryview, shape: tuple[Any, ...], max_decoded_bytes: int
+) -> InferResponseData | None:
     """The answer ``data`` that fits ``shape`` (:meth:`ResponseDecoder._remember_shape`); None when its
     id is not UTF-8 or its raw contents do not fit ``max_decoded_bytes`` (then decode it in full)."""
     (message, layout, bf16), id_at, raw_at, fixed_values, order = shape

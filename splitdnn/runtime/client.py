@@ -115,6 +115,7 @@ from splitdnn.runtime._client_rpc import (
     is_over_size_cap,
     is_transient,
     make_channel,
+    model_infer,
     translate_rpc_error,
 )
 from splitdnn.runtime._client_setup import (
@@ -127,6 +128,7 @@ from splitdnn.runtime._client_setup import (
     profile_device,
     resolve_model,
 )
+from splitdnn.runtime._client_stream import InferStream, StreamRefusal
 from splitdnn.runtime._credentials import check_token, read_pem
 from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
@@ -238,6 +240,7 @@ class SplitClient:
         probe_max_bytes: int = 256 << 10,
         probe_edge_interval_s: float = 0.25,
         server_pace: bool = True,
+        stream: bool = False,
     ) -> None:
         if not isinstance(address, str) or not address:
             raise ConfigError(f"address must be 'host:port' (or a gRPC target), found {address!r}")
@@ -299,6 +302,10 @@ class SplitClient:
         )  # fmt: skip
         self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
         self._sd = sd_grpc.SplitServiceStub(self._channel)
+        if not isinstance(stream, bool):
+            raise ConfigError(f"stream must be True or False, found {stream!r}")
+        # requests as messages of one open ModelStreamInfer stream (runtime._client_stream)
+        self._stream = InferStream(self._channel, self._metadata) if stream else None
         self._pieces: dict[Any, Pieces] = {}
         self._lock = threading.Lock()  # estimator, planner, pieces, back-off, counters, notes
         self._build_lock = threading.Lock()  # one thread splits the model for a new plan
@@ -700,6 +707,8 @@ class SplitClient:
         self.closed = True
         if self._prober is not None:
             self._prober.close(timeout=0.0)  # no new probes
+        if self._stream is not None:
+            self._stream.close()
         self._channel.close()  # cancels a probe in flight
         if self._prober is not None:
             self._prober.wait(1.0)
@@ -711,6 +720,20 @@ class SplitClient:
         self.close()
 
     # internals used by Run and the prober ----------------------------------------------------------
+
+    def _send(self, request: bytes, timeout_s: float) -> bytes | memoryview:
+        """The server's serialized answer to ``request``: on the open stream (``stream=True``), else,
+        or when the stream cannot take it, a unary call; ``grpc.RpcError`` for a refusal or no answer
+        within ``timeout_s`` seconds."""
+        if self._stream is not None:
+            t0 = time.monotonic()
+            answer = self._stream.send(request, timeout_s)
+            if answer is not None:
+                return answer
+            timeout_s -= time.monotonic() - t0  # (a stream that ended under the request took some)
+            if timeout_s <= 0:
+                raise StreamRefusal(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer within the deadline")
+        return model_infer(self._channel)(request, timeout=timeout_s, metadata=self._metadata)  # type: ignore[no-any-return]
 
     def _pieces_for(self, plan: Plan) -> Pieces:
         key = plan_key(plan)[0]  # the device-side nodes: codecs do not change the pieces

@@ -51,6 +51,7 @@ from splitdnn.runtime._wire_infer import (
     PARAM_COMPUTE_MS,
     PARAM_DECODE_MS,
     PARAM_FINGERPRINT,
+    PARAM_PAD,
     PARAM_QUEUE_MS,
     PARAM_TAIL_BUILD_MS,
     PARAM_WEIGHTS,
@@ -58,15 +59,18 @@ from splitdnn.runtime._wire_infer import (
     InferRequestWire,
     InferResponseData,
     ParamValue,
+    StreamAnswer,
     build_infer_request,
     build_infer_response,
     decode_infer_response,
     encode_infer_request,
     encode_infer_response,
+    encode_stream_error,
     param_ms,
     parse_infer_request,
     parse_infer_response,
     read_infer_request,
+    stream_answer,
 )
 from splitdnn.runtime._wire_repeat import (
     CheckedHeader,
@@ -84,11 +88,13 @@ __all__ = [
     "MAX_DIM",
     "MAX_RANK",
     "MODEL_INFER_METHOD",
+    "MODEL_STREAM_INFER_METHOD",
     "PARAM_BATCH_SIZE",
     "PARAM_COMPUTE_MS",
     "PARAM_DECODE_MS",
     "PARAM_FINGERPRINT",
     "PARAM_FRAMED",
+    "PARAM_PAD",
     "PARAM_QUEUE_MS",
     "PARAM_TAIL_BUILD_MS",
     "PARAM_WEIGHTS",
@@ -120,6 +126,7 @@ __all__ = [
     "decode_infer_response",
     "encode_infer_request",
     "encode_infer_response",
+    "encode_stream_error",
     "output_names",
     "parse_infer_request",
     "parse_infer_response",
@@ -131,6 +138,8 @@ __all__ = [
     "probe_model",
     "param_ms",
     "read_infer_request",
+    "StreamAnswer",
+    "stream_answer",
 ]
 
 
@@ -182,6 +191,8 @@ class TensorSpec:
 #: the full gRPC method path of v2 ModelInfer (the client calls it at the bytes level; the server's
 #: token interceptor counts refusals of it)
 MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+#: ModelInfer's streaming form (Triton's extension): requests in, ModelStreamInferResponse answers out
+MODEL_STREAM_INFER_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 #: gRPC's message caps for replies other than ModelInfer's are at least this on both ends (the server's
 #: profile in GetModelInfo is 0.3 MB for ResNet-50): ModelInfer messages are checked against
 #: max_message_bytes by splitdnn itself, so a small cap does not cut off the control replies

@@ -83,9 +83,10 @@ from splitdnn.runtime._config import (
 )
 from splitdnn.runtime._metrics import ModelSeries, ServerMetrics
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
-from splitdnn.runtime._receive import ReceiveWatch
+from splitdnn.runtime._receive import ReceiveWatch, StreamWatch
 from splitdnn.runtime._server_pace import LoadTracker
 from splitdnn.runtime._servicers import (
+    STREAMS_STOPPING,
     VERSION,
     Abort,
     InferenceServicer,
@@ -98,7 +99,7 @@ from splitdnn.runtime._servicers import (
     add_servicer,
     compute_error,
 )
-from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, shown_names, to_numpy
+from splitdnn.runtime._tail import ServedModel, Tail, copied, from_numpy, shown_names, to_numpy
 from splitdnn.runtime.memory import keep_freed_memory
 from splitdnn.schema import Profile
 
@@ -175,6 +176,7 @@ class TailServer:
             config.receive_timeout_s, on_timeout=self._receive_timed_out,
             max_per_peer=config.max_receiving_per_peer, on_refused=self._receive_refused, pool_of=_pool_of,
         )  # fmt: skip
+        self._stream_watch = StreamWatch(config.stream_idle_timeout_s, on_timeout=self._receive_timed_out)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -325,6 +327,7 @@ class TailServer:
                 ) from exc
         server.start()
         watch.start()  # before the server is published: a stop() from now on stops the watch too
+        self._stream_watch.start()
         self._server, self._unstarted = server, None
         # the server, its two services and each served model by its v2 name
         for name in ("", "inference.GRPCInferenceService", "splitdnn.v1.SplitService", *self._models):
@@ -361,6 +364,9 @@ class TailServer:
         if self.config.drain_s > 0:
             self._hurried.wait(self.config.drain_s)
         done = self._server.stop(self.config.grace_s if grace is None else grace)
+        # streams waiting for their next message end now (those answering one end after it): an open
+        # stream never ends by itself, and gRPC's graceful stop would wait out its whole grace for it
+        self._stream_watch.close(STREAMS_STOPPING)
         if self._health is not None:
             # each Watch stream has had its NOT_SERVING; ended now, as they never end by themselves
             # and gRPC's graceful stop waits out its whole grace for any call still open
@@ -373,6 +379,7 @@ class TailServer:
             # what is still queued or running now has no client left (its call ended or was cancelled)
             self._batcher.stop(timeout=0.5)
         self._watch.stop()
+        self._stream_watch.stop()
         self._release_threads()
         self.metrics.close()
         self._stopped.set()
@@ -481,6 +488,11 @@ class TailServer:
         return self._server is not None and not self._stopping
 
     @property
+    def stopping(self) -> bool:
+        """A :meth:`stop` has begun."""
+        return self._stopping
+
+    @property
     def model_names(self) -> tuple[str, ...]:
         return tuple(self._models)
 
@@ -583,8 +595,10 @@ class TailServer:
         context: grpc.ServicerContext,
         lease: RequestLease,
         served: ServedModel | None = None,
+        stream: bool = False,
     ) -> bytes:
-        """One ModelInfer call (request read, response serialized); raises Abort for every refusal.
+        """One ModelInfer call (request read, response serialized; ``stream``: as a
+        ModelStreamInferResponse); raises Abort for every refusal.
 
         ``served``: the model the request names, if the caller looked it up. Each decoded tensor is
         taken from the in-flight byte budget through ``lease`` before it is allocated; a request that
@@ -612,11 +626,14 @@ class TailServer:
                 inputs, request_id, facts = data.inputs, data.request_id, data
             tail, build_s, run = route.tail()
             writable = tail.writes_inputs and served.on_cpu  # else a copy is made anyway
-            for name in tail.inputs if writable else ():
-                if not inputs[name].flags.writeable:  # a view of the message: copied next
+            cpu = served.on_cpu  # a CPU tail's inputs are aligned as torch's own (from_numpy)
+            for name in tail.inputs:
+                if copied(inputs[name], writable=writable, aligned=cpu):  # a view of the message
                     lease.take(inputs[name].nbytes, f"a copy of tensor {name!r}")
             bf16 = facts.bfloat16
-            tensors = [from_numpy(inputs[n], bfloat16=n in bf16, writable=writable) for n in tail.inputs]
+            tensors = [
+                from_numpy(inputs[n], bfloat16=n in bf16, writable=writable, aligned=cpu) for n in tail.inputs
+            ]
             key, rows = route.key_and_rows(tail, inputs, bf16)
             job = Job(
                 key, tensors, rows, run, is_active=context.is_active, label=served.name,
@@ -637,7 +654,9 @@ class TailServer:
             raise
         sent = 0
         try:
-            response = self._answer(served, request_id, facts.requested_outputs, result, decode_s, build_s)
+            response = self._answer(
+                served, request_id, facts.requested_outputs, result, decode_s, build_s, stream
+            )
             sent = len(response)
         finally:  # (an answer that cannot be sent still ran)
             series.served(decode_s, result.queue_s, result.compute_s, sent, 1 if result.inline else 0)
@@ -698,10 +717,11 @@ class TailServer:
 
     def _answer(
         self, served: ServedModel, request_id: str, wanted: tuple[str, ...], result: BatchResult,
-        decode_s: float, build_s: float,
+        decode_s: float, build_s: float, stream: bool = False,
     ) -> bytes:  # fmt: skip
         """The serialized answer to request ``request_id`` with its batch's ``result``, of the outputs
-        ``wanted`` (all when empty); Abort when too big to send."""
+        ``wanted`` (all when empty; ``stream``: as a ModelStreamInferResponse); Abort when too big to
+        send."""
         outputs = {}
         bf16 = set()
         for name, tensor in zip(served.output_names, result.outputs, strict=True):
@@ -719,8 +739,9 @@ class TailServer:
         if build_s:
             parameters[serde.PARAM_TAIL_BUILD_MS] = build_s * 1000.0
         response = self._answers.encode(
-            served.name, request_id, outputs, parameters=parameters, bfloat16=bf16, model_version=VERSION
-        )
+            served.name, request_id, outputs, parameters=parameters, bfloat16=bf16, model_version=VERSION,
+            stream=stream,
+        )  # fmt: skip
         if len(response) > self.config.max_message_bytes:  # checked here: gRPC's own cap is wider
             raise Abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

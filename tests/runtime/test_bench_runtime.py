@@ -62,7 +62,7 @@ def test_tiny_run_writes_json_and_markdown(
         (row,) = rows
         assert row["bytes"] == 4096 and row["shape"] == [1, 256, 4] and row["repeats"] == 3
         want = {"echo", "floor", "v2_bare", "v2_raw", "v2_wire", "v2_bound", "v2_zstd", "echo_stream",
-                "v2_bound_stream"}  # fmt: skip
+                "v2_bound_stream", "v2_wire_stream"}  # fmt: skip
         assert set(row["variants"]) == want
         for label, v in row["variants"].items():
             assert v["wall_ms"]["p10"] <= v["wall_ms"]["median"] <= v["wall_ms"]["p90"]
@@ -72,7 +72,7 @@ def test_tiny_run_writes_json_and_markdown(
                 assert v["ratio_of_medians"] > 0
             if label not in ("echo", "floor", "echo_stream"):  # no stub call apart from the whole call
                 assert v["rpc_ms"]["median"] > 0
-        for label in ("v2_raw", "v2_wire", "v2_zstd"):  # the tail server reports its times
+        for label in ("v2_raw", "v2_wire", "v2_zstd", "v2_wire_stream"):  # the tail server reports its times
             assert set(row["variants"][label]["server_ms_median"]) == {"queue", "compute", "decode"}
         for label in ("v2_bound", "v2_bound_stream"):  # the bound measures none
             assert "server_ms_median" not in row["variants"][label]
@@ -90,6 +90,7 @@ def test_tiny_run_writes_json_and_markdown(
     assert "floor: copy in, `x * 1`, copy out" in text
     assert "bound: the wire client, a handler with no checks" in text
     assert "bound, each call a message on one open stream" in text
+    assert "splitdnn wire client on one ModelStreamInfer stream" in text
     assert "glibc's malloc defaults in both processes" in text and "page faults client / server" in text
     assert "Server torch threads: 1 in the overhead passes (`--server-threads 1`)" in text
 

@@ -68,13 +68,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
 
 
-@pytest.mark.parametrize("force", ["cloud", "features_5", None])
+@pytest.mark.parametrize(
+    ("force", "stream"), [("cloud", False), ("features_5", False), ("features_5", True), (None, False)]
+)
 def test_run_through_a_served_model_equals_the_local_model(
     served: str,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     force: str | None,
+    stream: bool,
 ) -> None:
     """Client and server each build the zoo model (seeded weights): a lossless split is exact."""
     monkeypatch.setenv("SPLITDNN_TOKEN", "s3cret")
@@ -100,6 +103,8 @@ def test_run_through_a_served_model_equals_the_local_model(
     ]
     if force:
         argv += ["--force", force]
+    if stream:  # the requests as messages of one ModelStreamInfer stream, the token sent at its start
+        argv += ["--stream"]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     doc = json.loads(out)
@@ -293,6 +298,14 @@ def test_serve_passes_its_limits_to_the_server(
     with pytest.raises(SystemExit):
         main(["serve", "alexnet", "--max-receiving-per-peer", "0"])
     assert "expected an integer in 1..1048576, found '0'" in capsys.readouterr().err
+    assert [(c.stream_limit, c.stream_idle_timeout_s) for c in configs] == [(16, 60.0)] * 2  # defaults
+    code, _, _ = run(capsys, *argv, "--max-streams", "0", "--stream-idle-timeout-s", "5")
+    assert (configs[-1].max_streams, configs[-1].stream_idle_timeout_s) == (0, 5.0)
+    code, _, err = run(capsys, *argv, "--max-streams", "65", "--max-concurrency", "64")
+    assert code == 1 and "max_streams must be an integer from 0 (no streams) to max_concurrency=64" in err
+    with pytest.raises(SystemExit):
+        main(["serve", "alexnet", "--max-streams", "-1"])
+    assert "found '-1'" in capsys.readouterr().err
 
 
 def test_run_without_the_token_is_one_line_error(

@@ -17,7 +17,7 @@ from splitdnn.graph import chain_cuts, trace
 from splitdnn.models import build_zoo_model
 from splitdnn.models.registry import ZOO
 from splitdnn.runtime._inplace import may_write_inputs
-from splitdnn.runtime._tail import ServedModel, from_numpy, to_numpy
+from splitdnn.runtime._tail import ALIGN, ServedModel, copied, from_numpy, to_numpy
 
 
 class Times1(nn.Module):
@@ -214,6 +214,32 @@ def test_from_numpy_shares_read_only_memory_only_when_asked() -> None:
     assert shared.data_ptr() == view.ctypes.data
     assert copied.data_ptr() != view.ctypes.data
     assert torch.equal(shared, copied)
+
+
+def test_a_view_off_the_alignment_is_copied_so_the_tail_computes_as_locally() -> None:
+    """MKL's sgemm (AVX2) rounded differently for inputs not 16-byte aligned: a view of a message's
+    bytes at an odd offset made the split output differ from the local one in the last bit."""
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        local = linear(x)
+    buffer = bytearray(x.numel() * 4 + 64)
+    base = np.frombuffer(buffer, dtype=np.uint8).ctypes.data
+    for misalign in (0, 4, 8, 12, 16, 32):
+        offset = (misalign - base) % 64
+        view = np.frombuffer(buffer, dtype=np.float32, count=x.numel(), offset=offset).reshape(3, 64)
+        view[...] = x.numpy()
+        addr = view.ctypes.data
+        assert addr % 64 == misalign
+        tensor = from_numpy(view, writable=False)
+        assert tensor.data_ptr() % ALIGN == 0
+        assert (tensor.data_ptr() == addr) == (misalign % ALIGN == 0)  # shared only when aligned
+        assert copied(view, writable=False) == (misalign % ALIGN != 0)
+        with torch.no_grad():
+            assert torch.equal(linear(tensor), local), misalign
+        kept = from_numpy(view, writable=False, aligned=False)  # (a copy to a GPU follows)
+        assert kept.data_ptr() == addr and not copied(view, writable=False, aligned=False)
 
 
 def test_sharing_read_only_memory_prints_no_warning() -> None:

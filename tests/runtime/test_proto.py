@@ -58,7 +58,13 @@ def test_v2_names_and_numbers() -> None:
     service = v2_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert {m.name for m in service.methods} == {
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+        "ModelStreamInfer",
     }  # fmt: skip
+    stream = service.methods_by_name["ModelStreamInfer"]
+    assert stream.client_streaming and stream.server_streaming
+    assert stream.input_type.full_name == "inference.ModelInferRequest"
+    assert stream.output_type.full_name == "inference.ModelStreamInferResponse"
+    assert _fields(v2_pb.ModelStreamInferResponse) == {"error_message": 1, "infer_response": 2}
     assert _fields(v2_pb.ModelInferRequest) == {
         "model_name": 1, "model_version": 2, "id": 3, "parameters": 4, "inputs": 5, "outputs": 6,
         "raw_input_contents": 7,
