@@ -30,6 +30,9 @@ Issue 4 asks for two numbers, both measured here on one machine (client and serv
    - ``bound, on one open stream`` and ``raw echo, on one open stream`` (with ``--wire``): the same
      handler and the echo, each call one message on a bidirectional stream opened once (no per-call
      set-up on either end): whether a streaming transport would leave more room than unary calls;
+   - ``splitdnn wire client on one ModelStreamInfer stream`` (with ``--wire``): the wire client's
+     requests as messages of one ModelStreamInfer stream to the tail server (``InferStream``, what
+     ``SplitClient(stream=True)`` sends through), its answers read as views of the stream's messages;
    - ``floor``: what any split runtime must add to the echo, with no protocol at all: the client
      copies the tensor into the request's bytes, the server computes ``x * 1`` (numpy) and copies the
      result into the answer's bytes (generic unary gRPC, no messages, no checks). The goal's room

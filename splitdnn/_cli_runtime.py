@@ -768,7 +768,7 @@ def add_commands(
         "--max-streams", type=count(0, 1 << 16), default=None, metavar="N",
         help="ModelStreamInfer streams open at once, each holding a handler thread while it is open; one "
         "more is refused (RESOURCE_EXHAUSTED; splitdnn clients then send unary calls). 0: no streams "
-        "(default 16, or --max-concurrency if less; at most --max-concurrency)",
+        "(default 16, or half of --max-concurrency if less; at most --max-concurrency)",
     )  # fmt: skip
     p.add_argument(
         "--stream-idle-timeout-s", type=positive, default=60.0, metavar="S",

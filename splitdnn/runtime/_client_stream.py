@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: after a server refused a stream for want of room (RESOURCE_EXHAUSTED), unary calls for this long
 STREAM_BACKOFF_S = 30.0
+#: the deadline watch thread ends after this long with no request armed (and waits at most this long)
+_WATCH_IDLE_S = 30.0
 
 
 class StreamRefusal(grpc.RpcError):
@@ -123,6 +125,7 @@ class InferStream:
         self._watch_lock = threading.Condition(threading.Lock())
         self._due = math.inf  # of the request on the stream
         self._wake_at = math.inf  # when the watch thread wakes by itself (inf: when notified)
+        self._armed: _Open | None = None  # the stream a request waits on, while it waits
         self._expired: _Open | None = None  # the stream the watch cancelled for its deadline
         self._watch: threading.Thread | None = None
 
@@ -144,20 +147,22 @@ class InferStream:
         if stream is None:
             stream = self._open = _Open(self._channel, self._metadata)
             self.opened += 1
-        self._arm(time.monotonic() + timeout)
-        stream.requests.put(request)
+        answered = False
+        self._arm(stream, time.monotonic() + timeout)
         try:
+            stream.requests.put(request)
             data = next(stream.call)
+            answered = True
         except StopIteration:  # ended OK without an answer: only a stream closed under it
-            self._drop(stream)
             self._unary("the stream ended without answering")
             return None
         except grpc.RpcError as exc:
-            self._drop(stream)
             self._failed(stream, exc, timeout)
             return None
         finally:
             self._disarm()
+            if not answered:  # (also for an exception of the caller's, e.g. KeyboardInterrupt: a
+                self._drop(stream)  # request left unanswered on it would answer the next one)
         try:
             answer = serde.stream_answer(data)
         except Exception:
@@ -175,6 +180,8 @@ class InferStream:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no answer on the stream within {timeout:.3g} s (the stream was cancelled)",
             ) from exc
+        if self.closed:  # close() cancelled it under the request: not to be sent again
+            raise StreamRefusal(grpc.StatusCode.CANCELLED, "the client was closed") from exc
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else "") or ""
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -199,10 +206,10 @@ class InferStream:
         stream.close()
 
     def close(self) -> None:
-        """End the stream (if open) and the watch; later requests go unary."""
-        with self._busy:  # after the request on the stream, if any
-            self.closed = True
-            stream, self._open = self._open, None
+        """End the stream and the watch now (a request on the stream raises CANCELLED); later
+        requests go unary."""
+        self.closed = True
+        stream = self._open
         if stream is not None:
             stream.close()
         with self._watch_lock:
@@ -210,11 +217,11 @@ class InferStream:
 
     # -- the deadline watch ------------------------------------------------------------------------
 
-    def _arm(self, due: float) -> None:
+    def _arm(self, stream: _Open, due: float) -> None:
         with self._watch_lock:
-            self._due = due
+            self._due, self._armed = due, stream
             self._expired = None
-            if self._watch is None:
+            if self._watch is None:  # (the thread clears it, under this lock, as it ends)
                 self._watch = threading.Thread(target=self._watch_deadlines, name="splitdnn-stream-watch",
                                                daemon=True)  # fmt: skip
                 self._watch.start()
@@ -222,18 +229,26 @@ class InferStream:
                 self._watch_lock.notify()
 
     def _disarm(self) -> None:
-        self._due = math.inf  # (no lock: a float's store; the watch rereads it under its lock)
+        with self._watch_lock:  # (so a deadline the watch has just read cannot cancel what follows)
+            self._due, self._armed = math.inf, None
 
     def _watch_deadlines(self) -> None:
+        """Cancel the armed stream at its request's deadline; ends with the client, or after
+        ``_WATCH_IDLE_S`` with nothing armed (so an unclosed client's stream can be collected; the
+        next request starts it again)."""
         with self._watch_lock:
             while not self.closed:
                 left = self._due - time.monotonic()
                 if left > 0:
+                    idle = left == math.inf
                     self._wake_at = self._due
-                    self._watch_lock.wait(None if left == math.inf else left)
+                    woken = self._watch_lock.wait(_WATCH_IDLE_S if idle else min(left, _WATCH_IDLE_S))
+                    if idle and not woken and self._due == math.inf:
+                        break
                     continue
-                self._due = math.inf
-                stream = self._open
+                stream, self._due, self._armed = self._armed, math.inf, None
                 if stream is not None:
                     self._expired = stream
                     stream.call.cancel()  # (safe from any thread; next() on it raises CANCELLED)
+            self._wake_at = math.inf
+            self._watch = None

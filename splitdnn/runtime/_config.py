@@ -106,7 +106,7 @@ class ServerConfig:
     metrics_host: str | None = None  # metrics bind address; default: host
     # ModelStreamInfer streams open at once (each holds a handler thread for its life, out of the
     # max_concurrency + 8 that also serve ModelInfer); one more is RESOURCE_EXHAUSTED. 0: no streams;
-    # None: DEFAULT_MAX_STREAMS, or max_concurrency if that is less (stream_limit)
+    # None: DEFAULT_MAX_STREAMS, or half of max_concurrency (at least 1) if that is less (stream_limit)
     max_streams: int | None = None
     # a stream whose next request message has not fully arrived this long after its last answer is
     # ended (DEADLINE_EXCEEDED), giving its thread back. None: streams stay open until the client ends them
@@ -193,8 +193,8 @@ class ServerConfig:
     @property
     def stream_limit(self) -> int:
         """The most ModelStreamInfer streams open at once (``max_streams`` or its default)."""
-        if self.max_streams is None:
-            return min(DEFAULT_MAX_STREAMS, self.max_concurrency)
+        if self.max_streams is None:  # half the slots at most: the rest for unary calls
+            return min(DEFAULT_MAX_STREAMS, max(1, self.max_concurrency // 2))
         return self.max_streams
 
     @property

@@ -16,6 +16,8 @@ so clients cannot grow the label set)::
     splitdnn_response_bytes_total{model}           serialized response bytes sent
     splitdnn_batch_size{model}                     requests per executed batch (histogram)
     splitdnn_in_flight                             ModelInfer requests being served now (gauge)
+    splitdnn_streams_open                          ModelStreamInfer streams open now, each holding a
+                                                   handler thread (gauge; max_streams)
     splitdnn_inflight_bytes                        bytes those requests hold: messages and decoded
                                                    tensors, against max_inflight_bytes (gauge)
     splitdnn_receive_timeouts_total{method}        calls of any method ended because their request
@@ -204,6 +206,11 @@ class ServerMetrics:
             "splitdnn_failures", "requests answered with an error status", ["model", "code"], registry=r
         )
         self.in_flight = Gauge("splitdnn_in_flight", "ModelInfer requests being served", registry=r)
+        self.streams_open = Gauge(
+            "splitdnn_streams_open",
+            "ModelStreamInfer streams open, each holding a handler thread",
+            registry=r,
+        )
         self.inflight_bytes = Gauge(
             "splitdnn_inflight_bytes",
             "bytes that requests in flight hold (messages and decoded tensors; max_inflight_bytes)",

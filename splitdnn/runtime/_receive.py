@@ -258,6 +258,11 @@ class StreamWatch(ReceiveWatch):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._message())
         return message
 
+    @property
+    def closing(self) -> bool:
+        """:meth:`close` was called: streams end when they next wait for a message."""
+        return self._closing is not None
+
     def close(self, message: str) -> None:
         """End every stream waiting for its next message with UNAVAILABLE and ``message``; streams
         that come to wait later end the same way at once. Streams working on a message are not

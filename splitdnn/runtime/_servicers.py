@@ -263,11 +263,18 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 if request is None:  # the client closed its side: the stream ends, OK
                     return
                 yield self._stream_answer(request, context)
-                if s.stopping:  # answered; a stop under way ends the stream before it waits again
+                # answered; once the server stops taking calls (after a stop's drain_s), the stream
+                # ends before it waits again
+                if s._stream_watch.closing:
                     context.abort(grpc.StatusCode.UNAVAILABLE, STREAMS_STOPPING)
         finally:
             with self._streams_lock:
                 self._streams -= 1
+
+    @property
+    def streams_open(self) -> int:
+        """ModelStreamInfer streams open now."""
+        return self._streams
 
     def _open_stream(self, context: grpc.ServicerContext) -> None:
         limit = self._s.config.stream_limit

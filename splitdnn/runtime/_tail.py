@@ -148,15 +148,15 @@ def from_numpy(
         and (not aligned or array.__array_interface__["data"][0] % ALIGN == 0)
     ):
         return torch.from_numpy(array)  # (every aligned request's path: nothing to convert)
-    arr = np.asarray(array, dtype=np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("="))
+    dtype = np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("=")
+    arr = np.asarray(array, dtype=dtype, order="C")  # (one copy for a byte swap and a layout both)
+    arr = arr.view(np.int16) if bfloat16 else arr
     placed = not aligned or arr.__array_interface__["data"][0] % ALIGN == 0
-    if arr.flags.c_contiguous and placed and (arr.flags.writeable or not writable):
-        tensor = torch.from_numpy(arr.view(np.int16) if bfloat16 else arr)
-    else:  # torch's allocation: aligned, writable, contiguous
-        with warnings.catch_warnings():  # a read-only view, read once by the copy
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            source = torch.from_numpy(arr.view(np.int16) if bfloat16 else arr)
-        tensor = torch.empty(source.shape, dtype=source.dtype).copy_(source)
+    if placed and (arr.flags.writeable or not writable):
+        tensor = torch.from_numpy(arr)
+    else:  # into torch's allocation: aligned and writable (no torch view of the read-only array)
+        tensor = torch.empty(arr.shape, dtype=torch.from_numpy(np.empty(0, dtype=arr.dtype)).dtype)
+        tensor.numpy()[...] = arr
     return tensor.view(torch.bfloat16) if bfloat16 else tensor
 
 

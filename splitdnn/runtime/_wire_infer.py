@@ -345,7 +345,13 @@ def split_raw(data: bytes | memoryview, field: int, what: str) -> Split:
 def is_bytes_view(data: Any) -> bool:
     """Whether ``data`` is a plain view of (immutable) ``bytes``: what :func:`stream_answer` gives, and
     what a decoder may keep views of as of ``bytes`` themselves."""
-    return type(data) is memoryview and type(data.obj) is bytes and data.format == "B" and data.c_contiguous
+    return (
+        type(data) is memoryview
+        and type(data.obj) is bytes
+        and data.format == "B"
+        and data.ndim == 1
+        and data.c_contiguous
+    )
 
 
 def _read(
@@ -550,6 +556,11 @@ def stream_answer(data: bytes) -> StreamAnswer:
                 f"damaged on the way, or the server is not a v2 server"
             ) from exc
     if not error:
+        if not numbers:  # neither field: no answer and no error
+            raise WireError(
+                "the stream's answer holds neither an error_message nor an infer_response; the server "
+                "is not a v2 server, or the bytes were damaged on the way"
+            )
         return StreamAnswer("", response, "")
     if len(response) > _MAX_ERROR_RESPONSE:  # an error's response carries a name and an id
         raise WireError(

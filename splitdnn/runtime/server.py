@@ -288,7 +288,9 @@ class TailServer:
         )
         self._unstarted = server
         watch = self._watch
-        add_inference_servicer(InferenceServicer(self), server, watch, control)
+        inference = InferenceServicer(self)
+        self.metrics.streams_open.set_function(lambda: inference.streams_open)
+        add_inference_servicer(inference, server, watch, control)
         split = SplitServicer(self)
         add_servicer(sd_grpc.add_SplitServiceServicer_to_server, split, server, watch, thread_pool=control)
         self._health = ShutdownHealth()

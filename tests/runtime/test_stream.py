@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -169,6 +170,7 @@ def test_streams_past_max_streams_are_refused(server: TailServer, channel: grpc.
     open_ = [Stream(channel, AUTH) for _ in range(3)]
     for s in open_:
         assert s.ask(request).error == ""  # each is open on the server, holding its slot
+    assert server.metrics.registry.get_sample_value("splitdnn_streams_open") == 3
     failure = Stream(channel, AUTH).failure()
     assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_streams=3" in (failure.details() or "") and "ModelInfer" in (failure.details() or "")
@@ -192,7 +194,8 @@ def test_no_streams_when_max_streams_is_0_and_bad_settings_are_refused() -> None
         with grpc.insecure_channel(srv.address) as ch:
             failure = Stream(ch).failure()
     assert failure.code() == grpc.StatusCode.UNIMPLEMENTED and "--max-streams 0" in (failure.details() or "")
-    assert ServerConfig(models=(MODEL,), max_concurrency=4).stream_limit == 4
+    assert ServerConfig(models=(MODEL,), max_concurrency=4).stream_limit == 2  # half: the rest unary
+    assert ServerConfig(models=(MODEL,), max_concurrency=1).stream_limit == 1
     assert ServerConfig(models=(MODEL,)).stream_limit == 16
     for bad in ({"max_streams": -1}, {"max_streams": 65, "max_concurrency": 64}, {"max_streams": True}):
         with pytest.raises(ConfigError, match="max_streams"):
@@ -203,13 +206,13 @@ def test_no_streams_when_max_streams_is_0_and_bad_settings_are_refused() -> None
 
 def test_an_idle_stream_is_ended_and_a_stop_ends_waiting_streams_at_once() -> None:
     spec = ModelSpec(MODEL, input_shapes=(SHAPE,))
-    cfg = ServerConfig(models=(spec,), max_batch_size=1, stream_idle_timeout_s=0.3, grace_s=20.0)
+    cfg = ServerConfig(models=(spec,), max_batch_size=1, stream_idle_timeout_s=1.0, grace_s=20.0, drain_s=0.3)
     with TailServer(cfg) as srv:
         ch = grpc.insecure_channel(srv.address)
         request = serde.RequestEncoder().encode(MODEL, {"x": _x(0)})
         idle = Stream(ch)
         assert idle.ask(request).error == ""
-        time.sleep(0.8)
+        time.sleep(1.6)
         failure = idle.failure()
         assert failure.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "idle timeout" in (failure.details() or "")
@@ -218,9 +221,14 @@ def test_an_idle_stream_is_ended_and_a_stop_ends_waiting_streams_at_once() -> No
         busy = Stream(ch)
         for _ in range(4):
             assert busy.ask(request).error == ""
-            time.sleep(0.1)
+            time.sleep(0.3)
         t0 = time.monotonic()
-        srv.stop()  # a grace of 20 s, which an open stream would otherwise take whole
+        with ThreadPoolExecutor(1) as pool:
+            stopping = pool.submit(srv.stop)  # a grace of 20 s, which an open stream would take whole
+            time.sleep(0.1)
+            for _ in range(2):  # in the drain (health NOT_SERVING), the stream is served as before
+                assert busy.ask(request).error == ""
+            stopping.result(timeout=30)
         took = time.monotonic() - t0
         failure = busy.failure()
         ch.close()
@@ -261,6 +269,7 @@ def test_a_malformed_stream_answer_is_refused() -> None:
     not_utf8 = b"\x0a\x02\xff\xfe"
     huge_error = serde.encode_stream_error("E: e") + b"\x12" + b"\x80\x80\x08" + bytes(128 << 10)
     for data, match in (
+        (b"", "neither"),  # no answer and no error
         (good[:-3], "not a well-formed"),  # truncated
         (twice, "not a well-formed"),
         (not_utf8, "not UTF-8"),
@@ -271,6 +280,8 @@ def test_a_malformed_stream_answer_is_refused() -> None:
             serde.stream_answer(data)  # type: ignore[arg-type]
     with pytest.raises(WireError, match="as bytes"):  # a decoder keeps views only of immutable bytes
         serde.ResponseDecoder().decode(memoryview(bytearray(good))[2:], max_decoded_bytes=CAP)
+    with pytest.raises(WireError, match="as bytes"):  # ... flat ones
+        serde.ResponseDecoder().decode(memoryview(good[:8]).cast("B", (2, 4)), max_decoded_bytes=CAP)
     assert refusal_of("an error text from another server").code() == grpc.StatusCode.UNKNOWN
     assert refusal_of("OK: odd").code() == grpc.StatusCode.UNKNOWN
 
@@ -387,7 +398,16 @@ def test_no_answer_in_time_cancels_the_stream_and_the_next_request_opens_another
         got = serde.decode_infer_response(answer, max_decoded_bytes=CAP).outputs["output"]
         with torch.no_grad():
             assert np.array_equal(got, module(torch.from_numpy(fast)).numpy())
-        stream.close()
+        assert ask(fast, 1e12) is not None  # a deadline past what a wait can take: no watch lost
+        # closing under a request ends it at once (CANCELLED), not at its deadline or its answer
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(ask, slow, 30.0)
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            stream.close()
+            with pytest.raises(StreamRefusal) as info:
+                pending.result(timeout=10)
+        assert info.value.code() == grpc.StatusCode.CANCELLED and time.monotonic() - t0 < 0.9
         assert ask(fast, 10.0) is None  # closed: unary from now on
 
 
