@@ -207,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_receiving_per_peer=args.max_receiving_per_peer,
         max_streams=args.max_streams,
         stream_idle_timeout_s=args.stream_idle_timeout_s,
+        max_streams_per_peer=args.max_streams_per_peer,
         max_decoded_bytes=int(args.max_decoded_mib * (1 << 20)),
         max_inflight_bytes=None if args.max_inflight_mib is None else int(args.max_inflight_mib * (1 << 20)),
         tail_cache_size=args.tail_cache_size,
@@ -769,6 +770,12 @@ def add_commands(
         help="ModelStreamInfer streams open at once, each holding a handler thread while it is open; one "
         "more is refused (RESOURCE_EXHAUSTED; splitdnn clients then send unary calls). 0: no streams "
         "(default 16, or half of --max-concurrency if less; at most --max-concurrency)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-streams-per-peer", type=count(1, 1 << 16), default=None, metavar="N",
+        help="at most N of those streams from one client address; one more is refused (its requests "
+        "then go as unary calls), so one client cannot take every stream (default: no cap; clients "
+        "behind one NAT or proxy share an address)",
     )  # fmt: skip
     p.add_argument(
         "--stream-idle-timeout-s", type=positive, default=60.0, metavar="S",

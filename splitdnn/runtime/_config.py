@@ -111,6 +111,9 @@ class ServerConfig:
     # a stream whose next request message has not fully arrived this long after its last answer is
     # ended (DEADLINE_EXCEEDED), giving its thread back. None: streams stay open until the client ends them
     stream_idle_timeout_s: float | None = 60.0
+    # at most this many of those streams from one peer address; one more is RESOURCE_EXHAUSTED (a
+    # splitdnn client then sends unary calls). None: no cap (clients behind one NAT share an address)
+    max_streams_per_peer: int | None = None
     # glibc malloc keeps freed tensor-sized buffers mapped (process-wide; splitdnn.runtime.memory)
     keep_freed_memory: bool = True
 
@@ -162,6 +165,8 @@ class ServerConfig:
                 f"calls also need), found {self.max_streams!r}"
             )
         _seconds_or_none("stream_idle_timeout_s", self.stream_idle_timeout_s, 0.1, low_allowed=True)
+        if self.max_streams_per_peer is not None:
+            _positive_int("max_streams_per_peer", self.max_streams_per_peer)
         if self.threads is not None:
             _positive_int("threads", self.threads)
         if self.max_receiving_per_peer is not None:

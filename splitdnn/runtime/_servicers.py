@@ -29,7 +29,7 @@ from splitdnn.runtime._batcher import BatcherStopped
 from splitdnn.runtime._metrics import UNKNOWN_MODEL, ServerMetrics
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
-from splitdnn.runtime._receive import ReceiveWatch
+from splitdnn.runtime._receive import ReceiveWatch, peer_host
 from splitdnn.runtime._tail import ServedModel
 
 if TYPE_CHECKING:
@@ -212,6 +212,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, server: TailServer) -> None:
         self._s = server
         self._streams = 0  # ModelStreamInfer streams open now
+        self._streams_of: dict[str, int] = {}  # ... by peer address (with max_streams_per_peer)
         self._streams_lock = threading.Lock()
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -256,7 +257,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         ...") and the stream stays open. Each open stream holds a handler thread, so at most
         ``max_streams`` are open at once, and one idle for ``stream_idle_timeout_s`` is ended."""
         s = self._s
-        self._open_stream(context)
+        peer = self._open_stream(context)
         try:
             while True:
                 request = s._stream_watch.next_message(requests, context, serde.MODEL_STREAM_INFER_METHOD)
@@ -270,31 +271,49 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         finally:
             with self._streams_lock:
                 self._streams -= 1
+                if peer is not None:
+                    left = self._streams_of.pop(peer) - 1
+                    if left:
+                        self._streams_of[peer] = left
 
     @property
     def streams_open(self) -> int:
         """ModelStreamInfer streams open now."""
         return self._streams
 
-    def _open_stream(self, context: grpc.ServicerContext) -> None:
-        limit = self._s.config.stream_limit
+    def _open_stream(self, context: grpc.ServicerContext) -> str | None:
+        """Take a stream slot (aborts when none is free); the peer address counted against
+        ``max_streams_per_peer``, if that is set."""
+        limit, per_peer = self._s.config.stream_limit, self._s.config.max_streams_per_peer
         if limit == 0:
             context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
                 "this server takes no ModelStreamInfer streams (started with --max-streams 0); call "
                 "ModelInfer once per request",
             )
+        peer = None if per_peer is None else peer_host(context.peer())
         with self._streams_lock:
             open_now = self._streams
-            if open_now < limit:
+            of_peer = 0 if peer is None else self._streams_of.get(peer, 0)
+            if open_now < limit and (per_peer is None or of_peer < per_peer):
                 self._streams = open_now + 1
-                return
+                if peer is not None:
+                    self._streams_of[peer] = of_peer + 1
+                return peer
+        if open_now < limit:  # this client's share is taken
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this client's address ({peer}) already has {of_peer} ModelStreamInfer streams open, the "
+                f"most one address may have (max_streams_per_peer={per_peer}); call ModelInfer once per "
+                f"request instead, or end a stream first",
+            )
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"the server already has max_streams={limit} ModelStreamInfer streams open; call ModelInfer "
             f"once per request instead, retry the stream later, or ask the operator for a higher "
             f"--max-streams",
         )
+        raise AssertionError("unreachable: context.abort raises")  # (for the type checker)
 
     def _stream_answer(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """One stream request's answer: its response, or its error as ``CODE: message``."""

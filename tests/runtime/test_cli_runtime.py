@@ -301,6 +301,9 @@ def test_serve_passes_its_limits_to_the_server(
     assert [(c.stream_limit, c.stream_idle_timeout_s) for c in configs] == [(16, 60.0)] * 2  # defaults
     code, _, _ = run(capsys, *argv, "--max-streams", "0", "--stream-idle-timeout-s", "5")
     assert (configs[-1].max_streams, configs[-1].stream_idle_timeout_s) == (0, 5.0)
+    assert configs[-1].max_streams_per_peer is None
+    code, _, _ = run(capsys, *argv, "--max-streams-per-peer", "2")
+    assert configs[-1].max_streams_per_peer == 2
     code, _, err = run(capsys, *argv, "--max-streams", "65", "--max-concurrency", "64")
     assert code == 1 and "max_streams must be an integer from 0 (no streams) to max_concurrency=64" in err
     with pytest.raises(SystemExit):

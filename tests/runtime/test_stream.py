@@ -174,18 +174,49 @@ def test_streams_past_max_streams_are_refused(server: TailServer, channel: grpc.
     failure = Stream(channel, AUTH).failure()
     assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_streams=3" in (failure.details() or "") and "ModelInfer" in (failure.details() or "")
-    assert open_[0].end() == grpc.StatusCode.OK  # a slot comes back when a stream ends
+    assert open_[0].end() == grpc.StatusCode.OK  # a slot comes back when a stream ends ...
+    again = [_reopened(channel, request)]
+    open_[1].call.cancel()  # ... or when its client goes away without ending it
+    again.append(_reopened(channel, request))
+    for s in (open_[2], *again):
+        s.end()
+    deadline = time.monotonic() + 10
+    while server.metrics.registry.get_sample_value("splitdnn_streams_open") != 0:
+        assert time.monotonic() < deadline, "streams ended by their clients still hold their slots"
+        time.sleep(0.05)
+
+
+def _reopened(channel: grpc.Channel, request: bytes, metadata: tuple[tuple[str, str], ...] = AUTH) -> Stream:
+    """A new stream that got a slot (a freed slot comes back once the server sees its stream end)."""
     deadline = time.monotonic() + 10
     while True:
-        again = Stream(channel, AUTH)
+        stream = Stream(channel, metadata)
         try:
-            assert again.ask(request).error == ""
-            break
+            assert stream.ask(request).error == ""
+            return stream
         except grpc.RpcError:
             assert time.monotonic() < deadline, "the ended stream's slot never came back"
             time.sleep(0.05)
-    for s in (*open_[1:], again):
-        s.end()
+
+
+def test_a_client_address_gets_at_most_max_streams_per_peer() -> None:
+    spec = ModelSpec(MODEL, input_shapes=(SHAPE,))
+    cfg = ServerConfig(models=(spec,), max_batch_size=1, max_streams=4, max_streams_per_peer=2)
+    with TailServer(cfg) as srv:
+        ch = grpc.insecure_channel(srv.address)
+        request = serde.RequestEncoder().encode(MODEL, {"x": _x(0)})
+        mine = [Stream(ch) for _ in range(2)]
+        for s in mine:
+            assert s.ask(request).error == ""
+        failure = Stream(ch).failure()
+        assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_streams_per_peer=2" in (failure.details() or "")
+        assert mine[0].end() == grpc.StatusCode.OK  # the address's count comes back with its streams
+        assert _reopened(ch, request, ()).end() == grpc.StatusCode.OK
+        mine[1].end()
+        ch.close()
+    with pytest.raises(ConfigError, match="max_streams_per_peer"):
+        ServerConfig(models=(MODEL,), max_streams_per_peer=0)
 
 
 def test_no_streams_when_max_streams_is_0_and_bad_settings_are_refused() -> None:
