@@ -234,7 +234,6 @@ class StreamWatch(ReceiveWatch):
     def __init__(self, timeout_s: float | None, on_timeout: Callable[[str], None] | None = None) -> None:
         super().__init__(timeout_s, on_timeout)
         self._closing: str | None = None  # set by close(): why every waiting stream ends
-        self._closed: set[grpc.ServicerContext] = set()  # ended by close() while waiting
 
     def next_message(self, requests: Iterator[Any], context: grpc.ServicerContext, method: str) -> Any | None:
         """The stream's next request message, or None when the client has closed its side."""
@@ -250,11 +249,10 @@ class StreamWatch(ReceiveWatch):
         finally:
             with self._lock:
                 mine = self._waiting.pop(context, None) is not None
-                closed = context in self._closed
-                self._closed.discard(context)
-        if closed:
-            context.abort(grpc.StatusCode.UNAVAILABLE, self._closing or "")
-        if not mine:  # the watch ended the stream as its message arrived: timed out, not served
+                closing = self._closing
+        if not mine:  # close() or the watch ended the stream as its message arrived: not served
+            if closing is not None:
+                context.abort(grpc.StatusCode.UNAVAILABLE, closing)
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._message())
         return message
 
@@ -271,7 +269,6 @@ class StreamWatch(ReceiveWatch):
             self._closing = message
             waiting = list(self._waiting)
             self._waiting.clear()
-            self._closed.update(waiting)
         for context in waiting:
             _cancel(context, grpc.StatusCode.UNAVAILABLE, message)
 

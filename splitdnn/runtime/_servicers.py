@@ -322,10 +322,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             wire = self._read(request)
             return self._serve(wire, context, stream=True)
         except Abort as a:
-            name, request_id = "", ""
-            if wire is not None:  # (a repeat's message is its header's, with another request's id)
-                name = wire.model_name
-                request_id = wire.request_id if wire.checked is not None else str(wire.message.id)
+            name, request_id = ("", "") if wire is None else (wire.model_name, wire.id)
             return serde.encode_stream_error(f"{a.code.name}: {a.message}", name, request_id)
 
     def _read(self, request: bytes) -> serde.InferRequestWire:

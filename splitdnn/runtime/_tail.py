@@ -35,7 +35,7 @@ from splitdnn.errors import ConfigError, WireError, first_line
 from splitdnn.graph import TracedModel
 from splitdnn.runtime._inplace import may_write_inputs
 from splitdnn.runtime._weights import weights_digest
-from splitdnn.runtime.serde import TensorSpec, datatype_of, output_names
+from splitdnn.runtime.serde import RAW_ALIGN, TensorSpec, datatype_of, output_names
 from splitdnn.schema import COMPUTE_OPS, Profile
 
 __all__ = ["NodeMeta", "ServedModel", "Tail", "from_numpy", "to_numpy"]
@@ -110,11 +110,11 @@ def _profiled(
     return tuple(shapes), sum(by_name[n].calibrated_ms for n in nodes if n in by_name)
 
 
-#: bytes a tensor's data must be aligned to for the tail to compute what the model computes locally:
-#: MKL's sgemm (the AVX2 path) rounds differently for inputs that are not 16-byte aligned, so a view
-#: of a message's bytes at an odd offset made a split's output differ from the local one in the last
-#: bit. torch's own tensors are 64-byte aligned.
-ALIGN = 16
+ALIGN = RAW_ALIGN  # a CPU tail's inputs are aligned to this (serde.RAW_ALIGN says why)
+
+
+def _misaligned(array: np.ndarray) -> bool:
+    return array.__array_interface__["data"][0] % ALIGN != 0
 
 
 def copied(array: np.ndarray, *, writable: bool = True, aligned: bool = True) -> bool:
@@ -123,7 +123,7 @@ def copied(array: np.ndarray, *, writable: bool = True, aligned: bool = True) ->
     return (
         (writable and not flags.writeable)
         or not flags.c_contiguous
-        or (aligned and array.__array_interface__["data"][0] % ALIGN != 0)
+        or (aligned and _misaligned(array))
         or not array.dtype.isnative
     )
 
@@ -139,20 +139,12 @@ def from_numpy(
     inputs, or a copy to another device). With ``aligned`` (the default; for a CPU tail), an array
     not :data:`ALIGN`-byte aligned is copied, into torch's own (aligned) memory.
     """
-    flags = array.flags
-    if (
-        not bfloat16
-        and array.dtype.isnative
-        and flags.c_contiguous
-        and (flags.writeable or not writable)
-        and (not aligned or array.__array_interface__["data"][0] % ALIGN == 0)
-    ):
+    if not bfloat16 and not copied(array, writable=writable, aligned=aligned):
         return torch.from_numpy(array)  # (every aligned request's path: nothing to convert)
     dtype = np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("=")
     arr = np.asarray(array, dtype=dtype, order="C")  # (one copy for a byte swap and a layout both)
     arr = arr.view(np.int16) if bfloat16 else arr
-    placed = not aligned or arr.__array_interface__["data"][0] % ALIGN == 0
-    if placed and (arr.flags.writeable or not writable):
+    if not (aligned and _misaligned(arr)) and (arr.flags.writeable or not writable):
         tensor = torch.from_numpy(arr)
     else:  # into torch's allocation: aligned and writable (no torch view of the read-only array)
         tensor = torch.empty(arr.shape, dtype=torch.from_numpy(np.empty(0, dtype=arr.dtype)).dtype)

@@ -38,6 +38,7 @@ __all__ = [
     "PARAM_FINGERPRINT",
     "PARAM_QUEUE_MS",
     "PARAM_PAD",
+    "RAW_ALIGN",
     "PARAM_TAIL_BUILD_MS",
     "PARAM_WEIGHTS",
     "InferRequestData",
@@ -65,9 +66,15 @@ PARAM_COMPUTE_MS = "splitdnn.compute_ms"  # double: time running the model (tail
 PARAM_DECODE_MS = "splitdnn.decode_ms"  # double: time validating and decoding the request, ms
 PARAM_BATCH_SIZE = "splitdnn.batch_size"  # int64: number of requests in the batch this one ran in
 PARAM_TAIL_BUILD_MS = "splitdnn.tail_build_ms"  # double: of decode_ms, building the cut's tail (when it did)
-#: string of spaces, ignored: placed before a raw content so that its bytes start 16-byte aligned in
-#: the message (RequestEncoder), where the server's tail reads them without a copy (_tail.ALIGN)
+#: string of spaces, ignored: placed before a raw content so that its bytes start RAW_ALIGN-byte
+#: aligned in the message (RequestEncoder), where the server's tail reads them without a copy
 PARAM_PAD = "splitdnn.pad"
+#: bytes a tensor's data must be aligned to for a tail to compute what the model computes locally:
+#: MKL's sgemm (the AVX2 path) rounds differently for inputs that are not 16-byte aligned, so a view
+#: of a message's bytes at an odd offset made a split's output differ from the local one in the last
+#: bit (torch's own tensors are 64-byte aligned). The server copies a view that is not (_tail.copied);
+#: splitdnn's client pads its requests so that none needs to be.
+RAW_ALIGN = 16
 
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
@@ -155,6 +162,11 @@ class InferRequestWire:
         if self.checked is not None:
             return str(self.checked.template.model_version)
         return str(self.message.model_version)
+
+    @property
+    def id(self) -> str:
+        """The request's id (a repeat's ``message`` is its header's, with another request's id)."""
+        return self.request_id if self.checked is not None else str(self.message.id)
 
 
 @dataclass(frozen=True)

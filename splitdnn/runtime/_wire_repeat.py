@@ -33,6 +33,7 @@ from splitdnn.runtime._wire_infer import (
     MAX_PARAMETERS,
     MAX_TENSORS,
     PARAM_PAD,
+    RAW_ALIGN,
     STREAM_RESPONSE_FIELD,
     InferRequestData,
     InferRequestWire,
@@ -477,25 +478,24 @@ class RequestEncoder:
 
 
 def _pad_entries() -> tuple[bytes, ...]:
-    """For each ``r`` in 0..ALIGN-1, the shortest serialized ``parameters`` entry of PARAM_PAD (a
-    string of spaces) whose length is ``r`` modulo ALIGN (the entry for 0 is never used)."""
+    """For each ``r`` in 0..RAW_ALIGN-1, the shortest serialized ``parameters`` entry of PARAM_PAD (a
+    string of spaces) whose length is ``r`` modulo RAW_ALIGN (the entry for 0 is never used)."""
     best: dict[int, bytes] = {}
-    for spaces in range(2 * _ALIGN):
+    for spaces in range(2 * RAW_ALIGN):
         msg = v2_pb.ModelInferRequest()
         msg.parameters[PARAM_PAD].string_param = " " * spaces
         entry = msg.SerializeToString()
-        best.setdefault(len(entry) % _ALIGN, entry)
-    return tuple(best[r] for r in range(_ALIGN))
+        best.setdefault(len(entry) % RAW_ALIGN, entry)
+    return tuple(best[r] for r in range(RAW_ALIGN))
 
 
-_ALIGN = 16  # _tail.ALIGN (the server's; serde imports no torch)
 _PADS = _pad_entries()
 _MAX_PADDED = 64  # inputs of a request aligned one by one (each pad is a parameters entry)
 
 
 def _aligned_raw(head: bytes, views: Sequence[memoryview]) -> bytes:
     """``head`` with ``views`` appended as raw_input_contents (:func:`_wire.append_field`), each after
-    a PARAM_PAD entry where one is needed for its bytes to start at a multiple of ALIGN bytes into
+    a PARAM_PAD entry where one is needed for its bytes to start at a multiple of RAW_ALIGN bytes into
     the message: the receiver's ``bytes`` start aligned (CPython's allocator), so its tensors are
     views it computes on without a copy. Protobuf reads fields in any order: the same request."""
     if len(views) > _MAX_PADDED:
@@ -505,7 +505,7 @@ def _aligned_raw(head: bytes, views: Sequence[memoryview]) -> bytes:
     for view in views:
         n = memoryview(view).nbytes
         prefix = _RAW_INPUT_TAG + _wire.length_prefix(n)
-        need = (-(at + len(prefix))) % _ALIGN
+        need = (-(at + len(prefix))) % RAW_ALIGN
         if need:
             parts.append(_PADS[need])
             at += len(_PADS[need])

@@ -490,11 +490,6 @@ class TailServer:
         return self._server is not None and not self._stopping
 
     @property
-    def stopping(self) -> bool:
-        """A :meth:`stop` has begun."""
-        return self._stopping
-
-    @property
     def model_names(self) -> tuple[str, ...]:
         return tuple(self._models)
 

@@ -103,10 +103,18 @@ def test_run_through_a_served_model_equals_the_local_model(
     ]
     if force:
         argv += ["--force", force]
+    on_stream: list[bool] = []  # each send's answer came on the stream
     if stream:  # the requests as messages of one ModelStreamInfer stream, the token sent at its start
         argv += ["--stream"]
+        from splitdnn.runtime._client_stream import InferStream
+
+        send = InferStream.send
+        monkeypatch.setattr(
+            InferStream, "send", lambda self, *a: on_stream.append((got := send(self, *a)) is not None) or got
+        )
     code, out, err = run(capsys, *argv)
     assert code == 0, err
+    assert on_stream == ([True, True] if stream else [])  # both requests went on the stream
     doc = json.loads(out)
     assert len(doc["requests"]) == 2 and doc["median_ms"] > 0
     assert doc["server_profile"] == "the server's (GetModelInfo)"  # `serve` profiled itself at start
