@@ -580,6 +580,60 @@ def test_cap_applies_to_the_decoded_size():
         describe(frame, max_decoded_bytes=3999)
 
 
+def test_decode_books_the_header_before_any_payload_byte_is_decoded():
+    x = relu_like()
+    frame = encode(x, "int8+zstd")
+    seen = []
+    out = decode(frame, reserve=seen.append)
+    assert seen == [describe(frame)] and np.array_equal(out, decode(frame))
+
+    class Refused(Exception):
+        pass
+
+    def refuse(info):
+        raise Refused(info.decoded_nbytes)
+
+    corrupt = bytearray(frame)
+    corrupt[-3:] = b"\x00\x00\x00"  # the payload is never reached: the refusal comes first
+    with pytest.raises(Refused):
+        decode(bytes(corrupt), reserve=refuse)
+    with pytest.raises(CodecError, match="zstd"):  # booked, then the payload fails as without a hook
+        decode(bytes(corrupt), reserve=seen.append)
+    with pytest.raises(CodecError, match="over the cap"):  # a bad header: nothing booked
+        decode(frame, max_decoded_bytes=100, reserve=refuse)
+
+
+class _Padded(ValueCodec):
+    """A user value codec that stores more bytes than it decodes to (raw float32 and 64 zero bytes)."""
+
+    name = "padded"
+    lossless = True
+
+    def encode(self, array, arg):
+        return b"", array.astype("<f4").tobytes() + bytes(64)
+
+    def stored_nbytes(self, shape, dtype, params):
+        return int(np.prod(shape)) * 4 + 64
+
+    def decode(self, stored, shape, dtype, params):
+        return np.frombuffer(stored[: len(stored) - 64], "<f4").reshape(shape).copy()
+
+
+def test_a_booked_decode_caps_what_the_codec_stores_at_the_decoded_size():
+    codec.register_codec(_Padded())
+    try:
+        frame = encode(np.ones(4, np.float32), "padded")
+        assert decode(frame).tolist() == [1.0] * 4  # within the message's cap
+        info = describe(frame)
+        refusal = "codec 'padded' stores 80 bytes, over the cap max_decoded_bytes=16"
+        with pytest.raises(CodecError, match=refusal):
+            decode(frame, max_decoded_bytes=info.decoded_nbytes)  # describe, then decode: as before
+        with pytest.raises(CodecError, match=refusal):
+            decode(frame, reserve=lambda info: None)  # one parse, the same refusal
+    finally:
+        codec.unregister_codec("padded")
+
+
 # ------------------------------------------------------------------------------------------- fuzz
 
 FUZZ_CAP = 4096
@@ -652,6 +706,33 @@ def mutated_frames(draw) -> bytes:
 @given(mutated_frames())
 def test_fuzz_mutated_frames(frame):
     _decode_checked(frame)
+
+
+def _outcome(call):
+    try:
+        out = call()
+    except CodecError as exc:
+        return "refused", str(exc)
+    return "decoded", out.dtype.str, out.shape, out.tobytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated_frames())
+def test_fuzz_a_booked_decode_is_describe_then_decode(frame):
+    """decode(reserve=...) refuses or decodes exactly as describe() then decode() at the decoded size,
+    and books only a header that describe() accepts."""
+
+    def two_parses():
+        info = describe(frame, max_decoded_bytes=FUZZ_CAP)
+        return decode(frame, max_decoded_bytes=info.decoded_nbytes)
+
+    booked = []
+    got = _outcome(lambda: decode(frame, max_decoded_bytes=FUZZ_CAP, reserve=booked.append))
+    assert got == _outcome(two_parses)
+    if booked:
+        assert booked == [describe(frame, max_decoded_bytes=FUZZ_CAP)]
+    else:
+        assert got[0] == "refused"
 
 
 # --------------------------------------------------------------------------------------- registry

@@ -4,6 +4,7 @@ API::
 
     frame = encode(array, "int8+zstd")          # bytes, one self-describing frame
     array = decode(frame, max_decoded_bytes=...)  # numpy array; any failure is a CodecError
+    array = decode(frame, reserve=book)         # book(info) sees the checked header before the payload
     info  = describe(frame)                     # FrameInfo from the header alone
     bound = error_bound("int4+zstd", array)     # max abs error the chain guarantees on this array
 

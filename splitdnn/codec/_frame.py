@@ -261,10 +261,7 @@ def _parse(frame: Buffer, max_decoded_bytes: int):
     stored = _guard(value.name, value.stored_nbytes, shape, dtype, params[0])
     if not isinstance(stored, int) or stored < 0:
         raise CodecError(f"codec {value.name!r} reported a stored size of {stored!r}; expected an int >= 0")
-    if stored > max_decoded_bytes:
-        raise CodecError(
-            f"codec {value.name!r} stores {stored} bytes, over the cap max_decoded_bytes={max_decoded_bytes}"
-        )
+    _check_stored(value.name, stored, max_decoded_bytes)
     if all(getattr(c, "size_preserving", True) for c in codecs[1:]) and payload_len != stored:
         raise CodecError(
             f"payload is {payload_len} bytes; {dtype_name}{list(shape)} with "
@@ -283,6 +280,11 @@ def _parse(frame: Buffer, max_decoded_bytes: int):
     return info, codecs, dtype, stored, buf[header_len:]
 
 
+def _check_stored(name: str, stored: int, cap: int) -> None:
+    if stored > cap:
+        raise CodecError(f"codec {name!r} stores {stored} bytes, over the cap max_decoded_bytes={cap}")
+
+
 def _guard(name: str, fn: Callable[..., _T], *args: Any) -> _T:
     """Call a codec's decode-side method; a (user) codec's own exception becomes a CodecError."""
     try:
@@ -298,13 +300,28 @@ def describe(frame: Buffer, *, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTE
     return _parse(frame, max_decoded_bytes)[0]
 
 
-def decode(frame: Buffer, *, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
+def decode(
+    frame: Buffer,
+    *,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    reserve: Callable[[FrameInfo], None] | None = None,
+) -> np.ndarray:
     """Decode one frame into a writable array; every failure is a :class:`CodecError`.
 
     The header is fully validated, and every size checked against ``max_decoded_bytes``, before any
     payload byte is decoded. bfloat16 frames decode to uint16 bit patterns.
+
+    ``reserve``, if given, is called with the validated header (what :func:`describe` gives) before
+    any payload byte is decoded, and may raise to refuse the frame (its exception propagates as it
+    is). The decode then works within the bytes the header declares: the stored size is capped at
+    ``info.decoded_nbytes`` too, exactly as ``decode(frame, max_decoded_bytes=info.decoded_nbytes)``
+    after a :func:`describe` would. One header parse instead of two, for a caller that books memory
+    by the decoded size first (the tail server's in-flight budget).
     """
     info, codecs, dtype, stored, payload = _parse(frame, max_decoded_bytes)
+    if reserve is not None:
+        reserve(info)
+        _check_stored(codecs[0].name, stored, info.decoded_nbytes)
     data: Buffer = payload
     for codec, params in zip(reversed(codecs[1:]), reversed(info.params[1:]), strict=True):
         assert isinstance(codec, ByteCodec)

@@ -287,9 +287,14 @@ def _decode_frame(
             f"{where} frame {show(name)} declares {shape[0]} bytes but carries {len(data)}; the shape "
             f"of a framed tensor is [len(frame)]"
         )
-    info = codec.describe(data, max_decoded_bytes=budget.limit)  # header only: nothing decoded yet
-    budget.take(info.decoded_nbytes, name, allocates=True)
-    return codec.decode(data, max_decoded_bytes=info.decoded_nbytes), info.dtype == "bfloat16"
+    header: list[codec.FrameInfo] = []
+
+    def book(info: codec.FrameInfo) -> None:  # the header read, nothing decoded yet
+        budget.take(info.decoded_nbytes, name, allocates=True)
+        header.append(info)
+
+    array = codec.decode(data, max_decoded_bytes=budget.limit, reserve=book)
+    return array, header[0].dtype == "bfloat16"
 
 
 def _from_contents(
