@@ -17,6 +17,14 @@ thread, as the benchmark's server::
 
     .venv/bin/python scripts/probe_handler.py            # 1 MiB, 3000 repeats: about 15 s
     .venv/bin/python scripts/probe_handler.py --bytes 65536 --repeats 5000
+    .venv/bin/python scripts/probe_handler.py --thrash-mib 64 --repeats 1500
+
+In this loop the server's code and objects stay in the CPU's caches from one call to the next. In a
+served process they do not: each request's megabytes go through the caches of both processes
+(gRPC's copies, the kernel's, the tail's output, the answer's join) before the next request's
+handler runs. ``--thrash-mib N`` copies N MiB between two buffers of the probe's own before each
+timed call, which evicts the last call's traces as a served request's traffic does; the handler's
+Python then costs several times what it does warm (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -57,12 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-mib", type=int, default=256, help="distinct requests' total size")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--thrash-mib", type=int, default=0,
+        help="MiB copied before each timed call, evicting the caches as a served request's traffic does",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     nbytes = args.bytes
     if nbytes <= 0 or nbytes % 4096:
         ap.error(f"--bytes must be a positive multiple of 4096, found {nbytes}")
     if args.repeats < 10 or args.warmup < 0:
         ap.error(f"--repeats must be >= 10 and --warmup >= 0, found {args.repeats} and {args.warmup}")
+    if not 0 <= args.thrash_mib <= 4096:
+        ap.error(f"--thrash-mib must be 0..4096 (MiB copied before each call), found {args.thrash_mib}")
 
     import torch
 
@@ -105,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         labels = list(variants)
         times: dict[str, list[float]] = {k: [] for k in labels}
+        thrash = np.ones(args.thrash_mib << 20, dtype=np.uint8)  # (0 bytes: nothing copied)
+        thrashed = np.empty_like(thrash)
         for i in range(args.warmup + args.repeats):
             for k in rng.permutation(len(labels)):
                 label = labels[k]
+                if thrash.size:
+                    np.copyto(thrashed, thrash)
                 t0 = time.perf_counter()
                 variants[label](i)
                 if i >= args.warmup:
@@ -117,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"{nbytes} bytes, {args.repeats} repeats after {args.warmup} of warm-up, "
-        f"{len(pool)} distinct requests, torch threads {args.threads}"
+        f"{len(pool)} distinct requests, torch threads {args.threads}, "
+        f"{args.thrash_mib} MiB copied before each call"
     )
     print(f"{'variant':<14}{'median us':>11}{'p10':>9}{'p90':>9}")
     spread = {label: bench._spread(times[label], scale=1e6) for label in labels}

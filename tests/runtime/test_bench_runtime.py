@@ -222,3 +222,28 @@ def test_the_handler_probe_times_modelinfer_beside_the_bound_and_refuses_a_bad_s
     with pytest.raises(SystemExit):
         probe.main(["--bytes", "1000"])
     assert "a positive multiple of 4096, found 1000" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe.main(["--thrash-mib", "-1"])
+    assert "--thrash-mib must be 0..4096 (MiB copied before each call), found -1" in capsys.readouterr().err
+
+
+def test_the_handler_probe_can_evict_the_caches_before_each_call(
+    load_script: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = load_script("probe_handler")
+    copies: list[int] = []
+    copyto = probe.np.copyto
+
+    def counted(dst: Any, src: Any) -> None:
+        copies.append(src.nbytes)
+        copyto(dst, src)
+
+    monkeypatch.setattr(probe.np, "copyto", counted)
+    threads = torch.get_num_threads()
+    try:
+        args = ["--bytes", "4096", "--repeats", "10", "--warmup", "2", "--pool-mib", "1", "--thrash-mib", "1"]
+        assert probe.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert copies == [1 << 20] * (4 * 12)  # before each call of the four variants, warm-up included
+    assert "1 MiB copied before each call" in capsys.readouterr().out
