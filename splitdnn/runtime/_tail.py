@@ -128,8 +128,34 @@ def copied(array: np.ndarray, *, writable: bool = True, aligned: bool = True) ->
     )
 
 
+def _shared(array: np.ndarray, *, writable: bool, aligned: bool) -> torch.Tensor | None:
+    """torch's view of ``array`` when :func:`from_numpy` shares its memory, else None.
+
+    :func:`copied`'s test, asked of the tensor instead of the array: ``flags`` and
+    ``__array_interface__`` build Python objects on every call, and in a served process, where each
+    request's megabytes have gone through the caches before its handler runs, those checks and the
+    second look :func:`copied` took cost 60-80 us a request against 15-25 for this
+    (``scripts/probe_handler.py --thrash-mib 64``).
+    """
+    if writable and not array.flags.writeable:
+        return None
+    try:
+        tensor = torch.from_numpy(array)
+    except (TypeError, ValueError):  # a byte order (or a dtype) torch does not view
+        return None
+    if not tensor.is_contiguous() or (aligned and tensor.data_ptr() % ALIGN):
+        return None
+    return tensor
+
+
 def from_numpy(
-    array: np.ndarray, *, bfloat16: bool = False, writable: bool = True, aligned: bool = True
+    array: np.ndarray,
+    *,
+    bfloat16: bool = False,
+    writable: bool = True,
+    aligned: bool = True,
+    reserve: Callable[[int, str], None] | None = None,
+    name: str = "",
 ) -> torch.Tensor:
     """A CPU tensor with ``array``'s values; ``bfloat16``: uint16 bits -> bfloat16.
 
@@ -137,10 +163,16 @@ def from_numpy(
     writable ones (decoded frames) are shared, not copied. Without it, a read-only array is shared
     too: only for a consumer that never writes into the tensor (a tail without in-place ops on its
     inputs, or a copy to another device). With ``aligned`` (the default; for a CPU tail), an array
-    not :data:`ALIGN`-byte aligned is copied, into torch's own (aligned) memory.
+    not :data:`ALIGN`-byte aligned is copied, into torch's own (aligned) memory. ``reserve(nbytes,
+    what)``, if given, is called before a copy is allocated (not when the memory is shared) and may
+    raise to refuse it; ``name`` is the tensor's, for ``what``.
     """
-    if not bfloat16 and not copied(array, writable=writable, aligned=aligned):
-        return torch.from_numpy(array)  # (every aligned request's path: nothing to convert)
+    if not bfloat16:
+        tensor = _shared(array, writable=writable, aligned=aligned)
+        if tensor is not None:
+            return tensor  # (every aligned request's path: nothing to convert)
+    if reserve is not None and copied(array, writable=writable, aligned=aligned):
+        reserve(array.nbytes, f"a copy of tensor {name!r}")
     dtype = np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("=")
     arr = np.asarray(array, dtype=dtype, order="C")  # (one copy for a byte swap and a layout both)
     arr = arr.view(np.int16) if bfloat16 else arr

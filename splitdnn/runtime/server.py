@@ -99,7 +99,7 @@ from splitdnn.runtime._servicers import (
     add_servicer,
     compute_error,
 )
-from splitdnn.runtime._tail import ServedModel, Tail, copied, from_numpy, shown_names, to_numpy
+from splitdnn.runtime._tail import ServedModel, Tail, from_numpy, shown_names, to_numpy
 from splitdnn.runtime.memory import keep_freed_memory
 from splitdnn.schema import Profile
 
@@ -624,12 +624,13 @@ class TailServer:
             tail, build_s, run = route.tail()
             writable = tail.writes_inputs and served.on_cpu  # else a copy is made anyway
             cpu = served.on_cpu  # a CPU tail's inputs are aligned as torch's own (from_numpy)
-            for name in tail.inputs:
-                if copied(inputs[name], writable=writable, aligned=cpu):  # a view of the message
-                    lease.take(inputs[name].nbytes, f"a copy of tensor {name!r}")
             bf16 = facts.bfloat16
+            take = lease.take  # a copy of a view of the message is taken from the budget first
             tensors = [
-                from_numpy(inputs[n], bfloat16=n in bf16, writable=writable, aligned=cpu) for n in tail.inputs
+                from_numpy(
+                    inputs[n], bfloat16=n in bf16, writable=writable, aligned=cpu, reserve=take, name=n
+                )
+                for n in tail.inputs
             ]
             key, rows = route.key_and_rows(tail, inputs, bf16)
             job = Job(

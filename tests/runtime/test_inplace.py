@@ -242,6 +242,38 @@ def test_a_view_off_the_alignment_is_copied_so_the_tail_computes_as_locally() ->
         assert kept.data_ptr() == addr and not copied(view, writable=False, aligned=False)
 
 
+def test_from_numpy_books_a_copy_before_making_it_and_never_a_shared_view() -> None:
+    buffer = bytearray(4 * 64 + 64)
+    base = np.frombuffer(buffer, dtype=np.uint8).ctypes.data
+    booked: list[tuple[int, str]] = []
+
+    def book(nbytes: int, what: str) -> None:
+        booked.append((nbytes, what))
+
+    for misalign, writable, copies in ((0, False, False), (4, False, True), (0, True, True)):
+        view = np.frombuffer(buffer, dtype=np.float32, count=64, offset=(misalign - base) % 64)
+        view.flags.writeable = False  # as a view of a message's bytes
+        assert view.ctypes.data % 64 == misalign
+        booked.clear()
+        tensor = from_numpy(view, writable=writable, reserve=book, name="x")
+        assert (tensor.data_ptr() != view.ctypes.data) == copies == bool(booked)
+        assert booked == ([(256, "a copy of tensor 'x'")] if copies else [])
+
+    class Refused(Exception):
+        pass
+
+    def refuse(nbytes: int, what: str) -> None:
+        raise Refused(what)
+
+    off = np.frombuffer(buffer, dtype=np.float32, count=64, offset=(4 - base) % 64)
+    with pytest.raises(Refused, match="a copy of tensor 'y'"):
+        from_numpy(off, writable=False, reserve=refuse, name="y")
+    swapped = np.zeros(8, dtype=">f4")  # a byte order torch cannot view: converted, and booked
+    booked.clear()
+    assert from_numpy(swapped, writable=False, reserve=book).dtype == torch.float32
+    assert booked == [(32, "a copy of tensor ''")]
+
+
 def test_sharing_read_only_memory_prints_no_warning() -> None:
     code = (
         "import warnings, numpy as np\n"

@@ -172,6 +172,48 @@ def test_requests_in_flight_cannot_together_decode_past_max_inflight_bytes() -> 
         channel.close()
 
 
+def _offset_request(x: np.ndarray, misalign: int) -> bytes:
+    """A stock client's request for ``x`` whose raw contents start ``misalign`` bytes past a multiple of
+    16 into the message (gRPC hands the server the message in a 16-byte aligned buffer)."""
+    for spaces in range(64):
+        msg = serde.build_infer_request("gated", {"x": x})
+        msg.parameters[serde.PARAM_PAD].string_param = " " * spaces
+        data: bytes = msg.SerializeToString()
+        if (len(data) - x.nbytes) % 16 == misalign:
+            return data
+    raise AssertionError(f"no padding puts the raw contents {misalign} bytes off")
+
+
+class GatedAfter(Gated):
+    """Gated with its input read by a plain op first: the tail never writes its input, so it may
+    compute on a view of the message's bytes (the gate, opaque to the in-place check, gets a copy)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(_gate(x * 2.0))
+
+
+@pytest.mark.parametrize("misalign", [0, 4])
+def test_a_request_computed_on_a_copy_holds_the_copy_in_the_inflight_bytes(misalign: int) -> None:
+    """The tail computes on a view of the message's bytes where those start aligned; else on a copy
+    (MKL rounds unaligned inputs differently), which counts in the in-flight bytes while it lives."""
+    x = _rows(64, 3)
+    request = _offset_request(x, misalign)
+    held = lambda s: s.metrics.registry.get_sample_value("splitdnn_inflight_bytes")  # noqa: E731
+    models = (ModelSpec("gated", module=GatedAfter(), input_shapes=((1, 4),)),)
+    with _server(models=models) as server, ThreadPoolExecutor(1) as pool:
+        assert not server._models["gated"].tail(frozenset({"x"})).writes_inputs
+        channel = grpc.insecure_channel(server.address)
+        call = channel.unary_unary(serde.MODEL_INFER_METHOD)
+        with _gate_closed():
+            pending = pool.submit(call, request, timeout=30)
+            assert _ENTERED.wait(20)
+            assert held(server) == len(request) + (x.nbytes if misalign else 0)
+        reply = serde.decode_infer_response(pending.result(30), max_decoded_bytes=1 << 20)
+        assert np.array_equal(reply.outputs["output"], _expected(server, x))
+        assert held(server) == 0
+        channel.close()
+
+
 _SECOND_OPEN = threading.Event()
 _SECOND_ENTERED = threading.Event()
 
