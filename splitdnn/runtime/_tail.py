@@ -132,10 +132,11 @@ def _shared(array: np.ndarray, *, writable: bool, aligned: bool) -> torch.Tensor
     """torch's view of ``array`` when :func:`from_numpy` shares its memory, else None.
 
     :func:`copied`'s test, asked of the tensor instead of the array: ``flags`` and
-    ``__array_interface__`` build Python objects on every call, and in a served process, where each
-    request's megabytes have gone through the caches before its handler runs, those checks and the
-    second look :func:`copied` took cost 60-80 us a request against 15-25 for this
-    (``scripts/probe_handler.py --thrash-mib 64``).
+    ``__array_interface__`` build Python objects on every call. In a served process, where each
+    request's megabytes have gone through the caches before its handler runs, those checks asked
+    twice (for the lease, then here) took 91 us for a 1 MiB view against 55 for this, and 5.5
+    against 1.8 us warm (interleaved micro-benchmark, 64 MiB copied before each call; see
+    ``scripts/probe_handler.py --thrash-mib``).
     """
     if writable and not array.flags.writeable:
         return None
