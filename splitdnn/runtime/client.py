@@ -22,8 +22,10 @@ What one :meth:`SplitClient.infer` does, and why:
    with hysteresis when that could change anything (:meth:`~splitdnn.runtime.planner.Planner.replan_due`:
    a step, the estimate moved 5 %, a switch being confirmed, a hold run out); a re-plan is a solve on
    the device, on the request's path (about 2.5 ms for MobileNetV2 here, docs/benchmarks.md), so a
-   steady link does not pay it per request. While nothing is sent (edge-only, or every request
-   finishing locally) a background :class:`~splitdnn.runtime._probe.LinkProber` measures the link (every
+   steady link does not pay it per request, and re-plans for a drifting estimate alone (on a fast
+   link it moves 5 % on most requests) take at most ``Hysteresis.replan_budget`` (2 %) of the time.
+   While nothing is sent (edge-only, or every request finishing locally) a background
+   :class:`~splitdnn.runtime._probe.LinkProber` measures the link (every
    ``probe_edge_interval_s`` while edge-only), so a link that recovers is noticed within about a
    second (its cost is documented there; ``probe_interval_s=None`` turns it off). A sample several
    times slower or faster than the estimate is a step: the estimator restarts from it and the

@@ -136,6 +136,14 @@ class Hysteresis:
     After a switch, ``verify`` measured requests of the new plan (after one warm-up) are compared with
     the plan it replaced; more than ``revert_margin`` slower and the planner switches back and holds
     the new plan off for ``hold_s`` seconds (see the module docstring). ``verify=0`` turns it off.
+
+    ``replan_budget`` is the share of the client's time that re-plans called for only by a drifting
+    estimate may take (see :meth:`Planner.replan_due`): after a re-plan that took R seconds, the next
+    such one waits R / ``replan_budget`` seconds. On a fast link the estimate moves by 5 % on most
+    requests (a transfer of a few ms is mostly jitter), and a solve on the request's path every time
+    cost a LAN client 10 % of its time (``scripts/bench_replan.py --uplink-mbps 1000 --rtt-ms 1``).
+    A step of the link, a switch being confirmed and a hold that ran out re-plan at once. None: no
+    limit.
     """
 
     margin: float = 0.10
@@ -144,6 +152,7 @@ class Hysteresis:
     verify: int = 3
     revert_margin: float = 0.05
     hold_s: float = 60.0
+    replan_budget: float | None = 0.02
 
     def __post_init__(self) -> None:
         if not (isinstance(self.margin, (int, float)) and 0 <= self.margin < 1):
@@ -166,6 +175,12 @@ class Hysteresis:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
             raise ConfigError(f"hysteresis revert_margin must be a fraction in [0, 1), found {r!r}")
         check_positive("hysteresis hold_s", self.hold_s, allow_zero=True)
+        b = self.replan_budget
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1):
+            raise ConfigError(
+                f"hysteresis replan_budget must be None (no limit) or a share of the time in (0, 1], "
+                f"found {b!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -391,6 +406,8 @@ class Planner:
         self._seen = 0  # requests measured on the current plan (warm-up included)
         self._trial: _Trial | None = None
         self._holds: dict[tuple[frozenset[str], tuple[tuple[str, str], ...]], _Hold] = {}
+        self._replanned_at = -math.inf  # (clock) when the last re-plan ended, and what it took, s
+        self._replan_s = 0.0
         self.link = link
         self.plan = self._initial_plan(link)
 
@@ -558,6 +575,9 @@ class Planner:
         more (a fraction), or the RTT by as much and at least 0.5 ms. Otherwise a re-plan would price
         the same plans under (nearly) the same link and decide the same: a re-plan (about 2.5 ms
         for a 150-node model on this project's machine, more on a slow device) saved on every request.
+        A moved link waits, though, until the time since the last re-plan is that re-plan's time over
+        ``hysteresis.replan_budget`` (see :class:`Hysteresis`); it is then still due, as the link is
+        compared with the one of the last re-plan.
         """
         if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
             raise ConfigError(f"tolerance must be a fraction in [0, 1), found {tolerance!r}")
@@ -568,18 +588,30 @@ class Planner:
         def moved(a: float, b: float, floor: float = 0.0) -> bool:
             return abs(b - a) > max(tolerance * abs(a), floor)
 
-        return (
+        if not (
             moved(old.uplink_mbps, link.uplink_mbps)
             or moved(old.downlink_mbps, link.downlink_mbps)
             or moved(old.rtt_ms, link.rtt_ms, _RTT_FLOOR_MS)
-        )
+        ):
+            return False
+        budget = self.hysteresis.replan_budget  # a drift waits until the last re-plan is paid for
+        return budget is None or self._clock() - self._replanned_at >= self._replan_s / budget
 
     def replan(self, link: Link, *, step: bool = False) -> Decision:
         """Re-price the current plan under ``link`` and maybe switch (hysteresis rules).
 
         ``step``: ``link`` follows a step the estimator detected (:attr:`LinkEstimator.stepped`); one
-        re-plan that finds a plan ``margin`` faster is then enough.
+        re-plan that finds a plan ``margin`` faster is then enough. Timed on the planner's clock, for
+        ``replan_budget``.
         """
+        start = self._clock()
+        try:
+            return self._replan(link, step)
+        finally:
+            self._replanned_at = self._clock()
+            self._replan_s = max(0.0, self._replanned_at - start)
+
+    def _replan(self, link: Link, step: bool) -> Decision:
         before, self.link = self.link, link
         now = self._clock()
         for key in [k for k, h in self._holds.items() if now >= h.until_s]:

@@ -655,6 +655,49 @@ def test_a_replan_is_due_only_when_it_could_change_something() -> None:
             planner.replan_due(fast, tolerance=bad)  # type: ignore[arg-type]
 
 
+def test_a_drifting_link_replans_within_the_budget_and_a_switch_being_confirmed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hysteresis.replan_budget: after a re-plan that took R s, one called for by a moved link alone
+    waits R / budget s (timed on the planner's clock); confirmations of a switch do not wait."""
+    clock = FakeClock()
+    device, server = _profiles()
+    assert Hysteresis().replan_budget == 0.02
+    planner = Planner(
+        device, server, Link(10.0, rtt_ms=20.0), hysteresis=Hysteresis(0.1, 3, None), clock=clock
+    )
+    replan = planner._replan
+
+    def five_ms(link: Link, step: bool) -> Any:
+        clock.t += 0.005  # what the re-plan takes
+        return replan(link, step)
+
+    monkeypatch.setattr(planner, "_replan", five_ms)
+    moved = Link(11.0, rtt_ms=20.0)
+    assert planner.replan_due(moved, tolerance=0.05)  # nothing re-planned yet: no wait
+    planner.replan(Link(10.0, rtt_ms=20.0))
+    assert planner._replan_s == pytest.approx(0.005)
+    clock.t += 0.2
+    assert not planner.replan_due(moved, tolerance=0.05)  # 0.2 s after a 5 ms re-plan: 2.5 %
+    assert not planner.replan_due(Link(10.0, rtt_ms=20.0), tolerance=0.05)
+    clock.t += 0.05
+    assert planner.replan_due(moved, tolerance=0.05)  # 0.25 s: 2 %
+    assert not planner.replan_due(Link(10.2, rtt_ms=20.0), tolerance=0.05)  # still only if it moved
+    # a switch being confirmed re-plans at once, whatever the last re-plan took
+    slow = Link(0.05, rtt_ms=20.0)
+    assert planner.replan(slow).pending == 1
+    assert planner.replan_due(slow, tolerance=0.05)
+    unlimited = Planner(
+        device, server, Link(10.0, rtt_ms=20.0), clock=clock, hysteresis=Hysteresis(replan_budget=None)
+    )
+    monkeypatch.setattr(unlimited, "_replan", lambda link, step: clock.__setattr__("t", clock.t + 1.0))
+    unlimited.replan(Link(10.0, rtt_ms=20.0))
+    assert unlimited.replan_due(moved, tolerance=0.05)
+    for bad in (0, 0.0, 1.5, -0.1, True, "2 %"):
+        with pytest.raises(ConfigError, match="replan_budget must be None"):
+            Hysteresis(replan_budget=bad)  # type: ignore[arg-type]
+
+
 def test_a_hold_ends_when_the_link_moves_or_steps() -> None:
     for move in ("faster", "step"):
         clock = FakeClock()
