@@ -172,7 +172,8 @@ def from_numpy(
         tensor = _shared(array, writable=writable, aligned=aligned)
         if tensor is not None:
             return tensor  # (every aligned request's path: nothing to convert)
-    if reserve is not None and copied(array, writable=writable, aligned=aligned):
+    # not shared: a copy follows (for bfloat16 bits, only where copied() says so)
+    if reserve is not None and (not bfloat16 or copied(array, writable=writable, aligned=aligned)):
         reserve(array.nbytes, f"a copy of tensor {name!r}")
     dtype = np.dtype("<u2") if bfloat16 else array.dtype.newbyteorder("=")
     arr = np.asarray(array, dtype=dtype, order="C")  # (one copy for a byte swap and a layout both)
