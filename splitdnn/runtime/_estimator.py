@@ -135,6 +135,9 @@ class LinkEstimator:
         self._min_spread = float(min_spread)
         self._clock = clock
         self._samples: deque[LinkSample] = deque(maxlen=window)
+        # each sample's (size in uplink-equivalent bytes, network ms), kept beside it: every update
+        # fits over the whole window, which then need not be sized again on each request
+        self._points: deque[tuple[float, float]] = deque(maxlen=window)
         self._recent: deque[float] = deque(maxlen=3)  # latest per-request times per byte
         # the downlink's speed relative to the uplink: a response byte costs this many uplink bytes
         self._down_weight = initial.uplink_mbps / initial.effective_downlink_mbps
@@ -168,7 +171,9 @@ class LinkEstimator:
         if not (isinstance(network_ms, (int, float)) and math.isfinite(network_ms)):
             raise ConfigError(f"network_ms must be a finite number, found {network_ms!r}")
         # clock noise (the server's times are measured on another clock) can make it slightly < 0
-        self._samples.append(LinkSample(bytes_up, bytes_down, max(0.0, float(network_ms)), self._clock()))
+        sample = LinkSample(bytes_up, bytes_down, max(0.0, float(network_ms)), self._clock())
+        self._samples.append(sample)
+        self._points.append((self._x(sample), sample.network_ms))
 
     def observe_overdue(self, bytes_up: int, waited_ms: float) -> None:
         """Fold in a request given up after ``waited_ms`` without an answer: its transfer takes at
@@ -217,23 +222,28 @@ class LinkEstimator:
         now = self._clock()
         while self._samples and now - self._samples[0].at_s > self._max_age_s:
             self._samples.popleft()
+            self._points.popleft()
 
     def _update(self, *, down_ratio: float | None = None) -> None:
         """Fold in the newest sample; ``down_ratio`` overrides how much slower it must be to be a step."""
         self._expire()
-        self.stepped = self._is_step(self._samples[-1], down_ratio)
+        self.stepped = self._is_step(self._points[-1], down_ratio)
         if self.stepped:  # restart from this sample: older sized samples describe another link
-            newest = self._samples.pop()
-            kept = [s for s in self._samples if self._x(s) == 0]
+            pairs = list(zip(self._samples, self._points, strict=True))
+            kept = [(s, p) for s, p in pairs[:-1] if p[0] == 0]  # the pings, then the newest
+            kept.append(pairs[-1])
             self._samples.clear()
-            self._samples.extend(kept)
-            self._samples.append(newest)
+            self._points.clear()
+            for sample, point in kept:
+                self._samples.append(sample)
+                self._points.append(point)
             self._recent.clear()
             self._updates = 0
             self.steps += 1
-        pts = [(self._x(s), s.network_ms) for s in self._samples]
-        fit = _theil_sen([p for p in pts if p[0] > 0], self._min_spread)  # transfers alone: see above
-        if fit is None:
+        pts = list(self._points)
+        sized = [p for p in pts if p[0] > 0]
+        fit = _theil_sen(sized, self._min_spread)  # transfers alone: see above
+        if fit is None and len(sized) < len(pts):  # with the pings (the same points without them)
             fit = _theil_sen(pts, self._min_spread)
         self.fitted = fit is not None
         last_x, last_y = pts[-1]
@@ -261,12 +271,13 @@ class LinkEstimator:
         self._ms_per_byte = self._ewma(self._ms_per_byte, _median(self._recent), self._updates)
         self._updates += 1
 
-    def _is_step(self, s: LinkSample, down_ratio_override: float | None = None) -> bool:
-        """Whether ``s`` alone shows the link ``step_ratio`` x slower or faster than estimated."""
-        x = self._x(s)
+    def _is_step(self, point: tuple[float, float], down_ratio_override: float | None = None) -> bool:
+        """Whether a sample's ``(size, network ms)`` alone shows the link ``step_ratio`` x slower or
+        faster than estimated."""
+        x, network_ms = point
         if self._step_ratio is None or x == 0 or self._updates == 0:
             return False
-        excess = s.network_ms - self._rtt_ms
+        excess = network_ms - self._rtt_ms
         expected = x * self._ms_per_byte
         # right after a step, a further move the same way needs less: the first sample after a
         # step up may have been too short to time, and only bounded the new rate from below
@@ -277,7 +288,7 @@ class LinkEstimator:
         if excess >= down_ratio * expected:
             self._last_step = -1
             return True
-        hidden = expected < 0.1 * s.network_ms  # the transfer is lost in the RTT's noise
+        hidden = expected < 0.1 * network_ms  # the transfer is lost in the RTT's noise
         if not hidden and excess * up_ratio <= expected:
             self._last_step = 1
             return True

@@ -309,6 +309,7 @@ class SplitClient:
         # requests as messages of one open ModelStreamInfer stream (runtime._client_stream)
         self._stream = InferStream(self._channel, self._metadata) if stream else None
         self._pieces: dict[Any, Pieces] = {}
+        self._last_pieces: tuple[Plan | None, Pieces] = (None, Pieces(None, None))  # (_pieces_for)
         self._lock = threading.Lock()  # estimator, planner, pieces, back-off, counters, notes
         self._build_lock = threading.Lock()  # one thread splits the model for a new plan
         self._down_until = 0.0
@@ -738,24 +739,27 @@ class SplitClient:
         return model_infer(self._channel)(request, timeout=timeout_s, metadata=self._metadata)  # type: ignore[no-any-return]
 
     def _pieces_for(self, plan: Plan) -> Pieces:
+        last_plan, last_pieces = self._last_pieces  # every request asks for the plan of the moment's
+        if last_plan is plan:
+            return last_pieces
         key = plan_key(plan)[0]  # the device-side nodes: codecs do not change the pieces
         with self._lock:
             pieces = self._pieces.get(key)
-        if pieces is not None:
-            return pieces
-        with self._build_lock:  # one thread splits; the others wait for its pieces
-            with self._lock:
-                pieces = self._pieces.get(key)
-            if pieces is None:
-                if plan.strategy == "cloud-only":
-                    pieces = Pieces(None, None)
-                else:
-                    head, tail = graph.split(self.traced, plan.tiers)
-                    pieces = Pieces(head, tail)
+        if pieces is None:
+            with self._build_lock:  # one thread splits; the others wait for its pieces
                 with self._lock:
-                    if len(self._pieces) >= 8:  # a plan change is rare; keep the recent few
-                        self._pieces.pop(next(iter(self._pieces)))
-                    self._pieces[key] = pieces
+                    pieces = self._pieces.get(key)
+                if pieces is None:
+                    if plan.strategy == "cloud-only":
+                        pieces = Pieces(None, None)
+                    else:
+                        head, tail = graph.split(self.traced, plan.tiers)
+                        pieces = Pieces(head, tail)
+                    with self._lock:
+                        if len(self._pieces) >= 8:  # a plan change is rare; keep the recent few
+                            self._pieces.pop(next(iter(self._pieces)))
+                        self._pieces[key] = pieces
+        self._last_pieces = (plan, pieces)  # (one tuple: swapped whole, read whole by any thread)
         return pieces
 
     def message_cap(self) -> tuple[int, str]:

@@ -183,6 +183,36 @@ def test_the_other_zoo_models_split_exactly_at_sampled_cuts(name: str) -> None:
                 assert len(b.boundary) >= 2, f"{name} cut {cut}: {b.boundary}"
 
 
+def test_the_pieces_of_the_plan_of_the_moment_are_found_without_keying_the_plan_again(
+    served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request asks for its plan's pieces; the plan of the moment's are kept beside it, so a
+    request does not key a plan of every node again. Another plan with the same cut finds the same
+    pieces by its key; a plan with another cut is split anew."""
+    import splitdnn.runtime.client as client_module
+
+    server, models = served
+    s = models["alexnet"]
+    cut, other = graph.chain_cuts(s.traced)[2:4]
+    with _client(server, s, force_boundary=cut) as client:
+        assert torch.equal(client.infer(s.x), s.ref)
+        plan = client.plan
+        pieces = client._pieces_for(plan)
+        assert pieces.head is not None and pieces.tail is not None
+        keyed: list[object] = []
+        real_key = client_module.plan_key
+        monkeypatch.setattr(client_module, "plan_key", lambda p: keyed.append(p) or real_key(p))
+        assert client._pieces_for(plan) is pieces and keyed == []
+        assert torch.equal(client.infer(s.x), s.ref) and keyed == []
+        same_cut = dataclasses.replace(plan)  # equal, but another object
+        assert client._pieces_for(same_cut) is pieces and keyed == [same_cut]
+        tiers = {n: 0 if n in (cut, other) else t for n, t in plan.tiers.items()}
+        moved = dataclasses.replace(plan, tiers=tiers)
+        other_pieces = client._pieces_for(moved)
+        assert other_pieces is not pieces and other_pieces.head is not None
+        assert client._pieces_for(plan) is pieces  # the first cut's, kept by its key
+
+
 def test_server_profile_is_fetched_and_used(served) -> None:
     server, models = served
     s = models["alexnet"]
