@@ -227,10 +227,9 @@ def test_the_handler_probe_times_modelinfer_beside_the_bound_and_refuses_a_bad_s
     assert "--thrash-mib must be 0..4096 (MiB copied before each call), found -1" in capsys.readouterr().err
 
 
-def test_the_handler_probe_can_evict_the_caches_before_each_call(
-    load_script: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    probe = load_script("probe_handler")
+def _probe_counting_copies(probe: Any, args: list[str], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Run a probe script's ``main`` with ``args``; the size of each ``np.copyto`` it made, in order.
+    torch's threads are restored after (a probe sets them for the process)."""
     copies: list[int] = []
     copyto = probe.np.copyto
 
@@ -241,9 +240,50 @@ def test_the_handler_probe_can_evict_the_caches_before_each_call(
     monkeypatch.setattr(probe.np, "copyto", counted)
     threads = torch.get_num_threads()
     try:
-        args = ["--bytes", "4096", "--repeats", "10", "--warmup", "2", "--pool-mib", "1", "--thrash-mib", "1"]
         assert probe.main(args) == 0
     finally:
         torch.set_num_threads(threads)
+    return copies
+
+
+def test_the_handler_probe_can_evict_the_caches_before_each_call(
+    load_script: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--bytes", "4096", "--repeats", "10", "--warmup", "2", "--pool-mib", "1", "--thrash-mib", "1"]
+    copies = _probe_counting_copies(load_script("probe_handler"), args, monkeypatch)
     assert copies == [1 << 20] * (4 * 12)  # before each call of the four variants, warm-up included
     assert "1 MiB copied before each call" in capsys.readouterr().out
+
+
+def test_the_client_probe_times_splitclient_beside_the_wire_client_on_one_faked_answer(
+    load_script: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--bytes", "4096", "--repeats", "10", "--warmup", "2", "--nap-ms", "0.5", "--thrash-mib", "1"]
+    copies = _probe_counting_copies(load_script("probe_client"), args, monkeypatch)
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines()}
+    for label in ("SplitClient", "wire client"):
+        assert float(rows[label][14:].split()[0]) >= 500, out  # each waited its 0.5 ms stand-in call
+    assert "SplitClient - wire client:" in out and "0.5 ms of sleep and 1 MiB copied" in out
+    assert copies == [1 << 20] * (2 * 12)  # in each stand-in call of the two variants, warm-up included
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bytes", "1000"], "--bytes must be a positive multiple of 4096, found 1000"),
+        (["--repeats", "3"], "--repeats must be >= 10 and --warmup >= 0, found 3 and 50"),
+        (["--nap-ms", "-1"], "--nap-ms must be 0..1000 (the stand-in call's sleep), found -1.0"),
+        (
+            ["--thrash-mib", "5000"],
+            "--thrash-mib must be 0..4096 (MiB copied in each stand-in call), found 5000",
+        ),
+    ],
+)
+def test_the_client_probe_refuses_bad_settings(
+    load_script: Any, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    probe = load_script("probe_client")
+    with pytest.raises(SystemExit):
+        probe.main(argv)
+    assert message in capsys.readouterr().err
