@@ -265,6 +265,7 @@ def test_the_client_probe_times_splitclient_beside_the_wire_client_on_one_faked_
     for label in ("SplitClient", "wire client"):
         assert float(rows[label][14:].split()[0]) >= 500, out  # each waited its 0.5 ms stand-in call
     assert "SplitClient - wire client:" in out and "0.5 ms of sleep and 1 MiB copied" in out
+    assert "the link estimate stepped on " in out  # a step re-plans at once: the reader must see them
     assert copies == [1 << 20] * (2 * 12)  # in each stand-in call of the two variants, warm-up included
 
 
