@@ -86,8 +86,8 @@ class _ThreadLimit:
 _THREADS = _ThreadLimit()
 
 #: torch's own switch of the (thread-local) grad mode, which ``torch.no_grad`` wraps in an object
-#: built on every entry; None on a torch without it (``torch.set_grad_enabled`` then)
-_SET_GRAD_ENABLED: Callable[[bool], None] | None = getattr(torch._C, "_set_grad_enabled", None)
+#: built on every entry (``torch.set_grad_enabled``, which sets the mode when called, where missing)
+_SET_GRAD_ENABLED: Callable[[bool], object] = getattr(torch._C, "_set_grad_enabled", torch.set_grad_enabled)
 
 
 def emulation_clock(threads: int | None, slowdown: float) -> Callable[[], float]:
@@ -121,18 +121,12 @@ class device_compute:  # noqa: N801 (used like a function: ``with device_compute
             _THREADS.enter(self._threads)
         if self._no_grad:
             self._was = torch.is_grad_enabled()
-            if _SET_GRAD_ENABLED is not None:
-                _SET_GRAD_ENABLED(False)
-            else:  # pragma: no cover - every torch this project supports has the switch
-                torch.set_grad_enabled(False)
+            _SET_GRAD_ENABLED(False)
 
     def __exit__(self, *exc: object) -> None:
         try:
             if self._no_grad:
-                if _SET_GRAD_ENABLED is not None:
-                    _SET_GRAD_ENABLED(self._was)
-                else:  # pragma: no cover
-                    torch.set_grad_enabled(self._was)
+                _SET_GRAD_ENABLED(self._was)
         finally:
             if self._threads is not None:
                 _THREADS.exit()
@@ -175,7 +169,6 @@ class _Facts:
     unsendable: frozenset[str]  # nodes whose value is not one tensor
     structure: pytree.TreeSpec  # how its output tensors nest
     names: tuple[str, ...]  # the v2 names the server gives them (serde.output_names)
-    leaf: bool  # the output is one tensor (no structure to rebuild)
 
 
 #: _Facts per traced module, as each client asks for them
@@ -211,8 +204,7 @@ def _run_once(traced: graph.TracedModel) -> _Facts:
     unsent = frozenset(n.name for n in traced.nodes if n.op != "get_attr" and n.name not in tensors)
     leaves = pytree.tree_leaves(out)
     names = serde.output_names(out, lambda v: isinstance(v, torch.Tensor), len(leaves))
-    structure = pytree.tree_structure(_plain(out))
-    return _Facts(unsent, structure, names, structure.is_leaf())
+    return _Facts(unsent, pytree.tree_structure(_plain(out)), names)
 
 
 def _plain(value: Any) -> Any:
@@ -237,9 +229,6 @@ def _output(data: serde.InferResponseData, facts: _Facts) -> Any:
             f"the server's response has outputs {sorted(outs)[:8]}; this model's are "
             f"{list(facts.names)[:8]}: is the server a splitdnn server of this model?"
         )
-    if facts.leaf:
-        name = facts.names[0]
-        return _from_numpy(outs[name], name in data.bfloat16)
     items = [_from_numpy(outs[n], n in data.bfloat16) for n in facts.names]
     return pytree.tree_unflatten(items, facts.structure)
 

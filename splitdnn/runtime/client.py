@@ -742,24 +742,29 @@ class SplitClient:
         last_plan, last_pieces = self._last_pieces  # every request asks for the plan of the moment's
         if last_plan is plan:
             return last_pieces
+        pieces = self._pieces_by_key(plan)
+        self._last_pieces = (plan, pieces)  # (one tuple: swapped whole, read whole by any thread)
+        return pieces
+
+    def _pieces_by_key(self, plan: Plan) -> Pieces:
         key = plan_key(plan)[0]  # the device-side nodes: codecs do not change the pieces
         with self._lock:
             pieces = self._pieces.get(key)
-        if pieces is None:
-            with self._build_lock:  # one thread splits; the others wait for its pieces
+        if pieces is not None:
+            return pieces
+        with self._build_lock:  # one thread splits; the others wait for its pieces
+            with self._lock:
+                pieces = self._pieces.get(key)
+            if pieces is None:
+                if plan.strategy == "cloud-only":
+                    pieces = Pieces(None, None)
+                else:
+                    head, tail = graph.split(self.traced, plan.tiers)
+                    pieces = Pieces(head, tail)
                 with self._lock:
-                    pieces = self._pieces.get(key)
-                if pieces is None:
-                    if plan.strategy == "cloud-only":
-                        pieces = Pieces(None, None)
-                    else:
-                        head, tail = graph.split(self.traced, plan.tiers)
-                        pieces = Pieces(head, tail)
-                    with self._lock:
-                        if len(self._pieces) >= 8:  # a plan change is rare; keep the recent few
-                            self._pieces.pop(next(iter(self._pieces)))
-                        self._pieces[key] = pieces
-        self._last_pieces = (plan, pieces)  # (one tuple: swapped whole, read whole by any thread)
+                    if len(self._pieces) >= 8:  # a plan change is rare; keep the recent few
+                        self._pieces.pop(next(iter(self._pieces)))
+                    self._pieces[key] = pieces
         return pieces
 
     def message_cap(self) -> tuple[int, str]:

@@ -120,8 +120,7 @@ def _answer(outputs: dict[str, np.ndarray]) -> serde.InferResponseData:
 def _facts(out: object) -> _Facts:
     leaves = pytree.tree_leaves(out)
     names = serde.output_names(out, lambda v: isinstance(v, torch.Tensor), len(leaves))
-    structure = pytree.tree_structure(out)
-    return _Facts(frozenset(), structure, names, structure.is_leaf())
+    return _Facts(frozenset(), pytree.tree_structure(out), names)
 
 
 def test_one_output_comes_back_as_a_writable_tensor_of_its_own() -> None:
