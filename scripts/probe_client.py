@@ -43,19 +43,13 @@ _CAPTURE_AFTER = 20
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_probe_options(ap, repeats=800, warmup=50)
+    add_probe_options(ap, repeats=800, warmup=50, thrash_in="in each stand-in call")
     ap.add_argument("--nap-ms", type=float, default=2.0, help="the stand-in call's sleep (ms)")
-    ap.add_argument(
-        "--thrash-mib", type=int, default=0,
-        help="MiB copied at the end of each stand-in call, evicting the caches as an answer's traffic does",
-    )  # fmt: skip
     args = ap.parse_args(argv)
     check_probe_options(ap, args)
     nbytes = args.bytes
     if not 0 <= args.nap_ms <= 1000:
         ap.error(f"--nap-ms must be 0..1000 (the stand-in call's sleep), found {args.nap_ms}")
-    if not 0 <= args.thrash_mib <= 4096:
-        ap.error(f"--thrash-mib must be 0..4096 (MiB copied in each stand-in call), found {args.thrash_mib}")
 
     import grpc
     import torch

@@ -57,14 +57,20 @@ class _LiveCall:
         raise RuntimeError(f"the handler refused the probe's request: {code}: {message}")
 
 
-def add_probe_options(ap: argparse.ArgumentParser, *, repeats: int, warmup: int) -> None:
+def add_probe_options(ap: argparse.ArgumentParser, *, repeats: int, warmup: int, thrash_in: str) -> None:
     """The options every probe takes (this one and ``probe_client.py``): the tensor's size, the
-    repeats, torch's threads and the seed; checked by :func:`check_probe_options`."""
+    repeats, torch's threads, the seed and the MiB copied ``thrash_in`` (where in a repeat) to evict
+    the caches; checked by :func:`check_probe_options`."""
     ap.add_argument("--bytes", type=int, default=1 << 20, help="the tensor's size (a multiple of 4096)")
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--warmup", type=int, default=warmup)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--thrash-mib", type=int, default=0,
+        help=f"MiB copied {thrash_in}, evicting the caches as a served request's traffic does",
+    )  # fmt: skip
+    ap.set_defaults(thrash_in=thrash_in)  # for check_probe_options' message
 
 
 def check_probe_options(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -72,21 +78,17 @@ def check_probe_options(ap: argparse.ArgumentParser, args: argparse.Namespace) -
         ap.error(f"--bytes must be a positive multiple of 4096, found {args.bytes}")
     if args.repeats < 10 or args.warmup < 0:
         ap.error(f"--repeats must be >= 10 and --warmup >= 0, found {args.repeats} and {args.warmup}")
+    if not 0 <= args.thrash_mib <= 4096:
+        ap.error(f"--thrash-mib must be 0..4096 (MiB copied {args.thrash_in}), found {args.thrash_mib}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_probe_options(ap, repeats=3000, warmup=300)
+    add_probe_options(ap, repeats=3000, warmup=300, thrash_in="before each call")
     ap.add_argument("--pool-mib", type=int, default=256, help="distinct requests' total size")
-    ap.add_argument(
-        "--thrash-mib", type=int, default=0,
-        help="MiB copied before each timed call, evicting the caches as a served request's traffic does",
-    )  # fmt: skip
     args = ap.parse_args(argv)
     check_probe_options(ap, args)
     nbytes = args.bytes
-    if not 0 <= args.thrash_mib <= 4096:
-        ap.error(f"--thrash-mib must be 0..4096 (MiB copied before each call), found {args.thrash_mib}")
 
     import torch
 
