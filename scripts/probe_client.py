@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_runtime as bench  # noqa: E402  (the identity tail and the shapes)
-from probe_handler import add_probe_options, check_probe_options  # noqa: E402
+from probe_handler import add_probe_options, check_probe_options, print_spreads  # noqa: E402
 
 #: requests the server answers before the one whose answer is kept: the first builds the tail and
 #: reports that time, which would leave the client a network part far under the stand-in's sleep
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads}, each call {args.nap_ms:g} ms of sleep and {args.thrash_mib} MiB copied; "
         f"the link estimate stepped on {steps} of SplitClient's requests (each a re-plan at once)"
     )
-    print(f"{'variant':<14}{'median us':>11}{'p10':>9}{'p90':>9}")
-    spread = {label: bench._spread(times[label], scale=1e6) for label in labels}
-    for label, us in spread.items():
-        print(f"{label:<14}{us['median']:>11.1f}{us['p10']:>9.1f}{us['p90']:>9.1f}")
+    spread = print_spreads(times)
     extra = spread["SplitClient"]["median"] - spread["wire client"]["median"]
     paired = bench._spread(np.subtract(times["SplitClient"], times["wire client"]), scale=1e6)
     print(

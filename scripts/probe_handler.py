@@ -82,6 +82,15 @@ def check_probe_options(ap: argparse.ArgumentParser, args: argparse.Namespace) -
         ap.error(f"--thrash-mib must be 0..4096 (MiB copied {args.thrash_in}), found {args.thrash_mib}")
 
 
+def print_spreads(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Print each variant's median, p10 and p90 in µs (``times`` in s, in the order given) and return them."""
+    print(f"{'variant':<14}{'median us':>11}{'p10':>9}{'p90':>9}")
+    spread = {label: bench._spread(ts, scale=1e6) for label, ts in times.items()}
+    for label, us in spread.items():
+        print(f"{label:<14}{us['median']:>11.1f}{us['p10']:>9.1f}{us['p90']:>9.1f}")
+    return spread
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_probe_options(ap, repeats=3000, warmup=300, thrash_in="before each call")
@@ -150,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(pool)} distinct requests, torch threads {args.threads}, "
         f"{args.thrash_mib} MiB copied before each call"
     )
-    print(f"{'variant':<14}{'median us':>11}{'p10':>9}{'p90':>9}")
-    spread = {label: bench._spread(times[label], scale=1e6) for label in labels}
-    for label, us in spread.items():
-        print(f"{label:<14}{us['median']:>11.1f}{us['p10']:>9.1f}{us['p90']:>9.1f}")
+    spread = print_spreads(times)
     extra = spread["ModelInfer"]["median"] - spread["bound"]["median"]
     print(f"ModelInfer - bound: {extra:.1f} us (splitdnn's server code per request)")
     return 0
