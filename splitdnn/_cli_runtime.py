@@ -370,7 +370,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows = []
         y = None
         for i in range(args.requests):
-            y = client.infer(x)
+            y = client.infer(x, deadline_ms=args.deadline_ms)
             b = client.last_breakdown
             assert b is not None
             rows.append(b)
@@ -388,13 +388,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "output": summary,
                 "median_ms": statistics.median(totals),
                 "requests": [
-                    b.__dict__ | {"boundary": list(b.boundary), "codecs": list(b.codecs)} for b in rows
+                    b.__dict__
+                    | {"boundary": list(b.boundary), "codecs": list(b.codecs)}
+                    | ({"deadline_missed": b.deadline_missed} if b.deadline_ms is not None else {})
+                    for b in rows
                 ],
             }
             print(json.dumps(doc, indent=2, sort_keys=True))
         else:
+            missed = sum(b.deadline_missed for b in rows)
+            deadline = f"; {missed} missed the {args.deadline_ms:g} ms deadline" if args.deadline_ms else ""
             print(
-                f"median {statistics.median(totals):.1f} ms over {len(totals)} request(s); output {summary}"
+                f"median {statistics.median(totals):.1f} ms over {len(totals)} request(s){deadline}; "
+                f"output {summary}"
             )
     return 0
 
@@ -863,6 +869,11 @@ def add_commands(
     p.add_argument("--slowdown", type=positive, default=1.0, help="emulate a slower device (pads head time)")
     p.add_argument("--threads", type=threads, metavar="N", help="torch intra-op threads on this device")
     p.add_argument("--timeout-s", type=positive, default=60.0, help="deadline of each request")
+    p.add_argument(
+        "--deadline-ms", type=positive, metavar="MS",
+        help="answer each request within MS ms: a remote request predicted or running past it "
+        "finishes on this device when that makes it (SplitClient.infer's deadline_ms)",
+    )  # fmt: skip
     p.add_argument("--no-fallback", action="store_true", help="fail instead of running locally")
     p.add_argument(
         "--stream", action="store_true",

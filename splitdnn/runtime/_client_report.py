@@ -60,6 +60,12 @@ class Breakdown:
     codecs: tuple[str, ...] = ()  # codec per tensor in ``boundary``
     fallback: str = ""  # why the request finished locally against its plan ("" = as planned)
     batch_size: int = 0  # requests in the server's batch (0 when not sent)
+    deadline_ms: float | None = None  # the caller's deadline for this request (infer's deadline_ms)
+
+    @property
+    def deadline_missed(self) -> bool:
+        """Whether the request had a deadline and took longer."""
+        return self.deadline_ms is not None and self.total_ms > self.deadline_ms
 
 
 def format_breakdown(b: Breakdown) -> str:
@@ -83,6 +89,8 @@ def format_breakdown(b: Breakdown) -> str:
         text += f"; emulation padding {b.padding_ms:.1f} ms included"
     if b.fallback:
         text += f"; fell back: {b.fallback}"
+    if b.deadline_ms is not None:
+        text += f"; deadline {b.deadline_ms:g} ms {'missed' if b.deadline_missed else 'met'}"
     return text
 
 

@@ -10,6 +10,7 @@ client's locked methods (``_observe``, ``_mark_up`` / ``_mark_down``, ``_count_f
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -249,6 +250,7 @@ class Run:
         server_factor: float = 1.0,
         profile_rows: bool = True,
         server_queue_ms: float = 0.0,
+        deadline_ms: float | None = None,
     ) -> None:
         self.c = client
         self.plan = plan
@@ -258,6 +260,7 @@ class Run:
         # batch costs less than its rows alone, which would read as a faster server)
         self.profile_rows = profile_rows
         self.t0 = t0
+        self.deadline_ms = deadline_ms  # the caller's, from t0 (None: none)
         self.scale = scale  # the request's rows over the profiles' batch: predictions grow with it
         self.head_ms = self.encode_ms = self.tail_ms = self.client_ms = self.padding_ms = 0.0
         self._owed_ms = 0.0  # device padding not slept yet (see _timed_device's defer)
@@ -276,7 +279,7 @@ class Run:
             boundary=self.sent, local=self.is_local, bytes_received=self.bytes_received,
             tail_local_ms=self.tail_ms, client_ms=self.client_ms, padding_ms=self.padding_ms,
             predicted_ms=self.plan.cost.total_ms, strategy=self.plan.strategy, codecs=self.codecs,
-            fallback=self.fallback, batch_size=self.batch,
+            fallback=self.fallback, batch_size=self.batch, deadline_ms=self.deadline_ms,
         )  # fmt: skip
 
     def _timed_device(
@@ -371,8 +374,31 @@ class Run:
         if values is None and self.plan.strategy != "cloud-only":
             return None
         remote_ms = self._remote_ms() * self.scale  # a batch of 48 takes longer than the profile's 1
-        local_ms = (self.c.device_profile.total.median_ms - self.plan.cost.compute_ms[0]) * self.scale
-        return max(2.0 * remote_ms, remote_ms + _OVERDUE_MIN_MS, remote_ms + max(0.0, local_ms)) / 1e3
+        return max(2.0 * remote_ms, remote_ms + _OVERDUE_MIN_MS, remote_ms + self._local_ms()) / 1e3
+
+    def _local_ms(self) -> float:
+        """The device's predicted time to finish the request from the head's outputs (the whole model
+        for a cloud-only plan, which runs no head), for the request's rows."""
+        return max(0.0, self.c.device_profile.total.median_ms - self.plan.cost.compute_ms[0]) * self.scale
+
+    def _left_ms(self) -> float:
+        """Time left until the caller's deadline (ms; negative once past; infinite without one)."""
+        if self.deadline_ms is None:
+            return math.inf
+        return self.deadline_ms - (time.perf_counter() - self.t0) * 1e3
+
+    def _deadline_wait_s(self) -> float | None:
+        """How long the call may wait for its answer, from now, for the caller's deadline: with a local
+        fallback, until the last moment from which finishing on the device still makes it (None when
+        that has passed, or there is no deadline: then finishing locally would not make it either, and
+        the answer is the best bet); without one, until the deadline itself."""
+        left_ms = self._left_ms()
+        if math.isinf(left_ms):
+            return None
+        if not self.c.fallback_local:
+            return max(left_ms, 0.1) / 1e3  # (gRPC needs a deadline in the future)
+        wait_ms = left_ms - self._local_ms()
+        return wait_ms / 1e3 if wait_ms > 0 else None
 
     def remote(self, inputs: Sequence[torch.Tensor]) -> Any:
         """The plan's head here, the rest on the server; finishes locally on a transient failure."""
@@ -395,6 +421,16 @@ class Run:
                 inputs, values, f"the remote part is predicted to take {remote_ms:.0f} ms, over the "
                 f"{c.timeout_s * 1e3:.0f} ms deadline",
             )  # fmt: skip
+
+        if self.deadline_ms is not None and c.fallback_local:
+            left_ms, local_ms = self._left_ms(), self._local_ms()
+            rest_ms = (self._remote_ms() + plan.cost.encode_ms) * self.scale
+            if rest_ms > left_ms and local_ms < rest_ms:  # the device makes it, or misses it by less
+                return self._finish_locally(
+                    inputs, values, f"the {self.deadline_ms:g} ms deadline: {max(0.0, left_ms):.0f} ms "
+                    f"left, the rest of the plan predicted to take {rest_ms:.0f} ms, the device "
+                    f"{local_ms:.0f} ms",
+                )  # fmt: skip
 
         # the encode moves detached tensors to numpy and runs the codecs there: no autograd to turn off
         (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send), no_grad=False)
@@ -427,11 +463,15 @@ class Run:
         self.bytes_sent = len(request)
         t_rpc = time.perf_counter()
         give_up_s = None
+        by_deadline = False  # the call's deadline is the caller's (not the client's or a give-up)
         try:
             with c._awaiting_server(self.sent) as may_give_up:
                 wait_s = self._overdue_after_s(values) if c.fallback_local and may_give_up else None
                 if wait_s is not None and wait_s < c.timeout_s:
                     give_up_s = wait_s
+                cut_s = self._deadline_wait_s()
+                if cut_s is not None and cut_s < min(c.timeout_s, give_up_s or math.inf):
+                    give_up_s, by_deadline = cut_s, True
                 # the give-up is the call's deadline (gRPC cancels it then): a blocking call, as
                 # .future() would start a thread per call on an otherwise idle channel
                 response = c._send(request, c.timeout_s if give_up_s is None else give_up_s)
@@ -444,6 +484,10 @@ class Run:
             late = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
             down = late and connection_state(c._channel) is grpc.ChannelConnectivity.TRANSIENT_FAILURE
             dropped = "TRANSIENT_FAILURE" if down else None
+            if by_deadline and late:
+                # the caller's deadline, not a sign of the link or the server: nothing observed, no
+                # back-off (the answer may merely be later than this request could wait)
+                return self._missed_answer(inputs, values, (time.perf_counter() - t_rpc) * 1e3, exc)
             if give_up_s is not None and late and dropped is None:
                 # no answer by the give-up time: the link fell (see _overdue_after_s)
                 waited_ms = (time.perf_counter() - t_rpc) * 1e3
@@ -502,6 +546,24 @@ class Run:
             server=(self._predicted_parts()[1], server_ms, self.queue_ms) if paced else None,
         )  # fmt: skip
         return out
+
+    def _missed_answer(
+        self, inputs: Sequence[torch.Tensor], values: dict[str, Any] | None, waited_ms: float,
+        exc: grpc.RpcError,
+    ) -> Any:  # fmt: skip
+        """No answer by the time the caller's deadline allowed: finish on the device, or say so."""
+        self.network_ms = waited_ms
+        if self.c.fallback_local:
+            return self._finish_locally(
+                inputs, values, f"the {self.deadline_ms:g} ms deadline: no answer after {waited_ms:.0f} "
+                f"ms (predicted {self._remote_ms() * self.scale:.0f} ms), finished on the device to make it",
+            )  # fmt: skip
+        raise DeadlineError(
+            f"no answer from the server within this request's deadline_ms={self.deadline_ms:g} (waited "
+            f"{waited_ms:.0f} ms, predicted {self._remote_ms() * self.scale:.0f} ms); give it a longer "
+            f"deadline, or let it finish on the device (fallback_local=True)",
+            code="DEADLINE_EXCEEDED",
+        ) from exc
 
     def _predicted_parts(self) -> tuple[float, float]:
         """``(network, server)`` ms of this request as the plan predicted them for its rows, neither

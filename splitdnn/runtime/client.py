@@ -60,10 +60,13 @@ What one :meth:`SplitClient.infer` does, and why:
    of the client is waiting, when the wait could be the server's queue, and not for the first
    request of a cut, which waits for the server to build that tail). Not when the channel's
    connection is down by then, though: a server that stopped or restarted while gRPC retried the
-   request says nothing of the link's rate; it is backed off from like an unreachable one. Errors that mean
-   misconfiguration (credentials, a model or weights mismatch, a malformed request) are raised, never
-   hidden by a local run. Every ``grpc.RpcError`` is translated into :mod:`splitdnn.errors`
-   (``raise ... from``).
+   request says nothing of the link's rate; it is backed off from like an unreachable one. A
+   request with a deadline of its own (``infer(..., deadline_ms=)``) also finishes locally when its
+   rest is predicted to miss it or its answer is not in by the last moment the device still makes
+   it; that says nothing of the link or the server, and is neither observed nor backed off from.
+   Errors that mean misconfiguration (credentials, a model or weights mismatch, a malformed
+   request) are raised, never hidden by a local run. Every ``grpc.RpcError`` is translated into
+   :mod:`splitdnn.errors` (``raise ... from``).
 
 One client may be used from several threads at once: shared state (the link estimate, the planner,
 the piece cache, the back-off, the counters) changes under one lock, each request keeps its own
@@ -619,8 +622,20 @@ class SplitClient:
             raise translate_rpc_error(exc, "ServerLive") from exc
         return (time.perf_counter() - t0) * 1e3
 
-    def infer(self, *inputs: torch.Tensor) -> Any:
+    def infer(self, *inputs: torch.Tensor, deadline_ms: float | None = None) -> Any:
         """The model's output for ``inputs``, computed as the current plan says (see module docstring).
+
+        ``deadline_ms``: when the caller needs the answer by, in ms from this call (a video frame's
+        budget, say). The plan is still the fastest one predicted; the deadline decides what a
+        remote request does when it runs late. Once the head has run, a request whose rest is
+        predicted to miss the deadline, where finishing on the device is predicted sooner, finishes
+        on the device at once; a request sent is waited for only until the last moment from which
+        finishing on the device still makes the deadline, then finishes there (with
+        ``fallback_local=False``: until the deadline, then :class:`~splitdnn.errors.DeadlineError`).
+        Neither tells the link estimate or the back-off anything: an answer later than one request
+        could wait for says nothing of the link. When neither path makes it, the request waits for
+        the answer. ``last_breakdown.deadline_missed`` says how it went; predictions are medians, so
+        a deadline near them is missed about half the time.
 
         Safe to call from several threads (each request runs on its own; the estimator, the planner and
         the counters change under a lock); ``last_breakdown`` is then the last request to finish.
@@ -629,6 +644,13 @@ class SplitClient:
         """
         if self.closed:
             raise ConfigError("this SplitClient is closed; create a new one to run more requests")
+        if deadline_ms is not None and not (
+            isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool)
+            and math.isfinite(deadline_ms) and deadline_ms > 0
+        ):  # fmt: skip
+            raise ConfigError(
+                f"deadline_ms must be None or a finite number of milliseconds > 0, found {deadline_ms!r}"
+            )
         if len(inputs) != len(self._placeholders):
             raise ConfigError(
                 f"model {self.traced.name!r} takes {len(self._placeholders)} input(s) "
@@ -666,8 +688,9 @@ class SplitClient:
         rows, profile_rows = int(inputs[0].shape[0]), max(1, self.device_profile.batch_size)
         scale = max(1.0, rows / profile_rows)
         run = Run(
-            self, plan, t0, scale, server_factor, profile_rows=rows == profile_rows, server_queue_ms=queue_ms
-        )
+            self, plan, t0, scale, server_factor, profile_rows=rows == profile_rows, server_queue_ms=queue_ms,
+            deadline_ms=None if deadline_ms is None else float(deadline_ms),
+        )  # fmt: skip
         again = False
         try:
             if plan.strategy == "edge-only":
@@ -693,7 +716,9 @@ class SplitClient:
         finally:
             self.last_breakdown = breakdown = run.breakdown()
         if again:  # the refused run tells the planner nothing
-            return self.infer(*inputs)
+            if deadline_ms is not None:  # what is left of it (a run with none left finishes as it can)
+                deadline_ms = max(1e-3, deadline_ms - breakdown.total_ms)
+            return self.infer(*inputs, deadline_ms=deadline_ms)
         if self._info_pending and (not breakdown.local or self._catch_up_due):  # edge-only: a probe's
             self._catch_up_with_server()  # answer is the only one it gets
         if not breakdown.fallback:  # it ran as the plan says: a measurement of the plan

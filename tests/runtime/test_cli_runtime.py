@@ -356,9 +356,11 @@ def test_run_against_no_server_falls_back_or_fails_clearly(capsys: pytest.Captur
         "cloud",
         "--json",
     ]
-    code, out, err = run(capsys, *argv)
+    code, out, err = run(capsys, *argv, "--deadline-ms", "60000")
     assert code == 0, err
-    assert json.loads(out)["requests"][0]["local"] is True
+    (request,) = json.loads(out)["requests"]
+    assert request["local"] is True and request["deadline_ms"] == 60000.0
+    assert request["deadline_missed"] is False
     code, out, err = run(capsys, *argv, "--no-fallback")
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
 
@@ -379,6 +381,11 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str], tmp_path:
     with pytest.raises(SystemExit) as exc:
         main(["serve", "alexnet", "--weights", "no-equals-sign"])
     assert exc.value.code == 2
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "alexnet", "--server", "127.0.0.1:1", "--deadline-ms", bad])
+        assert exc.value.code == 2
+    assert "--deadline-ms" in capsys.readouterr().err
 
 
 @pytest.mark.integration

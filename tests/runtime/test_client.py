@@ -346,6 +346,11 @@ def test_run_requests_prints_breakdowns(served) -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("request 1: split:") and "network" in lines[0] and "padding" in lines[0]
     assert format_breakdown(dataclasses.replace(found[0], fallback="UNAVAILABLE")).endswith("UNAVAILABLE")
+    assert "deadline" not in lines[0] and not found[0].deadline_missed
+    total = found[0].total_ms
+    met, missed = (dataclasses.replace(found[0], deadline_ms=total + d) for d in (1.0, -1.0))
+    assert format_breakdown(met).endswith(f"; deadline {total + 1:g} ms met") and not met.deadline_missed
+    assert format_breakdown(missed).endswith(f"; deadline {total - 1:g} ms missed") and missed.deadline_missed
 
 
 def test_emulated_slowdown_is_padding_and_reported(served) -> None:

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from splitdnn import graph
-from splitdnn.errors import ModelMismatchError, WireError
+from splitdnn.errors import ConfigError, DeadlineError, ModelMismatchError, WireError
 from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
 from splitdnn.runtime import serde
@@ -393,6 +393,91 @@ def test_a_request_merely_slower_than_predicted_is_not_given_up(live: Live) -> N
             assert torch.equal(client.infer(live.x), live.ref)
             b = client.last_breakdown
             assert b is not None and not b.local and not b.fallback, b
+
+
+# --------------------------------------------------------------------------------------------------
+# a deadline per request
+
+
+def test_a_request_predicted_to_miss_its_deadline_remotely_finishes_on_the_device_at_once(
+    live: Live,
+) -> None:
+    """A cloud-only plan held by force over a link estimated at 0.5 Mbit/s: the input's transfer is
+    predicted at seconds. With a deadline under that, the request finishes on the device without
+    sending anything; without one, or with one the transfer makes, it is sent."""
+    device = scale_profile(live.device, 0.5)
+    kw: dict[str, Any] = {"link": Link(0.5, rtt_ms=1.0), "probe_interval_s": None, "timeout_s": 60.0}
+    with live.client(device_profile=device, force_boundary="cloud", **kw) as client:
+        rest_ms = client.plan.cost.total_ms
+        local_ms = device.total.median_ms
+        assert rest_ms > 10 * local_ms, client.describe()
+        y = client.infer(live.x, deadline_ms=rest_ms / 2)
+        b = client.last_breakdown
+        assert torch.equal(y, live.ref)
+        assert b is not None and b.local and b.bytes_sent == 0, b
+        assert "deadline" in b.fallback and b.deadline_ms == rest_ms / 2, b
+        assert not b.deadline_missed and client.fallbacks == 1
+        assert client.estimator.steps == 0 and client._down_until == 0.0  # nothing learnt of the link
+        y = client.infer(live.x, deadline_ms=rest_ms * 4)  # the remote path makes this one
+        b = client.last_breakdown
+        assert torch.equal(y, live.ref)
+        assert b is not None and not b.local and not b.fallback and b.bytes_sent > 0, b
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_request_running_past_its_deadline_finishes_on_the_device_in_time(live: Live, stream: bool) -> None:
+    """The link falls to seconds per request while the client does not know it yet. With a deadline,
+    the request stops waiting at the last moment from which the device finishes in time, and does;
+    the estimate and the back-off are left alone (the late answer says only that it was later than
+    this request could wait). On a ModelStreamInfer stream as in a call of its own."""
+    with _offloading(live, stream=stream) as (link, client):
+        assert (client._stream is not None) is stream
+        for _ in range(3):
+            assert torch.equal(client.infer(live.x), live.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local and b.bytes_sent > 8000, client.describe()
+        run = Run(client, client.plan, time.perf_counter())
+        local_ms, remote_ms = run._local_ms(), run._remote_ms()
+        assert client.plan.strategy == "cloud-only", client.describe()
+        steps, estimate = client.estimator.steps, client.link
+        link.set_rates(uplink_mbps=b.bytes_sent * 8 / 3e6, downlink_mbps=200.0)  # ~3 s a request
+        # 20 ms to wait: sooner than the give-up of a request without a deadline (50 ms over the
+        # prediction at least)
+        deadline_ms = local_ms + 20.0
+        assert (run._overdue_after_s(None) or 0) * 1e3 >= remote_ms + 50.0
+        t = time.perf_counter()
+        y = client.infer(live.x, deadline_ms=deadline_ms)
+        took_ms = (time.perf_counter() - t) * 1e3
+        b = client.last_breakdown
+        assert torch.equal(y, live.ref)
+        assert b is not None and b.local and "deadline: no answer after" in b.fallback, b
+        assert b.bytes_sent > 0 and not b.deadline_missed, (b, took_ms)
+        assert took_ms < deadline_ms + 100.0, (took_ms, deadline_ms)  # (the predicted local is 5x slow)
+        assert client.estimator.steps == steps and client.link == estimate, client.describe()
+        assert client._down_until == 0.0 and client.plan.strategy != "edge-only"
+
+
+def test_a_deadline_without_a_local_fallback_raises_when_it_passes(live: Live) -> None:
+    with _offloading(live, fallback_local=False) as (link, client):
+        assert torch.equal(client.infer(live.x, deadline_ms=30_000.0), live.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local and b.deadline_ms == 30_000.0 and not b.deadline_missed
+        link.set_rates(uplink_mbps=b.bytes_sent * 8 / 2e6, downlink_mbps=200.0)  # ~2 s a request
+        t = time.perf_counter()
+        with pytest.raises(DeadlineError, match=r"deadline_ms=200 .*fallback_local=True") as err:
+            client.infer(live.x, deadline_ms=200.0)
+        assert time.perf_counter() - t < 1.0 and err.value.code == "DEADLINE_EXCEEDED"
+        assert client._down_until == 0.0  # not backed off from: the server did nothing wrong
+        link.set_rates(uplink_mbps=200.0, downlink_mbps=200.0)
+        assert torch.equal(client.infer(live.x), live.ref)
+
+
+@pytest.mark.parametrize("bad", [0, -5.0, math.nan, math.inf, True, "50"])
+def test_a_deadline_must_be_a_positive_number_of_ms(live: Live, bad: Any) -> None:
+    with live.client(force_boundary="edge", probe_interval_s=None) as client:
+        with pytest.raises(ConfigError, match=r"deadline_ms must be None or a finite number .* found"):
+            client.infer(live.x, deadline_ms=bad)
+        assert client.requests == 0
 
 
 def test_probing_can_be_turned_off(live: Live) -> None:
