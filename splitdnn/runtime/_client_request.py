@@ -388,10 +388,10 @@ class Run:
         return self.deadline_ms - (time.perf_counter() - self.t0) * 1e3
 
     def _deadline_wait_s(self) -> float | None:
-        """How long the call may wait for its answer, from now, for the caller's deadline: with a local
-        fallback, until the last moment from which finishing on the device still makes it (None when
-        that has passed, or there is no deadline: then finishing locally would not make it either, and
-        the answer is the best bet); without one, until the deadline itself."""
+        """How long the call may wait for its answer, from now, for the caller's deadline (None: no
+        deadline, or no limit from it). With a local fallback, until the last moment from which
+        finishing on the device still makes the deadline; None once that has passed (the device would
+        miss it too: the answer is the best bet). Without one, until the deadline itself."""
         left_ms = self._left_ms()
         if math.isinf(left_ms):
             return None
@@ -424,7 +424,7 @@ class Run:
 
         if self.deadline_ms is not None and c.fallback_local:
             left_ms, local_ms = self._left_ms(), self._local_ms()
-            rest_ms = (self._remote_ms() + plan.cost.encode_ms) * self.scale
+            rest_ms = max(0.0, plan.cost.total_ms - plan.cost.compute_ms[0]) * self.scale  # encode on
             if rest_ms > left_ms and local_ms < rest_ms:  # the device makes it, or misses it by less
                 return self._finish_locally(
                     inputs, values, f"the {self.deadline_ms:g} ms deadline: {max(0.0, left_ms):.0f} ms "
