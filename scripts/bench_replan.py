@@ -91,27 +91,40 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_client_options(p: argparse.ArgumentParser, *, uplink: str, uplink_mbps: float, rtt_ms: float) -> None:
+    """The options of a zoo model's emulated client over the shaper (also scripts/bench_deadline.py);
+    ``uplink``: what the rate is, for its help."""
     p.add_argument("--model", default="mobilenet_v2", help="zoo model (default mobilenet_v2)")
     p.add_argument("--slowdown", type=float, default=4.0, help="device emulation factor (default 4)")
-    p.add_argument("--uplink-mbps", type=float, default=100.0, help="shaped link, both ways (default 100)")
-    p.add_argument("--rtt-ms", type=float, default=20.0, help="round-trip time added (default 20)")
-    p.add_argument("--requests", type=int, default=40, help="timed requests (default 40)")
-    p.add_argument("--warmup", type=int, default=5, help="requests first, not timed (default 5)")
-    p.add_argument("--forced", type=int, default=20, help="re-plans timed directly afterwards (default 20)")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--uplink-mbps", type=float, default=uplink_mbps, help=f"{uplink} (default {uplink_mbps:g})"
+    )
+    p.add_argument("--rtt-ms", type=float, default=rtt_ms, help=f"round-trip time added (default {rtt_ms:g})")
+
+
+def check_client_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse what :func:`add_client_options` added and ``--warmup`` when out of range."""
     if args.model not in ZOO:
         p.error(f"expected a zoo model among {', '.join(sorted(ZOO))}, found {args.model!r}")
     if not args.slowdown >= 1:
         p.error(f"--slowdown must be >= 1, found {args.slowdown}")
     if not (args.uplink_mbps > 0 and args.rtt_ms >= 0):
         p.error(f"--uplink-mbps must be > 0 and --rtt-ms >= 0, found {args.uplink_mbps}, {args.rtt_ms}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, found {args.warmup}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_client_options(p, uplink="shaped link, both ways", uplink_mbps=100.0, rtt_ms=20.0)
+    p.add_argument("--requests", type=int, default=40, help="timed requests (default 40)")
+    p.add_argument("--warmup", type=int, default=5, help="requests first, not timed (default 5)")
+    p.add_argument("--forced", type=int, default=20, help="re-plans timed directly afterwards (default 20)")
+    args = p.parse_args(argv)
+    check_client_options(p, args)
     for name in ("requests", "forced"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, found {getattr(args, name)}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, found {args.warmup}")
     return args
 
 

@@ -871,8 +871,9 @@ def add_commands(
     p.add_argument("--timeout-s", type=positive, default=60.0, help="deadline of each request")
     p.add_argument(
         "--deadline-ms", type=positive, metavar="MS",
-        help="answer each request within MS ms: a remote request predicted or running past it "
-        "finishes on this device when that makes it (SplitClient.infer's deadline_ms)",
+        help="answer each request within MS ms: after its head a remote request finishes on this "
+        "device at once, or once its answer is late, whichever makes MS likelier by the recent "
+        "requests (SplitClient.infer's deadline_ms)",
     )  # fmt: skip
     p.add_argument("--no-fallback", action="store_true", help="fail instead of running locally")
     p.add_argument(

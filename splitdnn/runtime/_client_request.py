@@ -29,6 +29,7 @@ from splitdnn.errors import ConfigError, DeadlineError, PlanError, WireError
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown, predicted_parts
 from splitdnn.runtime._client_rpc import connection_state, is_transient, translate_rpc_error
+from splitdnn.runtime._deadline import MIN_DEVICE_MS, Choice, Spread
 from splitdnn.runtime.planner import remote_ms as planner_remote_ms
 from splitdnn.schema import Plan
 
@@ -261,6 +262,8 @@ class Run:
         self.profile_rows = profile_rows
         self.t0 = t0
         self.deadline_ms = deadline_ms  # the caller's, from t0 (None: none)
+        self._cut_at: float | None = None  # for it: when to stop waiting and finish here (perf_counter)
+        self._cut_sure = False  # ... and the device surely makes it from then (by the client's history)
         self.scale = scale  # the request's rows over the profiles' batch: predictions grow with it
         self.head_ms = self.encode_ms = self.tail_ms = self.client_ms = self.padding_ms = 0.0
         self._owed_ms = 0.0  # device padding not slept yet (see _timed_device's defer)
@@ -323,7 +326,27 @@ class Run:
         """The whole model on the device (``reason``: why, when the plan said otherwise)."""
         self._fell_back(reason)
         out, self.head_ms = self._timed_device(lambda: self.c.traced.module(*inputs))
+        self._device_ran(
+            self.c._history.finishes, self.head_ms, self.c.device_profile.total.median_ms * self.scale
+        )
         return out
+
+    @staticmethod
+    def _device_ran(spread: Spread, measured_ms: float, predicted_ms: float) -> None:
+        """Keep how a device computation went against its prediction, for deadlines (not the tiny ones)."""
+        if predicted_ms >= MIN_DEVICE_MS:
+            spread.add(measured_ms, predicted_ms)
+
+    def _rest_ms(self) -> float:
+        """The plan's predicted time for the request after its head (encode, network, server, decode),
+        for the request's rows."""
+        return max(0.0, self.plan.cost.total_ms - self.plan.cost.compute_ms[0]) * self.scale
+
+    def _rest_done(self, *, censored: bool) -> None:
+        """Keep how the rest of a remote request went against its prediction, for deadlines
+        (``censored``: given up after that long, without an answer)."""
+        measured = (time.perf_counter() - self.t0) * 1e3 - self.head_ms
+        self.c._history.remote.add(measured, self._rest_ms(), censored=censored)
 
     def _finish_locally(
         self, inputs: Sequence[torch.Tensor], values: dict[str, Any] | None, reason: str
@@ -338,6 +361,7 @@ class Run:
         self._fell_back(reason)
         tail = pieces.tail
         out, self.tail_ms = self._timed_device(lambda: tail(values))
+        self._device_ran(self.c._history.finishes, self.tail_ms, self._local_ms())
         return out
 
     def _encode(self, send: dict[str, Any]) -> tuple[dict[str, np.ndarray | bytes], list[str]]:
@@ -389,16 +413,24 @@ class Run:
 
     def _deadline_wait_s(self) -> float | None:
         """How long the call may wait for its answer, from now, for the caller's deadline (None: no
-        deadline, or no limit from it). With a local fallback, until the last moment from which
-        finishing on the device still makes the deadline; None once that has passed (the device would
-        miss it too: the answer is the best bet). Without one, until the deadline itself."""
+        deadline, or no limit from it). With a local fallback, until the moment chosen after the head
+        (:meth:`_deadline_choice`); None when that is to wait for the answer. Without one, until the
+        deadline itself."""
         left_ms = self._left_ms()
         if math.isinf(left_ms):
             return None
         if not self.c.fallback_local:
             return max(left_ms, 0.1) / 1e3  # (gRPC needs a deadline in the future)
-        wait_ms = left_ms - self._local_ms()
-        return wait_ms / 1e3 if wait_ms > 0 else None
+        if self._cut_at is None:
+            return None
+        return max(self._cut_at - time.perf_counter(), 1e-4)
+
+    def _deadline_choice(self) -> Choice:
+        """For a request with a deadline and a local fallback, once its head has run: how long to
+        wait for the answer before finishing on the device (ms; 0: finish there now; infinite: wait
+        for it), the wait that makes the deadline most likely by the client's recent requests and
+        device runs (:func:`splitdnn.runtime._deadline.deadline_wait_ms`; the medians until it has 8)."""
+        return self.c._history.choose(self._left_ms(), self._rest_ms(), self._local_ms())
 
     def remote(self, inputs: Sequence[torch.Tensor]) -> Any:
         """The plan's head here, the rest on the server; finishes locally on a transient failure."""
@@ -410,6 +442,7 @@ class Run:
         if pieces.head is not None:
             head = pieces.head
             head_out, self.head_ms = self._timed_device(lambda: head(named), defer=True)
+            self._device_ran(c._history.heads, self.head_ms, plan.cost.compute_ms[0] * self.scale)
             values = send = dict(head_out)
         codec_of = {b.node: b.codec for b in plan.boundary}
         self.sent = tuple(send)
@@ -423,14 +456,17 @@ class Run:
             )  # fmt: skip
 
         if self.deadline_ms is not None and c.fallback_local:
-            left_ms, local_ms = self._left_ms(), self._local_ms()
-            rest_ms = max(0.0, plan.cost.total_ms - plan.cost.compute_ms[0]) * self.scale  # encode on
-            if rest_ms > left_ms and local_ms < rest_ms:  # the device makes it, or misses it by less
+            choice = self._deadline_choice()
+            wait_ms, self._cut_sure = choice.wait_ms, choice.sure
+            if wait_ms <= 0:  # the device is likelier to make it (or as likely and sooner), or misses by less
                 return self._finish_locally(
-                    inputs, values, f"the {self.deadline_ms:g} ms deadline: {max(0.0, left_ms):.0f} ms "
-                    f"left, the rest of the plan predicted to take {rest_ms:.0f} ms, the device "
-                    f"{local_ms:.0f} ms",
+                    inputs, values, f"the {self.deadline_ms:g} ms deadline: {max(0.0, self._left_ms()):.0f} "
+                    f"ms left, the rest of the plan predicted to take {self._rest_ms():.0f} ms, the device "
+                    f"{self._local_ms():.0f} ms; finishing on the device now is the best bet"
+                    + ("" if math.isnan(choice.made) else f" ({choice.made:.0%} made by recent requests)"),
                 )  # fmt: skip
+            if math.isfinite(wait_ms):
+                self._cut_at = time.perf_counter() + wait_ms / 1e3
 
         # the encode moves detached tensors to numpy and runs the codecs there: no autograd to turn off
         (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send), no_grad=False)
@@ -484,6 +520,11 @@ class Run:
             late = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
             down = late and connection_state(c._channel) is grpc.ChannelConnectivity.TRANSIENT_FAILURE
             dropped = "TRANSIENT_FAILURE" if down else None
+            if late and dropped is None and (self._cut_sure if by_deadline else give_up_s is not None):
+                # the answer would have come later than this. Not a deadline's cut the device might
+                # miss after: the history chose it, and would hide from itself for good every answer
+                # later than it (after a sure one, only whether answers beat it still counts)
+                self._rest_done(censored=True)
             if by_deadline and late:
                 # the caller's deadline, not a sign of the link or the server: nothing observed, no
                 # back-off (the answer may merely be later than this request could wait)
@@ -541,6 +582,8 @@ class Run:
         server_ms = self.queue_ms + self.compute_ms + self.decode_ms
         self.network_ms = max(0.0, rpc_ms - server_ms)
         paced = built and self.profile_rows and serde.PARAM_TAIL_BUILD_MS not in p
+        if built:  # (a cut's first answer also waited for the server to build its tail)
+            self._rest_done(censored=False)
         c._observe(
             self.bytes_sent, self.bytes_received, self.network_ms,
             server=(self._predicted_parts()[1], server_ms, self.queue_ms) if paced else None,

@@ -61,9 +61,10 @@ What one :meth:`SplitClient.infer` does, and why:
    request of a cut, which waits for the server to build that tail). Not when the channel's
    connection is down by then, though: a server that stopped or restarted while gRPC retried the
    request says nothing of the link's rate; it is backed off from like an unreachable one. A
-   request with a deadline of its own (``infer(..., deadline_ms=)``) also finishes locally when its
-   rest is predicted to miss it or its answer is not in by the last moment the device still makes
-   it; that says nothing of the link or the server, and is neither observed nor backed off from.
+   request with a deadline of its own (``infer(..., deadline_ms=)``) also finishes locally at once,
+   or once its answer is not in by a chosen moment, whichever makes the deadline likelier by the
+   client's recent requests and device runs (:mod:`splitdnn.runtime._deadline`); that says nothing
+   of the link or the server, and is neither observed nor backed off from.
    Errors that mean misconfiguration (credentials, a model or weights mismatch, a malformed
    request) are raised, never hidden by a local run. Every ``grpc.RpcError`` is translated into
    :mod:`splitdnn.errors` (``raise ... from``).
@@ -135,6 +136,7 @@ from splitdnn.runtime._client_setup import (
 )
 from splitdnn.runtime._client_stream import InferStream, StreamRefusal
 from splitdnn.runtime._credentials import check_token, read_pem
+from splitdnn.runtime._deadline import History
 from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
@@ -312,6 +314,9 @@ class SplitClient:
         # requests as messages of one open ModelStreamInfer stream (runtime._client_stream)
         self._stream = InferStream(self._channel, self._metadata) if stream else None
         self._pieces: dict[Any, Pieces] = {}
+        # how recent requests' rests (after the head) and device runs went against their predictions:
+        # a request with a deadline picks how long to wait for its answer by them (runtime._deadline)
+        self._history = History()
         self._last_pieces: tuple[Plan | None, Pieces] = (None, Pieces(None, None))  # (_pieces_for)
         self._lock = threading.Lock()  # estimator, planner, pieces, back-off, counters, notes
         self._build_lock = threading.Lock()  # one thread splits the model for a new plan
@@ -627,15 +632,18 @@ class SplitClient:
 
         ``deadline_ms``: when the caller needs the answer by, in ms from this call (a video frame's
         budget, say). The plan is still the fastest one predicted; the deadline decides what a
-        remote request does when it runs late. Once the head has run, a request whose rest is
-        predicted to miss the deadline, where finishing on the device is predicted sooner, finishes
-        on the device at once; a request sent is waited for only until the last moment from which
-        finishing on the device still makes the deadline, then finishes there (with
-        ``fallback_local=False``: until the deadline, then :class:`~splitdnn.errors.DeadlineError`).
-        Neither tells the link estimate or the back-off anything: an answer later than one request
-        could wait for says nothing of the link. When neither path makes it, the request waits for
-        the answer. ``last_breakdown.deadline_missed`` says how it went; predictions are medians, so
-        a deadline near them is missed about half the time.
+        remote request does once its head has run: finish on the device at once, or send the rest
+        and wait for the answer until some moment, then finish on the device. It takes the choice
+        that makes the deadline most likely by how the client's recent requests (their rest, after
+        the head) and device runs went against their predictions (the last 64 of each, within 60 s;
+        :mod:`splitdnn.runtime._deadline`); until it has 8 answers, by the medians (a request whose
+        rest is predicted to miss, where the device is predicted sooner, finishes on the device; one
+        sent is waited for until the last moment the device still makes it). With
+        ``fallback_local=False`` it waits until the deadline, then raises
+        :class:`~splitdnn.errors.DeadlineError`. Neither tells the link estimate or the back-off
+        anything: an answer later than one request could wait for says nothing of the link. When
+        neither path makes it, the request waits for the answer. ``last_breakdown.deadline_missed``
+        says how it went.
 
         Safe to call from several threads (each request runs on its own; the estimator, the planner and
         the counters change under a lock); ``last_breakdown`` is then the last request to finish.

@@ -37,6 +37,7 @@ from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_request import Run
+from splitdnn.runtime._deadline import Spread, median_rule_wait_ms
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._server_pace import MAX_FACTOR
 from splitdnn.runtime._weights import weights_digest
@@ -350,6 +351,7 @@ def test_a_request_caught_by_a_falling_link_finishes_on_the_device(live: Live) -
         gave_up = client.last_breakdown
         assert torch.equal(y, live.ref)
         assert gave_up is not None and gave_up.local and "no answer after" in gave_up.fallback
+        assert len(client._history.remote) == client._history.remote.answered() + 1  # kept as given up
         assert took < 0.5 * slow_s, (took, slow_s)
         # the estimate fell at once (to a fifth of the bound the abandoned transfer gives)
         assert client.link.uplink_mbps < 2.0, client.describe()
@@ -440,6 +442,8 @@ def test_a_request_running_past_its_deadline_finishes_on_the_device_in_time(live
         local_ms, remote_ms = run._local_ms(), run._remote_ms()
         assert client.plan.strategy == "cloud-only", client.describe()
         steps, estimate = client.estimator.steps, client.link
+        kept, answered = len(client._history.remote), client._history.remote.answered()
+        assert answered == 2  # the first request of the cut also waited for the tail's build
         link.set_rates(uplink_mbps=b.bytes_sent * 8 / 3e6, downlink_mbps=200.0)  # ~3 s a request
         # 20 ms to wait: sooner than the give-up of a request without a deadline (50 ms over the
         # prediction at least)
@@ -455,6 +459,9 @@ def test_a_request_running_past_its_deadline_finishes_on_the_device_in_time(live
         assert took_ms < deadline_ms + 100.0, (took_ms, deadline_ms)  # (the predicted local is 5x slow)
         assert client.estimator.steps == steps and client.link == estimate, client.describe()
         assert client._down_until == 0.0 and client.plan.strategy != "edge-only"
+        # not kept: the cut came from the history itself, and kept as given up it would hide from it
+        # for good every answer later than the cut
+        assert len(client._history.remote) == kept and client._history.remote.answered() == answered
 
 
 def test_a_deadline_without_a_local_fallback_raises_when_it_passes(live: Live) -> None:
@@ -470,6 +477,58 @@ def test_a_deadline_without_a_local_fallback_raises_when_it_passes(live: Live) -
         assert client._down_until == 0.0  # not backed off from: the server did nothing wrong
         link.set_rates(uplink_mbps=200.0, downlink_mbps=200.0)
         assert torch.equal(client.infer(live.x), live.ref)
+
+
+def test_requests_keep_how_their_rest_and_the_device_went_against_the_predictions(live: Live) -> None:
+    cut = graph.chain_cuts(live.traced)[len(graph.chain_cuts(live.traced)) // 2]
+    with live.client(force_boundary=cut, probe_interval_s=None) as client:
+        head_ms = client.plan.cost.compute_ms[0]
+        assert head_ms >= 1.0, client.describe()  # (heads predicted under 1 ms are not kept)
+        for _ in range(6):
+            assert torch.equal(client.infer(live.x), live.ref)
+        remote, heads = client._history.remote, client._history.heads
+        assert remote.answered() == len(remote) == 5  # the first also waited for the tail's build
+        assert len(heads) == 6 and len(client._history.finishes) == 0  # every head
+        for spread in (remote, heads):
+            ratios = spread.distribution().points
+            assert all(0.0 < r < 50.0 for r in ratios), ratios
+    with live.client(force_boundary="edge", probe_interval_s=None) as client:
+        for _ in range(3):
+            client.infer(live.x)
+        assert len(client._history.finishes) == 3 and len(client._history.remote) == 0
+        assert len(client._history.heads) == 0
+
+
+def test_a_deadline_follows_how_the_client_s_recent_requests_went(live: Live) -> None:
+    """A cloud-only client whose last requests' answers came in at their predicted time half the
+    time and were given up at 3x the other half, and whose device ran within 10 % of its profile:
+    a deadline the device surely makes and the prediction also makes finishes on the device at once,
+    where the medians would have sent it. With a history of answers on time, the same deadline is
+    sent and waited for (the medians would have cut it before the answer was predicted)."""
+    with live.client(force_boundary="cloud", probe_interval_s=None, link=Link(1000.0, rtt_ms=1.0)) as client:
+        run = Run(client, client.plan, time.perf_counter())
+        rest_ms, local_ms = run._rest_ms(), run._local_ms()
+        assert 1.0 < rest_ms < 2.0 * local_ms, client.describe()
+        deadline_ms = 1.1 * local_ms + 0.5 * rest_ms  # over the device's worst; the rest's median too
+        assert median_rule_wait_ms(deadline_ms, rest_ms, local_ms) > 0  # the medians send it
+        for i in range(8):
+            client._history.finishes.add(1.0 + (0.1 if i % 2 else 0.0), 1.0)
+            client._history.remote.add(1.0, 1.0)
+            client._history.remote.add(3.0, 1.0, censored=True)
+        y = client.infer(live.x, deadline_ms=deadline_ms)
+        b = client.last_breakdown
+        assert torch.equal(y, live.ref)
+        assert b is not None and b.local and b.bytes_sent == 0 and "best bet" in b.fallback, b
+
+        client._history.remote = Spread()
+        for i in range(8):
+            client._history.remote.add(1.0 + 0.01 * i, 1.0)
+        run = Run(client, client.plan, time.perf_counter(), deadline_ms=deadline_ms)
+        assert run._deadline_choice().wait_ms == math.inf
+        y = client.infer(live.x, deadline_ms=deadline_ms)
+        b = client.last_breakdown
+        assert torch.equal(y, live.ref)
+        assert b is not None and not b.local and b.bytes_sent > 0 and not b.fallback, b
 
 
 @pytest.mark.parametrize("bad", [0, -5.0, math.nan, math.inf, True, "50"])

@@ -1,0 +1,223 @@
+"""The choice a request with a deadline makes after its head: send it, and how long to wait for the
+answer before finishing on the device (splitdnn.runtime._deadline, pure Python)."""
+
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+import sys
+
+import pytest
+
+from splitdnn.runtime._deadline import (
+    MIN_SAMPLES,
+    Distribution,
+    History,
+    Spread,
+    deadline_wait_ms,
+    median_rule_wait_ms,
+    spread_or_none,
+)
+
+
+def _dist(*ratios: float, censored: tuple[float, ...] = ()) -> Distribution:
+    return Distribution.of([(r, False) for r in ratios] + [(r, True) for r in censored])
+
+
+def _made(
+    left: float, rest: float, local: float, wait: float, remote: list[float], device: list[float]
+) -> float:
+    """The share of (remote, device) pairs that make the deadline when waiting ``wait`` ms."""
+    made = 0
+    for r in remote:
+        for d in device:
+            answer = rest * r
+            made += answer <= left if answer <= wait else wait + local * d <= left
+    return made / (len(remote) * len(device))
+
+
+# --------------------------------------------------------------------------------------------------
+# the distribution
+
+
+def test_without_censored_samples_it_is_the_empirical_distribution() -> None:
+    d = _dist(1.0, 2.0, 2.0, 4.0)
+    assert d.points == (1.0, 2.0, 4.0)
+    assert [d.cdf(x) for x in (0.5, 1.0, 1.5, 2.0, 3.9, 4.0, 100.0)] == [0, 0.25, 0.25, 0.75, 0.75, 1.0, 1.0]
+
+
+def test_censored_samples_follow_kaplan_meier() -> None:
+    # 1 answered, 2 given up, 3 and 4 answered: S(1) = 3/4; 2 left at risk at 3: S(3) = 3/4 * 1/2;
+    # one at risk at 4: S(4) = 0
+    d = _dist(1.0, 3.0, 4.0, censored=(2.0,))
+    assert d.cdf(1.0) == pytest.approx(0.25)
+    assert d.cdf(2.5) == pytest.approx(0.25)  # a give-up is not counted as an answer...
+    assert d.cdf(3.0) == pytest.approx(0.625)  # ...nor as one that never comes
+    assert d.cdf(4.0) == pytest.approx(1.0)
+    # given up later than every answer: the chance never reaches 1
+    late = _dist(1.0, 1.0, censored=(5.0, 5.0))
+    assert late.cdf(1e9) == pytest.approx(0.5)
+    # an answer and a give-up at one time: the answer counts first
+    assert _dist(1.0, censored=(1.0,)).cdf(1.0) == pytest.approx(0.5)
+    assert Distribution.of([]).cdf(1.0) == 0.0
+
+
+def test_a_spread_keeps_a_window_of_sane_ratios() -> None:
+    s = Spread(window=4)
+    for measured, predicted in [(1.0, 0.0), (1.0, -1.0), (1.0, math.nan), (1.0, math.inf), (-1.0, 1.0)]:
+        s.add(measured, predicted)
+    assert len(s) == 0 and spread_or_none(s, 1) is None and s.quantile(0.5) is None
+    for i in range(6):
+        s.add(10.0 * (i + 1), 10.0)  # ratios 1..6; the window keeps 3..6
+    s.add(20.0, 10.0, censored=True)  # 3..6 less the oldest, and a give-up at 2
+    assert len(s) == 4 and s.answered() == 3
+    assert s.distribution().points == (4.0, 5.0, 6.0)
+    assert s.quantile(0.3) == 4.0 and s.quantile(1.0) == 6.0
+    assert spread_or_none(s, 3) is not None and spread_or_none(s, 4) is None
+    assert MIN_SAMPLES >= 5  # enough that one stall is not a tail
+
+
+def test_a_spread_forgets_what_is_older_than_its_age() -> None:
+    now = [0.0]
+    s = Spread(max_age_s=60.0, clock=lambda: now[0])
+    for i in range(10):
+        now[0] = float(i)
+        s.add(1.0, 1.0)
+    now[0] = 64.5  # the first five are older than 60 s
+    assert len(s) == 5 and s.answered() == 5 and spread_or_none(s, 5) is not None
+    now[0] = 100.0
+    assert len(s) == 0 and spread_or_none(s, 1) is None
+
+
+def test_the_device_is_judged_by_its_finishes_once_it_has_enough() -> None:
+    h = History()
+    assert h.device() is None
+    for _ in range(4):
+        h.heads.add(1.0, 1.0)
+        h.finishes.add(2.0, 1.0)
+    both = h.device()  # 8 runs of either kind
+    assert both is not None and both.cdf(1.0) == 0.5 and both.cdf(2.0) == 1.0
+    for _ in range(4):
+        h.finishes.add(3.0, 1.0)
+    finishes = h.device()
+    assert finishes is not None and finishes.cdf(1.5) == 0.0 and finishes.cdf(2.0) == 0.5
+    # the remote window decides whether there is a choice at all
+    assert h.choose(100.0, 150.0, 60.0).wait_ms == 0.0 and math.isnan(h.choose(100.0, 150.0, 60.0).made)
+    for _ in range(MIN_SAMPLES):
+        h.remote.add(1.0, 1.0)
+    assert h.choose(100.0, 150.0, 20.0).made == 1.0
+
+
+def test_the_deadline_module_imports_no_torch_or_grpc() -> None:
+    code = (
+        "import sys, splitdnn.runtime._deadline\n"
+        "bad = [m for m in ('torch', 'numpy', 'grpc') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the choice
+
+
+@pytest.mark.parametrize(
+    ("left", "rest", "local", "expected"),
+    [
+        (100.0, 150.0, 60.0, 0.0),  # the rest misses, the device makes it: finish here now
+        (100.0, 150.0, 120.0, 0.0),  # both miss, the device by less
+        (100.0, 150.0, 200.0, math.inf),  # both miss, the server by less: wait for it
+        (100.0, 50.0, 30.0, 70.0),  # until the device can still make it
+        (100.0, 50.0, 120.0, math.inf),  # the device cannot make it: wait for the answer
+    ],
+)
+def test_without_a_history_the_medians_decide(
+    left: float, rest: float, local: float, expected: float
+) -> None:
+    assert median_rule_wait_ms(left, rest, local) == expected
+    assert deadline_wait_ms(left, rest, local, None, None).wait_ms == expected
+    assert deadline_wait_ms(left, rest, local, None, _dist(0.5, 3.0)).wait_ms == expected  # (remote decides)
+
+
+def test_a_steady_server_is_waited_for_where_the_medians_would_give_up_early() -> None:
+    """The rest takes 50 ms give or take 10 %, the device 80: the medians cut at 20 ms, before any
+    answer can come, and leave the device exactly its median (made half the time); the history
+    says the answer makes it, so it waits for it."""
+    remote = [0.9, 0.95, 1.0, 1.0, 1.05, 1.1, 1.0, 0.98]
+    device = [0.9, 1.0, 1.1, 1.2, 1.0, 0.95, 1.05, 1.0]
+    assert median_rule_wait_ms(100.0, 50.0, 80.0) == 20.0
+    wait = deadline_wait_ms(100.0, 50.0, 80.0, _dist(*remote), _dist(*device)).wait_ms
+    assert wait == math.inf
+    assert _made(100.0, 50.0, 80.0, wait, remote, device) == 1.0
+    assert _made(100.0, 50.0, 80.0, 20.0, remote, device) < 0.7
+
+
+def test_a_cut_hedges_only_where_the_device_surely_makes_it() -> None:
+    """Every recent answer came in time (27-33 ms) and the device surely makes it up to 50 ms in: the
+    request is sent and cut at 50 ms, against an answer later than any in the window. Where the
+    device might miss after every cut a window's answer could precede, the answer is waited for
+    instead. Where the device at once is as sure and sooner on average, it finishes there."""
+    remote = _dist(0.9, 0.95, 1.0, 1.0, 1.05, 1.1, 1.0, 0.98)
+    choice = deadline_wait_ms(100.0, 30.0, 50.0, remote, _dist(0.9, 1.0))
+    assert choice.wait_ms == pytest.approx(50.0) and choice.made == 1.0 and choice.sure
+    choice = deadline_wait_ms(100.0, 30.0, 50.0, remote, _dist(0.9, 2.0))
+    assert choice.wait_ms == math.inf and choice.made == 1.0 and not choice.sure
+    choice = deadline_wait_ms(100.0, 50.0, 30.0, remote, _dist(0.9, 1.0))  # the device: 27-30 ms
+    assert choice.wait_ms == 0.0 and choice.sure
+
+
+def test_a_server_that_stalls_often_loses_a_tight_deadline_to_the_device() -> None:
+    """A third of the answers come 6x late; the device's spread is narrow but real. With the
+    deadline above the device's worst and the rest's median under it, the medians send and cut
+    late; the device at once makes it every time."""
+    remote = [1.0] * 6 + [6.0] * 3
+    device = [0.9, 1.0, 1.0, 1.1, 1.3, 1.0, 1.2, 1.05]
+    left, rest, local = 100.0, 40.0, 70.0
+    assert median_rule_wait_ms(left, rest, local) == 30.0  # cut before the median answer: then late
+    wait = deadline_wait_ms(left, rest, local, _dist(*remote), _dist(*device)).wait_ms
+    assert wait == 0.0
+    assert _made(left, rest, local, wait, remote, device) == 1.0
+    assert _made(left, rest, local, 30.0, remote, device) < 0.8
+    # with a deadline the device makes even after waiting for the median answer, it sends
+    wait = deadline_wait_ms(150.0, rest, local, _dist(*remote), _dist(*device)).wait_ms
+    assert 40.0 <= wait < 150.0 and _made(150.0, rest, local, wait, remote, device) == 1.0
+
+
+def test_given_up_requests_count_as_neither_made_nor_lost() -> None:
+    """Half the recent requests were given up at 1.5x: the answer's chance by the deadline is at
+    most a half, so a device that surely makes it is chosen; had the give-ups been counted as
+    answers at 1.5x, the server would look certain."""
+    left, rest, local = 100.0, 50.0, 90.0
+    device = _dist(1.0, 1.0, 1.05, 1.1)
+    assert deadline_wait_ms(left, rest, local, _dist(*[1.0] * 8, censored=(1.5,) * 8), device).wait_ms == 0.0
+    assert deadline_wait_ms(left, rest, local, _dist(*[1.0] * 8, *[1.5] * 8), device).wait_ms == math.inf
+
+
+def test_no_wait_is_chosen_by_the_end_of_which_no_answer_comes() -> None:
+    """A device point (the last moment it still makes it) before the first answer ever came: a
+    send, a wait and then the device makes it exactly as often as the device at once."""
+    wait = deadline_wait_ms(100.0, 50.0, 60.0, _dist(1.0, 1.2, 3.0), _dist(0.5, 1.0)).wait_ms
+    assert wait == 0.0 or wait >= 50.0
+
+
+def test_when_nothing_makes_it_the_medians_decide() -> None:
+    remote, device = _dist(5.0, 6.0), _dist(3.0, 4.0)
+    for rest, local in [(50.0, 40.0), (50.0, 80.0)]:
+        assert deadline_wait_ms(100.0, rest, local, remote, device).wait_ms == median_rule_wait_ms(
+            100.0, rest, local
+        )
+
+
+def test_the_chosen_wait_is_the_best_of_every_wait() -> None:
+    """Against a brute-force search over a fine grid of waits, on random histories: the choice makes
+    the deadline as often as the best wait (the chance counted over every pair of samples)."""
+    rng = random.Random(7)
+    for _ in range(200):
+        remote = [rng.lognormvariate(0, 0.6) * (8 if rng.random() < 0.2 else 1) for _ in range(12)]
+        device = [rng.lognormvariate(0, 0.15) for _ in range(10)]
+        left, rest, local = rng.uniform(20, 200), rng.uniform(10, 150), rng.uniform(10, 150)
+        wait = deadline_wait_ms(left, rest, local, _dist(*remote), _dist(*device)).wait_ms
+        waits = [*(left * i / 400 for i in range(401)), *(rest * r for r in remote), math.inf]
+        best = max(_made(left, rest, local, w, remote, device) for w in waits)
+        assert _made(left, rest, local, wait, remote, device) >= best - 1e-9
