@@ -122,22 +122,35 @@ class Spread:
     def __init__(
         self, window: int = WINDOW, max_age_s: float = MAX_AGE_S, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (_fresh holds it across _state)
         self._samples: deque[tuple[float, bool, float]] = deque(maxlen=window)
         self._max_age_s = max_age_s
         self._clock = clock
+        self._known: tuple[Distribution, int] | None = None  # of the samples as they are (None: changed)
 
     def add(self, measured_ms: float, predicted_ms: float, *, censored: bool = False) -> None:
         if not (predicted_ms > 0 and math.isfinite(predicted_ms) and measured_ms >= 0):
             return
         with self._lock:
             self._samples.append((measured_ms / predicted_ms, censored, self._clock()))
+            self._known = None
 
-    def _fresh(self) -> list[tuple[float, bool]]:
+    def _state(self) -> tuple[Distribution, int]:
+        """The distribution of the fresh samples and how many of them finished (kept until they change:
+        a request with a deadline asks for both, of two or three windows)."""
         with self._lock:
             oldest = self._clock() - self._max_age_s
             while self._samples and self._samples[0][2] < oldest:
                 self._samples.popleft()
+                self._known = None
+            if self._known is None:
+                samples = [(r, c) for r, c, _ in self._samples]
+                self._known = Distribution.of(samples), sum(1 for _, c in samples if not c)
+            return self._known
+
+    def _fresh(self) -> list[tuple[float, bool]]:
+        with self._lock:
+            self._state()
             return [(r, c) for r, c, _ in self._samples]
 
     def __len__(self) -> int:
@@ -145,10 +158,10 @@ class Spread:
 
     def answered(self) -> int:
         """Samples that finished (not censored)."""
-        return sum(1 for _, c in self._fresh() if not c)
+        return self._state()[1]
 
     def distribution(self) -> Distribution:
-        return Distribution.of(self._fresh())
+        return self._state()[0]
 
     def quantile(self, q: float) -> float | None:
         """The ratio at or under which a share ``q`` of the work finished (None: never, as far as
@@ -207,23 +220,29 @@ def deadline_wait_ms(
         return Choice(median_rule_wait_ms(left_ms, rest_ms, local_ms), math.nan, False)
     device = device or EXACT
 
-    def p_remote(t: float) -> float:
-        return remote.cdf(t / rest_ms)
-
-    def p_device(t: float) -> float:
-        return device.cdf(t / local_ms) if local_ms > 0 else (1.0 if t >= 0 else 0.0)
-
     # P(made) is a step function of w: it can rise only where an answer comes (a remote point) and
-    # fall only just past the last moment the device still makes it (left - a device point)
-    waits = {0.0}
-    waits.update(rest_ms * r for r in remote.points if rest_ms * r < left_ms)
-    waits.update(left_ms - local_ms * d for d in device.points if 0.0 < left_ms - local_ms * d)
-    chances = {math.inf: (p_remote(left_ms), 0.0)}  # no cut: made if the answer is in by the deadline
+    # fall only just past the last moment the device still makes it (left - a device point). One
+    # sweep up the waits, a pointer into each window (a tolerance of 1e-9: left - (left - x) != x)
+    answers = [rest_ms * r for r in remote.points]
+    finishes = [local_ms * d for d in device.points] if local_ms > 0 else [0.0]
+    d_steps = device.steps if local_ms > 0 else (1.0,)
+    tol = 1e-9 * max(1.0, left_ms)
+    waits = sorted(
+        {0.0, *(a for a in answers if a < left_ms), *(left_ms - f for f in finishes if f < left_ms)}
+    )
+    i = 0  # answers in by w
+    j = bisect_right(finishes, left_ms + tol)  # device runs that make it from w on
+    in_time = bisect_right(answers, left_ms)
+    chances = {math.inf: (remote.steps[in_time - 1] if in_time else 0.0, 0.0)}  # no cut: the answer in time
     for w in waits:
-        pr = p_remote(w)
+        while i < len(answers) and answers[i] <= w + tol:
+            i += 1
+        while j and finishes[j - 1] > left_ms - w + tol:
+            j -= 1
+        pr = remote.steps[i - 1] if i else 0.0
         if pr <= 0.0 and w > 0.0:  # no answer comes by then: finishing here now makes it as often
             continue
-        pd = p_device(left_ms - w)
+        pd = d_steps[j - 1] if j else 0.0
         chances[w] = (pr + (1.0 - pr) * pd, pd)
     best = max(p for p, _ in chances.values())
     if best <= 0.0:
@@ -237,7 +256,7 @@ def deadline_wait_ms(
         w = max(hedges)
         if 0.0 in tied:  # the device at once is as sure: the sooner on average
             device_ms = local_ms * device.partial_mean() if local_ms > 0 else 0.0
-            pr = p_remote(w)
+            pr = remote.cdf(w / rest_ms)
             hedge_ms = rest_ms * remote.partial_mean(w / rest_ms) + (1.0 - pr) * (w + device_ms)
             if device_ms <= hedge_ms:
                 w = 0.0

@@ -167,6 +167,18 @@ def test_a_cut_hedges_only_where_the_device_surely_makes_it() -> None:
     assert choice.wait_ms == 0.0 and choice.sure
 
 
+def test_the_last_moment_the_device_makes_it_survives_rounding() -> None:
+    """left - (left - x) is not always x in floating point: the hedge at the device's last moment
+    must still count the device's slowest run as making it."""
+    remote = _dist(0.9, 0.95, 1.0, 1.0, 1.05, 1.1, 1.0, 0.98)
+    rng = random.Random(3)
+    for _ in range(200):
+        left, local, worst = rng.uniform(80, 300), rng.uniform(40, 60), rng.uniform(1.05, 1.3)
+        rest = rng.uniform(5, min(30, (left - local * worst) / 1.2))
+        choice = deadline_wait_ms(left, rest, local, remote, _dist(0.9, worst))
+        assert choice.sure and choice.wait_ms == pytest.approx(left - local * worst), (left, local, worst)
+
+
 def test_a_server_that_stalls_often_loses_a_tight_deadline_to_the_device() -> None:
     """A third of the answers come 6x late; the device's spread is narrow but real. With the
     deadline above the device's worst and the rest's median under it, the medians send and cut
