@@ -296,6 +296,23 @@ class History:
         runs = self.heads._fresh() + self.finishes._fresh()
         return Distribution.of(runs) if len(runs) >= MIN_SAMPLES else None
 
+    def describe(self) -> str:
+        """One line of the windows: per kind, the median and p90 ratio and how many samples (``-``:
+        not reached, the rest was given up); empty while all are."""
+        parts = []
+        for name, spread in (
+            ("rest", self.remote),
+            ("device finishes", self.finishes),
+            ("heads", self.heads),
+        ):
+            n, answered = len(spread), spread.answered()
+            if n:
+                q50, q90 = (spread.quantile(q) for q in (0.5, 0.9))
+                given_up = f", {n - answered} given up" if n > answered else ""
+                text = "/".join("-" if q is None else f"x{q:.2f}" for q in (q50, q90))
+                parts.append(f"{name} {text} ({n}{given_up})")
+        return "; ".join(parts)
+
     def choose(self, left_ms: float, rest_ms: float, local_ms: float) -> Choice:
         """:func:`deadline_wait_ms` by these windows (the medians until the remote one has
         :data:`MIN_SAMPLES` answers)."""

@@ -602,6 +602,9 @@ class SplitClient:
                 f"{self._prober.settings.edge_interval_s:g} s (plus its own time) while edge-only, at most "
                 f"one per {self._prober.settings.interval_s:g} s while nothing else measures the link"
             )
+        history = self._history.describe()
+        if history:
+            lines.append(f"measured over predicted, median/p90 (for deadlines): {history}")
         with self._lock:
             notes = list(self.notes)
         return "\n".join(lines + [f"note: {n}" for n in notes])

@@ -492,6 +492,7 @@ def test_requests_keep_how_their_rest_and_the_device_went_against_the_prediction
         for spread in (remote, heads):
             ratios = spread.distribution().points
             assert all(0.0 < r < 50.0 for r in ratios), ratios
+        assert "(for deadlines): rest x" in client.describe() and "heads x" in client.describe()
     with live.client(force_boundary="edge", probe_interval_s=None) as client:
         for _ in range(3):
             client.infer(live.x)

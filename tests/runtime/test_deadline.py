@@ -109,6 +109,20 @@ def test_the_device_is_judged_by_its_finishes_once_it_has_enough() -> None:
     assert h.choose(100.0, 150.0, 20.0).made == 1.0
 
 
+def test_the_history_describes_its_windows() -> None:
+    h = History()
+    assert h.describe() == ""
+    for r in (1.0, 1.0, 1.2, 2.0):
+        h.remote.add(r, 1.0)
+    h.remote.add(3.0, 1.0, censored=True)
+    h.finishes.add(1.1, 1.0)
+    # Kaplan-Meier: 0.4 in by 1.0, 0.6 by 1.2, 0.8 by 2.0; never 0.9 as far as it knows
+    assert h.describe() == "rest x1.20/- (5, 1 given up); device finishes x1.10/x1.10 (1)"
+    for _ in range(5):
+        h.remote.add(4.0, 1.0, censored=True)
+    assert h.describe().startswith("rest -/- (10, 6 given up)")  # 0.4 in by 2.0, the rest given up
+
+
 def test_the_deadline_module_imports_no_torch_or_grpc() -> None:
     code = (
         "import sys, splitdnn.runtime._deadline\n"
