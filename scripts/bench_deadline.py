@@ -56,6 +56,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from splitdnn._measure import cpu_model, git_state
     from splitdnn.runtime._deadline import Choice, History, median_rule_wait_ms
     from splitdnn.runtime.bench import BenchConfig, prepare_model
     from splitdnn.runtime.bench_config import LOSSLESS_CODECS
@@ -71,6 +72,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         def choose(self, left_ms: float, rest_ms: float, local_ms: float) -> Choice:
             return Choice(median_rule_wait_ms(left_ms, rest_ms, local_ms), math.nan, False)
 
+    code = git_state()  # now: a commit made while it runs is not the code it ran
     keep_freed_memory()
     config = BenchConfig(models=(args.model,), slowdowns=(args.slowdown,), uplinks_mbps=(args.uplink_mbps,),
                          device_threads=1, server_threads=1, profile_repeats=3)  # fmt: skip
@@ -143,6 +145,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "slowdown": args.slowdown, "uplink_mbps": args.uplink_mbps, "rtt_ms": rtt,
         "slow_share": args.slow_share, "slow_factor": args.slow_factor, "period_ms": args.period_ms,
         "pairs": args.pairs, "seed": args.seed, "device_ms": device.total.median_ms, "deadlines": results,
+        "code": code, "cpu": cpu_model(),
     }  # fmt: skip
 
 

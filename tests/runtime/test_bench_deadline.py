@@ -25,6 +25,7 @@ def test_both_clients_run_every_deadline_and_are_summed_up(bench, tmp_path, caps
     assert "| 1.5x" in text and "| 3x" in text and "history" in text and "medians" in text
     r = json.loads(out.read_text())
     assert r["model"] == "alexnet" and r["device_ms"] > 0 and len(r["deadlines"]) == 2
+    assert "git_head" in r["code"] and r["cpu"]
     for d in r["deadlines"]:
         assert d["deadline_ms"] == pytest.approx(d["deadline_x"] * r["device_ms"])
         for name in ("history", "medians"):
