@@ -23,7 +23,8 @@ The model of the link, per direction (uplink = client -> server, downlink = serv
 - **Pacing**: a waiting sender is granted what has accrued once a quarter of the burst has, and while
   bytes wait the bucket keeps what accrues past the burst (up to 0.1 s of traffic), so a reader woken
   late catches up instead of losing the rate. The link's threads need the interpreter lock: a
-  pure-Python thread busy in the same process slows them (docs/bench.md, "Links", has the numbers).
+  pure-Python thread busy in the same process slows them (docs/bench.md, "Links", has the numbers);
+  :class:`~splitdnn.runtime.shaper_process.ProcessLink` runs the same link in a process of its own.
 - **What is counted**: TCP payload bytes (what the application sends), not wire bytes; kernel ``tc tbf``
   (:mod:`splitdnn.runtime.netns`) also counts TCP/IP headers, so the same setting gives ~4% less goodput.
 - **Order and close**: bytes are delivered in order; a half-close (FIN) travels through the link with
