@@ -13,10 +13,7 @@ import threading
 import time
 
 import pytest
-
-from splitdnn.errors import ConfigError
-from splitdnn.runtime.shaper_process import ProcessLink
-from tests.runtime.test_shaper import (
+from test_shaper import (  # (pytest imports tests/runtime/ modules by their own name)
     _dial,
     _echo_through,
     _recv_all,
@@ -24,6 +21,9 @@ from tests.runtime.test_shaper import (
     digest_server,
     echo_server,
 )
+
+from splitdnn.errors import ConfigError
+from splitdnn.runtime.shaper_process import ProcessLink
 
 __all__ = ["digest_server", "echo_server"]  # (fixtures used here)
 
