@@ -30,6 +30,7 @@ from splitdnn.runtime.shaper import (
     TokenBucket,
     default_burst_bytes,
 )
+from splitdnn.runtime.shaper_process import ProcessLink
 
 
 class FakeClock:
@@ -357,10 +358,12 @@ def test_rtt_is_added_once_per_round_trip(echo_server: str) -> None:
     assert 0.120 <= elapsed < 0.120 + 0.5
 
 
-def test_throughput_follows_the_rate_with_pipelined_delay(digest_server: str) -> None:
-    """1 MB at 8 Mbit/s with 40 ms RTT: ~1.0 s + 40 ms. Serialising the delay per piece would take 5 s."""
+@pytest.mark.parametrize("kind", [ShapedLink, ProcessLink], ids=["in-process", "process"])
+def test_throughput_follows_the_rate_with_pipelined_delay(digest_server: str, kind: type[ShapedLink]) -> None:
+    """1 MB at 8 Mbit/s with 40 ms RTT: ~1.0 s + 40 ms. Serialising the delay per piece would take 5 s.
+    The same in a process of its own (ProcessLink)."""
     payload = os.urandom(1_000_000)
-    with ShapedLink(digest_server, uplink_mbps=8.0, downlink_mbps=100.0, rtt_ms=40.0) as link:
+    with kind(digest_server, uplink_mbps=8.0, downlink_mbps=100.0, rtt_ms=40.0) as link:
         with _dial(link.address) as sock:
             start = time.monotonic()
             sock.sendall(payload)
@@ -398,10 +401,12 @@ def test_the_downlink_rate_is_shared_by_all_connections() -> None:
         assert 0.6 * 8.0 <= measured_mbps <= 1.3 * 8.0, f"{measured_mbps:.2f} Mbit/s in {elapsed:.2f} s"
 
 
-def test_set_rates_retimes_bytes_already_waiting(digest_server: str) -> None:
-    """400 kB at 0.2 Mbit/s would take 16 s; raising the rate mid-transfer must take effect at once."""
+@pytest.mark.parametrize("kind", [ShapedLink, ProcessLink], ids=["in-process", "process"])
+def test_set_rates_retimes_bytes_already_waiting(digest_server: str, kind: type[ShapedLink]) -> None:
+    """400 kB at 0.2 Mbit/s would take 16 s; raising the rate mid-transfer must take effect at once
+    (in the child, for a ProcessLink)."""
     payload = os.urandom(400_000)
-    with ShapedLink(digest_server, uplink_mbps=0.2) as link:
+    with kind(digest_server, uplink_mbps=0.2) as link:
         with _dial(link.address) as sock:
             start = time.monotonic()
             sender = threading.Thread(target=_send_and_close, args=(sock, payload))
