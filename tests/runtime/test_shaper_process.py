@@ -10,16 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from test_shaper import (  # (pytest imports tests/runtime/ modules by their own name)
-    _echo_through,
-    digest_server,
-    echo_server,
-)
+from test_shaper import _echo_through, echo_server  # (pytest imports tests/runtime/ modules by this name)
 
 from splitdnn.errors import ConfigError
 from splitdnn.runtime.shaper_process import ProcessLink
 
-__all__ = ["digest_server", "echo_server"]  # (fixtures used here)
+__all__ = ["echo_server"]  # (a fixture used here)
 
 
 def test_bytes_pass_unchanged_and_are_counted_by_the_child(echo_server: str) -> None:
