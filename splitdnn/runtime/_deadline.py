@@ -211,11 +211,11 @@ def deadline_wait_ms(
 
     Among waits equally likely to make it: the longest after which the device still surely makes
     it (by its window), since a cut then hedges against an answer later than any in the window (a
-    network's tail is heavier than a device's), unless finishing on the device at once is as likely
-    and sooner on average; without such a wait, waiting for the answer (the plan is the fastest
-    one predicted). Never a wait by the end of which no answer has come yet (finishing here at
-    once makes it as often, and sends nothing). When no wait makes it at all, as the medians say
-    (the path that misses by less)."""
+    network's tail is heavier than a device's), unless finishing on the device at once is as likely,
+    sooner on average, and the answer mostly comes after that cut; without such a wait, waiting for
+    the answer (the plan is the fastest one predicted). Never a wait by the end of which no answer
+    has come yet (finishing here at once makes it as often, and sends nothing). When no wait makes
+    it at all, as the medians say (the path that misses by less)."""
     if remote is None or left_ms <= 0 or rest_ms <= 0:
         return Choice(median_rule_wait_ms(left_ms, rest_ms, local_ms), math.nan, False)
     device = device or EXACT
@@ -254,9 +254,12 @@ def deadline_wait_ms(
     hedges = [w for w in tied if 0.0 < w < math.inf and chances[w][1] >= 1.0 - 1e-12]
     if hedges:
         w = max(hedges)
-        if 0.0 in tied:  # the device at once is as sure: the sooner on average
+        pr = remote.cdf(w / rest_ms)
+        if 0.0 in tied and pr < 0.5:
+            # the device at once is as sure, and the answer mostly comes after the cut: sending
+            # mostly delays the device, so the device at once if it is also the sooner on average.
+            # (Not where the answer mostly beats the cut: the plan's speed is the planner's call)
             device_ms = local_ms * device.partial_mean() if local_ms > 0 else 0.0
-            pr = remote.cdf(w / rest_ms)
             hedge_ms = rest_ms * remote.partial_mean(w / rest_ms) + (1.0 - pr) * (w + device_ms)
             if device_ms <= hedge_ms:
                 w = 0.0

@@ -593,7 +593,12 @@ def test_one_client_from_eight_threads(live: Live, threads: int | None) -> None:
         start.wait()
         # close, not equal: the server batches concurrent requests, and a batched GEMM rounds a few
         # last bits differently (1e-8 relative); another input's output differs entirely
-        return [torch.allclose(client.infer(inputs[i]), refs[i], rtol=1e-4, atol=1e-5) for _ in range(4)]
+        # half the threads with a deadline far off: they choose by the shared windows as they fill
+        deadline = 60_000.0 if i % 2 else None
+        return [
+            torch.allclose(client.infer(inputs[i], deadline_ms=deadline), refs[i], rtol=1e-4, atol=1e-5)
+            for _ in range(4)
+        ]
 
     try:
         with live.client(force_boundary=cut, threads=threads) as client, ThreadPoolExecutor(8) as pool:
@@ -601,6 +606,10 @@ def test_one_client_from_eight_threads(live: Live, threads: int | None) -> None:
             assert client.requests == 32 and client.fallbacks == 0
             b = client.last_breakdown
             assert b is not None and not b.local
+            # every request in the windows once: each head; each answer but those that came back
+            # before any answer of the cut had (each waited for the tail's build, at most 8)
+            history = client._history
+            assert len(history.heads) == 32 and 24 <= history.remote.answered() == len(history.remote) < 32
             # overlapping thread limits are undone exactly: in this thread, in every pool thread
             # that computed (torch's OpenMP setting is per thread) and for threads started later
             start.reset()
