@@ -37,7 +37,7 @@ from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_request import Run
-from splitdnn.runtime._deadline import Spread, median_rule_wait_ms
+from splitdnn.runtime._deadline import MIN_DEVICE_MS, Spread, median_rule_wait_ms
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._server_pace import MAX_FACTOR
 from splitdnn.runtime._weights import weights_digest
@@ -480,10 +480,10 @@ def test_a_deadline_without_a_local_fallback_raises_when_it_passes(live: Live) -
 
 
 def test_requests_keep_how_their_rest_and_the_device_went_against_the_predictions(live: Live) -> None:
-    cut = graph.chain_cuts(live.traced)[len(graph.chain_cuts(live.traced)) // 2]
+    cut = graph.chain_cuts(live.traced)[-1]  # the longest head: heads predicted under 1 ms are not kept
     with live.client(force_boundary=cut, probe_interval_s=None) as client:
         head_ms = client.plan.cost.compute_ms[0]
-        assert head_ms >= 1.0, client.describe()  # (heads predicted under 1 ms are not kept)
+        assert head_ms >= MIN_DEVICE_MS, client.describe()
         for _ in range(6):
             assert torch.equal(client.infer(live.x), live.ref)
         remote, heads = client._history.remote, client._history.heads
@@ -606,10 +606,13 @@ def test_one_client_from_eight_threads(live: Live, threads: int | None) -> None:
             assert client.requests == 32 and client.fallbacks == 0
             b = client.last_breakdown
             assert b is not None and not b.local
-            # every request in the windows once: each head; each answer but those that came back
-            # before any answer of the cut had (each waited for the tail's build, at most 8)
+            # every request in the windows once: each head (heads predicted under 1 ms are not
+            # kept, and a quick profile of a fast moment may predict this one so); each answer but
+            # those that came back before any answer of the cut had (each waited for the tail's
+            # build, at most 8)
             history = client._history
-            assert len(history.heads) == 32 and 24 <= history.remote.answered() == len(history.remote) < 32
+            kept = 32 if client.plan.cost.compute_ms[0] >= MIN_DEVICE_MS else 0
+            assert len(history.heads) == kept and 24 <= history.remote.answered() == len(history.remote) < 32
             # overlapping thread limits are undone exactly: in this thread, in every pool thread
             # that computed (torch's OpenMP setting is per thread) and for threads started later
             start.reset()
