@@ -228,7 +228,12 @@ def _paced(live: Live, **kw: Any) -> SplitClient:
         link=Link(200.0, rtt_ms=1.0), probe_interval_s=None, fallback_local=False,
         hysteresis=Hysteresis(replan_budget=None), **kw,
     )  # fmt: skip
-    client.estimator = _SteadyLink(client.estimator.link)
+    # held where it starts, the start-up ping's RTT left out: one that stalled on a loaded CI run
+    # (15 ms) had the client plan edge-only before the test began
+    steady = Link(200.0, rtt_ms=1.0)
+    client.estimator = _SteadyLink(steady)
+    with client._lock:
+        client.planner.replan(steady, step=True)
     return client
 
 
