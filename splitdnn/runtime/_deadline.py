@@ -122,11 +122,12 @@ class Spread:
     def __init__(
         self, window: int = WINDOW, max_age_s: float = MAX_AGE_S, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._lock = threading.RLock()  # (_fresh holds it across _state)
+        self._lock = threading.Lock()
         self._samples: deque[tuple[float, bool, float]] = deque(maxlen=window)
         self._max_age_s = max_age_s
         self._clock = clock
-        self._known: tuple[Distribution, int] | None = None  # of the samples as they are (None: changed)
+        # (samples, their distribution, how many finished) as they are; None: changed since
+        self._known: tuple[list[tuple[float, bool]], Distribution, int] | None = None
 
     def add(self, measured_ms: float, predicted_ms: float, *, censored: bool = False) -> None:
         if not (predicted_ms > 0 and math.isfinite(predicted_ms) and measured_ms >= 0):
@@ -135,9 +136,9 @@ class Spread:
             self._samples.append((measured_ms / predicted_ms, censored, self._clock()))
             self._known = None
 
-    def _state(self) -> tuple[Distribution, int]:
-        """The distribution of the fresh samples and how many of them finished (kept until they change:
-        a request with a deadline asks for both, of two or three windows)."""
+    def _state(self) -> tuple[list[tuple[float, bool]], Distribution, int]:
+        """The fresh ``(ratio, censored)`` samples, their distribution and how many finished (kept
+        until they change: a request with a deadline asks for all of two or three windows)."""
         with self._lock:
             oldest = self._clock() - self._max_age_s
             while self._samples and self._samples[0][2] < oldest:
@@ -145,23 +146,21 @@ class Spread:
                 self._known = None
             if self._known is None:
                 samples = [(r, c) for r, c, _ in self._samples]
-                self._known = Distribution.of(samples), sum(1 for _, c in samples if not c)
+                self._known = samples, Distribution.of(samples), sum(1 for _, c in samples if not c)
             return self._known
 
     def _fresh(self) -> list[tuple[float, bool]]:
-        with self._lock:
-            self._state()
-            return [(r, c) for r, c, _ in self._samples]
+        return self._state()[0]
 
     def __len__(self) -> int:
         return len(self._fresh())
 
     def answered(self) -> int:
         """Samples that finished (not censored)."""
-        return self._state()[1]
+        return self._state()[2]
 
     def distribution(self) -> Distribution:
-        return self._state()[0]
+        return self._state()[1]
 
     def quantile(self, q: float) -> float | None:
         """The ratio at or under which a share ``q`` of the work finished (None: never, as far as

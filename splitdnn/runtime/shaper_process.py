@@ -35,12 +35,11 @@ import select
 import subprocess
 import sys
 import threading
-import time
 from typing import IO, Any
 
 from splitdnn.errors import ConfigError
 from splitdnn.runtime._schedule import _check_rate
-from splitdnn.runtime.shaper import ShapedLink, _check_rtt, _format_address, _parse_target
+from splitdnn.runtime.shaper import ShapedLink, _check_rtt, _format_address
 
 __all__ = ["ProcessLink"]
 
@@ -88,13 +87,13 @@ class ProcessLink:
         listen_port: int = 0,
     ) -> None:
         # the in-process link checks every argument with its own messages; it is never started
-        ShapedLink(target, uplink_mbps=uplink_mbps, downlink_mbps=downlink_mbps, rtt_ms=rtt_ms,
-                   listen_host=listen_host, listen_port=listen_port)  # fmt: skip
-        host, port = _parse_target(target)
-        self.target = (host, port)
+        checked = ShapedLink(target, uplink_mbps=uplink_mbps, downlink_mbps=downlink_mbps, rtt_ms=rtt_ms,
+                             listen_host=listen_host, listen_port=listen_port)  # fmt: skip
+        self.target = checked.target
         self._settings = {
-            "target": _format_address(host, port), "uplink_mbps": uplink_mbps, "downlink_mbps": downlink_mbps,
-            "rtt_ms": rtt_ms, "listen_host": listen_host, "listen_port": listen_port,
+            "target": _format_address(*checked.target), "uplink_mbps": uplink_mbps,
+            "downlink_mbps": downlink_mbps, "rtt_ms": rtt_ms, "listen_host": listen_host,
+            "listen_port": listen_port,
         }  # fmt: skip
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -286,7 +285,7 @@ def _child(inp: IO[bytes], out: IO[bytes]) -> int:
                     state = {
                         "uplink_mbps": link.uplink_mbps, "downlink_mbps": link.downlink_mbps,
                         "rtt_ms": link.rtt_ms, "bytes_up": link.bytes_up, "bytes_down": link.bytes_down,
-                        "connections": link.connections, "time": time.time(),
+                        "connections": link.connections,
                     }  # fmt: skip
                     _answer(out, {"ok": True, "state": state})
                 else:
