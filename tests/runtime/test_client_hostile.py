@@ -1,10 +1,11 @@
 """SplitClient behind a proxy that mangles the server's answers: a broken or hostile server.
 
-The proxy forwards every call to a real tail server as bytes, and changes the bytes of ModelInfer
-answers (bits flipped, bytes changed, cut off, added, repeated, removed) while ``mangle`` is set. A
-request then either gives a tensor of the shape and dtype the model gives (its values may be the
-server's lie: integrity is TLS's job, not the decoder's), or raises a splitdnn error; never another
-exception, and never a tensor of another shape. The next request through an honest proxy gives the
+The proxy forwards every call to a real tail server as bytes, and changes the bytes of the answers
+of ModelInfer and of ModelStreamInfer (``SplitClient(stream=True)``) while ``mangle`` is set: bits
+flipped, bytes changed, cut off, added, repeated, removed. A request then either gives a tensor of
+the shape and dtype the model gives (its values may be the server's lie: integrity is TLS's job, not
+the decoder's), or raises a splitdnn error; never another exception, and never a tensor of another
+shape. The next request through an honest proxy gives the
 exact local output: nothing of the mangled answers stays in the client.
 """
 
@@ -63,7 +64,23 @@ class _Proxy(grpc.GenericRpcHandler):
                 return mangle(answer)
             return answer  # type: ignore[no-any-return]
 
+        if method == serde.MODEL_STREAM_INFER_METHOD:
+            return grpc.stream_stream_rpc_method_handler(self._stream)
         return grpc.unary_unary_rpc_method_handler(handle)
+
+    def _stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        call = self.channel.stream_stream(serde.MODEL_STREAM_INFER_METHOD)(
+            requests, timeout=60, metadata=context.invocation_metadata()
+        )
+        try:
+            for answer in call:
+                mangle = self.mangle
+                if mangle is not None:
+                    self.mangled += 1
+                    answer = mangle(answer)
+                yield answer
+        except grpc.RpcError as exc:
+            context.abort(exc.code(), exc.details() or "")
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +100,10 @@ def proxied() -> Iterator[tuple[_Proxy, str, TailServer]]:
             proxy.channel.close()
 
 
-@pytest.mark.parametrize("cut", ["cloud", "mid"])
-def test_mangled_answers_give_a_tensor_of_the_models_shape_or_splitdnn_error(proxied: Any, cut: str) -> None:
+@pytest.mark.parametrize(("cut", "stream"), [("cloud", False), ("mid", False), ("mid", True)])
+def test_mangled_answers_give_a_tensor_of_the_models_shape_or_splitdnn_error(
+    proxied: Any, cut: str, stream: bool
+) -> None:
     proxy, address, server = proxied
     traced = server.served_model("chain")
     boundary = "cloud" if cut == "cloud" else chain_cuts(traced)[1]
@@ -93,9 +112,9 @@ def test_mangled_answers_give_a_tensor_of_the_models_shape_or_splitdnn_error(pro
         expected = traced.module(x)
     client = SplitClient(
         address, traced, model_name="chain", codecs=["raw"], force_boundary=boundary, fallback_local=False,
-        retries=1, profile_repeats=1, timeout_s=30.0,
+        retries=1, profile_repeats=1, timeout_s=30.0, stream=stream,
     )  # fmt: skip
-    rng = np.random.default_rng(3 if cut == "cloud" else 4)
+    rng = np.random.default_rng(3 if cut == "cloud" else 4 + stream)
     outcomes = {"tensor": 0, "refused": 0}
     try:
         assert torch.equal(client.infer(x), expected)
