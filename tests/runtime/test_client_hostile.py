@@ -42,7 +42,8 @@ class _Chain(nn.Module):
 
 
 class _Proxy(grpc.GenericRpcHandler):
-    """Every unary call forwarded as bytes; ModelInfer's answers mangled by ``mangle`` when set."""
+    """Every call forwarded as bytes (ModelStreamInfer as a stream, the rest unary); the answers of
+    ModelInfer and ModelStreamInfer mangled by ``mangle`` when set."""
 
     def __init__(self, target: str) -> None:
         self.channel = grpc.insecure_channel(target)
