@@ -117,6 +117,7 @@ def test_mangled_answers_give_a_tensor_of_the_models_shape_or_splitdnn_error(
     )  # fmt: skip
     rng = np.random.default_rng(3 if cut == "cloud" else 4 + stream)
     outcomes = {"tensor": 0, "refused": 0}
+    mangled_before = proxy.mangled
     try:
         assert torch.equal(client.infer(x), expected)
         for _ in range(150):
@@ -135,4 +136,5 @@ def test_mangled_answers_give_a_tensor_of_the_models_shape_or_splitdnn_error(
     finally:
         proxy.mangle = None
         client.close()
+    assert proxy.mangled - mangled_before == 150  # every one of them went through the mangler
     assert outcomes["tensor"] >= 5 and outcomes["refused"] >= 50, outcomes

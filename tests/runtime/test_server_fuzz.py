@@ -16,7 +16,6 @@ the server's kept checks are fuzzed as well as the full parse.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf.message import DecodeError
+from test_stream import Stream
 from torch import nn
 
 from splitdnn import codec
@@ -119,28 +119,17 @@ def _mangled(data: bytes, header: int, rng: np.random.Generator) -> bytes:
     return bytes(out)
 
 
-class _Stream:
-    """A ModelStreamInfer call of bytes: one answer per request put."""
+def _streamed(stream: Stream) -> Callable[[bytes], tuple[grpc.StatusCode, str, bytes]]:
+    """Requests sent on ``stream``, one answer each, read as a unary call's outcome."""
 
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self.call: Any = channel.stream_stream(serde.MODEL_STREAM_INFER_METHOD)(self._sent(), timeout=120)
-
-    def _sent(self) -> Iterator[bytes]:
-        while (request := self.requests.get()) is not None:
-            yield request
-
-    def __call__(self, request: bytes) -> tuple[grpc.StatusCode, str, bytes]:
-        self.requests.put(request)
-        answer = serde.stream_answer(next(self.call))
+    def send(request: bytes) -> tuple[grpc.StatusCode, str, bytes]:
+        answer = stream.ask(request)
         if answer.error:
             refusal = refusal_of(answer.error)
             return refusal.code(), refusal.details(), b""
         return grpc.StatusCode.OK, "", bytes(answer.response)
 
-    def close(self) -> None:
-        self.requests.put(None)
-        self.call.cancel()
+    return send
 
 
 def _unary(channel: grpc.Channel) -> Callable[[bytes], tuple[grpc.StatusCode, str, bytes]]:
@@ -212,8 +201,8 @@ def _check_answer(request: bytes, answer: tuple[grpc.StatusCode, str, bytes], na
 def test_mangled_requests_are_answered_as_protobuf_reads_them_or_refused(served: Any, transport: str) -> None:
     server, requests, names = served
     channel = grpc.insecure_channel(server.address)
-    stream = _Stream(channel) if transport == "stream" else None
-    send = stream if stream is not None else _unary(channel)
+    stream = Stream(channel) if transport == "stream" else None
+    send = _streamed(stream) if stream is not None else _unary(channel)
     rng = np.random.default_rng(7 if transport == "unary" else 8)
     outcomes: dict[str, dict[str, int]] = {kind: {"ok": 0, "refused": 0} for kind in requests}
     # where the small fields end (the raw contents come last); a frame's own header counts as small
@@ -230,9 +219,11 @@ def test_mangled_requests_are_answered_as_protobuf_reads_them_or_refused(served:
                     outcomes[kind][_check_answer(mangled, send(mangled), names)] += 1
             for kind, request in requests.items():  # still served exactly
                 assert _check_answer(request, send(request), names) == "ok", f"{kind} after batch {batch}"
+        if stream is not None:  # the stream stayed open through every refusal
+            assert stream.end() is grpc.StatusCode.OK
     finally:
         if stream is not None:
-            stream.close()
+            stream.call.cancel()  # (ended already, unless a check above failed)
         channel.close()
     for kind, counts in outcomes.items():  # both outcomes were exercised for every kind of request
         assert counts["ok"] >= 20 and counts["refused"] >= 100, (kind, counts)
