@@ -406,10 +406,12 @@ class Run:
         return max(0.0, self.c.device_profile.total.median_ms - self.plan.cost.compute_ms[0]) * self.scale
 
     def _left_ms(self) -> float:
-        """Time left until the caller's deadline (ms; negative once past; infinite without one)."""
+        """Time left until the caller's deadline (ms; negative once past; infinite without one) once
+        the device has slept the emulation padding it still owes (a head's, slept after the next
+        device step whichever path follows: that time is gone for both)."""
         if self.deadline_ms is None:
             return math.inf
-        return self.deadline_ms - (time.perf_counter() - self.t0) * 1e3
+        return self.deadline_ms - (time.perf_counter() - self.t0) * 1e3 - self._owed_ms
 
     def _deadline_wait_s(self) -> float | None:
         """How long the call may wait for its answer, from now, for the caller's deadline (None: no
@@ -465,8 +467,8 @@ class Run:
                     f"{self._local_ms():.0f} ms; finishing on the device now is the best bet"
                     + ("" if math.isnan(choice.made) else f" ({choice.made:.0%} made by recent requests)"),
                 )  # fmt: skip
-            if math.isfinite(wait_ms):
-                self._cut_at = time.perf_counter() + wait_ms / 1e3
+            if math.isfinite(wait_ms):  # (from when the owed padding is slept, as _left_ms counts)
+                self._cut_at = time.perf_counter() + (self._owed_ms + wait_ms) / 1e3
 
         # the encode moves detached tensors to numpy and runs the codecs there: no autograd to turn off
         (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send), no_grad=False)

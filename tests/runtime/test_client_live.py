@@ -37,7 +37,7 @@ from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_request import Run
-from splitdnn.runtime._deadline import MIN_DEVICE_MS, Spread, median_rule_wait_ms
+from splitdnn.runtime._deadline import MIN_DEVICE_MS, Choice, Spread, median_rule_wait_ms
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._server_pace import MAX_FACTOR
 from splitdnn.runtime._weights import weights_digest
@@ -537,6 +537,43 @@ def test_a_deadline_follows_how_the_client_s_recent_requests_went(live: Live) ->
         b = client.last_breakdown
         assert torch.equal(y, live.ref)
         assert b is not None and not b.local and b.bytes_sent > 0 and not b.fallback, b
+
+
+def test_a_deadline_counts_the_padding_an_emulated_device_still_owes(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emulated device sleeps a head's padding after its next step (the encode, or the tail when
+    the request finishes here): that time is gone whichever path follows. The deadline's choice is
+    made on what is left after it, and a chosen wait for the answer starts once it is slept. (Both
+    were counted from before it: a split plan's request finished on the device "surely" in time and
+    missed, or gave its answer up before it was even sent.)"""
+    cuts = graph.chain_cuts(live.traced)
+    cut = cuts[len(cuts) // 2]  # a head of half the model: several ms of padding owed at x8
+    device = scale_profile(live.device, 1 / 8)  # the profile of this machine emulated 8x slower
+    with live.client(
+        device_profile=device, emulate_slowdown=8.0, force_boundary=cut, probe_interval_s=None
+    ) as client:  # fmt: skip
+        seen: dict[str, float] = {}
+
+        def choose(left_ms: float, rest_ms: float, local_ms: float, *_: object) -> Choice:
+            seen["left"] = left_ms
+            return Choice(20.0, math.nan, False)  # send, and wait 20 ms for the answer
+
+        sends = client._send
+
+        def send(request: bytes, timeout: float) -> Any:
+            seen["timeout"] = timeout
+            return sends(request, timeout)
+
+        monkeypatch.setattr(client._history, "choose", choose)
+        monkeypatch.setattr(client, "_send", send)
+        client.infer(live.x, deadline_ms=10_000.0)
+        b = client.last_breakdown
+    assert b is not None and b.boundary == (cut,) and b.padding_ms > 5.0, b
+    # the head's time, its padding included, is gone before the choice's time starts
+    assert seen["left"] <= 10_000.0 - b.head_ms + 1.0, (seen, b)
+    # the 20 ms wait is counted from after the padding the encode slept (less the encode's own work)
+    assert 0.010 < seen["timeout"] <= 0.020, (seen, b)
 
 
 @pytest.mark.parametrize("bad", [0, -5.0, math.nan, math.inf, True, "50"])
