@@ -52,6 +52,8 @@ class _Proxy(grpc.GenericRpcHandler):
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = details.method  # type: ignore[attr-defined]
+        if method == serde.MODEL_STREAM_INFER_METHOD:
+            return grpc.stream_stream_rpc_method_handler(self._stream)
         forward = self.channel.unary_unary(method)
 
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -65,8 +67,6 @@ class _Proxy(grpc.GenericRpcHandler):
                 return mangle(answer)
             return answer  # type: ignore[no-any-return]
 
-        if method == serde.MODEL_STREAM_INFER_METHOD:
-            return grpc.stream_stream_rpc_method_handler(self._stream)
         return grpc.unary_unary_rpc_method_handler(handle)
 
     def _stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
