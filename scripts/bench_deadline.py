@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
-"""Measure how often requests with a deadline make it: the client's history rule against the medians.
+"""Measure how often requests with a deadline make it: the client's history rule, its probes, the medians.
 
 ``SplitClient.infer(x, deadline_ms=)`` decides after the head whether to send the rest, and how long
 to wait for the answer before finishing on the device. It picks the wait that makes the deadline most
 likely by how its recent requests and device runs went against their predictions
-(``splitdnn.runtime._deadline``); before, it judged by the medians alone. This script runs both side
-by side: two clients of one zoo model against an in-process tail server through the shaper (device
-emulated ``--slowdown`` x from a fresh 1-thread profile, lossless codecs as in ``splitdnn bench``),
-one with the history rule and one that keeps no history (the medians), on a link that flaps: every
+(``splitdnn.runtime._deadline``); before, it judged by the medians alone. This script runs them side
+by side: three clients of one zoo model against an in-process tail server through the shaper (device
+emulated ``--slowdown`` x from a fresh 1-thread profile, lossless codecs as in ``splitdnn bench``):
+``history``, the client as it comes (the history rule, and deadline probes that keep its remote
+window current while its deadlines finish on the device at once); ``no probes``, the same rule
+without those probes; and ``medians``, one that keeps no history; on a link that flaps: every
 period (exponential, mean ``--period-ms``) it is ``--slow-factor`` x slower with chance
 ``--slow-share``, else at ``--uplink-mbps``. The deadline is each of ``--deadlines`` times the
 device's predicted time for the whole model. Per deadline, after ``--warmup`` requests each, the
 clients take turns (a fresh random order per pair) for ``--pairs`` pairs. Reported per client: the
 share of requests that made the deadline, wall time median, p90 and p99, and how many finished on the
-device at once or after waiting.
+device at once or after waiting, and how many were also sent as a probe.
 
     python scripts/bench_deadline.py [--model mobilenet_v2] [--slowdown 4] [--uplink-mbps 50]
         [--rtt-ms 5] [--slow-share 0.2] [--slow-factor 6] [--period-ms 150]
@@ -39,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_replan import add_client_options, check_client_options  # noqa: E402
 
-CLIENTS = ("history", "medians")
+#: the client with its history rule and deadline probes (the default); the same without the probes; the
+#: medians alone (no history, no probes: the rule before `082751c`)
+CLIENTS = ("history", "no probes", "medians")
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -52,6 +56,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": float(np.percentile(walls, 99)),
         "device_at_once": sum(r["local"] and not r["sent"] for r in rows) / n,
         "device_after_wait": sum(r["local"] and r["sent"] for r in rows) / n,
+        "probed": sum(r.get("probed", False) for r in rows) / n,
     }  # fmt: skip
 
 
@@ -90,11 +95,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ShapedLink(server.address, uplink_mbps=args.uplink_mbps, **rates) as shaped,
     ):
 
-        def client() -> SplitClient:
+        def client(name: str) -> SplitClient:
             return SplitClient(
                 shaped.address, prepared.traced, device_profile=device, emulate_slowdown=args.slowdown,
                 threads=1, link=Link(args.uplink_mbps, rtt_ms=rtt), codecs=list(LOSSLESS_CODECS),
-                timeout_s=600.0,
+                timeout_s=600.0, **({} if name == "history" else {"deadline_probe_interval_s": None}),
             )  # fmt: skip
 
         for k, times in enumerate(args.deadlines):
@@ -109,7 +114,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     shaped.set_rates(uplink_mbps=rate, **rates)
                     stop.wait(flaps.expovariate(1e3 / args.period_ms))
 
-            clients = {name: client() for name in CLIENTS}
+            clients = {name: client(name) for name in CLIENTS}
             rows: dict[str, list[dict[str, Any]]] = {name: [] for name in CLIENTS}
             flapper = threading.Thread(target=flap, name="bench-deadline-flap", daemon=True)
             try:
@@ -126,7 +131,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         b = c.last_breakdown
                         assert b is not None
                         rows[name].append({"total_ms": b.total_ms, "missed": b.deadline_missed,
-                                           "local": b.local, "sent": b.bytes_sent > 0})  # fmt: skip
+                                           "local": b.local, "sent": b.bytes_sent > 0,
+                                           "probed": b.probed})  # fmt: skip
             finally:
                 stop.set()
                 if flapper.is_alive():
@@ -201,21 +207,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         "| deadline | client | plan at the end | made it | median ms | p90 ms | p99 ms | device at once "
-        "| device after a wait |"
+        "| device after a wait | probed |"
     )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for d in r["deadlines"]:
         ratios = "; ".join(
             f"{kind} " + "/".join("-" if v is None else f"{v:.2f}" for v in q.values())
             for kind, q in d["ratios"].items()
         )
-        print(f"| {d['deadline_x']:g}x | measured / predicted, q50/q90: {ratios} | | | | | | | |")
+        print(f"| {d['deadline_x']:g}x | measured / predicted, q50/q90: {ratios} | | | | | | | | |")
         for name in CLIENTS:
             s = d[name]
             print(
                 f"| {d['deadline_x']:g}x ({d['deadline_ms']:.1f} ms) | {name} | {d['plans'][name]} | "
                 f"{s['met']:.1%} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} | {s['p99_ms']:.1f} | "
-                f"{s['device_at_once']:.1%} | {s['device_after_wait']:.1%} |"
+                f"{s['device_at_once']:.1%} | {s['device_after_wait']:.1%} | {s['probed']:.1%} |"
             )
     if args.json:
         with open(args.json, "w") as f:

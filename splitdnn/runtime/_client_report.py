@@ -61,6 +61,7 @@ class Breakdown:
     fallback: str = ""  # why the request finished locally against its plan ("" = as planned)
     batch_size: int = 0  # requests in the server's batch (0 when not sent)
     deadline_ms: float | None = None  # the caller's deadline for this request (infer's deadline_ms)
+    probed: bool = False  # also sent in the background, to renew the deadline's remote window
 
     @property
     def deadline_missed(self) -> bool:
@@ -91,6 +92,8 @@ def format_breakdown(b: Breakdown) -> str:
         text += f"; fell back: {b.fallback}"
     if b.deadline_ms is not None:
         text += f"; deadline {b.deadline_ms:g} ms {'missed' if b.deadline_missed else 'met'}"
+    if b.probed:
+        text += " (also sent in the background, to keep the remote's record current)"
     return text
 
 

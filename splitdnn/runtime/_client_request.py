@@ -16,6 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -273,6 +274,7 @@ class Run:
         self.codecs: tuple[str, ...] = ()
         self.is_local = False
         self.fallback = ""
+        self.probed = False  # also sent in the background (_probe)
 
     def breakdown(self) -> Breakdown:
         return Breakdown(
@@ -283,6 +285,7 @@ class Run:
             tail_local_ms=self.tail_ms, client_ms=self.client_ms, padding_ms=self.padding_ms,
             predicted_ms=self.plan.cost.total_ms, strategy=self.plan.strategy, codecs=self.codecs,
             fallback=self.fallback, batch_size=self.batch, deadline_ms=self.deadline_ms,
+            probed=self.probed,
         )  # fmt: skip
 
     def _timed_device(
@@ -461,6 +464,8 @@ class Run:
             choice = self._deadline_choice()
             wait_ms, self._cut_sure = choice.wait_ms, choice.sure
             if wait_ms <= 0:  # the device is likelier to make it (or as likely and sooner), or misses by less
+                if not choice.sure:  # ... but may miss: keep the remote's record current
+                    self._probe(send)
                 return self._finish_locally(
                     inputs, values, f"the {self.deadline_ms:g} ms deadline: {max(0.0, self._left_ms()):.0f} "
                     f"ms left, the rest of the plan predicted to take {self._rest_ms():.0f} ms, the device "
@@ -591,6 +596,54 @@ class Run:
             server=(self._predicted_parts()[1], server_ms, self.queue_ms) if paced else None,
         )  # fmt: skip
         return out
+
+    def _probe(self, send: dict[str, Any]) -> None:
+        """Send this request in the background as well, if a probe is due (:class:`RemoteProbes
+        <splitdnn.runtime._deadline.RemoteProbes>`): its deadline finishes on the device at once, which
+        may miss too, and only a sent request renews what the next choice knows of the remote path."""
+        c = self.c
+        probes = c._deadline_probes
+        if probes is None or not probes.due(c._history.remote):
+            return
+        # copies: the device's tail may change its inputs in place while the probe encodes them
+        copies = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in send.items()}
+        probe = Run(
+            c, self.plan, time.perf_counter(), self.scale, self.server_factor,
+            profile_rows=self.profile_rows, server_queue_ms=self.server_queue_ms,
+        )  # fmt: skip
+        probe.sent, probe.codecs = self.sent, self.codecs
+        self.probed = probes.start(c._history.remote, partial(probe._probed, copies))
+
+    def _probed(self, send: dict[str, Any]) -> bool:
+        """A probe's request, on the probe's thread: encode and send it, and keep how its rest went
+        against the plan's prediction (the remote window), and its transfer (the link estimate), as a
+        request's; its answer is dropped. True when answered."""
+        c = self.c
+        (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send), no_grad=False)
+        request = c._request_encoder.encode(
+            c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=c._request_ids.next(),
+            bfloat16=bf16, weights=c.weights_digest,
+        )  # fmt: skip
+        if len(request) > c.message_cap()[0]:  # (the caller's requests meet that cap and say so)
+            return False
+        t_rpc = time.perf_counter()
+        try:
+            response = c._send(request, c.timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                self._rest_done(censored=True)  # (no answer in timeout_s: later than that)
+            return False
+        rpc_ms = (time.perf_counter() - t_rpc) * 1e3
+        built = frozenset(self.sent) in c._answered_cuts
+        c._mark_up(answered=self.sent)
+        if built:  # (a cut's first answer also waited for the server to build its tail)
+            self._rest_done(censored=False)
+        data = c._response_decoder.decode(response, max_decoded_bytes=c.max_message_bytes)
+        p = data.parameters
+        server_ms = sum(serde.param_ms(p, k) for k in (serde.PARAM_QUEUE_MS, serde.PARAM_COMPUTE_MS,
+                                                        serde.PARAM_DECODE_MS))  # fmt: skip
+        c._observe(len(request), data.wire_bytes, max(0.0, rpc_ms - server_ms))
+        return True
 
     def _missed_answer(
         self, inputs: Sequence[torch.Tensor], values: dict[str, Any] | None, waited_ms: float,

@@ -25,9 +25,13 @@ from the rule for good, and the rule would keep cutting there. Left out, the win
 than the link is, so the rule waits longer next time and sees the late answers. After a sure cut
 only whether answers beat it matters, and censoring tells that exactly.
 
-The windows keep 64 samples each, none older than 60 s. A client whose deadlines all finish on the
-device sends nothing that would renew its remote window, so after 60 s the medians decide again and
-send. Measured in ``scripts/bench_deadline.py`` (docs/benchmarks.md). Pure Python: no torch, no grpc.
+The windows keep 64 samples each, none older than 60 s. A client whose deadlines finish on the
+device at once sends nothing that would renew its remote window: what a slow minute of the link left
+there would decide for the next minute. So when the device is not sure to make it either, the
+request is also sent in the background as a probe (:class:`RemoteProbes`: one at a time, and not
+while the window has a sample younger than the probes' interval), whose answer only renews the
+window; the caller's result is the device's. Measured in ``scripts/bench_deadline.py``
+(docs/benchmarks.md). Pure Python: no torch, no grpc.
 """
 
 from __future__ import annotations
@@ -40,11 +44,14 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from splitdnn.errors import SplitDNNError
+
 __all__ = [
     "MIN_SAMPLES",
     "Choice",
     "Distribution",
     "History",
+    "RemoteProbes",
     "Spread",
     "deadline_wait_ms",
     "median_rule_wait_ms",
@@ -151,6 +158,11 @@ class Spread:
 
     def _fresh(self) -> list[tuple[float, bool]]:
         return self._state()[0]
+
+    def age_s(self) -> float:
+        """Seconds since the newest sample was kept (infinite: none in the window)."""
+        with self._lock:
+            return self._clock() - self._samples[-1][2] if self._samples else math.inf
 
     def __len__(self) -> int:
         return len(self._fresh())
@@ -319,3 +331,77 @@ class History:
         """:func:`deadline_wait_ms` by these windows (the medians until the remote one has
         :data:`MIN_SAMPLES` answers)."""
         return deadline_wait_ms(left_ms, rest_ms, local_ms, spread_or_none(self.remote), self.device())
+
+
+class RemoteProbes:
+    """The background requests that keep a deadline's remote window fresh (thread-safe).
+
+    A request whose deadline is finished on the device at once sends nothing, so its client learns
+    nothing new of the remote path; when that choice is not sure to make it either, the remote
+    window must stay current for the next choice to be fair to the remote. :meth:`start` runs one
+    such request (``work``: encode, send, keep how its rest went) on a thread of its own: one at a
+    time, none sooner than ``interval_s`` after the last one started, and none while the remote
+    window has a sample younger than that (the client's own requests are renewing it). The caller
+    never waits for it. ``clock`` is injectable for tests.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._last_start = -math.inf
+        self._closed = False
+        self.started = 0  # probes started
+        self.failures = 0  # probes that ended without an answer (refused, no answer in time, closed)
+
+    def due(self, remote: Spread) -> bool:
+        """Whether a probe would start now (the caller then prepares one; :meth:`start` decides)."""
+        now = self._clock()
+        return not self._busy() and min(now - self._last_start, remote.age_s()) >= self.interval_s
+
+    def _busy(self) -> bool:
+        thread = self._thread
+        return self._closed or (thread is not None and thread.is_alive())
+
+    def start(self, remote: Spread, work: Callable[[], bool]) -> bool:
+        """Run ``work`` (True: answered) on a thread of its own if a probe is :meth:`due`; never blocks.
+        True if it started."""
+        with self._lock:
+            if not self.due(remote):
+                return False
+            self._last_start = self._clock()
+            self.started += 1
+            self._thread = threading.Thread(
+                target=self._run, args=(work,), name="splitdnn-deadline-probe", daemon=True
+            )
+            self._thread.start()
+        return True
+
+    def _run(self, work: Callable[[], bool]) -> None:
+        answered = False
+        try:
+            answered = work()
+        except SplitDNNError:  # the server refused it or went away: the next request sees that itself
+            pass
+        except ValueError:  # grpc: "Cannot invoke RPC on closed channel!" -- close() came in between
+            if not self._closed:
+                raise
+        finally:
+            if not answered:
+                with self._lock:
+                    self.failures += 1
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the probe in flight (if any) to finish; True when none is running."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Start no more probes; wait up to ``timeout`` s for the one in flight."""
+        with self._lock:
+            self._closed = True
+        self.wait(timeout)

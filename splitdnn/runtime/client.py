@@ -136,7 +136,7 @@ from splitdnn.runtime._client_setup import (
 )
 from splitdnn.runtime._client_stream import InferStream, StreamRefusal
 from splitdnn.runtime._credentials import check_token, read_pem
-from splitdnn.runtime._deadline import History
+from splitdnn.runtime._deadline import History, RemoteProbes
 from splitdnn.runtime._probe import LinkProber, ProbeSettings
 from splitdnn.runtime._proto import grpc_service_pb2 as v2_pb
 from splitdnn.runtime._proto import grpc_service_pb2_grpc as v2_grpc
@@ -196,6 +196,11 @@ class SplitClient:
     probes while edge-only (recovery time against probe bytes; its cost is documented there).
     ``server_pace``: price the server at its measured pace (step 3 above; ``server_factor`` is the
     factor in use); False prices it by its profile alone. Not for a forced plan, which never changes.
+    ``deadline_probe_interval_s``: a request whose deadline finishes on the device at once, where
+    the device may miss it too, is also sent in the background (its answer dropped), so that what the
+    next deadline's choice knows of the remote path stays current; one at a time, at most one per
+    this many seconds, none while the client's own requests are renewing that record (None: never;
+    the cost is the uplink bytes and the server time of those requests; ``infer``).
 
     Network: ``token`` (bearer), TLS with ``tls=True`` or any of ``root_cert`` / ``client_cert`` +
     ``client_key`` (PEM bytes or paths; mTLS with the pair) and ``tls_server_name`` (override the
@@ -248,6 +253,7 @@ class SplitClient:
         probe_edge_interval_s: float = 0.25,
         server_pace: bool = True,
         stream: bool = False,
+        deadline_probe_interval_s: float | None = 0.25,
     ) -> None:
         if not isinstance(address, str) or not address:
             raise ConfigError(f"address must be 'host:port' (or a gRPC target), found {address!r}")
@@ -259,6 +265,11 @@ class SplitClient:
         check_number("emulate_slowdown (1 = no emulation)", emulate_slowdown, low=1, unit="factor")
         if threads is not None:
             check_int("threads (None: all)", threads, 1)
+        if deadline_probe_interval_s is not None:
+            check_number(
+                "deadline_probe_interval_s (None: no probes)", deadline_probe_interval_s, low=0,
+                unit="number of seconds",
+            )  # fmt: skip
         if isinstance(codecs, str):
             raise ConfigError(f"codecs must be a sequence of codec specs, found the string {codecs!r}")
         if force_boundary is not None and privacy_floor and force_boundary == "cloud":
@@ -317,6 +328,10 @@ class SplitClient:
         # how recent requests' rests (after the head) and device runs went against their predictions:
         # a request with a deadline picks how long to wait for its answer by them (runtime._deadline)
         self._history = History()
+        # ... and the background requests that keep its remote window current (_deadline.RemoteProbes)
+        self._deadline_probes = (
+            None if deadline_probe_interval_s is None else RemoteProbes(float(deadline_probe_interval_s))
+        )
         self._last_pieces: tuple[Plan | None, Pieces] = (None, Pieces(None, None))  # (_pieces_for)
         self._lock = threading.Lock()  # estimator, planner, pieces, back-off, counters, notes
         self._build_lock = threading.Lock()  # one thread splits the model for a new plan
@@ -645,8 +660,10 @@ class SplitClient:
         ``fallback_local=False`` it waits until the deadline, then raises
         :class:`~splitdnn.errors.DeadlineError`. Neither tells the link estimate or the back-off
         anything: an answer later than one request could wait for says nothing of the link. When
-        neither path makes it, the request waits for the answer. ``last_breakdown.deadline_missed``
-        says how it went.
+        neither path makes it, the request waits for the answer. A request finished on the device at
+        once where the device may miss too is also sent in the background, now and then, to keep the
+        record of the remote current (``deadline_probe_interval_s``; ``last_breakdown.probed``).
+        ``last_breakdown.deadline_missed`` says how it went.
 
         Safe to call from several threads (each request runs on its own; the estimator, the planner and
         the counters change under a lock); ``last_breakdown`` is then the last request to finish.
@@ -746,11 +763,15 @@ class SplitClient:
         self.closed = True
         if self._prober is not None:
             self._prober.close(timeout=0.0)  # no new probes
+        if self._deadline_probes is not None:
+            self._deadline_probes.close(timeout=0.0)
         if self._stream is not None:
             self._stream.close()
         self._channel.close()  # cancels a probe in flight
         if self._prober is not None:
             self._prober.wait(1.0)
+        if self._deadline_probes is not None:
+            self._deadline_probes.wait(1.0)
 
     def __enter__(self) -> SplitClient:
         return self

@@ -1,4 +1,5 @@
-"""scripts/bench_deadline.py: two clients, the history rule and the medians, on a link that flaps."""
+"""scripts/bench_deadline.py: three clients (the history rule with and without probes, the medians) on a
+link that flaps."""
 
 from __future__ import annotations
 
@@ -23,16 +24,18 @@ def test_both_clients_run_every_deadline_and_are_summed_up(bench, tmp_path, caps
         assert bench.main(argv) == 0
     text = capsys.readouterr().out
     assert "| 1.5x" in text and "| 3x" in text and "history" in text and "medians" in text
+    assert "no probes" in text
     r = json.loads(out.read_text())
     assert r["model"] == "alexnet" and r["device_ms"] > 0 and len(r["deadlines"]) == 2
     assert "git_head" in r["code"] and r["cpu"]
     for d in r["deadlines"]:
         assert d["deadline_ms"] == pytest.approx(d["deadline_x"] * r["device_ms"])
-        for name in ("history", "medians"):
+        for name in ("history", "no probes", "medians"):
             s = d[name]
             assert s["requests"] == 4 and 0.0 <= s["met"] <= 1.0
             assert 0 < s["median_ms"] <= s["p90_ms"] <= s["p99_ms"]
             assert 0.0 <= s["device_at_once"] + s["device_after_wait"] <= 1.0
+            assert 0.0 <= s["probed"] <= (s["device_at_once"] if name == "history" else 0.0)
         assert set(d["ratios"]) == {"remote", "heads", "finishes"}
 
 

@@ -41,7 +41,7 @@ from splitdnn.runtime._deadline import MIN_DEVICE_MS, Choice, Spread, median_rul
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._server_pace import MAX_FACTOR
 from splitdnn.runtime._weights import weights_digest
-from splitdnn.runtime.client import SplitClient
+from splitdnn.runtime.client import SplitClient, format_breakdown
 from splitdnn.runtime.planner import Hysteresis, LinkEstimator, scale_profile
 from splitdnn.runtime.server import ModelSpec, ServerConfig, TailServer
 from splitdnn.runtime.shaper import ShapedLink
@@ -415,7 +415,11 @@ def test_a_request_predicted_to_miss_its_deadline_remotely_finishes_on_the_devic
     device = scale_profile(live.device, 0.5)
     # (at 0.5 Mbit/s the transfer was predicted at 263 ms against a device of 29: a one-repeat profile
     # read in a slow moment left it under the 10x the test needs)
-    kw: dict[str, Any] = {"link": Link(0.25, rtt_ms=1.0), "probe_interval_s": None, "timeout_s": 60.0}
+    # (no deadline probes either: what the deadline alone teaches the client is under test)
+    kw: dict[str, Any] = {
+        "link": Link(0.25, rtt_ms=1.0), "probe_interval_s": None, "timeout_s": 60.0,
+        "deadline_probe_interval_s": None,
+    }  # fmt: skip
     with live.client(device_profile=device, force_boundary="cloud", **kw) as client:
         rest_ms = client.plan.cost.total_ms
         local_ms = device.total.median_ms
@@ -574,6 +578,75 @@ def test_a_deadline_counts_the_padding_an_emulated_device_still_owes(
     assert seen["left"] <= 10_000.0 - b.head_ms + 1.0, (seen, b)
     # the 20 ms wait is counted from after the padding the encode slept (less the encode's own work)
     assert 0.005 < seen["timeout"] <= 0.020, (seen, b)
+
+
+def _choosing(client: SplitClient, monkeypatch: pytest.MonkeyPatch, choice: Choice) -> None:
+    monkeypatch.setattr(client._history, "choose", lambda *_: choice)
+
+
+def test_a_deadline_finished_on_the_device_that_may_miss_renews_the_remote_record(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose deadline is best finished on the device at once, where the device is not sure
+    to make it either, is also sent in the background: its answer renews the remote window (and
+    the link estimate), the caller gets the device's output without waiting for it. Not again
+    within the interval, and not where the device is sure."""
+    cut = graph.chain_cuts(live.traced)[3]
+    with live.client(force_boundary=cut, probe_interval_s=None, deadline_probe_interval_s=0.2) as client:
+        assert torch.equal(client.infer(live.x), live.ref)  # the cut's tail is built (not kept)
+        remote, probes = client._history.remote, client._deadline_probes
+        assert probes is not None and remote.answered() == 0
+        samples = len(client.estimator.samples)
+        time.sleep(0.25)  # (no sample in the remote window younger than the interval)
+        _choosing(client, monkeypatch, Choice(0.0, 0.4, False))
+        y = client.infer(live.x, deadline_ms=10_000.0)
+        b = client.last_breakdown
+        assert torch.equal(y, live.ref)
+        assert b is not None and b.local and b.bytes_sent == 0 and b.probed, b
+        assert "also sent in the background" in format_breakdown(b)
+        assert probes.wait(10.0) and probes.started == 1 and probes.failures == 0
+        assert remote.answered() == len(remote) == 1 and 0.0 < remote.quantile(0.5) < 50.0  # type: ignore[operator]
+        assert len(client.estimator.samples) == samples + 1
+        # within the interval: none (the probe's own answer is younger than it)
+        client.infer(live.x, deadline_ms=10_000.0)
+        assert client.last_breakdown is not None and not client.last_breakdown.probed
+        time.sleep(0.25)
+        _choosing(client, monkeypatch, Choice(0.0, 1.0, True))  # the device surely makes it
+        client.infer(live.x, deadline_ms=10_000.0)
+        assert client.last_breakdown is not None and not client.last_breakdown.probed
+        assert probes.started == 1 and remote.answered() == 1
+    with live.client(force_boundary=cut, probe_interval_s=None, deadline_probe_interval_s=None) as client:
+        _choosing(client, monkeypatch, Choice(0.0, 0.4, False))
+        assert torch.equal(client.infer(live.x, deadline_ms=10_000.0), live.ref)
+        assert client._deadline_probes is None and not client.last_breakdown.probed  # type: ignore[union-attr]
+
+
+def test_closing_the_client_ends_a_deadline_probe_in_flight(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe still waiting for its answer when the client closes: the close cancels it, the probe
+    counts as failed, nothing is raised on either thread."""
+    with _offloading(live) as (link, client):
+        assert torch.equal(client.infer(live.x), live.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local and b.bytes_sent > 8000, client.describe()
+        link.set_rates(uplink_mbps=b.bytes_sent * 8 / 20e6, downlink_mbps=200.0)  # ~20 s a request
+        _choosing(client, monkeypatch, Choice(0.0, 0.4, False))
+        time.sleep(0.3)
+        assert torch.equal(client.infer(live.x, deadline_ms=60_000.0), live.ref)
+        probes = client._deadline_probes
+        assert probes is not None and client.last_breakdown.probed  # type: ignore[union-attr]
+        assert not probes.wait(0.3)  # still in flight
+        t = time.perf_counter()
+        client.close()
+        assert probes.wait(5.0) and time.perf_counter() - t < 5.0
+        assert probes.started == 1 and probes.failures == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, True, "0.25"])
+def test_the_deadline_probe_interval_must_be_a_positive_number_of_seconds(live: Live, bad: Any) -> None:
+    with pytest.raises(ConfigError, match=r"deadline_probe_interval_s \(None: no probes\) must be a finite"):
+        live.client(force_boundary="edge", probe_interval_s=None, deadline_probe_interval_s=bad)
 
 
 @pytest.mark.parametrize("bad", [0, -5.0, math.nan, math.inf, True, "50"])

@@ -7,13 +7,16 @@ import math
 import random
 import subprocess
 import sys
+import threading
 
 import pytest
 
+from splitdnn.errors import RemoteError
 from splitdnn.runtime._deadline import (
     MIN_SAMPLES,
     Distribution,
     History,
+    RemoteProbes,
     Spread,
     deadline_wait_ms,
     median_rule_wait_ms,
@@ -253,3 +256,70 @@ def test_the_chosen_wait_is_the_best_of_every_wait() -> None:
         waits = [*(left * i / 400 for i in range(401)), *(rest * r for r in remote), math.inf]
         best = max(_made(left, rest, local, w, remote, device) for w in waits)
         assert _made(left, rest, local, wait, remote, device) >= best - 1e-9
+
+
+# --------------------------------------------------------------------------------------------------
+# probes: a deadline finished on the device at once keeps the remote's record current
+
+
+def test_a_spread_tells_the_age_of_its_newest_sample() -> None:
+    now = [10.0]
+    s = Spread(clock=lambda: now[0])
+    assert s.age_s() == math.inf
+    s.add(1.0, 1.0)
+    now[0] = 12.5
+    s.add(3.0, 1.0, censored=True)  # a give-up renews it too
+    now[0] = 13.0
+    assert s.age_s() == pytest.approx(0.5)
+
+
+def _probes(interval_s: float = 1.0) -> tuple[RemoteProbes, Spread, list[float]]:
+    now = [100.0]
+    return RemoteProbes(interval_s, clock=lambda: now[0]), Spread(clock=lambda: now[0]), now
+
+
+def test_one_probe_at_a_time_and_none_sooner_than_the_interval() -> None:
+    probes, remote, now = _probes(1.0)
+    release = threading.Event()
+    ran: list[int] = []
+
+    def work() -> bool:
+        ran.append(1)
+        release.wait(5.0)
+        return True
+
+    assert probes.due(remote) and probes.start(remote, work)
+    now[0] += 5.0  # long past the interval, but one is in flight
+    assert not probes.due(remote) and not probes.start(remote, work)
+    release.set()
+    assert probes.wait(5.0)
+    assert probes.started == 1 and probes.failures == 0 and ran == [1]
+    now[0] += 0.5  # ... and the interval counts from the last start (5.5 s ago)
+    assert probes.start(remote, lambda: True) and probes.wait(5.0)
+    now[0] += 0.5
+    assert not probes.due(remote)  # 0.5 s after that one's start
+    now[0] += 0.5
+    assert probes.due(remote)
+    remote.add(1.0, 1.0)  # the client's own request renewed the window: no probe needed
+    assert not probes.due(remote) and not probes.start(remote, lambda: True)
+    now[0] += 1.0
+    assert probes.start(remote, lambda: True) and probes.wait(5.0) and probes.started == 3
+
+
+def test_a_probe_that_fails_is_counted_and_not_raised() -> None:
+    probes, remote, now = _probes(0.001)
+    assert probes.start(remote, lambda: False) and probes.wait(5.0)  # no answer (given up, too large)
+
+    def refused() -> bool:
+        raise RemoteError("the server said no", code="UNAVAILABLE")
+
+    now[0] += 1.0
+    assert probes.start(remote, refused) and probes.wait(5.0)
+    assert probes.started == 2 and probes.failures == 2
+
+
+def test_closed_probes_start_no_more() -> None:
+    probes, remote, _ = _probes(0.001)
+    probes.close(timeout=0.0)
+    assert not probes.due(remote) and not probes.start(remote, lambda: True)
+    assert probes.started == 0 and probes.wait(0.0)
