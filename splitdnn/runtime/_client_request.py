@@ -29,7 +29,7 @@ from splitdnn import graph
 from splitdnn.errors import ConfigError, DeadlineError, PlanError, WireError
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown, predicted_parts
-from splitdnn.runtime._client_rpc import connection_state, is_transient, translate_rpc_error
+from splitdnn.runtime._client_rpc import connection_state, is_transient, model_infer, translate_rpc_error
 from splitdnn.runtime._deadline import MIN_DEVICE_MS, Choice, Spread
 from splitdnn.runtime.planner import remote_ms as planner_remote_ms
 from splitdnn.schema import Plan
@@ -515,6 +515,8 @@ class Run:
                 cut_s = self._deadline_wait_s()
                 if cut_s is not None and cut_s < min(c.timeout_s, give_up_s or math.inf):
                     give_up_s, by_deadline = cut_s, True
+                if c._deadline_probes is not None:
+                    c._deadline_probes.give_way()  # (a probe in flight would share the uplink)
                 # the give-up is the call's deadline (gRPC cancels it then): a blocking call, as
                 # .future() would start a thread per call on an otherwise idle channel
                 response = c._send(request, c.timeout_s if give_up_s is None else give_up_s)
@@ -627,8 +629,16 @@ class Run:
         if len(request) > c.message_cap()[0]:  # (the caller's requests meet that cap and say so)
             return False
         t_rpc = time.perf_counter()
+        # a unary call of its own (not the client's stream), which a request of the client's own
+        # cancels (RemoteProbes.give_way): a probe must not share the uplink with one
+        call = model_infer(c._channel).future(request, timeout=c.timeout_s, metadata=c._metadata)
+        if not c._deadline_probes.sending(call.cancel):  # type: ignore[union-attr]
+            call.cancel()
+            return False
         try:
-            response = c._send(request, c.timeout_s)
+            response = call.result()
+        except grpc.FutureCancelledError:  # given way to a request, or the client closed
+            return False
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
                 self._rest_done(censored=True)  # (no answer in timeout_s: later than that)

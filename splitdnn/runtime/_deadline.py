@@ -342,7 +342,9 @@ class RemoteProbes:
     such request (``work``: encode, send, keep how its rest went) on a thread of its own: one at a
     time, none sooner than ``interval_s`` after the last one started, and none while the remote
     window has a sample younger than that (the client's own requests are renewing it). The caller
-    never waits for it. ``clock`` is injectable for tests.
+    never waits for it. A probe gives the uplink up to the client's own requests: one about to be
+    sent cancels a probe still in flight (:meth:`give_way`; the request renews the window itself),
+    which would otherwise share the link with it and slow it. ``clock`` is injectable for tests.
     """
 
     def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -352,8 +354,10 @@ class RemoteProbes:
         self._thread: threading.Thread | None = None
         self._last_start = -math.inf
         self._closed = False
+        self._cancel: Callable[[], object] | None = None  # the call in flight's cancel
         self.started = 0  # probes started
         self.failures = 0  # probes that ended without an answer (refused, no answer in time, closed)
+        self.cancelled = 0  # ... of them, given up for a request of the client's own (give_way)
 
     def due(self, remote: Spread) -> bool:
         """Whether a probe would start now (the caller then prepares one; :meth:`start` decides)."""
@@ -378,6 +382,24 @@ class RemoteProbes:
             self._thread.start()
         return True
 
+    def sending(self, cancel: Callable[[], object]) -> bool:
+        """The probe's call is in flight and ``cancel`` cancels it; False when it must not be sent
+        (closed meanwhile)."""
+        with self._lock:
+            self._cancel = None if self._closed else cancel
+            return not self._closed
+
+    def give_way(self) -> None:
+        """A request of the client's own is about to be sent: cancel the probe's call in flight."""
+        if self._cancel is None:  # (the common case, without a lock)
+            return
+        with self._lock:
+            cancel, self._cancel = self._cancel, None
+            if cancel is not None:
+                self.cancelled += 1
+        if cancel is not None:
+            cancel()
+
     def _run(self, work: Callable[[], bool]) -> None:
         answered = False
         try:
@@ -388,8 +410,9 @@ class RemoteProbes:
             if not self._closed:
                 raise
         finally:
-            if not answered:
-                with self._lock:
+            with self._lock:
+                self._cancel = None
+                if not answered:
                     self.failures += 1
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -404,4 +427,7 @@ class RemoteProbes:
         """Start no more probes; wait up to ``timeout`` s for the one in flight."""
         with self._lock:
             self._closed = True
+            cancel, self._cancel = self._cancel, None
+        if cancel is not None:
+            cancel()
         self.wait(timeout)

@@ -37,7 +37,7 @@ from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_request import Run
-from splitdnn.runtime._deadline import MIN_DEVICE_MS, Choice, Spread, median_rule_wait_ms
+from splitdnn.runtime._deadline import MIN_DEVICE_MS, Choice, RemoteProbes, Spread, median_rule_wait_ms
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._server_pace import MAX_FACTOR
 from splitdnn.runtime._weights import weights_digest
@@ -621,22 +621,48 @@ def test_a_deadline_finished_on_the_device_that_may_miss_renews_the_remote_recor
         assert client._deadline_probes is None and not client.last_breakdown.probed  # type: ignore[union-attr]
 
 
-def test_closing_the_client_ends_a_deadline_probe_in_flight(
+@contextmanager
+def _probe_in_flight(
     live: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A probe still waiting for its answer when the client closes: the close cancels it, the probe
-    counts as failed, nothing is raised on either thread."""
+) -> Iterator[tuple[ShapedLink, SplitClient, RemoteProbes]]:
+    """An offloading client whose deadline probe is still waiting for its answer (the link is down to
+    about 20 s a request)."""
     with _offloading(live) as (link, client):
         assert torch.equal(client.infer(live.x), live.ref)
         b = client.last_breakdown
         assert b is not None and not b.local and b.bytes_sent > 8000, client.describe()
         link.set_rates(uplink_mbps=b.bytes_sent * 8 / 20e6, downlink_mbps=200.0)  # ~20 s a request
-        _choosing(client, monkeypatch, Choice(0.0, 0.4, False))
-        time.sleep(0.3)
-        assert torch.equal(client.infer(live.x, deadline_ms=60_000.0), live.ref)
+        with monkeypatch.context() as m:
+            _choosing(client, m, Choice(0.0, 0.4, False))
+            time.sleep(0.3)
+            assert torch.equal(client.infer(live.x, deadline_ms=60_000.0), live.ref)
         probes = client._deadline_probes
         assert probes is not None and client.last_breakdown.probed  # type: ignore[union-attr]
         assert not probes.wait(0.3)  # still in flight
+        yield link, client, probes
+
+
+def test_a_request_of_the_client_s_own_cancels_a_deadline_probe_in_flight(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe must not share the uplink with the client's own requests: the next one sent cancels
+    it (and renews the remote window itself)."""
+    with _probe_in_flight(live, monkeypatch) as (link, client, probes):
+        answered = client._history.remote.answered()
+        link.set_rates(uplink_mbps=200.0, downlink_mbps=200.0)
+        assert torch.equal(client.infer(live.x), live.ref)
+        b = client.last_breakdown
+        assert b is not None and not b.local and b.bytes_sent > 0, b
+        assert probes.wait(5.0) and probes.cancelled == 1 and probes.failures == 1
+        assert client._history.remote.answered() == answered + 1  # the request's, not the probe's
+
+
+def test_closing_the_client_ends_a_deadline_probe_in_flight(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe still waiting for its answer when the client closes: the close cancels it, the probe
+    counts as failed, nothing is raised on either thread."""
+    with _probe_in_flight(live, monkeypatch) as (_, client, probes):
         t = time.perf_counter()
         client.close()
         assert probes.wait(5.0) and time.perf_counter() - t < 5.0

@@ -318,6 +318,27 @@ def test_a_probe_that_fails_is_counted_and_not_raised() -> None:
     assert probes.started == 2 and probes.failures == 2
 
 
+def test_a_probe_gives_way_to_the_client_s_own_requests() -> None:
+    probes, remote, _ = _probes(0.001)
+    release, cancels = threading.Event(), []
+
+    def work() -> bool:
+        assert probes.sending(lambda: (cancels.append(1), release.set()))
+        release.wait(5.0)
+        return False  # (the call, cancelled, has no answer)
+
+    probes.give_way()  # nothing in flight: nothing to cancel
+    assert probes.start(remote, work)
+    for _ in range(500):  # until the probe's call is in flight
+        if probes._cancel is not None:
+            break
+        threading.Event().wait(0.01)
+    probes.give_way()
+    probes.give_way()  # once only
+    assert probes.wait(5.0) and cancels == [1] and probes.cancelled == 1 and probes.failures == 1
+    assert probes._cancel is None
+
+
 def test_closed_probes_start_no_more() -> None:
     probes, remote, _ = _probes(0.001)
     probes.close(timeout=0.0)
