@@ -15,11 +15,13 @@ period (exponential, mean ``--period-ms``) it is ``--slow-factor`` x slower with
 device's predicted time for the whole model. Per deadline, after ``--warmup`` requests each, the
 clients take turns (a fresh random order per pair) for ``--pairs`` pairs. Reported per client: the
 share of requests that made the deadline, wall time median, p90 and p99, and how many finished on the
-device at once or after waiting, and how many were also sent as a probe.
+device at once or after waiting, how many were also sent as a probe, and how many came before the
+first one sent. ``--slow-first N`` puts N untimed requests each on the slow link before the timed
+ones: with ``--slow-share 0`` that measures how the clients recover from a slow spell.
 
     python scripts/bench_deadline.py [--model mobilenet_v2] [--slowdown 4] [--uplink-mbps 50]
         [--rtt-ms 5] [--slow-share 0.2] [--slow-factor 6] [--period-ms 150]
-        [--deadlines 1.1,1.5,2] [--pairs 150] [--warmup 10] [--seed 1] [--json FILE]
+        [--deadlines 1.1,1.5,2] [--pairs 150] [--warmup 10] [--slow-first 0] [--seed 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "device_at_once": sum(r["local"] and not r["sent"] for r in rows) / n,
         "device_after_wait": sum(r["local"] and r["sent"] for r in rows) / n,
         "probed": sum(r.get("probed", False) for r in rows) / n,
+        # requests before the first one sent (its rest to the server, not as a probe): how soon a
+        # client offloads again after a slow spell (--slow-first)
+        "first_sent": next((i for i, r in enumerate(rows) if r["sent"] and not r["local"]), n),
     }  # fmt: skip
 
 
@@ -123,6 +128,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for c in clients.values():  # a warm-up on the steady link; the history's first samples
                     for _ in range(args.warmup):
                         c.infer(prepared.x)
+                if args.slow_first:  # a slow spell first, not timed: what it leaves in the windows
+                    shaped.set_rates(uplink_mbps=args.uplink_mbps / args.slow_factor, **rates)
+                    for _ in range(args.slow_first):
+                        for name in order.sample(CLIENTS, len(CLIENTS)):
+                            clients[name].infer(prepared.x, deadline_ms=deadline_ms)
+                    shaped.set_rates(uplink_mbps=args.uplink_mbps, **rates)
                 flapper.start()
                 for _ in range(args.pairs):
                     for name in order.sample(CLIENTS, len(CLIENTS)):
@@ -150,7 +161,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model, "slowdown": args.slowdown, "uplink_mbps": args.uplink_mbps, "rtt_ms": rtt,
         "slow_share": args.slow_share, "slow_factor": args.slow_factor, "period_ms": args.period_ms,
-        "pairs": args.pairs, "seed": args.seed, "device_ms": device.total.median_ms, "deadlines": results,
+        "pairs": args.pairs, "slow_first": args.slow_first, "seed": args.seed,
+        "device_ms": device.total.median_ms, "deadlines": results,
         "code": code, "cpu": cpu_model(),
     }  # fmt: skip
 
@@ -181,6 +193,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pairs", type=int, default=150, help="timed requests per client and deadline (default 150)"
     )
     p.add_argument("--warmup", type=int, default=10, help="requests each first, steady link (default 10)")
+    p.add_argument(
+        "--slow-first", type=int, default=0,
+        help="then this many requests each (with the deadline, not timed) on the link at 1/--slow-factor "
+        "of its rate throughout, before the timed ones: how the clients recover from a slow spell "
+        "(with --slow-share 0, onto a steady link; default 0)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=1, help="seed of the link's flaps and the order (default 1)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -192,6 +210,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     if args.pairs < 1:
         p.error(f"--pairs must be >= 1, found {args.pairs}")
+    if args.slow_first < 0:
+        p.error(f"--slow-first must be >= 0, found {args.slow_first}")
     return args
 
 
@@ -204,24 +224,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{r['slow_share']:.0%} of the time, periods of {r['period_ms']:g} ms on average), RTT "
         f"{r['rtt_ms']:g} ms; the device's whole model predicted {r['device_ms']:.1f} ms; {r['pairs']} "
         f"requests per client and deadline"
+        + (f", after {r['slow_first']} each on the slow link" if r["slow_first"] else "")
     )
     print(
         "| deadline | client | plan at the end | made it | median ms | p90 ms | p99 ms | device at once "
-        "| device after a wait | probed |"
+        "| device after a wait | probed | first sent |"
     )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for d in r["deadlines"]:
         ratios = "; ".join(
             f"{kind} " + "/".join("-" if v is None else f"{v:.2f}" for v in q.values())
             for kind, q in d["ratios"].items()
         )
-        print(f"| {d['deadline_x']:g}x | measured / predicted, q50/q90: {ratios} | | | | | | | | |")
+        print(f"| {d['deadline_x']:g}x | measured / predicted, q50/q90: {ratios} | | | | | | | | | |")
         for name in CLIENTS:
             s = d[name]
             print(
                 f"| {d['deadline_x']:g}x ({d['deadline_ms']:.1f} ms) | {name} | {d['plans'][name]} | "
                 f"{s['met']:.1%} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} | {s['p99_ms']:.1f} | "
-                f"{s['device_at_once']:.1%} | {s['device_after_wait']:.1%} | {s['probed']:.1%} |"
+                f"{s['device_at_once']:.1%} | {s['device_after_wait']:.1%} | {s['probed']:.1%} | "
+                f"{s['first_sent']} |"
             )
     if args.json:
         with open(args.json, "w") as f:

@@ -18,7 +18,7 @@ def test_both_clients_run_every_deadline_and_are_summed_up(bench, tmp_path, caps
     out = tmp_path / "r.json"
     argv = ["--model", "alexnet", "--slowdown", "2", "--pairs", "4", "--warmup", "2", "--deadlines", "1.5,3",
             "--uplink-mbps", "200", "--rtt-ms", "1", "--period-ms", "20", "--slow-share", "0.5",
-            "--json", str(out)]  # fmt: skip
+            "--slow-first", "2", "--json", str(out)]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a 3-repeat profile on a busy machine may warn
         assert bench.main(argv) == 0
@@ -36,6 +36,7 @@ def test_both_clients_run_every_deadline_and_are_summed_up(bench, tmp_path, caps
             assert 0 < s["median_ms"] <= s["p90_ms"] <= s["p99_ms"]
             assert 0.0 <= s["device_at_once"] + s["device_after_wait"] <= 1.0
             assert 0.0 <= s["probed"] <= (s["device_at_once"] if name == "history" else 0.0)
+            assert 0 <= s["first_sent"] <= 4
         assert set(d["ratios"]) == {"remote", "heads", "finishes"}
 
 
@@ -52,6 +53,7 @@ def test_both_clients_run_every_deadline_and_are_summed_up(bench, tmp_path, caps
         (["--deadlines", "0,2"], "expected positive multiples"),
         (["--pairs", "0"], "--pairs must be >= 1, found 0"),
         (["--warmup", "-1"], "--warmup must be >= 0"),
+        (["--slow-first", "-1"], "--slow-first must be >= 0, found -1"),
     ],
 )
 def test_bad_arguments_are_refused(bench, usage_error, argv, message):
