@@ -30,7 +30,7 @@ from splitdnn.errors import ConfigError, DeadlineError, PlanError, WireError
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_report import Breakdown, predicted_parts
 from splitdnn.runtime._client_rpc import connection_state, is_transient, model_infer, translate_rpc_error
-from splitdnn.runtime._deadline import MIN_DEVICE_MS, Choice, Spread
+from splitdnn.runtime._deadline import MIN_DEVICE_MS, PROBE_SHARE, Choice, Spread
 from splitdnn.runtime.planner import remote_ms as planner_remote_ms
 from splitdnn.schema import Plan
 
@@ -464,8 +464,7 @@ class Run:
             choice = self._deadline_choice()
             wait_ms, self._cut_sure = choice.wait_ms, choice.sure
             if wait_ms <= 0:  # the device is likelier to make it (or as likely and sooner), or misses by less
-                if not choice.sure:  # ... but may miss: keep the remote's record current
-                    self._probe(send)
+                self._probe(send)  # (now and then: keep the record of the remote current)
                 return self._finish_locally(
                     inputs, values, f"the {self.deadline_ms:g} ms deadline: {max(0.0, self._left_ms()):.0f} "
                     f"ms left, the rest of the plan predicted to take {self._rest_ms():.0f} ms, the device "
@@ -601,11 +600,13 @@ class Run:
 
     def _probe(self, send: dict[str, Any]) -> None:
         """Send this request in the background as well, if a probe is due (:class:`RemoteProbes
-        <splitdnn.runtime._deadline.RemoteProbes>`): its deadline finishes on the device at once, which
-        may miss too, and only a sent request renews what the next choice knows of the remote path."""
+        <splitdnn.runtime._deadline.RemoteProbes>`): its deadline finishes on the device at once, and
+        only a sent request renews what the next choice knows of the remote path. Spaced so that
+        probes take at most PROBE_SHARE of the time on the remote path, by the plan's prediction."""
         c = self.c
         probes = c._deadline_probes
-        if probes is None or not probes.due(c._history.remote):
+        gap_s = self._remote_ms() * self.scale / PROBE_SHARE / 1e3
+        if probes is None or not probes.due(c._history.remote, gap_s):
             return
         # copies: the device's tail may change its inputs in place while the probe encodes them
         copies = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in send.items()}
@@ -614,7 +615,7 @@ class Run:
             profile_rows=self.profile_rows, server_queue_ms=self.server_queue_ms,
         )  # fmt: skip
         probe.sent, probe.codecs = self.sent, self.codecs
-        self.probed = probes.start(c._history.remote, partial(probe._probed, copies))
+        self.probed = probes.start(c._history.remote, partial(probe._probed, copies), gap_s)
 
     def _probed(self, send: dict[str, Any]) -> bool:
         """A probe's request, on the probe's thread: encode and send it, and keep how its rest went

@@ -26,11 +26,13 @@ than the link is, so the rule waits longer next time and sees the late answers. 
 only whether answers beat it matters, and censoring tells that exactly.
 
 The windows keep 64 samples each, none older than 60 s. A client whose deadlines finish on the
-device at once sends nothing that would renew its remote window: what a slow minute of the link left
-there would decide for the next minute. So when the device is not sure to make it either, the
-request is also sent in the background as a probe (:class:`RemoteProbes`: one at a time, and not
-while the window has a sample younger than the probes' interval), whose answer only renews the
-window; the caller's result is the device's. Measured in ``scripts/bench_deadline.py``
+device at once sends nothing that would renew its remote window (nor its link estimate): what a slow
+spell of the link left there would decide for the next minute, the device's finishes even when sure
+slower than the remote had become. So such a request is also sent in the background as a probe now
+and then (:class:`RemoteProbes`: one at a time, not while the window has a sample younger than the
+probes' interval, and spaced so that probes take at most :data:`PROBE_SHARE` of the time on the
+remote path), whose answer only renews the window and the estimate; the caller's result is the
+device's. Measured in ``scripts/bench_deadline.py``
 (docs/benchmarks.md). Pure Python: no torch, no grpc.
 """
 
@@ -48,6 +50,7 @@ from splitdnn.errors import SplitDNNError
 
 __all__ = [
     "MIN_SAMPLES",
+    "PROBE_SHARE",
     "Choice",
     "Distribution",
     "History",
@@ -65,6 +68,9 @@ WINDOW = 64
 #: ... for this long (s): a client whose deadlines all finish on the device sends nothing that would
 #: renew its remote window, so what the window holds ages out, and the medians send again
 MAX_AGE_S = 60.0
+#: deadline probes take at most this share of the time on the remote path (by the plan's prediction
+#: of the request's: a probe predicted at 100 ms comes at most once a second)
+PROBE_SHARE = 0.1
 #: device computations predicted shorter than this are not kept: a 0.2 ms layer's jitter says little
 #: about a 50 ms local finish
 MIN_DEVICE_MS = 1.0
@@ -337,11 +343,11 @@ class RemoteProbes:
     """The background requests that keep a deadline's remote window fresh (thread-safe).
 
     A request whose deadline is finished on the device at once sends nothing, so its client learns
-    nothing new of the remote path; when that choice is not sure to make it either, the remote
-    window must stay current for the next choice to be fair to the remote. :meth:`start` runs one
-    such request (``work``: encode, send, keep how its rest went) on a thread of its own: one at a
-    time, none sooner than ``interval_s`` after the last one started, and none while the remote
-    window has a sample younger than that (the client's own requests are renewing it). The caller
+    nothing new of the remote path; the remote window must stay current for the next choice to be
+    fair to the remote. :meth:`start` runs one such request (``work``: encode, send, keep how its
+    rest went) on a thread of its own: one at a time, none sooner than ``interval_s`` (or the
+    caller's ``gap_s``, if longer) after the last one started, and none while the remote window has
+    a sample younger than that (the client's own requests are renewing it). The caller
     never waits for it. A probe gives the uplink up to the client's own requests: one about to be
     sent cancels a probe still in flight (:meth:`give_way`; the request renews the window itself),
     which would otherwise share the link with it and slow it. ``clock`` is injectable for tests.
@@ -359,20 +365,20 @@ class RemoteProbes:
         self.failures = 0  # probes that ended without an answer (refused, no answer in time, closed)
         self.cancelled = 0  # ... of them, given up for a request of the client's own (give_way)
 
-    def due(self, remote: Spread) -> bool:
+    def due(self, remote: Spread, gap_s: float = 0.0) -> bool:
         """Whether a probe would start now (the caller then prepares one; :meth:`start` decides)."""
-        now = self._clock()
-        return not self._busy() and min(now - self._last_start, remote.age_s()) >= self.interval_s
+        since = min(self._clock() - self._last_start, remote.age_s())
+        return not self._busy() and since >= max(self.interval_s, gap_s)
 
     def _busy(self) -> bool:
         thread = self._thread
         return self._closed or (thread is not None and thread.is_alive())
 
-    def start(self, remote: Spread, work: Callable[[], bool]) -> bool:
+    def start(self, remote: Spread, work: Callable[[], bool], gap_s: float = 0.0) -> bool:
         """Run ``work`` (True: answered) on a thread of its own if a probe is :meth:`due`; never blocks.
         True if it started."""
         with self._lock:
-            if not self.due(remote):
+            if not self.due(remote, gap_s):
                 return False
             self._last_start = self._clock()
             self.started += 1

@@ -196,11 +196,12 @@ class SplitClient:
     probes while edge-only (recovery time against probe bytes; its cost is documented there).
     ``server_pace``: price the server at its measured pace (step 3 above; ``server_factor`` is the
     factor in use); False prices it by its profile alone. Not for a forced plan, which never changes.
-    ``deadline_probe_interval_s``: a request whose deadline finishes on the device at once, where
-    the device may miss it too, is also sent in the background (its answer dropped), so that what the
-    next deadline's choice knows of the remote path stays current; one at a time, at most one per
-    this many seconds, none while the client's own requests are renewing that record (None: never;
-    the cost is the uplink bytes and the server time of those requests; ``infer``).
+    ``deadline_probe_interval_s``: a request whose deadline finishes on the device at once is now
+    and then also sent in the background (its answer dropped), so that what the next deadline's
+    choice knows of the remote path, and the link estimate, stay current; one at a time, at most one
+    per this many seconds and spaced to take at most a tenth of the time on the remote path, none
+    while the client's own requests are renewing that record, and cancelled by the next one sent
+    (None: never; the cost is the uplink bytes and the server time of those requests; ``infer``).
 
     Network: ``token`` (bearer), TLS with ``tls=True`` or any of ``root_cert`` / ``client_cert`` +
     ``client_key`` (PEM bytes or paths; mTLS with the pair) and ``tls_server_name`` (override the
@@ -661,8 +662,8 @@ class SplitClient:
         :class:`~splitdnn.errors.DeadlineError`. Neither tells the link estimate or the back-off
         anything: an answer later than one request could wait for says nothing of the link. When
         neither path makes it, the request waits for the answer. A request finished on the device at
-        once where the device may miss too is also sent in the background, now and then, to keep the
-        record of the remote current (``deadline_probe_interval_s``; ``last_breakdown.probed``).
+        once is also sent in the background now and then, to keep the record of the remote current
+        (``deadline_probe_interval_s``; ``last_breakdown.probed``).
         ``last_breakdown.deadline_missed`` says how it went.
 
         Safe to call from several threads (each request runs on its own; the estimator, the planner and

@@ -37,7 +37,14 @@ from splitdnn.models import ZOO, build_zoo_model
 from splitdnn.profiler import profile_model
 from splitdnn.runtime import serde
 from splitdnn.runtime._client_request import Run
-from splitdnn.runtime._deadline import MIN_DEVICE_MS, Choice, RemoteProbes, Spread, median_rule_wait_ms
+from splitdnn.runtime._deadline import (
+    MIN_DEVICE_MS,
+    PROBE_SHARE,
+    Choice,
+    RemoteProbes,
+    Spread,
+    median_rule_wait_ms,
+)
 from splitdnn.runtime._proto import splitdnn_pb2_grpc as sd_grpc
 from splitdnn.runtime._server_pace import MAX_FACTOR
 from splitdnn.runtime._weights import weights_digest
@@ -584,13 +591,14 @@ def _choosing(client: SplitClient, monkeypatch: pytest.MonkeyPatch, choice: Choi
     monkeypatch.setattr(client._history, "choose", lambda *_: choice)
 
 
-def test_a_deadline_finished_on_the_device_that_may_miss_renews_the_remote_record(
+def test_a_deadline_finished_on_the_device_at_once_renews_the_remote_record(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A request whose deadline is best finished on the device at once, where the device is not sure
-    to make it either, is also sent in the background: its answer renews the remote window (and
-    the link estimate), the caller gets the device's output without waiting for it. Not again
-    within the interval, and not where the device is sure."""
+    """A request whose deadline is best finished on the device at once is also sent in the
+    background: its answer renews the remote window (and the link estimate), the caller gets the
+    device's output without waiting for it. Not again within the interval, nor sooner than ten
+    times the request's predicted remote time; also where the device is sure (the remote may have
+    become the faster path since the window's samples)."""
     cut = graph.chain_cuts(live.traced)[3]
     with live.client(force_boundary=cut, probe_interval_s=None, deadline_probe_interval_s=0.2) as client:
         assert torch.equal(client.infer(live.x), live.ref)  # the cut's tail is built (not kept)
@@ -612,9 +620,14 @@ def test_a_deadline_finished_on_the_device_that_may_miss_renews_the_remote_recor
         assert client.last_breakdown is not None and not client.last_breakdown.probed
         time.sleep(0.25)
         _choosing(client, monkeypatch, Choice(0.0, 1.0, True))  # the device surely makes it
+        gaps: list[float] = []
+        due = probes.due
+        monkeypatch.setattr(probes, "due", lambda r, gap_s=0.0: gaps.append(gap_s) or due(r, gap_s))
+        run = Run(client, client.plan, time.perf_counter())  # (its probe's answer may move the plan)
         client.infer(live.x, deadline_ms=10_000.0)
-        assert client.last_breakdown is not None and not client.last_breakdown.probed
-        assert probes.started == 1 and remote.answered() == 1
+        assert client.last_breakdown is not None and client.last_breakdown.probed
+        assert probes.wait(10.0) and probes.started == 2 and remote.answered() == 2
+        assert gaps and gaps[0] == pytest.approx(run._remote_ms() / PROBE_SHARE / 1e3)
     with live.client(force_boundary=cut, probe_interval_s=None, deadline_probe_interval_s=None) as client:
         _choosing(client, monkeypatch, Choice(0.0, 0.4, False))
         assert torch.equal(client.infer(live.x, deadline_ms=10_000.0), live.ref)

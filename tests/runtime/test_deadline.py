@@ -303,7 +303,10 @@ def test_one_probe_at_a_time_and_none_sooner_than_the_interval() -> None:
     remote.add(1.0, 1.0)  # the client's own request renewed the window: no probe needed
     assert not probes.due(remote) and not probes.start(remote, lambda: True)
     now[0] += 1.0
-    assert probes.start(remote, lambda: True) and probes.wait(5.0) and probes.started == 3
+    # a probe predicted to take 0.3 s on the remote path: at most a tenth of the time, 3 s apart
+    assert not probes.due(remote, gap_s=3.0) and not probes.start(remote, lambda: True, gap_s=3.0)
+    now[0] += 2.0
+    assert probes.start(remote, lambda: True, gap_s=3.0) and probes.wait(5.0) and probes.started == 3
 
 
 def test_a_probe_that_fails_is_counted_and_not_raised() -> None:
