@@ -153,6 +153,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             results.append({
                 "deadline_x": times, "deadline_ms": deadline_ms,
                 "plans": {name: clients[name].plan.strategy for name in CLIENTS},
+                "link_mbps": {name: clients[name].link.uplink_mbps for name in CLIENTS},  # estimates
                 # measured over predicted, by the history client's windows at the end: rest, device
                 "ratios": {kind: {f"q{q}": getattr(clients["history"]._history, kind).quantile(q / 100)
                                   for q in (50, 90)} for kind in ("remote", "heads", "finishes")},
