@@ -639,6 +639,12 @@ class Run:
         try:
             response = call.result()
         except grpc.FutureCancelledError:  # given way to a request, or the client closed
+            if not c.closed:
+                # its answer would have come later than this: a censored sample. Dropped instead, the
+                # window would keep only the probes quicker than the gap to the client's next request,
+                # and read the remote as faster than it is (the next request's moment does not
+                # depend on the probe's time, so the censoring tells no more than that)
+                self._rest_done(censored=True)
             return False
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]

@@ -659,15 +659,18 @@ def test_a_request_of_the_client_s_own_cancels_a_deadline_probe_in_flight(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A probe must not share the uplink with the client's own requests: the next one sent cancels
-    it (and renews the remote window itself)."""
+    it (and renews the remote window itself). The probe is kept as given up after the time it had:
+    dropped, the window would keep only the probes quicker than the client's next request."""
     with _probe_in_flight(live, monkeypatch) as (link, client, probes):
-        answered = client._history.remote.answered()
+        remote = client._history.remote
+        kept, answered = len(remote), remote.answered()
         link.set_rates(uplink_mbps=200.0, downlink_mbps=200.0)
         assert torch.equal(client.infer(live.x), live.ref)
         b = client.last_breakdown
         assert b is not None and not b.local and b.bytes_sent > 0, b
         assert probes.wait(5.0) and probes.cancelled == 1 and probes.failures == 1
-        assert client._history.remote.answered() == answered + 1  # the request's, not the probe's
+        assert remote.answered() == answered + 1  # the request's
+        assert len(remote) == kept + 2  # ... and the probe's, given up
 
 
 def test_closing_the_client_ends_a_deadline_probe_in_flight(
@@ -680,6 +683,7 @@ def test_closing_the_client_ends_a_deadline_probe_in_flight(
         client.close()
         assert probes.wait(5.0) and time.perf_counter() - t < 5.0
         assert probes.started == 1 and probes.failures == 1
+        assert len(client._history.remote) == client._history.remote.answered()  # (nothing kept)
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, True, "0.25"])
