@@ -26,14 +26,14 @@ than the link is, so the rule waits longer next time and sees the late answers. 
 only whether answers beat it matters, and censoring tells that exactly.
 
 The windows keep 64 samples each, none older than 60 s. A client whose deadlines finish on the
-device at once sends nothing that would renew its remote window (nor its link estimate): what a slow
-spell of the link left there would decide for the next minute, the device's finishes even when sure
-slower than the remote had become. So such a request is also sent in the background as a probe now
-and then (:class:`RemoteProbes`: one at a time, not while the window has a sample younger than the
-probes' interval, and spaced so that probes take at most :data:`PROBE_SHARE` of the time on the
-remote path), whose answer only renews the window and the estimate; the caller's result is the
-device's. Measured in ``scripts/bench_deadline.py``
-(docs/benchmarks.md). Pure Python: no torch, no grpc.
+device at once sends nothing that would renew its remote window (nor its link estimate), so what a
+slow spell of the link left there would decide the next minute's choices: the device, even once the
+remote had become the faster path or the likelier one. So such a request is also sent in the
+background now and then, as a probe (:class:`RemoteProbes`: one at a time, not while the window has
+a sample younger than the probes' interval, spaced to take at most :data:`PROBE_SHARE` of the time
+on the remote path, cancelled by the client's next request sent and then kept as given up), whose
+answer only renews the window and the estimate; the caller's result is the device's. Measured in
+``scripts/bench_deadline.py`` (docs/benchmarks.md). Pure Python: no torch, no grpc.
 """
 
 from __future__ import annotations
@@ -357,7 +357,8 @@ class RemoteProbes:
         self.interval_s = interval_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()  # no probe running
+        self._idle.set()
         self._last_start = -math.inf
         self._closed = False
         self._cancel: Callable[[], object] | None = None  # the call in flight's cancel
@@ -371,8 +372,7 @@ class RemoteProbes:
         return not self._busy() and since >= max(self.interval_s, gap_s)
 
     def _busy(self) -> bool:
-        thread = self._thread
-        return self._closed or (thread is not None and thread.is_alive())
+        return self._closed or not self._idle.is_set()
 
     def start(self, remote: Spread, work: Callable[[], bool], gap_s: float = 0.0) -> bool:
         """Run ``work`` (True: answered) on a thread of its own if a probe is :meth:`due`; never blocks.
@@ -382,10 +382,15 @@ class RemoteProbes:
                 return False
             self._last_start = self._clock()
             self.started += 1
-            self._thread = threading.Thread(
-                target=self._run, args=(work,), name="splitdnn-deadline-probe", daemon=True
-            )
-            self._thread.start()
+            self._idle.clear()
+            thread = threading.Thread(target=self._run, args=(work,), name="splitdnn-deadline-probe")
+            thread.daemon = True
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had (the process is at its limit): no probe
+                self.started -= 1
+                self._idle.set()
+                return False
         return True
 
     def sending(self, cancel: Callable[[], object]) -> bool:
@@ -420,14 +425,11 @@ class RemoteProbes:
                 self._cancel = None
                 if not answered:
                     self.failures += 1
+                self._idle.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the probe in flight (if any) to finish; True when none is running."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        return self._idle.wait(timeout)
 
     def close(self, timeout: float = 1.0) -> None:
         """Start no more probes; wait up to ``timeout`` s for the one in flight."""
