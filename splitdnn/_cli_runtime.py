@@ -347,6 +347,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         accuracy_table=args.accuracy_table,
         max_accuracy_loss=args.max_accuracy_loss,
         probe_interval_s=None if args.no_probe else 5.0,
+        deadline_probe_interval_s=None if args.no_probe else 0.25,
         server_pace=not args.no_server_pace,
         probe_edge_interval_s=args.probe_interval_s,
         token=_token(args),
@@ -858,7 +859,12 @@ def add_commands(
         default=0.25,
         help="while edge-only, pause between background link probes (default 0.25)",
     )
-    p.add_argument("--no-probe", action="store_true", help="never probe the link in the background")
+    p.add_argument(
+        "--no-probe", action="store_true",
+        help="send nothing in the background: no link probes, and no copies of requests that "
+        "--deadline-ms finishes on this device at once (which keep what the client knows of the "
+        "server current)",
+    )  # fmt: skip
     p.add_argument(
         "--no-server-pace",
         action="store_true",

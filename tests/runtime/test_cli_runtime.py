@@ -319,6 +319,27 @@ def test_serve_passes_its_limits_to_the_server(
     assert "found '-1'" in capsys.readouterr().err
 
 
+def test_run_passes_its_probe_settings_to_the_client(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from splitdnn.errors import ConfigError
+    from splitdnn.runtime import client as client_module
+
+    settings: list[dict[str, Any]] = []
+
+    def captured(*_: Any, **kw: Any) -> None:
+        settings.append(kw)
+        raise ConfigError("stopped before connecting")
+
+    monkeypatch.setattr(client_module, "SplitClient", captured)
+    argv = ("run", "alexnet", "--server", "127.0.0.1:1")
+    for extra in ((), ("--no-probe",)):
+        code, _, err = run(capsys, *argv, *extra)
+        assert code == 1 and "stopped before connecting" in err
+    keys = ("probe_interval_s", "deadline_probe_interval_s")
+    assert [tuple(kw[k] for k in keys) for kw in settings] == [(5.0, 0.25), (None, None)]
+
+
 def test_run_without_the_token_is_one_line_error(
     served: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
