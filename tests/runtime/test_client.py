@@ -247,9 +247,11 @@ def test_adaptive_client_feeds_the_estimator_and_replans(served) -> None:
     s = models["resnet18"]
     with _client(server, s, force_boundary=None, link=Link(1000.0, rtt_ms=0.5)) as client:
         pings = len(client.estimator.samples)
-        # the start-up ping, then the start-up probe's ping and payload (a sized sample)
-        assert pings == 3 and client.probes == 1
-        assert [s.bytes_up > 0 for s in client.estimator.samples] == [False, False, True]
+        # the start-up ping, then the start-up probe's ping and its last payload (a sized sample), and
+        # the payload before it when that one took a fifth of the probe's target over the RTT (a
+        # loaded machine: seen in CI on loopback)
+        sized = [s.bytes_up > 0 for s in client.estimator.samples]
+        assert sized in ([False, False, True], [False, False, True, True]) and client.probes == 1, sized
         for _ in range(3):
             y = client.infer(s.x)
             assert torch.equal(y, s.ref)
