@@ -474,14 +474,7 @@ class Run:
             if math.isfinite(wait_ms):  # (from when the owed padding is slept, as _left_ms counts)
                 self._cut_at = time.perf_counter() + (self._owed_ms + wait_ms) / 1e3
 
-        # the encode moves detached tensors to numpy and runs the codecs there: no autograd to turn off
-        (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send), no_grad=False)
-        t = time.perf_counter()
-        request = c._request_encoder.encode(
-            c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=c._request_ids.next(),
-            bfloat16=bf16, weights=c.weights_digest,
-        )  # fmt: skip
-        self.client_ms = (time.perf_counter() - t) * 1e3
+        request = self._request(send)
         cap, whose = c.message_cap()
         if len(request) > cap:  # refused for certain: gRPC would say RESOURCE_EXHAUSTED (and not sent)
             over = (
@@ -574,21 +567,15 @@ class Run:
             )
         # a cut's first answer from this client includes building the tail (also reported by the
         # server, which another replica, or a tail evicted from its cache, may need again)
-        built = frozenset(self.sent) in c._answered_cuts
-        c._mark_up(answered=self.sent)
+        built = self._answered()
         t = time.perf_counter()
         data = c._response_decoder.decode(response, max_decoded_bytes=c.max_message_bytes)
         out = _output(data, _facts(c.traced))
         self.client_ms += (time.perf_counter() - t) * 1e3
         p = data.parameters
-        self.queue_ms = serde.param_ms(p, serde.PARAM_QUEUE_MS)
-        self.compute_ms = serde.param_ms(p, serde.PARAM_COMPUTE_MS)
-        self.decode_ms = serde.param_ms(p, serde.PARAM_DECODE_MS)
         batch = p.get(serde.PARAM_BATCH_SIZE, 1)
         self.batch = int(batch) if isinstance(batch, int) and not isinstance(batch, bool) else 1
-        self.bytes_received = data.wire_bytes
-        server_ms = self.queue_ms + self.compute_ms + self.decode_ms
-        self.network_ms = max(0.0, rpc_ms - server_ms)
+        server_ms = self._server_times(data, rpc_ms)
         paced = built and self.profile_rows and serde.PARAM_TAIL_BUILD_MS not in p
         if built:  # (a cut's first answer also waited for the server to build its tail)
             self._rest_done(censored=False)
@@ -605,8 +592,10 @@ class Run:
         probes take at most PROBE_SHARE of the time on the remote path, by the plan's prediction."""
         c = self.c
         probes = c._deadline_probes
+        if probes is None:
+            return
         gap_s = self._remote_ms() * self.scale / PROBE_SHARE / 1e3
-        if probes is None or not probes.due(c._history.remote, gap_s):
+        if not probes.due(c._history.remote, gap_s):
             return
         # copies: the device's tail may change its inputs in place while the probe encodes them
         copies = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in send.items()}
@@ -622,11 +611,7 @@ class Run:
         against the plan's prediction (the remote window), and its transfer (the link estimate), as a
         request's; its answer is dropped. True when answered."""
         c = self.c
-        (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send), no_grad=False)
-        request = c._request_encoder.encode(
-            c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=c._request_ids.next(),
-            bfloat16=bf16, weights=c.weights_digest,
-        )  # fmt: skip
+        request = self._request(send)
         if len(request) > c.message_cap()[0]:  # (the caller's requests meet that cap and say so)
             return False
         t_rpc = time.perf_counter()
@@ -651,16 +636,46 @@ class Run:
                 self._rest_done(censored=True)  # (no answer in timeout_s: later than that)
             return False
         rpc_ms = (time.perf_counter() - t_rpc) * 1e3
-        built = frozenset(self.sent) in c._answered_cuts
-        c._mark_up(answered=self.sent)
+        built = self._answered()
+        data = c._response_decoder.decode(response, max_decoded_bytes=c.max_message_bytes)
+        self._server_times(data, rpc_ms)
         if built:  # (a cut's first answer also waited for the server to build its tail)
             self._rest_done(censored=False)
-        data = c._response_decoder.decode(response, max_decoded_bytes=c.max_message_bytes)
-        p = data.parameters
-        server_ms = sum(serde.param_ms(p, k) for k in (serde.PARAM_QUEUE_MS, serde.PARAM_COMPUTE_MS,
-                                                        serde.PARAM_DECODE_MS))  # fmt: skip
-        c._observe(len(request), data.wire_bytes, max(0.0, rpc_ms - server_ms))
+        c._observe(len(request), self.bytes_received, self.network_ms)
         return True
+
+    def _request(self, send: dict[str, Any]) -> bytes:
+        """The request's bytes: the tensors in ``send`` encoded on the device (``encode_ms``), then
+        the message around them (``client_ms``)."""
+        c = self.c
+        # the encode moves detached tensors to numpy and runs the codecs there: no autograd to turn off
+        (wire, bf16), self.encode_ms = self._timed_device(lambda: self._encode(send), no_grad=False)
+        t = time.perf_counter()
+        request = c._request_encoder.encode(
+            c.model_name, wire, fingerprint=c.traced.fingerprint, request_id=c._request_ids.next(),
+            bfloat16=bf16, weights=c.weights_digest,
+        )  # fmt: skip
+        self.client_ms = (time.perf_counter() - t) * 1e3
+        return request
+
+    def _answered(self) -> bool:
+        """The server answered this request: it is up, and has the cut's tail built. True when it had
+        it before (the answer did not also wait for the tail's build)."""
+        built = frozenset(self.sent) in self.c._answered_cuts
+        self.c._mark_up(answered=self.sent)
+        return built
+
+    def _server_times(self, data: serde.InferResponseData, rpc_ms: float) -> float:
+        """The server's queue, compute and decode times from its answer, the answer's size, and the
+        network's share of the call's ``rpc_ms``; returns the server's time in all."""
+        p = data.parameters
+        self.queue_ms = serde.param_ms(p, serde.PARAM_QUEUE_MS)
+        self.compute_ms = serde.param_ms(p, serde.PARAM_COMPUTE_MS)
+        self.decode_ms = serde.param_ms(p, serde.PARAM_DECODE_MS)
+        self.bytes_received = data.wire_bytes
+        server_ms = self.queue_ms + self.compute_ms + self.decode_ms
+        self.network_ms = max(0.0, rpc_ms - server_ms)
+        return server_ms
 
     def _missed_answer(
         self, inputs: Sequence[torch.Tensor], values: dict[str, Any] | None, waited_ms: float,
