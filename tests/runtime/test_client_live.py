@@ -667,9 +667,11 @@ def test_a_request_of_the_client_s_own_cancels_a_deadline_probe_in_flight(
         link.set_rates(uplink_mbps=200.0, downlink_mbps=200.0)
         assert torch.equal(client.infer(live.x), live.ref)
         b = client.last_breakdown
-        assert b is not None and not b.local and b.bytes_sent > 0, b
+        # sent; answered, or (a loaded machine: the probe's bytes already in the shaper drain first)
+        # given up as overdue and finished here
+        assert b is not None and b.bytes_sent > 0 and (not b.local or "no answer after" in b.fallback), b
         assert probes.wait(5.0) and probes.cancelled == 1 and probes.failures == 1
-        assert remote.answered() == answered + 1  # the request's
+        assert remote.answered() == answered + (0 if b.local else 1)  # the request's
         assert len(remote) == kept + 2  # ... and the probe's, given up
 
 
