@@ -23,8 +23,22 @@ and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice ma
   takes ``rtt + (bytes - burst) / rate``, affine in the bytes but not through the pings' point;
   anchored at the pings, a 100 kB request through a 5 ms burst reads as a link 2.7 x faster than it
   is, and a plan that sends 600 kB looks far cheaper than it is. The fitted intercept (the RTT less
-  the burst's time) prices every transfer past the burst right. Otherwise the RTT comes from pings
-  (or stays the initial link's);
+  the burst's time) prices every transfer past the burst right. Such a fit is refused when its
+  intercept lies over the least ping (pings run late, never early; without pings, over two of the
+  transfers' times), or its slope is not positive: no link carries bytes faster than its intercept,
+  so those transfers crossed it at different rates (the link changed during one). A request given
+  up (``observe_overdue``) is a bound, not a time: it is in no fit. Otherwise the RTT comes from
+  pings (or stays the initial link's), unless the transfers showed a burst: with five or more of
+  them beside pings, their intercept under the least ping by more than 3 x their median absolute
+  deviation about the line (measured at each such fit; by no more than one, there is none; between
+  the two, it stays as it was). Then their intercept stands until transfers fit again, and a
+  transfer of fewer bytes than the burst carries is left out of their fits (it took a ping's time,
+  off the line). A step empties the window of its transfers and keeps its pings, and pings run late
+  when the link drains a request given up or the device is busy: anchored at the pings after a
+  step, as before, the clients of ``scripts/bench_deadline.py`` (50 Mbit/s, a 50 kB burst: pings
+  6-20 ms, a 100 kB request 17.3) read the burst as speed. Replayed through both estimators
+  (``scripts/replay_estimator.py``, 90 clients' logged calls), the estimate ran over 75 Mbit/s
+  after 36 % of their samples before, 12 % now (docs/benchmarks.md);
 * the bandwidth: each request's time per byte once that RTT is taken off, ``(network_ms - rtt) /
   bytes``; the median of the last three (one stalled request is ignored, a real change shows after
   two) is folded into an EWMA (``alpha``). A window-wide fit would be steadier on a constant link but
@@ -152,6 +166,8 @@ class LinkEstimator:
         # each sample's (size in uplink-equivalent bytes, network ms), kept beside it: every update
         # fits over the whole window, which then need not be sized again on each request
         self._points: deque[tuple[float, float]] = deque(maxlen=window)
+        # whether each sample is a request given up (observe_overdue): a bound, not a time, so no fit
+        self._censored: deque[bool] = deque(maxlen=window)
         self._recent: deque[float] = deque(maxlen=3)  # latest per-request times per byte
         # the downlink's speed relative to the uplink: a response byte costs this many uplink bytes
         self._down_weight = initial.uplink_mbps / initial.effective_downlink_mbps
@@ -159,6 +175,10 @@ class LinkEstimator:
         self._rtt_ms = initial.rtt_ms  # smoothed
         self._updates = 0  # raw estimates folded in so far (for the EWMA's bias correction)
         self._rtt_updates = 0
+        # how far the pings' RTT lies over the transfers' intercept (a burst: see the module docstring),
+        # measured when a fit of the transfers alone had pings beside it; while not 0 the pings do not
+        # anchor the RTT (after a step the window keeps its pings, not its transfers)
+        self._burst_ms = 0.0
         self.fitted = False  # whether the last update could separate RTT from bandwidth
         self.stepped = False  # whether the last observation was taken as a step of the link
         self.steps = 0  # steps seen so far
@@ -196,6 +216,7 @@ class LinkEstimator:
         sample = LinkSample(bytes_up, bytes_down, max(0.0, float(network_ms)), self._clock())
         self._samples.append(sample)
         self._points.append((self._x(sample), sample.network_ms))
+        self._censored.append(False)
 
     def observe_overdue(self, bytes_up: int, waited_ms: float) -> None:
         """Fold in a request given up after ``waited_ms`` without an answer: its transfer takes at
@@ -208,6 +229,7 @@ class LinkEstimator:
         (measured on the bench's 18.88 -> 1.1 Mbit/s step: a second request given up, 0.41 s lost).
         """
         self.remember(bytes_up, 0, waited_ms)
+        self._censored[-1] = True
         self._update(down_ratio=1.0)
         if self.stepped and self._step_ratio is not None:
             self._ms_per_byte *= self._step_ratio
@@ -245,12 +267,13 @@ class LinkEstimator:
         while self._samples and now - self._samples[0].at_s > self._max_age_s:
             self._samples.popleft()
             self._points.popleft()
+            self._censored.popleft()
 
     def _update(self, *, down_ratio: float | None = None) -> None:
         """Fold in the newest sample; ``down_ratio`` overrides how much slower it must be to be a step."""
         self._expire()
         x, y = self._points[-1]
-        residual = y - self._rtt_ms - x * self._ms_per_byte
+        residual = y - self._rtt_ms - (x * self._ms_per_byte if x else self._burst_ms)  # (a ping: RTT)
         self._since_down += 1
         if self._since_down > _STALL_SAMPLES:
             self._before_down = None
@@ -262,29 +285,34 @@ class LinkEstimator:
             self._before_down = self._ms_per_byte if self._last_step < 0 else None
             self._since_down = 0
         if self.stepped:  # restart from this sample: older sized samples describe another link
-            pairs = list(zip(self._samples, self._points, strict=True))
-            kept = [(s, p) for s, p in pairs[:-1] if p[0] == 0]  # the pings, then the newest
+            pairs = list(zip(self._samples, self._points, self._censored, strict=True))
+            kept = [(s, p, c) for s, p, c in pairs[:-1] if p[0] == 0]  # the pings, then the newest
             kept.append(pairs[-1])
             self._samples.clear()
             self._points.clear()
-            for sample, point in kept:
+            self._censored.clear()
+            for sample, point, censored in kept:
                 self._samples.append(sample)
                 self._points.append(point)
+                self._censored.append(censored)
             self._recent.clear()
             self._updates = 0
             self.steps += 1
-        pts = list(self._points)
+        pts = [p for p, censored in zip(self._points, self._censored, strict=True) if not censored]
         sized = [p for p in pts if p[0] > 0]
-        fit = _theil_sen(sized, self._min_spread)  # transfers alone: see above
-        if fit is None and len(sized) < len(pts):  # with the pings (the same points without them)
-            fit = _theil_sen(pts, self._min_spread)
-        self.fitted = fit is not None
-        last_x, last_y = pts[-1]
-        if fit is not None:
-            self._rtt_ms = self._ewma(self._rtt_ms, max(0.0, fit[0]), self._rtt_updates)
-            self._rtt_updates += 1
-        elif last_x == 0:  # a ping and nothing to fit against: it measures the RTT directly
-            self._rtt_ms = self._ewma(self._rtt_ms, last_y, self._rtt_updates)
+        pings = [y for x, y in pts if x == 0] if len(sized) < len(pts) else []
+        intercept = self._transfers_intercept(sized, pings)  # transfers alone: see above
+        if intercept is None and pings and not self._burst_ms:  # anchored at the pings
+            fit = _theil_sen(pts, self._min_spread) if sized else None  # (else the same points)
+            if fit is None and self._points[-1][0] == 0:  # a ping and nothing to fit against: it
+                fit = (self._points[-1][1], 0.0)  # measures the RTT directly
+            if fit is not None:
+                intercept = fit[0]
+        # (past a burst the transfers' intercept stands until they fit again: see the docstring)
+        self.fitted = intercept is not None
+        last_x, last_y = self._points[-1]
+        if intercept is not None:
+            self._rtt_ms = self._ewma(self._rtt_ms, max(0.0, intercept), self._rtt_updates)
             self._rtt_updates += 1
         if last_x == 0:
             return
@@ -366,6 +394,35 @@ class LinkEstimator:
             return residual - mid > spreads * (r[-2] - mid)
         return mid - residual > spreads * (mid - r[1])
 
+    def _transfers_intercept(self, sized: list[tuple[float, float]], pings: list[float]) -> float | None:
+        """The intercept of a fit of the transfers alone, when they have two sizes and agree with a
+        line; with the pings beside them, it also measures the burst (``_burst_ms``).
+
+        A fit whose intercept lies over the least ping (without pings, over two of the transfers'
+        times: one may be early by noise) is refused: no link carries bytes faster than its
+        intercept, so the transfers crossed it at different rates (it flapped during one). So is
+        one whose larger transfers took no longer than its smaller ones. Once a burst is known, a
+        transfer of fewer bytes than it carries at the estimated rate is left out: it took a ping's
+        time, off the line.
+        """
+        if self._burst_ms:  # a transfer within the burst takes a ping's time: off the line
+            within = self._burst_ms / self._ms_per_byte  # (bytes the burst carries at this rate)
+            sized = [p for p in sized if p[0] > within]
+        fit = _theil_sen(sized, self._min_spread)
+        if fit is None or fit[1] <= 0:  # (larger transfers no slower: the link changed between them)
+            return None
+        intercept, slope = fit
+        if intercept > (min(pings) if pings else sorted(y for _, y in sized)[1]):
+            return None  # (pings run late, never early; of transfers alone, one may be by noise)
+        if pings and len(sized) >= _JITTER_POINTS:  # enough transfers to tell a burst from noise
+            spread = _mad([y - intercept - slope * x for x, y in sized])
+            gap = min(pings) - intercept  # (the pings' least: they run late, never early)
+            if gap > _JITTER_SPREADS * spread:
+                self._burst_ms = gap
+            elif gap <= spread:  # none (between the two, it stays as it was)
+                self._burst_ms = 0.0
+        return intercept
+
     def _ewma(self, old: float, new: float, updates: int) -> float:
         """Bias-corrected EWMA: the first estimate replaces the prior, later ones weigh ``alpha``."""
         weight = max(self._alpha, 1.0 / (updates + 1))
@@ -374,6 +431,12 @@ class LinkEstimator:
 
 def _ms_per_byte(mbps: float) -> float:
     return 8.0 / (mbps * 1e3)
+
+
+def _mad(xs: Sequence[float]) -> float:
+    """The median absolute deviation from the median."""
+    mid = _median(xs)
+    return _median([abs(v - mid) for v in xs])
 
 
 def _median(xs: Sequence[float]) -> float:

@@ -78,6 +78,87 @@ def test_a_bursty_link_is_priced_right_past_its_burst() -> None:
         assert _network_ms(lk, up) == pytest.approx(shaped_ms(up), rel=0.02)
 
 
+class _BurstyLink:
+    """A token bucket that lets ``burst`` bytes through at once, then ``mbps``; pings take ``rtt_ms``;
+    every time wanders by up to ``jitter`` ms (seeded)."""
+
+    def __init__(self, mbps: float, *, burst: int = 50_000, rtt_ms: float = 9.0, jitter: float = 0.2) -> None:
+        self.mbps, self.burst, self.rtt_ms, self.jitter = mbps, burst, rtt_ms, jitter
+        self.rng = np.random.default_rng(7)
+
+    def ms(self, up: int) -> float:
+        late = self.rng.uniform(0.0, self.jitter)
+        return self.rtt_ms + late + (max(0, up - self.burst) * 8 / (self.mbps * 1e3) if up else 0.0)
+
+    def started(self, est: LinkEstimator) -> LinkEstimator:
+        """``est`` after the client's start-up (three pings, its two sized probes) and ten requests."""
+        for _ in range(3):
+            est.observe_ping(self.ms(0))
+        for up in (131_072, 262_144, *[100_000] * 10):
+            est.observe(up, 0, self.ms(up))
+        return est
+
+
+def test_a_step_of_a_bursty_link_keeps_the_intercept_its_transfers_showed() -> None:
+    # 100 kB over a 50 kB burst at 50 Mbit/s take 9 + 8 ms; a ping 9 ms. After a step the window
+    # holds the pings and one transfer: anchored at the pings again (as before), the intercept rose
+    # to the ping's 9 ms and every later 100 kB request read as 90-100 Mbit/s (bench_deadline's
+    # clients ended at 60-340 Mbit/s on a 50 Mbit/s link)
+    wire = _BurstyLink(50.0)
+    est = wire.started(LinkEstimator(Link(50.0, rtt_ms=9.0)))
+    assert est.link.uplink_mbps == pytest.approx(50.0, rel=0.05)
+    intercept = est.link.rtt_ms
+    assert intercept < 2.0  # 9 ms less the burst's 8 ms
+    wire.mbps = 5.0
+    est.observe(100_000, 0, wire.ms(100_000))  # a slow spell: 80 ms past the burst
+    assert est.stepped and est.link.uplink_mbps < 10.0  # (its first 50 kB still went at once)
+    wire.mbps = 50.0
+    for k in range(12):
+        if k % 3 == 0:  # pings keep coming: 9 ms, and one 10 ms late (behind a request given up)
+            est.observe_ping(wire.ms(0) + (10.0 if k == 3 else 0.0))
+        est.observe(100_000, 0, wire.ms(100_000))
+    assert est.link.rtt_ms == pytest.approx(intercept, abs=0.5)
+    assert est.link.uplink_mbps == pytest.approx(50.0, rel=0.15)
+    # a 20 kB transfer fits in the burst (a ping's time): beside the 100 kB ones it made a line of
+    # 9.7 ms and 100 Mbit/s; it is left out of the fit
+    est.observe(20_000, 0, wire.ms(20_000))
+    for _ in range(3):
+        est.observe(100_000, 0, wire.ms(100_000))
+    assert est.link.rtt_ms == pytest.approx(intercept, abs=0.5)
+    assert est.link.uplink_mbps == pytest.approx(50.0, rel=0.15)
+    for up in (100_000, 600_000):  # priced right past the burst
+        assert _network_ms(est.link, up) == pytest.approx(wire.ms(up), abs=1.0)
+
+
+@pytest.mark.parametrize("later_ms", [120.0, 60.0])
+def test_a_fit_over_transfers_at_two_rates_leaves_the_rtt_alone(later_ms: float) -> None:
+    # after a step down, a transfer that started slow and ended fast: a line through the two
+    # transfers alone meets the axis at 68 ms, over the 9 ms pings, which no link explains (before:
+    # the RTT went halfway there); or the larger one took less time than the smaller one
+    wire = _BurstyLink(50.0)
+    est = wire.started(LinkEstimator(Link(50.0, rtt_ms=9.0)))
+    wire.mbps = 5.0
+    est.observe(100_000, 0, wire.ms(100_000))  # 89 ms
+    rtt = est.link.rtt_ms
+    est.observe_ping(wire.ms(0))
+    est.observe(250_000, 0, later_ms)
+    assert not est.fitted and est.link.rtt_ms == rtt
+    assert est.link.uplink_mbps < 50.0
+
+
+def test_a_request_given_up_is_in_no_fit() -> None:
+    # its time is a bound (the transfer took at least that long); in a fit beside a 10 kB transfer at
+    # the new rate it made a line through 120 ms, and the RTT went there (before)
+    link = Link(50.0, rtt_ms=5.0)
+    est = LinkEstimator(link)
+    for _ in range(5):
+        est.observe(100_000, 0, _network_ms(link, 100_000))
+    est.observe_overdue(100_000, 300.0)
+    assert est.stepped
+    est.observe(10_000, 0, _network_ms(Link(0.6, rtt_ms=5.0), 10_000))
+    assert not est.stepped and not est.fitted and est.link.rtt_ms == pytest.approx(5.0)
+
+
 def test_a_request_given_up_is_a_step_down_even_under_step_ratio() -> None:
     def settled() -> LinkEstimator:
         est = LinkEstimator(Link(18.88, rtt_ms=20.0), alpha=0.25)  # step_ratio 5
