@@ -298,7 +298,9 @@ class LinkEstimator:
             self._recent.clear()
             self._updates = 0
             self.steps += 1
-        pts = [p for p, censored in zip(self._points, self._censored, strict=True) if not censored]
+        pts = list(self._points)
+        if True in self._censored:  # (a scan in C; the filter only when there is one)
+            pts = [p for p, censored in zip(pts, self._censored, strict=True) if not censored]
         sized = [p for p in pts if p[0] > 0]
         pings = [y for x, y in pts if x == 0] if len(sized) < len(pts) else []
         intercept = self._transfers_intercept(sized, pings)  # transfers alone: see above
