@@ -37,8 +37,8 @@ and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice ma
   when the link drains a request given up or the device is busy: anchored at the pings after a
   step, as before, the clients of ``scripts/bench_deadline.py`` (50 Mbit/s, a 50 kB burst: pings
   6-20 ms, a 100 kB request 17.3) read the burst as speed. Replayed through both estimators
-  (``scripts/replay_estimator.py``, 90 clients' logged calls), the estimate ran over 75 Mbit/s
-  after 36 % of their samples before, 12 % now (docs/benchmarks.md);
+  (``scripts/replay_estimator.py``, 108 clients' logged calls), the estimate ran over 75 Mbit/s
+  after 35 % of their samples before, 11 % now (docs/benchmarks.md);
 * the bandwidth: each request's time per byte once that RTT is taken off, ``(network_ms - rtt) /
   bytes``; the median of the last three (one stalled request is ignored, a real change shows after
   two) is folded into an EWMA (``alpha``). A window-wide fit would be steadier on a constant link but
