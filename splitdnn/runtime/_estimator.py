@@ -414,11 +414,13 @@ class LinkEstimator:
         if fit is None or fit[1] <= 0:  # (larger transfers no slower: the link changed between them)
             return None
         intercept, slope = fit
-        if intercept > (min(pings) if pings else sorted(y for _, y in sized)[1]):
-            return None  # (pings run late, never early; of transfers alone, one may be by noise)
+        # the least a sample took: pings run late, never early; of transfers alone, one may be by noise
+        least = min(pings) if pings else sorted(y for _, y in sized)[1]
+        if intercept > least:
+            return None
         if pings and len(sized) >= _JITTER_POINTS:  # enough transfers to tell a burst from noise
             spread = _mad([y - intercept - slope * x for x, y in sized])
-            gap = min(pings) - intercept  # (the pings' least: they run late, never early)
+            gap = least - intercept
             if gap > _JITTER_SPREADS * spread:
                 self._burst_ms = gap
             elif gap <= spread:  # none (between the two, it stays as it was)

@@ -78,24 +78,46 @@ def test_a_bursty_link_is_priced_right_past_its_burst() -> None:
         assert _network_ms(lk, up) == pytest.approx(shaped_ms(up), rel=0.02)
 
 
-class _BurstyLink:
-    """A token bucket that lets ``burst`` bytes through at once, then ``mbps``; pings take ``rtt_ms``;
-    every time wanders by up to ``jitter`` ms (seeded)."""
+class _JitteryLink:
+    """A link whose round trips run late by seeded noise: ``spread`` ms either way (uniform), or with
+    ``late_share`` > 0, only late: that share of them by up to ``spread`` ms."""
 
-    def __init__(self, mbps: float, *, burst: int = 50_000, rtt_ms: float = 9.0, jitter: float = 0.2) -> None:
-        self.mbps, self.burst, self.rtt_ms, self.jitter = mbps, burst, rtt_ms, jitter
-        self.rng = np.random.default_rng(7)
+    def __init__(self, link: Link, spread: float, *, late_share: float = 0.0, seed: int = 0) -> None:
+        self.link, self.spread, self.late_share = link, spread, late_share
+        self.rng = np.random.default_rng(seed)
 
     def ms(self, up: int) -> float:
-        late = self.rng.uniform(0.0, self.jitter)
-        return self.rtt_ms + late + (max(0, up - self.burst) * 8 / (self.mbps * 1e3) if up else 0.0)
+        if self.late_share:
+            late = self.rng.uniform(0.0, self.spread) if self.rng.random() < self.late_share else 0.0
+        else:
+            late = self.rng.uniform(-self.spread, self.spread)
+        return _network_ms(self.link, up) + late
+
+    def started(self, est: LinkEstimator) -> LinkEstimator:
+        """``est`` after the client's start-up: three pings and its two sized probes."""
+        for _ in range(3):
+            est.observe_ping(self.ms(0))
+        for up in (131_072, 262_144):
+            est.observe(up, 0, self.ms(up))
+        return est
+
+
+class _BurstyLink(_JitteryLink):
+    """A token bucket that lets ``burst`` bytes through at once, then the link's rate; pings take its
+    RTT; every time runs late by up to ``jitter`` ms (seeded)."""
+
+    def __init__(self, mbps: float, *, burst: int = 50_000, rtt_ms: float = 9.0, jitter: float = 0.2) -> None:
+        super().__init__(Link(mbps, rtt_ms=rtt_ms), jitter, late_share=1.0, seed=7)
+        self.burst = burst
+
+    def ms(self, up: int) -> float:
+        return super().ms(max(0, up - self.burst))
 
     def started(self, est: LinkEstimator) -> LinkEstimator:
         """``est`` after the client's start-up (three pings, its two sized probes) and ten requests."""
-        for _ in range(3):
-            est.observe_ping(self.ms(0))
-        for up in (131_072, 262_144, *[100_000] * 10):
-            est.observe(up, 0, self.ms(up))
+        super().started(est)
+        for _ in range(10):
+            est.observe(100_000, 0, self.ms(100_000))
         return est
 
 
@@ -109,10 +131,10 @@ def test_a_step_of_a_bursty_link_keeps_the_intercept_its_transfers_showed() -> N
     assert est.link.uplink_mbps == pytest.approx(50.0, rel=0.05)
     intercept = est.link.rtt_ms
     assert intercept < 2.0  # 9 ms less the burst's 8 ms
-    wire.mbps = 5.0
+    wire.link = Link(5.0, rtt_ms=9.0)
     est.observe(100_000, 0, wire.ms(100_000))  # a slow spell: 80 ms past the burst
     assert est.stepped and est.link.uplink_mbps < 10.0  # (its first 50 kB still went at once)
-    wire.mbps = 50.0
+    wire.link = Link(50.0, rtt_ms=9.0)
     for k in range(12):
         if k % 3 == 0:  # pings keep coming: 9 ms, and one 10 ms late (behind a request given up)
             est.observe_ping(wire.ms(0) + (10.0 if k == 3 else 0.0))
@@ -137,7 +159,7 @@ def test_a_fit_over_transfers_at_two_rates_leaves_the_rtt_alone(later_ms: float)
     # the RTT went halfway there); or the larger one took less time than the smaller one
     wire = _BurstyLink(50.0)
     est = wire.started(LinkEstimator(Link(50.0, rtt_ms=9.0)))
-    wire.mbps = 5.0
+    wire.link = Link(5.0, rtt_ms=9.0)
     est.observe(100_000, 0, wire.ms(100_000))  # 89 ms
     rtt = est.link.rtt_ms
     est.observe_ping(wire.ms(0))
@@ -309,30 +331,6 @@ def test_downlink_bytes_count_at_the_downlink_speed() -> None:
         est.observe(up, down, _network_ms(true, up, down))
     assert est.link.uplink_mbps == pytest.approx(1.0, rel=1e-6)
     assert est.link.downlink_mbps == pytest.approx(10.0, rel=1e-6)
-
-
-class _JitteryLink:
-    """A link whose round trips run late by seeded noise: ``spread`` ms either way (uniform), or with
-    ``late_share`` > 0, only late: that share of them by up to ``spread`` ms."""
-
-    def __init__(self, link: Link, spread: float, *, late_share: float = 0.0, seed: int = 0) -> None:
-        self.link, self.spread, self.late_share = link, spread, late_share
-        self.rng = np.random.default_rng(seed)
-
-    def ms(self, up: int) -> float:
-        if self.late_share:
-            late = self.rng.uniform(0.0, self.spread) if self.rng.random() < self.late_share else 0.0
-        else:
-            late = self.rng.uniform(-self.spread, self.spread)
-        return _network_ms(self.link, up) + late
-
-    def started(self, est: LinkEstimator) -> LinkEstimator:
-        """``est`` after the client's start-up: three pings and its two sized probes."""
-        for _ in range(3):
-            est.observe_ping(self.ms(0))
-        for up in (131_072, 262_144):
-            est.observe(up, 0, self.ms(up))
-        return est
 
 
 @pytest.mark.parametrize("late_share", [0.0, 0.3])

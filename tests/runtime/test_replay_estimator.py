@@ -35,7 +35,7 @@ def _bursty_log() -> dict:
     return {"uplink_mbps": 50.0, "log": calls}
 
 
-def test_a_replay_counts_estimates_over_the_link(script, tmp_path):
+def test_a_replay_counts_estimates_over_the_link(script):
     est = script.load_estimator("here", ESTIMATOR)
     s = script.replay([_bursty_log()], {"here": est}, 1.5)["here"]
     assert s["clients"] == 1
