@@ -5,8 +5,9 @@ The clients of ``scripts/bench_deadline.py`` run on a link that flaps (``--uplin
 ``--slow-factor`` x slower); how well their ``LinkEstimator`` follows it decides their plans. A run is
 a closed loop (the estimate picks the plan, the plan the samples), so two runs of two estimators see
 different samples and differ by more than the estimators do. ``record`` runs the benchmark once and
-logs, per client, every call into its estimator (``observe``, ``remember``, ``observe_overdue``; pings
-are ``observe`` of 0 bytes) with its time and the shaper's rate at that moment. ``replay`` feeds each
+logs, per client, its prior link and every call it makes into its estimator (``observe``, ``remember``,
+``observe_overdue``; pings are ``observe`` of 0 bytes; not the ``remember`` the first two make inside)
+with its time, the shaper's rate at that moment and the estimate after it. ``replay`` feeds each
 client's calls, in order and on their own clock, through this checkout's estimator and any others
 named (``--estimator NAME=PATH``, a copy of ``splitdnn/runtime/_estimator.py`` from another commit:
 ``git show REF:splitdnn/runtime/_estimator.py > old.py``) and reports, over all clients of the logs:
@@ -50,6 +51,7 @@ def record(out: Path, argv: Sequence[str]) -> dict[str, Any]:
     torch.set_num_threads(1)  # (as bench_deadline.py's main)
     rate: dict[str, float | None] = {"uplink_mbps": None}
     names: dict[int, str] = {}
+    priors: dict[str, list[float]] = {}
     log: list[dict[str, Any]] = []
     set_rates, init = shaper.ShapedLink.set_rates, _estimator.LinkEstimator.__init__
     originals = {kind: getattr(_estimator.LinkEstimator, kind) for kind in KINDS}
@@ -58,18 +60,29 @@ def record(out: Path, argv: Sequence[str]) -> dict[str, Any]:
         rate["uplink_mbps"] = k.get("uplink_mbps")
         return set_rates(self, *a, **k)
 
-    def init_named(self: Any, *a: Any, **k: Any) -> None:
-        init(self, *a, **k)
+    def init_named(self: Any, initial: Any, *a: Any, **k: Any) -> None:
+        init(self, initial, *a, **k)
         n, kinds = len(names), bench_deadline.CLIENTS  # made in CLIENTS' order, one estimator each
-        names[id(self)] = f"{kinds[n % len(kinds)]}#{n // len(kinds)}"
+        names[id(self)] = name = f"{kinds[n % len(kinds)]}#{n // len(kinds)}"
+        priors[name] = [initial.uplink_mbps, initial.downlink_mbps, initial.rtt_ms]  # (the replay's start)
+
+    depth: dict[int, int] = {}  # per estimator, its logged calls running now (under its client's lock)
 
     def logged(kind: str) -> Any:
         def call(self: Any, *a: Any) -> Any:
-            out = originals[kind](self, *a)
-            log.append({
-                "client": names.get(id(self), "?"), "kind": kind, "args": list(a), "t": time.monotonic(),
-                "shaper_mbps": rate["uplink_mbps"], "estimate_mbps": self.link.uplink_mbps,
-            })  # fmt: skip
+            # only the client's own calls: observe() and observe_overdue() call remember() inside,
+            # which a replay of the outer call repeats (logged too, each sample would be fed twice)
+            key, t = id(self), time.monotonic()
+            depth[key] = depth.get(key, 0) + 1
+            try:
+                out = originals[kind](self, *a)
+            finally:
+                depth[key] -= 1
+            if depth[key] == 0:
+                log.append({
+                    "client": names.get(key, "?"), "kind": kind, "args": list(a), "t": t,
+                    "shaper_mbps": rate["uplink_mbps"], "estimate_mbps": self.link.uplink_mbps,
+                })  # fmt: skip
             return out
 
         return call
@@ -85,7 +98,7 @@ def record(out: Path, argv: Sequence[str]) -> dict[str, Any]:
         _estimator.LinkEstimator.__init__ = init  # type: ignore[method-assign]
         for kind, fn in originals.items():
             setattr(_estimator.LinkEstimator, kind, fn)
-    data = {"uplink_mbps": args.uplink_mbps, "log": log, "result": result}
+    data = {"uplink_mbps": args.uplink_mbps, "priors": priors, "log": log, "result": result}
     out.write_text(json.dumps(data) + "\n")
     return data
 
@@ -101,10 +114,24 @@ def load_estimator(name: str, path: Path) -> ModuleType:
     return module
 
 
-def replay(logs: Sequence[dict[str, Any]], estimators: dict[str, ModuleType], over: float) -> dict[str, Any]:
-    """Each log's clients' calls through each of ``estimators``: the summary per estimator."""
+def replayed(module: ModuleType, calls: Sequence[dict[str, Any]], prior: Sequence[float]) -> list[float]:
+    """One client's logged ``calls`` through a fresh ``module.LinkEstimator`` from the client's
+    ``prior`` link (uplink, downlink, RTT), on the log's clock: its uplink estimate after each call
+    (Mbit/s)."""
     from splitdnn.schema import Link
 
+    clock = [0.0]
+    est = module.LinkEstimator(Link(*prior), clock=partial(getitem, clock, 0))
+    out = []
+    for call in calls:
+        clock[0] = call["t"]
+        getattr(est, call["kind"])(*call["args"])
+        out.append(est.link.uplink_mbps)
+    return out
+
+
+def replay(logs: Sequence[dict[str, Any]], estimators: dict[str, ModuleType], over: float) -> dict[str, Any]:
+    """Each log's clients' calls through each of ``estimators``: the summary per estimator."""
     out: dict[str, Any] = {}
     for name, module in estimators.items():
         over_share, under_share, errors = [], [], []
@@ -113,16 +140,13 @@ def replay(logs: Sequence[dict[str, Any]], estimators: dict[str, ModuleType], ov
             clients: dict[str, list[dict[str, Any]]] = {}
             for call in data["log"]:
                 clients.setdefault(call["client"], []).append(call)
-            for calls in clients.values():
-                clock = [0.0]
-                est = module.LinkEstimator(Link(nominal, rtt_ms=5.0), clock=partial(getitem, clock, 0))
+            priors = data.get("priors", {})
+            for client, calls in clients.items():
+                prior = priors.get(client, (nominal, 0.0, 5.0))  # (bench_deadline's defaults)
                 n = high = at_rate = low = 0
-                for call in calls:
-                    clock[0] = call["t"]
-                    getattr(est, call["kind"])(*call["args"])
+                for call, mbps in zip(calls, replayed(module, calls, prior), strict=True):
                     if call["kind"] == "remember":  # kept for a later fit, no estimate of its own
                         continue
-                    mbps = est.link.uplink_mbps
                     n += 1
                     high += mbps > over * nominal
                     if call["shaper_mbps"] == nominal:

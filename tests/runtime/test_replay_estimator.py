@@ -57,6 +57,12 @@ def test_record_logs_every_client_and_replays_alike_through_a_copy(script, tmp_p
     clients = {c["client"] for c in data["log"]}
     assert clients == {"history#0", "no probes#0", "medians#0"}  # start-up probes included, named
     assert {c["kind"] for c in data["log"]} <= {"observe", "remember", "observe_overdue"}
+    # the log replays the run: each client's calls (the outer ones alone: observe() calls remember()
+    # inside, which logged as well would feed each sample twice) give the estimates the run's had
+    est = script.load_estimator("here", ESTIMATOR)
+    for client, prior in data["priors"].items():
+        calls = [c for c in data["log"] if c["client"] == client]
+        assert script.replayed(est, calls, prior) == [c["estimate_mbps"] for c in calls]
     copy = tmp_path / "copy.py"
     shutil.copy(ESTIMATOR, copy)
     capsys.readouterr()
