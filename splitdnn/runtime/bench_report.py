@@ -449,13 +449,24 @@ def format_change_markdown(change: Mapping[str, Any]) -> str:
         rows.append([
             f"{st['at_s']:.2f}", f"{st['from_mbps']:g} -> {st['to_mbps']:g}", st["target_plan"],
             "-" if st["replan_s"] is None else f"{st['replan_s']:.2f}",
+            "-" if st.get("exact_replan_s") is None else f"{st['exact_replan_s']:.2f}",
             "-" if st["first_request_s"] is None else f"{st['first_request_s']:.2f}", st["note"],
         ])  # fmt: skip
-    lines.append(
-        format_table(
-            ["step at s", "Mbit/s", "plan for the new rate", "re-plan s", "1st request done s", "note"], rows
-        )
-    )
+    header = [
+        "step at s",
+        "Mbit/s",
+        "plan for the new rate",
+        "re-plan s",
+        "to that plan s",
+        "1st request done s",
+    ]
+    lines.append(format_table([*header, "note"], rows))
+    lines += [
+        "",
+        "Re-plan: the first request on the plan for the new rate or on one the client's profiles price "
+        "within its hysteresis margin of it there (the client does not switch between those); "
+        "'to that plan': on the solver's plan itself.",
+    ]
     return "\n".join(lines)
 
 

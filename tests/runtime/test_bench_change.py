@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from splitdnn.errors import ConfigError
+from splitdnn.runtime import bench_change
 from splitdnn.runtime.bench_change import DEFAULT_CHANGE, parse_schedule, run_change
 from splitdnn.runtime.bench_report import format_change_markdown, plot_change
 from splitdnn.runtime.shaper import RateSchedule
@@ -99,6 +100,46 @@ def test_bench_change_takes_the_grids_downlink_factor(tmp_path: Path, monkeypatc
         ("alexnet", 4.0, 3.0),
         ("alexnet", None, 20.0),
     ]
+
+
+def _request(start_s: float, label: str) -> dict[str, object]:
+    return {"start_s": start_s, "end_s": start_s + 0.05, "cut_label": label}
+
+
+@pytest.mark.parametrize(
+    ("f5_ms", "replan_s", "note"),
+    [
+        (104.0, 0.1, "ran features_5, within 10% of features_2 at the new rate"),  # a near-tie: re-planned
+        (115.0, 0.5, ""),  # 15 % slower at the new rate: not a plan for it, the solver's counts
+    ],
+)
+def test_a_plan_within_the_hysteresis_margin_of_the_target_counts_as_re_planned(
+    f5_ms, replan_s, note
+) -> None:
+    # alexnet at 18.88 Mbit/s: the solver picks features_2, the client's estimate a few percent off
+    # picks features_5, and hysteresis (10 %) keeps it there. That re-planned; before, the run said
+    # "never ran the new plan" and missed the goal on a near-tie.
+    schedule = RateSchedule.step(1.1, 18.88, at_s=1.0)
+    labels = ["edge-only", "edge-only", "features_5", "features_5", "features_2", "features_2"]
+    records = [_request(t, label) for t, label in zip([0.5, 1.0, 1.1, 1.3, 1.5, 1.7], labels, strict=True)]
+    targets = {1.1: "edge-only", 18.88: "features_2"}
+    priced = {18.88: {"features_2": 100.0, "features_5": f5_ms, "edge-only": 400.0}}
+    (step,) = bench_change._steps(schedule, [], targets, records, 2.0, priced=priced, margin=0.10)
+    assert step["target_plan"] == "features_2"
+    assert step["replan_s"] == pytest.approx(replan_s) and step["exact_replan_s"] == pytest.approx(0.5)
+    assert step["note"] == note
+    assert list(step["priced_ms"]) == ["features_2", "features_5", "edge-only"]  # cheapest first
+    # without prices, only the solver's own plan counts (what the run reported before)
+    (plain,) = bench_change._steps(schedule, [], targets, records, 2.0)
+    assert plain["replan_s"] == pytest.approx(0.5) and plain["near_plans"] == ["features_2"]
+    # a run that never reaches either says so, and the report has both columns
+    (never,) = bench_change._steps(schedule, [], targets, records[:2], 2.0, priced=priced, margin=0.10)
+    assert never["replan_s"] is None and never["note"].startswith("never ran the new plan")
+    said = format_change_markdown({
+        "model": "alexnet", "slowdown": 8.0, "schedule": "s", "requests": 6, "duration_s": 2.0,
+        "failures": 0, "fallbacks": 0, "switches": 2, "steps": [step],
+    })  # fmt: skip
+    assert "| to that plan s |" in said and "within its hysteresis margin" in said
 
 
 def test_schedules_parse(tmp_path: Path) -> None:
