@@ -37,8 +37,9 @@ and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice ma
   when the link drains a request given up or the device is busy: anchored at the pings after a
   step, as before, the clients of ``scripts/bench_deadline.py`` (50 Mbit/s, a 50 kB burst: pings
   6-20 ms, a 100 kB request 17.3) read the burst as speed. Replayed through both estimators
-  (``scripts/replay_estimator.py``, 108 clients' logged calls), the estimate ran over 75 Mbit/s
-  after 35 % of their samples before, 11 % now (docs/benchmarks.md);
+  (``scripts/replay_estimator.py``, 36 clients' logged calls of four runs), the estimate ran over
+  75 Mbit/s after 19.3 % of their samples before, 3.9 % now (four other runs: 40.8 and 10.9 %;
+  docs/benchmarks.md);
 * the bandwidth: each request's time per byte once that RTT is taken off, ``(network_ms - rtt) /
   bytes``; the median of the last three (one stalled request is ignored, a real change shows after
   two) is folded into an EWMA (``alpha``). A window-wide fit would be steadier on a constant link but
@@ -60,11 +61,26 @@ and one (bytes, ms) point cannot tell a long RTT from a slow link. The choice ma
   reads the difference as RTT). ``stepped`` says so for the planner, which then needs one
   confirmation instead of several. A sample right after a step that moves the same way by 2 x is a
   step too (a probe after a step up sized for the old rate may only bound the new one; a transfer
-  too short to time counts as exactly ``step_ratio`` x faster). The price: a one-off stall of
-  ``step_ratio`` x the expected time (and past the jitter) moves the estimate too, until the next
-  normal sample, itself a step back, restores it (one request, or one probe, on another plan): a step
-  back up within three samples of a step down, to where the sample fits the estimate from before
-  the step down, restores that estimate whole. Noise under ``step_ratio`` x is still smoothed away;
+  too short to time counts as exactly ``step_ratio`` x faster), and so is one 2 x faster within
+  three samples of a step down: a step down is one sample, and the next one tells whether the link
+  stayed there. On a link that flaps (``bench_deadline.py``'s: a request caught in a slow spell, the
+  next one at 30 of 50 Mbit/s) the estimate went from 8 to 10 Mbit/s, averaged with the slow
+  sample, and passed half the rate only on the fourth request; replayed over logged runs, it was
+  under half the rate after 9.5 % of the samples taken at that rate, 6.1 % with this. Not after a
+  request given up (``observe_overdue``): that step set the estimate ``step_ratio`` x under the
+  bound the request showed, so the next probe at the link's new rate reads 2-5 x faster than the
+  estimate without the link moving; taken for a step back, it restored the rate from before the
+  fall, sent the next request into the slow link to be given up in turn, and a bench step run
+  repeated that four times in five seconds. For the same reason the residuals of the samples that
+  pull such an estimate back up (faster than it, until one is not) are its error, not the path's
+  jitter, and are not kept as jitter: kept, they were 12-90 ms off a 1.1 Mbit/s estimate, and when
+  the link came back to 18.88 Mbit/s a probe 18 x faster than the estimate lay within 3 spreads,
+  so the estimate climbed by smoothing and the client re-planned after 2.7-4.0 s in traced
+  runs, not on the next probe. The price: a one-off stall of ``step_ratio`` x the expected time (and
+  past the jitter) moves the estimate too, until the next normal sample, itself a step back, restores
+  it (one request, or one probe, on another plan): a step back up within three samples of a step down,
+  to where the sample fits the estimate from before the step down, restores that estimate whole. Noise
+  under 2 x is still smoothed away, and under ``step_ratio`` x when no step down came just before;
 * the EWMA is bias-corrected, so the first real measurement replaces the initial guess instead of
   being averaged with it, and it runs on the time per byte, not on Mbit/s: averaging rates
   overestimates a fluctuating link (Jensen), averaging times gives the expected transfer time, which
@@ -88,7 +104,7 @@ from splitdnn.schema import Link
 __all__ = ["LinkEstimator", "LinkSample", "check_positive"]
 
 _MAX_MBPS = 100_000.0  # the fastest link the estimator reports (a 100 Gbit/s LAN is "free")
-_FOLLOW_RATIO = 2.0  # a step right after a step the same way needs only this ratio
+_FOLLOW_RATIO = 2.0  # a step right after a step the same way, or back up after one down, needs only this
 _UNTIMED = 0.05  # a transfer under this share of its round trip is within the RTT's jitter
 _HIDDEN = 0.1  # a transfer under this share of its sample's time is hidden in the RTT's noise
 _JITTER_SPREADS = 3.0  # a step must lie this many of the window's usual spreads off its middle
@@ -191,6 +207,11 @@ class LinkEstimator:
         # request reads as a step down, and the next request as a step back up: that one restores it)
         self._before_down: float | None = None
         self._since_down = 0
+        # whether the last step down was a request given up (``observe_overdue``), and no sized sample
+        # since was slower than the estimate: the estimate was set step_ratio x under the bound the
+        # request showed, so a sample 2 x faster says nothing new, and the residuals of the samples
+        # that pull it back up are its error, not the path's jitter
+        self._down_bounded = False
 
     # observations ---------------------------------------------------------------------------------
 
@@ -233,6 +254,7 @@ class LinkEstimator:
         self._update(down_ratio=1.0)
         if self.stepped and self._step_ratio is not None:
             self._ms_per_byte *= self._step_ratio
+            self._down_bounded = True
 
     @property
     def stepped_up(self) -> bool:
@@ -279,11 +301,17 @@ class LinkEstimator:
             self._before_down = None
         before_down = self._before_down
         self.stepped = self._is_step(self._points[-1], down_ratio)
-        if not self.stepped:  # a step is a change of the link (or a stall), not its jitter
+        # a step is a change of the link (or a stall), not its jitter; nor is the climb from a
+        # request given up: its estimate lies under the link on purpose until a sample is slower
+        climbing = self._down_bounded and x > 0 and residual < 0
+        if self._down_bounded and x > 0 and residual >= 0:
+            self._down_bounded = False
+        if not self.stepped and not climbing:
             self._residuals.append(residual)
         if self.stepped:
             self._before_down = self._ms_per_byte if self._last_step < 0 else None
             self._since_down = 0
+            self._down_bounded = False
         if self.stepped:  # restart from this sample: older sized samples describe another link
             pairs = list(zip(self._samples, self._points, self._censored, strict=True))
             kept = [(s, p, c) for s, p, c in pairs[:-1] if p[0] == 0]  # the pings, then the newest
@@ -348,8 +376,11 @@ class LinkEstimator:
         excess = network_ms - self._rtt_ms
         expected = x * self._ms_per_byte
         # right after a step, a further move the same way needs less: the first sample after a
-        # step up may have been too short to time, and only bounded the new rate from below
-        up_ratio = _FOLLOW_RATIO if self._last_step > 0 else self._step_ratio
+        # step up may have been too short to time, and only bounded the new rate from below; and
+        # soon after a step down (one sample), so does a move back up: the link did not stay there
+        # (not after a request given up: its estimate lies step_ratio x under what it showed, on purpose)
+        measured_down = self._before_down is not None and not self._down_bounded
+        up_ratio = _FOLLOW_RATIO if self._last_step > 0 or measured_down else self._step_ratio
         down_ratio = _FOLLOW_RATIO if self._last_step < 0 else self._step_ratio
         if down_ratio_override is not None:
             down_ratio = down_ratio_override

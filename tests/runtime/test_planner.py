@@ -209,6 +209,54 @@ def test_a_request_given_up_is_a_step_down_even_under_step_ratio() -> None:
         quick.observe_overdue(1000, float("nan"))
 
 
+@pytest.mark.parametrize("probe_ms", [45.0, 60.0, 72.0])
+def test_a_probe_at_the_fallen_rate_after_a_request_given_up_is_no_step_back(probe_ms) -> None:
+    # the bench's step, 18.88 -> 1.1 Mbit/s: a request given up after 330 ms sets the estimate 5 x
+    # under the bound it shows (0.56 Mbit/s), a ping runs late while the link drains it, and the
+    # edge-only plan's 8 kB probe crosses at about the new rate (1-1.7 Mbit/s with the burst): 2-3 x
+    # faster than the estimate. Taken for a step back within three samples of the step down, it
+    # restored 19.5 Mbit/s, and the next request went into the slow link and was given up too.
+    link = Link(18.88, rtt_ms=17.5)
+    est = LinkEstimator(link)
+    est.observe(8275, 0, 21.0)  # the start-up probe's two sizes, and pings over their intercept:
+    for i in range(12):  # the shaper's burst, as measured there (pings 24-30 ms, intercept 17.4)
+        est.observe(121_677, 0, 67.5 + (0.5 if i % 2 else -0.5))
+        if i % 4 == 0:
+            est.observe_ping(24.0 + i / 4)
+    est.observe(117_489, 0, 166.0)  # the request in flight at the step: late, under step_ratio x
+    est.observe_overdue(117_489, 330.0)
+    assert est.stepped and est.link.uplink_mbps < 1.0
+    est.observe_ping(293.0)
+    est.observe(8275, 0, probe_ms)
+    assert not est.stepped and 0.5 < est.link.uplink_mbps < 2.0
+
+
+def test_the_climb_from_a_request_given_up_is_not_jitter() -> None:
+    # the bench's step run, traced: after a request given up, the estimate sits 5 x under its bound
+    # (0.46 Mbit/s on a 1.1 link), and each probe until it caught up read 12-90 ms faster than it.
+    # Taken for jitter, those residuals widened the window's spread so far that, when the link came
+    # back to 18.88 Mbit/s, a probe 18 x faster than the estimate was no step: the estimate climbed
+    # by smoothing, and the client re-planned after 2.7-4.0 s instead of one probe
+    est = LinkEstimator(Link(18.88, rtt_ms=18.0))
+    est.observe(8275, 0, 21.5)  # the start-up probe's two sizes, pings over their intercept: a burst
+    for i in range(12):
+        est.observe(121_677, 0, 67.2 + (0.4 if i % 2 else -0.4))
+        if i % 4 == 0:
+            est.observe_ping(24.0 + i / 4)
+    est.observe_overdue(117_489, 428.7)
+    assert est.stepped and est.link.uplink_mbps < 0.6
+    # at 1.1 Mbit/s: the late ping, then the probes (sizes and times as traced) with pings between
+    for ping, size, ms in [(36.3, 8198, 71.4), (28.6, 8904, 77.3), (33.7, 11280, 93.6), (29.0, 12888, 105.5),
+                           (26.8, 13843, 112.7), (24.8, 14309, 115.5)]:  # fmt: skip
+        est.observe_ping(ping)
+        est.observe(size, 0, ms)
+        assert not est.stepped
+    assert 0.9 < est.link.uplink_mbps < 1.3
+    est.observe_ping(25.0)
+    est.observe(14571, 0, 24.0)  # back at 18.88 Mbit/s
+    assert est.stepped and est.link.uplink_mbps > 8.0
+
+
 def test_pings_anchor_the_rtt_for_a_single_cut() -> None:
     true = Link(1.1, rtt_ms=40.0)
     est = LinkEstimator(Link(18.0, rtt_ms=5.0), alpha=1.0)
@@ -276,6 +324,28 @@ def test_a_collapse_shows_after_one_request() -> None:
     assert est.stepped and est.link.uplink_mbps == pytest.approx(1.0, rel=1e-6)
     est.observe(100_000, 0, _network_ms(slow, 100_000))
     assert not est.stepped and est.link.uplink_mbps == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize(("after_mbps", "stepped"), [(30.0, True), (12.0, False)])
+def test_a_request_twice_as_fast_right_after_a_step_down_is_a_step_back(after_mbps, stepped) -> None:
+    # a link that flaps (bench_deadline's: 50 Mbit/s, a sixth of it now and then): one request in a
+    # slow spell is a step down, and the next crossed the link mostly after it, at 30 Mbit/s. Before,
+    # that was no step (3.6 x, under step_ratio): averaged with the slow one, the estimate went to
+    # 10 Mbit/s, and passed 25 only on the fourth request. Within three samples of a step down, a step back
+    # up needs what a second step the same way does: twice as fast. Not 1.4 x (a slow link's noise)
+    fast = Link(50.0, rtt_ms=5.0)
+    wire = _JitteryLink(fast, 0.2, late_share=0.5, seed=3)
+    est = wire.started(LinkEstimator(fast))
+    for _ in range(10):
+        est.observe(150_000, 0, wire.ms(150_000))
+    est.observe(150_000, 0, _network_ms(Link(50.0 / 6, rtt_ms=5.0), 150_000))
+    assert est.stepped and est.link.uplink_mbps == pytest.approx(50.0 / 6, rel=0.05)
+    est.observe(150_000, 0, _network_ms(Link(after_mbps, rtt_ms=5.0), 150_000))
+    assert est.stepped == stepped
+    if stepped:  # restarted from the sample (not the estimate from before the step: it does not fit)
+        assert est.link.uplink_mbps == pytest.approx(after_mbps, rel=0.05)
+    else:
+        assert 50.0 / 6 < est.link.uplink_mbps < after_mbps
 
 
 def test_steps_can_be_turned_off() -> None:
