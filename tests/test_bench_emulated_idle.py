@@ -34,7 +34,9 @@ def test_both_profile_kinds_are_compared_with_requests_for_every_plan(bench, tmp
         assert (
             pred > 0 and meas > 0 and err == pytest.approx(100 * (pred - meas) / meas, abs=0.1)
         )  # from rounded values
-        assert (factor == 1.0) == (p["profile"] == "back to back")
+        # back to back carries no factor; the other kind carries the measured one, which may itself
+        # round to 1.000 on a machine where the padding's idle does not slow the device (CI saw it)
+        assert factor == 1.0 if p["profile"] == "back to back" else factor > 0.0
     table = md.read_text()
     assert table.count("| alexnet |") == 4 and "| alexnet | edge-only | back to back | 1.00 |" in table
     assert table in capsys.readouterr().out
