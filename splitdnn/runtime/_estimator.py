@@ -303,9 +303,9 @@ class LinkEstimator:
         self.stepped = self._is_step(self._points[-1], down_ratio)
         # a step is a change of the link (or a stall), not its jitter; nor is the climb from a
         # request given up: its estimate lies under the link on purpose until a sample is slower
-        climbing = self._down_bounded and x > 0 and residual < 0
-        if self._down_bounded and x > 0 and residual >= 0:
-            self._down_bounded = False
+        climbing = False
+        if self._down_bounded and x > 0:
+            climbing = self._down_bounded = residual < 0
         if not self.stepped and not climbing:
             self._residuals.append(residual)
         if self.stepped:

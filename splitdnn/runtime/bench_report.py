@@ -452,15 +452,8 @@ def format_change_markdown(change: Mapping[str, Any]) -> str:
             "-" if st.get("exact_replan_s") is None else f"{st['exact_replan_s']:.2f}",
             "-" if st["first_request_s"] is None else f"{st['first_request_s']:.2f}", st["note"],
         ])  # fmt: skip
-    header = [
-        "step at s",
-        "Mbit/s",
-        "plan for the new rate",
-        "re-plan s",
-        "to that plan s",
-        "1st request done s",
-    ]
-    lines.append(format_table([*header, "note"], rows))
+    header = ["step at s", "Mbit/s", "plan for the new rate", "re-plan s", "to that plan s"]
+    lines.append(format_table([*header, "1st request done s", "note"], rows))
     lines += [
         "",
         "Re-plan: the first request on the plan for the new rate or on one the client's profiles price "
